@@ -1,0 +1,56 @@
+//! `lode flatten SOURCE -o OUT`
+
+use crate::units::{human, parse_size};
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use lode_flatten::{flatten, FlattenOptions, Progress};
+use lode_oci::Source;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `lode flatten`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image to flatten: `oci:DIR[:REF]` or `docker-archive:FILE[:REF]`.
+    source: String,
+    /// Output ext4 image (written atomically).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Image size (e.g. `2G`); default: computed from the content with headroom.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+}
+
+/// Runs `lode flatten`.
+pub fn run(args: Args) -> Result<()> {
+    let source: Source = args.source.parse()?;
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} layer {msg} {bytes} read ({bytes_per_sec})")
+            .context("progress style")?,
+    );
+    let on_progress = |p: Progress| {
+        bar.set_message(format!("{}/{}", p.layer + 1, p.layers));
+        bar.set_position(p.total_bytes);
+    };
+    let start = Instant::now();
+    let report = flatten(
+        &source,
+        &args.output,
+        &FlattenOptions { size: args.size, progress: Some(&on_progress) },
+    )?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "flattened {} layers ({} entries, {} of layer data) into {} ({} image, {} of file data) in {:.2} s ({:.0} MB/s)",
+        report.layers,
+        report.entries,
+        human(report.layer_bytes),
+        args.output.display(),
+        human(report.summary.image_bytes),
+        human(report.summary.data_bytes),
+        secs,
+        report.layer_bytes as f64 / 1e6 / secs.max(1e-9),
+    );
+    Ok(())
+}

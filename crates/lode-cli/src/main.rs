@@ -1,0 +1,41 @@
+//! `lode`: start VMs from container images loaded on demand.
+
+mod cmd;
+mod units;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// lode: flatten OCI images into deterministic ext4 block images and serve them on demand.
+#[derive(Parser)]
+#[command(name = "lode", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Flatten an OCI image into one deterministic, layer-stable ext4 image.
+    Flatten(cmd::flatten::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("LODE_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Flatten(args) => cmd::flatten::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("lode: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

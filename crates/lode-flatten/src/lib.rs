@@ -1,0 +1,120 @@
+//! Flattens an OCI image into one deterministic, layer-stable ext4 image.
+//!
+//! This crate joins the two layers below it: [`lode_oci`] streams each layer's
+//! verified tar bytes, and [`lode_ext4`] lays the entries out. In between it
+//! applies the OCI layer rules: entry names are normalized and checked
+//! (no `..`, no absolute paths), whiteouts and opaque markers are recognized,
+//! PAX records give xattrs, ids and precise times.
+//!
+//! The output is written to a temporary file beside the target and renamed
+//! into place only when complete, so a failure never leaves a partial image.
+
+mod entry;
+mod error;
+
+pub use error::{EntryError, FlattenError};
+
+use lode_ext4::{Builder, Options, Summary};
+use lode_oci::{Image, Source};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::path::Path;
+
+/// Progress of a flatten, reported after each chunk of entries.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Layer being applied (0 = bottom).
+    pub layer: usize,
+    /// Number of layers.
+    pub layers: usize,
+    /// Uncompressed bytes of the current layer read so far.
+    pub layer_bytes: u64,
+    /// Uncompressed bytes of all layers read so far.
+    pub total_bytes: u64,
+}
+
+/// Options of [`flatten`].
+#[derive(Default)]
+pub struct FlattenOptions<'a> {
+    /// Image size in bytes; computed from the content when `None`.
+    pub size: Option<u64>,
+    /// Called as layers are read.
+    pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+}
+
+/// What a flatten produced.
+#[derive(Clone, Debug)]
+pub struct FlattenReport {
+    /// The ext4 writer's summary.
+    pub summary: Summary,
+    /// Number of layers applied.
+    pub layers: usize,
+    /// Uncompressed layer bytes read.
+    pub layer_bytes: u64,
+    /// Number of tar entries applied.
+    pub entries: u64,
+}
+
+/// Derives a 16-byte identifier from the image's layer identities, so that the
+/// same layers give the same filesystem UUID whatever transport carried them.
+fn derive_id(image: &Image, purpose: &str) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"lode-ext4/");
+    h.update(purpose.as_bytes());
+    for d in image.diff_ids() {
+        h.update(b"\n");
+        h.update(d.as_bytes());
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize()[..16]);
+    // RFC 4122 name-based (version 5) UUID layout.
+    id[6] = (id[6] & 0x0f) | 0x50;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+/// Flattens `source` into the ext4 image `out` (atomically: temp file + rename).
+pub fn flatten(source: &Source, out: &Path, opts: &FlattenOptions<'_>) -> Result<FlattenReport, FlattenError> {
+    let image = Image::open(source)?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let out_err = |source| FlattenError::Output { path: out.display().to_string(), source };
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".lode-tmp")
+        .tempfile_in(&dir)
+        .map_err(out_err)?;
+    let file = tmp.as_file().try_clone().map_err(out_err)?;
+    let report = flatten_image(&image, file, opts)?;
+    tmp.as_file().sync_all().map_err(out_err)?;
+    tmp.persist(out).map_err(|e| out_err(e.error))?;
+    Ok(report)
+}
+
+/// Flattens an opened image into `file` (which should be empty).
+pub fn flatten_image(image: &Image, file: File, opts: &FlattenOptions<'_>) -> Result<FlattenReport, FlattenError> {
+    let options = Options {
+        size: opts.size,
+        uuid: derive_id(image, "uuid"),
+        hash_seed: derive_id(image, "hash-seed"),
+        label: b"lode".to_vec(),
+    };
+    let mut builder = Builder::new(file, options);
+    let mut total = 0u64;
+    let mut entries = 0u64;
+    let layers = image.layers().len();
+    for desc in image.layers() {
+        let (bytes, n) = entry::apply_layer(image, desc, &mut builder, |layer_bytes| {
+            if let Some(p) = opts.progress {
+                p(Progress { layer: desc.index, layers, layer_bytes, total_bytes: total + layer_bytes });
+            }
+        })?;
+        total += bytes;
+        entries += n;
+    }
+    let summary = builder.finish().map_err(FlattenError::Finish)?;
+    Ok(FlattenReport { summary, layers, layer_bytes: total, entries })
+}
