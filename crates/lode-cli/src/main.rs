@@ -18,6 +18,14 @@ struct Cli {
 enum Command {
     /// Flatten an OCI image into one deterministic, layer-stable ext4 image.
     Flatten(cmd::flatten::Args),
+    /// Chunk, encrypt and upload an image to the chunk store (dedup: only new chunks).
+    Push(cmd::push::Args),
+    /// Rebuild an image from the chunk store, verifying every chunk.
+    Pull(cmd::pull::Args),
+    /// Show an image's manifest summary.
+    Inspect(cmd::inspect::Args),
+    /// Manage chunk-store roots (generations with their own salt).
+    Root(cmd::root::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +36,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Flatten(args) => cmd::flatten::run(args),
+        Command::Push(args) => cmd::push::run(args),
+        Command::Pull(args) => cmd::pull::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Root(args) => cmd::root::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,3 +1,8 @@
 //! One module per subcommand.
 
+pub mod common;
 pub mod flatten;
+pub mod inspect;
+pub mod pull;
+pub mod push;
+pub mod root;

@@ -1,0 +1,69 @@
+//! Errors of the chunk format.
+
+/// Everything that can go wrong with chunks, manifests and keys.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChunkError {
+    /// A chunk's bytes do not hash to its name.
+    #[error("chunk {index}: name mismatch (expected {expected}, got {actual}): corrupt or tampered chunk")]
+    NameMismatch {
+        /// Chunk index in the image.
+        index: u64,
+        /// Name recorded in the manifest.
+        expected: String,
+        /// SHA-256 of the bytes received.
+        actual: String,
+    },
+    /// A decrypted chunk does not match its recorded plaintext hash.
+    #[error("chunk {index}: plaintext hash mismatch after decryption: corrupt or tampered chunk")]
+    PlaintextMismatch {
+        /// Chunk index in the image.
+        index: u64,
+    },
+    /// A manifest that cannot be parsed.
+    #[error("manifest: {0}")]
+    BadManifest(String),
+    /// The manifest's sealed part does not open: tampered, or the wrong key.
+    #[error("manifest for tenant '{tenant}' does not authenticate: tampered manifest or wrong tenant key")]
+    Unauthentic {
+        /// Tenant named in the manifest.
+        tenant: String,
+    },
+    /// The tenant has no key in the provider.
+    #[error("no key for tenant '{tenant}' in {provider}")]
+    MissingKey {
+        /// Tenant.
+        tenant: String,
+        /// Where the key was looked for.
+        provider: String,
+    },
+    /// A wrapped data key that the tenant's key does not open.
+    #[error("the key of tenant '{tenant}' does not open this data key (another tenant's manifest, or a tampered one)")]
+    WrongKey {
+        /// Tenant.
+        tenant: String,
+    },
+    /// A salt id the provider does not know.
+    #[error("no salt '{salt_id}' in {provider}")]
+    MissingSalt {
+        /// Salt id.
+        salt_id: String,
+        /// Where it was looked for.
+        provider: String,
+    },
+    /// A tenant name that is not allowed.
+    #[error("invalid tenant name '{0}': use 1-64 of [A-Za-z0-9._-], not starting with '.'")]
+    BadTenant(String),
+    /// Key storage failed.
+    #[error("key store {path}: {source}")]
+    Io {
+        /// File involved.
+        path: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The system's random source failed.
+    #[error("random source: {0}")]
+    Random(String),
+}

@@ -1,0 +1,23 @@
+//! lode's chunk format: how an image becomes encrypted, deduplicable chunks.
+//!
+//! * [`crypto`]: convergent encryption of one chunk. The key is
+//!   `SHA-256(salt ‖ plaintext)`, the cipher AES-256-CTR with an all-zero IV,
+//!   and the chunk's **name** is `SHA-256(ciphertext)`: equal plaintexts under
+//!   one salt give one name and one stored object, whoever pushes them, and
+//!   any tier can check a chunk against its name without holding keys.
+//! * [`manifest`]: the per-image manifest (versioned binary format, see
+//!   `docs/format.md`): chunk names in clear, keys and plaintext hashes sealed
+//!   with AES-256-GCM under a per-image data key, the whole file authenticated.
+//! * [`keys`]: the [`KeyProvider`] trait that wraps data keys under a tenant's
+//!   key (KMS-style envelope) and holds root salts, with the default
+//!   [`keys::Keyring`] directory provider.
+
+pub mod crypto;
+pub mod error;
+pub mod keys;
+pub mod manifest;
+
+pub use crypto::{open_chunk, seal_chunk, ChunkKey, ChunkName, SealedChunk, CHUNK_SIZE};
+pub use error::ChunkError;
+pub use keys::{DataKey, KeyProvider, Keyring, Salt};
+pub use manifest::{ChunkSecret, KeyTable, Manifest};

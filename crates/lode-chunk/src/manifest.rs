@@ -1,0 +1,308 @@
+//! The per-image manifest, format version 1 (see `docs/format.md`).
+//!
+//! ```text
+//! "LODEMANI"  magic                      8 bytes
+//! version     u16 = 1, reserved u16 = 0
+//! image_size  u64      chunk_size u32    chunk_count u32
+//! tenant      u16 length + bytes         root   u16 length + bytes
+//! wrapped     u16 length + bytes         (the data key, wrapped by the KeyProvider)
+//! nonce       12 bytes                   (AES-256-GCM nonce of the sealed table)
+//! names       chunk_count × 32 bytes     (SHA-256 of ciphertext; all-zero = hole)
+//! sealed      u32 length + AES-256-GCM(data key, nonce, table, aad = every byte above)
+//!             table = chunk_count × (key 32 bytes ‖ plaintext SHA-256 32 bytes)
+//! ```
+//! All integers little-endian. Nothing may follow the sealed table. Because
+//! every byte before the table is the GCM associated data and the table ends
+//! with the tag, a change anywhere in the file makes [`Manifest::open`] fail.
+
+use crate::crypto::{ChunkKey, ChunkName};
+use crate::error::ChunkError;
+use crate::keys::{check_tenant, DataKey, KeyProvider};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::Aes256Gcm;
+use sha2::{Digest, Sha256};
+
+const MAGIC: &[u8; 8] = b"LODEMANI";
+/// Current manifest format version.
+pub const VERSION: u16 = 1;
+/// Largest manifest lode will parse (a 16 TiB image at 512 KiB chunks is 1 GiB
+/// of table; anything larger is refused before allocation).
+pub const MAX_CHUNKS: u64 = 1 << 25;
+
+/// Secret part of one chunk's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkSecret {
+    /// Decryption key.
+    pub key: ChunkKey,
+    /// SHA-256 of the plaintext.
+    pub plain_sha: [u8; 32],
+}
+
+/// The opened key table: one entry per chunk, `None` for holes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyTable(pub Vec<Option<ChunkSecret>>);
+
+/// A parsed manifest. Names are readable by anyone; keys need the tenant's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// Tenant that owns the image.
+    pub tenant: String,
+    /// Image size in bytes.
+    pub image_size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Root holding the chunks.
+    pub root: String,
+    /// Data key wrapped by the key provider.
+    pub wrapped_key: Vec<u8>,
+    /// GCM nonce.
+    pub nonce: [u8; 12],
+    /// Chunk names; `None` = hole (all-zero chunk, never stored).
+    pub names: Vec<Option<ChunkName>>,
+    /// The sealed key table (ciphertext and tag).
+    pub sealed: Vec<u8>,
+}
+
+fn bad(msg: impl Into<String>) -> ChunkError {
+    ChunkError::BadManifest(msg.into())
+}
+
+/// Bounds-checked little-endian reader.
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ChunkError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| bad(format!("truncated at {what}")))?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u16(&mut self, what: &str) -> Result<u16, ChunkError> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, ChunkError> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, ChunkError> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+    }
+    fn str16(&mut self, what: &str) -> Result<String, ChunkError> {
+        let n = self.u16(what)? as usize;
+        String::from_utf8(self.take(n, what)?.to_vec()).map_err(|_| bad(format!("{what} is not UTF-8")))
+    }
+}
+
+/// Number of chunks of an image.
+pub fn chunk_count(image_size: u64, chunk_size: u32) -> u64 {
+    image_size.div_ceil(u64::from(chunk_size))
+}
+
+impl Manifest {
+    /// Builds and seals a manifest. `secrets[i]` must be `Some` exactly where
+    /// `names[i]` is.
+    pub fn seal(
+        tenant: &str,
+        image_size: u64,
+        chunk_size: u32,
+        root: &str,
+        names: Vec<Option<ChunkName>>,
+        secrets: &[Option<ChunkSecret>],
+        provider: &dyn KeyProvider,
+    ) -> Result<Manifest, ChunkError> {
+        check_tenant(tenant)?;
+        if names.len() != secrets.len() || names.len() as u64 != chunk_count(image_size, chunk_size) {
+            return Err(bad("chunk table does not match the image size"));
+        }
+        let data_key = DataKey::random()?;
+        let wrapped_key = provider.wrap(tenant, &data_key)?;
+        let nonce: [u8; 12] = crate::keys::random32()?[..12].try_into().expect("12 of 32");
+        let mut m = Manifest {
+            tenant: tenant.to_string(),
+            image_size,
+            chunk_size,
+            root: root.to_string(),
+            wrapped_key,
+            nonce,
+            names,
+            sealed: Vec::new(),
+        };
+        let mut table = Vec::with_capacity(secrets.len() * 64);
+        for s in secrets {
+            match s {
+                Some(s) => {
+                    table.extend_from_slice(&s.key.0);
+                    table.extend_from_slice(&s.plain_sha);
+                }
+                None => table.extend_from_slice(&[0u8; 64]),
+            }
+        }
+        let aad = m.header_bytes();
+        m.sealed = Aes256Gcm::new(&data_key.0.into())
+            .encrypt(&nonce.into(), Payload { msg: &table, aad: &aad })
+            .map_err(|_| bad("sealing failed"))?;
+        Ok(m)
+    }
+
+    /// Everything before the sealed table: the GCM associated data.
+    fn header_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64 + self.names.len() * 32);
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&self.image_size.to_le_bytes());
+        b.extend_from_slice(&self.chunk_size.to_le_bytes());
+        b.extend_from_slice(&(self.names.len() as u32).to_le_bytes());
+        for s in [self.tenant.as_bytes(), self.root.as_bytes(), &self.wrapped_key] {
+            b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            b.extend_from_slice(s);
+        }
+        b.extend_from_slice(&self.nonce);
+        for n in &self.names {
+            b.extend_from_slice(&n.map(|n| n.0).unwrap_or([0; 32]));
+        }
+        b
+    }
+
+    /// The manifest's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = self.header_bytes();
+        b.extend_from_slice(&(self.sealed.len() as u32).to_le_bytes());
+        b.extend_from_slice(&self.sealed);
+        b
+    }
+
+    /// `sha256:<hex>` of the encoded manifest: its name in the store.
+    pub fn digest_of(bytes: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// Parses manifest bytes (untrusted input: every length is checked).
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, ChunkError> {
+        let mut r = Reader { b: bytes, pos: 0 };
+        if r.take(8, "magic")? != MAGIC {
+            return Err(bad("not a lode manifest (bad magic)"));
+        }
+        let version = r.u16("version")?;
+        if version != VERSION {
+            return Err(bad(format!("unsupported version {version} (this lode reads {VERSION})")));
+        }
+        if r.u16("reserved")? != 0 {
+            return Err(bad("reserved field is not zero"));
+        }
+        let image_size = r.u64("image size")?;
+        let chunk_size = r.u32("chunk size")?;
+        if !chunk_size.is_power_of_two() || !(4096..=(64 << 20)).contains(&chunk_size) {
+            return Err(bad(format!("invalid chunk size {chunk_size}")));
+        }
+        let count = u64::from(r.u32("chunk count")?);
+        if count != chunk_count(image_size, chunk_size) || count > MAX_CHUNKS {
+            return Err(bad(format!("chunk count {count} does not match image size {image_size}")));
+        }
+        let tenant = r.str16("tenant")?;
+        check_tenant(&tenant)?;
+        let root = r.str16("root")?;
+        let n = r.u16("wrapped key")? as usize;
+        let wrapped_key = r.take(n, "wrapped key")?.to_vec();
+        let nonce: [u8; 12] = r.take(12, "nonce")?.try_into().expect("12 bytes");
+        let raw = r.take(count as usize * 32, "chunk names")?;
+        let names = raw
+            .chunks(32)
+            .map(|c| {
+                let a: [u8; 32] = c.try_into().expect("32 bytes");
+                (a != [0; 32]).then_some(ChunkName(a))
+            })
+            .collect();
+        let sealed_len = r.u32("sealed table length")? as usize;
+        if sealed_len != count as usize * 64 + 16 {
+            return Err(bad("sealed table has the wrong length"));
+        }
+        let sealed = r.take(sealed_len, "sealed table")?.to_vec();
+        if r.pos != bytes.len() {
+            return Err(bad("trailing bytes after the sealed table"));
+        }
+        Ok(Manifest { tenant, image_size, chunk_size, root, wrapped_key, nonce, names, sealed })
+    }
+
+    /// Opens the key table with the tenant's key, authenticating the whole manifest.
+    pub fn open(&self, provider: &dyn KeyProvider) -> Result<KeyTable, ChunkError> {
+        let data_key = provider.unwrap(&self.tenant, &self.wrapped_key)?;
+        let aad = self.header_bytes();
+        let table = Aes256Gcm::new(&data_key.0.into())
+            .decrypt(&self.nonce.into(), Payload { msg: &self.sealed, aad: &aad })
+            .map_err(|_| ChunkError::Unauthentic { tenant: self.tenant.clone() })?;
+        let mut out = Vec::with_capacity(self.names.len());
+        for (i, e) in table.chunks(64).enumerate() {
+            let secret = ChunkSecret {
+                key: ChunkKey(e[..32].try_into().expect("32 bytes")),
+                plain_sha: e[32..].try_into().expect("32 bytes"),
+            };
+            match (self.names[i].is_some(), e == [0u8; 64]) {
+                (true, false) => out.push(Some(secret)),
+                (false, true) => out.push(None),
+                _ => return Err(bad(format!("chunk {i}: key table and name table disagree"))),
+            }
+        }
+        Ok(KeyTable(out))
+    }
+
+    /// Number of non-hole chunks.
+    pub fn stored_chunks(&self) -> usize {
+        self.names.iter().filter(|n| n.is_some()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keyring;
+    use proptest::prelude::*;
+
+    fn sample(names: Vec<Option<ChunkName>>, k: &Keyring) -> Manifest {
+        let secrets: Vec<Option<ChunkSecret>> = names
+            .iter()
+            .map(|n| n.map(|n| ChunkSecret { key: ChunkKey(n.0), plain_sha: [9; 32] }))
+            .collect();
+        let size = names.len() as u64 * 4096;
+        Manifest::seal("t1", size, 4096, "root-1", names, &secrets, k).unwrap()
+    }
+
+    #[test]
+    fn tampering_anywhere_is_detected() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Keyring::new(d.path());
+        let m = sample(vec![Some(ChunkName([1; 32])), None, Some(ChunkName([2; 32]))], &k);
+        let bytes = m.encode();
+        assert!(Manifest::decode(&bytes).unwrap().open(&k).is_ok());
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            let opened = Manifest::decode(&b).and_then(|m| m.open(&k));
+            assert!(opened.is_err(), "flipping byte {i} went unnoticed");
+        }
+        for cut in [0, 7, 30, bytes.len() - 1] {
+            assert!(Manifest::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_roundtrip(raw in proptest::collection::vec(proptest::option::of(any::<[u8; 32]>()), 0..200)) {
+            let d = tempfile::tempdir().unwrap();
+            let k = Keyring::new(d.path());
+            let names: Vec<Option<ChunkName>> = raw.into_iter().map(|o| o.filter(|a| *a != [0; 32]).map(ChunkName)).collect();
+            let m = sample(names.clone(), &k);
+            let back = Manifest::decode(&m.encode()).unwrap();
+            prop_assert_eq!(&back, &m);
+            let table = back.open(&k).unwrap();
+            prop_assert_eq!(table.0.len(), names.len());
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Manifest::decode(&bytes);
+        }
+    }
+}

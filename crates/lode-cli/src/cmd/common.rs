@@ -1,0 +1,48 @@
+//! What several subcommands share: `LODE_HOME`, the store, the key provider.
+
+use anyhow::{Context, Result};
+use lode_chunk::{KeyProvider, Keyring};
+use lode_store::Store;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// `$LODE_HOME`, default `~/.local/share/lode`.
+pub fn lode_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("LODE_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/lode")
+}
+
+/// The store URL given, or `$LODE_HOME/store`.
+pub fn store_url(given: Option<&str>) -> String {
+    match given {
+        Some(u) => u.to_string(),
+        None => lode_home().join("store").display().to_string(),
+    }
+}
+
+/// Opens the store.
+pub fn open_store(given: Option<&str>) -> Result<Store> {
+    let url = store_url(given);
+    Store::open(&url).with_context(|| format!("opening store {url}"))
+}
+
+/// The default key provider: the keyring in `$LODE_HOME/keys`.
+pub fn key_provider() -> Arc<dyn KeyProvider> {
+    Arc::new(Keyring::new(lode_home().join("keys")))
+}
+
+/// A tokio runtime for one command.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// Store options every store command takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// Chunk store: `file:///DIR`, a path, `s3://BUCKET/PREFIX` or `memory://` (default `$LODE_HOME/store`).
+    #[arg(long)]
+    pub store: Option<String>,
+}

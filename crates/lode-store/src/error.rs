@@ -1,0 +1,92 @@
+//! Errors of the chunk store.
+
+use lode_chunk::ChunkError;
+
+/// Everything that can go wrong talking to the store or moving images.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The `--store` URL is not understood.
+    #[error("invalid store URL '{url}': {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A store operation failed (unreachable, denied, ...).
+    #[error("store {op} '{path}': {source}")]
+    Backend {
+        /// Operation.
+        op: &'static str,
+        /// Object path.
+        path: String,
+        /// Underlying error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The tenant has no image of that name.
+    #[error("tenant '{tenant}' has no image '{name}' in {store}")]
+    ImageNotFound {
+        /// Tenant.
+        tenant: String,
+        /// Image name.
+        name: String,
+        /// Store URL.
+        store: String,
+    },
+    /// An object that must exist is missing.
+    #[error("missing {what} '{path}' in the store")]
+    Missing {
+        /// What it is.
+        what: &'static str,
+        /// Object path.
+        path: String,
+    },
+    /// A stored object does not hash to its name.
+    #[error("{what} '{path}' is corrupt: expected {expected}, got {actual}")]
+    Corrupt {
+        /// What it is.
+        what: &'static str,
+        /// Object path.
+        path: String,
+        /// Expected digest.
+        expected: String,
+        /// Actual digest.
+        actual: String,
+    },
+    /// Chunk, manifest or key failure.
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    /// A JSON document in the store cannot be read.
+    #[error("{what} '{path}': {reason}")]
+    BadDocument {
+        /// What it is.
+        what: &'static str,
+        /// Object path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The roots are in a state that breaks the invariants.
+    #[error("roots: {0}")]
+    Roots(String),
+    /// An image name that is not allowed.
+    #[error("invalid image name '{0}': use 1-128 of [A-Za-z0-9._:-], not starting with '.'")]
+    BadName(String),
+    /// Local file I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A background task failed.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// Result alias.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
