@@ -24,6 +24,10 @@ enum Command {
     Pull(cmd::pull::Args),
     /// Show an image's manifest summary.
     Inspect(cmd::inspect::Args),
+    /// Serve images on demand as NBD block devices (host cache, copy-on-write).
+    Agent(cmd::agent::Args),
+    /// Write one file of an image to stdout, loading only the chunks it needs.
+    Cat(cmd::cat::Args),
     /// Manage chunk-store roots (generations with their own salt).
     Root(cmd::root::Args),
 }
@@ -40,6 +44,8 @@ fn main() -> ExitCode {
         Command::Pull(args) => cmd::pull::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Root(args) => cmd::root::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Cat(args) => cmd::cat::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

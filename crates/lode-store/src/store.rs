@@ -169,4 +169,25 @@ impl Store {
         hex_of(&p.manifest)?;
         Ok(p.manifest)
     }
+
+    /// Every `(tenant, image name)` in the store.
+    pub async fn list_images(&self) -> Result<Vec<(String, String)>> {
+        let list = |p: Path| async move {
+            self.inner
+                .list_with_delimiter(Some(&p))
+                .await
+                .map_err(|source| StoreError::Backend { op: "list", path: p.to_string(), source })
+        };
+        let mut out = Vec::new();
+        for t in list(Path::from("tenants")).await?.common_prefixes {
+            let Some(tenant) = t.filename().map(str::to_string) else { continue };
+            for o in list(Path::from(format!("tenants/{tenant}/images"))).await?.objects {
+                if let Some(name) = o.location.filename() {
+                    out.push((tenant.clone(), name.to_string()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
 }

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod agent;
+pub mod cat;
 pub mod common;
 pub mod flatten;
 pub mod inspect;

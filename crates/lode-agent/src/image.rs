@@ -1,0 +1,89 @@
+//! One opened image: its manifest and key table over the shared reader.
+
+use crate::reader::{ChunkReader, ReadError};
+use bytes::{Bytes, BytesMut};
+use futures::future::try_join_all;
+use lode_cache::ChunkId;
+use lode_store::OpenedImage;
+use std::sync::Arc;
+
+/// An image ready to serve reads.
+#[derive(Debug)]
+pub struct ImageHandle {
+    /// `TENANT/NAME`.
+    pub export: String,
+    /// Manifest and key table.
+    pub image: OpenedImage,
+    root: Arc<str>,
+    reader: Arc<ChunkReader>,
+}
+
+impl ImageHandle {
+    /// Wraps an opened image.
+    pub fn new(export: String, image: OpenedImage, reader: Arc<ChunkReader>) -> Self {
+        let root = Arc::from(image.manifest.root.as_str());
+        ImageHandle { export, image, root, reader }
+    }
+
+    /// Image size in bytes.
+    pub fn size(&self) -> u64 {
+        self.image.manifest.image_size
+    }
+
+    /// Chunk size in bytes.
+    pub fn chunk_size(&self) -> u64 {
+        u64::from(self.image.manifest.chunk_size)
+    }
+
+    /// Number of chunks.
+    pub fn chunks(&self) -> u64 {
+        self.image.manifest.names.len() as u64
+    }
+
+    /// The shared reader.
+    pub fn reader(&self) -> &Arc<ChunkReader> {
+        &self.reader
+    }
+
+    /// Plaintext of chunk `index` (zeros for a hole).
+    pub async fn chunk(&self, index: u64) -> Result<Bytes, ReadError> {
+        let m = &self.image.manifest;
+        let len = (m.image_size - index * self.chunk_size()).min(self.chunk_size()) as usize;
+        match (m.names[index as usize], self.image.keys.0[index as usize]) {
+            (Some(name), Some(secret)) => {
+                let id = ChunkId { root: self.root.clone(), name };
+                self.reader.chunk(index, &id, &secret).await
+            }
+            _ => Ok(Bytes::from(vec![0u8; len])),
+        }
+    }
+
+    /// Reads `len` bytes at `offset`.
+    #[tracing::instrument(level = "debug", skip(self), fields(export = %self.export))]
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, ReadError> {
+        let end = offset.checked_add(len).filter(|&e| e <= self.size());
+        let Some(end) = end else {
+            return Err(ReadError::OutOfRange { offset, len, size: self.size() });
+        };
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let cs = self.chunk_size();
+        let first = offset / cs;
+        let last = (end - 1) / cs;
+        let parts = try_join_all((first..=last).map(|i| self.chunk(i))).await?;
+        if parts.len() == 1 {
+            let s = (offset - first * cs) as usize;
+            return Ok(parts[0].slice(s..s + len as usize));
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        for (k, p) in parts.iter().enumerate() {
+            let i = first + k as u64;
+            let cstart = i * cs;
+            let s = offset.max(cstart) - cstart;
+            let e = end.min(cstart + p.len() as u64) - cstart;
+            out.extend_from_slice(&p[s as usize..e as usize]);
+        }
+        Ok(out.freeze())
+    }
+}

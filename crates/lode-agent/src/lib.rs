@@ -1,0 +1,22 @@
+//! lode's local agent: serves images to VMs as NBD block devices, loading
+//! chunks on demand.
+//!
+//! * [`reader`]: the 512 KiB chunk read path (memory → disk → tiers,
+//!   single-flight, verify before serve);
+//! * [`image`]: byte ranges of one image over the reader;
+//! * [`overlay`]: per-connection copy-on-write at 4 KiB pages;
+//! * [`exports`]: `TENANT/NAME[@OVERLAY]` names and the images behind them;
+//! * [`nbd`]: the NBD protocol server;
+//! * [`metrics`]: the Prometheus endpoint.
+
+pub mod exports;
+pub mod image;
+pub mod metrics;
+pub mod nbd;
+pub mod overlay;
+pub mod reader;
+
+pub use exports::{ExportName, Exports};
+pub use image::ImageHandle;
+pub use nbd::{Server, ServerConfig};
+pub use reader::{ChunkReader, ReadError};

@@ -1,0 +1,421 @@
+//! The NBD server: fixed newstyle handshake and simple replies, on tokio.
+//!
+//! Options: `EXPORT_NAME`, `LIST`, `INFO`, `GO`, `ABORT` (others answer
+//! `ERR_UNSUP`). Commands: `READ`, `WRITE`, `FLUSH`, `TRIM`, `DISC`. Every
+//! client-supplied length and offset goes through [`check_range`] before any
+//! I/O. A client that breaks the protocol is dropped; the others keep going.
+
+use crate::exports::{ExportError, Exports};
+use crate::image::ImageHandle;
+use crate::overlay::Overlay;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+const FLAG_FIXED_NEWSTYLE: u16 = 1;
+const FLAG_NO_ZEROES: u16 = 2;
+const CFLAG_NO_ZEROES: u32 = 2;
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_LIST: u32 = 3;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+
+const REP_ACK: u32 = 1;
+const REP_SERVER: u32 = 2;
+const REP_INFO: u32 = 3;
+const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+const REP_ERR_POLICY: u32 = (1 << 31) + 2;
+const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+
+const INFO_EXPORT: u16 = 0;
+const INFO_BLOCK_SIZE: u16 = 3;
+
+const TFLAG_HAS_FLAGS: u16 = 1;
+const TFLAG_SEND_FLUSH: u16 = 4;
+const TFLAG_SEND_TRIM: u16 = 32;
+
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+
+const EIO: u32 = 5;
+const EINVAL: u32 = 22;
+
+/// Largest READ or WRITE accepted.
+pub const MAX_REQUEST: u32 = 32 << 20;
+/// Largest option payload accepted during the handshake.
+const MAX_OPTION: u32 = 64 << 10;
+/// Time a client has to finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests of one connection processed at once.
+const PER_CONN_REQUESTS: usize = 16;
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Directory of copy-on-write overlays.
+    pub overlay_dir: PathBuf,
+}
+
+/// State shared by all connections.
+#[derive(Debug)]
+pub struct Server {
+    exports: Arc<Exports>,
+    config: ServerConfig,
+    named_in_use: Mutex<HashSet<String>>,
+    conn_seq: AtomicU64,
+    /// Connections served so far.
+    pub connections: AtomicU64,
+}
+
+/// Checks a request range: non-empty, at most [`MAX_REQUEST`], inside `size`.
+pub fn check_range(offset: u64, len: u32, size: u64) -> Result<(), u32> {
+    if len == 0 || len > MAX_REQUEST {
+        return Err(EINVAL);
+    }
+    match offset.checked_add(u64::from(len)) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(EINVAL),
+    }
+}
+
+impl Server {
+    /// A server over `exports`.
+    pub fn new(exports: Arc<Exports>, config: ServerConfig) -> Self {
+        Server { exports, config, named_in_use: Mutex::new(HashSet::new()), conn_seq: AtomicU64::new(0), connections: AtomicU64::new(0) }
+    }
+
+    /// The exports.
+    pub fn exports(&self) -> &Arc<Exports> {
+        &self.exports
+    }
+
+    /// Serves one client connection to its end. Errors end only this client.
+    pub async fn serve<S>(self: Arc<Self>, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let chosen = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut rd, &mut wr)).await {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "handshake ended");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("handshake timed out");
+                return;
+            }
+        };
+        let (export, image, overlay_name) = chosen;
+        let overlay = match self.attach_overlay(&export, &image, overlay_name.as_deref()) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, export, "cannot create overlay");
+                return;
+            }
+        };
+        let conn = Arc::new(Conn { image, overlay, wr: tokio::sync::Mutex::new(Box::new(wr)) });
+        if let Err(e) = conn.clone().transmission(&mut rd).await {
+            tracing::debug!(error = %e, export, "connection ended");
+        }
+        if let Some(n) = overlay_name {
+            self.named_in_use.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
+        }
+    }
+
+    fn attach_overlay(&self, export: &str, image: &Arc<ImageHandle>, named: Option<&str>) -> std::io::Result<Overlay> {
+        let path = match named {
+            Some(n) => self.config.overlay_dir.join(n.replace('/', "_")).with_extension("overlay"),
+            None => {
+                let id = self.conn_seq.fetch_add(1, Ordering::Relaxed);
+                self.config.overlay_dir.join(format!("conn-{}-{id}.overlay", std::process::id()))
+            }
+        };
+        Overlay::open(path, image.size(), named.is_some())
+            .map_err(|e| std::io::Error::other(format!("{export}: {e}")))
+    }
+
+    /// Runs the option haggling; returns the chosen export, or `None` when the
+    /// client aborted or asked for an unknown export the old way.
+    async fn handshake<R, W>(&self, rd: &mut R, wr: &mut W) -> std::io::Result<Option<(String, Arc<ImageHandle>, Option<String>)>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        wr.write_u64(NBDMAGIC).await?;
+        wr.write_u64(IHAVEOPT).await?;
+        wr.write_u16(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).await?;
+        wr.flush().await?;
+        let cflags = rd.read_u32().await?;
+        let no_zeroes = cflags & CFLAG_NO_ZEROES != 0;
+        loop {
+            if rd.read_u64().await? != IHAVEOPT {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad option magic"));
+            }
+            let opt = rd.read_u32().await?;
+            let len = rd.read_u32().await?;
+            if len > MAX_OPTION {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "option too large"));
+            }
+            let mut data = vec![0u8; len as usize];
+            rd.read_exact(&mut data).await?;
+            match opt {
+                OPT_ABORT => {
+                    let _ = reply(wr, opt, REP_ACK, &[]).await;
+                    return Ok(None);
+                }
+                OPT_LIST => {
+                    if len != 0 {
+                        reply(wr, opt, REP_ERR_INVALID, b"LIST takes no data").await?;
+                        continue;
+                    }
+                    match self.exports.list().await {
+                        Ok(names) => {
+                            for n in names {
+                                let mut d = (n.len() as u32).to_be_bytes().to_vec();
+                                d.extend_from_slice(n.as_bytes());
+                                reply(wr, opt, REP_SERVER, &d).await?;
+                            }
+                            reply(wr, opt, REP_ACK, &[]).await?;
+                        }
+                        Err(e) => reply(wr, opt, REP_ERR_POLICY, e.to_string().as_bytes()).await?,
+                    }
+                }
+                OPT_EXPORT_NAME => {
+                    let name = String::from_utf8_lossy(&data).into_owned();
+                    let Ok((parsed, image)) = self.exports.open(&name).await else { return Ok(None) };
+                    if !self.claim(&parsed.overlay) {
+                        return Ok(None);
+                    }
+                    wr.write_u64(image.size()).await?;
+                    wr.write_u16(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM).await?;
+                    if !no_zeroes {
+                        wr.write_all(&[0u8; 124]).await?;
+                    }
+                    wr.flush().await?;
+                    return Ok(Some((name, image, parsed.overlay)));
+                }
+                OPT_INFO | OPT_GO => {
+                    let Some((name, requests)) = parse_info(&data) else {
+                        reply(wr, opt, REP_ERR_INVALID, b"malformed INFO/GO request").await?;
+                        continue;
+                    };
+                    let (parsed, image) = match self.exports.open(&name).await {
+                        Ok(x) => x,
+                        Err(e @ ExportError::Unknown(_)) => {
+                            reply(wr, opt, REP_ERR_UNKNOWN, e.to_string().as_bytes()).await?;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "export failed to open");
+                            reply(wr, opt, REP_ERR_UNKNOWN, e.to_string().as_bytes()).await?;
+                            continue;
+                        }
+                    };
+                    let mut info = INFO_EXPORT.to_be_bytes().to_vec();
+                    info.extend_from_slice(&image.size().to_be_bytes());
+                    info.extend_from_slice(&(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM).to_be_bytes());
+                    reply(wr, opt, REP_INFO, &info).await?;
+                    if requests.contains(&INFO_BLOCK_SIZE) {
+                        let mut b = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                        for v in [1u32, 4096, MAX_REQUEST] {
+                            b.extend_from_slice(&v.to_be_bytes());
+                        }
+                        reply(wr, opt, REP_INFO, &b).await?;
+                    }
+                    if opt == OPT_GO {
+                        if !self.claim(&parsed.overlay) {
+                            reply(wr, opt, REP_ERR_POLICY, b"named overlay in use by another connection").await?;
+                            continue;
+                        }
+                        reply(wr, opt, REP_ACK, &[]).await?;
+                        return Ok(Some((name, image, parsed.overlay)));
+                    }
+                    reply(wr, opt, REP_ACK, &[]).await?;
+                }
+                _ => reply(wr, opt, REP_ERR_UNSUP, b"option not supported").await?,
+            }
+        }
+    }
+
+    /// Marks a named overlay as in use; false if another connection has it.
+    fn claim(&self, overlay: &Option<String>) -> bool {
+        match overlay {
+            Some(n) => self.named_in_use.lock().unwrap_or_else(|p| p.into_inner()).insert(n.clone()),
+            None => true,
+        }
+    }
+}
+
+/// Parses INFO/GO data: `u32 name length, name, u16 count, count × u16`.
+pub fn parse_info(d: &[u8]) -> Option<(String, Vec<u16>)> {
+    let n = u32::from_be_bytes(d.get(..4)?.try_into().ok()?) as usize;
+    let name = d.get(4..4usize.checked_add(n)?)?;
+    let rest = &d[4 + n..];
+    let count = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+    let reqs = rest.get(2..)?;
+    if reqs.len() != count * 2 {
+        return None;
+    }
+    let list = reqs.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+    Some((String::from_utf8_lossy(name).into_owned(), list))
+}
+
+async fn reply<W: AsyncWrite + Unpin>(wr: &mut W, opt: u32, kind: u32, data: &[u8]) -> std::io::Result<()> {
+    let mut b = Vec::with_capacity(20 + data.len());
+    b.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+    b.extend_from_slice(&opt.to_be_bytes());
+    b.extend_from_slice(&kind.to_be_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    b.extend_from_slice(data);
+    wr.write_all(&b).await?;
+    wr.flush().await
+}
+
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+struct Conn {
+    image: Arc<ImageHandle>,
+    overlay: Overlay,
+    wr: tokio::sync::Mutex<Writer>,
+}
+
+impl Conn {
+    async fn send(&self, handle: u64, error: u32, data: &[u8]) -> std::io::Result<()> {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+        h[4..8].copy_from_slice(&error.to_be_bytes());
+        h[8..].copy_from_slice(&handle.to_be_bytes());
+        let mut w = self.wr.lock().await;
+        w.write_all(&h).await?;
+        if error == 0 && !data.is_empty() {
+            w.write_all(data).await?;
+        }
+        w.flush().await
+    }
+
+    async fn transmission<R: AsyncRead + Unpin>(self: Arc<Self>, rd: &mut R) -> std::io::Result<()> {
+        let size = self.image.size();
+        let limit = Arc::new(Semaphore::new(PER_CONN_REQUESTS));
+        loop {
+            let mut hdr = [0u8; 28];
+            rd.read_exact(&mut hdr).await?;
+            let magic = u32::from_be_bytes(hdr[0..4].try_into().expect("4"));
+            if magic != REQUEST_MAGIC {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad request magic"));
+            }
+            let cmd = u16::from_be_bytes(hdr[6..8].try_into().expect("2"));
+            let handle = u64::from_be_bytes(hdr[8..16].try_into().expect("8"));
+            let offset = u64::from_be_bytes(hdr[16..24].try_into().expect("8"));
+            let len = u32::from_be_bytes(hdr[24..28].try_into().expect("4"));
+            match cmd {
+                CMD_READ => {
+                    if let Err(e) = check_range(offset, len, size) {
+                        self.send(handle, e, &[]).await?;
+                        continue;
+                    }
+                    let permit = limit.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+                    let conn = self.clone();
+                    tokio::spawn(async move {
+                        let r = conn.overlay.read(&conn.image, offset, u64::from(len)).await;
+                        let sent = match r {
+                            Ok(b) => conn.send(handle, 0, &b).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, offset, len, "read failed");
+                                conn.send(handle, EIO, &[]).await
+                            }
+                        };
+                        drop(permit);
+                        if let Err(e) = sent {
+                            tracing::debug!(error = %e, "reply failed");
+                        }
+                    });
+                }
+                CMD_WRITE => {
+                    if len > MAX_REQUEST {
+                        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "write larger than 32 MiB"));
+                    }
+                    let mut data = vec![0u8; len as usize];
+                    rd.read_exact(&mut data).await?;
+                    if let Err(e) = check_range(offset, len, size) {
+                        self.send(handle, e, &[]).await?;
+                        continue;
+                    }
+                    // Wait for reads in flight so a write never races a read of the same pages.
+                    let all = limit.clone().acquire_many_owned(PER_CONN_REQUESTS as u32).await.map_err(std::io::Error::other)?;
+                    let r = self.overlay.write(&self.image, offset, &data).await;
+                    drop(all);
+                    match r {
+                        Ok(()) => self.send(handle, 0, &[]).await?,
+                        Err(e) => {
+                            tracing::warn!(error = %e, offset, len, "write failed");
+                            self.send(handle, EIO, &[]).await?
+                        }
+                    }
+                }
+                CMD_FLUSH => {
+                    let all = limit.clone().acquire_many_owned(PER_CONN_REQUESTS as u32).await.map_err(std::io::Error::other)?;
+                    let r = self.overlay.flush();
+                    drop(all);
+                    self.send(handle, if r.is_ok() { 0 } else { EIO }, &[]).await?;
+                }
+                CMD_TRIM => {
+                    // Advisory: the overlay keeps its pages; nothing to do.
+                    let e = check_range(offset, len.max(1), size).err().unwrap_or(0);
+                    self.send(handle, e, &[]).await?;
+                }
+                CMD_DISC => {
+                    let _ = limit.acquire_many(PER_CONN_REQUESTS as u32).await;
+                    return Ok(());
+                }
+                _ => self.send(handle, EINVAL, &[]).await?,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(check_range(0, 4096, 8192), Ok(()));
+        assert_eq!(check_range(4096, 4096, 8192), Ok(()));
+        assert_eq!(check_range(4097, 4096, 8192), Err(EINVAL));
+        assert_eq!(check_range(0, 0, 8192), Err(EINVAL));
+        assert_eq!(check_range(u64::MAX, 1, 8192), Err(EINVAL));
+        assert_eq!(check_range(0, MAX_REQUEST + 1, u64::MAX), Err(EINVAL));
+    }
+
+    #[test]
+    fn info_parsing() {
+        let mut d = 3u32.to_be_bytes().to_vec();
+        d.extend_from_slice(b"a/b");
+        d.extend_from_slice(&1u16.to_be_bytes());
+        d.extend_from_slice(&3u16.to_be_bytes());
+        assert_eq!(parse_info(&d), Some(("a/b".into(), vec![3])));
+        assert_eq!(parse_info(&d[..5]), None);
+        let mut huge = u32::MAX.to_be_bytes().to_vec();
+        huge.extend_from_slice(b"xx");
+        assert_eq!(parse_info(&huge), None);
+    }
+}

@@ -1,0 +1,210 @@
+//! The chunk read path: memory → local disk → remote tiers, single-flight.
+//!
+//! ```text
+//! read(image, offset, len)
+//!   └─ for each 512 KiB chunk touched (concurrently)
+//!        hole?            → zeros, no fetch
+//!        memory cache     → verified plaintext (keyed by name + plaintext hash)
+//!        single-flight    → one ciphertext fetch per chunk name, host-wide
+//!          disk cache     → ciphertext, re-hashed against the name
+//!          tiers in order → ciphertext, hashed against the name; fills the
+//!                           disk cache and the tiers above it
+//!        decrypt + verify → plaintext SHA-256 from the tenant's sealed manifest
+//! ```
+//! No byte reaches a client before both the name check and the plaintext
+//! check pass.
+
+use bytes::Bytes;
+use lode_cache::{ChunkId, ChunkTier, DiskCache, MemoryCache, TierMetrics};
+use lode_chunk::{open_chunk, ChunkName, ChunkSecret};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::OnceCell;
+
+/// Why a chunk could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// No tier could deliver a chunk that matches its name.
+    #[error("chunk {index} ({name}) unavailable: {reasons}")]
+    Unavailable {
+        /// Chunk index in the image.
+        index: u64,
+        /// Chunk name.
+        name: String,
+        /// What each tier said.
+        reasons: String,
+    },
+    /// The chunk decrypted to the wrong plaintext (tampered manifest or chunk).
+    #[error("chunk {index}: {reason}")]
+    Verify {
+        /// Chunk index.
+        index: u64,
+        /// What failed.
+        reason: String,
+    },
+    /// A request outside the image.
+    #[error("read of {len} bytes at {offset} is outside the image ({size} bytes)")]
+    OutOfRange {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Image size.
+        size: u64,
+    },
+}
+
+type Flight = Arc<OnceCell<Result<Bytes, ReadError>>>;
+
+/// Host-wide chunk cache and tiers, shared by every export and connection.
+#[derive(Debug)]
+pub struct ChunkReader {
+    memory: MemoryCache,
+    disk: Option<DiskCache>,
+    tiers: Vec<Arc<dyn ChunkTier>>,
+    // std Mutex: only map operations under it, never held across an await.
+    inflight: Mutex<HashMap<ChunkName, Flight>>,
+    /// Metrics of the memory tier.
+    pub memory_metrics: TierMetrics,
+    /// Metrics of the disk tier.
+    pub disk_metrics: TierMetrics,
+    /// Metrics of each remote tier, in order.
+    pub tier_metrics: Vec<TierMetrics>,
+    in_flight: AtomicU64,
+}
+
+impl ChunkReader {
+    /// A reader over `tiers` (nearest first) with a memory cache of
+    /// `memory_bytes` and an optional disk cache.
+    pub fn new(memory_bytes: u64, disk: Option<DiskCache>, tiers: Vec<Arc<dyn ChunkTier>>) -> Self {
+        let tier_metrics = tiers.iter().map(|_| TierMetrics::default()).collect();
+        ChunkReader {
+            memory: MemoryCache::new(memory_bytes),
+            disk,
+            tiers,
+            inflight: Mutex::new(HashMap::new()),
+            memory_metrics: TierMetrics::default(),
+            disk_metrics: TierMetrics::default(),
+            tier_metrics,
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Labels of the remote tiers, in order.
+    pub fn tier_labels(&self) -> Vec<&'static str> {
+        self.tiers.iter().map(|t| t.label()).collect()
+    }
+
+    /// Plaintext of chunk `index` (named `id`), verified with `secret`.
+    #[tracing::instrument(level = "debug", skip(self, secret), fields(chunk = %id.name))]
+    pub async fn chunk(&self, index: u64, id: &ChunkId, secret: &ChunkSecret) -> Result<Bytes, ReadError> {
+        let t = Instant::now();
+        if let Some(b) = self.memory.get(&id.name, &secret.plain_sha) {
+            self.memory_metrics.hit(b.len(), t.elapsed());
+            return Ok(b);
+        }
+        self.memory_metrics.miss();
+        let ct = self.ciphertext(index, id).await?;
+        // Another reader may have decrypted it meanwhile.
+        if let Some(b) = self.memory.get(&id.name, &secret.plain_sha) {
+            return Ok(b);
+        }
+        let (name, secret) = (id.name, *secret);
+        let pt = tokio::task::spawn_blocking(move || open_chunk(index, &name, &secret.key, &secret.plain_sha, ct.to_vec()))
+            .await
+            .map_err(|e| ReadError::Verify { index, reason: e.to_string() })?
+            .map_err(|e| ReadError::Verify { index, reason: e.to_string() })?;
+        let pt = Bytes::from(pt);
+        self.memory.insert(id.name, secret.plain_sha, pt.clone());
+        Ok(pt)
+    }
+
+    /// Ciphertext of a chunk; concurrent callers for one name share one fetch.
+    async fn ciphertext(&self, index: u64, id: &ChunkId) -> Result<Bytes, ReadError> {
+        let flight = {
+            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(id.name).or_insert_with(|| Arc::new(OnceCell::new())).clone()
+        };
+        let r = flight.get_or_init(|| self.load(index, id)).await.clone();
+        let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if m.get(&id.name).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            m.remove(&id.name);
+        }
+        r
+    }
+
+    async fn load(&self, index: u64, id: &ChunkId) -> Result<Bytes, ReadError> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let r = self.load_inner(index, id).await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        r
+    }
+
+    async fn load_inner(&self, index: u64, id: &ChunkId) -> Result<Bytes, ReadError> {
+        let t = Instant::now();
+        if let Some(disk) = &self.disk {
+            if let Some(b) = disk.get(&id.name).await {
+                self.disk_metrics.hit(b.len(), t.elapsed());
+                return Ok(b);
+            }
+            self.disk_metrics.miss();
+        }
+        let mut reasons = Vec::new();
+        for (i, tier) in self.tiers.iter().enumerate() {
+            let t = Instant::now();
+            match tier.fetch(id).await {
+                Ok(ct) if ChunkName::of(&ct) == id.name => {
+                    self.tier_metrics[i].hit(ct.len(), t.elapsed());
+                    for upper in &self.tiers[..i] {
+                        upper.fill(id, ct.clone());
+                    }
+                    if let Some(disk) = &self.disk {
+                        disk.put(id.name, ct.clone()).await;
+                    }
+                    return Ok(ct);
+                }
+                Ok(_) => {
+                    self.tier_metrics[i].errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(tier = tier.label(), chunk = %id.name, "tier returned bytes that do not match the chunk name");
+                    reasons.push(format!("{}: corrupt chunk", tier.label()));
+                }
+                Err(e) => {
+                    self.tier_metrics[i].miss();
+                    if !matches!(e, lode_cache::TierError::NotFound { .. }) {
+                        self.tier_metrics[i].errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    reasons.push(e.to_string());
+                }
+            }
+        }
+        Err(ReadError::Unavailable { index, name: id.name.to_hex(), reasons: reasons.join("; ") })
+    }
+
+    /// Prometheus text for every tier, plus occupancy and in-flight fetches.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.memory_metrics.render(out, "memory");
+        if self.disk.is_some() {
+            self.disk_metrics.render(out, "disk");
+        }
+        for (m, t) in self.tier_metrics.iter().zip(&self.tiers) {
+            m.render(out, t.label());
+        }
+        let _ = writeln!(out, "lode_cache_bytes{{tier=\"memory\"}} {}", self.memory.bytes());
+        let _ = writeln!(out, "lode_cache_chunks{{tier=\"memory\"}} {}", self.memory.len());
+        if let Some(d) = &self.disk {
+            let _ = writeln!(out, "lode_cache_bytes{{tier=\"disk\"}} {}", d.bytes());
+            let _ = writeln!(out, "lode_cache_chunks{{tier=\"disk\"}} {}", d.len());
+            let _ = writeln!(out, "lode_cache_corrupt_discarded_total{{tier=\"disk\"}} {}", d.corrupt_discarded());
+        }
+        let _ = writeln!(out, "lode_fetches_in_flight {}", self.in_flight.load(Ordering::Relaxed));
+    }
+
+    /// Chunks fetched from remote tier `i` so far.
+    pub fn fetched_from(&self, i: usize) -> (u64, u64) {
+        let m = &self.tier_metrics[i];
+        (m.hits.load(Ordering::Relaxed), m.bytes.load(Ordering::Relaxed))
+    }
+}

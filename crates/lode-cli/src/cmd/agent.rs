@@ -1,0 +1,122 @@
+//! `lode agent --listen ADDR ...`: the NBD server.
+
+use super::common::{key_provider, lode_home, open_store, runtime, StoreArgs};
+use crate::units::parse_size;
+use anyhow::{bail, Context, Result};
+use lode_agent::{ChunkReader, Exports, Server, ServerConfig};
+use lode_cache::{Bounded, ChunkTier, Delayed, DiskCache, StoreTier};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of the host cache and the store tier, shared by `agent` and `cat`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Host disk cache directory (default `$LODE_HOME/cache`).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Disk cache bound in bytes (e.g. `10G`).
+    #[arg(long, value_parser = parse_size, default_value = "10G")]
+    pub cache_size: u64,
+    /// Memory cache bound in bytes (plaintext of hot chunks).
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    pub memory_cache: u64,
+    /// Time limit of one store request, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub store_timeout: f64,
+    /// Retries of a failed store request (with exponential backoff).
+    #[arg(long, default_value_t = 2)]
+    pub store_retries: u32,
+    /// Benchmarks: latency added to every store fetch, milliseconds.
+    #[arg(long, default_value_t = 0.0, hide = true)]
+    pub inject_store_latency_ms: f64,
+    /// Benchmarks: store bandwidth cap, bytes per second.
+    #[arg(long, value_parser = parse_size, hide = true)]
+    pub inject_store_bandwidth: Option<u64>,
+}
+
+impl CacheArgs {
+    /// Builds the reader: memory → disk → store.
+    pub fn reader(&self) -> Result<(lode_store::Store, Arc<ChunkReader>)> {
+        let store = open_store(self.store.store.as_deref())?;
+        let dir = self.cache_dir.clone().unwrap_or_else(|| lode_home().join("cache"));
+        let disk = DiskCache::open(&dir, self.cache_size).with_context(|| format!("opening cache {}", dir.display()))?;
+        let base = StoreTier::new(store.clone());
+        let tier: Arc<dyn ChunkTier> = if self.inject_store_latency_ms > 0.0 || self.inject_store_bandwidth.is_some() {
+            Arc::new(Bounded::new(
+                Delayed::new(base, Duration::from_secs_f64(self.inject_store_latency_ms / 1e3), self.inject_store_bandwidth),
+                Duration::from_secs_f64(self.store_timeout),
+                self.store_retries,
+                Duration::from_millis(50),
+            ))
+        } else {
+            Arc::new(Bounded::new(base, Duration::from_secs_f64(self.store_timeout), self.store_retries, Duration::from_millis(50)))
+        };
+        Ok((store, Arc::new(ChunkReader::new(self.memory_cache, Some(disk), vec![tier]))))
+    }
+}
+
+/// Arguments of `lode agent`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where to listen: `unix:PATH` or `HOST:PORT`.
+    #[arg(long)]
+    listen: String,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Serve Prometheus metrics on `HOST:PORT`.
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Directory of copy-on-write overlays (default `$LODE_HOME/overlays`).
+    #[arg(long)]
+    overlay_dir: Option<PathBuf>,
+}
+
+/// Runs `lode agent` until interrupted.
+pub fn run(args: Args) -> Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, reader) = args.cache.reader()?;
+        let exports = Arc::new(Exports::new(store, key_provider(), reader));
+        let overlay_dir = args.overlay_dir.clone().unwrap_or_else(|| lode_home().join("overlays"));
+        let server = Arc::new(Server::new(exports, ServerConfig { overlay_dir }));
+        if let Some(m) = &args.metrics {
+            let l = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding metrics {m}"))?;
+            tokio::spawn(lode_agent::metrics::serve(l, server.clone()));
+        }
+        if let Some(path) = args.listen.strip_prefix("unix:") {
+            let _ = std::fs::remove_file(path);
+            let l = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {path}"))?;
+            eprintln!("lode agent listening on unix:{path}");
+            loop {
+                tokio::select! {
+                    a = l.accept() => {
+                        let (s, _) = a.context("accept")?;
+                        tokio::spawn(server.clone().serve(s));
+                    }
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+            let _ = std::fs::remove_file(path);
+        } else {
+            if args.listen.contains('/') {
+                bail!("--listen takes unix:PATH or HOST:PORT, got '{}'", args.listen);
+            }
+            let l = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+            eprintln!("lode agent listening on {}", l.local_addr()?);
+            loop {
+                tokio::select! {
+                    a = l.accept() => {
+                        let (s, _) = a.context("accept")?;
+                        let _ = s.set_nodelay(true);
+                        tokio::spawn(server.clone().serve(s));
+                    }
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+        }
+        Ok(())
+    })
+}

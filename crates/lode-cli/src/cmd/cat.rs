@@ -1,0 +1,78 @@
+//! `lode cat NAME PATH --tenant T`: one file out of an image, loaded on demand.
+
+use super::agent::CacheArgs;
+use super::common::{key_provider, runtime};
+use crate::units::human;
+use anyhow::{anyhow, Context, Result};
+use lode_agent::ImageHandle;
+use lode_store::open_image;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Arguments of `lode cat`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image name.
+    name: String,
+    /// Absolute path of the file inside the image.
+    path: String,
+    /// Tenant that owns the image.
+    #[arg(long)]
+    tenant: String,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+/// Lazy random access to the image for the ext4 reader.
+struct Lazy {
+    image: Arc<ImageHandle>,
+    rt: tokio::runtime::Handle,
+}
+
+impl ext4_view::Ext4Read for Lazy {
+    fn read(&mut self, start: u64, dst: &mut [u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        let b = self.rt.block_on(self.image.read(start, dst.len() as u64))?;
+        dst.copy_from_slice(&b);
+        Ok(())
+    }
+}
+
+/// Runs `lode cat`.
+pub fn run(args: Args) -> Result<()> {
+    let start = Instant::now();
+    let rt = runtime()?;
+    let (store, reader) = args.cache.reader()?;
+    let opened = rt.block_on(open_image(&store, key_provider().as_ref(), &args.tenant, &args.name))?;
+    let image = Arc::new(ImageHandle::new(format!("{}/{}", args.tenant, args.name), opened, reader.clone()));
+    let fs = ext4_view::Ext4::load(Box::new(Lazy { image: image.clone(), rt: rt.handle().clone() }))
+        .map_err(|e| anyhow!("reading the image's ext4 filesystem: {e}"))?;
+    let mut file = fs.open(args.path.as_str()).map_err(|e| anyhow!("{}: {e}", args.path))?;
+    let mut first_byte = None;
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).with_context(|| format!("reading {}", args.path))?;
+        if n == 0 {
+            break;
+        }
+        first_byte.get_or_insert_with(|| start.elapsed());
+        out.write_all(&buf[..n]).context("writing to stdout")?;
+        total += n as u64;
+    }
+    out.flush().context("writing to stdout")?;
+    let (fetched, bytes) = reader.fetched_from(0);
+    let disk_hits = reader.disk_metrics.hits.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "lode cat: {} bytes; chunks fetched {} / {} total ({} from local disk cache), bytes fetched {}, first byte {:.1} ms, total {:.1} ms",
+        total,
+        fetched,
+        image.chunks(),
+        disk_hits,
+        human(bytes),
+        first_byte.unwrap_or_default().as_secs_f64() * 1e3,
+        start.elapsed().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
