@@ -57,12 +57,30 @@ pub enum ExportError {
     },
 }
 
+/// What to fetch in the background when an image is first opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Prefetch {
+    /// Nothing: only what the guest reads.
+    None,
+    /// The recorded start-up working set, in recorded order (if one exists).
+    #[default]
+    Recorded,
+    /// The working set, then every other chunk of the image.
+    All,
+}
+
+/// Chunks fetched at once by a background prefetch; on-demand reads are not
+/// limited, so a guest's reads overtake the prefetch.
+pub const PREFETCH_CONCURRENCY: usize = 4;
+
 /// Resolves export names against the store, sharing one reader.
 #[derive(Debug)]
 pub struct Exports {
     store: Store,
     keys: Arc<dyn KeyProvider>,
     reader: Arc<ChunkReader>,
+    prefetch: Prefetch,
+    record: bool,
     // Opened images by manifest digest: a re-pushed image gets a new handle.
     open: Mutex<HashMap<String, Arc<ImageHandle>>>,
 }
@@ -70,7 +88,48 @@ pub struct Exports {
 impl Exports {
     /// Exports of `store`, opened with `keys`, read through `reader`.
     pub fn new(store: Store, keys: Arc<dyn KeyProvider>, reader: Arc<ChunkReader>) -> Self {
-        Exports { store, keys, reader, open: Mutex::new(HashMap::new()) }
+        Exports { store, keys, reader, prefetch: Prefetch::default(), record: false, open: Mutex::new(HashMap::new()) }
+    }
+
+    /// Sets the background prefetch policy and whether to record working sets.
+    pub fn with_policy(mut self, prefetch: Prefetch, record: bool) -> Self {
+        self.prefetch = prefetch;
+        self.record = record;
+        self
+    }
+
+    /// Stores the recorded working set of `image` (if recording), sealed for its tenant.
+    pub async fn save_working_set(&self, image: &ImageHandle) -> Result<usize, StoreError> {
+        let Some(order) = image.recorded().filter(|o| !o.is_empty()) else { return Ok(0) };
+        let tenant = &image.image.manifest.tenant;
+        let sealed = lode_chunk::workingset::seal(tenant, &image.image.digest, &order, self.keys.as_ref())?;
+        self.store.put_working_set(tenant, &image.image.digest, sealed.into()).await?;
+        tracing::info!(export = %image.export, chunks = order.len(), "working set recorded");
+        Ok(order.len())
+    }
+
+    /// The order to prefetch `image` in, per the policy.
+    async fn prefetch_order(&self, image: &ImageHandle) -> Vec<u64> {
+        let mut order: Vec<u64> = Vec::new();
+        let tenant = &image.image.manifest.tenant;
+        if self.prefetch != Prefetch::None {
+            match self.store.get_working_set(tenant, &image.image.digest).await {
+                Ok(Some(b)) => match lode_chunk::workingset::open(tenant, &image.image.digest, &b, self.keys.as_ref()) {
+                    Ok(o) => order.extend(o.into_iter().map(u64::from).filter(|&i| i < image.chunks())),
+                    Err(e) => tracing::warn!(error = %e, "ignoring unreadable working set"),
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read working set"),
+            }
+        }
+        if self.prefetch == Prefetch::All {
+            let mut seen = vec![false; image.chunks() as usize];
+            for &i in &order {
+                seen[i as usize] = true;
+            }
+            order.extend((0..image.chunks()).filter(|&i| !seen[i as usize]));
+        }
+        order
     }
 
     /// The shared reader.
@@ -99,7 +158,30 @@ impl Exports {
             Err(source) => return Err(ExportError::Failed { export: export.into(), source }),
         };
         let h = Arc::new(ImageHandle::new(name.image(), image, self.reader.clone()));
+        if self.record {
+            h.start_recording();
+        }
         self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, h.clone());
+        let order = self.prefetch_order(&h).await;
+        if !order.is_empty() {
+            let img = h.clone();
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                let n = order.len();
+                let t = std::time::Instant::now();
+                futures::stream::iter(order)
+                    .for_each_concurrent(PREFETCH_CONCURRENCY, |i| {
+                        let img = img.clone();
+                        async move {
+                            if let Err(e) = img.chunk(i).await {
+                                tracing::debug!(error = %e, "prefetch failed");
+                            }
+                        }
+                    })
+                    .await;
+                tracing::info!(export = %img.export, chunks = n, secs = t.elapsed().as_secs_f64(), "prefetch done");
+            });
+        }
         Ok((name, h))
     }
 

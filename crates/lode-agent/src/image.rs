@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
 use lode_cache::ChunkId;
 use lode_store::OpenedImage;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// An image ready to serve reads.
 #[derive(Debug)]
@@ -16,13 +16,36 @@ pub struct ImageHandle {
     pub image: OpenedImage,
     root: Arc<str>,
     reader: Arc<ChunkReader>,
+    // (seen, first-read order) while recording the start-up working set.
+    recording: Mutex<Option<(Vec<bool>, Vec<u32>)>>,
 }
 
 impl ImageHandle {
     /// Wraps an opened image.
     pub fn new(export: String, image: OpenedImage, reader: Arc<ChunkReader>) -> Self {
         let root = Arc::from(image.manifest.root.as_str());
-        ImageHandle { export, image, root, reader }
+        ImageHandle { export, image, root, reader, recording: Mutex::new(None) }
+    }
+
+    /// Starts recording the order in which chunks are first read.
+    pub fn start_recording(&self) {
+        let n = self.chunks() as usize;
+        *self.recording.lock().unwrap_or_else(|p| p.into_inner()) = Some((vec![false; n], Vec::new()));
+    }
+
+    /// The first-read order recorded so far (`None` when not recording).
+    pub fn recorded(&self) -> Option<Vec<u32>> {
+        self.recording.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, o)| o.clone())
+    }
+
+    fn note(&self, index: u64) {
+        let mut g = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, order)) = g.as_mut() {
+            if !seen[index as usize] {
+                seen[index as usize] = true;
+                order.push(index as u32);
+            }
+        }
     }
 
     /// Image size in bytes.
@@ -51,6 +74,7 @@ impl ImageHandle {
         let len = (m.image_size - index * self.chunk_size()).min(self.chunk_size()) as usize;
         match (m.names[index as usize], self.image.keys.0[index as usize]) {
             (Some(name), Some(secret)) => {
+                self.note(index);
                 let id = ChunkId { root: self.root.clone(), name };
                 self.reader.chunk(index, &id, &secret).await
             }

@@ -16,7 +16,7 @@ pub mod nbd;
 pub mod overlay;
 pub mod reader;
 
-pub use exports::{ExportName, Exports};
+pub use exports::{ExportName, Exports, Prefetch};
 pub use image::ImageHandle;
 pub use nbd::{Server, ServerConfig};
 pub use reader::{ChunkReader, ReadError};

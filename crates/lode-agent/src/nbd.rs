@@ -132,9 +132,12 @@ impl Server {
                 return;
             }
         };
-        let conn = Arc::new(Conn { image, overlay, wr: tokio::sync::Mutex::new(Box::new(wr)) });
+        let conn = Arc::new(Conn { image: image.clone(), overlay, wr: tokio::sync::Mutex::new(Box::new(wr)) });
         if let Err(e) = conn.clone().transmission(&mut rd).await {
             tracing::debug!(error = %e, export, "connection ended");
+        }
+        if let Err(e) = self.exports.save_working_set(&image).await {
+            tracing::warn!(error = %e, export, "cannot store the working set");
         }
         if let Some(n) = overlay_name {
             self.named_in_use.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);

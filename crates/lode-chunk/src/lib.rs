@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod error;
 pub mod keys;
 pub mod manifest;
+pub mod workingset;
 
 pub use crypto::{open_chunk, seal_chunk, ChunkKey, ChunkName, SealedChunk, CHUNK_SIZE};
 pub use error::ChunkError;

@@ -190,4 +190,19 @@ impl Store {
         out.sort();
         Ok(out)
     }
+
+    fn working_set_path(tenant: &str, digest: &str) -> Result<Path> {
+        lode_chunk::keys::check_tenant(tenant)?;
+        Ok(Path::from(format!("tenants/{tenant}/workingsets/{}", hex_of(digest)?)))
+    }
+
+    /// Stores the sealed start-up working set of a manifest.
+    pub async fn put_working_set(&self, tenant: &str, digest: &str, sealed: Bytes) -> Result<()> {
+        self.put(&Self::working_set_path(tenant, digest)?, sealed).await
+    }
+
+    /// The sealed start-up working set of a manifest, if one was recorded.
+    pub async fn get_working_set(&self, tenant: &str, digest: &str) -> Result<Option<Bytes>> {
+        self.get_opt(&Self::working_set_path(tenant, digest)?).await
+    }
 }

@@ -3,7 +3,7 @@
 use super::common::{key_provider, lode_home, open_store, runtime, StoreArgs};
 use crate::units::parse_size;
 use anyhow::{bail, Context, Result};
-use lode_agent::{ChunkReader, Exports, Server, ServerConfig};
+use lode_agent::{ChunkReader, Exports, Prefetch, Server, ServerConfig};
 use lode_cache::{Bounded, ChunkTier, Delayed, DiskCache, StoreTier};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,6 +72,14 @@ pub struct Args {
     /// Directory of copy-on-write overlays (default `$LODE_HOME/overlays`).
     #[arg(long)]
     overlay_dir: Option<PathBuf>,
+    /// Record the order in which each image's chunks are first read and store
+    /// it, sealed, beside the manifest (written when a connection ends).
+    #[arg(long)]
+    record: bool,
+    /// Background fetch when an image is first opened: `none`, `recorded`
+    /// (the stored working set), or `all` (working set, then the rest).
+    #[arg(long, default_value = "recorded", value_parser = ["none", "recorded", "all"])]
+    prefetch: String,
 }
 
 /// Runs `lode agent` until interrupted.
@@ -79,7 +87,12 @@ pub fn run(args: Args) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let (store, reader) = args.cache.reader()?;
-        let exports = Arc::new(Exports::new(store, key_provider(), reader));
+        let prefetch = match args.prefetch.as_str() {
+            "none" => Prefetch::None,
+            "all" => Prefetch::All,
+            _ => Prefetch::Recorded,
+        };
+        let exports = Arc::new(Exports::new(store, key_provider(), reader).with_policy(prefetch, args.record));
         let overlay_dir = args.overlay_dir.clone().unwrap_or_else(|| lode_home().join("overlays"));
         let server = Arc::new(Server::new(exports, ServerConfig { overlay_dir }));
         if let Some(m) = &args.metrics {
