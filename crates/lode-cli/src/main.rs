@@ -28,6 +28,8 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Write one file of an image to stdout, loading only the chunks it needs.
     Cat(cmd::cat::Args),
+    /// Run an AZ cache-fleet node that stores erasure-coded stripes.
+    CacheNode(cmd::cache_node::Args),
     /// Manage chunk-store roots (generations with their own salt).
     Root(cmd::root::Args),
 }
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Root(args) => cmd::root::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Cat(args) => cmd::cat::run(args),
+        Command::CacheNode(args) => cmd::cache_node::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

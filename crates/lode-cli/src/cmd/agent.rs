@@ -5,6 +5,7 @@ use crate::units::parse_size;
 use anyhow::{bail, Context, Result};
 use lode_agent::{ChunkReader, Exports, Prefetch, Server, ServerConfig};
 use lode_cache::{Bounded, ChunkTier, Delayed, DiskCache, StoreTier};
+use lode_fleet::FleetTier;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,16 @@ pub struct CacheArgs {
     /// Retries of a failed store request (with exponential backoff).
     #[arg(long, default_value_t = 2)]
     pub store_retries: u32,
+    /// AZ cache fleet: `HOST:PORT,...` (lode cache nodes) or `memcached://HOST:PORT,...`.
+    /// Chunks are read from it before the store, as 4-of-5 erasure-coded stripes.
+    #[arg(long)]
+    pub cache_nodes: Option<String>,
+    /// Time limit of one stripe request to a cache node, milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub fleet_timeout_ms: u64,
+    /// Read only from the fleet, never from the store (tests of fleet-only reads).
+    #[arg(long, hide = true)]
+    pub no_store: bool,
     /// Benchmarks: latency added to every store fetch, milliseconds.
     #[arg(long, default_value_t = 0.0, hide = true)]
     pub inject_store_latency_ms: f64,
@@ -38,8 +49,14 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
-    /// Builds the reader: memory → disk → store.
+    /// Builds the reader: memory → disk → fleet (if any) → store.
     pub fn reader(&self) -> Result<(lode_store::Store, Arc<ChunkReader>)> {
+        let (store, reader, _) = self.reader_with_fleet()?;
+        Ok((store, reader))
+    }
+
+    /// Like [`Self::reader`], also returning the fleet tier for its metrics.
+    pub fn reader_with_fleet(&self) -> Result<(lode_store::Store, Arc<ChunkReader>, Option<Arc<FleetTier>>)> {
         let store = open_store(self.store.store.as_deref())?;
         let dir = self.cache_dir.clone().unwrap_or_else(|| lode_home().join("cache"));
         let disk = DiskCache::open(&dir, self.cache_size).with_context(|| format!("opening cache {}", dir.display()))?;
@@ -54,7 +71,26 @@ impl CacheArgs {
         } else {
             Arc::new(Bounded::new(base, Duration::from_secs_f64(self.store_timeout), self.store_retries, Duration::from_millis(50)))
         };
-        Ok((store, Arc::new(ChunkReader::new(self.memory_cache, Some(disk), vec![tier]))))
+        let mut tiers: Vec<Arc<dyn ChunkTier>> = Vec::new();
+        let mut fleet = None;
+        if let Some(spec) = &self.cache_nodes {
+            let f = Arc::new(
+                lode_fleet::from_spec(spec, Duration::from_millis(self.fleet_timeout_ms)).map_err(|e| anyhow::anyhow!(e))?,
+            );
+            let n = spec.trim_start_matches("memcached://").split(',').filter(|s| !s.trim().is_empty()).count();
+            if n < 5 {
+                eprintln!(
+                    "lode: warning: {n} cache node(s): the 5 stripes of a chunk share nodes, so losing one node can lose 2 stripes \
+                     and those reads fall back to the store (use 5 or more nodes for single-node fault tolerance)"
+                );
+            }
+            tiers.push(f.clone());
+            fleet = Some(f);
+        }
+        if !self.no_store {
+            tiers.push(tier);
+        }
+        Ok((store, Arc::new(ChunkReader::new(self.memory_cache, Some(disk), tiers)), fleet))
     }
 }
 
@@ -86,7 +122,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, reader) = args.cache.reader()?;
+        let (store, reader, fleet) = args.cache.reader_with_fleet()?;
         let prefetch = match args.prefetch.as_str() {
             "none" => Prefetch::None,
             "all" => Prefetch::All,
@@ -97,7 +133,9 @@ pub fn run(args: Args) -> Result<()> {
         let server = Arc::new(Server::new(exports, ServerConfig { overlay_dir }));
         if let Some(m) = &args.metrics {
             let l = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding metrics {m}"))?;
-            tokio::spawn(lode_agent::metrics::serve(l, server.clone()));
+            let extra: Option<lode_agent::metrics::Extra> =
+                fleet.map(|f| Arc::new(move |out: &mut String| f.render(out)) as lode_agent::metrics::Extra);
+            tokio::spawn(lode_agent::metrics::serve(l, server.clone(), extra));
         }
         if let Some(path) = args.listen.strip_prefix("unix:") {
             let _ = std::fs::remove_file(path);

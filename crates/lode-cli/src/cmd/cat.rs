@@ -62,14 +62,23 @@ pub fn run(args: Args) -> Result<()> {
         total += n as u64;
     }
     out.flush().context("writing to stdout")?;
-    let (fetched, bytes) = reader.fetched_from(0);
+    let labels = reader.tier_labels();
+    let (mut fetched, mut bytes) = (0, 0);
+    let mut per_tier = Vec::new();
+    for (i, l) in labels.iter().enumerate() {
+        let (n, b) = reader.fetched_from(i);
+        fetched += n;
+        bytes += b;
+        per_tier.push(format!("{l} {n}"));
+    }
     let disk_hits = reader.disk_metrics.hits.load(std::sync::atomic::Ordering::Relaxed);
+    per_tier.push(format!("local disk {disk_hits}"));
     eprintln!(
-        "lode cat: {} bytes; chunks fetched {} / {} total ({} from local disk cache), bytes fetched {}, first byte {:.1} ms, total {:.1} ms",
+        "lode cat: {} bytes; chunks fetched {} / {} total ({}), bytes fetched {}, first byte {:.1} ms, total {:.1} ms",
         total,
         fetched,
         image.chunks(),
-        disk_hits,
+        per_tier.join(", "),
         human(bytes),
         first_byte.unwrap_or_default().as_secs_f64() * 1e3,
         start.elapsed().as_secs_f64() * 1e3,

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod cache_node;
 pub mod cat;
 pub mod common;
 pub mod flatten;

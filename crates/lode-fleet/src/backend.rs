@@ -1,0 +1,170 @@
+//! How the client talks to cache nodes: lode's own nodes over HTTP/2, or
+//! plain memcached servers over the meta protocol.
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::fmt;
+use std::sync::Mutex;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::net::TcpStream;
+
+/// A protocol to a list of nodes that store stripes by key.
+pub trait StripeBackend: Send + Sync + fmt::Debug {
+    /// Node addresses, in configuration order.
+    fn nodes(&self) -> &[String];
+    /// Reads a stripe; `Ok(None)` when the node does not have it.
+    fn get<'a>(&'a self, node: usize, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, String>>;
+    /// Stores a stripe.
+    fn put<'a>(&'a self, node: usize, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// lode cache nodes over HTTP/2 (one multiplexed connection per node).
+pub struct Http2Nodes {
+    nodes: Vec<String>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl fmt::Debug for Http2Nodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http2Nodes").field("nodes", &self.nodes).finish()
+    }
+}
+
+impl Http2Nodes {
+    /// Nodes given as `HOST:PORT`.
+    pub fn new(nodes: Vec<String>) -> Self {
+        let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(std::time::Duration::from_secs(1)));
+        let client = Client::builder(TokioExecutor::new()).http2_only(true).build(conn);
+        Http2Nodes { nodes, client }
+    }
+}
+
+impl StripeBackend for Http2Nodes {
+    fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    fn get<'a>(&'a self, node: usize, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+        Box::pin(async move {
+            let uri = format!("http://{}/s/{key}", self.nodes[node]);
+            let req = hyper::Request::get(uri).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            match resp.status() {
+                hyper::StatusCode::OK => {
+                    let b = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+                    Ok(Some(b))
+                }
+                hyper::StatusCode::NOT_FOUND => Ok(None),
+                s => Err(format!("status {s}")),
+            }
+        })
+    }
+
+    fn put<'a>(&'a self, node: usize, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let uri = format!("http://{}/s/{key}", self.nodes[node]);
+            let req = hyper::Request::put(uri).body(Full::new(value)).map_err(|e| e.to_string())?;
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("status {}", resp.status()))
+            }
+        })
+    }
+}
+
+/// Plain memcached servers, meta protocol (`mg KEY v`, `ms KEY LEN`), with a
+/// small pool of connections per node. memcached must allow items of at least
+/// a stripe (`-I 1m`).
+#[derive(Debug)]
+pub struct Memcached {
+    nodes: Vec<String>,
+    // std Mutex: only to take or return a connection, never held across an await.
+    pools: Vec<Mutex<Vec<BufStream<TcpStream>>>>,
+}
+
+/// Connections kept per memcached node.
+const POOL: usize = 16;
+
+impl Memcached {
+    /// Nodes given as `HOST:PORT`.
+    pub fn new(nodes: Vec<String>) -> Self {
+        let pools = nodes.iter().map(|_| Mutex::new(Vec::new())).collect();
+        Memcached { nodes, pools }
+    }
+
+    async fn conn(&self, node: usize) -> Result<BufStream<TcpStream>, String> {
+        if let Some(c) = self.pools[node].lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(c);
+        }
+        let s = tokio::time::timeout(std::time::Duration::from_secs(1), TcpStream::connect(&self.nodes[node]))
+            .await
+            .map_err(|_| "connect timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        Ok(BufStream::new(s))
+    }
+
+    fn give_back(&self, node: usize, c: BufStream<TcpStream>) {
+        let mut p = self.pools[node].lock().unwrap_or_else(|p| p.into_inner());
+        if p.len() < POOL {
+            p.push(c);
+        }
+    }
+}
+
+impl StripeBackend for Memcached {
+    fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    fn get<'a>(&'a self, node: usize, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+        Box::pin(async move {
+            let mut c = self.conn(node).await?;
+            c.write_all(format!("mg lode:{key} v\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
+            c.flush().await.map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            c.read_line(&mut line).await.map_err(|e| e.to_string())?;
+            let out = if line.starts_with("EN") {
+                None
+            } else if let Some(rest) = line.strip_prefix("VA ") {
+                let len: usize = rest.split_whitespace().next().and_then(|n| n.parse().ok()).ok_or("bad VA line")?;
+                if len > crate::node::MAX_STRIPE {
+                    return Err("value too large".into());
+                }
+                let mut v = vec![0u8; len + 2];
+                c.read_exact(&mut v).await.map_err(|e| e.to_string())?;
+                v.truncate(len);
+                Some(Bytes::from(v))
+            } else {
+                return Err(format!("memcached: {}", line.trim()));
+            };
+            self.give_back(node, c);
+            Ok(out)
+        })
+    }
+
+    fn put<'a>(&'a self, node: usize, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let mut c = self.conn(node).await?;
+            c.write_all(format!("ms lode:{key} {} T0\r\n", value.len()).as_bytes()).await.map_err(|e| e.to_string())?;
+            c.write_all(&value).await.map_err(|e| e.to_string())?;
+            c.write_all(b"\r\n").await.map_err(|e| e.to_string())?;
+            c.flush().await.map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            c.read_line(&mut line).await.map_err(|e| e.to_string())?;
+            if line.starts_with("HD") {
+                self.give_back(node, c);
+                Ok(())
+            } else {
+                Err(format!("memcached: {}", line.trim()))
+            }
+        })
+    }
+}

@@ -1,0 +1,261 @@
+//! The fleet as a chunk tier: 5 stripes on 5 nodes, first 4 answers win.
+
+use crate::backend::StripeBackend;
+use crate::stripe;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use lode_cache::{ChunkId, ChunkTier, Histogram, TierError};
+use lode_chunk::ChunkName;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Fills (stripe writes after a miss) running at once; more are dropped.
+pub const MAX_FILLS: usize = 8;
+
+/// The nodes holding stripes 0..5 of `name`: rendezvous (highest random
+/// weight) hashing, so adding or removing a node moves only its own share.
+/// With fewer than 5 nodes the ranking wraps and some node holds two stripes:
+/// then losing that node loses two stripes, and reads fall back to the store.
+pub fn placement(nodes: &[String], name: &ChunkName) -> [usize; stripe::TOTAL] {
+    let mut ranked: Vec<(u64, usize)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut h = Sha256::new();
+            h.update(n.as_bytes());
+            h.update(name.0);
+            let d = h.finalize();
+            (u64::from_be_bytes(d[..8].try_into().expect("8 bytes")), i)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.cmp(a));
+    std::array::from_fn(|j| ranked[j % ranked.len()].1)
+}
+
+fn key(name: &ChunkName, j: usize) -> String {
+    format!("{}.{j}", name.to_hex())
+}
+
+/// Fleet-wide and per-node counters.
+#[derive(Debug, Default)]
+pub struct FleetMetrics {
+    /// Stripe GET latency per node.
+    pub node_latency: Vec<Histogram>,
+    /// Stripe GET failures (errors, timeouts) per node.
+    pub node_errors: Vec<AtomicU64>,
+    /// Reads completed by the first 4 stripes.
+    pub first4: AtomicU64,
+    /// Reads that needed the 5th stripe (a bad stripe among the first 4).
+    pub needed_fifth: AtomicU64,
+    /// Reads that rebuilt a data stripe from parity.
+    pub reconstructions: AtomicU64,
+    /// Stripe sets that failed the chunk-name check.
+    pub corrupt: AtomicU64,
+    /// Reads the fleet could not serve (the reader falls back to the store).
+    pub fallbacks: AtomicU64,
+    /// Chunks written to the fleet after a miss.
+    pub fills: AtomicU64,
+    /// Fills skipped because too many were running.
+    pub fills_dropped: AtomicU64,
+    /// Stripe bytes written (headers excluded).
+    pub stripe_bytes: AtomicU64,
+    /// Chunk bytes those stripes encode.
+    pub chunk_bytes: AtomicU64,
+}
+
+/// The AZ cache fleet as a [`ChunkTier`].
+#[derive(Debug)]
+pub struct FleetTier {
+    backend: Arc<dyn StripeBackend>,
+    timeout: Duration,
+    fills: Arc<tokio::sync::Semaphore>,
+    filling: Arc<Mutex<HashSet<ChunkName>>>,
+    /// Counters.
+    pub metrics: Arc<FleetMetrics>,
+    label: &'static str,
+}
+
+impl FleetTier {
+    /// A tier over `backend`; each stripe GET or PUT gets `timeout`.
+    pub fn new(backend: Arc<dyn StripeBackend>, timeout: Duration, label: &'static str) -> Self {
+        let n = backend.nodes().len();
+        let metrics = FleetMetrics {
+            node_latency: (0..n).map(|_| Histogram::default()).collect(),
+            node_errors: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            ..FleetMetrics::default()
+        };
+        FleetTier {
+            backend,
+            timeout,
+            fills: Arc::new(tokio::sync::Semaphore::new(MAX_FILLS)),
+            filling: Arc::new(Mutex::new(HashSet::new())),
+            metrics: Arc::new(metrics),
+            label,
+        }
+    }
+
+    /// Prometheus text for the fleet.
+    pub fn render(&self, out: &mut String) {
+        let m = &self.metrics;
+        for (i, node) in self.backend.nodes().iter().enumerate() {
+            m.node_latency[i].render(out, "lode_fleet_stripe_get_seconds", &format!("node=\"{node}\""));
+            let _ = writeln!(out, "lode_fleet_stripe_errors_total{{node=\"{node}\"}} {}", m.node_errors[i].load(Ordering::Relaxed));
+        }
+        for (n, v) in [
+            ("lode_fleet_first4_total", &m.first4),
+            ("lode_fleet_needed_fifth_total", &m.needed_fifth),
+            ("lode_fleet_reconstructions_total", &m.reconstructions),
+            ("lode_fleet_corrupt_total", &m.corrupt),
+            ("lode_fleet_fallbacks_total", &m.fallbacks),
+            ("lode_fleet_fills_total", &m.fills),
+            ("lode_fleet_fills_dropped_total", &m.fills_dropped),
+            ("lode_fleet_stripe_bytes_total", &m.stripe_bytes),
+            ("lode_fleet_chunk_bytes_total", &m.chunk_bytes),
+        ] {
+            let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
+        }
+    }
+
+    fn try_decode(stripes: &[(usize, Bytes)], name: &ChunkName, m: &FleetMetrics) -> Option<Bytes> {
+        let refs: Vec<&[u8]> = stripes.iter().map(|(_, b)| b.as_ref()).collect();
+        let ct = stripe::decode(&refs)?;
+        if ChunkName::of(&ct) != *name {
+            m.corrupt.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if !stripes.iter().any(|(j, _)| *j == stripe::DATA) {
+            return Some(Bytes::from(ct));
+        }
+        m.reconstructions.fetch_add(1, Ordering::Relaxed);
+        Some(Bytes::from(ct))
+    }
+
+    async fn read(&self, id: &ChunkId) -> Option<Bytes> {
+        let nodes = placement(self.backend.nodes(), &id.name);
+        let mut gets: FuturesUnordered<_> = (0..stripe::TOTAL)
+            .map(|j| {
+                let k = key(&id.name, j);
+                let node = nodes[j];
+                async move {
+                    let t = Instant::now();
+                    let r = tokio::time::timeout(self.timeout, self.backend.get(node, &k)).await;
+                    (j, node, r, t.elapsed())
+                }
+            })
+            .collect();
+        let mut got: Vec<(usize, Bytes)> = Vec::new();
+        while let Some((j, node, r, took)) = gets.next().await {
+            match r {
+                Ok(Ok(Some(b))) if stripe::header(&b).is_some_and(|(i, _)| i == j) => {
+                    self.metrics.node_latency[node].observe(took);
+                    got.push((j, b));
+                }
+                Ok(Ok(_)) => {}
+                _ => {
+                    self.metrics.node_errors[node].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if got.len() == stripe::DATA {
+                if let Some(ct) = Self::try_decode(&got, &id.name, &self.metrics) {
+                    // Dropping `gets` cancels the 5th request.
+                    self.metrics.first4.fetch_add(1, Ordering::Relaxed);
+                    return Some(ct);
+                }
+            }
+            if got.len() == stripe::TOTAL {
+                self.metrics.needed_fifth.fetch_add(1, Ordering::Relaxed);
+                for skip in 0..stripe::TOTAL {
+                    let subset: Vec<(usize, Bytes)> =
+                        got.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, s)| s.clone()).collect();
+                    if let Some(ct) = Self::try_decode(&subset, &id.name, &self.metrics) {
+                        return Some(ct);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+impl ChunkTier for FleetTier {
+    fn label(&self) -> &'static str {
+        self.label
+    }
+
+    fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
+        Box::pin(async move {
+            match self.read(id).await {
+                Some(b) => Ok(b),
+                None => {
+                    self.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    Err(TierError::NotFound { tier: self.label, name: id.name.to_hex() })
+                }
+            }
+        })
+    }
+
+    /// Writes the 5 stripes in the background: bounded (at most
+    /// [`MAX_FILLS`] at once, others dropped), one fill per chunk at a time,
+    /// never blocking the read that triggered it.
+    fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
+        let Ok(permit) = self.fills.clone().try_acquire_owned() else {
+            self.metrics.fills_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if !self.filling.lock().unwrap_or_else(|p| p.into_inner()).insert(id.name) {
+            return;
+        }
+        let (backend, filling, metrics, timeout, name) =
+            (self.backend.clone(), self.filling.clone(), self.metrics.clone(), self.timeout, id.name);
+        tokio::spawn(async move {
+            let nodes = placement(backend.nodes(), &name);
+            let stripes = stripe::encode(&ciphertext);
+            let puts = stripes.into_iter().enumerate().map(|(j, s)| {
+                let backend = backend.clone();
+                let k = key(&name, j);
+                let node = nodes[j];
+                let n = (s.len() - stripe::HEADER) as u64;
+                async move {
+                    let ok = matches!(tokio::time::timeout(timeout * 4, backend.put(node, &k, Bytes::from(s))).await, Ok(Ok(())));
+                    (ok, n)
+                }
+            });
+            let results = futures::future::join_all(puts).await;
+            let stored: u64 = results.iter().filter(|(ok, _)| *ok).map(|(_, n)| n).sum();
+            metrics.fills.fetch_add(1, Ordering::Relaxed);
+            metrics.stripe_bytes.fetch_add(stored, Ordering::Relaxed);
+            metrics.chunk_bytes.fetch_add(ciphertext.len() as u64, Ordering::Relaxed);
+            filling.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_is_distinct_and_stable() {
+        let nodes: Vec<String> = (0..7).map(|i| format!("10.0.0.{i}:7000")).collect();
+        let name = ChunkName([9; 32]);
+        let p = placement(&nodes, &name);
+        let set: HashSet<usize> = p.iter().copied().collect();
+        assert_eq!(set.len(), 5);
+        // Removing a node that holds no stripe changes nothing.
+        let unused = (0..7).find(|i| !set.contains(i)).unwrap();
+        let mut fewer = nodes.clone();
+        fewer.remove(unused);
+        let q = placement(&fewer, &name);
+        let back: Vec<&String> = q.iter().map(|&i| &fewer[i]).collect();
+        let orig: Vec<&String> = p.iter().map(|&i| &nodes[i]).collect();
+        assert_eq!(back, orig);
+        // Three nodes: stripes wrap.
+        assert_eq!(placement(&nodes[..3], &name).len(), 5);
+    }
+}

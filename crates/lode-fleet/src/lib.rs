@@ -1,0 +1,43 @@
+//! lode's AZ cache fleet.
+//!
+//! * [`node`]: the `lode cache-node` server (HTTP/2; memory and disk tiers,
+//!   LRU-2 eviction);
+//! * [`stripe`]: the 4-of-5 code (4 data stripes + XOR parity);
+//! * [`client`]: [`FleetTier`], the agent's tier that reads the first 4 of 5
+//!   stripes and fills the fleet after a miss;
+//! * [`backend`]: the node protocols — lode nodes over HTTP/2, or memcached.
+
+pub mod backend;
+pub mod client;
+pub mod lru2;
+pub mod node;
+pub mod stripe;
+
+pub use backend::{Http2Nodes, Memcached, StripeBackend};
+pub use client::{placement, FleetTier};
+pub use node::NodeStore;
+
+/// Builds the fleet tier from `--cache-nodes`: `HOST:PORT,...` (lode nodes)
+/// or `memcached://HOST:PORT,...`.
+pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, String> {
+    let (mc, list) = match spec.strip_prefix("memcached://") {
+        Some(rest) => (true, rest),
+        None => (false, spec),
+    };
+    let nodes: Vec<String> = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    if nodes.is_empty() {
+        return Err(format!("--cache-nodes '{spec}' names no node"));
+    }
+    for n in &nodes {
+        if n.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+            return Err(format!("cache node '{n}' is not HOST:PORT"));
+        }
+    }
+    let distinct: std::collections::HashSet<&String> = nodes.iter().collect();
+    if distinct.len() != nodes.len() {
+        return Err("--cache-nodes lists a node twice".into());
+    }
+    let backend: std::sync::Arc<dyn StripeBackend> =
+        if mc { std::sync::Arc::new(Memcached::new(nodes)) } else { std::sync::Arc::new(Http2Nodes::new(nodes)) };
+    Ok(FleetTier::new(backend, timeout, if mc { "fleet-memcached" } else { "fleet" }))
+}
