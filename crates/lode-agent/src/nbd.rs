@@ -81,6 +81,8 @@ pub struct Server {
     conn_seq: AtomicU64,
     /// Connections served so far.
     pub connections: AtomicU64,
+    /// When the first READ request of any connection arrived.
+    pub first_read: Arc<std::sync::OnceLock<std::time::Instant>>,
 }
 
 /// Checks a request range: non-empty, at most [`MAX_REQUEST`], inside `size`.
@@ -97,7 +99,7 @@ pub fn check_range(offset: u64, len: u32, size: u64) -> Result<(), u32> {
 impl Server {
     /// A server over `exports`.
     pub fn new(exports: Arc<Exports>, config: ServerConfig) -> Self {
-        Server { exports, config, named_in_use: Mutex::new(HashSet::new()), conn_seq: AtomicU64::new(0), connections: AtomicU64::new(0) }
+        Server { exports, config, named_in_use: Mutex::new(HashSet::new()), conn_seq: AtomicU64::new(0), connections: AtomicU64::new(0), first_read: Arc::default() }
     }
 
     /// The exports.
@@ -132,7 +134,7 @@ impl Server {
                 return;
             }
         };
-        let conn = Arc::new(Conn { image: image.clone(), overlay, wr: tokio::sync::Mutex::new(Box::new(wr)) });
+        let conn = Arc::new(Conn { image: image.clone(), overlay, wr: tokio::sync::Mutex::new(Box::new(wr)), first_read: self.first_read.clone() });
         if let Err(e) = conn.clone().transmission(&mut rd).await {
             tracing::debug!(error = %e, export, "connection ended");
         }
@@ -299,6 +301,7 @@ struct Conn {
     image: Arc<ImageHandle>,
     overlay: Overlay,
     wr: tokio::sync::Mutex<Writer>,
+    first_read: Arc<std::sync::OnceLock<std::time::Instant>>,
 }
 
 impl Conn {
@@ -331,6 +334,7 @@ impl Conn {
             let len = u32::from_be_bytes(hdr[24..28].try_into().expect("4"));
             match cmd {
                 CMD_READ => {
+                    self.first_read.get_or_init(std::time::Instant::now);
                     if let Err(e) = check_range(offset, len, size) {
                         self.send(handle, e, &[]).await?;
                         continue;

@@ -30,6 +30,10 @@ enum Command {
     Cat(cmd::cat::Args),
     /// Run an AZ cache-fleet node that stores erasure-coded stripes.
     CacheNode(cmd::cache_node::Args),
+    /// Boot a micro-VM from an image served lazily and run a command in it.
+    Run(cmd::run::Args),
+    /// Prepare the micro-VM's guest kernel and initramfs.
+    Vm(cmd::vm::Args),
     /// Manage chunk-store roots (generations with their own salt).
     Root(cmd::root::Args),
 }
@@ -49,6 +53,11 @@ fn main() -> ExitCode {
         Command::Agent(args) => cmd::agent::run(args),
         Command::Cat(args) => cmd::cat::run(args),
         Command::CacheNode(args) => cmd::cache_node::run(args),
+        Command::Vm(args) => cmd::vm::run(args),
+        Command::Run(args) => match cmd::run::run(args) {
+            Ok(status) => return ExitCode::from(status.clamp(0, 255) as u8),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

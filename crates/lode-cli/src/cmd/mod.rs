@@ -9,3 +9,5 @@ pub mod inspect;
 pub mod pull;
 pub mod push;
 pub mod root;
+pub mod run;
+pub mod vm;
