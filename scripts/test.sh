@@ -5,15 +5,42 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pair in e2fsck:e2fsprogs skopeo:skopeo umoci:umoci; do
+for pair in e2fsck:e2fsprogs skopeo:skopeo umoci:umoci qemu-img:qemu-utils qemu-io:qemu-utils nbdinfo:libnbd-bin nbdfuse:libnbd-bin fusermount3:fuse3; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+
+# moto, the S3-compatible server the chunk-store tests run against
+# (crates/lode-store/tests/store_support/store_s3.rs finds it on PATH or in
+# this venv). Installed into a venv unless some moto is already usable.
+MOTO_VENV=/opt/lode-test-venv
+have_moto() {
+  command -v moto_server >/dev/null 2>&1 || [ -x "$MOTO_VENV/bin/moto_server" ] ||
+    python3 -c 'import moto.server, flask' >/dev/null 2>&1
+}
+if ! have_moto; then
+  need_apt+=(python3 python3-venv)
+fi
+
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
+# memcached: the AZ cache fleet tests run plain memcached servers as nodes
+# (crates/lode-cli/tests/fleet_memcached.rs, scripts/bench-fleet.sh).
+command -v memcached >/dev/null 2>&1 || { $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends memcached; }
+if ! have_moto; then
+  echo "installing moto[server] into $MOTO_VENV"
+  $SUDO python3 -m venv "$MOTO_VENV"
+  $SUDO "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6'
+fi
+if [ -x "$MOTO_VENV/bin/moto_server" ]; then
+  export PATH="$MOTO_VENV/bin:$PATH"
+fi
+
+# QEMU, busybox-static and xz for the micro-VM end-to-end tests (tests/vm_e2e.rs).
+./scripts/vm-deps.sh
 
 cargo test --workspace "$@"

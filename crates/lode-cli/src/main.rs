@@ -62,8 +62,18 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes.
-            let msg = format!("{e:#}").replace('\n', " ");
+            // One line: the error and those of its causes it does not already quote.
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&c);
+                }
+            }
+            let msg = msg.replace('\n', " ");
             eprintln!("lode: error: {msg}");
             ExitCode::FAILURE
         }
