@@ -158,31 +158,40 @@ impl Exports {
             Err(source) => return Err(ExportError::Failed { export: export.into(), source }),
         };
         let h = Arc::new(ImageHandle::new(name.image(), image, self.reader.clone()));
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, h.clone());
+        Ok((name, h))
+    }
+
+    /// Called when a client attaches to `h` (NBD `GO`/`EXPORT_NAME`, not `INFO`
+    /// or `LIST`): the first time, starts recording and the background prefetch.
+    pub async fn activate(&self, h: &Arc<ImageHandle>) {
+        if h.activated.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         if self.record {
             h.start_recording();
         }
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, h.clone());
-        let order = self.prefetch_order(&h).await;
-        if !order.is_empty() {
-            let img = h.clone();
-            tokio::spawn(async move {
-                use futures::StreamExt;
-                let n = order.len();
-                let t = std::time::Instant::now();
-                futures::stream::iter(order)
-                    .for_each_concurrent(PREFETCH_CONCURRENCY, |i| {
-                        let img = img.clone();
-                        async move {
-                            if let Err(e) = img.chunk(i).await {
-                                tracing::debug!(error = %e, "prefetch failed");
-                            }
-                        }
-                    })
-                    .await;
-                tracing::info!(export = %img.export, chunks = n, secs = t.elapsed().as_secs_f64(), "prefetch done");
-            });
+        let order = self.prefetch_order(h).await;
+        if order.is_empty() {
+            return;
         }
-        Ok((name, h))
+        let img = h.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let n = order.len();
+            let t = std::time::Instant::now();
+            futures::stream::iter(order)
+                .for_each_concurrent(PREFETCH_CONCURRENCY, |i| {
+                    let img = img.clone();
+                    async move {
+                        if let Err(e) = img.chunk(i).await {
+                            tracing::debug!(error = %e, "prefetch failed");
+                        }
+                    }
+                })
+                .await;
+            tracing::info!(export = %img.export, chunks = n, secs = t.elapsed().as_secs_f64(), "prefetch done");
+        });
     }
 
     /// All exports the store holds (`TENANT/NAME`).

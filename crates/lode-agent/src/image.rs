@@ -7,6 +7,9 @@ use lode_cache::ChunkId;
 use lode_store::OpenedImage;
 use std::sync::{Arc, Mutex};
 
+/// Zeros for holes: one shared buffer instead of a fresh 512 KiB per read.
+static ZEROS: [u8; lode_chunk::CHUNK_SIZE as usize] = [0; lode_chunk::CHUNK_SIZE as usize];
+
 /// An image ready to serve reads.
 #[derive(Debug)]
 pub struct ImageHandle {
@@ -18,13 +21,15 @@ pub struct ImageHandle {
     reader: Arc<ChunkReader>,
     // (seen, first-read order) while recording the start-up working set.
     recording: Mutex<Option<(Vec<bool>, Vec<u32>)>>,
+    /// Set once a client attached (prefetch and recording start then).
+    pub activated: std::sync::atomic::AtomicBool,
 }
 
 impl ImageHandle {
     /// Wraps an opened image.
     pub fn new(export: String, image: OpenedImage, reader: Arc<ChunkReader>) -> Self {
         let root = Arc::from(image.manifest.root.as_str());
-        ImageHandle { export, image, root, reader, recording: Mutex::new(None) }
+        ImageHandle { export, image, root, reader, recording: Mutex::new(None), activated: Default::default() }
     }
 
     /// Starts recording the order in which chunks are first read.
@@ -78,6 +83,7 @@ impl ImageHandle {
                 let id = ChunkId { root: self.root.clone(), name };
                 self.reader.chunk(index, &id, &secret).await
             }
+            _ if len <= ZEROS.len() => Ok(Bytes::from_static(&ZEROS[..len])),
             _ => Ok(Bytes::from(vec![0u8; len])),
         }
     }

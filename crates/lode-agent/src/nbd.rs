@@ -127,6 +127,7 @@ impl Server {
             }
         };
         let (export, image, overlay_name) = chosen;
+        self.exports.activate(&image).await;
         let overlay = match self.attach_overlay(&export, &image, overlay_name.as_deref()) {
             Ok(o) => o,
             Err(e) => {

@@ -57,7 +57,11 @@ pub enum ReadError {
     },
 }
 
-type Flight = Arc<OnceCell<Result<Bytes, ReadError>>>;
+/// A fetch in progress: the ciphertext and, when the reader that started it
+/// could decrypt it, the plaintext with its hash (so concurrent readers of a
+/// cold chunk decrypt it once).
+type Landed = (Bytes, Option<([u8; 32], Bytes)>);
+type Flight = Arc<OnceCell<Result<Landed, ReadError>>>;
 
 /// Host-wide chunk cache and tiers, shared by every export and connection.
 #[derive(Debug)]
@@ -107,33 +111,49 @@ impl ChunkReader {
             return Ok(b);
         }
         self.memory_metrics.miss();
-        let ct = self.ciphertext(index, id).await?;
-        // Another reader may have decrypted it meanwhile.
-        if let Some(b) = self.memory.get(&id.name, &secret.plain_sha) {
-            return Ok(b);
+        let flight = {
+            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(id.name).or_insert_with(|| Arc::new(OnceCell::new())).clone()
+        };
+        let landed = flight
+            .get_or_init(|| async {
+                let ct = self.load(index, id).await?;
+                // The starter decrypts and publishes to the memory cache before
+                // the flight ends, so no reader finds neither.
+                let pt = self.decrypt(index, id, secret, ct.clone()).await.ok();
+                if let Some(pt) = &pt {
+                    self.memory.insert(id.name, secret.plain_sha, pt.clone());
+                }
+                Ok((ct, pt.map(|p| (secret.plain_sha, p))))
+            })
+            .await
+            .clone();
+        {
+            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if m.get(&id.name).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                m.remove(&id.name);
+            }
         }
+        let (ct, pt) = landed?;
+        match pt {
+            Some((sha, pt)) if sha == secret.plain_sha => Ok(pt),
+            _ => {
+                // Another tenant's view of the same name, or a failed decrypt:
+                // verify with this reader's own secret.
+                let pt = self.decrypt(index, id, secret, ct).await?;
+                self.memory.insert(id.name, secret.plain_sha, pt.clone());
+                Ok(pt)
+            }
+        }
+    }
+
+    async fn decrypt(&self, index: u64, id: &ChunkId, secret: &ChunkSecret, ct: Bytes) -> Result<Bytes, ReadError> {
         let (name, secret) = (id.name, *secret);
         let pt = tokio::task::spawn_blocking(move || open_chunk(index, &name, &secret.key, &secret.plain_sha, ct.to_vec()))
             .await
             .map_err(|e| ReadError::Verify { index, reason: e.to_string() })?
             .map_err(|e| ReadError::Verify { index, reason: e.to_string() })?;
-        let pt = Bytes::from(pt);
-        self.memory.insert(id.name, secret.plain_sha, pt.clone());
-        Ok(pt)
-    }
-
-    /// Ciphertext of a chunk; concurrent callers for one name share one fetch.
-    async fn ciphertext(&self, index: u64, id: &ChunkId) -> Result<Bytes, ReadError> {
-        let flight = {
-            let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            m.entry(id.name).or_insert_with(|| Arc::new(OnceCell::new())).clone()
-        };
-        let r = flight.get_or_init(|| self.load(index, id)).await.clone();
-        let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if m.get(&id.name).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            m.remove(&id.name);
-        }
-        r
+        Ok(Bytes::from(pt))
     }
 
     async fn load(&self, index: u64, id: &ChunkId) -> Result<Bytes, ReadError> {

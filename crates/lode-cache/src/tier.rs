@@ -147,19 +147,21 @@ impl<T: ChunkTier> ChunkTier for Bounded<T> {
     }
 }
 
-/// Injects latency (per fetch) and a bandwidth cap, to model a remote store in
-/// benchmarks and tests.
+/// Injects latency (per fetch) and a bandwidth cap shared by all fetches (one
+/// link), to model a remote store in benchmarks and tests.
 #[derive(Debug)]
 pub struct Delayed<T> {
     inner: T,
     latency: Duration,
     bytes_per_sec: Option<u64>,
+    // When the shared link is next free (std Mutex: never held across an await).
+    link_free_at: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl<T: ChunkTier> Delayed<T> {
     /// Adds `latency` to every fetch and caps throughput at `bytes_per_sec`.
     pub fn new(inner: T, latency: Duration, bytes_per_sec: Option<u64>) -> Self {
-        Delayed { inner, latency, bytes_per_sec }
+        Delayed { inner, latency, bytes_per_sec, link_free_at: std::sync::Mutex::new(tokio::time::Instant::now()) }
     }
 }
 
@@ -173,7 +175,14 @@ impl<T: ChunkTier> ChunkTier for Delayed<T> {
             tokio::time::sleep(self.latency).await;
             let b = self.inner.fetch(id).await?;
             if let Some(bps) = self.bytes_per_sec.filter(|&b| b > 0) {
-                tokio::time::sleep(Duration::from_secs_f64(b.len() as f64 / bps as f64)).await;
+                // Transfers queue on one link: each takes len/bps after the previous one.
+                let done = {
+                    let mut free = self.link_free_at.lock().unwrap_or_else(|p| p.into_inner());
+                    let start = (*free).max(tokio::time::Instant::now());
+                    *free = start + Duration::from_secs_f64(b.len() as f64 / bps as f64);
+                    *free
+                };
+                tokio::time::sleep_until(done).await;
             }
             Ok(b)
         })
