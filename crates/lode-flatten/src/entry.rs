@@ -61,15 +61,92 @@ pub(crate) fn parse_pax_time(v: &[u8]) -> Option<Timestamp> {
     })
 }
 
-/// Counts bytes read through it, for progress reports.
-struct Counted {
-    inner: LayerReader,
+/// Bytes moved per message between the decompressing thread and the writer.
+const PIPE_BLOCK: usize = 1 << 20;
+/// Messages in flight: bounds the memory of the pipe to about 8 MiB.
+const PIPE_DEPTH: usize = 8;
+
+enum Msg {
+    Data(Vec<u8>),
+    Failed(std::io::Error),
+    /// End of stream: uncompressed size and the verification result.
+    End(u64, Result<(), lode_oci::OciError>),
+}
+
+/// The layer's tar bytes, decompressed and verified on a thread of their own so
+/// that decompression and hashing overlap with parsing and writing (two cores).
+struct Piped {
+    rx: std::sync::mpsc::Receiver<Msg>,
+    cur: Vec<u8>,
+    pos: usize,
+    end: Option<(u64, Result<(), lode_oci::OciError>)>,
     count: Rc<Cell<u64>>,
 }
 
-impl Read for Counted {
+impl Piped {
+    fn spawn(mut reader: LayerReader, count: Rc<Cell<u64>>) -> Piped {
+        let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_DEPTH);
+        std::thread::spawn(move || loop {
+            let mut buf = vec![0u8; PIPE_BLOCK];
+            let mut n = 0;
+            while n < buf.len() {
+                match reader.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.send(Msg::Failed(e));
+                        return;
+                    }
+                }
+            }
+            if n == 0 {
+                let bytes = reader.uncompressed_bytes();
+                let _ = tx.send(Msg::End(bytes, reader.finish()));
+                return;
+            }
+            buf.truncate(n);
+            // A closed receiver means the parser stopped: stop too.
+            if tx.send(Msg::Data(buf)).is_err() {
+                return;
+            }
+        });
+        Piped { rx, cur: Vec::new(), pos: 0, end: None, count }
+    }
+
+    /// Reads to the end of the stream and returns the verification result.
+    fn finish(mut self) -> (u64, Result<(), lode_oci::OciError>) {
+        let mut sink = [0u8; 64 << 10];
+        loop {
+            match self.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return (0, Err(lode_oci::OciError::Io { path: "layer stream".into(), source: e })),
+            }
+        }
+        self.end.take().unwrap_or((0, Ok(())))
+    }
+}
+
+impl Read for Piped {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        while self.pos == self.cur.len() {
+            if self.end.is_some() {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Msg::Data(d)) => {
+                    self.cur = d;
+                    self.pos = 0;
+                }
+                Ok(Msg::Failed(e)) => return Err(e),
+                Ok(Msg::End(n, r)) => self.end = Some((n, r)),
+                Err(_) => return Err(std::io::Error::other("layer reader thread ended")),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
         self.count.set(self.count.get() + n as u64);
         Ok(n)
     }
@@ -135,7 +212,7 @@ pub(crate) fn apply_layer(
         .open_layer(layer)
         .map_err(|source| FlattenError::Layer { layer, digest: digest.clone(), source })?;
     let count = Rc::new(Cell::new(0u64));
-    let mut archive = tar::Archive::new(Counted { inner: reader, count: count.clone() });
+    let mut archive = tar::Archive::new(Piped::spawn(reader, count.clone()));
     b.begin_layer().map_err(|source| FlattenError::Ext4 { layer, digest: digest.clone(), source })?;
     let mut last = String::new();
     let mut n = 0u64;
@@ -165,9 +242,8 @@ pub(crate) fn apply_layer(
             }
         }
     }
-    let reader = archive.into_inner().inner;
-    let bytes = reader.uncompressed_bytes();
-    reader.finish().map_err(|source| FlattenError::Layer { layer, digest: digest.clone(), source })?;
+    let (bytes, verified) = archive.into_inner().finish();
+    verified.map_err(|source| FlattenError::Layer { layer, digest: digest.clone(), source })?;
     b.end_layer().map_err(|source| FlattenError::Ext4 { layer, digest: digest.clone(), source })?;
     progress(bytes);
     Ok((bytes, n))
