@@ -118,7 +118,11 @@ fn parse() -> Opts {
             _ => usage(),
         }
     }
-    if o.store.is_empty() || o.tenant.is_empty() || o.name.is_empty() || o.cache_dir.as_os_str().is_empty() {
+    if o.store.is_empty()
+        || o.tenant.is_empty()
+        || o.name.is_empty()
+        || o.cache_dir.as_os_str().is_empty()
+    {
         usage();
     }
     if o.link != "per-request" && o.link != "shared" {
@@ -129,8 +133,12 @@ fn parse() -> Opts {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let o = parse();
-    let home = std::env::var_os("LODE_HOME").map(PathBuf::from).ok_or("LODE_HOME must be set")?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let home = std::env::var_os("LODE_HOME")
+        .map(PathBuf::from)
+        .ok_or("LODE_HOME must be set")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let store = Store::open(&o.store)?;
         let keys = Keyring::new(home.join("keys"));

@@ -39,12 +39,18 @@ fn cpu_secs() -> f64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().skip(1).collect();
     if a.len() < 3 {
-        eprintln!("usage: concurrent_cold_reads STORE TENANT NAME [CHUNKS]  (LODE_HOME holds the keys)");
+        eprintln!(
+            "usage: concurrent_cold_reads STORE TENANT NAME [CHUNKS]  (LODE_HOME holds the keys)"
+        );
         std::process::exit(2);
     }
     let n: usize = a.get(3).and_then(|v| v.parse().ok()).unwrap_or(256);
-    let home = std::env::var_os("LODE_HOME").map(PathBuf::from).ok_or("LODE_HOME must be set")?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let home = std::env::var_os("LODE_HOME")
+        .map(PathBuf::from)
+        .ok_or("LODE_HOME must be set")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let store = Store::open(&a[0])?;
         let keys = Keyring::new(home.join("keys"));

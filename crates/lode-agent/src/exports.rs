@@ -31,7 +31,11 @@ impl ExportName {
         if let Some(o) = &overlay {
             lode_store::check_name(o).ok()?;
         }
-        Some(ExportName { tenant: tenant.into(), name: name.into(), overlay })
+        Some(ExportName {
+            tenant: tenant.into(),
+            name: name.into(),
+            overlay,
+        })
     }
 
     /// `TENANT/NAME` without the overlay.
@@ -88,7 +92,14 @@ pub struct Exports {
 impl Exports {
     /// Exports of `store`, opened with `keys`, read through `reader`.
     pub fn new(store: Store, keys: Arc<dyn KeyProvider>, reader: Arc<ChunkReader>) -> Self {
-        Exports { store, keys, reader, prefetch: Prefetch::default(), record: false, open: Mutex::new(HashMap::new()) }
+        Exports {
+            store,
+            keys,
+            reader,
+            prefetch: Prefetch::default(),
+            record: false,
+            open: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Sets the background prefetch policy and whether to record working sets.
@@ -100,10 +111,15 @@ impl Exports {
 
     /// Stores the recorded working set of `image` (if recording), sealed for its tenant.
     pub async fn save_working_set(&self, image: &ImageHandle) -> Result<usize, StoreError> {
-        let Some(order) = image.recorded().filter(|o| !o.is_empty()) else { return Ok(0) };
+        let Some(order) = image.recorded().filter(|o| !o.is_empty()) else {
+            return Ok(0);
+        };
         let tenant = &image.image.manifest.tenant;
-        let sealed = lode_chunk::workingset::seal(tenant, &image.image.digest, &order, self.keys.as_ref())?;
-        self.store.put_working_set(tenant, &image.image.digest, sealed.into()).await?;
+        let sealed =
+            lode_chunk::workingset::seal(tenant, &image.image.digest, &order, self.keys.as_ref())?;
+        self.store
+            .put_working_set(tenant, &image.image.digest, sealed.into())
+            .await?;
         tracing::info!(export = %image.export, chunks = order.len(), "working set recorded");
         Ok(order.len())
     }
@@ -113,9 +129,20 @@ impl Exports {
         let mut order: Vec<u64> = Vec::new();
         let tenant = &image.image.manifest.tenant;
         if self.prefetch != Prefetch::None {
-            match self.store.get_working_set(tenant, &image.image.digest).await {
-                Ok(Some(b)) => match lode_chunk::workingset::open(tenant, &image.image.digest, &b, self.keys.as_ref()) {
-                    Ok(o) => order.extend(o.into_iter().map(u64::from).filter(|&i| i < image.chunks())),
+            match self
+                .store
+                .get_working_set(tenant, &image.image.digest)
+                .await
+            {
+                Ok(Some(b)) => match lode_chunk::workingset::open(
+                    tenant,
+                    &image.image.digest,
+                    &b,
+                    self.keys.as_ref(),
+                ) {
+                    Ok(o) => {
+                        order.extend(o.into_iter().map(u64::from).filter(|&i| i < image.chunks()))
+                    }
                     Err(e) => tracing::warn!(error = %e, "ignoring unreadable working set"),
                 },
                 Ok(None) => {}
@@ -139,26 +166,46 @@ impl Exports {
 
     /// Opens an export (the image's current manifest).
     pub async fn open(&self, export: &str) -> Result<(ExportName, Arc<ImageHandle>), ExportError> {
-        let name = ExportName::parse(export).ok_or_else(|| ExportError::Unknown(export.to_string()))?;
+        let name =
+            ExportName::parse(export).ok_or_else(|| ExportError::Unknown(export.to_string()))?;
         let digest = match self.store.get_image(&name.tenant, &name.name).await {
             Ok(d) => d,
             Err(StoreError::ImageNotFound { .. }) | Err(StoreError::BadName(_)) => {
                 return Err(ExportError::Unknown(export.to_string()))
             }
-            Err(source) => return Err(ExportError::Failed { export: export.into(), source }),
+            Err(source) => {
+                return Err(ExportError::Failed {
+                    export: export.into(),
+                    source,
+                })
+            }
         };
-        if let Some(h) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+        if let Some(h) = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+        {
             return Ok((name, h.clone()));
         }
-        let image = match open_image(&self.store, self.keys.as_ref(), &name.tenant, &name.name).await {
-            Ok(i) => i,
-            Err(StoreError::Chunk(lode_chunk::ChunkError::MissingKey { .. })) => {
-                return Err(ExportError::Unknown(export.to_string()))
-            }
-            Err(source) => return Err(ExportError::Failed { export: export.into(), source }),
-        };
+        let image =
+            match open_image(&self.store, self.keys.as_ref(), &name.tenant, &name.name).await {
+                Ok(i) => i,
+                Err(StoreError::Chunk(lode_chunk::ChunkError::MissingKey { .. })) => {
+                    return Err(ExportError::Unknown(export.to_string()))
+                }
+                Err(source) => {
+                    return Err(ExportError::Failed {
+                        export: export.into(),
+                        source,
+                    })
+                }
+            };
         let h = Arc::new(ImageHandle::new(name.image(), image, self.reader.clone()));
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, h.clone());
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, h.clone());
         Ok((name, h))
     }
 
@@ -196,7 +243,13 @@ impl Exports {
 
     /// All exports the store holds (`TENANT/NAME`).
     pub async fn list(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self.store.list_images().await?.into_iter().map(|(t, n)| format!("{t}/{n}")).collect())
+        Ok(self
+            .store
+            .list_images()
+            .await?
+            .into_iter()
+            .map(|(t, n)| format!("{t}/{n}"))
+            .collect())
     }
 }
 
@@ -208,7 +261,11 @@ mod tests {
     fn export_names() {
         assert_eq!(
             ExportName::parse("acme/app@vm1"),
-            Some(ExportName { tenant: "acme".into(), name: "app".into(), overlay: Some("vm1".into()) })
+            Some(ExportName {
+                tenant: "acme".into(),
+                name: "app".into(),
+                overlay: Some("vm1".into())
+            })
         );
         assert!(ExportName::parse("acme").is_none());
         assert!(ExportName::parse("../x/y").is_none());

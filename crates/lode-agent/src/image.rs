@@ -29,18 +29,30 @@ impl ImageHandle {
     /// Wraps an opened image.
     pub fn new(export: String, image: OpenedImage, reader: Arc<ChunkReader>) -> Self {
         let root = Arc::from(image.manifest.root.as_str());
-        ImageHandle { export, image, root, reader, recording: Mutex::new(None), activated: Default::default() }
+        ImageHandle {
+            export,
+            image,
+            root,
+            reader,
+            recording: Mutex::new(None),
+            activated: Default::default(),
+        }
     }
 
     /// Starts recording the order in which chunks are first read.
     pub fn start_recording(&self) {
         let n = self.chunks() as usize;
-        *self.recording.lock().unwrap_or_else(|p| p.into_inner()) = Some((vec![false; n], Vec::new()));
+        *self.recording.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((vec![false; n], Vec::new()));
     }
 
     /// The first-read order recorded so far (`None` when not recording).
     pub fn recorded(&self) -> Option<Vec<u32>> {
-        self.recording.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, o)| o.clone())
+        self.recording
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, o)| o.clone())
     }
 
     fn note(&self, index: u64) {
@@ -80,7 +92,10 @@ impl ImageHandle {
         match (m.names[index as usize], self.image.keys.0[index as usize]) {
             (Some(name), Some(secret)) => {
                 self.note(index);
-                let id = ChunkId { root: self.root.clone(), name };
+                let id = ChunkId {
+                    root: self.root.clone(),
+                    name,
+                };
                 self.reader.chunk(index, &id, &secret).await
             }
             _ if len <= ZEROS.len() => Ok(Bytes::from_static(&ZEROS[..len])),
@@ -93,7 +108,11 @@ impl ImageHandle {
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, ReadError> {
         let end = offset.checked_add(len).filter(|&e| e <= self.size());
         let Some(end) = end else {
-            return Err(ReadError::OutOfRange { offset, len, size: self.size() });
+            return Err(ReadError::OutOfRange {
+                offset,
+                len,
+                size: self.size(),
+            });
         };
         if len == 0 {
             return Ok(Bytes::new());

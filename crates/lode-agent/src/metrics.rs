@@ -19,7 +19,11 @@ pub fn render(server: &Server, extra: Option<&Extra>) -> String {
     if let Some(f) = extra {
         f(&mut out);
     }
-    let _ = writeln!(out, "lode_nbd_connections_total {}", server.connections.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "lode_nbd_connections_total {}",
+        server.connections.load(Ordering::Relaxed)
+    );
     out
 }
 
@@ -27,7 +31,9 @@ pub fn render(server: &Server, extra: Option<&Extra>) -> String {
 /// 5 s to send its request; requests are not parsed beyond that.
 pub async fn serve(listener: TcpListener, server: Arc<Server>, extra: Option<Extra>) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
         let server = server.clone();
         let extra = extra.clone();
         tokio::spawn(async move {

@@ -99,7 +99,14 @@ pub fn check_range(offset: u64, len: u32, size: u64) -> Result<(), u32> {
 impl Server {
     /// A server over `exports`.
     pub fn new(exports: Arc<Exports>, config: ServerConfig) -> Self {
-        Server { exports, config, named_in_use: Mutex::new(HashSet::new()), conn_seq: AtomicU64::new(0), connections: AtomicU64::new(0), first_read: Arc::default() }
+        Server {
+            exports,
+            config,
+            named_in_use: Mutex::new(HashSet::new()),
+            conn_seq: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            first_read: Arc::default(),
+        }
     }
 
     /// The exports.
@@ -114,28 +121,40 @@ impl Server {
     {
         self.connections.fetch_add(1, Ordering::Relaxed);
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let chosen = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut rd, &mut wr)).await {
-            Ok(Ok(Some(c))) => c,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "handshake ended");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("handshake timed out");
-                return;
-            }
-        };
+        let chosen =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut rd, &mut wr)).await {
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "handshake ended");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("handshake timed out");
+                    return;
+                }
+            };
         let (export, image, overlay_name) = chosen;
         self.exports.activate(&image).await;
         let overlay = match self.attach_overlay(&export, &image, overlay_name.as_deref()) {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, export, "cannot create overlay");
+                if let Some(n) = overlay_name {
+                    self.named_in_use
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&n);
+                }
                 return;
             }
         };
-        let conn = Arc::new(Conn { image: image.clone(), overlay, wr: tokio::sync::Mutex::new(Box::new(wr)), first_read: self.first_read.clone() });
+        let conn = Arc::new(Conn {
+            image: image.clone(),
+            overlay,
+            wr: tokio::sync::Mutex::new(Box::new(wr)),
+            first_read: self.first_read.clone(),
+        });
         if let Err(e) = conn.clone().transmission(&mut rd).await {
             tracing::debug!(error = %e, export, "connection ended");
         }
@@ -143,16 +162,27 @@ impl Server {
             tracing::warn!(error = %e, export, "cannot store the working set");
         }
         if let Some(n) = overlay_name {
-            self.named_in_use.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
+            self.named_in_use
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&n);
         }
     }
 
-    fn attach_overlay(&self, export: &str, image: &Arc<ImageHandle>, named: Option<&str>) -> std::io::Result<Overlay> {
+    fn attach_overlay(
+        &self,
+        export: &str,
+        image: &Arc<ImageHandle>,
+        named: Option<&str>,
+    ) -> std::io::Result<Overlay> {
         let path = match named {
-            Some(n) => self.config.overlay_dir.join(n.replace('/', "_")).with_extension("overlay"),
+            // `TENANT/NAME@OVERLAY`: one directory per tenant, so names never collide.
+            Some(n) => self.config.overlay_dir.join(format!("{n}.overlay")),
             None => {
                 let id = self.conn_seq.fetch_add(1, Ordering::Relaxed);
-                self.config.overlay_dir.join(format!("conn-{}-{id}.overlay", std::process::id()))
+                self.config
+                    .overlay_dir
+                    .join(format!("conn-{}-{id}.overlay", std::process::id()))
             }
         };
         Overlay::open(path, image.size(), named.is_some())
@@ -161,7 +191,11 @@ impl Server {
 
     /// Runs the option haggling; returns the chosen export, or `None` when the
     /// client aborted or asked for an unknown export the old way.
-    async fn handshake<R, W>(&self, rd: &mut R, wr: &mut W) -> std::io::Result<Option<(String, Arc<ImageHandle>, Option<String>)>>
+    async fn handshake<R, W>(
+        &self,
+        rd: &mut R,
+        wr: &mut W,
+    ) -> std::io::Result<Option<(String, Arc<ImageHandle>, Option<String>)>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -174,12 +208,18 @@ impl Server {
         let no_zeroes = cflags & CFLAG_NO_ZEROES != 0;
         loop {
             if rd.read_u64().await? != IHAVEOPT {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad option magic"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "bad option magic",
+                ));
             }
             let opt = rd.read_u32().await?;
             let len = rd.read_u32().await?;
             if len > MAX_OPTION {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "option too large"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "option too large",
+                ));
             }
             let mut data = vec![0u8; len as usize];
             rd.read_exact(&mut data).await?;
@@ -207,17 +247,21 @@ impl Server {
                 }
                 OPT_EXPORT_NAME => {
                     let name = String::from_utf8_lossy(&data).into_owned();
-                    let Ok((parsed, image)) = self.exports.open(&name).await else { return Ok(None) };
-                    if !self.claim(&parsed.overlay) {
+                    let Ok((parsed, image)) = self.exports.open(&name).await else {
+                        return Ok(None);
+                    };
+                    let key = overlay_key(&parsed);
+                    if !self.claim(&key) {
                         return Ok(None);
                     }
                     wr.write_u64(image.size()).await?;
-                    wr.write_u16(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM).await?;
+                    wr.write_u16(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM)
+                        .await?;
                     if !no_zeroes {
                         wr.write_all(&[0u8; 124]).await?;
                     }
                     wr.flush().await?;
-                    return Ok(Some((name, image, parsed.overlay)));
+                    return Ok(Some((name, image, key)));
                 }
                 OPT_INFO | OPT_GO => {
                     let Some((name, requests)) = parse_info(&data) else {
@@ -238,7 +282,9 @@ impl Server {
                     };
                     let mut info = INFO_EXPORT.to_be_bytes().to_vec();
                     info.extend_from_slice(&image.size().to_be_bytes());
-                    info.extend_from_slice(&(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM).to_be_bytes());
+                    info.extend_from_slice(
+                        &(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM).to_be_bytes(),
+                    );
                     reply(wr, opt, REP_INFO, &info).await?;
                     if requests.contains(&INFO_BLOCK_SIZE) {
                         let mut b = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
@@ -248,12 +294,19 @@ impl Server {
                         reply(wr, opt, REP_INFO, &b).await?;
                     }
                     if opt == OPT_GO {
-                        if !self.claim(&parsed.overlay) {
-                            reply(wr, opt, REP_ERR_POLICY, b"named overlay in use by another connection").await?;
+                        let key = overlay_key(&parsed);
+                        if !self.claim(&key) {
+                            reply(
+                                wr,
+                                opt,
+                                REP_ERR_POLICY,
+                                b"named overlay in use by another connection",
+                            )
+                            .await?;
                             continue;
                         }
                         reply(wr, opt, REP_ACK, &[]).await?;
-                        return Ok(Some((name, image, parsed.overlay)));
+                        return Ok(Some((name, image, key)));
                     }
                     reply(wr, opt, REP_ACK, &[]).await?;
                 }
@@ -265,10 +318,20 @@ impl Server {
     /// Marks a named overlay as in use; false if another connection has it.
     fn claim(&self, overlay: &Option<String>) -> bool {
         match overlay {
-            Some(n) => self.named_in_use.lock().unwrap_or_else(|p| p.into_inner()).insert(n.clone()),
+            Some(n) => self
+                .named_in_use
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(n.clone()),
             None => true,
         }
     }
+}
+
+/// The identity of a kept overlay: the whole `TENANT/NAME@OVERLAY`, so equal
+/// overlay names of different tenants or images never share pages.
+fn overlay_key(e: &crate::exports::ExportName) -> Option<String> {
+    e.overlay.as_ref().map(|o| format!("{}@{o}", e.image()))
 }
 
 /// Parses INFO/GO data: `u32 name length, name, u16 count, count × u16`.
@@ -281,11 +344,19 @@ pub fn parse_info(d: &[u8]) -> Option<(String, Vec<u16>)> {
     if reqs.len() != count * 2 {
         return None;
     }
-    let list = reqs.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+    let list = reqs
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
     Some((String::from_utf8_lossy(name).into_owned(), list))
 }
 
-async fn reply<W: AsyncWrite + Unpin>(wr: &mut W, opt: u32, kind: u32, data: &[u8]) -> std::io::Result<()> {
+async fn reply<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    opt: u32,
+    kind: u32,
+    data: &[u8],
+) -> std::io::Result<()> {
     let mut b = Vec::with_capacity(20 + data.len());
     b.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
     b.extend_from_slice(&opt.to_be_bytes());
@@ -319,7 +390,10 @@ impl Conn {
         w.flush().await
     }
 
-    async fn transmission<R: AsyncRead + Unpin>(self: Arc<Self>, rd: &mut R) -> std::io::Result<()> {
+    async fn transmission<R: AsyncRead + Unpin>(
+        self: Arc<Self>,
+        rd: &mut R,
+    ) -> std::io::Result<()> {
         let size = self.image.size();
         let limit = Arc::new(Semaphore::new(PER_CONN_REQUESTS));
         loop {
@@ -327,7 +401,10 @@ impl Conn {
             rd.read_exact(&mut hdr).await?;
             let magic = u32::from_be_bytes(hdr[0..4].try_into().expect("4"));
             if magic != REQUEST_MAGIC {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad request magic"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "bad request magic",
+                ));
             }
             let cmd = u16::from_be_bytes(hdr[6..8].try_into().expect("2"));
             let handle = u64::from_be_bytes(hdr[8..16].try_into().expect("8"));
@@ -340,7 +417,11 @@ impl Conn {
                         self.send(handle, e, &[]).await?;
                         continue;
                     }
-                    let permit = limit.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+                    let permit = limit
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(std::io::Error::other)?;
                     let conn = self.clone();
                     tokio::spawn(async move {
                         let r = conn.overlay.read(&conn.image, offset, u64::from(len)).await;
@@ -359,7 +440,10 @@ impl Conn {
                 }
                 CMD_WRITE => {
                     if len > MAX_REQUEST {
-                        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "write larger than 32 MiB"));
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "write larger than 32 MiB",
+                        ));
                     }
                     let mut data = vec![0u8; len as usize];
                     rd.read_exact(&mut data).await?;
@@ -368,7 +452,11 @@ impl Conn {
                         continue;
                     }
                     // Wait for reads in flight so a write never races a read of the same pages.
-                    let all = limit.clone().acquire_many_owned(PER_CONN_REQUESTS as u32).await.map_err(std::io::Error::other)?;
+                    let all = limit
+                        .clone()
+                        .acquire_many_owned(PER_CONN_REQUESTS as u32)
+                        .await
+                        .map_err(std::io::Error::other)?;
                     let r = self.overlay.write(&self.image, offset, &data).await;
                     drop(all);
                     match r {
@@ -380,10 +468,15 @@ impl Conn {
                     }
                 }
                 CMD_FLUSH => {
-                    let all = limit.clone().acquire_many_owned(PER_CONN_REQUESTS as u32).await.map_err(std::io::Error::other)?;
+                    let all = limit
+                        .clone()
+                        .acquire_many_owned(PER_CONN_REQUESTS as u32)
+                        .await
+                        .map_err(std::io::Error::other)?;
                     let r = self.overlay.flush();
                     drop(all);
-                    self.send(handle, if r.is_ok() { 0 } else { EIO }, &[]).await?;
+                    self.send(handle, if r.is_ok() { 0 } else { EIO }, &[])
+                        .await?;
                 }
                 CMD_TRIM => {
                     // Advisory: the overlay keeps its pages; nothing to do.

@@ -78,11 +78,20 @@ impl Overlay {
             .open(&data_path)
             .map_err(io(&data_path))?;
         data.set_len(size).map_err(io(&data_path))?;
-        Ok(Overlay { data, data_path, bitmap_path, bits: Mutex::new(bits), keep })
+        Ok(Overlay {
+            data,
+            data_path,
+            bitmap_path,
+            bits: Mutex::new(bits),
+            keep,
+        })
     }
 
     fn io(&self) -> impl FnOnce(std::io::Error) -> OverlayError + '_ {
-        move |source| OverlayError::Io { path: self.data_path.display().to_string(), source }
+        move |source| OverlayError::Io {
+            path: self.data_path.display().to_string(),
+            source,
+        }
     }
 
     fn has(&self, page: u64) -> bool {
@@ -102,7 +111,12 @@ impl Overlay {
     }
 
     /// Reads through the overlay (range already validated by the caller).
-    pub async fn read(&self, base: &ImageHandle, offset: u64, len: u64) -> Result<Bytes, OverlayError> {
+    pub async fn read(
+        &self,
+        base: &ImageHandle,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, OverlayError> {
         let end = offset + len;
         let first = offset / PAGE;
         let last = (end - 1) / PAGE;
@@ -133,7 +147,12 @@ impl Overlay {
 
     /// Writes `data` at `offset`, copying partially covered pages from the
     /// image first (range already validated by the caller).
-    pub async fn write(&self, base: &ImageHandle, offset: u64, data: &[u8]) -> Result<(), OverlayError> {
+    pub async fn write(
+        &self,
+        base: &ImageHandle,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), OverlayError> {
         let end = offset + data.len() as u64;
         let first = offset / PAGE;
         let last = (end - 1) / PAGE;

@@ -104,7 +104,12 @@ impl ChunkReader {
 
     /// Plaintext of chunk `index` (named `id`), verified with `secret`.
     #[tracing::instrument(level = "debug", skip(self, secret), fields(chunk = %id.name))]
-    pub async fn chunk(&self, index: u64, id: &ChunkId, secret: &ChunkSecret) -> Result<Bytes, ReadError> {
+    pub async fn chunk(
+        &self,
+        index: u64,
+        id: &ChunkId,
+        secret: &ChunkSecret,
+    ) -> Result<Bytes, ReadError> {
         let t = Instant::now();
         if let Some(b) = self.memory.get(&id.name, &secret.plain_sha) {
             self.memory_metrics.hit(b.len(), t.elapsed());
@@ -113,7 +118,9 @@ impl ChunkReader {
         self.memory_metrics.miss();
         let flight = {
             let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            m.entry(id.name).or_insert_with(|| Arc::new(OnceCell::new())).clone()
+            m.entry(id.name)
+                .or_insert_with(|| Arc::new(OnceCell::new()))
+                .clone()
         };
         let landed = flight
             .get_or_init(|| async {
@@ -147,12 +154,26 @@ impl ChunkReader {
         }
     }
 
-    async fn decrypt(&self, index: u64, id: &ChunkId, secret: &ChunkSecret, ct: Bytes) -> Result<Bytes, ReadError> {
+    async fn decrypt(
+        &self,
+        index: u64,
+        id: &ChunkId,
+        secret: &ChunkSecret,
+        ct: Bytes,
+    ) -> Result<Bytes, ReadError> {
         let (name, secret) = (id.name, *secret);
-        let pt = tokio::task::spawn_blocking(move || open_chunk(index, &name, &secret.key, &secret.plain_sha, ct.to_vec()))
-            .await
-            .map_err(|e| ReadError::Verify { index, reason: e.to_string() })?
-            .map_err(|e| ReadError::Verify { index, reason: e.to_string() })?;
+        let pt = tokio::task::spawn_blocking(move || {
+            open_chunk(index, &name, &secret.key, &secret.plain_sha, ct.to_vec())
+        })
+        .await
+        .map_err(|e| ReadError::Verify {
+            index,
+            reason: e.to_string(),
+        })?
+        .map_err(|e| ReadError::Verify {
+            index,
+            reason: e.to_string(),
+        })?;
         Ok(Bytes::from(pt))
     }
 
@@ -200,7 +221,11 @@ impl ChunkReader {
                 }
             }
         }
-        Err(ReadError::Unavailable { index, name: id.name.to_hex(), reasons: reasons.join("; ") })
+        Err(ReadError::Unavailable {
+            index,
+            name: id.name.to_hex(),
+            reasons: reasons.join("; "),
+        })
     }
 
     /// Prometheus text for every tier, plus occupancy and in-flight fetches.
@@ -212,19 +237,38 @@ impl ChunkReader {
         for (m, t) in self.tier_metrics.iter().zip(&self.tiers) {
             m.render(out, t.label());
         }
-        let _ = writeln!(out, "lode_cache_bytes{{tier=\"memory\"}} {}", self.memory.bytes());
-        let _ = writeln!(out, "lode_cache_chunks{{tier=\"memory\"}} {}", self.memory.len());
+        let _ = writeln!(
+            out,
+            "lode_cache_bytes{{tier=\"memory\"}} {}",
+            self.memory.bytes()
+        );
+        let _ = writeln!(
+            out,
+            "lode_cache_chunks{{tier=\"memory\"}} {}",
+            self.memory.len()
+        );
         if let Some(d) = &self.disk {
             let _ = writeln!(out, "lode_cache_bytes{{tier=\"disk\"}} {}", d.bytes());
             let _ = writeln!(out, "lode_cache_chunks{{tier=\"disk\"}} {}", d.len());
-            let _ = writeln!(out, "lode_cache_corrupt_discarded_total{{tier=\"disk\"}} {}", d.corrupt_discarded());
+            let _ = writeln!(
+                out,
+                "lode_cache_corrupt_discarded_total{{tier=\"disk\"}} {}",
+                d.corrupt_discarded()
+            );
         }
-        let _ = writeln!(out, "lode_fetches_in_flight {}", self.in_flight.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "lode_fetches_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
     }
 
     /// Chunks fetched from remote tier `i` so far.
     pub fn fetched_from(&self, i: usize) -> (u64, u64) {
         let m = &self.tier_metrics[i];
-        (m.hits.load(Ordering::Relaxed), m.bytes.load(Ordering::Relaxed))
+        (
+            m.hits.load(Ordering::Relaxed),
+            m.bytes.load(Ordering::Relaxed),
+        )
     }
 }

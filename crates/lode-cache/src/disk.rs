@@ -45,7 +45,11 @@ impl DiskCache {
                 let p = f.path();
                 let fname = f.file_name().to_string_lossy().into_owned();
                 match ChunkName::from_hex(&fname) {
-                    Some(n) if sub.file_name().is_some_and(|s| s.to_string_lossy() == fname[..2]) => {
+                    Some(n)
+                        if sub
+                            .file_name()
+                            .is_some_and(|s| s.to_string_lossy() == fname[..2]) =>
+                    {
                         let md = f.metadata()?;
                         found.push((md.modified().unwrap_or(std::time::UNIX_EPOCH), n, md.len()));
                     }
@@ -57,7 +61,12 @@ impl DiskCache {
         }
         // Oldest first, so the most recent files are the last to be evicted.
         found.sort();
-        let cache = DiskCache { dir, policy: Mutex::new(S3Fifo::new(capacity)), corrupt: AtomicU64::new(0), tmp_seq: AtomicU64::new(0) };
+        let cache = DiskCache {
+            dir,
+            policy: Mutex::new(S3Fifo::new(capacity)),
+            corrupt: AtomicU64::new(0),
+            tmp_seq: AtomicU64::new(0),
+        };
         for (_, n, len) in found {
             let evicted = cache.lock().insert(n, len);
             for e in evicted {
@@ -111,7 +120,11 @@ impl DiskCache {
             return;
         }
         let path = self.path(&name);
-        let tmp = self.dir.join(format!(".tmp-{}-{}", std::process::id(), self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
+        let tmp = self.dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
         let len = ciphertext.len() as u64;
         let written = tokio::task::spawn_blocking(move || {
             if let Some(parent) = path.parent() {
@@ -189,7 +202,10 @@ mod tests {
             c.put(ChunkName::of(&ct), ct).await;
         }
         assert!(c.bytes() <= 10_000);
-        let files: usize = std::fs::read_dir(d.path()).unwrap().map(|s| std::fs::read_dir(s.unwrap().path()).unwrap().count()).sum();
+        let files: usize = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|s| std::fs::read_dir(s.unwrap().path()).unwrap().count())
+            .sum();
         assert_eq!(files, c.len());
     }
 }

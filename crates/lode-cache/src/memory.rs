@@ -27,7 +27,12 @@ pub struct MemoryCache {
 impl MemoryCache {
     /// A cache holding at most `capacity` bytes of plaintext.
     pub fn new(capacity: u64) -> Self {
-        MemoryCache { inner: Mutex::new(Inner { policy: S3Fifo::new(capacity), data: HashMap::new() }) }
+        MemoryCache {
+            inner: Mutex::new(Inner {
+                policy: S3Fifo::new(capacity),
+                data: HashMap::new(),
+            }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -110,14 +110,27 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
             self.small.push_front(k.clone());
             self.small_weight += weight;
         }
-        self.entries.insert(k, Entry { weight, freq: 0, in_main: to_main });
+        self.entries.insert(
+            k,
+            Entry {
+                weight,
+                freq: 0,
+                in_main: to_main,
+            },
+        );
         evicted
     }
 
     /// Forgets `k` (e.g. its backing file turned out corrupt).
     pub fn remove(&mut self, k: &K) -> bool {
-        let Some(e) = self.entries.remove(k) else { return false };
-        let q = if e.in_main { &mut self.main } else { &mut self.small };
+        let Some(e) = self.entries.remove(k) else {
+            return false;
+        };
+        let q = if e.in_main {
+            &mut self.main
+        } else {
+            &mut self.small
+        };
         if let Some(pos) = q.iter().position(|x| x == k) {
             q.remove(pos);
         }

@@ -87,10 +87,20 @@ impl ChunkTier for StoreTier {
 
     fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
         Box::pin(async move {
-            self.store.get_chunk(&id.root, &id.name).await.map_err(|e| match e {
-                lode_store::StoreError::Missing { .. } => TierError::NotFound { tier: "store", name: id.name.to_hex() },
-                other => TierError::Failed { tier: "store", name: id.name.to_hex(), reason: other.to_string() },
-            })
+            self.store
+                .get_chunk(&id.root, &id.name)
+                .await
+                .map_err(|e| match e {
+                    lode_store::StoreError::Missing { .. } => TierError::NotFound {
+                        tier: "store",
+                        name: id.name.to_hex(),
+                    },
+                    other => TierError::Failed {
+                        tier: "store",
+                        name: id.name.to_hex(),
+                        reason: other.to_string(),
+                    },
+                })
         })
     }
 }
@@ -109,7 +119,12 @@ pub struct Bounded<T> {
 impl<T: ChunkTier> Bounded<T> {
     /// `timeout` per attempt, up to `retries` extra attempts, first backoff `backoff`.
     pub fn new(inner: T, timeout: Duration, retries: u32, backoff: Duration) -> Self {
-        Bounded { inner, timeout, retries, backoff }
+        Bounded {
+            inner,
+            timeout,
+            retries,
+            backoff,
+        }
     }
 }
 
@@ -125,7 +140,11 @@ impl<T: ChunkTier> ChunkTier for Bounded<T> {
             loop {
                 let r = match tokio::time::timeout(self.timeout, self.inner.fetch(id)).await {
                     Ok(r) => r,
-                    Err(_) => Err(TierError::Timeout { tier: self.inner.label(), name: id.name.to_hex(), after: self.timeout }),
+                    Err(_) => Err(TierError::Timeout {
+                        tier: self.inner.label(),
+                        name: id.name.to_hex(),
+                        after: self.timeout,
+                    }),
                 };
                 match r {
                     Ok(b) => return Ok(b),
@@ -161,7 +180,12 @@ pub struct Delayed<T> {
 impl<T: ChunkTier> Delayed<T> {
     /// Adds `latency` to every fetch and caps throughput at `bytes_per_sec`.
     pub fn new(inner: T, latency: Duration, bytes_per_sec: Option<u64>) -> Self {
-        Delayed { inner, latency, bytes_per_sec, link_free_at: std::sync::Mutex::new(tokio::time::Instant::now()) }
+        Delayed {
+            inner,
+            latency,
+            bytes_per_sec,
+            link_free_at: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
     }
 }
 
@@ -228,7 +252,11 @@ mod tests {
                     futures::future::pending::<()>().await;
                 }
                 if n < self.fail_first {
-                    Err(TierError::Failed { tier: "flaky", name: id.name.to_hex(), reason: "boom".into() })
+                    Err(TierError::Failed {
+                        tier: "flaky",
+                        name: id.name.to_hex(),
+                        reason: "boom".into(),
+                    })
                 } else {
                     Ok(Bytes::from_static(b"ok"))
                 }
@@ -237,21 +265,48 @@ mod tests {
     }
 
     fn id() -> ChunkId {
-        ChunkId { root: "r".into(), name: ChunkName([0; 32]) }
+        ChunkId {
+            root: "r".into(),
+            name: ChunkName([0; 32]),
+        }
     }
 
     #[tokio::test]
     async fn retries_are_bounded() {
-        let t = Bounded::new(Flaky { fail_first: 2, ..Default::default() }, Duration::from_secs(1), 3, Duration::from_millis(1));
+        let t = Bounded::new(
+            Flaky {
+                fail_first: 2,
+                ..Default::default()
+            },
+            Duration::from_secs(1),
+            3,
+            Duration::from_millis(1),
+        );
         assert!(t.fetch(&id()).await.is_ok());
-        let t = Bounded::new(Flaky { fail_first: 100, ..Default::default() }, Duration::from_secs(1), 2, Duration::from_millis(1));
+        let t = Bounded::new(
+            Flaky {
+                fail_first: 100,
+                ..Default::default()
+            },
+            Duration::from_secs(1),
+            2,
+            Duration::from_millis(1),
+        );
         assert!(t.fetch(&id()).await.is_err());
         assert_eq!(t.inner.calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_hanging_tier_times_out() {
-        let t = Bounded::new(Flaky { hang: true, ..Default::default() }, Duration::from_millis(500), 1, Duration::from_millis(10));
+        let t = Bounded::new(
+            Flaky {
+                hang: true,
+                ..Default::default()
+            },
+            Duration::from_millis(500),
+            1,
+            Duration::from_millis(10),
+        );
         let r = t.fetch(&id()).await;
         assert!(matches!(r, Err(TierError::Timeout { .. })));
     }

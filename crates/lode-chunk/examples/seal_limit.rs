@@ -35,8 +35,13 @@ fn rate(mib: usize, threads: usize, f: fn(&mut [u8])) -> f64 {
 }
 
 fn main() {
-    let mib: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1024);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mib: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1024);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     #[cfg(target_arch = "x86_64")]
     println!(
         "cpu features: sha={} aes={} vaes={} avx2={}",
@@ -55,6 +60,14 @@ fn main() {
     }
     println!("| pass | 1 core MB/s | {cores} cores MB/s |");
     println!("|---|---|---|");
-    println!("| raw single pass (SHA-256 + AES-256-CTR + SHA-256) | {:.0} | {:.0} |", rate(mib, 1, raw), rate(mib, cores, raw));
-    println!("| lode seal_chunk (+ SHA-256 of salt ‖ plaintext) | {:.0} | {:.0} |", rate(mib, 1, seal), rate(mib, cores, seal));
+    println!(
+        "| raw single pass (SHA-256 + AES-256-CTR + SHA-256) | {:.0} | {:.0} |",
+        rate(mib, 1, raw),
+        rate(mib, cores, raw)
+    );
+    println!(
+        "| lode seal_chunk (+ SHA-256 of salt ‖ plaintext) | {:.0} | {:.0} |",
+        rate(mib, 1, seal),
+        rate(mib, cores, seal)
+    );
 }

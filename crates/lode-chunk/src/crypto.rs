@@ -83,7 +83,12 @@ pub fn seal_chunk(salt: &Salt, plaintext: &[u8]) -> SealedChunk {
     let plain_sha: [u8; 32] = Sha256::digest(plaintext).into();
     let mut ciphertext = plaintext.to_vec();
     ctr_apply(&key, &mut ciphertext);
-    SealedChunk { name: ChunkName::of(&ciphertext), key, plain_sha, ciphertext }
+    SealedChunk {
+        name: ChunkName::of(&ciphertext),
+        key,
+        plain_sha,
+        ciphertext,
+    }
 }
 
 /// Verifies `ciphertext` against `name`, decrypts it in place and verifies the
@@ -98,7 +103,11 @@ pub fn open_chunk(
 ) -> Result<Vec<u8>, ChunkError> {
     let got = ChunkName::of(&ciphertext);
     if &got != name {
-        return Err(ChunkError::NameMismatch { index, expected: name.to_hex(), actual: got.to_hex() });
+        return Err(ChunkError::NameMismatch {
+            index,
+            expected: name.to_hex(),
+            actual: got.to_hex(),
+        });
     }
     ctr_apply(key, &mut ciphertext);
     let sha: [u8; 32] = Sha256::digest(&ciphertext).into();
@@ -148,7 +157,10 @@ mod tests {
         // key = SHA-256(salt ‖ pt); AES-256-CTR with IV 0; name = SHA-256(ct).
         let salt = Salt([0; 32]);
         let s = seal_chunk(&salt, b"");
-        assert_eq!(s.name.to_hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            s.name.to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         let mut h = Sha256::new();
         h.update([0u8; 32]);
         h.update(b"abc");

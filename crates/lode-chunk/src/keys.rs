@@ -52,7 +52,8 @@ pub fn check_tenant(t: &str) -> Result<(), ChunkError> {
     let ok = !t.is_empty()
         && t.len() <= 64
         && !t.starts_with('.')
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -79,7 +80,13 @@ pub fn wrap_with(kek: &[u8; 32], tenant: &str, key: &DataKey) -> Result<Vec<u8>,
     let nonce: [u8; 12] = random32()?[..12].try_into().expect("12 of 32 bytes");
     let aad = [b"lode-wrap\0".as_slice(), tenant.as_bytes()].concat();
     let ct = Aes256Gcm::new(kek.into())
-        .encrypt(&nonce.into(), Payload { msg: &key.0, aad: &aad })
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: &key.0,
+                aad: &aad,
+            },
+        )
         .map_err(|_| ChunkError::Random("AES-GCM encryption failed".into()))?;
     let mut out = WRAP_MAGIC.to_vec();
     out.extend_from_slice(&Sha256::digest(kek)[..8]);
@@ -90,7 +97,9 @@ pub fn wrap_with(kek: &[u8; 32], tenant: &str, key: &DataKey) -> Result<Vec<u8>,
 
 /// Opens a key sealed by [`wrap_with`].
 pub fn unwrap_with(kek: &[u8; 32], tenant: &str, wrapped: &[u8]) -> Result<DataKey, ChunkError> {
-    let wrong = || ChunkError::WrongKey { tenant: tenant.to_string() };
+    let wrong = || ChunkError::WrongKey {
+        tenant: tenant.to_string(),
+    };
     if wrapped.len() != 4 + 8 + 12 + 48 || &wrapped[..4] != WRAP_MAGIC {
         return Err(wrong());
     }
@@ -100,7 +109,13 @@ pub fn unwrap_with(kek: &[u8; 32], tenant: &str, wrapped: &[u8]) -> Result<DataK
     let nonce: [u8; 12] = wrapped[12..24].try_into().map_err(|_| wrong())?;
     let aad = [b"lode-wrap\0".as_slice(), tenant.as_bytes()].concat();
     let pt = Aes256Gcm::new(kek.into())
-        .decrypt(&nonce.into(), Payload { msg: &wrapped[24..], aad: &aad })
+        .decrypt(
+            &nonce.into(),
+            Payload {
+                msg: &wrapped[24..],
+                aad: &aad,
+            },
+        )
         .map_err(|_| wrong())?;
     let key: [u8; 32] = pt.as_slice().try_into().map_err(|_| wrong())?;
     Ok(DataKey(key))
@@ -127,7 +142,10 @@ impl Keyring {
     }
 
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ChunkError + '_ {
-        move |source| ChunkError::Io { path: path.display().to_string(), source }
+        move |source| ChunkError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 
     /// Reads a 32-byte secret file, `Ok(None)` if missing.
@@ -136,7 +154,10 @@ impl Keyring {
             Ok(b) => {
                 let k: [u8; 32] = b.as_slice().try_into().map_err(|_| ChunkError::Io {
                     path: path.display().to_string(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "key file is not 32 bytes"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "key file is not 32 bytes",
+                    ),
                 })?;
                 Ok(Some(k))
             }
@@ -199,12 +220,18 @@ impl KeyProvider for Keyring {
 
     fn new_salt(&self) -> Result<String, ChunkError> {
         let id = hex::encode(&random32()?[..8]);
-        Self::create32(&self.dir.join("salts").join(format!("{id}.salt")), random32()?)?;
+        Self::create32(
+            &self.dir.join("salts").join(format!("{id}.salt")),
+            random32()?,
+        )?;
         Ok(id)
     }
 
     fn salt(&self, salt_id: &str) -> Result<Salt, ChunkError> {
-        let missing = || ChunkError::MissingSalt { salt_id: salt_id.to_string(), provider: self.dir.display().to_string() };
+        let missing = || ChunkError::MissingSalt {
+            salt_id: salt_id.to_string(),
+            provider: self.dir.display().to_string(),
+        };
         if salt_id.is_empty() || !salt_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(missing());
         }
@@ -225,11 +252,20 @@ mod tests {
         let dk = DataKey::random().unwrap();
         let w = k.wrap("alice", &dk).unwrap();
         assert_eq!(k.unwrap("alice", &w).unwrap(), dk);
-        let mode = std::fs::metadata(d.path().join("keys/alice.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path().join("keys/alice.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         k.wrap("bob", &dk).unwrap();
-        assert!(matches!(k.unwrap("bob", &w), Err(ChunkError::WrongKey { .. })));
-        assert!(matches!(k.unwrap("carol", &w), Err(ChunkError::MissingKey { .. })));
+        assert!(matches!(
+            k.unwrap("bob", &w),
+            Err(ChunkError::WrongKey { .. })
+        ));
+        assert!(matches!(
+            k.unwrap("carol", &w),
+            Err(ChunkError::MissingKey { .. })
+        ));
         assert!(matches!(k.wrap("../x", &dk), Err(ChunkError::BadTenant(_))));
     }
 
@@ -238,7 +274,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let k = Keyring::new(d.path());
         let id = k.new_salt().unwrap();
-        assert_eq!(k.salt(&id).unwrap(), Keyring::new(d.path()).salt(&id).unwrap());
-        assert!(matches!(k.salt("../../etc"), Err(ChunkError::MissingSalt { .. })));
+        assert_eq!(
+            k.salt(&id).unwrap(),
+            Keyring::new(d.path()).salt(&id).unwrap()
+        );
+        assert!(matches!(
+            k.salt("../../etc"),
+            Err(ChunkError::MissingSalt { .. })
+        ));
     }
 }

@@ -75,23 +75,34 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ChunkError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| bad(format!("truncated at {what}")))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| bad(format!("truncated at {what}")))?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
     }
     fn u16(&mut self, what: &str) -> Result<u16, ChunkError> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2 bytes"),
+        ))
     }
     fn u32(&mut self, what: &str) -> Result<u32, ChunkError> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self, what: &str) -> Result<u64, ChunkError> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
     fn str16(&mut self, what: &str) -> Result<String, ChunkError> {
         let n = self.u16(what)? as usize;
-        String::from_utf8(self.take(n, what)?.to_vec()).map_err(|_| bad(format!("{what} is not UTF-8")))
+        String::from_utf8(self.take(n, what)?.to_vec())
+            .map_err(|_| bad(format!("{what} is not UTF-8")))
     }
 }
 
@@ -113,7 +124,8 @@ impl Manifest {
         provider: &dyn KeyProvider,
     ) -> Result<Manifest, ChunkError> {
         check_tenant(tenant)?;
-        if names.len() != secrets.len() || names.len() as u64 != chunk_count(image_size, chunk_size) {
+        if names.len() != secrets.len() || names.len() as u64 != chunk_count(image_size, chunk_size)
+        {
             return Err(bad("chunk table does not match the image size"));
         }
         let data_key = DataKey::random()?;
@@ -141,7 +153,13 @@ impl Manifest {
         }
         let aad = m.header_bytes();
         m.sealed = Aes256Gcm::new(&data_key.0.into())
-            .encrypt(&nonce.into(), Payload { msg: &table, aad: &aad })
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: &table,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| bad("sealing failed"))?;
         Ok(m)
     }
@@ -155,7 +173,11 @@ impl Manifest {
         b.extend_from_slice(&self.image_size.to_le_bytes());
         b.extend_from_slice(&self.chunk_size.to_le_bytes());
         b.extend_from_slice(&(self.names.len() as u32).to_le_bytes());
-        for s in [self.tenant.as_bytes(), self.root.as_bytes(), &self.wrapped_key] {
+        for s in [
+            self.tenant.as_bytes(),
+            self.root.as_bytes(),
+            &self.wrapped_key,
+        ] {
             b.extend_from_slice(&(s.len() as u16).to_le_bytes());
             b.extend_from_slice(s);
         }
@@ -187,7 +209,9 @@ impl Manifest {
         }
         let version = r.u16("version")?;
         if version != VERSION {
-            return Err(bad(format!("unsupported version {version} (this lode reads {VERSION})")));
+            return Err(bad(format!(
+                "unsupported version {version} (this lode reads {VERSION})"
+            )));
         }
         if r.u16("reserved")? != 0 {
             return Err(bad("reserved field is not zero"));
@@ -199,7 +223,9 @@ impl Manifest {
         }
         let count = u64::from(r.u32("chunk count")?);
         if count != chunk_count(image_size, chunk_size) || count > MAX_CHUNKS {
-            return Err(bad(format!("chunk count {count} does not match image size {image_size}")));
+            return Err(bad(format!(
+                "chunk count {count} does not match image size {image_size}"
+            )));
         }
         let tenant = r.str16("tenant")?;
         check_tenant(&tenant)?;
@@ -223,7 +249,16 @@ impl Manifest {
         if r.pos != bytes.len() {
             return Err(bad("trailing bytes after the sealed table"));
         }
-        Ok(Manifest { tenant, image_size, chunk_size, root, wrapped_key, nonce, names, sealed })
+        Ok(Manifest {
+            tenant,
+            image_size,
+            chunk_size,
+            root,
+            wrapped_key,
+            nonce,
+            names,
+            sealed,
+        })
     }
 
     /// Opens the key table with the tenant's key, authenticating the whole manifest.
@@ -231,8 +266,16 @@ impl Manifest {
         let data_key = provider.unwrap(&self.tenant, &self.wrapped_key)?;
         let aad = self.header_bytes();
         let table = Aes256Gcm::new(&data_key.0.into())
-            .decrypt(&self.nonce.into(), Payload { msg: &self.sealed, aad: &aad })
-            .map_err(|_| ChunkError::Unauthentic { tenant: self.tenant.clone() })?;
+            .decrypt(
+                &self.nonce.into(),
+                Payload {
+                    msg: &self.sealed,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| ChunkError::Unauthentic {
+                tenant: self.tenant.clone(),
+            })?;
         let mut out = Vec::with_capacity(self.names.len());
         for (i, e) in table.chunks(64).enumerate() {
             let secret = ChunkSecret {
@@ -263,7 +306,12 @@ mod tests {
     fn sample(names: Vec<Option<ChunkName>>, k: &Keyring) -> Manifest {
         let secrets: Vec<Option<ChunkSecret>> = names
             .iter()
-            .map(|n| n.map(|n| ChunkSecret { key: ChunkKey(n.0), plain_sha: [9; 32] }))
+            .map(|n| {
+                n.map(|n| ChunkSecret {
+                    key: ChunkKey(n.0),
+                    plain_sha: [9; 32],
+                })
+            })
             .collect();
         let size = names.len() as u64 * 4096;
         Manifest::seal("t1", size, 4096, "root-1", names, &secrets, k).unwrap()
@@ -273,7 +321,10 @@ mod tests {
     fn tampering_anywhere_is_detected() {
         let d = tempfile::tempdir().unwrap();
         let k = Keyring::new(d.path());
-        let m = sample(vec![Some(ChunkName([1; 32])), None, Some(ChunkName([2; 32]))], &k);
+        let m = sample(
+            vec![Some(ChunkName([1; 32])), None, Some(ChunkName([2; 32]))],
+            &k,
+        );
         let bytes = m.encode();
         assert!(Manifest::decode(&bytes).unwrap().open(&k).is_ok());
         for i in 0..bytes.len() {

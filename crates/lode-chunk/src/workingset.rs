@@ -25,11 +25,23 @@ fn bad(m: &str) -> ChunkError {
 }
 
 fn aad(tenant: &str, digest: &str, header: &[u8]) -> Vec<u8> {
-    [b"lode-wset\0".as_slice(), tenant.as_bytes(), b"\0", digest.as_bytes(), header].concat()
+    [
+        b"lode-wset\0".as_slice(),
+        tenant.as_bytes(),
+        b"\0",
+        digest.as_bytes(),
+        header,
+    ]
+    .concat()
 }
 
 /// Seals `order` (chunk indexes in first-read order) for `tenant`'s manifest `digest`.
-pub fn seal(tenant: &str, digest: &str, order: &[u32], keys: &dyn KeyProvider) -> Result<Vec<u8>, ChunkError> {
+pub fn seal(
+    tenant: &str,
+    digest: &str,
+    order: &[u32],
+    keys: &dyn KeyProvider,
+) -> Result<Vec<u8>, ChunkError> {
     let dk = DataKey::random()?;
     let wrapped = keys.wrap(tenant, &dk)?;
     let nonce: [u8; 12] = random32()?[..12].try_into().expect("12 of 32");
@@ -44,30 +56,67 @@ pub fn seal(tenant: &str, digest: &str, order: &[u32], keys: &dyn KeyProvider) -
         body.extend_from_slice(&i.to_le_bytes());
     }
     let ct = Aes256Gcm::new(&dk.0.into())
-        .encrypt(&nonce.into(), Payload { msg: &body, aad: &aad(tenant, digest, &header) })
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: &body,
+                aad: &aad(tenant, digest, &header),
+            },
+        )
         .map_err(|_| bad("sealing failed"))?;
     header.extend_from_slice(&ct);
     Ok(header)
 }
 
 /// Opens a sealed working set (untrusted bytes: every length is checked).
-pub fn open(tenant: &str, digest: &str, bytes: &[u8], keys: &dyn KeyProvider) -> Result<Vec<u32>, ChunkError> {
-    if bytes.len() < 14 || &bytes[..8] != MAGIC || bytes[8..10] != 1u16.to_le_bytes() || bytes[10..12] != [0, 0] {
+pub fn open(
+    tenant: &str,
+    digest: &str,
+    bytes: &[u8],
+    keys: &dyn KeyProvider,
+) -> Result<Vec<u32>, ChunkError> {
+    if bytes.len() < 14
+        || &bytes[..8] != MAGIC
+        || bytes[8..10] != 1u16.to_le_bytes()
+        || bytes[10..12] != [0, 0]
+    {
         return Err(bad("bad header"));
     }
     let wl = u16::from_le_bytes([bytes[12], bytes[13]]) as usize;
-    let hend = 14usize.checked_add(wl).and_then(|x| x.checked_add(12)).filter(|&e| e <= bytes.len()).ok_or_else(|| bad("truncated"))?;
+    let hend = 14usize
+        .checked_add(wl)
+        .and_then(|x| x.checked_add(12))
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| bad("truncated"))?;
     let wrapped = &bytes[14..14 + wl];
-    let nonce: [u8; 12] = bytes[14 + wl..hend].try_into().map_err(|_| bad("truncated"))?;
+    let nonce: [u8; 12] = bytes[14 + wl..hend]
+        .try_into()
+        .map_err(|_| bad("truncated"))?;
     let dk = keys.unwrap(tenant, wrapped)?;
     let body = Aes256Gcm::new(&dk.0.into())
-        .decrypt(&nonce.into(), Payload { msg: &bytes[hend..], aad: &aad(tenant, digest, &bytes[..hend]) })
-        .map_err(|_| ChunkError::Unauthentic { tenant: tenant.to_string() })?;
-    let n = u32::from_le_bytes(body.get(..4).ok_or_else(|| bad("empty"))?.try_into().expect("4")) as usize;
+        .decrypt(
+            &nonce.into(),
+            Payload {
+                msg: &bytes[hend..],
+                aad: &aad(tenant, digest, &bytes[..hend]),
+            },
+        )
+        .map_err(|_| ChunkError::Unauthentic {
+            tenant: tenant.to_string(),
+        })?;
+    let n = u32::from_le_bytes(
+        body.get(..4)
+            .ok_or_else(|| bad("empty"))?
+            .try_into()
+            .expect("4"),
+    ) as usize;
     if n > MAX_ENTRIES || body.len() != 4 + 4 * n {
         return Err(bad("length mismatch"));
     }
-    Ok(body[4..].chunks(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect())
+    Ok(body[4..]
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+        .collect())
 }
 
 #[cfg(test)]
@@ -81,7 +130,10 @@ mod tests {
         let k = Keyring::new(d.path());
         let s = seal("t", "sha256:aa", &[5, 1, 9], &k).unwrap();
         assert_eq!(open("t", "sha256:aa", &s, &k).unwrap(), vec![5, 1, 9]);
-        assert!(open("t", "sha256:bb", &s, &k).is_err(), "bound to its manifest");
+        assert!(
+            open("t", "sha256:bb", &s, &k).is_err(),
+            "bound to its manifest"
+        );
         for i in 0..s.len() {
             let mut b = s.clone();
             b[i] ^= 1;

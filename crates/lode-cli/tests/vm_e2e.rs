@@ -20,7 +20,8 @@ fn sha(b: &[u8]) -> String {
 
 /// An OCI layout with one layer: a static busybox as /bin/sh and friends, and /etc/msg.
 fn write_image(dir: &Path) {
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static) is installed by scripts/test.sh");
+    let busybox = std::fs::read("/bin/busybox")
+        .expect("/bin/busybox (busybox-static) is installed by scripts/test.sh");
     let mut b = tar::Builder::new(Vec::new());
     let dir_entry = |b: &mut tar::Builder<Vec<u8>>, p: &str| {
         let mut h = tar::Header::new_ustar();
@@ -39,8 +40,8 @@ fn write_image(dir: &Path) {
     h.set_mode(0o755);
     h.set_size(busybox.len() as u64);
     h.set_mtime(1_700_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
+    h.set_uid(0);
+    h.set_gid(0);
     b.append_data(&mut h, "bin/busybox", &busybox[..]).unwrap();
     for tool in ["sh", "cat", "echo", "sync", "ls"] {
         let mut h = tar::Header::new_ustar();
@@ -50,15 +51,16 @@ fn write_image(dir: &Path) {
         h.set_mtime(1_700_000_000);
         h.set_uid(0);
         h.set_gid(0);
-        b.append_link(&mut h, format!("bin/{tool}"), "busybox").unwrap();
+        b.append_link(&mut h, format!("bin/{tool}"), "busybox")
+            .unwrap();
     }
     let msg = b"hello from the image\n";
     let mut h = tar::Header::new_ustar();
     h.set_mode(0o644);
     h.set_size(msg.len() as u64);
     h.set_mtime(1_700_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
+    h.set_uid(0);
+    h.set_gid(0);
     b.append_data(&mut h, "etc/msg", &msg[..]).unwrap();
     let layer = b.into_inner().unwrap();
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
@@ -97,7 +99,11 @@ impl Drop for Nodes {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_fleet(n: usize) -> (Nodes, String) {
@@ -117,7 +123,10 @@ fn start_fleet(n: usize) -> (Nodes, String) {
     for a in &addrs {
         let t = Instant::now();
         while std::net::TcpStream::connect(a).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "cache node {a} did not start");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "cache node {a} did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -129,23 +138,45 @@ fn vm_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lode-vm")
 }
 
-fn run_vm(home: &Path, store: &Path, cache: &Path, fleet: &str, rw: bool, script: &str) -> (bool, String, String) {
+fn run_vm(
+    home: &Path,
+    store: &Path,
+    cache: &Path,
+    fleet: &str,
+    rw: bool,
+    script: &str,
+) -> (bool, String, String) {
     let mut c = lode();
-    c.env("LODE_HOME", home).args(["run", "img", "--tenant", "t", "--store"]).arg(store);
-    c.arg("--cache-dir").arg(cache).args(["--cache-nodes", fleet]).arg("--vm-dir").arg(vm_dir());
+    c.env("LODE_HOME", home)
+        .args(["run", "img", "--tenant", "t", "--store"])
+        .arg(store);
+    c.arg("--cache-dir")
+        .arg(cache)
+        .args(["--cache-nodes", fleet])
+        .arg("--vm-dir")
+        .arg(vm_dir());
     if rw {
         c.arg("--rw");
     }
     c.args(["--timeout", "240", "--", "/bin/sh", "-c", script]);
     let out = c.output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn micro_vm_boots_on_a_lazily_served_image_and_writes_stay_private() {
     for tool in ["qemu-system-x86_64", "xz", "apt-get"] {
         assert!(
-            Command::new("sh").arg("-c").arg(format!("command -v {tool}")).status().unwrap().success(),
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .status()
+                .unwrap()
+                .success(),
             "{tool} is missing: run scripts/test.sh (it installs QEMU via scripts/vm-deps.sh)"
         );
     }
@@ -153,36 +184,99 @@ fn micro_vm_boots_on_a_lazily_served_image_and_writes_stay_private() {
     let home = t.path().join("home");
     let store = t.path().join("store");
     write_image(&t.path().join("oci"));
-    let prep = lode().env("LODE_HOME", &home).args(["vm", "prepare", "--dir"]).arg(vm_dir()).output().unwrap();
-    assert!(prep.status.success(), "vm prepare: {}", String::from_utf8_lossy(&prep.stderr));
+    let prep = lode()
+        .env("LODE_HOME", &home)
+        .args(["vm", "prepare", "--dir"])
+        .arg(vm_dir())
+        .output()
+        .unwrap();
+    assert!(
+        prep.status.success(),
+        "vm prepare: {}",
+        String::from_utf8_lossy(&prep.stderr)
+    );
     let push = lode()
         .env("LODE_HOME", &home)
-        .args(["push", &format!("oci:{}:latest", t.path().join("oci").display()), "--tenant", "t", "--name", "img", "--store"])
+        .args([
+            "push",
+            &format!("oci:{}:latest", t.path().join("oci").display()),
+            "--tenant",
+            "t",
+            "--name",
+            "img",
+            "--store",
+        ])
         .arg(&store)
         .output()
         .unwrap();
-    assert!(push.status.success(), "push: {}", String::from_utf8_lossy(&push.stderr));
+    assert!(
+        push.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&push.stderr)
+    );
     let (_nodes, fleet) = start_fleet(5);
 
     // 1. Read-only boot through the fleet (cold: fills it from the store).
-    let (ok, out, err) = run_vm(&home, &store, &t.path().join("c1"), &fleet, false, "cat /etc/msg");
+    let (ok, out, err) = run_vm(
+        &home,
+        &store,
+        &t.path().join("c1"),
+        &fleet,
+        false,
+        "cat /etc/msg",
+    );
     assert!(ok, "run failed:\nstdout {out}\nstderr {err}");
-    assert!(out.contains("hello from the image"), "stdout: {out}\nstderr: {err}");
-    assert!(err.contains("lode run: agent ready") && err.contains("CMD exited"), "timings line missing: {err}");
+    assert!(
+        out.contains("hello from the image"),
+        "stdout: {out}\nstderr: {err}"
+    );
+    assert!(
+        err.contains("lode run: agent ready") && err.contains("CMD exited"),
+        "timings line missing: {err}"
+    );
 
     // 2. A second VM with an empty host cache reads through the warm fleet.
     std::thread::sleep(Duration::from_secs(1));
-    let (ok, out, err) = run_vm(&home, &store, &t.path().join("c2"), &fleet, false, "cat /etc/msg");
-    assert!(ok && out.contains("hello from the image"), "stdout {out}\nstderr {err}");
-    assert!(!err.contains("fleet 0,"), "expected chunks from the fleet: {err}");
+    let (ok, out, err) = run_vm(
+        &home,
+        &store,
+        &t.path().join("c2"),
+        &fleet,
+        false,
+        "cat /etc/msg",
+    );
+    assert!(
+        ok && out.contains("hello from the image"),
+        "stdout {out}\nstderr {err}"
+    );
+    assert!(
+        !err.contains("fleet 0,"),
+        "expected chunks from the fleet: {err}"
+    );
 
     // 3. The guest writes and reads back its change...
-    let (ok, out, err) =
-        run_vm(&home, &store, &t.path().join("c3"), &fleet, true, "echo changed > /etc/msg && sync && cat /etc/msg");
+    let (ok, out, err) = run_vm(
+        &home,
+        &store,
+        &t.path().join("c3"),
+        &fleet,
+        true,
+        "echo changed > /etc/msg && sync && cat /etc/msg",
+    );
     assert!(ok && out.contains("changed"), "stdout {out}\nstderr {err}");
     // ...and the next VM still sees the original bytes.
-    let (ok, out, err) = run_vm(&home, &store, &t.path().join("c3"), &fleet, false, "cat /etc/msg");
-    assert!(ok && out.contains("hello from the image") && !out.contains("changed"), "stdout {out}\nstderr {err}");
+    let (ok, out, err) = run_vm(
+        &home,
+        &store,
+        &t.path().join("c3"),
+        &fleet,
+        false,
+        "cat /etc/msg",
+    );
+    assert!(
+        ok && out.contains("hello from the image") && !out.contains("changed"),
+        "stdout {out}\nstderr {err}"
+    );
 
     // 4. The command's exit status is the run's.
     let (ok, _, _) = run_vm(&home, &store, &t.path().join("c4"), &fleet, false, "exit 3");

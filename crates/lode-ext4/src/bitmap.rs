@@ -10,7 +10,10 @@ pub struct Bitmap {
 impl Bitmap {
     /// `len` bits, all clear.
     pub fn new(len: u64) -> Self {
-        Bitmap { words: vec![0; len.div_ceil(64) as usize], len }
+        Bitmap {
+            words: vec![0; len.div_ceil(64) as usize],
+            len,
+        }
     }
 
     /// Sets bit `i`. Returns false if it was already set.

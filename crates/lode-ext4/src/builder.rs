@@ -157,7 +157,15 @@ impl Builder {
     /// Adds a symbolic link; its target is stored as given.
     pub fn add_symlink(&mut self, path: &[Vec<u8>], target: &[u8], meta: Meta) -> Result<()> {
         self.check_layer(Some(&meta))?;
-        self.tree.add_node(path, Kind::Symlink { target: target.to_vec() }, meta).map(|_| ())
+        self.tree
+            .add_node(
+                path,
+                Kind::Symlink {
+                    target: target.to_vec(),
+                },
+                meta,
+            )
+            .map(|_| ())
     }
 
     /// Adds a FIFO or device node.
@@ -191,12 +199,27 @@ impl Builder {
 
     /// Adds a regular file of `size` bytes read from `data`. All-zero blocks
     /// become holes; the others are written contiguously at the layer's cursor.
-    pub fn add_file(&mut self, path: &[Vec<u8>], meta: Meta, size: u64, data: &mut dyn Read) -> Result<()> {
+    pub fn add_file(
+        &mut self,
+        path: &[Vec<u8>],
+        meta: Meta,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<()> {
         self.check_layer(Some(&meta))?;
         if size.div_ceil(BLOCK_SIZE) >= MAX_BLOCKS {
-            return Err(Ext4Error::TooLarge { what: format!("file '{}' of {size} bytes", show_path(path)) });
+            return Err(Ext4Error::TooLarge {
+                what: format!("file '{}' of {size} bytes", show_path(path)),
+            });
         }
-        let id = self.tree.add_node(path, Kind::File { size, extents: Vec::new() }, meta)?;
+        let id = self.tree.add_node(
+            path,
+            Kind::File {
+                size,
+                extents: Vec::new(),
+            },
+            meta,
+        )?;
         let extents = self.stream_data(path, size, data)?;
         if let Kind::File { extents: e, .. } = &mut self.tree.nodes[id].kind {
             *e = extents;
@@ -204,7 +227,12 @@ impl Builder {
         Ok(())
     }
 
-    fn stream_data(&mut self, path: &[Vec<u8>], size: u64, data: &mut dyn Read) -> Result<Vec<Extent>> {
+    fn stream_data(
+        &mut self,
+        path: &[Vec<u8>],
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<Vec<Extent>> {
         let bs = BLOCK_SIZE as usize;
         let mut buf = vec![0u8; 1 << 20];
         let mut extents = Vec::new();
@@ -218,7 +246,11 @@ impl Builder {
                     .read(&mut buf[got..want])
                     .map_err(io_err(format!("reading data of '{}'", show_path(path))))?;
                 if n == 0 {
-                    return Err(Ext4Error::ShortData { path: show_path(path), expected: size, got: done + got as u64 });
+                    return Err(Ext4Error::ShortData {
+                        path: show_path(path),
+                        expected: size,
+                        got: done + got as u64,
+                    });
                 }
                 got += n;
             }
@@ -256,7 +288,9 @@ impl Builder {
     }
 
     fn write_at(&self, block: u64, bytes: &[u8]) -> Result<()> {
-        self.out.write_all_at(bytes, block * BLOCK_SIZE).map_err(io_err(format!("writing block {block}")))
+        self.out
+            .write_all_at(bytes, block * BLOCK_SIZE)
+            .map_err(io_err(format!("writing block {block}")))
     }
 
     fn alloc(&mut self, n: u64) -> u64 {
@@ -276,13 +310,21 @@ impl Builder {
         // 1. Inode numbers: whole groups per layer, directories first.
         let fresh = self.tree.new_in_layer();
         let (first_ino, count) = if layer == 0 {
-            (u64::from(FIRST_INO) + 1, u64::from(FIRST_INO) + fresh.len() as u64)
+            (
+                u64::from(FIRST_INO) + 1,
+                u64::from(FIRST_INO) + fresh.len() as u64,
+            )
         } else {
-            (self.next_group * u64::from(INODES_PER_GROUP) + 1, fresh.len() as u64)
+            (
+                self.next_group * u64::from(INODES_PER_GROUP) + 1,
+                fresh.len() as u64,
+            )
         };
         let groups = count.div_ceil(u64::from(INODES_PER_GROUP));
         if self.next_group + groups > MAX_GROUPS {
-            return Err(Ext4Error::TooLarge { what: format!("more than {} inode groups", MAX_GROUPS) });
+            return Err(Ext4Error::TooLarge {
+                what: format!("more than {} inode groups", MAX_GROUPS),
+            });
         }
         for (i, &id) in fresh.iter().enumerate() {
             self.tree.nodes[id].ino = (first_ino + i as u64) as u32;
@@ -310,7 +352,9 @@ impl Builder {
         self.next_group += groups;
         self.cursor = round_up(self.cursor, SECTION_ALIGN_BLOCKS);
         if self.cursor >= MAX_BLOCKS {
-            return Err(Ext4Error::TooLarge { what: "more than 16 TiB of blocks".into() });
+            return Err(Ext4Error::TooLarge {
+                what: "more than 16 TiB of blocks".into(),
+            });
         }
         self.pending_start = self.cursor;
         self.in_layer = false;
@@ -381,8 +425,14 @@ impl Builder {
 
     fn write_dir(&mut self, id: NodeId, parent: NodeId) -> Result<()> {
         let entries = self.dir_entries(id, parent);
-        let refs: Vec<DirEntry<'_>> =
-            entries.iter().map(|(n, ino, ft)| DirEntry { name: n, ino: *ino, ftype: *ft }).collect();
+        let refs: Vec<DirEntry<'_>> = entries
+            .iter()
+            .map(|(n, ino, ft)| DirEntry {
+                name: n,
+                ino: *ino,
+                ftype: *ft,
+            })
+            .collect();
         let bytes = dir::encode(&refs);
         let count = bytes.len() as u64 / BLOCK_SIZE;
         let start = self.alloc(count);
@@ -402,8 +452,14 @@ impl Builder {
 
     fn write_lost_found(&mut self) -> Result<()> {
         let entries = self.dir_entries(LOST_FOUND, ROOT);
-        let refs: Vec<DirEntry<'_>> =
-            entries.iter().map(|(n, ino, ft)| DirEntry { name: n, ino: *ino, ftype: *ft }).collect();
+        let refs: Vec<DirEntry<'_>> = entries
+            .iter()
+            .map(|(n, ino, ft)| DirEntry {
+                name: n,
+                ino: *ino,
+                ftype: *ft,
+            })
+            .collect();
         let bytes = dir::encode(&refs);
         if bytes.len() as u64 == BLOCK_SIZE {
             self.write_at(LOST_FOUND_BLOCK, &bytes)?;
@@ -465,7 +521,8 @@ impl Builder {
             let mut table = vec![0u8; per_group * INODE_SIZE as usize];
             while i < records.len() && ((records[i].0 - 1) / INODES_PER_GROUP) as usize == g {
                 let slot = ((records[i].0 - 1) % INODES_PER_GROUP) as usize * INODE_SIZE as usize;
-                table[slot..slot + INODE_SIZE as usize].copy_from_slice(&inode::encode_inode(&records[i].1));
+                table[slot..slot + INODE_SIZE as usize]
+                    .copy_from_slice(&inode::encode_inode(&records[i].1));
                 i += 1;
             }
             self.write_at(tables[g], &table)?;
@@ -506,7 +563,9 @@ impl Builder {
             label: self.opts.label.clone(),
             timestamp: geo.timestamp,
         });
-        self.out.write_all_at(&sb, 1024).map_err(io_err("writing the superblock"))?;
+        self.out
+            .write_all_at(&sb, 1024)
+            .map_err(io_err("writing the superblock"))?;
         self.out
             .set_len(geo.blocks * BLOCK_SIZE)
             .map_err(io_err("setting the image size"))?;
@@ -541,7 +600,10 @@ impl Builder {
         match &n.xattrs {
             Placement::Inline(area) => rec.inline_xattrs = area.clone(),
             Placement::Block(_) => {
-                let b = n.blocks.xattr.ok_or(Ext4Error::Misuse("xattr block not allocated"))?;
+                let b = n
+                    .blocks
+                    .xattr
+                    .ok_or(Ext4Error::Misuse("xattr block not allocated"))?;
                 rec.xattr_block = b as u32;
                 owned.push((b, 1));
                 blocks += 1;
@@ -559,7 +621,10 @@ impl Builder {
         };
         match &n.kind {
             Kind::Dir { .. } => {
-                let (start, count) = n.blocks.dir.ok_or(Ext4Error::Misuse("directory without blocks"))?;
+                let (start, count) = n
+                    .blocks
+                    .dir
+                    .ok_or(Ext4Error::Misuse("directory without blocks"))?;
                 let extents = contiguous_extents(start, count);
                 rec.i_block = extents_root(&extents, &n.blocks.dir_tree, &mut owned);
                 rec.mode |= mode::S_IFDIR;
@@ -567,14 +632,19 @@ impl Builder {
                 rec.size = count * BLOCK_SIZE;
                 blocks += count + n.blocks.dir_tree.len() as u64;
                 let links = 2 + self.tree.subdirs(id) as u64;
-                rec.links = if links > u64::from(LINK_MAX) { 1 } else { links as u16 };
+                rec.links = if links > u64::from(LINK_MAX) {
+                    1
+                } else {
+                    links as u16
+                };
             }
             Kind::File { size, extents } => {
                 rec.i_block = extents_root(extents, &n.blocks.tree, &mut owned);
                 rec.mode |= mode::S_IFREG;
                 rec.flags = inode::EXTENTS_FL;
                 rec.size = *size;
-                blocks += extents.iter().map(|e| u64::from(e.len)).sum::<u64>() + n.blocks.tree.len() as u64;
+                blocks += extents.iter().map(|e| u64::from(e.len)).sum::<u64>()
+                    + n.blocks.tree.len() as u64;
             }
             Kind::Symlink { target } => {
                 rec.mode |= mode::S_IFLNK;
@@ -631,11 +701,20 @@ impl Geometry {
 
     /// Blocks needed with `groups` groups, before free space.
     fn min_blocks(sections_end: u64, inode_groups: u64, groups: u64) -> u64 {
-        let bitmaps = if Self::bitmaps_in_header(groups) { 0 } else { 2 * groups };
+        let bitmaps = if Self::bitmaps_in_header(groups) {
+            0
+        } else {
+            2 * groups
+        };
         sections_end + bitmaps + (groups - inode_groups) * INODE_TABLE_BLOCKS
     }
 
-    fn plan(sections_end: u64, inode_groups: u64, size: Option<u64>, max_mtime: i64) -> Result<Geometry> {
+    fn plan(
+        sections_end: u64,
+        inode_groups: u64,
+        size: Option<u64>,
+        max_mtime: i64,
+    ) -> Result<Geometry> {
         let mut groups = inode_groups + 1;
         let headroom = (32 << 20) / BLOCK_SIZE + sections_end / 10;
         loop {
@@ -650,19 +729,25 @@ impl Geometry {
         if let Some(bytes) = size {
             let want = bytes / BLOCK_SIZE;
             let g = want.div_ceil(BLOCKS_PER_GROUP);
-            let minimum = |g: u64| Self::min_blocks(sections_end, inode_groups, g.max(inode_groups));
+            let minimum =
+                |g: u64| Self::min_blocks(sections_end, inode_groups, g.max(inode_groups));
             if g < inode_groups || want < minimum(g) || want - (g - 1) * BLOCKS_PER_GROUP < 64 {
                 let mut m = inode_groups.max(1);
                 while minimum(m) > m * BLOCKS_PER_GROUP {
                     m += 1;
                 }
-                return Err(Ext4Error::SizeTooSmall { requested: bytes, minimum: minimum(m).max((m - 1) * BLOCKS_PER_GROUP + 64) * BLOCK_SIZE });
+                return Err(Ext4Error::SizeTooSmall {
+                    requested: bytes,
+                    minimum: minimum(m).max((m - 1) * BLOCKS_PER_GROUP + 64) * BLOCK_SIZE,
+                });
             }
             groups = g;
             blocks = want;
         }
         if groups > MAX_GROUPS || blocks >= MAX_BLOCKS {
-            return Err(Ext4Error::TooLarge { what: format!("{blocks} blocks in {groups} groups") });
+            return Err(Ext4Error::TooLarge {
+                what: format!("{blocks} blocks in {groups} groups"),
+            });
         }
         let gdt_blocks = Self::gdt_blocks(groups);
         let (block_bitmaps, tail) = if Self::bitmaps_in_header(groups) {

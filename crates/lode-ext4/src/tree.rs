@@ -33,7 +33,10 @@ pub struct Meta {
 impl Meta {
     /// Metadata of a directory that no layer describes (an implied parent).
     pub fn implied_dir() -> Self {
-        Meta { perm: 0o755, ..Meta::default() }
+        Meta {
+            perm: 0o755,
+            ..Meta::default()
+        }
     }
 }
 
@@ -139,18 +142,41 @@ pub const ROOT: NodeId = 0;
 pub const LOST_FOUND: NodeId = 1;
 
 fn placement(path: &[Vec<u8>], meta: &Meta) -> Result<Placement> {
-    let err = |problem| Ext4Error::Xattr { path: show_path(path), problem };
+    let err = |problem| Ext4Error::Xattr {
+        path: show_path(path),
+        problem,
+    };
     let x = Xattrs::from_map(&meta.xattrs).map_err(err)?;
-    x.place(crate::format::inode::INLINE_XATTR_SPACE).map_err(err)
+    x.place(crate::format::inode::INLINE_XATTR_SPACE)
+        .map_err(err)
 }
 
 impl Tree {
     /// A tree holding only `/` and `/lost+found`.
     pub fn new() -> Self {
-        let mut t = Tree { nodes: Vec::new(), layer: 0, seen: HashSet::new() };
-        let root = t.push(Kind::Dir { children: BTreeMap::new() }, Meta::implied_dir(), Placement::None);
-        let lf_meta = Meta { perm: 0o700, ..Meta::default() };
-        let lf = t.push(Kind::Dir { children: BTreeMap::new() }, lf_meta, Placement::None);
+        let mut t = Tree {
+            nodes: Vec::new(),
+            layer: 0,
+            seen: HashSet::new(),
+        };
+        let root = t.push(
+            Kind::Dir {
+                children: BTreeMap::new(),
+            },
+            Meta::implied_dir(),
+            Placement::None,
+        );
+        let lf_meta = Meta {
+            perm: 0o700,
+            ..Meta::default()
+        };
+        let lf = t.push(
+            Kind::Dir {
+                children: BTreeMap::new(),
+            },
+            lf_meta,
+            Placement::None,
+        );
         t.nodes[root].ino = crate::layout::ROOT_INO;
         t.nodes[lf].ino = crate::layout::LOST_FOUND_INO;
         t.children_mut(ROOT).insert(b"lost+found".to_vec(), lf);
@@ -244,7 +270,13 @@ impl Tree {
                     })
                 }
                 Some(_) | None => {
-                    let d = self.push(Kind::Dir { children: BTreeMap::new() }, Meta::implied_dir(), Placement::None);
+                    let d = self.push(
+                        Kind::Dir {
+                            children: BTreeMap::new(),
+                        },
+                        Meta::implied_dir(),
+                        Placement::None,
+                    );
                     self.attach(cur, c.clone(), d);
                     d
                 }
@@ -281,18 +313,29 @@ impl Tree {
 
     fn check_new_path(&mut self, path: &[Vec<u8>]) -> Result<()> {
         if path.is_empty() {
-            return Err(Ext4Error::BadPath { path: "/".into(), reason: "the root can only be a directory" });
+            return Err(Ext4Error::BadPath {
+                path: "/".into(),
+                reason: "the root can only be a directory",
+            });
         }
         for c in path {
             if c.len() > 255 {
-                return Err(Ext4Error::NameTooLong { path: show_path(path), len: c.len() });
+                return Err(Ext4Error::NameTooLong {
+                    path: show_path(path),
+                    len: c.len(),
+                });
             }
             if c.is_empty() || c == b"." || c == b".." || c.contains(&b'/') || c.contains(&0) {
-                return Err(Ext4Error::BadPath { path: show_path(path), reason: "invalid name component" });
+                return Err(Ext4Error::BadPath {
+                    path: show_path(path),
+                    reason: "invalid name component",
+                });
             }
         }
         if !self.seen.insert(path.to_vec()) {
-            return Err(Ext4Error::Duplicate { path: show_path(path) });
+            return Err(Ext4Error::Duplicate {
+                path: show_path(path),
+            });
         }
         Ok(())
     }
@@ -315,7 +358,13 @@ impl Tree {
                 return Ok(self.set_meta(id, meta, xattrs));
             }
         }
-        let id = self.push(Kind::Dir { children: BTreeMap::new() }, meta, xattrs);
+        let id = self.push(
+            Kind::Dir {
+                children: BTreeMap::new(),
+            },
+            meta,
+            xattrs,
+        );
         self.attach(parent, name.clone(), id);
         Ok(id)
     }
@@ -335,7 +384,10 @@ impl Tree {
         let xattrs = placement(path, &meta)?;
         if let Kind::Symlink { target } = &kind {
             if target.is_empty() || target.len() >= crate::layout::BLOCK_SIZE as usize {
-                return Err(Ext4Error::BadSymlink { path: show_path(path), len: target.len() });
+                return Err(Ext4Error::BadSymlink {
+                    path: show_path(path),
+                    len: target.len(),
+                });
             }
         }
         self.check_new_path(path)?;
@@ -343,7 +395,9 @@ impl Tree {
         let name = &path[path.len() - 1];
         if let Some(&old) = self.children(parent).get(name) {
             if self.nodes[old].layer == self.layer && self.nodes[old].kind.is_dir() {
-                return Err(Ext4Error::Duplicate { path: show_path(path) });
+                return Err(Ext4Error::Duplicate {
+                    path: show_path(path),
+                });
             }
         }
         let id = self.push(kind, meta, xattrs);
@@ -353,13 +407,21 @@ impl Tree {
 
     /// Adds a hard link at `path` to the node at `target`.
     pub fn add_hardlink(&mut self, path: &[Vec<u8>], target: &[Vec<u8>]) -> Result<NodeId> {
-        let missing = || Ext4Error::HardlinkTargetMissing { path: show_path(path), target: show_path(target) };
+        let missing = || Ext4Error::HardlinkTargetMissing {
+            path: show_path(path),
+            target: show_path(target),
+        };
         let id = self.lookup(target)?.ok_or_else(missing)?;
         if target.is_empty() || self.nodes[id].kind.is_dir() {
-            return Err(Ext4Error::HardlinkToDirectory { path: show_path(path), target: show_path(target) });
+            return Err(Ext4Error::HardlinkToDirectory {
+                path: show_path(path),
+                target: show_path(target),
+            });
         }
         if self.nodes[id].links >= crate::layout::LINK_MAX {
-            return Err(Ext4Error::TooManyLinks { path: show_path(path) });
+            return Err(Ext4Error::TooManyLinks {
+                path: show_path(path),
+            });
         }
         self.check_new_path(path)?;
         let parent = self.parent_for_write(path)?;
@@ -369,7 +431,9 @@ impl Tree {
         }
         if let Some(&old) = self.children(parent).get(name) {
             if self.nodes[old].layer == self.layer && self.nodes[old].kind.is_dir() {
-                return Err(Ext4Error::Duplicate { path: show_path(path) });
+                return Err(Ext4Error::Duplicate {
+                    path: show_path(path),
+                });
             }
         }
         self.nodes[id].links += 1;
@@ -387,7 +451,11 @@ impl Tree {
         if !self.nodes[id].kind.is_dir() {
             return false;
         }
-        let kids: Vec<(Vec<u8>, NodeId)> = self.children(id).iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let kids: Vec<(Vec<u8>, NodeId)> = self
+            .children(id)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         let mut keep = self.nodes[id].meta_layer == layer;
         for (name, k) in kids {
             if self.prune_lower(k) {
@@ -404,11 +472,15 @@ impl Tree {
     /// Applies a whiteout `.wh.NAME` found in directory `dir`: hides `dir/NAME`
     /// as lower layers left it (content of the current layer stays).
     pub fn whiteout(&mut self, dir: &[Vec<u8>], name: &[u8]) -> Result<()> {
-        let Some(d) = self.lookup(dir)? else { return Ok(()) };
+        let Some(d) = self.lookup(dir)? else {
+            return Ok(());
+        };
         if !self.nodes[d].kind.is_dir() {
             return Ok(());
         }
-        let Some(&id) = self.children(d).get(name) else { return Ok(()) };
+        let Some(&id) = self.children(d).get(name) else {
+            return Ok(());
+        };
         if id == LOST_FOUND {
             // ext4 needs its lost+found: hide what lower layers put in it instead.
             return self.opaque(&[b"lost+found".to_vec()]);
@@ -432,7 +504,11 @@ impl Tree {
                 self.parent_for_write(&probe)?
             }
         };
-        let kids: Vec<(Vec<u8>, NodeId)> = self.children(d).iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let kids: Vec<(Vec<u8>, NodeId)> = self
+            .children(d)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         for (name, k) in kids {
             if d == ROOT && k == LOST_FOUND {
                 continue;
@@ -453,7 +529,9 @@ impl Tree {
             self.nodes
                 .iter()
                 .enumerate()
-                .filter(move |(_, n)| n.alive && n.layer == self.layer && n.ino == 0 && n.kind.is_dir() == dir)
+                .filter(move |(_, n)| {
+                    n.alive && n.layer == self.layer && n.ino == 0 && n.kind.is_dir() == dir
+                })
                 .map(|(i, _)| i)
         };
         mine(true).chain(mine(false)).collect()
@@ -466,7 +544,10 @@ impl Tree {
 
     /// Number of subdirectories of a directory.
     pub fn subdirs(&self, id: NodeId) -> usize {
-        self.children(id).values().filter(|&&c| self.nodes[c].kind.is_dir()).count()
+        self.children(id)
+            .values()
+            .filter(|&&c| self.nodes[c].kind.is_dir())
+            .count()
     }
 
     /// Parent directory of every live directory (the root is its own parent).
@@ -496,16 +577,24 @@ mod tests {
     use super::*;
 
     fn p(s: &str) -> Vec<Vec<u8>> {
-        s.split('/').filter(|c| !c.is_empty()).map(|c| c.as_bytes().to_vec()).collect()
+        s.split('/')
+            .filter(|c| !c.is_empty())
+            .map(|c| c.as_bytes().to_vec())
+            .collect()
     }
 
     fn file() -> Kind {
-        Kind::File { size: 0, extents: vec![] }
+        Kind::File {
+            size: 0,
+            extents: vec![],
+        }
     }
 
     fn names(t: &Tree, path: &str) -> Vec<String> {
         let id = t.lookup(&p(path)).unwrap().unwrap();
-        t.entries(id).map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect()
+        t.entries(id)
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect()
     }
 
     #[test]
@@ -526,7 +615,8 @@ mod tests {
         let mut t = Tree::new();
         t.begin_layer(0);
         t.add_node(&p("d/old"), file(), Meta::default()).unwrap();
-        t.add_node(&p("d/sub/deep"), file(), Meta::default()).unwrap();
+        t.add_node(&p("d/sub/deep"), file(), Meta::default())
+            .unwrap();
         t.begin_layer(1);
         t.add_dir(&p("d"), Meta::implied_dir()).unwrap();
         t.add_node(&p("d/new"), file(), Meta::default()).unwrap();
@@ -540,10 +630,26 @@ mod tests {
         let mut t = Tree::new();
         t.begin_layer(0);
         t.add_node(&p("f"), file(), Meta::default()).unwrap();
-        assert!(matches!(t.add_node(&p("f"), file(), Meta::default()), Err(Ext4Error::Duplicate { .. })));
-        t.add_node(&p("l"), Kind::Symlink { target: b"/etc".to_vec() }, Meta::default()).unwrap();
-        assert!(matches!(t.add_node(&p("l/x"), file(), Meta::default()), Err(Ext4Error::ThroughSymlink { .. })));
-        assert!(matches!(t.add_node(&p("f/x"), file(), Meta::default()), Err(Ext4Error::NotADirectory { .. })));
+        assert!(matches!(
+            t.add_node(&p("f"), file(), Meta::default()),
+            Err(Ext4Error::Duplicate { .. })
+        ));
+        t.add_node(
+            &p("l"),
+            Kind::Symlink {
+                target: b"/etc".to_vec(),
+            },
+            Meta::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            t.add_node(&p("l/x"), file(), Meta::default()),
+            Err(Ext4Error::ThroughSymlink { .. })
+        ));
+        assert!(matches!(
+            t.add_node(&p("f/x"), file(), Meta::default()),
+            Err(Ext4Error::NotADirectory { .. })
+        ));
     }
 
     #[test]
@@ -553,7 +659,10 @@ mod tests {
         let f = t.add_node(&p("a"), file(), Meta::default()).unwrap();
         t.add_hardlink(&p("b"), &p("a")).unwrap();
         assert_eq!(t.nodes[f].links, 2);
-        assert!(matches!(t.add_hardlink(&p("c"), &p("nope")), Err(Ext4Error::HardlinkTargetMissing { .. })));
+        assert!(matches!(
+            t.add_hardlink(&p("c"), &p("nope")),
+            Err(Ext4Error::HardlinkTargetMissing { .. })
+        ));
         t.begin_layer(1);
         t.whiteout(&[], b"a").unwrap();
         assert_eq!(t.nodes[f].links, 1);

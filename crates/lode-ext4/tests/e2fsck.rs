@@ -5,15 +5,31 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 fn p(s: &str) -> Vec<Vec<u8>> {
-    s.split('/').filter(|c| !c.is_empty()).map(|c| c.as_bytes().to_vec()).collect()
+    s.split('/')
+        .filter(|c| !c.is_empty())
+        .map(|c| c.as_bytes().to_vec())
+        .collect()
 }
 
 fn meta(perm: u16) -> Meta {
-    Meta { perm, uid: 1000, gid: 1000, mtime: Timestamp { secs: 1_700_000_000, nsec: 5 }, xattrs: BTreeMap::new() }
+    Meta {
+        perm,
+        uid: 1000,
+        gid: 1000,
+        mtime: Timestamp {
+            secs: 1_700_000_000,
+            nsec: 5,
+        },
+        xattrs: BTreeMap::new(),
+    }
 }
 
 fn fsck(path: &std::path::Path) {
-    let out = Command::new("e2fsck").arg("-fn").arg(path).output().expect("e2fsck runs");
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(path)
+        .output()
+        .expect("e2fsck runs");
     assert!(
         out.status.success(),
         "e2fsck failed: {}\n{}",
@@ -31,18 +47,30 @@ fn a_mixed_two_layer_image_is_clean() {
     b.add_dir(&p(""), meta(0o755)).unwrap();
     b.add_dir(&p("etc"), meta(0o755)).unwrap();
     let data = b"hello world\n".repeat(1000);
-    b.add_file(&p("etc/hello"), meta(0o644), data.len() as u64, &mut &data[..]).unwrap();
+    b.add_file(
+        &p("etc/hello"),
+        meta(0o644),
+        data.len() as u64,
+        &mut &data[..],
+    )
+    .unwrap();
     b.add_hardlink(&p("etc/hello2"), &p("etc/hello")).unwrap();
-    b.add_symlink(&p("etc/short"), b"hello", meta(0o777)).unwrap();
-    b.add_symlink(&p("etc/long"), &[b'x'; 300], meta(0o777)).unwrap();
-    b.add_special(&p("dev/null"), Special::CharDev(1, 3), meta(0o666)).unwrap();
-    b.add_special(&p("dev/big"), Special::BlockDev(259, 70000), meta(0o660)).unwrap();
-    b.add_special(&p("run/fifo"), Special::Fifo, meta(0o600)).unwrap();
+    b.add_symlink(&p("etc/short"), b"hello", meta(0o777))
+        .unwrap();
+    b.add_symlink(&p("etc/long"), &[b'x'; 300], meta(0o777))
+        .unwrap();
+    b.add_special(&p("dev/null"), Special::CharDev(1, 3), meta(0o666))
+        .unwrap();
+    b.add_special(&p("dev/big"), Special::BlockDev(259, 70000), meta(0o660))
+        .unwrap();
+    b.add_special(&p("run/fifo"), Special::Fifo, meta(0o600))
+        .unwrap();
     let mut xm = meta(0o4755);
     xm.xattrs.insert(b"user.small".to_vec(), b"v".to_vec());
     b.add_file(&p("bin/suid"), xm, 0, &mut &b""[..]).unwrap();
     let mut big = meta(0o755);
-    big.xattrs.insert(b"security.capability".to_vec(), vec![1; 20]);
+    big.xattrs
+        .insert(b"security.capability".to_vec(), vec![1; 20]);
     big.xattrs.insert(b"user.long".to_vec(), vec![2; 300]);
     b.add_file(&p("bin/cap"), big, 3, &mut &b"abc"[..]).unwrap();
     // Sparse: data, hole, data, with more than 4 extents.
@@ -51,22 +79,38 @@ fn a_mixed_two_layer_image_is_clean() {
         sparse.extend(std::iter::repeat(i + 1).take(4096));
         sparse.extend(std::iter::repeat(0).take(8192));
     }
-    b.add_file(&p("var/sparse"), meta(0o644), sparse.len() as u64, &mut &sparse[..]).unwrap();
-    b.add_file(&p("var/zeros"), meta(0o644), 1 << 20, &mut std::io::repeat(0).take_ref()).unwrap();
+    b.add_file(
+        &p("var/sparse"),
+        meta(0o644),
+        sparse.len() as u64,
+        &mut &sparse[..],
+    )
+    .unwrap();
+    b.add_file(
+        &p("var/zeros"),
+        meta(0o644),
+        1 << 20,
+        &mut std::io::repeat(0).take_ref(),
+    )
+    .unwrap();
     for i in 0..3000 {
-        b.add_file(&p(&format!("many/f{i:05}")), meta(0o644), 1, &mut &b"z"[..]).unwrap();
+        b.add_file(&p(&format!("many/f{i:05}")), meta(0o644), 1, &mut &b"z"[..])
+            .unwrap();
     }
     b.end_layer().unwrap();
     b.begin_layer().unwrap();
     b.whiteout(&p("etc"), b"hello").unwrap();
-    b.add_file(&p("etc/new"), meta(0o600), 4, &mut &b"new\n"[..]).unwrap();
+    b.add_file(&p("etc/new"), meta(0o600), 4, &mut &b"new\n"[..])
+        .unwrap();
     b.opaque(&p("many")).unwrap();
     b.add_dir(&p("many/sub"), meta(0o700)).unwrap();
     b.end_layer().unwrap();
     let s = b.finish().unwrap();
     assert!(s.image_bytes > 0);
     fsck(&img);
-    if let Ok(keep) = std::env::var("KEEP_IMG") { std::fs::copy(&img, keep).unwrap(); }
+    if let Ok(keep) = std::env::var("KEEP_IMG") {
+        std::fs::copy(&img, keep).unwrap();
+    }
 }
 
 trait TakeRef {

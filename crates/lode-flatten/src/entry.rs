@@ -43,7 +43,10 @@ pub(crate) fn parse_pax_time(v: &[u8]) -> Option<Timestamp> {
         None => (false, s),
     };
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if int.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let secs: i64 = int.parse().ok()?;
@@ -55,9 +58,15 @@ pub(crate) fn parse_pax_time(v: &[u8]) -> Option<Timestamp> {
     Some(if !neg {
         Timestamp { secs, nsec }
     } else if nsec == 0 {
-        Timestamp { secs: -secs, nsec: 0 }
+        Timestamp {
+            secs: -secs,
+            nsec: 0,
+        }
     } else {
-        Timestamp { secs: -secs - 1, nsec: 1_000_000_000 - nsec }
+        Timestamp {
+            secs: -secs - 1,
+            nsec: 1_000_000_000 - nsec,
+        }
     })
 }
 
@@ -111,7 +120,13 @@ impl Piped {
                 return;
             }
         });
-        Piped { rx, cur: Vec::new(), pos: 0, end: None, count }
+        Piped {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+            end: None,
+            count,
+        }
     }
 
     /// Reads to the end of the stream and returns the verification result.
@@ -121,7 +136,15 @@ impl Piped {
             match self.read(&mut sink) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) => return (0, Err(lode_oci::OciError::Io { path: "layer stream".into(), source: e })),
+                Err(e) => {
+                    return (
+                        0,
+                        Err(lode_oci::OciError::Io {
+                            path: "layer stream".into(),
+                            source: e,
+                        }),
+                    )
+                }
             }
         }
         self.end.take().unwrap_or((0, Ok(())))
@@ -153,7 +176,10 @@ impl Read for Piped {
 }
 
 fn field<T>(r: std::io::Result<T>, name: &'static str) -> Result<T, EntryError> {
-    r.map_err(|e| EntryError::BadField { field: name, detail: e.to_string() })
+    r.map_err(|e| EntryError::BadField {
+        field: name,
+        detail: e.to_string(),
+    })
 }
 
 /// Reads the metadata of an entry: header fields, overridden by PAX records.
@@ -163,10 +189,18 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, EntryError> {
         perm: (field(h.mode(), "mode")? & 0o7777) as u16,
         uid: 0,
         gid: 0,
-        mtime: Timestamp { secs: field(h.mtime(), "mtime")? as i64, nsec: 0 },
+        mtime: Timestamp {
+            secs: field(h.mtime(), "mtime")? as i64,
+            nsec: 0,
+        },
         xattrs: BTreeMap::new(),
     };
-    let id = |v: u64, name| u32::try_from(v).map_err(|_| EntryError::BadField { field: name, detail: format!("{v} exceeds 32 bits") });
+    let id = |v: u64, name| {
+        u32::try_from(v).map_err(|_| EntryError::BadField {
+            field: name,
+            detail: format!("{v} exceeds 32 bits"),
+        })
+    };
     meta.uid = id(field(h.uid(), "uid")?, "uid")?;
     meta.gid = id(field(h.gid(), "gid")?, "gid")?;
     if let Some(exts) = field(entry.pax_extensions(), "pax")? {
@@ -178,7 +212,10 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, EntryError> {
                 std::str::from_utf8(value)
                     .ok()
                     .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| EntryError::BadField { field: name, detail: String::from_utf8_lossy(value).into_owned() })
+                    .ok_or_else(|| EntryError::BadField {
+                        field: name,
+                        detail: String::from_utf8_lossy(value).into_owned(),
+                    })
             };
             match key {
                 b"uid" => meta.uid = id(number("pax uid")?, "pax uid")?,
@@ -190,7 +227,8 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, EntryError> {
                     })?
                 }
                 k if k.starts_with(b"SCHILY.xattr.") => {
-                    meta.xattrs.insert(k[b"SCHILY.xattr.".len()..].to_vec(), value.to_vec());
+                    meta.xattrs
+                        .insert(k[b"SCHILY.xattr.".len()..].to_vec(), value.to_vec());
                 }
                 _ => {}
             }
@@ -210,10 +248,18 @@ pub(crate) fn apply_layer(
     let digest = desc.digest.clone();
     let reader = image
         .open_layer(layer)
-        .map_err(|source| FlattenError::Layer { layer, digest: digest.clone(), source })?;
+        .map_err(|source| FlattenError::Layer {
+            layer,
+            digest: digest.clone(),
+            source,
+        })?;
     let count = Rc::new(Cell::new(0u64));
     let mut archive = tar::Archive::new(Piped::spawn(reader, count.clone()));
-    b.begin_layer().map_err(|source| FlattenError::Ext4 { layer, digest: digest.clone(), source })?;
+    b.begin_layer().map_err(|source| FlattenError::Ext4 {
+        layer,
+        digest: digest.clone(),
+        source,
+    })?;
     let mut last = String::new();
     let mut n = 0u64;
     let mut reported = 0u64;
@@ -221,7 +267,11 @@ pub(crate) fn apply_layer(
         let read_err = |last: &str, source| FlattenError::Read {
             layer,
             digest: digest.clone(),
-            after: if last.is_empty() { String::new() } else { format!(" after entry '{last}'") },
+            after: if last.is_empty() {
+                String::new()
+            } else {
+                format!(" after entry '{last}'")
+            },
             source,
         };
         let entries = archive.entries().map_err(|e| read_err(&last, e))?;
@@ -229,8 +279,17 @@ pub(crate) fn apply_layer(
             let mut entry = entry.map_err(|e| read_err(&last, e))?;
             let raw = entry.path_bytes().into_owned();
             last = String::from_utf8_lossy(&raw).into_owned();
-            let entry_err = |source| FlattenError::Entry { layer, digest: digest.clone(), entry: last.clone(), source };
-            let ext4_err = |source| FlattenError::Ext4 { layer, digest: digest.clone(), source };
+            let entry_err = |source| FlattenError::Entry {
+                layer,
+                digest: digest.clone(),
+                entry: last.clone(),
+                source,
+            };
+            let ext4_err = |source| FlattenError::Ext4 {
+                layer,
+                digest: digest.clone(),
+                source,
+            };
             apply_entry(b, &mut entry, &raw).map_err(|e| match e {
                 Apply::Entry(e) => entry_err(e),
                 Apply::Ext4(e) => ext4_err(e),
@@ -243,8 +302,16 @@ pub(crate) fn apply_layer(
         }
     }
     let (bytes, verified) = archive.into_inner().finish();
-    verified.map_err(|source| FlattenError::Layer { layer, digest: digest.clone(), source })?;
-    b.end_layer().map_err(|source| FlattenError::Ext4 { layer, digest: digest.clone(), source })?;
+    verified.map_err(|source| FlattenError::Layer {
+        layer,
+        digest: digest.clone(),
+        source,
+    })?;
+    b.end_layer().map_err(|source| FlattenError::Ext4 {
+        layer,
+        digest: digest.clone(),
+        source,
+    })?;
     progress(bytes);
     Ok((bytes, n))
 }
@@ -266,7 +333,11 @@ impl From<lode_ext4::Ext4Error> for Apply {
     }
 }
 
-fn apply_entry<R: Read>(b: &mut Builder, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<(), Apply> {
+fn apply_entry<R: Read>(
+    b: &mut Builder,
+    entry: &mut tar::Entry<'_, R>,
+    raw: &[u8],
+) -> Result<(), Apply> {
     let kind = entry.header().entry_type();
     if matches!(kind, EntryType::XGlobalHeader) {
         return Ok(());
@@ -295,18 +366,28 @@ fn apply_entry<R: Read>(b: &mut Builder, entry: &mut tar::Entry<'_, R>, raw: &[u
         }
         EntryType::Directory => b.add_dir(&path, meta)?,
         EntryType::Symlink => {
-            let target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+            let target = entry
+                .link_name_bytes()
+                .map(|c| c.into_owned())
+                .unwrap_or_default();
             b.add_symlink(&path, &target, meta)?;
         }
         EntryType::Link => {
-            let raw_target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+            let raw_target = entry
+                .link_name_bytes()
+                .map(|c| c.into_owned())
+                .unwrap_or_default();
             let shown = String::from_utf8_lossy(&raw_target).into_owned();
             let target = normalize(&raw_target, true).map_err(|_| EntryError::LinkTarget {
                 target: shown.clone(),
                 reason: "path traversal ('..' component)",
             })?;
             if target.is_empty() {
-                return Err(EntryError::LinkTarget { target: shown, reason: "empty or root" }.into());
+                return Err(EntryError::LinkTarget {
+                    target: shown,
+                    reason: "empty or root",
+                }
+                .into());
             }
             b.add_hardlink(&path, &target)?;
         }
@@ -314,7 +395,11 @@ fn apply_entry<R: Read>(b: &mut Builder, entry: &mut tar::Entry<'_, R>, raw: &[u
             let h = entry.header();
             let major = field(h.device_major(), "device major")?.unwrap_or(0);
             let minor = field(h.device_minor(), "device minor")?.unwrap_or(0);
-            let s = if kind == EntryType::Char { Special::CharDev(major, minor) } else { Special::BlockDev(major, minor) };
+            let s = if kind == EntryType::Char {
+                Special::CharDev(major, minor)
+            } else {
+                Special::BlockDev(major, minor)
+            };
             b.add_special(&path, s, meta)?;
         }
         EntryType::Fifo => b.add_special(&path, Special::Fifo, meta)?,
@@ -329,19 +414,46 @@ mod tests {
 
     #[test]
     fn normalize_rules() {
-        assert_eq!(normalize(b"./a//b/./c/", false).unwrap(), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            normalize(b"./a//b/./c/", false).unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
         assert!(normalize(b"./", false).unwrap().is_empty());
-        assert!(matches!(normalize(b"a/../b", false), Err(EntryError::Traversal)));
-        assert!(matches!(normalize(b"/etc/passwd", false), Err(EntryError::Absolute)));
+        assert!(matches!(
+            normalize(b"a/../b", false),
+            Err(EntryError::Traversal)
+        ));
+        assert!(matches!(
+            normalize(b"/etc/passwd", false),
+            Err(EntryError::Absolute)
+        ));
         assert_eq!(normalize(b"/etc/passwd", true).unwrap().len(), 2);
     }
 
     #[test]
     fn pax_times() {
         assert_eq!(parse_pax_time(b"12"), Some(Timestamp { secs: 12, nsec: 0 }));
-        assert_eq!(parse_pax_time(b"12.5"), Some(Timestamp { secs: 12, nsec: 500_000_000 }));
-        assert_eq!(parse_pax_time(b"-1.25"), Some(Timestamp { secs: -2, nsec: 750_000_000 }));
-        assert_eq!(parse_pax_time(b"1.1234567891"), Some(Timestamp { secs: 1, nsec: 123_456_789 }));
+        assert_eq!(
+            parse_pax_time(b"12.5"),
+            Some(Timestamp {
+                secs: 12,
+                nsec: 500_000_000
+            })
+        );
+        assert_eq!(
+            parse_pax_time(b"-1.25"),
+            Some(Timestamp {
+                secs: -2,
+                nsec: 750_000_000
+            })
+        );
+        assert_eq!(
+            parse_pax_time(b"1.1234567891"),
+            Some(Timestamp {
+                secs: 1,
+                nsec: 123_456_789
+            })
+        );
         assert_eq!(parse_pax_time(b"x"), None);
         assert_eq!(parse_pax_time(b""), None);
     }

@@ -74,14 +74,24 @@ fn derive_id(image: &Image, purpose: &str) -> [u8; 16] {
 }
 
 /// Flattens `source` into the ext4 image `out` (atomically: temp file + rename).
-pub fn flatten(source: &Source, out: &Path, opts: &FlattenOptions<'_>) -> Result<FlattenReport, FlattenError> {
+pub fn flatten(
+    source: &Source,
+    out: &Path,
+    opts: &FlattenOptions<'_>,
+) -> Result<FlattenReport, FlattenError> {
     let image = Image::open(source)?;
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let out_err = |source| FlattenError::Output { path: out.display().to_string(), source };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out_err = |source| FlattenError::Output {
+        path: out.display().to_string(),
+        source,
+    };
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".lode-tmp")
@@ -95,7 +105,11 @@ pub fn flatten(source: &Source, out: &Path, opts: &FlattenOptions<'_>) -> Result
 }
 
 /// Flattens an opened image into `file` (which should be empty).
-pub fn flatten_image(image: &Image, file: File, opts: &FlattenOptions<'_>) -> Result<FlattenReport, FlattenError> {
+pub fn flatten_image(
+    image: &Image,
+    file: File,
+    opts: &FlattenOptions<'_>,
+) -> Result<FlattenReport, FlattenError> {
     let options = Options {
         size: opts.size,
         uuid: derive_id(image, "uuid"),
@@ -109,12 +123,22 @@ pub fn flatten_image(image: &Image, file: File, opts: &FlattenOptions<'_>) -> Re
     for desc in image.layers() {
         let (bytes, n) = entry::apply_layer(image, desc, &mut builder, |layer_bytes| {
             if let Some(p) = opts.progress {
-                p(Progress { layer: desc.index, layers, layer_bytes, total_bytes: total + layer_bytes });
+                p(Progress {
+                    layer: desc.index,
+                    layers,
+                    layer_bytes,
+                    total_bytes: total + layer_bytes,
+                });
             }
         })?;
         total += bytes;
         entries += n;
     }
     let summary = builder.finish().map_err(FlattenError::Finish)?;
-    Ok(FlattenReport { summary, layers, layer_bytes: total, entries })
+    Ok(FlattenReport {
+        summary,
+        layers,
+        layer_bytes: total,
+        entries,
+    })
 }

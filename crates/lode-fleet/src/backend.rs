@@ -16,9 +16,15 @@ pub trait StripeBackend: Send + Sync + fmt::Debug {
     /// Node addresses, in configuration order.
     fn nodes(&self) -> &[String];
     /// Reads a stripe; `Ok(None)` when the node does not have it.
-    fn get<'a>(&'a self, node: usize, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, String>>;
+    fn get<'a>(&'a self, node: usize, key: &'a str)
+        -> BoxFuture<'a, Result<Option<Bytes>, String>>;
     /// Stores a stripe.
-    fn put<'a>(&'a self, node: usize, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), String>>;
+    fn put<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// lode cache nodes over HTTP/2 (one multiplexed connection per node).
@@ -29,7 +35,9 @@ pub struct Http2Nodes {
 
 impl fmt::Debug for Http2Nodes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Http2Nodes").field("nodes", &self.nodes).finish()
+        f.debug_struct("Http2Nodes")
+            .field("nodes", &self.nodes)
+            .finish()
     }
 }
 
@@ -39,7 +47,9 @@ impl Http2Nodes {
         let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(std::time::Duration::from_secs(1)));
-        let client = Client::builder(TokioExecutor::new()).http2_only(true).build(conn);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(conn);
         Http2Nodes { nodes, client }
     }
 }
@@ -49,14 +59,25 @@ impl StripeBackend for Http2Nodes {
         &self.nodes
     }
 
-    fn get<'a>(&'a self, node: usize, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+    fn get<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
         Box::pin(async move {
             let uri = format!("http://{}/s/{key}", self.nodes[node]);
-            let req = hyper::Request::get(uri).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+            let req = hyper::Request::get(uri)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?;
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             match resp.status() {
                 hyper::StatusCode::OK => {
-                    let b = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+                    let b = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .to_bytes();
                     Ok(Some(b))
                 }
                 hyper::StatusCode::NOT_FOUND => Ok(None),
@@ -65,10 +86,17 @@ impl StripeBackend for Http2Nodes {
         })
     }
 
-    fn put<'a>(&'a self, node: usize, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), String>> {
+    fn put<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let uri = format!("http://{}/s/{key}", self.nodes[node]);
-            let req = hyper::Request::put(uri).body(Full::new(value)).map_err(|e| e.to_string())?;
+            let req = hyper::Request::put(uri)
+                .body(Full::new(value))
+                .map_err(|e| e.to_string())?;
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             if resp.status().is_success() {
                 Ok(())
@@ -100,13 +128,20 @@ impl Memcached {
     }
 
     async fn conn(&self, node: usize) -> Result<BufStream<TcpStream>, String> {
-        if let Some(c) = self.pools[node].lock().unwrap_or_else(|p| p.into_inner()).pop() {
+        if let Some(c) = self.pools[node]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+        {
             return Ok(c);
         }
-        let s = tokio::time::timeout(std::time::Duration::from_secs(1), TcpStream::connect(&self.nodes[node]))
-            .await
-            .map_err(|_| "connect timeout".to_string())?
-            .map_err(|e| e.to_string())?;
+        let s = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            TcpStream::connect(&self.nodes[node]),
+        )
+        .await
+        .map_err(|_| "connect timeout".to_string())?
+        .map_err(|e| e.to_string())?;
         let _ = s.set_nodelay(true);
         Ok(BufStream::new(s))
     }
@@ -124,17 +159,27 @@ impl StripeBackend for Memcached {
         &self.nodes
     }
 
-    fn get<'a>(&'a self, node: usize, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+    fn get<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
         Box::pin(async move {
             let mut c = self.conn(node).await?;
-            c.write_all(format!("mg lode:{key} v\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
+            c.write_all(format!("mg lode:{key} v\r\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
             c.flush().await.map_err(|e| e.to_string())?;
             let mut line = String::new();
             c.read_line(&mut line).await.map_err(|e| e.to_string())?;
             let out = if line.starts_with("EN") {
                 None
             } else if let Some(rest) = line.strip_prefix("VA ") {
-                let len: usize = rest.split_whitespace().next().and_then(|n| n.parse().ok()).ok_or("bad VA line")?;
+                let len: usize = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("bad VA line")?;
                 if len > crate::node::MAX_STRIPE {
                     return Err("value too large".into());
                 }
@@ -150,10 +195,17 @@ impl StripeBackend for Memcached {
         })
     }
 
-    fn put<'a>(&'a self, node: usize, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), String>> {
+    fn put<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let mut c = self.conn(node).await?;
-            c.write_all(format!("ms lode:{key} {} T0\r\n", value.len()).as_bytes()).await.map_err(|e| e.to_string())?;
+            c.write_all(format!("ms lode:{key} {} T0\r\n", value.len()).as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
             c.write_all(&value).await.map_err(|e| e.to_string())?;
             c.write_all(b"\r\n").await.map_err(|e| e.to_string())?;
             c.flush().await.map_err(|e| e.to_string())?;

@@ -103,8 +103,16 @@ impl FleetTier {
     pub fn render(&self, out: &mut String) {
         let m = &self.metrics;
         for (i, node) in self.backend.nodes().iter().enumerate() {
-            m.node_latency[i].render(out, "lode_fleet_stripe_get_seconds", &format!("node=\"{node}\""));
-            let _ = writeln!(out, "lode_fleet_stripe_errors_total{{node=\"{node}\"}} {}", m.node_errors[i].load(Ordering::Relaxed));
+            m.node_latency[i].render(
+                out,
+                "lode_fleet_stripe_get_seconds",
+                &format!("node=\"{node}\""),
+            );
+            let _ = writeln!(
+                out,
+                "lode_fleet_stripe_errors_total{{node=\"{node}\"}} {}",
+                m.node_errors[i].load(Ordering::Relaxed)
+            );
         }
         for (n, v) in [
             ("lode_fleet_first4_total", &m.first4),
@@ -170,8 +178,12 @@ impl FleetTier {
             if got.len() == stripe::TOTAL {
                 self.metrics.needed_fifth.fetch_add(1, Ordering::Relaxed);
                 for skip in 0..stripe::TOTAL {
-                    let subset: Vec<(usize, Bytes)> =
-                        got.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, s)| s.clone()).collect();
+                    let subset: Vec<(usize, Bytes)> = got
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != skip)
+                        .map(|(_, s)| s.clone())
+                        .collect();
                     if let Some(ct) = Self::try_decode(&subset, &id.name, &self.metrics) {
                         return Some(ct);
                     }
@@ -193,7 +205,10 @@ impl ChunkTier for FleetTier {
                 Some(b) => Ok(b),
                 None => {
                     self.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    Err(TierError::NotFound { tier: self.label, name: id.name.to_hex() })
+                    Err(TierError::NotFound {
+                        tier: self.label,
+                        name: id.name.to_hex(),
+                    })
                 }
             }
         })
@@ -207,11 +222,21 @@ impl ChunkTier for FleetTier {
             self.metrics.fills_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if !self.filling.lock().unwrap_or_else(|p| p.into_inner()).insert(id.name) {
+        if !self
+            .filling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.name)
+        {
             return;
         }
-        let (backend, filling, metrics, timeout, name) =
-            (self.backend.clone(), self.filling.clone(), self.metrics.clone(), self.timeout, id.name);
+        let (backend, filling, metrics, timeout, name) = (
+            self.backend.clone(),
+            self.filling.clone(),
+            self.metrics.clone(),
+            self.timeout,
+            id.name,
+        );
         tokio::spawn(async move {
             let nodes = placement(backend.nodes(), &name);
             let stripes = stripe::encode(&ciphertext);
@@ -221,7 +246,11 @@ impl ChunkTier for FleetTier {
                 let node = nodes[j];
                 let n = (s.len() - stripe::HEADER) as u64;
                 async move {
-                    let ok = matches!(tokio::time::timeout(timeout * 4, backend.put(node, &k, Bytes::from(s))).await, Ok(Ok(())));
+                    let ok = matches!(
+                        tokio::time::timeout(timeout * 4, backend.put(node, &k, Bytes::from(s)))
+                            .await,
+                        Ok(Ok(()))
+                    );
                     (ok, n)
                 }
             });
@@ -229,8 +258,13 @@ impl ChunkTier for FleetTier {
             let stored: u64 = results.iter().filter(|(ok, _)| *ok).map(|(_, n)| n).sum();
             metrics.fills.fetch_add(1, Ordering::Relaxed);
             metrics.stripe_bytes.fetch_add(stored, Ordering::Relaxed);
-            metrics.chunk_bytes.fetch_add(ciphertext.len() as u64, Ordering::Relaxed);
-            filling.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            metrics
+                .chunk_bytes
+                .fetch_add(ciphertext.len() as u64, Ordering::Relaxed);
+            filling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
             drop(permit);
         });
     }

@@ -24,12 +24,18 @@ pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, 
         Some(rest) => (true, rest),
         None => (false, spec),
     };
-    let nodes: Vec<String> = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let nodes: Vec<String> = list
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
     if nodes.is_empty() {
         return Err(format!("--cache-nodes '{spec}' names no node"));
     }
     for n in &nodes {
-        if n.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+        if n.rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
             return Err(format!("cache node '{n}' is not HOST:PORT"));
         }
     }
@@ -37,7 +43,14 @@ pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, 
     if distinct.len() != nodes.len() {
         return Err("--cache-nodes lists a node twice".into());
     }
-    let backend: std::sync::Arc<dyn StripeBackend> =
-        if mc { std::sync::Arc::new(Memcached::new(nodes)) } else { std::sync::Arc::new(Http2Nodes::new(nodes)) };
-    Ok(FleetTier::new(backend, timeout, if mc { "fleet-memcached" } else { "fleet" }))
+    let backend: std::sync::Arc<dyn StripeBackend> = if mc {
+        std::sync::Arc::new(Memcached::new(nodes))
+    } else {
+        std::sync::Arc::new(Http2Nodes::new(nodes))
+    };
+    Ok(FleetTier::new(
+        backend,
+        timeout,
+        if mc { "fleet-memcached" } else { "fleet" },
+    ))
 }

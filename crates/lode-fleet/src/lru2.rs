@@ -31,7 +31,13 @@ pub struct Lru2<K: Ord + Hash + Clone> {
 impl<K: Ord + Hash + Clone> Lru2<K> {
     /// A policy for `capacity` bytes.
     pub fn new(capacity: u64) -> Self {
-        Lru2 { capacity, weight: 0, clock: 0, meta: HashMap::new(), order: BTreeSet::new() }
+        Lru2 {
+            capacity,
+            weight: 0,
+            clock: 0,
+            meta: HashMap::new(),
+            order: BTreeSet::new(),
+        }
     }
 
     /// Bytes held.
@@ -57,7 +63,9 @@ impl<K: Ord + Hash + Clone> Lru2<K> {
     /// Records an access; false if `k` is not held.
     pub fn touch(&mut self, k: &K) -> bool {
         self.clock += 1;
-        let Some(m) = self.meta.get_mut(k) else { return false };
+        let Some(m) = self.meta.get_mut(k) else {
+            return false;
+        };
         self.order.remove(&(m.prev, m.last, k.clone()));
         m.prev = m.last;
         m.last = self.clock;
@@ -73,7 +81,9 @@ impl<K: Ord + Hash + Clone> Lru2<K> {
         self.remove(&k);
         let mut out = Vec::new();
         while self.weight + weight > self.capacity {
-            let Some(first) = self.order.iter().next().cloned() else { break };
+            let Some(first) = self.order.iter().next().cloned() else {
+                break;
+            };
             self.order.remove(&first);
             if let Some(m) = self.meta.remove(&first.2) {
                 self.weight -= m.weight;
@@ -81,7 +91,14 @@ impl<K: Ord + Hash + Clone> Lru2<K> {
             out.push(first.2);
         }
         self.clock += 1;
-        self.meta.insert(k.clone(), Meta { last: self.clock, prev: 0, weight });
+        self.meta.insert(
+            k.clone(),
+            Meta {
+                last: self.clock,
+                prev: 0,
+                weight,
+            },
+        );
         self.order.insert((0, self.clock, k));
         self.weight += weight;
         out

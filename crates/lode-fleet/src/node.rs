@@ -27,7 +27,10 @@ pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Checks a stripe key.
 pub fn valid_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b".:_-".contains(&b))
+    !k.is_empty()
+        && k.len() <= 128
+        && k.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b".:_-".contains(&b))
 }
 
 #[derive(Debug, Default)]
@@ -75,10 +78,17 @@ impl NodeStore {
                         let _ = std::fs::remove_file(e.path());
                     }
                 }
-                Some(Disk { dir, policy: Mutex::new(policy) })
+                Some(Disk {
+                    dir,
+                    policy: Mutex::new(policy),
+                })
             }
         };
-        Ok(NodeStore { mem: Mutex::new((Lru2::new(memory), HashMap::new())), disk, metrics: NodeMetrics::default() })
+        Ok(NodeStore {
+            mem: Mutex::new((Lru2::new(memory), HashMap::new())),
+            disk,
+            metrics: NodeMetrics::default(),
+        })
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, (Lru2<String>, HashMap<String, Bytes>)> {
@@ -107,8 +117,15 @@ impl NodeStore {
         if let Some(d) = &self.disk {
             for (k, v) in demoted {
                 let tmp = d.dir.join(format!(".tmp-{k}"));
-                if std::fs::write(&tmp, &v).and_then(|_| std::fs::rename(&tmp, d.dir.join(&k))).is_ok() {
-                    let gone = d.policy.lock().unwrap_or_else(|p| p.into_inner()).insert(k, v.len() as u64);
+                if std::fs::write(&tmp, &v)
+                    .and_then(|_| std::fs::rename(&tmp, d.dir.join(&k)))
+                    .is_ok()
+                {
+                    let gone = d
+                        .policy
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(k, v.len() as u64);
                     for g in gone {
                         let _ = std::fs::remove_file(d.dir.join(g));
                     }
@@ -132,7 +149,11 @@ impl NodeStore {
             }
         }
         if let Some(d) = &self.disk {
-            let known = d.policy.lock().unwrap_or_else(|p| p.into_inner()).touch(&key.to_string());
+            let known = d
+                .policy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .touch(&key.to_string());
             if known {
                 if let Ok(v) = std::fs::read(d.dir.join(key)) {
                     self.metrics.hits_disk.fetch_add(1, Ordering::Relaxed);
@@ -159,7 +180,8 @@ impl NodeStore {
         ] {
             let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
         }
-        m.get_latency.render(&mut out, "lode_node_get_seconds", "tier=\"any\"");
+        m.get_latency
+            .render(&mut out, "lode_node_get_seconds", "tier=\"any\"");
         let g = self.mem();
         let _ = writeln!(out, "lode_node_bytes{{tier=\"memory\"}} {}", g.0.weight());
         let _ = writeln!(out, "lode_node_stripes{{tier=\"memory\"}} {}", g.0.len());
@@ -182,7 +204,10 @@ fn respond(status: StatusCode, body: Bytes) -> Response<Body> {
 }
 
 /// Handles one request.
-pub async fn handle(store: Arc<NodeStore>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+pub async fn handle(
+    store: Arc<NodeStore>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if path == "/health" {
@@ -193,7 +218,10 @@ pub async fn handle(store: Arc<NodeStore>, req: Request<Incoming>) -> Result<Res
     }
     let Some(key) = path.strip_prefix("/s/").filter(|k| valid_key(k)) else {
         store.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-        return Ok(respond(StatusCode::BAD_REQUEST, Bytes::from_static(b"bad key\n")));
+        return Ok(respond(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(b"bad key\n"),
+        ));
     };
     let key = key.to_string();
     Ok(match method {
@@ -204,7 +232,8 @@ pub async fn handle(store: Arc<NodeStore>, req: Request<Incoming>) -> Result<Res
         Method::HEAD => match store.get(&key) {
             Some(v) => {
                 let mut r = respond(StatusCode::OK, Bytes::new());
-                r.headers_mut().insert(hyper::header::CONTENT_LENGTH, v.len().into());
+                r.headers_mut()
+                    .insert(hyper::header::CONTENT_LENGTH, v.len().into());
                 r
             }
             None => respond(StatusCode::NOT_FOUND, Bytes::new()),
@@ -218,7 +247,10 @@ pub async fn handle(store: Arc<NodeStore>, req: Request<Incoming>) -> Result<Res
                 }
                 _ => {
                     store.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                    respond(StatusCode::PAYLOAD_TOO_LARGE, Bytes::from_static(b"stripe too large or too slow\n"))
+                    respond(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        Bytes::from_static(b"stripe too large or too slow\n"),
+                    )
                 }
             }
         }
@@ -232,20 +264,29 @@ pub async fn handle(store: Arc<NodeStore>, req: Request<Incoming>) -> Result<Res
 pub async fn serve(listener: tokio::net::TcpListener, store: Arc<NodeStore>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let Ok((sock, _)) = listener.accept().await else { continue };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((sock, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let store = store.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(store.clone(), req));
-            let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            b.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            let mut b =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            b.http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
             b.http2()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .keep_alive_interval(Some(Duration::from_secs(10)))
                 .keep_alive_timeout(Duration::from_secs(10))
                 .max_concurrent_streams(256);
-            let _ = b.serve_connection(hyper_util::rt::TokioIo::new(sock), svc).await;
+            let _ = b
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                .await;
             drop(permit);
         });
     }

@@ -48,7 +48,10 @@ pub fn encode(chunk: &[u8]) -> Vec<Vec<u8>> {
 
 /// Parses a stripe's header: `(index, chunk length)`, or `None` if malformed.
 pub fn header(stripe: &[u8]) -> Option<(usize, usize)> {
-    if stripe.len() < HEADER || u16::from_le_bytes([stripe[0], stripe[1]]) != MAGIC || stripe[3] != 1 {
+    if stripe.len() < HEADER
+        || u16::from_le_bytes([stripe[0], stripe[1]]) != MAGIC
+        || stripe[3] != 1
+    {
         return None;
     }
     let idx = stripe[2] as usize;
@@ -86,7 +89,11 @@ pub fn decode(stripes: &[&[u8]]) -> Option<Vec<u8>> {
         }
     }
     for (i, s) in by_idx.iter().take(DATA).enumerate() {
-        out.extend_from_slice(if Some(i) == missing { &rebuilt } else { s.expect("present") });
+        out.extend_from_slice(if Some(i) == missing {
+            &rebuilt
+        } else {
+            s.expect("present")
+        });
     }
     out.truncate(len);
     Some(out)

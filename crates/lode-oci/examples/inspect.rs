@@ -8,7 +8,11 @@ use std::process::ExitCode;
 fn run(arg: &str) -> Result<(), Box<dyn std::error::Error>> {
     let image = lode_oci::Image::open(&arg.parse()?)?;
     println!("source: {}", image.source());
-    println!("config: {} ({} bytes)", image.config_digest(), image.config_json().len());
+    println!(
+        "config: {} ({} bytes)",
+        image.config_digest(),
+        image.config_json().len()
+    );
     for l in image.layers() {
         let mut r = image.open_layer(l.index)?;
         let mut entries = 0usize;

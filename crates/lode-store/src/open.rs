@@ -13,7 +13,11 @@ use std::time::Duration;
 /// so an unreachable store fails a command in seconds rather than hanging.
 pub fn retry_config() -> RetryConfig {
     RetryConfig {
-        backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(2), base: 2.0 },
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
         max_retries: 3,
         retry_timeout: Duration::from_secs(15),
     }
@@ -23,7 +27,10 @@ pub fn retry_config() -> RetryConfig {
 /// (standard AWS environment; `AWS_ENDPOINT_URL` for S3-compatible servers),
 /// or `memory://` (process-local, for tests).
 pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
-    let bad = |reason: &str| StoreError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| StoreError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
     if url == "memory://" || url == "memory:" {
         return Ok(Arc::new(InMemory::new()));
     }
@@ -36,9 +43,13 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
             .with_bucket_name(bucket)
             .with_retry(retry_config())
             .with_client_options(
-                ClientOptions::new().with_timeout(Duration::from_secs(30)).with_connect_timeout(Duration::from_secs(5)),
+                ClientOptions::new()
+                    .with_timeout(Duration::from_secs(30))
+                    .with_connect_timeout(Duration::from_secs(5)),
             );
-        let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .or_else(|_| std::env::var("AWS_ENDPOINT"))
+            .ok();
         if let Some(ep) = endpoint {
             b = b
                 .with_endpoint(&ep)
@@ -47,7 +58,11 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
         }
         let s3 = b.build().map_err(|e| bad(&e.to_string()))?;
         let prefix = prefix.trim_matches('/');
-        return Ok(if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) });
+        return Ok(if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(PrefixStore::new(s3, prefix))
+        });
     }
     let path = if let Some(p) = url.strip_prefix("file://") {
         if !p.starts_with('/') {
@@ -55,14 +70,19 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
         }
         p.to_string()
     } else if url.contains("://") {
-        return Err(bad("unknown scheme (use file:///DIR, a path, s3://BUCKET/PREFIX or memory://)"));
+        return Err(bad(
+            "unknown scheme (use file:///DIR, a path, s3://BUCKET/PREFIX or memory://)",
+        ));
     } else {
         url.to_string()
     };
     if path.is_empty() {
         return Err(bad("empty path"));
     }
-    std::fs::create_dir_all(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+    std::fs::create_dir_all(&path).map_err(|source| StoreError::Io {
+        path: path.clone(),
+        source,
+    })?;
     let local = LocalFileSystem::new_with_prefix(&path).map_err(|e| bad(&e.to_string()))?;
     Ok(Arc::new(local))
 }

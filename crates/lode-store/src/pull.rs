@@ -22,7 +22,12 @@ pub struct OpenedImage {
 
 /// Reads `tenant/name`'s manifest, checks its digest, tenant and root, and
 /// opens its key table with the tenant's key.
-pub async fn open_image(store: &Store, keys: &dyn KeyProvider, tenant: &str, name: &str) -> Result<OpenedImage> {
+pub async fn open_image(
+    store: &Store,
+    keys: &dyn KeyProvider,
+    tenant: &str,
+    name: &str,
+) -> Result<OpenedImage> {
     let digest = store.get_image(tenant, name).await?;
     let bytes = store.get_manifest(tenant, &digest).await?;
     let manifest = Manifest::decode(&bytes)?;
@@ -37,9 +42,16 @@ pub async fn open_image(store: &Store, keys: &dyn KeyProvider, tenant: &str, nam
     let root = store.root(&manifest.root).await?;
     if !root.state.readable() {
         tracing::error!(root = %root.id, state = ?root.state, "read from a root that is not readable");
-        return Err(StoreError::Roots(format!("image {tenant}/{name} lives in root {} which is {:?}: not readable", root.id, root.state)));
+        return Err(StoreError::Roots(format!(
+            "image {tenant}/{name} lives in root {} which is {:?}: not readable",
+            root.id, root.state
+        )));
     }
-    Ok(OpenedImage { digest, manifest, keys: table })
+    Ok(OpenedImage {
+        digest,
+        manifest,
+        keys: table,
+    })
 }
 
 /// What a pull did.
@@ -69,16 +81,27 @@ pub async fn pull_to_file(
 ) -> Result<PullReport> {
     let start = Instant::now();
     let img = open_image(store, keys.as_ref(), tenant, name).await?;
-    let io = |source| StoreError::Io { path: out.display().to_string(), source };
+    let io = |source| StoreError::Io {
+        path: out.display().to_string(),
+        source,
+    };
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let tmp = tempfile::Builder::new().prefix(".lode-pull.").suffix(".tmp").tempfile_in(dir).map_err(io)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".lode-pull.")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
     tmp.as_file().set_len(img.manifest.image_size).map_err(io)?;
     let file = Arc::new(tmp.as_file().try_clone().map_err(io)?);
     let m = &img.manifest;
-    let jobs = m.names.iter().enumerate().filter_map(|(i, n)| n.map(|n| (i, n)));
+    let jobs = m
+        .names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.map(|n| (i, n)));
     let bytes: Vec<u64> = futures::stream::iter(jobs)
         .map(|(i, name)| {
             let secret = img.keys.0[i];
@@ -90,9 +113,13 @@ pub async fn pull_to_file(
                 let n = ct.len() as u64;
                 let secret = secret.ok_or(StoreError::Task(format!("chunk {i} has no key")))?;
                 tokio::task::spawn_blocking(move || {
-                    let pt = open_chunk(i as u64, &name, &secret.key, &secret.plain_sha, ct.to_vec())?;
+                    let pt =
+                        open_chunk(i as u64, &name, &secret.key, &secret.plain_sha, ct.to_vec())?;
                     file.write_all_at(&pt, i as u64 * chunk_size)
-                        .map_err(|source| StoreError::Io { path: "output".into(), source })?;
+                        .map_err(|source| StoreError::Io {
+                            path: "output".into(),
+                            source,
+                        })?;
                     Ok::<_, StoreError>(n)
                 })
                 .await

@@ -32,7 +32,10 @@ pub struct PushOptions {
 
 impl Default for PushOptions {
     fn default() -> Self {
-        PushOptions { concurrency: 16, progress: Arc::default() }
+        PushOptions {
+            concurrency: 16,
+            progress: Arc::default(),
+        }
     }
 }
 
@@ -89,7 +92,12 @@ fn seek_data(fd: i32, off: u64) -> Option<u64> {
 }
 
 /// Reads chunk `i` and seals it; `None` for an all-zero chunk.
-fn read_and_seal(file: &std::fs::File, size: u64, i: u64, salt: &Salt) -> std::io::Result<Option<lode_chunk::SealedChunk>> {
+fn read_and_seal(
+    file: &std::fs::File,
+    size: u64,
+    i: u64,
+    salt: &Salt,
+) -> std::io::Result<Option<lode_chunk::SealedChunk>> {
     let off = i * u64::from(CHUNK_SIZE);
     let len = (size - off).min(u64::from(CHUNK_SIZE));
     if is_hole(file, off, len) {
@@ -118,7 +126,10 @@ pub async fn push_file(
     let start = Instant::now();
     lode_chunk::keys::check_tenant(tenant)?;
     check_name(name)?;
-    let io = |source| StoreError::Io { path: image.display().to_string(), source };
+    let io = |source| StoreError::Io {
+        path: image.display().to_string(),
+        source,
+    };
     let file = Arc::new(std::fs::File::open(image).map_err(io)?);
     let size = file.metadata().map_err(io)?.len();
     let root = store.active_root(keys.as_ref()).await?;
@@ -130,19 +141,25 @@ pub async fn push_file(
             let progress = opts.progress.clone();
             let path = image.display().to_string();
             async move {
-                let sealed = tokio::task::spawn_blocking(move || read_and_seal(&file, size, i, &salt))
-                    .await
-                    .map_err(|e| StoreError::Task(e.to_string()))?
-                    .map_err(|source| StoreError::Io { path, source })?;
+                let sealed =
+                    tokio::task::spawn_blocking(move || read_and_seal(&file, size, i, &salt))
+                        .await
+                        .map_err(|e| StoreError::Task(e.to_string()))?
+                        .map_err(|source| StoreError::Io { path, source })?;
                 let out = match sealed {
                     None => Outcome::Hole,
                     Some(s) => {
-                        let secret = ChunkSecret { key: s.key, plain_sha: s.plain_sha };
+                        let secret = ChunkSecret {
+                            key: s.key,
+                            plain_sha: s.plain_sha,
+                        };
                         if store.has_chunk(&root_id, &s.name).await? {
                             Outcome::Already(s.name, secret)
                         } else {
                             let n = s.ciphertext.len() as u64;
-                            store.put_chunk(&root_id, &s.name, s.ciphertext.into()).await?;
+                            store
+                                .put_chunk(&root_id, &s.name, s.ciphertext.into())
+                                .await?;
                             progress.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
                             Outcome::Uploaded(s.name, secret, n)
                         }
@@ -185,7 +202,15 @@ pub async fn push_file(
             }
         }
     }
-    let manifest = Manifest::seal(tenant, size, CHUNK_SIZE, &root.id, names, &secrets, keys.as_ref())?;
+    let manifest = Manifest::seal(
+        tenant,
+        size,
+        CHUNK_SIZE,
+        &root.id,
+        names,
+        &secrets,
+        keys.as_ref(),
+    )?;
     report.manifest = store.put_manifest(tenant, manifest.encode().into()).await?;
     store.set_image(tenant, name, &report.manifest).await?;
     report.seconds = start.elapsed().as_secs_f64();

@@ -36,7 +36,10 @@ impl RootState {
     /// True if `self → next` is allowed (one way, one step at a time).
     pub fn can_move_to(self, next: RootState) -> bool {
         use RootState::*;
-        matches!((self, next), (Active, Retired) | (Retired, Expired) | (Expired, Deleted))
+        matches!(
+            (self, next),
+            (Active, Retired) | (Retired, Expired) | (Expired, Deleted)
+        )
     }
 
     /// True if chunks may be read from a root in this state.
@@ -72,14 +75,24 @@ impl Store {
             .object_store()
             .list_with_delimiter(Some(&prefix))
             .await
-            .map_err(|source| StoreError::Backend { op: "list", path: "roots/".into(), source })?;
+            .map_err(|source| StoreError::Backend {
+                op: "list",
+                path: "roots/".into(),
+                source,
+            })?;
         let mut out = Vec::new();
         for p in list.common_prefixes {
             let Some(id) = p.filename() else { continue };
             let path = root_path(id);
-            let Some(bytes) = self.get_opt(&path).await? else { continue };
-            let info: RootInfo = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::BadDocument { what: "root", path: path.to_string(), reason: e.to_string() })?;
+            let Some(bytes) = self.get_opt(&path).await? else {
+                continue;
+            };
+            let info: RootInfo =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
+                    what: "root",
+                    path: path.to_string(),
+                    reason: e.to_string(),
+                })?;
             out.push(info);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -89,8 +102,15 @@ impl Store {
     /// Reads one root.
     pub async fn root(&self, id: &str) -> Result<RootInfo> {
         let path = root_path(id);
-        let bytes = self.get_opt(&path).await?.ok_or(StoreError::Missing { what: "root", path: path.to_string() })?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument { what: "root", path: path.to_string(), reason: e.to_string() })
+        let bytes = self.get_opt(&path).await?.ok_or(StoreError::Missing {
+            what: "root",
+            path: path.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
+            what: "root",
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     async fn write_root(&self, r: &RootInfo) -> Result<()> {
@@ -99,12 +119,24 @@ impl Store {
     }
 
     async fn new_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let created = now.as_secs();
         let salt_id = keys.new_salt()?;
         // Fixed-width time first: ids sort in creation order.
-        let id = format!("r{created:010}{:09}-{}", now.subsec_nanos(), &salt_id[..8.min(salt_id.len())]);
-        let r = RootInfo { version: 1, id, state: RootState::Active, salt_id, created };
+        let id = format!(
+            "r{created:010}{:09}-{}",
+            now.subsec_nanos(),
+            &salt_id[..8.min(salt_id.len())]
+        );
+        let r = RootInfo {
+            version: 1,
+            id,
+            state: RootState::Active,
+            salt_id,
+            created,
+        };
         self.write_root(&r).await?;
         Ok(r)
     }
@@ -119,7 +151,9 @@ impl Store {
         if roots.is_empty() {
             return self.new_root(keys).await;
         }
-        Err(StoreError::Roots("no active root; run `lode root rotate` to create one".into()))
+        Err(StoreError::Roots(
+            "no active root; run `lode root rotate` to create one".into(),
+        ))
     }
 
     /// Creates a new active root with a fresh salt and retires the others.
@@ -174,9 +208,18 @@ mod tests {
         let (second, retired) = s.rotate_root(&keys).await.unwrap();
         assert_eq!(retired.len(), 1);
         let roots = s.roots().await.unwrap();
-        assert_eq!(roots.iter().filter(|r| r.state == RootState::Active).count(), 1);
+        assert_eq!(
+            roots
+                .iter()
+                .filter(|r| r.state == RootState::Active)
+                .count(),
+            1
+        );
         assert_eq!(s.active_root(&keys).await.unwrap().id, second.id);
         assert_ne!(first.salt_id, second.salt_id);
-        assert!(s.set_root_state(&second.id, RootState::Expired).await.is_err());
+        assert!(s
+            .set_root_state(&second.id, RootState::Expired)
+            .await
+            .is_err());
     }
 }

@@ -37,7 +37,8 @@ pub fn check_name(n: &str) -> Result<()> {
     let ok = !n.is_empty()
         && n.len() <= 128
         && !n.starts_with('.')
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -49,18 +50,28 @@ fn hex_of(digest: &str) -> Result<&str> {
     digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| StoreError::BadDocument { what: "manifest digest", path: digest.to_string(), reason: "not sha256:<64 hex>".into() })
+        .ok_or_else(|| StoreError::BadDocument {
+            what: "manifest digest",
+            path: digest.to_string(),
+            reason: "not sha256:<64 hex>".into(),
+        })
 }
 
 impl Store {
     /// Opens the store at `url` (see [`crate::open_url`]).
     pub fn open(url: &str) -> Result<Store> {
-        Ok(Store { inner: crate::open::open_url(url)?, url: url.to_string() })
+        Ok(Store {
+            inner: crate::open::open_url(url)?,
+            url: url.to_string(),
+        })
     }
 
     /// Wraps an existing object store (e.g. a throttled or failing one in tests).
     pub fn from_object_store(inner: Arc<dyn ObjectStore>, url: &str) -> Store {
-        Store { inner, url: url.to_string() }
+        Store {
+            inner,
+            url: url.to_string(),
+        }
     }
 
     /// The URL it was opened with.
@@ -79,8 +90,15 @@ impl Store {
         Path::from(format!("roots/{root}/chunks/{}/{h}", &h[..2]))
     }
 
-    fn backend<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(object_store::Error) -> StoreError + 'a {
-        move |source| StoreError::Backend { op, path: path.to_string(), source }
+    fn backend<'a>(
+        op: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(object_store::Error) -> StoreError + 'a {
+        move |source| StoreError::Backend {
+            op,
+            path: path.to_string(),
+            source,
+        }
     }
 
     /// Reads a whole object; `Ok(None)` if it does not exist.
@@ -94,7 +112,10 @@ impl Store {
 
     /// Writes a whole object (atomically: readers see all of it or nothing).
     pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<()> {
-        self.inner.put(path, PutPayload::from(bytes)).await.map_err(Self::backend("put", path))?;
+        self.inner
+            .put(path, PutPayload::from(bytes))
+            .await
+            .map_err(Self::backend("put", path))?;
         Ok(())
     }
 
@@ -120,7 +141,10 @@ impl Store {
     /// Reads a chunk's ciphertext (unverified: callers check it against its name).
     pub async fn get_chunk(&self, root: &str, name: &ChunkName) -> Result<Bytes> {
         let path = Self::chunk_path(root, name);
-        self.get_opt(&path).await?.ok_or(StoreError::Missing { what: "chunk", path: path.to_string() })
+        self.get_opt(&path).await?.ok_or(StoreError::Missing {
+            what: "chunk",
+            path: path.to_string(),
+        })
     }
 
     /// Stores a manifest under its digest and returns the digest.
@@ -134,10 +158,18 @@ impl Store {
     /// Reads a manifest and checks it against its digest.
     pub async fn get_manifest(&self, tenant: &str, digest: &str) -> Result<Bytes> {
         let path = Path::from(format!("tenants/{tenant}/manifests/{}", hex_of(digest)?));
-        let bytes = self.get_opt(&path).await?.ok_or(StoreError::Missing { what: "manifest", path: path.to_string() })?;
+        let bytes = self.get_opt(&path).await?.ok_or(StoreError::Missing {
+            what: "manifest",
+            path: path.to_string(),
+        })?;
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if actual != digest {
-            return Err(StoreError::Corrupt { what: "manifest", path: path.to_string(), expected: digest.into(), actual });
+            return Err(StoreError::Corrupt {
+                what: "manifest",
+                path: path.to_string(),
+                expected: digest.into(),
+                actual,
+            });
         }
         Ok(bytes)
     }
@@ -151,21 +183,31 @@ impl Store {
     /// Points `tenant/name` at a manifest.
     pub async fn set_image(&self, tenant: &str, name: &str, digest: &str) -> Result<()> {
         let path = Self::image_path(tenant, name)?;
-        let doc = serde_json::to_vec(&ImagePointer { version: 1, manifest: digest.to_string() })
-            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let doc = serde_json::to_vec(&ImagePointer {
+            version: 1,
+            manifest: digest.to_string(),
+        })
+        .map_err(|e| StoreError::Task(e.to_string()))?;
         self.put(&path, doc.into()).await
     }
 
     /// The manifest digest `tenant/name` points at.
     pub async fn get_image(&self, tenant: &str, name: &str) -> Result<String> {
         let path = Self::image_path(tenant, name)?;
-        let bytes = self.get_opt(&path).await?.ok_or_else(|| StoreError::ImageNotFound {
-            tenant: tenant.into(),
-            name: name.into(),
-            store: self.url.clone(),
-        })?;
-        let p: ImagePointer = serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError::BadDocument { what: "image pointer", path: path.to_string(), reason: e.to_string() })?;
+        let bytes = self
+            .get_opt(&path)
+            .await?
+            .ok_or_else(|| StoreError::ImageNotFound {
+                tenant: tenant.into(),
+                name: name.into(),
+                store: self.url.clone(),
+            })?;
+        let p: ImagePointer =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
+                what: "image pointer",
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
         hex_of(&p.manifest)?;
         Ok(p.manifest)
     }
@@ -176,12 +218,21 @@ impl Store {
             self.inner
                 .list_with_delimiter(Some(&p))
                 .await
-                .map_err(|source| StoreError::Backend { op: "list", path: p.to_string(), source })
+                .map_err(|source| StoreError::Backend {
+                    op: "list",
+                    path: p.to_string(),
+                    source,
+                })
         };
         let mut out = Vec::new();
         for t in list(Path::from("tenants")).await?.common_prefixes {
-            let Some(tenant) = t.filename().map(str::to_string) else { continue };
-            for o in list(Path::from(format!("tenants/{tenant}/images"))).await?.objects {
+            let Some(tenant) = t.filename().map(str::to_string) else {
+                continue;
+            };
+            for o in list(Path::from(format!("tenants/{tenant}/images")))
+                .await?
+                .objects
+            {
                 if let Some(name) = o.location.filename() {
                     out.push((tenant.clone(), name.to_string()));
                 }
@@ -193,12 +244,16 @@ impl Store {
 
     fn working_set_path(tenant: &str, digest: &str) -> Result<Path> {
         lode_chunk::keys::check_tenant(tenant)?;
-        Ok(Path::from(format!("tenants/{tenant}/workingsets/{}", hex_of(digest)?)))
+        Ok(Path::from(format!(
+            "tenants/{tenant}/workingsets/{}",
+            hex_of(digest)?
+        )))
     }
 
     /// Stores the sealed start-up working set of a manifest.
     pub async fn put_working_set(&self, tenant: &str, digest: &str, sealed: Bytes) -> Result<()> {
-        self.put(&Self::working_set_path(tenant, digest)?, sealed).await
+        self.put(&Self::working_set_path(tenant, digest)?, sealed)
+            .await
     }
 
     /// The sealed start-up working set of a manifest, if one was recorded.

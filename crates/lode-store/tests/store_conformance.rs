@@ -14,7 +14,7 @@ mod store_s3;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use lode_chunk::{seal_chunk, KeyProvider, Keyring, Manifest, Salt, CHUNK_SIZE};
-use lode_store::{push_file, pull_to_file, PushOptions, RootState, Store, StoreError};
+use lode_store::{pull_to_file, push_file, PushOptions, RootState, Store, StoreError};
 use object_store::path::Path as OPath;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -52,7 +52,13 @@ fn sample_image() -> Vec<u8> {
 
 async fn all_keys(store: &Store, prefix: &str) -> BTreeSet<String> {
     let p = OPath::from(prefix);
-    store.object_store().list(Some(&p)).map_ok(|m| m.location.to_string()).try_collect().await.unwrap()
+    store
+        .object_store()
+        .list(Some(&p))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 /// The suite. `label` names the backend in failure messages.
@@ -60,42 +66,82 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
     let keys: Arc<dyn KeyProvider> = Arc::new(Keyring::new(keys_dir));
 
     // --- An empty store.
-    assert!(store.roots().await.unwrap().is_empty(), "{label}: fresh store has roots");
+    assert!(
+        store.roots().await.unwrap().is_empty(),
+        "{label}: fresh store has roots"
+    );
     let missing = OPath::from("misc/nothing");
-    assert_eq!(store.get_opt(&missing).await.unwrap(), None, "{label}: get of a missing object");
-    assert!(!store.exists(&missing).await.unwrap(), "{label}: head of a missing object");
+    assert_eq!(
+        store.get_opt(&missing).await.unwrap(),
+        None,
+        "{label}: get of a missing object"
+    );
+    assert!(
+        !store.exists(&missing).await.unwrap(),
+        "{label}: head of a missing object"
+    );
     match store.get_image("alice", "nope").await {
-        Err(StoreError::ImageNotFound { tenant, name, .. }) => assert_eq!((tenant.as_str(), name.as_str()), ("alice", "nope")),
+        Err(StoreError::ImageNotFound { tenant, name, .. }) => {
+            assert_eq!((tenant.as_str(), name.as_str()), ("alice", "nope"))
+        }
         other => panic!("{label}: get_image of a missing image: {other:?}"),
     }
 
     // --- Whole objects: put, get, head, overwrite, empty and larger objects.
     let a = OPath::from("misc/a");
     store.put(&a, Bytes::from_static(b"first")).await.unwrap();
-    assert_eq!(store.get_opt(&a).await.unwrap().as_deref(), Some(&b"first"[..]), "{label}: get after put");
+    assert_eq!(
+        store.get_opt(&a).await.unwrap().as_deref(),
+        Some(&b"first"[..]),
+        "{label}: get after put"
+    );
     assert!(store.exists(&a).await.unwrap(), "{label}: head after put");
-    store.put(&a, Bytes::from_static(b"second, longer")).await.unwrap();
-    assert_eq!(store.get_opt(&a).await.unwrap().as_deref(), Some(&b"second, longer"[..]), "{label}: overwrite");
+    store
+        .put(&a, Bytes::from_static(b"second, longer"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_opt(&a).await.unwrap().as_deref(),
+        Some(&b"second, longer"[..]),
+        "{label}: overwrite"
+    );
     let empty = OPath::from("misc/empty");
     store.put(&empty, Bytes::new()).await.unwrap();
-    assert_eq!(store.get_opt(&empty).await.unwrap().as_deref(), Some(&b""[..]), "{label}: empty object");
+    assert_eq!(
+        store.get_opt(&empty).await.unwrap().as_deref(),
+        Some(&b""[..]),
+        "{label}: empty object"
+    );
     assert!(store.exists(&empty).await.unwrap());
     let big = Bytes::from(noise(9, 6 * 1024 * 1024 + 7));
     let bigp = OPath::from("misc/deep/er/big");
     store.put(&bigp, big.clone()).await.unwrap();
-    assert!(store.get_opt(&bigp).await.unwrap() == Some(big.clone()), "{label}: 6 MiB object round trip");
+    assert!(
+        store.get_opt(&bigp).await.unwrap() == Some(big.clone()),
+        "{label}: 6 MiB object round trip"
+    );
     assert_eq!(
         all_keys(store, "misc").await,
-        ["misc/a", "misc/deep/er/big", "misc/empty"].map(String::from).into_iter().collect(),
+        ["misc/a", "misc/deep/er/big", "misc/empty"]
+            .map(String::from)
+            .into_iter()
+            .collect(),
         "{label}: list misc/"
     );
 
     // --- Roots: the first active root is created once; rotation retires it.
     let r1 = store.active_root(keys.as_ref()).await.unwrap();
     assert_eq!(r1.state, RootState::Active);
-    assert_eq!(store.active_root(keys.as_ref()).await.unwrap(), r1, "{label}: active_root is stable");
+    assert_eq!(
+        store.active_root(keys.as_ref()).await.unwrap(),
+        r1,
+        "{label}: active_root is stable"
+    );
     assert_eq!(store.roots().await.unwrap(), vec![r1.clone()]);
-    assert!(store.exists(&OPath::from(format!("roots/{}/root.json", r1.id))).await.unwrap());
+    assert!(store
+        .exists(&OPath::from(format!("roots/{}/root.json", r1.id)))
+        .await
+        .unwrap());
     let salt1 = keys.salt(&r1.salt_id).unwrap();
 
     // --- Chunks: stored under roots/<root>/chunks/<2 hex>/<name>, name = SHA-256(ciphertext).
@@ -106,51 +152,133 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
         Err(StoreError::Missing { what: "chunk", .. }) => {}
         other => panic!("{label}: get of a missing chunk: {other:?}"),
     }
-    store.put_chunk(&r1.id, &sealed.name, sealed.ciphertext.clone().into()).await.unwrap();
-    assert!(store.has_chunk(&r1.id, &sealed.name).await.unwrap(), "{label}: has_chunk after put");
-    assert_eq!(store.get_chunk(&r1.id, &sealed.name).await.unwrap().as_ref(), &sealed.ciphertext[..]);
+    store
+        .put_chunk(&r1.id, &sealed.name, sealed.ciphertext.clone().into())
+        .await
+        .unwrap();
+    assert!(
+        store.has_chunk(&r1.id, &sealed.name).await.unwrap(),
+        "{label}: has_chunk after put"
+    );
+    assert_eq!(
+        store
+            .get_chunk(&r1.id, &sealed.name)
+            .await
+            .unwrap()
+            .as_ref(),
+        &sealed.ciphertext[..]
+    );
     let hex = sealed.name.to_hex();
-    assert_eq!(Store::chunk_path(&r1.id, &sealed.name).to_string(), format!("roots/{}/chunks/{}/{hex}", r1.id, &hex[..2]));
-    assert_eq!(Manifest::digest_of(&sealed.ciphertext), format!("sha256:{hex}"), "chunk name is SHA-256 of the ciphertext");
+    assert_eq!(
+        Store::chunk_path(&r1.id, &sealed.name).to_string(),
+        format!("roots/{}/chunks/{}/{hex}", r1.id, &hex[..2])
+    );
+    assert_eq!(
+        Manifest::digest_of(&sealed.ciphertext),
+        format!("sha256:{hex}"),
+        "chunk name is SHA-256 of the ciphertext"
+    );
     assert!(store.has_chunk(&r1.id, &sealed.name).await.unwrap());
-    assert!(!store.has_chunk("r-other", &sealed.name).await.unwrap(), "{label}: chunks are per root");
+    assert!(
+        !store.has_chunk("r-other", &sealed.name).await.unwrap(),
+        "{label}: chunks are per root"
+    );
 
     // --- Manifests: named by digest, checked on read.
     let mbytes = Bytes::from(noise(6, 3000));
     let digest = store.put_manifest("alice", mbytes.clone()).await.unwrap();
     assert_eq!(digest, Manifest::digest_of(&mbytes));
     assert_eq!(store.get_manifest("alice", &digest).await.unwrap(), mbytes);
-    assert!(store.exists(&OPath::from(format!("tenants/alice/manifests/{}", &digest[7..]))).await.unwrap());
+    assert!(store
+        .exists(&OPath::from(format!(
+            "tenants/alice/manifests/{}",
+            &digest[7..]
+        )))
+        .await
+        .unwrap());
     match store.get_manifest("bob", &digest).await {
-        Err(StoreError::Missing { what: "manifest", .. }) => {}
+        Err(StoreError::Missing {
+            what: "manifest", ..
+        }) => {}
         other => panic!("{label}: another tenant's manifest: {other:?}"),
     }
     let forged = Manifest::digest_of(b"something else");
-    store.put(&OPath::from(format!("tenants/alice/manifests/{}", &forged[7..])), mbytes.clone()).await.unwrap();
+    store
+        .put(
+            &OPath::from(format!("tenants/alice/manifests/{}", &forged[7..])),
+            mbytes.clone(),
+        )
+        .await
+        .unwrap();
     match store.get_manifest("alice", &forged).await {
-        Err(StoreError::Corrupt { what: "manifest", expected, actual, .. }) => {
+        Err(StoreError::Corrupt {
+            what: "manifest",
+            expected,
+            actual,
+            ..
+        }) => {
             assert_eq!((expected, actual), (forged.clone(), digest.clone()));
         }
         other => panic!("{label}: manifest under the wrong digest: {other:?}"),
     }
-    assert!(matches!(store.get_manifest("alice", "md5:abc").await, Err(StoreError::BadDocument { .. })));
+    assert!(matches!(
+        store.get_manifest("alice", "md5:abc").await,
+        Err(StoreError::BadDocument { .. })
+    ));
 
     // --- Image pointers.
     store.set_image("alice", "app:v1", &digest).await.unwrap();
     assert_eq!(store.get_image("alice", "app:v1").await.unwrap(), digest);
     store.set_image("alice", "app:v1", &forged).await.unwrap();
-    assert_eq!(store.get_image("alice", "app:v1").await.unwrap(), forged, "{label}: pointer overwrite");
-    assert!(matches!(store.get_image("bob", "app:v1").await, Err(StoreError::ImageNotFound { .. })));
-    assert!(matches!(store.set_image("alice", "../x", &digest).await, Err(StoreError::BadName(_))));
-    assert!(matches!(store.set_image("al/ice", "x", &digest).await, Err(StoreError::Chunk(_))));
-    store.put(&OPath::from("tenants/alice/images/broken"), Bytes::from_static(b"{not json")).await.unwrap();
-    assert!(matches!(store.get_image("alice", "broken").await, Err(StoreError::BadDocument { .. })));
+    assert_eq!(
+        store.get_image("alice", "app:v1").await.unwrap(),
+        forged,
+        "{label}: pointer overwrite"
+    );
+    assert!(matches!(
+        store.get_image("bob", "app:v1").await,
+        Err(StoreError::ImageNotFound { .. })
+    ));
+    assert!(matches!(
+        store.set_image("alice", "../x", &digest).await,
+        Err(StoreError::BadName(_))
+    ));
+    assert!(matches!(
+        store.set_image("al/ice", "x", &digest).await,
+        Err(StoreError::Chunk(_))
+    ));
+    store
+        .put(
+            &OPath::from("tenants/alice/images/broken"),
+            Bytes::from_static(b"{not json"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.get_image("alice", "broken").await,
+        Err(StoreError::BadDocument { .. })
+    ));
 
     // --- Listing with a delimiter (how roots are enumerated).
     store.set_image("bob", "x", &digest).await.unwrap();
-    let listed = store.object_store().list_with_delimiter(Some(&OPath::from("tenants"))).await.unwrap();
-    let tenants: BTreeSet<String> = listed.common_prefixes.iter().map(|p| p.to_string()).collect();
-    assert_eq!(tenants, ["tenants/alice", "tenants/bob"].map(String::from).into_iter().collect(), "{label}");
+    let listed = store
+        .object_store()
+        .list_with_delimiter(Some(&OPath::from("tenants")))
+        .await
+        .unwrap();
+    let tenants: BTreeSet<String> = listed
+        .common_prefixes
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(
+        tenants,
+        ["tenants/alice", "tenants/bob"]
+            .map(String::from)
+            .into_iter()
+            .collect(),
+        "{label}"
+    );
     assert!(listed.objects.is_empty());
 
     // --- Push and pull through the library: holes, a repeated chunk, a partial tail.
@@ -158,14 +286,33 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
     let img = sample_image();
     let src = work.path().join("img");
     std::fs::write(&src, &img).unwrap();
-    let opts = PushOptions { concurrency: 4, ..PushOptions::default() };
-    let rep = push_file(store, keys.clone(), &src, "alice", "sample", &opts).await.unwrap();
-    assert_eq!((rep.chunks, rep.holes, rep.image_bytes), (7, 2, img.len() as u64), "{label}: {rep:?}");
-    assert!(rep.uploaded >= 4 && rep.uploaded + rep.already == 5, "{label}: {rep:?}");
+    let opts = PushOptions {
+        concurrency: 4,
+        ..PushOptions::default()
+    };
+    let rep = push_file(store, keys.clone(), &src, "alice", "sample", &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        (rep.chunks, rep.holes, rep.image_bytes),
+        (7, 2, img.len() as u64),
+        "{label}: {rep:?}"
+    );
+    assert!(
+        rep.uploaded >= 4 && rep.uploaded + rep.already == 5,
+        "{label}: {rep:?}"
+    );
     assert_eq!(rep.root, r1.id);
-    let chunk_keys: BTreeSet<String> =
-        all_keys(store, &format!("roots/{}/chunks", r1.id)).await.into_iter().filter(|k| !k.ends_with(&hex)).collect();
-    assert_eq!(chunk_keys.len(), 4, "{label}: 4 distinct data chunks stored once each: {chunk_keys:?}");
+    let chunk_keys: BTreeSet<String> = all_keys(store, &format!("roots/{}/chunks", r1.id))
+        .await
+        .into_iter()
+        .filter(|k| !k.ends_with(&hex))
+        .collect();
+    assert_eq!(
+        chunk_keys.len(),
+        4,
+        "{label}: 4 distinct data chunks stored once each: {chunk_keys:?}"
+    );
     // Each stored chunk is the convergent encryption of the image's chunk under the root's salt.
     let expected: BTreeSet<String> = [0usize, 2, 5, 6]
         .iter()
@@ -176,34 +323,82 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
         .collect();
     assert_eq!(chunk_keys, expected, "{label}: stored chunk names");
     let out = work.path().join("out");
-    let pr = pull_to_file(store, keys.clone(), "alice", "sample", &out, 3).await.unwrap();
+    let pr = pull_to_file(store, keys.clone(), "alice", "sample", &out, 3)
+        .await
+        .unwrap();
     assert_eq!((pr.chunks, pr.fetched), (7, 5));
-    assert!(std::fs::read(&out).unwrap() == img, "{label}: pulled image differs");
-    let again = push_file(store, keys.clone(), &src, "alice", "sample", &opts).await.unwrap();
-    assert_eq!((again.uploaded, again.already, again.bytes_uploaded), (0, 5, 0), "{label}: {again:?}");
+    assert!(
+        std::fs::read(&out).unwrap() == img,
+        "{label}: pulled image differs"
+    );
+    let again = push_file(store, keys.clone(), &src, "alice", "sample", &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.uploaded, again.already, again.bytes_uploaded),
+        (0, 5, 0),
+        "{label}: {again:?}"
+    );
 
     // --- Rotation: new salt, new names; the retired root stays readable; an expired one is not.
     let (r2, retired) = store.rotate_root(keys.as_ref()).await.unwrap();
-    assert_eq!(retired.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![r1.id.clone()]);
+    assert_eq!(
+        retired.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        vec![r1.id.clone()]
+    );
     assert_ne!(r2.salt_id, r1.salt_id);
-    let states: Vec<(String, RootState)> = store.roots().await.unwrap().into_iter().map(|r| (r.id, r.state)).collect();
-    assert_eq!(states, vec![(r1.id.clone(), RootState::Retired), (r2.id.clone(), RootState::Active)], "{label}");
-    let rep2 = push_file(store, keys.clone(), &src, "alice", "sample-2", &opts).await.unwrap();
+    let states: Vec<(String, RootState)> = store
+        .roots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (r1.id.clone(), RootState::Retired),
+            (r2.id.clone(), RootState::Active)
+        ],
+        "{label}"
+    );
+    let rep2 = push_file(store, keys.clone(), &src, "alice", "sample-2", &opts)
+        .await
+        .unwrap();
     // Only the in-image repeat of chunk 0 can be found already stored (when chunk 0 won the race).
     assert_eq!(rep2.root, r2.id, "{label}");
-    assert!(rep2.uploaded >= 4 && rep2.uploaded + rep2.already == 5, "{label}: new root, new names: {rep2:?}");
+    assert!(
+        rep2.uploaded >= 4 && rep2.uploaded + rep2.already == 5,
+        "{label}: new root, new names: {rep2:?}"
+    );
     let out1 = work.path().join("out1");
-    pull_to_file(store, keys.clone(), "alice", "sample", &out1, 3).await.unwrap();
-    assert!(std::fs::read(&out1).unwrap() == img, "{label}: image in the retired root");
-    store.set_root_state(&r1.id, RootState::Expired).await.unwrap();
-    assert!(store.set_root_state(&r1.id, RootState::Active).await.is_err(), "{label}: roots move one way");
+    pull_to_file(store, keys.clone(), "alice", "sample", &out1, 3)
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(&out1).unwrap() == img,
+        "{label}: image in the retired root"
+    );
+    store
+        .set_root_state(&r1.id, RootState::Expired)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .set_root_state(&r1.id, RootState::Active)
+            .await
+            .is_err(),
+        "{label}: roots move one way"
+    );
     let out2 = work.path().join("out2");
     match pull_to_file(store, keys.clone(), "alice", "sample", &out2, 3).await {
         Err(StoreError::Roots(msg)) => assert!(msg.contains("not readable"), "{msg}"),
         other => panic!("{label}: pull from an expired root: {other:?}"),
     }
     assert!(!out2.exists());
-    pull_to_file(store, keys.clone(), "alice", "sample-2", &out2, 3).await.unwrap();
+    pull_to_file(store, keys.clone(), "alice", "sample-2", &out2, 3)
+        .await
+        .unwrap();
     assert!(std::fs::read(&out2).unwrap() == img);
 }
 
@@ -243,7 +438,13 @@ async fn conformance_s3_moto() {
     for (k, v) in moto.aws_env() {
         std::env::set_var(k, v);
     }
-    for k in ["AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"] {
+    for k in [
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT",
+        "AWS_DEFAULT_REGION",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ] {
         std::env::remove_var(k);
     }
     let keys = tempfile::tempdir().unwrap();
@@ -253,9 +454,19 @@ async fn conformance_s3_moto() {
     // Everything went under the prefix, nothing outside it.
     let all = moto.list_keys("lode-conf", "");
     assert!(!all.is_empty());
-    assert!(all.iter().all(|k| k.starts_with("some/prefix/")), "objects outside the prefix: {all:?}");
-    assert!(all.iter().any(|k| k == "some/prefix/tenants/alice/images/sample"), "{all:?}");
+    assert!(
+        all.iter().all(|k| k.starts_with("some/prefix/")),
+        "objects outside the prefix: {all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|k| k == "some/prefix/tenants/alice/images/sample"),
+        "{all:?}"
+    );
     // A missing bucket is an error, not an empty store.
     let nob = Store::open("s3://no-such-bucket").unwrap();
-    assert!(matches!(nob.roots().await, Err(StoreError::Backend { .. })), "missing bucket");
+    assert!(
+        matches!(nob.roots().await, Err(StoreError::Backend { .. })),
+        "missing bucket"
+    );
 }

@@ -20,7 +20,21 @@ fn pad4(out: &mut Vec<u8>) {
 }
 
 fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
-    let fields = [ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+    let fields = [
+        ino,
+        mode,
+        0,
+        0,
+        1,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0,
+    ];
     out.extend_from_slice(b"070701");
     for f in fields {
         out.extend_from_slice(format!("{f:08X}").as_bytes());
@@ -41,7 +55,9 @@ pub fn archive(members: &[Member]) -> Vec<u8> {
             Member::Dir(p, mode) => entry(&mut out, ino, p, 0o040000 | mode, &[], (0, 0)),
             Member::File(p, mode, d) => entry(&mut out, ino, p, 0o100000 | mode, d, (0, 0)),
             Member::Symlink(p, t) => entry(&mut out, ino, p, 0o120777, t.as_bytes(), (0, 0)),
-            Member::CharDev(p, mode, ma, mi) => entry(&mut out, ino, p, 0o020000 | mode, &[], (*ma, *mi)),
+            Member::CharDev(p, mode, ma, mi) => {
+                entry(&mut out, ino, p, 0o020000 | mode, &[], (*ma, *mi))
+            }
         }
     }
     entry(&mut out, 0, "TRAILER!!!", 0, &[], (0, 0));

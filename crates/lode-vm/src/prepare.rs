@@ -102,19 +102,31 @@ pub struct Assets {
 impl Assets {
     /// The assets in `dir`, if prepared.
     pub fn find(dir: &Path) -> Option<Assets> {
-        let a = Assets { kernel: dir.join("vmlinux"), initrd: dir.join("initrd.v5.cpio.gz") };
+        let a = Assets {
+            kernel: dir.join("vmlinux"),
+            initrd: dir.join("initrd.v5.cpio.gz"),
+        };
         (a.kernel.is_file() && a.initrd.is_file()).then_some(a)
     }
 }
 
 fn io(p: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
-    move |source| VmError::Io { path: p.display().to_string(), source }
+    move |source| VmError::Io {
+        path: p.display().to_string(),
+        source,
+    }
 }
 
 fn run(what: &str, cmd: &mut Command) -> Result<String, VmError> {
-    let out = cmd.output().map_err(|e| VmError::Tool { what: what.into(), detail: e.to_string() })?;
+    let out = cmd.output().map_err(|e| VmError::Tool {
+        what: what.into(),
+        detail: e.to_string(),
+    })?;
     if !out.status.success() {
-        return Err(VmError::Tool { what: what.into(), detail: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(VmError::Tool {
+            what: what.into(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -148,18 +160,32 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let debs = dir.join("debs");
     std::fs::create_dir_all(&debs).map_err(io(&debs))?;
-    let deps = run("apt-cache depends linux-image-amd64", Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let deps = run(
+        "apt-cache depends linux-image-amd64",
+        Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
+    )?;
     let kpkg = deps
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
-        .ok_or_else(|| VmError::Tool { what: "finding the kernel package".into(), detail: deps.clone() })?
+        .ok_or_else(|| VmError::Tool {
+            what: "finding the kernel package".into(),
+            detail: deps.clone(),
+        })?
         .to_string();
-    run("apt-get download", Command::new("apt-get").current_dir(&debs).args(["download", &kpkg, "busybox-static"]))?;
+    run(
+        "apt-get download",
+        Command::new("apt-get")
+            .current_dir(&debs)
+            .args(["download", &kpkg, "busybox-static"]),
+    )?;
     let x = dir.join("x");
     for e in std::fs::read_dir(&debs).map_err(io(&debs))?.flatten() {
         if e.path().extension().is_some_and(|x| x == "deb") {
-            run("dpkg-deb -x", Command::new("dpkg-deb").arg("-x").arg(e.path()).arg(&x))?;
+            run(
+                "dpkg-deb -x",
+                Command::new("dpkg-deb").arg("-x").arg(e.path()).arg(&x),
+            )?;
         }
     }
     // Kernel: the XZ payload of vmlinuz.
@@ -167,29 +193,47 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
         .map_err(io(&x))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz")))
-        .ok_or_else(|| VmError::Tool { what: "kernel".into(), detail: "no vmlinuz in the package".into() })?;
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz"))
+        })
+        .ok_or_else(|| VmError::Tool {
+            what: "kernel".into(),
+            detail: "no vmlinuz in the package".into(),
+        })?;
     let z = std::fs::read(&vmlinuz).map_err(io(&vmlinuz))?;
     let at = z
         .windows(6)
         .position(|w| w == b"\xfd7zXZ\0")
-        .ok_or_else(|| VmError::Tool { what: "kernel".into(), detail: "no XZ payload in vmlinuz".into() })?;
+        .ok_or_else(|| VmError::Tool {
+            what: "kernel".into(),
+            detail: "no XZ payload in vmlinuz".into(),
+        })?;
     let mut child = Command::new("xz")
         .args(["-dc", "--single-stream"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| VmError::Tool { what: "xz".into(), detail: e.to_string() })?;
+        .map_err(|e| VmError::Tool {
+            what: "xz".into(),
+            detail: e.to_string(),
+        })?;
     let mut stdin = child.stdin.take().expect("piped");
     let payload = z[at..].to_vec();
     let feeder = std::thread::spawn(move || {
         let _ = stdin.write_all(&payload);
     });
-    let out = child.wait_with_output().map_err(|e| VmError::Tool { what: "xz".into(), detail: e.to_string() })?;
+    let out = child.wait_with_output().map_err(|e| VmError::Tool {
+        what: "xz".into(),
+        detail: e.to_string(),
+    })?;
     let _ = feeder.join();
     if !out.stdout.starts_with(b"\x7fELF") {
-        return Err(VmError::Tool { what: "kernel".into(), detail: "decompressed payload is not an ELF".into() });
+        return Err(VmError::Tool {
+            what: "kernel".into(),
+            detail: "decompressed payload is not an ELF".into(),
+        });
     }
     // Initramfs.
     let busybox = x.join("bin/busybox");
@@ -208,7 +252,11 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
     let modroot = x.join("lib/modules");
     for m in MODULES {
         if let Some(p) = find_file(&modroot, &format!("{m}.ko")) {
-            members.push(Member::File(format!("lib/modules/{m}.ko"), 0o644, std::fs::read(&p).map_err(io(&p))?));
+            members.push(Member::File(
+                format!("lib/modules/{m}.ko"),
+                0o644,
+                std::fs::read(&p).map_err(io(&p))?,
+            ));
         }
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -217,5 +265,8 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
     write_atomic(&dir.join("vmlinux"), &out.stdout)?;
     write_atomic(&dir.join("initrd.v5.cpio.gz"), &initrd)?;
     let _ = std::fs::remove_dir_all(&x);
-    Assets::find(dir).ok_or_else(|| VmError::Tool { what: "prepare".into(), detail: "outputs missing".into() })
+    Assets::find(dir).ok_or_else(|| VmError::Tool {
+        what: "prepare".into(),
+        detail: "outputs missing".into(),
+    })
 }

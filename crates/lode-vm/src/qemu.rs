@@ -49,7 +49,10 @@ pub fn command_cpio(cmd: &[String], rw: bool) -> Vec<u8> {
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root\nexec chroot /newroot {}\n",
         quoted.join(" ")
     );
-    let mut m = vec![Member::Dir("lode".into(), 0o755), Member::File("lode/cmd.sh".into(), 0o755, script.into_bytes())];
+    let mut m = vec![
+        Member::Dir("lode".into(), 0o755),
+        Member::File("lode/cmd.sh".into(), 0o755, script.into_bytes()),
+    ];
     if rw {
         m.push(Member::File("lode/rw".into(), 0o644, Vec::new()));
     }
@@ -60,7 +63,14 @@ pub fn command_cpio(cmd: &[String], rw: bool) -> Vec<u8> {
 /// calibration under TCG.
 pub fn tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
     Some((mhz * 1000.0) as u64)
 }
 
@@ -74,11 +84,38 @@ impl RunSpec {
             append.push_str(&format!(" tsc_early_khz={k}"));
         }
         let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-accel", "tcg", "-M", "microvm", "-global", "virtio-mmio.force-legacy=false"]);
-        c.args(["-m", &self.memory_mib.to_string(), "-smp", "1", "-display", "none", "-no-reboot", "-nodefaults", "-serial", "stdio"]);
-        c.arg("-kernel").arg(&self.kernel).arg("-initrd").arg(&self.initrd).arg("-append").arg(append);
+        c.args([
+            "-accel",
+            "tcg",
+            "-M",
+            "microvm",
+            "-global",
+            "virtio-mmio.force-legacy=false",
+        ]);
+        c.args([
+            "-m",
+            &self.memory_mib.to_string(),
+            "-smp",
+            "1",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ]);
+        c.arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initrd)
+            .arg("-append")
+            .arg(append);
         match &self.disk {
-            Disk::Nbd { socket, export, read_only } => {
+            Disk::Nbd {
+                socket,
+                export,
+                read_only,
+            } => {
                 let ro = if *read_only { ",read-only=on" } else { "" };
                 c.arg("-blockdev").arg(format!(
                     "driver=nbd,server.type=unix,server.path={},export={export},node-name=d0{ro}",
@@ -87,9 +124,16 @@ impl RunSpec {
                 c.args(["-device", "virtio-blk-device,drive=d0"]);
             }
             Disk::VhostUser { socket } => {
-                c.args(["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", self.memory_mib)]);
+                c.args([
+                    "-object",
+                    &format!(
+                        "memory-backend-memfd,id=mem,size={}M,share=on",
+                        self.memory_mib
+                    ),
+                ]);
                 c.args(["-machine", "memory-backend=mem"]);
-                c.arg("-chardev").arg(format!("socket,id=c0,path={}", socket.display()));
+                c.arg("-chardev")
+                    .arg(format!("socket,id=c0,path={}", socket.display()));
                 c.args(["-device", "vhost-user-blk,chardev=c0"]);
             }
         }

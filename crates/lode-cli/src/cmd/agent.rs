@@ -56,28 +56,49 @@ impl CacheArgs {
     }
 
     /// Like [`Self::reader`], also returning the fleet tier for its metrics.
-    pub fn reader_with_fleet(&self) -> Result<(lode_store::Store, Arc<ChunkReader>, Option<Arc<FleetTier>>)> {
+    pub fn reader_with_fleet(
+        &self,
+    ) -> Result<(lode_store::Store, Arc<ChunkReader>, Option<Arc<FleetTier>>)> {
         let store = open_store(self.store.store.as_deref())?;
-        let dir = self.cache_dir.clone().unwrap_or_else(|| lode_home().join("cache"));
-        let disk = DiskCache::open(&dir, self.cache_size).with_context(|| format!("opening cache {}", dir.display()))?;
+        let dir = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| lode_home().join("cache"));
+        let disk = DiskCache::open(&dir, self.cache_size)
+            .with_context(|| format!("opening cache {}", dir.display()))?;
         let base = StoreTier::new(store.clone());
-        let tier: Arc<dyn ChunkTier> = if self.inject_store_latency_ms > 0.0 || self.inject_store_bandwidth.is_some() {
-            Arc::new(Bounded::new(
-                Delayed::new(base, Duration::from_secs_f64(self.inject_store_latency_ms / 1e3), self.inject_store_bandwidth),
-                Duration::from_secs_f64(self.store_timeout),
-                self.store_retries,
-                Duration::from_millis(50),
-            ))
-        } else {
-            Arc::new(Bounded::new(base, Duration::from_secs_f64(self.store_timeout), self.store_retries, Duration::from_millis(50)))
-        };
+        let tier: Arc<dyn ChunkTier> =
+            if self.inject_store_latency_ms > 0.0 || self.inject_store_bandwidth.is_some() {
+                Arc::new(Bounded::new(
+                    Delayed::new(
+                        base,
+                        Duration::from_secs_f64(self.inject_store_latency_ms / 1e3),
+                        self.inject_store_bandwidth,
+                    ),
+                    Duration::from_secs_f64(self.store_timeout),
+                    self.store_retries,
+                    Duration::from_millis(50),
+                ))
+            } else {
+                Arc::new(Bounded::new(
+                    base,
+                    Duration::from_secs_f64(self.store_timeout),
+                    self.store_retries,
+                    Duration::from_millis(50),
+                ))
+            };
         let mut tiers: Vec<Arc<dyn ChunkTier>> = Vec::new();
         let mut fleet = None;
         if let Some(spec) = &self.cache_nodes {
             let f = Arc::new(
-                lode_fleet::from_spec(spec, Duration::from_millis(self.fleet_timeout_ms)).map_err(|e| anyhow::anyhow!(e))?,
+                lode_fleet::from_spec(spec, Duration::from_millis(self.fleet_timeout_ms))
+                    .map_err(|e| anyhow::anyhow!(e))?,
             );
-            let n = spec.trim_start_matches("memcached://").split(',').filter(|s| !s.trim().is_empty()).count();
+            let n = spec
+                .trim_start_matches("memcached://")
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .count();
             if n < 5 {
                 eprintln!(
                     "lode: warning: {n} cache node(s): the 5 stripes of a chunk share nodes, so losing one node can lose 2 stripes \
@@ -90,7 +111,11 @@ impl CacheArgs {
         if !self.no_store {
             tiers.push(tier);
         }
-        Ok((store, Arc::new(ChunkReader::new(self.memory_cache, Some(disk), tiers)), fleet))
+        Ok((
+            store,
+            Arc::new(ChunkReader::new(self.memory_cache, Some(disk), tiers)),
+            fleet,
+        ))
     }
 }
 
@@ -128,18 +153,27 @@ pub fn run(args: Args) -> Result<()> {
             "all" => Prefetch::All,
             _ => Prefetch::Recorded,
         };
-        let exports = Arc::new(Exports::new(store, key_provider(), reader).with_policy(prefetch, args.record));
-        let overlay_dir = args.overlay_dir.clone().unwrap_or_else(|| lode_home().join("overlays"));
+        let exports = Arc::new(
+            Exports::new(store, key_provider(), reader).with_policy(prefetch, args.record),
+        );
+        let overlay_dir = args
+            .overlay_dir
+            .clone()
+            .unwrap_or_else(|| lode_home().join("overlays"));
         let server = Arc::new(Server::new(exports, ServerConfig { overlay_dir }));
         if let Some(m) = &args.metrics {
-            let l = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding metrics {m}"))?;
-            let extra: Option<lode_agent::metrics::Extra> =
-                fleet.map(|f| Arc::new(move |out: &mut String| f.render(out)) as lode_agent::metrics::Extra);
+            let l = tokio::net::TcpListener::bind(m)
+                .await
+                .with_context(|| format!("binding metrics {m}"))?;
+            let extra: Option<lode_agent::metrics::Extra> = fleet.map(|f| {
+                Arc::new(move |out: &mut String| f.render(out)) as lode_agent::metrics::Extra
+            });
             tokio::spawn(lode_agent::metrics::serve(l, server.clone(), extra));
         }
         if let Some(path) = args.listen.strip_prefix("unix:") {
             let _ = std::fs::remove_file(path);
-            let l = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {path}"))?;
+            let l =
+                tokio::net::UnixListener::bind(path).with_context(|| format!("binding {path}"))?;
             eprintln!("lode agent listening on unix:{path}");
             loop {
                 tokio::select! {
@@ -153,9 +187,14 @@ pub fn run(args: Args) -> Result<()> {
             let _ = std::fs::remove_file(path);
         } else {
             if args.listen.contains('/') {
-                bail!("--listen takes unix:PATH or HOST:PORT, got '{}'", args.listen);
+                bail!(
+                    "--listen takes unix:PATH or HOST:PORT, got '{}'",
+                    args.listen
+                );
             }
-            let l = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+            let l = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
             eprintln!("lode agent listening on {}", l.local_addr()?);
             loop {
                 tokio::select! {

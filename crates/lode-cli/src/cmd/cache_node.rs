@@ -30,13 +30,18 @@ pub struct Args {
 /// Runs a cache node until interrupted.
 pub fn run(args: Args) -> Result<()> {
     let store = Arc::new(
-        NodeStore::new(args.memory, args.disk.clone().zip(args.disk_size)).context("opening the disk tier")?,
+        NodeStore::new(args.memory, args.disk.clone().zip(args.disk_size))
+            .context("opening the disk tier")?,
     );
     runtime()?.block_on(async {
-        let l = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let l = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
         eprintln!("lode cache-node listening on {}", l.local_addr()?);
         if let Some(m) = &args.metrics {
-            let ml = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding {m}"))?;
+            let ml = tokio::net::TcpListener::bind(m)
+                .await
+                .with_context(|| format!("binding {m}"))?;
             tokio::spawn(lode_fleet::node::serve(ml, store.clone()));
         }
         tokio::select! {

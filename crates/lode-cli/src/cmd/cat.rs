@@ -31,7 +31,11 @@ struct Lazy {
 }
 
 impl ext4_view::Ext4Read for Lazy {
-    fn read(&mut self, start: u64, dst: &mut [u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+    fn read(
+        &mut self,
+        start: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
         let b = self.rt.block_on(self.image.read(start, dst.len() as u64))?;
         dst.copy_from_slice(&b);
         Ok(())
@@ -43,17 +47,32 @@ pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let rt = runtime()?;
     let (store, reader) = args.cache.reader()?;
-    let opened = rt.block_on(open_image(&store, key_provider().as_ref(), &args.tenant, &args.name))?;
-    let image = Arc::new(ImageHandle::new(format!("{}/{}", args.tenant, args.name), opened, reader.clone()));
-    let fs = ext4_view::Ext4::load(Box::new(Lazy { image: image.clone(), rt: rt.handle().clone() }))
-        .map_err(|e| anyhow!("reading the image's ext4 filesystem: {e}"))?;
-    let mut file = fs.open(args.path.as_str()).map_err(|e| anyhow!("{}: {e}", args.path))?;
+    let opened = rt.block_on(open_image(
+        &store,
+        key_provider().as_ref(),
+        &args.tenant,
+        &args.name,
+    ))?;
+    let image = Arc::new(ImageHandle::new(
+        format!("{}/{}", args.tenant, args.name),
+        opened,
+        reader.clone(),
+    ));
+    let fs = ext4_view::Ext4::load(Box::new(Lazy {
+        image: image.clone(),
+        rt: rt.handle().clone(),
+    }))
+    .map_err(|e| anyhow!("reading the image's ext4 filesystem: {e}"))?;
+    let mut file = fs
+        .open(args.path.as_str())
+        .map_err(|e| anyhow!("{}: {e}", args.path))?;
     let mut first_byte = None;
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = std::io::Read::read(&mut file, &mut buf).with_context(|| format!("reading {}", args.path))?;
+        let n = std::io::Read::read(&mut file, &mut buf)
+            .with_context(|| format!("reading {}", args.path))?;
         if n == 0 {
             break;
         }
@@ -71,7 +90,10 @@ pub fn run(args: Args) -> Result<()> {
         bytes += b;
         per_tier.push(format!("{l} {n}"));
     }
-    let disk_hits = reader.disk_metrics.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let disk_hits = reader
+        .disk_metrics
+        .hits
+        .load(std::sync::atomic::Ordering::Relaxed);
     per_tier.push(format!("local disk {disk_hits}"));
     eprintln!(
         "lode cat: {} bytes; chunks fetched {} / {} total ({}), bytes fetched {}, first byte {:.1} ms, total {:.1} ms",

@@ -37,7 +37,10 @@ pub fn run(args: Args) -> Result<()> {
     let report = flatten(
         &source,
         &args.output,
-        &FlattenOptions { size: args.size, progress: Some(&on_progress) },
+        &FlattenOptions {
+            size: args.size,
+            progress: Some(&on_progress),
+        },
     )?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();

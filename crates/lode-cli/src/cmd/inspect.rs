@@ -54,9 +54,25 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("image      {}/{}", m.tenant, args.name);
-        println!("manifest   {} ({} bytes, format v{})", img.digest, manifest_bytes, lode_chunk::manifest::VERSION);
-        println!("size       {} ({} bytes)", human(m.image_size), m.image_size);
-        println!("chunks     {} of {} : {} stored ({} unique), {} holes", m.names.len(), human(u64::from(m.chunk_size)), stored, unique.len(), m.names.len() - stored);
+        println!(
+            "manifest   {} ({} bytes, format v{})",
+            img.digest,
+            manifest_bytes,
+            lode_chunk::manifest::VERSION
+        );
+        println!(
+            "size       {} ({} bytes)",
+            human(m.image_size),
+            m.image_size
+        );
+        println!(
+            "chunks     {} of {} : {} stored ({} unique), {} holes",
+            m.names.len(),
+            human(u64::from(m.chunk_size)),
+            stored,
+            unique.len(),
+            m.names.len() - stored
+        );
         println!("root       {} ({:?})", m.root, root.state);
         println!("sealed     key table opened with the tenant's key: manifest authentic");
     }

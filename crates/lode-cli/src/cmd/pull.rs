@@ -27,7 +27,14 @@ pub struct Args {
 /// Runs `lode pull`.
 pub fn run(args: Args) -> Result<()> {
     let store = open_store(args.store.store.as_deref())?;
-    let r = runtime()?.block_on(pull_to_file(&store, key_provider(), &args.tenant, &args.name, &args.output, args.concurrency))?;
+    let r = runtime()?.block_on(pull_to_file(
+        &store,
+        key_provider(),
+        &args.tenant,
+        &args.name,
+        &args.output,
+        args.concurrency,
+    ))?;
     eprintln!(
         "pulled {}/{} into {}: {} of {} chunks fetched and verified, {} in {:.2} s",
         args.tenant,

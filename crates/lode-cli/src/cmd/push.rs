@@ -41,18 +41,33 @@ pub fn run(args: Args) -> Result<()> {
         let source: Source = args.source.parse()?;
         let dir = lode_home().join("tmp");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let t = tempfile::Builder::new().prefix("push-").suffix(".ext4").tempfile_in(&dir)?;
+        let t = tempfile::Builder::new()
+            .prefix("push-")
+            .suffix(".ext4")
+            .tempfile_in(&dir)?;
         let path = t.path().to_path_buf();
         let r = flatten(&source, &path, &FlattenOptions::default())?;
-        eprintln!("flattened {} layers into {} image", r.layers, human(r.summary.image_bytes));
+        eprintln!(
+            "flattened {} layers into {} image",
+            r.layers,
+            human(r.summary.image_bytes)
+        );
         _tmp = Some(t);
         path
     };
-    let opts = PushOptions { concurrency: args.concurrency, ..PushOptions::default() };
-    let size = std::fs::metadata(&image).with_context(|| format!("reading {}", image.display()))?.len();
+    let opts = PushOptions {
+        concurrency: args.concurrency,
+        ..PushOptions::default()
+    };
+    let size = std::fs::metadata(&image)
+        .with_context(|| format!("reading {}", image.display()))?
+        .len();
     let total = size.div_ceil(u64::from(lode_chunk::CHUNK_SIZE));
     let bar = ProgressBar::new(total);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} chunks {msg}").context("progress style")?);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} chunks {msg}")
+            .context("progress style")?,
+    );
     let rt = runtime()?;
     let report = rt.block_on(async {
         let progress = opts.progress.clone();
@@ -60,7 +75,10 @@ pub fn run(args: Args) -> Result<()> {
         let ticker = tokio::spawn(async move {
             loop {
                 b.set_position(progress.done.load(Ordering::Relaxed));
-                b.set_message(format!("{} uploaded", human(progress.uploaded_bytes.load(Ordering::Relaxed))));
+                b.set_message(format!(
+                    "{} uploaded",
+                    human(progress.uploaded_bytes.load(Ordering::Relaxed))
+                ));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });

@@ -29,7 +29,13 @@ pub fn run(args: Args) -> Result<()> {
                 println!("no roots yet (the first push creates one)");
             }
             for r in roots {
-                println!("{}  {:<8} salt {}  created {}", r.id, format!("{:?}", r.state).to_lowercase(), r.salt_id, r.created);
+                println!(
+                    "{}  {:<8} salt {}  created {}",
+                    r.id,
+                    format!("{:?}", r.state).to_lowercase(),
+                    r.salt_id,
+                    r.created
+                );
             }
         }
         Action::Rotate(s) => {

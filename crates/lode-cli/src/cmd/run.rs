@@ -54,21 +54,42 @@ pub fn run(args: Args) -> Result<i32> {
     let t0 = Instant::now();
     let dir = args.vm_dir.clone().unwrap_or_else(super::vm::vm_dir);
     let assets = lode_vm::prepare::Assets::find(&dir).with_context(|| {
-        format!("no guest kernel in {}: run `lode vm prepare` first", dir.display())
+        format!(
+            "no guest kernel in {}: run `lode vm prepare` first",
+            dir.display()
+        )
     })?;
-    if std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+    if std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         bail!("qemu-system-x86_64 is not installed (Debian: apt-get install -t bookworm-backports qemu-system-x86; see scripts/vm-deps.sh)");
     }
-    let work = tempfile::Builder::new().prefix("lode-run-").tempdir().context("temp dir")?;
+    let work = tempfile::Builder::new()
+        .prefix("lode-run-")
+        .tempdir()
+        .context("temp dir")?;
     let sock = work.path().join("agent.sock");
     let rt = runtime()?;
     let (server, export) = rt.block_on(async {
         let (store, reader) = args.cache.reader()?;
-        let exports = Arc::new(Exports::new(store, key_provider(), reader).with_policy(Prefetch::Recorded, false));
+        let exports = Arc::new(
+            Exports::new(store, key_provider(), reader).with_policy(Prefetch::Recorded, false),
+        );
         let export = format!("{}/{}", args.tenant, args.name);
-        exports.open(&export).await.with_context(|| format!("opening {export}"))?;
-        let server = Arc::new(Server::new(exports, ServerConfig { overlay_dir: work.path().join("overlays") }));
-        let l = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+        exports
+            .open(&export)
+            .await
+            .with_context(|| format!("opening {export}"))?;
+        let server = Arc::new(Server::new(
+            exports,
+            ServerConfig {
+                overlay_dir: work.path().join("overlays"),
+            },
+        ));
+        let l = tokio::net::UnixListener::bind(&sock)
+            .with_context(|| format!("binding {}", sock.display()))?;
         let s = server.clone();
         tokio::spawn(async move {
             while let Ok((c, _)) = l.accept().await {
@@ -79,7 +100,8 @@ pub fn run(args: Args) -> Result<i32> {
     })?;
     let agent_ready = t0.elapsed();
     // Base initramfs + this run's command, concatenated (the kernel unpacks both).
-    let mut initrd = std::fs::read(&assets.initrd).with_context(|| format!("reading {}", assets.initrd.display()))?;
+    let mut initrd = std::fs::read(&assets.initrd)
+        .with_context(|| format!("reading {}", assets.initrd.display()))?;
     // A following archive must start 4-byte aligned.
     initrd.resize(initrd.len().next_multiple_of(4), 0);
     initrd.extend_from_slice(&command_cpio(&args.cmd, args.rw));
@@ -88,7 +110,11 @@ pub fn run(args: Args) -> Result<i32> {
     let spec = RunSpec {
         kernel: assets.kernel.clone(),
         initrd: initrd_path,
-        disk: Disk::Nbd { socket: sock.clone(), export, read_only: !args.rw },
+        disk: Disk::Nbd {
+            socket: sock.clone(),
+            export,
+            read_only: !args.rw,
+        },
         memory_mib: args.memory,
     };
     let mut child = spec
@@ -105,7 +131,10 @@ pub fn run(args: Args) -> Result<i32> {
     let deadline = t0 + Duration::from_secs(args.timeout);
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -137,7 +166,11 @@ pub fn run(args: Args) -> Result<i32> {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if Instant::now() >= deadline {
                     let _ = child.kill();
-                    bail!("the VM did not finish within {} s; last console lines:\n{}", args.timeout, tail.join("\n"));
+                    bail!(
+                        "the VM did not finish within {} s; last console lines:\n{}",
+                        args.timeout,
+                        tail.join("\n")
+                    );
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -150,7 +183,11 @@ pub fn run(args: Args) -> Result<i32> {
         if let Some(mut e) = child.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut e, &mut err);
         }
-        bail!("the command did not run in the VM (qemu {qemu}); console:\n{}\n{}", tail.join("\n"), err.trim());
+        bail!(
+            "the command did not run in the VM (qemu {qemu}); console:\n{}\n{}",
+            tail.join("\n"),
+            err.trim()
+        );
     };
     let first_read = server.first_read.get().map(|t| t.duration_since(t0));
     let reader = server.exports().reader();
@@ -160,8 +197,20 @@ pub fn run(args: Args) -> Result<i32> {
         .enumerate()
         .map(|(i, l)| format!("{l} {}", reader.fetched_from(i).0))
         .collect();
-    tiers.insert(0, format!("local disk {}", reader.disk_metrics.hits.load(Ordering::Relaxed)));
-    tiers.insert(0, format!("memory {}", reader.memory_metrics.hits.load(Ordering::Relaxed)));
+    tiers.insert(
+        0,
+        format!(
+            "local disk {}",
+            reader.disk_metrics.hits.load(Ordering::Relaxed)
+        ),
+    );
+    tiers.insert(
+        0,
+        format!(
+            "memory {}",
+            reader.memory_metrics.hits.load(Ordering::Relaxed)
+        ),
+    );
     eprintln!(
         "lode run: agent ready {}, VM started {}, first byte read {}, CMD started {}, CMD exited {} (status {status}), VM off {}; chunks by tier: {}",
         ms(agent_ready),

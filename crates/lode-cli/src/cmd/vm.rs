@@ -32,7 +32,11 @@ pub fn run(args: Args) -> Result<()> {
         Action::Prepare { dir } => {
             let dir = dir.unwrap_or_else(vm_dir);
             let a = lode_vm::prepare(&dir)?;
-            println!("kernel {}\ninitrd {}", a.kernel.display(), a.initrd.display());
+            println!(
+                "kernel {}\ninitrd {}",
+                a.kernel.display(),
+                a.initrd.display()
+            );
         }
     }
     Ok(())

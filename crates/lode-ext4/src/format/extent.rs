@@ -48,7 +48,11 @@ pub fn push_run(extents: &mut Vec<Extent>, logical: u32, physical: u64, len: u32
     }
     while len > 0 {
         let take = len.min(MAX_EXTENT_LEN);
-        extents.push(Extent { logical, physical, len: take });
+        extents.push(Extent {
+            logical,
+            physical,
+            len: take,
+        });
         logical += take;
         physical += u64::from(take);
         len -= take;
@@ -96,7 +100,10 @@ pub fn build(extents: &[Extent], blocks: &[u64]) -> ExtentTree {
         for (i, e) in extents.iter().enumerate() {
             put_leaf(&mut root, 12 + 12 * i, e);
         }
-        return ExtentTree { root, blocks: vec![] };
+        return ExtentTree {
+            root,
+            blocks: vec![],
+        };
     }
     let mut next = blocks.iter().copied();
     let mut out = Vec::new();
@@ -108,7 +115,9 @@ pub fn build(extents: &[Extent], blocks: &[u64]) -> ExtentTree {
         for (i, e) in chunk.iter().enumerate() {
             put_leaf(&mut b, 12 + 12 * i, e);
         }
-        let pb = next.next().expect("caller reserved tree_blocks_needed blocks");
+        let pb = next
+            .next()
+            .expect("caller reserved tree_blocks_needed blocks");
         level.push((chunk[0].logical, pb));
         out.push((pb, b));
     }
@@ -121,7 +130,9 @@ pub fn build(extents: &[Extent], blocks: &[u64]) -> ExtentTree {
             for (i, (l, p)) in chunk.iter().enumerate() {
                 put_index(&mut b, 12 + 12 * i, *l, *p);
             }
-            let pb = next.next().expect("caller reserved tree_blocks_needed blocks");
+            let pb = next
+                .next()
+                .expect("caller reserved tree_blocks_needed blocks");
             up.push((chunk[0].0, pb));
             out.push((pb, b));
         }
@@ -146,7 +157,14 @@ mod tests {
         let mut v = Vec::new();
         push_run(&mut v, 0, 100, 10);
         push_run(&mut v, 10, 110, 5);
-        assert_eq!(v, vec![Extent { logical: 0, physical: 100, len: 15 }]);
+        assert_eq!(
+            v,
+            vec![Extent {
+                logical: 0,
+                physical: 100,
+                len: 15
+            }]
+        );
         push_run(&mut v, 20, 115, 70000);
         assert_eq!(v.len(), 4);
         assert_eq!(v[1].len, MAX_EXTENT_LEN);
@@ -155,7 +173,14 @@ mod tests {
 
     #[test]
     fn small_tree_is_inline() {
-        let t = build(&[Extent { logical: 0, physical: 7, len: 3 }], &[]);
+        let t = build(
+            &[Extent {
+                logical: 0,
+                physical: 7,
+                len: 3,
+            }],
+            &[],
+        );
         assert!(t.blocks.is_empty());
         assert_eq!(get16(&t.root, 0), EXTENT_MAGIC);
         assert_eq!(get16(&t.root, 2), 1);

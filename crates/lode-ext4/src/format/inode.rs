@@ -137,12 +137,24 @@ mod tests {
         assert_eq!(Timestamp { secs: -1, nsec: 5 }.encode(), (u32::MAX, 5 << 2));
         // 2038-01-19T03:14:08Z, one past i32::MAX: epoch bit 1.
         assert_eq!(
-            Timestamp { secs: 1 << 31, nsec: 0 }.encode(),
+            Timestamp {
+                secs: 1 << 31,
+                nsec: 0
+            }
+            .encode(),
             ((1u32 << 31), 1)
         );
         assert_eq!(
-            Timestamp { secs: i64::MAX, nsec: 0 }.encode(),
-            Timestamp { secs: Timestamp::MAX, nsec: 0 }.encode()
+            Timestamp {
+                secs: i64::MAX,
+                nsec: 0
+            }
+            .encode(),
+            Timestamp {
+                secs: Timestamp::MAX,
+                nsec: 0
+            }
+            .encode()
         );
     }
 
@@ -151,7 +163,10 @@ mod tests {
         assert_eq!(get32(&encode_device(1, 3), 0), 0x0103);
         let big = encode_device(259, 70000);
         assert_eq!(get32(&big, 0), 0);
-        assert_eq!(get32(&big, 4), (70000 & 0xff) | (259 << 8) | ((70000 & !0xff) << 12));
+        assert_eq!(
+            get32(&big, 4),
+            (70000 & 0xff) | (259 << 8) | ((70000 & !0xff) << 12)
+        );
     }
 
     #[test]

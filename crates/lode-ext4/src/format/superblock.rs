@@ -71,7 +71,11 @@ pub fn encode_superblock(p: &SuperblockParams) -> [u8; 1024] {
     put32(&mut b, 0x54, FIRST_INO);
     put16(&mut b, 0x58, INODE_SIZE as u16);
     put32(&mut b, 0x5C, COMPAT_EXT_ATTR | COMPAT_SPARSE_SUPER2);
-    put32(&mut b, 0x60, INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG);
+    put32(
+        &mut b,
+        0x60,
+        INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG,
+    );
     put32(
         &mut b,
         0x64,

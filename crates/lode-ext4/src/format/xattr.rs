@@ -108,7 +108,11 @@ impl Xattrs {
     }
 
     fn space(&self) -> usize {
-        self.0.iter().map(|(_, n, v)| entry_size(n.len()) + pad4(v.len())).sum::<usize>() + 4
+        self.0
+            .iter()
+            .map(|(_, n, v)| entry_size(n.len()) + pad4(v.len()))
+            .sum::<usize>()
+            + 4
     }
 
     /// Chooses in-inode storage when everything fits in `inline_space` bytes
@@ -173,7 +177,10 @@ mod tests {
     use super::*;
 
     fn map(items: &[(&str, &[u8])]) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        items.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect()
+        items
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+            .collect()
     }
 
     #[test]
@@ -213,7 +220,13 @@ mod tests {
     #[test]
     fn acl_is_converted_to_disk_format() {
         let mut v = 2u32.to_le_bytes().to_vec();
-        for (tag, perm, id) in [(1u16, 7u16, u32::MAX), (2, 5, 1000), (4, 5, u32::MAX), (0x10, 7, u32::MAX), (0x20, 4, u32::MAX)] {
+        for (tag, perm, id) in [
+            (1u16, 7u16, u32::MAX),
+            (2, 5, 1000),
+            (4, 5, u32::MAX),
+            (0x10, 7, u32::MAX),
+            (0x20, 4, u32::MAX),
+        ] {
             v.extend_from_slice(&tag.to_le_bytes());
             v.extend_from_slice(&perm.to_le_bytes());
             v.extend_from_slice(&id.to_le_bytes());

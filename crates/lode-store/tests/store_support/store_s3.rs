@@ -27,23 +27,32 @@ pub const AWS_SECRET: &str = "lode-test-secret";
 /// Region.
 pub const AWS_REGION: &str = "us-east-1";
 
-const MISSING: &str = "moto S3 server not found: run scripts/test.sh (it installs `moto[server]`), \
+const MISSING: &str =
+    "moto S3 server not found: run scripts/test.sh (it installs `moto[server]`), \
 or `pip install 'moto[server]'`, or set LODE_MOTO_SERVER to a moto_server command";
 
 fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// The command line that starts moto, without host and port.
 fn moto_command() -> Vec<String> {
     if let Some(c) = std::env::var_os("LODE_MOTO_SERVER").filter(|c| !c.is_empty()) {
-        return c.to_string_lossy().split_whitespace().map(str::to_owned).collect();
+        return c
+            .to_string_lossy()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
     }
     if let Some(p) = on_path("moto_server") {
         return vec![p.display().to_string()];
@@ -66,7 +75,11 @@ fn moto_command() -> Vec<String> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Sends one HTTP/1.1 request to moto and returns (status, body). No
@@ -95,8 +108,16 @@ pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP response: {text:.200}")))?;
-    let body_at = resp.windows(4).position(|w| w == b"\r\n\r\n").map_or(resp.len(), |p| p + 4);
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an HTTP response: {text:.200}"),
+            )
+        })?;
+    let body_at = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(resp.len(), |p| p + 4);
     Ok((status, resp[body_at..].to_vec()))
 }
 
@@ -114,7 +135,10 @@ impl MotoServer {
     /// test with moto's own output if it does not within 90 s).
     pub fn start() -> MotoServer {
         let cmd = moto_command();
-        let logdir = tempfile::Builder::new().prefix("lode-moto-").tempdir().unwrap();
+        let logdir = tempfile::Builder::new()
+            .prefix("lode-moto-")
+            .tempdir()
+            .unwrap();
         let mut last_err = String::new();
         // A port picked free can be taken before moto binds it: a few tries.
         for _attempt in 0..3 {
@@ -132,11 +156,17 @@ impl MotoServer {
                 Ok(c) => c,
                 Err(e) => panic!("{MISSING} (starting {cmd:?}: {e})"),
             };
-            let mut server = MotoServer { child, port, log, _logdir: None };
+            let mut server = MotoServer {
+                child,
+                port,
+                log,
+                _logdir: None,
+            };
             let deadline = Instant::now() + Duration::from_secs(90);
             loop {
                 if let Ok(Some(status)) = server.child.try_wait() {
-                    last_err = format!("moto ({cmd:?}) exited with {status}: {}", server.log_text());
+                    last_err =
+                        format!("moto ({cmd:?}) exited with {status}: {}", server.log_text());
                     break;
                 }
                 if let Ok((code, _)) = http(port, "GET", "/", b"") {
@@ -146,7 +176,10 @@ impl MotoServer {
                     }
                 }
                 if Instant::now() > deadline {
-                    panic!("moto ({cmd:?}) did not answer on port {port} within 90 s: {}", server.log_text());
+                    panic!(
+                        "moto ({cmd:?}) did not answer on port {port} within 90 s: {}",
+                        server.log_text()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -167,7 +200,12 @@ impl MotoServer {
     /// Creates a bucket (path-style `PUT /bucket`).
     pub fn create_bucket(&self, bucket: &str) {
         let (code, body) = http(self.port, "PUT", &format!("/{bucket}"), b"").expect("PUT bucket");
-        assert_eq!(code, 200, "creating bucket {bucket}: HTTP {code}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            code,
+            200,
+            "creating bucket {bucket}: HTTP {code}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
 
     /// The AWS environment that points an S3 client at this server.
@@ -193,7 +231,9 @@ impl MotoServer {
             let text = String::from_utf8_lossy(&body).into_owned();
             assert_eq!(code, 200, "listing {bucket}: {text}");
             keys.extend(xml_values(&text, "Key"));
-            token = xml_values(&text, "NextContinuationToken").into_iter().next();
+            token = xml_values(&text, "NextContinuationToken")
+                .into_iter()
+                .next();
             if token.is_none() {
                 return keys;
             }
@@ -202,21 +242,39 @@ impl MotoServer {
 
     /// Reads one object's bytes.
     pub fn get_object(&self, bucket: &str, key: &str) -> Vec<u8> {
-        let (code, body) = http(self.port, "GET", &format!("/{bucket}/{key}"), b"").expect("get object");
-        assert_eq!(code, 200, "GET {bucket}/{key}: {}", String::from_utf8_lossy(&body));
+        let (code, body) =
+            http(self.port, "GET", &format!("/{bucket}/{key}"), b"").expect("get object");
+        assert_eq!(
+            code,
+            200,
+            "GET {bucket}/{key}: {}",
+            String::from_utf8_lossy(&body)
+        );
         body
     }
 
     /// Overwrites one object's bytes.
     pub fn put_object(&self, bucket: &str, key: &str, bytes: &[u8]) {
-        let (code, body) = http(self.port, "PUT", &format!("/{bucket}/{key}"), bytes).expect("put object");
-        assert_eq!(code, 200, "PUT {bucket}/{key}: {}", String::from_utf8_lossy(&body));
+        let (code, body) =
+            http(self.port, "PUT", &format!("/{bucket}/{key}"), bytes).expect("put object");
+        assert_eq!(
+            code,
+            200,
+            "PUT {bucket}/{key}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
 }
 
 fn encode_query(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -227,7 +285,13 @@ fn xml_values(xml: &str, tag: &str) -> Vec<String> {
     while let Some(i) = rest.find(&open) {
         let after = &rest[i + open.len()..];
         let Some(j) = after.find(&close) else { break };
-        out.push(after[..j].replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\""));
+        out.push(
+            after[..j]
+                .replace("&amp;", "&")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\""),
+        );
         rest = &after[j + close.len()..];
     }
     out

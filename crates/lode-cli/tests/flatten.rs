@@ -1,0 +1,284 @@
+//! `lode flatten` end to end: rich layer stacks through both transports,
+//! checked with e2fsck, ext4-view and a real loop mount against the model.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::{big_tests, lode_bin, tmp};
+use lode_testkit::cli::assert_all_identical;
+use lode_testkit::content::SparseRegion;
+use lode_testkit::fixtures::{self, rich_stack, RichOptions};
+use lode_testkit::*;
+use std::fs;
+use std::path::Path;
+
+const MIB: u64 = 1024 * 1024;
+
+fn assert_only(dir: &Path, names: &[&str]) {
+    let mut got: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(
+        got,
+        want,
+        "unexpected files in {} (temp files left behind?)",
+        dir.display()
+    );
+}
+
+#[test]
+fn rich_stack_oci_gzip_zstd_plain() {
+    let layers = rich_stack(RichOptions::default());
+    let expected = Model::apply_all(&layers).unwrap();
+    let d = tmp();
+    let layout = d.path().join("oci");
+    write_oci_layout(
+        &layout,
+        &layers,
+        &[Compression::Gzip, Compression::Zstd, Compression::None],
+        Some("latest"),
+    )
+    .unwrap();
+    let out_dir = d.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("rich.ext4");
+    Flatten::new(lode_bin(), oci_source(&layout, Some("latest")), &out).run_ok();
+    assert_only(&out_dir, &["rich.ext4"]);
+    verify_image(
+        &out,
+        &expected,
+        "rich stack via oci (gzip, zstd, plain layers)",
+    );
+}
+
+#[test]
+fn rich_stack_docker_archive() {
+    let layers = rich_stack(RichOptions::default());
+    let expected = Model::apply_all(&layers).unwrap();
+    let d = tmp();
+    let archive = d.path().join("image.tar");
+    write_docker_archive(&archive, &layers, &["example.com/lode/rich:1"]).unwrap();
+    let out_dir = d.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("rich.ext4");
+    Flatten::new(
+        lode_bin(),
+        docker_source(&archive, Some("example.com/lode/rich:1")),
+        &out,
+    )
+    .run_ok();
+    assert_only(&out_dir, &["rich.ext4"]);
+    verify_image(
+        &out,
+        &expected,
+        "rich stack via docker-archive (legacy layout)",
+    );
+
+    // Docker >= 25 layout (blobs/sha256/...) gives the same bytes.
+    let archive2 = d.path().join("image-blobs.tar");
+    write_docker_archive_with(
+        &archive2,
+        &layers,
+        &DockerOptions {
+            repo_tags: vec!["example.com/lode/rich:1".into()],
+            layout: DockerLayout::Blobs,
+            ..DockerOptions::default()
+        },
+    )
+    .unwrap();
+    let out2 = out_dir.join("rich-blobs.ext4");
+    Flatten::new(lode_bin(), docker_source(&archive2, None), &out2).run_ok();
+    assert_all_identical(&[("legacy layout".into(), out), ("blobs layout".into(), out2)]);
+}
+
+/// References: `oci:DIR` without a ref picks the only manifest;
+/// `docker-archive:FILE` with and without `:repo:tag`.
+#[test]
+fn source_references() {
+    let layers = vec![
+        LayerSpec::with(vec![
+            Entry::dir("etc"),
+            Entry::file("etc/hostname", "lode\n"),
+        ]),
+        LayerSpec::with(vec![Entry::file("etc/motd", "hi\n").mode(0o600)]),
+    ];
+    let expected = Model::apply_all(&layers).unwrap();
+    let d = tmp();
+    let layout = d.path().join("oci");
+    write_oci_layout(&layout, &layers, &[Compression::Gzip], Some("v1.2")).unwrap();
+    let archive = d.path().join("img.tar");
+    write_docker_archive(&archive, &layers, &["registry.example:5000/ns/app:v1.2"]).unwrap();
+    let out_dir = d.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let sources = [
+        oci_source(&layout, None),
+        oci_source(&layout, Some("v1.2")),
+        docker_source(&archive, None),
+        docker_source(&archive, Some("registry.example:5000/ns/app:v1.2")),
+    ];
+    let mut outs = Vec::new();
+    for (i, s) in sources.iter().enumerate() {
+        let out = out_dir.join(format!("{i}.ext4"));
+        Flatten::new(lode_bin(), s.clone(), &out).run_ok();
+        verify_image(&out, &expected, s);
+        outs.push((s.clone(), out));
+    }
+    assert_all_identical(&outs);
+}
+
+/// Degenerate layers: an empty layer, a layer of only whiteouts, one of
+/// only an opaque marker, a whiteout of everything at the top level.
+#[test]
+fn degenerate_layers() {
+    let layers = vec![
+        LayerSpec::with(vec![
+            Entry::dir("a"),
+            Entry::file("a/1", "1"),
+            Entry::dir("b"),
+            Entry::file("b/2", "2"),
+            Entry::file("c", "3"),
+        ]),
+        LayerSpec::new(),
+        LayerSpec::with(vec![Entry::whiteout("c"), Entry::whiteout("a/1")]),
+        LayerSpec::with(vec![Entry::opaque("b")]),
+        LayerSpec::new(),
+    ];
+    let expected = Model::apply_all(&layers).unwrap();
+    let d = tmp();
+    let layout = d.path().join("oci");
+    write_oci_layout(
+        &layout,
+        &layers,
+        &[
+            Compression::None,
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::None,
+            Compression::Gzip,
+        ],
+        None,
+    )
+    .unwrap();
+    let out = d.path().join("out.ext4");
+    Flatten::new(lode_bin(), oci_source(&layout, None), &out).run_ok();
+    verify_image(&out, &expected, "degenerate layers");
+
+    // Everything deleted: the image holds only / and /lost+found.
+    let layers = vec![
+        LayerSpec::with(vec![Entry::file("x", "x"), Entry::dir("y")]),
+        LayerSpec::with(vec![Entry::whiteout("x"), Entry::whiteout("y")]),
+    ];
+    let expected = Model::apply_all(&layers).unwrap();
+    assert_eq!(expected.len(), 1);
+    let layout = d.path().join("oci2");
+    write_oci_layout(&layout, &layers, &[Compression::Gzip], None).unwrap();
+    let out = d.path().join("out2.ext4");
+    Flatten::new(lode_bin(), oci_source(&layout, None), &out).run_ok();
+    verify_image(&out, &expected, "all content whited out");
+}
+
+/// Files whose content needs many extents: a 600 MiB file (more than four
+/// 128 MiB extents, so an extent tree with index blocks) and a 2 GiB sparse
+/// file with 40 data islands. Generated on the fly, never in memory.
+/// Runs only with LODE_BIG_TESTS=1.
+#[test]
+fn big_files() {
+    if !big_tests() {
+        eprintln!("SKIP big_files: set LODE_BIG_TESTS=1 to run (600 MiB + 2 GiB sparse)");
+        return;
+    }
+    let layers = vec![
+        LayerSpec::with(vec![Entry::dir("big"), Entry::file("big/small", "s")]),
+        LayerSpec::with(vec![
+            Entry::file(
+                "big/huge",
+                Content::Pattern {
+                    size: 600 * MIB + 12_345,
+                    seed: 600,
+                },
+            ),
+            Entry::file(
+                "big/sparse",
+                Content::Sparse {
+                    size: 2048 * MIB,
+                    regions: (0..40)
+                        .map(|i| SparseRegion {
+                            offset: i * 51 * MIB + 4096 * i,
+                            len: 256 * 1024 + i,
+                            seed: i,
+                        })
+                        .collect(),
+                },
+            ),
+            Entry::file("big/zeros", Content::Zeros(300 * MIB)),
+        ]),
+    ];
+    let expected = Model::apply_all(&layers).unwrap();
+    let d = tmp();
+    let layout = d.path().join("oci");
+    write_oci_layout(
+        &layout,
+        &layers,
+        &[Compression::Gzip, Compression::None],
+        Some("big"),
+    )
+    .unwrap();
+    let out = d.path().join("big.ext4");
+    Flatten::new(lode_bin(), oci_source(&layout, Some("big")), &out).run_ok();
+    verify_image(&out, &expected, "big files");
+}
+
+/// The rich stack plus a 600 MiB file, via docker-archive (LODE_BIG_TESTS=1).
+#[test]
+fn rich_stack_with_huge_file() {
+    if !big_tests() {
+        eprintln!("SKIP rich_stack_with_huge_file: set LODE_BIG_TESTS=1 to run");
+        return;
+    }
+    let layers = rich_stack(RichOptions {
+        huge_file: true,
+        ..RichOptions::default()
+    });
+    let expected = Model::apply_all(&layers).unwrap();
+    let d = tmp();
+    let archive = d.path().join("image.tar");
+    write_docker_archive(&archive, &layers, &["lode/huge:1"]).unwrap();
+    let out = d.path().join("huge.ext4");
+    Flatten::new(lode_bin(), docker_source(&archive, None), &out).run_ok();
+    verify_image(&out, &expected, "rich stack with a 600 MiB file");
+}
+
+/// PAX records are length-prefixed, so values may contain any byte,
+/// including `\n`: binary xattr values (a `security.capability` whose mask
+/// has a 0x0a byte = CAP_DAC_OVERRIDE|CAP_FOWNER), and long names (> 100
+/// bytes, so written as PAX `path`/`linkpath`) containing a newline.
+#[test]
+#[ignore = "known bug: the tar crate splits PAX records on newlines (tar 0.4 pax.rs); lode needs its own length-prefixed PAX parser — tracked in the issue note"]
+fn pax_values_containing_newlines() {
+    let mut nl_name = b"nl/".to_vec();
+    nl_name.extend(std::iter::repeat_n(b'n', 120));
+    nl_name.extend_from_slice(b"\nend");
+    let layers = vec![LayerSpec::with(vec![
+        Entry::dir("nl"),
+        Entry::file("nl/cap", "x")
+            .mode(0o755)
+            .xattr("security.capability", fixtures::cap_v2(0x0a)),
+        Entry::file("nl/user", "y").xattr("user.multi-line", b"line 1\nline 2\n"),
+        Entry::file(&nl_name, "newline in a long name"),
+        Entry::symlink(
+            "nl/link",
+            [b"target/".as_slice(), &[b't'; 100], b"\nx"].concat(),
+        ),
+    ])];
+    let expected = Model::apply_all(&layers).unwrap();
+    let d = tmp();
+    let layout = d.path().join("oci");
+    write_oci_layout(&layout, &layers, &[Compression::Gzip], None).unwrap();
+    let out = d.path().join("nl.ext4");
+    Flatten::new(lode_bin(), oci_source(&layout, None), &out).run_ok();
+    verify_image(&out, &expected, "PAX values with newlines");
+}

@@ -1,0 +1,444 @@
+//! The AZ cache fleet under faults, with real `lode cache-node` processes:
+//! a node SIGKILLed during a read storm, a second node lost (store fallback,
+//! then no store at all), stripes corrupted on a node's disk, and nodes that
+//! restart empty.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common_agent;
+mod common_fleet;
+
+use common_agent::*;
+use common_fleet::*;
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const TENANT: &str = "acme";
+const NAME: &str = "blk";
+const EXPORT: &str = "acme/blk";
+
+fn stripe_errors(node: &CacheNode) -> String {
+    format!("lode_fleet_stripe_errors_total{{node=\"{}\"}}", node.addr)
+}
+
+/// A chunk-less copy of `env`'s store and an environment on it: agents
+/// there open manifests but can get chunks only from the fleet.
+fn fleet_only_env(env: &Env) -> Env {
+    let meta = env.path(&format!("store-meta-{}", std::process::id()));
+    if !meta.exists() {
+        copy_store_without_chunks(&env.store, &meta);
+    }
+    env_with_store(env, &meta)
+}
+
+fn fleet_args(spec: &str) -> [&str; 4] {
+    [
+        "--cache-nodes",
+        spec,
+        "--fleet-timeout-ms",
+        FLEET_TIMEOUT_MS,
+    ]
+}
+
+/// 3. Six nodes, warm fleet. Four qemu-img converts read through a fresh
+/// agent that has no chunk in its store; one node is SIGKILLed mid-storm:
+/// no client sees an error and every byte is right. With a second node
+/// killed, a fresh agent with the store falls back to it for the chunks that
+/// lost two stripes (right bytes, fallbacks > 0); with the store gone too,
+/// those reads fail with EIO — never wrong bytes — and qemu-img fails.
+#[test]
+fn node_killed_during_read_storm_then_second_node_then_store() {
+    let _serial = serial();
+    let t = Instant::now();
+    let env = Env::new();
+    let p = push_image(&env, TENANT, NAME, 48 * MIB + 12 * KIB);
+    let mut nodes = start_nodes(env.dir.path(), 6);
+    let spec = spec_of(&nodes);
+    warm_fleet(&env, &spec, EXPORT, &p.pulled, p.unique, 8);
+    let fo = fleet_only_env(&env);
+
+    // The storm: 4 concurrent full reads through one fresh fleet-only agent.
+    let f = fo.agent("storm", &fleet_args(&spec));
+    let uri = f.uri(EXPORT);
+    let barrier = Arc::new(Barrier::new(5));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (uri, barrier, out) = (
+                uri.clone(),
+                barrier.clone(),
+                fo.path(&format!("storm{i}.raw")),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                (qemu_img_convert(&uri, &out), out)
+            })
+        })
+        .collect();
+    barrier.wait();
+    // SIGKILL node 0 once a tenth of the chunks are read.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done_at_kill = loop {
+        let done = get(&f.metrics(), FIRST4);
+        if done >= (p.unique / 10) as f64 {
+            nodes[0].kill();
+            break done;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the storm read nothing in 60 s:\n{}",
+            fleet_summary(&f.metrics())
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    for (i, c) in clients.into_iter().enumerate() {
+        let (o, out) = c.join().unwrap();
+        o.ok();
+        assert_file_is(
+            &out,
+            &p.pulled,
+            &format!("storm client {i} (node 0 killed after {done_at_kill} chunks)"),
+        );
+        fs::remove_file(&out).unwrap();
+    }
+    let m = f.metrics();
+    let s = fleet_summary(&m);
+    assert!(
+        done_at_kill < p.unique as f64,
+        "the storm was over before the kill\n{s}"
+    );
+    assert_eq!(
+        get(&m, &tier_hits("fleet")),
+        p.unique as f64,
+        "storm: every chunk from the fleet\n{s}"
+    );
+    assert_eq!(
+        get(&m, FALLBACKS),
+        0.0,
+        "storm: fallbacks with one node down\n{s}"
+    );
+    assert!(
+        get(&m, &stripe_errors(&nodes[0])) > 0.0,
+        "storm: no stripe request hit the killed node after the kill\n{s}"
+    );
+    assert!(
+        get(&m, RECONSTRUCTIONS) > 0.0,
+        "storm: no chunk rebuilt from parity after losing a node\n{s}"
+    );
+    eprintln!(
+        "storm: node 0 killed after {done_at_kill} of {} chunks; {} stripe errors on it, {} reconstructions",
+        p.unique,
+        get(&m, &stripe_errors(&nodes[0])),
+        get(&m, RECONSTRUCTIONS)
+    );
+    drop(f);
+
+    // Second node down: chunks with stripes on both dead nodes (4 in 6 of
+    // them) are lost to the fleet; an agent with the store falls back.
+    nodes[1].kill();
+    let g = env.agent("fallback", &fleet_args(&spec));
+    let out = env.path("fallback.raw");
+    qemu_img_convert(&g.uri(EXPORT), &out).ok();
+    assert_file_is(
+        &out,
+        &p.pulled,
+        "two nodes down, store reachable: full read",
+    );
+    fs::remove_file(&out).unwrap();
+    let m = g.metrics();
+    let s = fleet_summary(&m);
+    let fb = get(&m, FALLBACKS);
+    assert!(fb > 0.0, "two nodes down: no fallback to the store\n{s}");
+    assert_eq!(
+        get(&m, &tier_hits("store")),
+        fb,
+        "two nodes down: store hits = fleet fallbacks\n{s}"
+    );
+    assert_eq!(
+        get(&m, &tier_hits("fleet")) + fb,
+        p.unique as f64,
+        "two nodes down: fleet + store hits\n{s}"
+    );
+    drop(g);
+
+    // And no store either: those chunks fail with EIO, never wrong bytes.
+    let h = fo.agent("nostore", &fleet_args(&spec));
+    let (ok, failed) = read_chunks_checked(&h.sock, EXPORT, &p.pulled);
+    assert!(
+        failed > 0,
+        "two nodes and the store gone: every chunk read succeeded ({ok})"
+    );
+    assert!(
+        ok > 0,
+        "two nodes gone: not even the chunks with 4 live stripes (or holes) were readable"
+    );
+    let o = qemu_img_convert(&h.uri(EXPORT), &fo.path("nostore.raw"));
+    assert!(
+        !o.status.success(),
+        "qemu-img convert succeeded with two nodes and the store gone"
+    );
+    let m = h.metrics();
+    assert!(
+        get(&m, FALLBACKS) > 0.0,
+        "no store: the fleet reported no failed read\n{}",
+        fleet_summary(&m)
+    );
+    eprintln!(
+        "two nodes down: {fb} of {} chunks from the store; without store: {ok} chunk reads ok, {failed} EIO; qemu-img: {}",
+        p.unique,
+        o.stderr.lines().last().unwrap_or("")
+    );
+    eprintln!(
+        "node_killed_during_read_storm_then_second_node_then_store: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Files of a node's disk tier, sorted (stripe keys `<chunk hex>.<j>`).
+fn disk_stripes(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// 4. Five nodes; node 0 keeps its stripes on disk only (`--memory 1`).
+/// Its stripe files are damaged in place: payload bytes flipped, one stripe
+/// swapped for another chunk's stripe of the same index (valid header, wrong
+/// content), one truncated. A fleet-only agent still reads every byte
+/// right: damaged sets fail the chunk-name check and the 5th stripe rebuilds
+/// the chunk. With a second node down, damaged chunks cannot be rebuilt and
+/// fail with EIO — never wrong bytes.
+#[test]
+fn corrupt_stripes_on_a_node_are_detected_never_served() {
+    let _serial = serial();
+    let t = Instant::now();
+    let env = Env::new();
+    let p = push_image(&env, TENANT, NAME, 32 * MIB + 12 * KIB);
+    let disk = env.path("node0-disk");
+    let d = disk.to_str().unwrap();
+    let mut nodes = vec![CacheNode::start(
+        env.dir.path(),
+        "0",
+        &["--memory", "1", "--disk", d, "--disk-size", "1G"],
+    )];
+    nodes.extend((1..5).map(|i| CacheNode::start(env.dir.path(), &i.to_string(), &[])));
+    let spec = spec_of(&nodes);
+    warm_fleet(&env, &spec, EXPORT, &p.pulled, p.unique, 8);
+
+    // Five nodes, five stripes per chunk: node 0 holds one stripe of each.
+    let files = disk_stripes(&disk);
+    assert_eq!(
+        files.len() as u64,
+        p.unique,
+        "node 0's disk tier holds one stripe per chunk: {files:?}"
+    );
+    let m0 = nodes[0].metrics();
+    assert_eq!(
+        get(&m0, "lode_node_stripes{tier=\"memory\"}"),
+        0.0,
+        "node 0 kept stripes in memory"
+    );
+    // Damage: flip a payload byte in most; swap one stripe for another
+    // chunk's stripe with the same index; truncate one.
+    let idx = |p: &Path| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .rsplit('.')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let mut swapped = None;
+    'outer: for a in &files {
+        for b in &files {
+            if a != b
+                && idx(a) == idx(b)
+                && fs::metadata(a).unwrap().len() == fs::metadata(b).unwrap().len()
+            {
+                swapped = Some((a.clone(), b.clone()));
+                break 'outer;
+            }
+        }
+    }
+    let (sa, sb) = swapped.expect("two full-size stripes with the same index on node 0");
+    fs::copy(&sb, &sa).unwrap();
+    let mut truncated = None;
+    for f in &files {
+        if *f == sa || *f == sb {
+            continue;
+        }
+        if truncated.is_none() {
+            let len = fs::metadata(f).unwrap().len();
+            fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_len(len - 1000)
+                .unwrap();
+            truncated = Some(f.clone());
+            continue;
+        }
+        let mut b = fs::read(f).unwrap();
+        let mid = 8 + (b.len() - 8) / 2;
+        b[mid] ^= 0x40;
+        fs::write(f, b).unwrap();
+    }
+
+    let fo = fleet_only_env(&env);
+    let a = fo.agent("a", &fleet_args(&spec));
+    let out = fo.path("a.raw");
+    qemu_img_convert(&a.uri(EXPORT), &out).ok();
+    assert_file_is(
+        &out,
+        &p.pulled,
+        "fleet-only read with node 0's stripes damaged",
+    );
+    fs::remove_file(&out).unwrap();
+    let m = a.metrics();
+    let s = fleet_summary(&m);
+    let hits_disk = get(&nodes[0].metrics(), "lode_node_hits_disk_total")
+        - get(&m0, "lode_node_hits_disk_total");
+    assert!(hits_disk > 0.0, "node 0 served no stripe from disk");
+    assert_eq!(
+        get(&m, &tier_hits("fleet")),
+        p.unique as f64,
+        "damaged node: fleet hits\n{s}"
+    );
+    assert_eq!(get(&m, FALLBACKS), 0.0, "damaged node: fallbacks\n{s}");
+    assert!(
+        get(&m, NEEDED_FIFTH) > 0.0,
+        "damaged node: no read needed the 5th stripe\n{s}"
+    );
+    assert!(
+        get(&m, FLEET_CORRUPT) > 0.0,
+        "damaged node: no corrupt stripe set detected\n{s}"
+    );
+    assert_eq!(
+        get(&m, FIRST4) + get(&m, NEEDED_FIFTH),
+        p.unique as f64,
+        "damaged node: first-4 + needed-5th reads\n{s}"
+    );
+    eprintln!(
+        "damaged node 0: {} of {} reads needed the 5th stripe, {} corrupt stripe sets detected, node 0 disk hits {hits_disk}",
+        get(&m, NEEDED_FIFTH),
+        p.unique,
+        get(&m, FLEET_CORRUPT)
+    );
+    drop(a);
+
+    // A second node down: only 4 stripes left per chunk, one of them
+    // damaged (except for the stripe node 0 now holds intact, if any).
+    nodes[4].kill();
+    let b = fo.agent("b", &fleet_args(&spec));
+    let (ok, failed) = read_chunks_checked(&b.sock, EXPORT, &p.pulled);
+    let m = b.metrics();
+    let s = fleet_summary(&m);
+    assert!(
+        failed > 0,
+        "damaged node + dead node: every chunk read succeeded ({ok})\n{s}"
+    );
+    assert!(
+        get(&m, FLEET_CORRUPT) > 0.0,
+        "damaged node + dead node: nothing detected as corrupt\n{s}"
+    );
+    eprintln!(
+        "damaged node 0 + node 4 dead: {ok} chunk reads ok (holes and intact sets), {failed} EIO"
+    );
+    eprintln!(
+        "corrupt_stripes_on_a_node_are_detected_never_served: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// 5. Five nodes, warm fleet. Node 0 restarts empty: reads still come from
+/// the fleet (4 of 5 stripes, rebuilt from parity) and — there being no
+/// miss — nothing refills it. Node 1 restarts empty too: now every chunk
+/// misses, comes from the store, and the fills write all 5 stripes again,
+/// node 0's and node 1's included. Then node 2 is SIGKILLed and a
+/// fleet-only agent still reads everything: nodes 0 and 1 were refilled.
+#[test]
+fn nodes_restarted_empty_are_refilled_by_later_misses() {
+    let _serial = serial();
+    let t = Instant::now();
+    let env = Env::new();
+    let p = push_image(&env, TENANT, NAME, 32 * MIB + 12 * KIB);
+    let mut nodes = start_nodes(env.dir.path(), 5);
+    let spec = spec_of(&nodes);
+    warm_fleet(&env, &spec, EXPORT, &p.pulled, p.unique, 8);
+    let u = p.unique as f64;
+    let held = |n: &CacheNode| get(&n.metrics(), "lode_node_stripes{tier=\"memory\"}");
+    assert_eq!(held(&nodes[0]), u, "node 0 before the restart");
+
+    nodes[0].restart(&[]);
+    assert_eq!(held(&nodes[0]), 0.0, "node 0 after the restart");
+    let a = env.agent("degraded", &fleet_args(&spec));
+    let out = env.path("degraded.raw");
+    qemu_img_convert(&a.uri(EXPORT), &out).ok();
+    assert_file_is(&out, &p.pulled, "node 0 empty: full read");
+    let m = a.metrics();
+    let s = fleet_summary(&m);
+    assert_eq!(
+        get(&m, &tier_hits("fleet")),
+        u,
+        "node 0 empty: all chunks still from the fleet\n{s}"
+    );
+    assert_eq!(
+        get(&m, FILLS),
+        0.0,
+        "node 0 empty: fills without a miss\n{s}"
+    );
+    let n0 = nodes[0].metrics();
+    assert!(
+        get(&n0, "lode_node_misses_total") > 0.0,
+        "node 0 saw no GET after its restart"
+    );
+    assert_eq!(
+        get(&n0, "lode_node_puts_total"),
+        0.0,
+        "node 0 was refilled without a miss (read repair?)"
+    );
+    eprintln!(
+        "node 0 restarted empty: {u} chunks from 4 of 5 stripes ({} rebuilt from parity), node 0 misses {}, puts 0: no read repair",
+        get(&m, RECONSTRUCTIONS),
+        get(&n0, "lode_node_misses_total")
+    );
+    drop(a);
+
+    nodes[1].restart(&[]);
+    let w = warm_fleet(&env, &spec, EXPORT, &p.pulled, p.unique, 8);
+    assert!(
+        w.fills >= u,
+        "nodes 0 and 1 empty: {} fills for {u} chunks",
+        w.fills
+    );
+    assert_eq!(held(&nodes[0]), u, "node 0 after the refill");
+    assert_eq!(held(&nodes[1]), u, "node 1 after the refill");
+
+    nodes[2].kill();
+    let fo = fleet_only_env(&env);
+    let b = fo.agent("after", &fleet_args(&spec));
+    let out = fo.path("after.raw");
+    qemu_img_convert(&b.uri(EXPORT), &out).ok();
+    assert_file_is(
+        &out,
+        &p.pulled,
+        "refilled nodes 0 and 1, node 2 dead, no store: full read",
+    );
+    let m = b.metrics();
+    assert_eq!(
+        get(&m, &tier_hits("fleet")),
+        u,
+        "after the refill: fleet hits\n{}",
+        fleet_summary(&m)
+    );
+    eprintln!(
+        "nodes_restarted_empty_are_refilled_by_later_misses: {:.1} s (refill passes {})",
+        t.elapsed().as_secs_f64(),
+        w.passes
+    );
+}
