@@ -423,7 +423,8 @@ impl Builder {
         v
     }
 
-    fn write_dir(&mut self, id: NodeId, parent: NodeId) -> Result<()> {
+    /// A directory's current entries as whole directory blocks.
+    fn encode_dir(&self, id: NodeId, parent: NodeId) -> Vec<u8> {
         let entries = self.dir_entries(id, parent);
         let refs: Vec<DirEntry<'_>> = entries
             .iter()
@@ -433,7 +434,11 @@ impl Builder {
                 ftype: *ft,
             })
             .collect();
-        let bytes = dir::encode(&refs);
+        dir::encode(&refs)
+    }
+
+    fn write_dir(&mut self, id: NodeId, parent: NodeId) -> Result<()> {
+        let bytes = self.encode_dir(id, parent);
         let count = bytes.len() as u64 / BLOCK_SIZE;
         let start = self.alloc(count);
         self.write_at(start, &bytes)?;
@@ -451,16 +456,7 @@ impl Builder {
     }
 
     fn write_lost_found(&mut self) -> Result<()> {
-        let entries = self.dir_entries(LOST_FOUND, ROOT);
-        let refs: Vec<DirEntry<'_>> = entries
-            .iter()
-            .map(|(n, ino, ft)| DirEntry {
-                name: n,
-                ino: *ino,
-                ftype: *ft,
-            })
-            .collect();
-        let bytes = dir::encode(&refs);
+        let bytes = self.encode_dir(LOST_FOUND, ROOT);
         if bytes.len() as u64 == BLOCK_SIZE {
             self.write_at(LOST_FOUND_BLOCK, &bytes)?;
             self.tree.nodes[LOST_FOUND].blocks.dir = Some((LOST_FOUND_BLOCK, 1));

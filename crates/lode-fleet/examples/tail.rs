@@ -301,8 +301,8 @@ fn main() {
             for (j, s) in stripe::encode(&data).into_iter().enumerate() {
                 backend.put(nodes[j], &stripe_key(&name, j), Bytes::from(s)).await.expect("put stripe");
             }
-            for r in 0..2 {
-                backend.put(nodes[r], &whole_key(&name, r), data.clone()).await.expect("put copy");
+            for (r, &node) in nodes.iter().take(2).enumerate() {
+                backend.put(node, &whole_key(&name, r), data.clone()).await.expect("put copy");
             }
             chunks.push(Chunk { name, data, nodes });
         }
