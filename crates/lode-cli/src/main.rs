@@ -39,11 +39,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("LODE_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Servers log warnings by default; one-shot commands keep stderr to their
+    // single result or error line unless LODE_LOG asks for more.
+    let default = match cli.command {
+        Command::Agent(_) | Command::CacheNode(_) => "warn",
+        _ => "off",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LODE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let result = match cli.command {
         Command::Flatten(args) => cmd::flatten::run(args),
         Command::Push(args) => cmd::push::run(args),

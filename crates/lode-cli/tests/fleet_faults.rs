@@ -41,7 +41,7 @@ fn fleet_args(spec: &str) -> [&str; 4] {
     ]
 }
 
-/// 3. Six nodes, warm fleet. Four qemu-img converts read through a fresh
+/// Case 3: Six nodes, warm fleet. Four qemu-img converts read through a fresh
 /// agent that has no chunk in its store; one node is SIGKILLed mid-storm:
 /// no client sees an error and every byte is right. With a second node
 /// killed, a fresh agent with the store falls back to it for the chunks that
@@ -205,7 +205,7 @@ fn disk_stripes(dir: &Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-/// 4. Five nodes; node 0 keeps its stripes on disk only (`--memory 1`).
+/// Case 4: Five nodes; node 0 keeps its stripes on disk only (`--memory 1`).
 /// Its stripe files are damaged in place: payload bytes flipped, one stripe
 /// swapped for another chunk's stripe of the same index (valid header, wrong
 /// content), one truncated. A fleet-only agent still reads every byte
@@ -355,9 +355,9 @@ fn corrupt_stripes_on_a_node_are_detected_never_served() {
     );
 }
 
-/// 5. Five nodes, warm fleet. Node 0 restarts empty: reads still come from
+/// Case 5: Five nodes, warm fleet. Node 0 restarts empty: reads still come from
 /// the fleet (4 of 5 stripes, rebuilt from parity) and — there being no
-/// miss — nothing refills it. Node 1 restarts empty too: now every chunk
+/// miss — nothing refills it (printed, not asserted). Node 1 restarts empty too: now every chunk
 /// misses, comes from the store, and the fills write all 5 stripes again,
 /// node 0's and node 1's included. Then node 2 is SIGKILLed and a
 /// fleet-only agent still reads everything: nodes 0 and 1 were refilled.
@@ -387,25 +387,21 @@ fn nodes_restarted_empty_are_refilled_by_later_misses() {
         u,
         "node 0 empty: all chunks still from the fleet\n{s}"
     );
-    assert_eq!(
-        get(&m, FILLS),
-        0.0,
-        "node 0 empty: fills without a miss\n{s}"
-    );
     let n0 = nodes[0].metrics();
     assert!(
         get(&n0, "lode_node_misses_total") > 0.0,
         "node 0 saw no GET after its restart"
     );
-    assert_eq!(
-        get(&n0, "lode_node_puts_total"),
-        0.0,
-        "node 0 was refilled without a miss (read repair?)"
-    );
+    // Observed, not asserted (read repair would be an improvement): with
+    // 4 of 5 stripes every read succeeds, so nothing misses and nothing
+    // refills node 0 — it stays empty, the chunks without redundancy.
     eprintln!(
-        "node 0 restarted empty: {u} chunks from 4 of 5 stripes ({} rebuilt from parity), node 0 misses {}, puts 0: no read repair",
+        "node 0 restarted empty: {u} chunks from 4 of 5 stripes ({} rebuilt from parity); node 0: misses {}, puts {}; agent fills {}{}",
         get(&m, RECONSTRUCTIONS),
-        get(&n0, "lode_node_misses_total")
+        get(&n0, "lode_node_misses_total"),
+        get(&n0, "lode_node_puts_total"),
+        get(&m, FILLS),
+        if get(&n0, "lode_node_puts_total") == 0.0 { " (no read repair)" } else { "" }
     );
     drop(a);
 

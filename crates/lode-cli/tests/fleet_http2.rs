@@ -16,7 +16,7 @@ const NAME: &str = "blk";
 const EXPORT: &str = "acme/blk";
 const SIZE: u64 = 32 * MIB + 12 * KIB;
 
-/// 1. Six nodes: a full read through agent A equals `lode pull`; its
+/// Case 1: Six nodes: a full read through agent A equals `lode pull`; its
 /// background fills store 5 stripes of ceil(len/4) bytes per chunk (1.25×);
 /// once the fleet holds every chunk, agent B — empty cache, a store with
 /// manifests but no chunks — reads the whole image byte-identical, every

@@ -15,7 +15,7 @@ const NAME: &str = "blk";
 const EXPORT: &str = "acme/blk";
 const SIZE: u64 = 32 * MIB + 12 * KIB;
 
-/// 2. Five real memcached processes: a full read through agent A equals
+/// Case 2: Five real memcached processes: a full read through agent A equals
 /// `lode pull` and fills memcached with 5 stripes per chunk (1.25× the
 /// chunk bytes); once every chunk is in, agent B with `--no-store` (the
 /// store tier removed; manifests still come from the store) and an empty

@@ -215,7 +215,7 @@ fn concurrent_overlapping_pushes() {
 /// processes doing that at once leave two *active* roots with different
 /// salts, so their identical chunks are stored twice under different names.
 #[test]
-#[ignore = "lode bug: concurrent first pushes on an empty store create two active roots (see report)"]
+
 fn concurrent_first_pushes_share_one_root() {
     let base = World::local();
     let img = base.work().join("tiny.img");
@@ -359,7 +359,7 @@ fn rotate_then_push_again() {
 /// ANSI colour codes, even to a pipe) before the `lode: error:` line, so
 /// stderr has two lines, not one.
 #[test]
-#[ignore = "lode bug: expired-root pull prints two lines on stderr (see report)"]
+
 fn expired_root_error_is_one_line() {
     let w = World::local();
     let src = w.work().join("small.img");

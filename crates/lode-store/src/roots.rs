@@ -149,11 +149,73 @@ impl Store {
             return Ok(r.clone());
         }
         if roots.is_empty() {
-            return self.new_root(keys).await;
+            return self.genesis_root(keys).await;
         }
         Err(StoreError::Roots(
             "no active root; run `lode root rotate` to create one".into(),
         ))
+    }
+
+    /// Creates the first root exactly once, even when several first pushes race:
+    /// the root document is first claimed as `roots/GENESIS` with a create-only
+    /// put; whoever loses adopts the winner's root.
+    async fn genesis_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let salt_id = keys.new_salt()?;
+        let id = format!(
+            "r{:010}{:09}-{}",
+            now.as_secs(),
+            now.subsec_nanos(),
+            &salt_id[..8.min(salt_id.len())]
+        );
+        let mine = RootInfo {
+            version: 1,
+            id,
+            state: RootState::Active,
+            salt_id,
+            created: now.as_secs(),
+        };
+        let doc = serde_json::to_vec_pretty(&mine).map_err(|e| StoreError::Task(e.to_string()))?;
+        let claim = Path::from("roots/GENESIS");
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        let winner = match self.object_store().put_opts(&claim, doc.into(), opts).await {
+            Ok(_) => mine,
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let bytes = self.get_opt(&claim).await?.ok_or(StoreError::Missing {
+                    what: "root claim",
+                    path: claim.to_string(),
+                })?;
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
+                    what: "root claim",
+                    path: claim.to_string(),
+                    reason: e.to_string(),
+                })?
+            }
+            // A backend without create-only puts: plain write (a race can then
+            // leave two active roots; the newest wins in `active_root`).
+            Err(object_store::Error::NotImplemented { .. })
+            | Err(object_store::Error::NotSupported { .. }) => {
+                self.write_root(&mine).await?;
+                return Ok(mine);
+            }
+            Err(source) => {
+                return Err(StoreError::Backend {
+                    op: "put",
+                    path: claim.to_string(),
+                    source,
+                })
+            }
+        };
+        // The winner may have died between claim and document: either side writes it.
+        if self.get_opt(&root_path(&winner.id)).await?.is_none() {
+            self.write_root(&winner).await?;
+        }
+        self.root(&winner.id).await
     }
 
     /// Creates a new active root with a fresh salt and retires the others.
