@@ -76,8 +76,8 @@ fn a_mixed_two_layer_image_is_clean() {
     // Sparse: data, hole, data, with more than 4 extents.
     let mut sparse = Vec::new();
     for i in 0..12u8 {
-        sparse.extend(std::iter::repeat(i + 1).take(4096));
-        sparse.extend(std::iter::repeat(0).take(8192));
+        sparse.extend(std::iter::repeat_n(i + 1, 4096));
+        sparse.extend(std::iter::repeat_n(0, 8192));
     }
     b.add_file(
         &p("var/sparse"),

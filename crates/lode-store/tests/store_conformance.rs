@@ -13,7 +13,7 @@ mod store_s3;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use lode_chunk::{seal_chunk, KeyProvider, Keyring, Manifest, Salt, CHUNK_SIZE};
+use lode_chunk::{seal_chunk, KeyProvider, Keyring, Manifest, CHUNK_SIZE};
 use lode_store::{pull_to_file, push_file, PushOptions, RootState, Store, StoreError};
 use object_store::path::Path as OPath;
 use std::collections::BTreeSet;
