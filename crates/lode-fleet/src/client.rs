@@ -14,8 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Fills (stripe writes after a miss) running at once; more are dropped.
+/// Fills (stripe writes after a miss) running at once.
 pub const MAX_FILLS: usize = 8;
+/// Fills waiting for a slot; beyond this, new fills are dropped (a later miss
+/// retries them), so a burst of misses never queues without bound.
+pub const MAX_QUEUED_FILLS: usize = 512;
 
 /// The nodes holding stripes 0..5 of `name`: rendezvous (highest random
 /// weight) hashing, so adding or removing a node moves only its own share.
@@ -74,6 +77,7 @@ pub struct FleetTier {
     backend: Arc<dyn StripeBackend>,
     timeout: Duration,
     fills: Arc<tokio::sync::Semaphore>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     filling: Arc<Mutex<HashSet<ChunkName>>>,
     /// Counters.
     pub metrics: Arc<FleetMetrics>,
@@ -93,6 +97,7 @@ impl FleetTier {
             backend,
             timeout,
             fills: Arc::new(tokio::sync::Semaphore::new(MAX_FILLS)),
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             filling: Arc::new(Mutex::new(HashSet::new())),
             metrics: Arc::new(metrics),
             label,
@@ -215,19 +220,22 @@ impl ChunkTier for FleetTier {
     }
 
     /// Writes the 5 stripes in the background: bounded (at most
-    /// [`MAX_FILLS`] at once, others dropped), one fill per chunk at a time,
-    /// never blocking the read that triggered it.
+    /// [`MAX_FILLS`] at once and [`MAX_QUEUED_FILLS`] waiting; beyond that
+    /// dropped), one fill per chunk at a time, never blocking the read that
+    /// triggered it.
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
-        let Ok(permit) = self.fills.clone().try_acquire_owned() else {
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED_FILLS {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             self.metrics.fills_dropped.fetch_add(1, Ordering::Relaxed);
             return;
-        };
+        }
         if !self
             .filling
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.name)
         {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             return;
         }
         let (backend, filling, metrics, timeout, name) = (
@@ -237,7 +245,11 @@ impl ChunkTier for FleetTier {
             self.timeout,
             id.name,
         );
+        let (slots, queued) = (self.fills.clone(), self.queued.clone());
         tokio::spawn(async move {
+            let Ok(permit) = slots.acquire_owned().await else {
+                return;
+            };
             let nodes = placement(backend.nodes(), &name);
             let stripes = stripe::encode(&ciphertext);
             let puts = stripes.into_iter().enumerate().map(|(j, s)| {
@@ -265,6 +277,7 @@ impl ChunkTier for FleetTier {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&name);
+            queued.fetch_sub(1, Ordering::SeqCst);
             drop(permit);
         });
     }

@@ -709,6 +709,8 @@ pub fn store_root(store: &Path) -> PathBuf {
     let roots: Vec<PathBuf> = fs::read_dir(store.join("roots"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        // Roots are directories; `roots/GENESIS` is the first root's claim.
+        .filter(|p| p.is_dir())
         .collect();
     assert_eq!(roots.len(), 1, "expected one store root, found {roots:?}");
     roots.into_iter().next().unwrap()
