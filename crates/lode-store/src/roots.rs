@@ -118,25 +118,30 @@ impl Store {
         self.put(&root_path(&r.id), doc.into()).await
     }
 
-    async fn new_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
+    /// A new active root with a fresh salt (not yet written). Ids start with
+    /// fixed-width time, so they sort in creation order.
+    fn fresh_root(keys: &dyn KeyProvider) -> Result<RootInfo> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let created = now.as_secs();
         let salt_id = keys.new_salt()?;
-        // Fixed-width time first: ids sort in creation order.
         let id = format!(
-            "r{created:010}{:09}-{}",
+            "r{:010}{:09}-{}",
+            now.as_secs(),
             now.subsec_nanos(),
             &salt_id[..8.min(salt_id.len())]
         );
-        let r = RootInfo {
+        Ok(RootInfo {
             version: 1,
             id,
             state: RootState::Active,
             salt_id,
-            created,
-        };
+            created: now.as_secs(),
+        })
+    }
+
+    async fn new_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
+        let r = Self::fresh_root(keys)?;
         self.write_root(&r).await?;
         Ok(r)
     }
@@ -160,23 +165,7 @@ impl Store {
     /// the root document is first claimed as `roots/GENESIS` with a create-only
     /// put; whoever loses adopts the winner's root.
     async fn genesis_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let salt_id = keys.new_salt()?;
-        let id = format!(
-            "r{:010}{:09}-{}",
-            now.as_secs(),
-            now.subsec_nanos(),
-            &salt_id[..8.min(salt_id.len())]
-        );
-        let mine = RootInfo {
-            version: 1,
-            id,
-            state: RootState::Active,
-            salt_id,
-            created: now.as_secs(),
-        };
+        let mine = Self::fresh_root(keys)?;
         let doc = serde_json::to_vec_pretty(&mine).map_err(|e| StoreError::Task(e.to_string()))?;
         let claim = Path::from("roots/GENESIS");
         let opts = object_store::PutOptions {

@@ -66,27 +66,17 @@ impl CacheArgs {
             .unwrap_or_else(|| lode_home().join("cache"));
         let disk = DiskCache::open(&dir, self.cache_size)
             .with_context(|| format!("opening cache {}", dir.display()))?;
-        let base = StoreTier::new(store.clone());
-        let tier: Arc<dyn ChunkTier> =
-            if self.inject_store_latency_ms > 0.0 || self.inject_store_bandwidth.is_some() {
-                Arc::new(Bounded::new(
-                    Delayed::new(
-                        base,
-                        Duration::from_secs_f64(self.inject_store_latency_ms / 1e3),
-                        self.inject_store_bandwidth,
-                    ),
-                    Duration::from_secs_f64(self.store_timeout),
-                    self.store_retries,
-                    Duration::from_millis(50),
-                ))
-            } else {
-                Arc::new(Bounded::new(
-                    base,
-                    Duration::from_secs_f64(self.store_timeout),
-                    self.store_retries,
-                    Duration::from_millis(50),
-                ))
-            };
+        let mut base: Arc<dyn ChunkTier> = Arc::new(StoreTier::new(store.clone()));
+        if self.inject_store_latency_ms > 0.0 || self.inject_store_bandwidth.is_some() {
+            let latency = Duration::from_secs_f64(self.inject_store_latency_ms / 1e3);
+            base = Arc::new(Delayed::new(base, latency, self.inject_store_bandwidth));
+        }
+        let tier: Arc<dyn ChunkTier> = Arc::new(Bounded::new(
+            base,
+            Duration::from_secs_f64(self.store_timeout),
+            self.store_retries,
+            Duration::from_millis(50),
+        ));
         let mut tiers: Vec<Arc<dyn ChunkTier>> = Vec::new();
         let mut fleet = None;
         if let Some(spec) = &self.cache_nodes {
