@@ -3,6 +3,8 @@
 //! Needs qemu-system-x86_64, busybox-static and xz (scripts/test.sh installs
 //! them through scripts/vm-deps.sh); fails, not skips, when they are missing.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::net::TcpListener;

@@ -31,6 +31,9 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 
+/// An inode number, its record, and the (start, length) block runs it owns.
+type OwnedInode = (u32, InodeRecord, Vec<(u64, u64)>);
+
 /// Block of `/lost+found`'s directory contents (last block of chunk 0).
 const LOST_FOUND_BLOCK: u64 = HEADER_BLOCKS - 1;
 /// Data is buffered up to this many bytes before it is written.
@@ -335,10 +338,10 @@ impl Builder {
         }
         // 3. Directory contents changed by this layer.
         let parents = self.tree.parents();
-        for id in 0..self.tree.nodes.len() {
+        for (id, &parent) in parents.iter().enumerate() {
             let n = &self.tree.nodes[id];
             if n.alive && n.dirty && n.kind.is_dir() && id != LOST_FOUND {
-                self.write_dir(id, parents[id])?;
+                self.write_dir(id, parent)?;
             }
         }
         if layer == 0 {
@@ -576,7 +579,7 @@ impl Builder {
     }
 
     /// The inode of a live node and the block runs it owns.
-    fn inode_record(&self, id: NodeId) -> Result<(u32, InodeRecord, Vec<(u64, u64)>)> {
+    fn inode_record(&self, id: NodeId) -> Result<OwnedInode> {
         let n = &self.tree.nodes[id];
         let mut owned: Vec<(u64, u64)> = Vec::new();
         let mut rec = InodeRecord {
