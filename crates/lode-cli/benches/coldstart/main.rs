@@ -486,7 +486,7 @@ const VARIANTS: [(&str, &str); 7] = [
     ("lazy-store", "lazy, from the store"),
     ("lazy-fleet", "lazy, through the warm cache fleet"),
     ("warm-disk", "warm host disk cache (new agent)"),
-    ("hot-agent", "hot agent (chunks in its memory)"),
+    ("hot-agent", "hot agent (working set in its memory cache)"),
     ("download-first", "download everything first, then boot"),
     ("qemu-nbd", "local raw file, qemu-nbd (floor)"),
     ("lode-run", "`lode run`, lazy from the store"),
@@ -772,7 +772,10 @@ fn setup_coldstart(ctx: &Ctx, image: &str) -> Result<Setup> {
     }
     let hot_cache = fresh(ctx.work.join(format!("hot-cache-{image}")))?;
     let name = ctx.next("hot");
-    let hot = Agent::start(&ctx.lode, &ctx.work, &name, &ctx.store_args(&hot_cache))?;
+    // A memory cache that holds the whole working set.
+    let mut args = ctx.store_args(&hot_cache);
+    args.extend(["--memory-cache".to_string(), "2G".to_string()]);
+    let hot = Agent::start(&ctx.lode, &ctx.work, &name, &args)?;
     {
         let d = NbdDisk {
             socket: &hot.sock,
