@@ -25,7 +25,7 @@
 //! store link, 100000000), `VM_MEMORY` (MiB, 256), `CONC_MEMORY` (MiB per VM
 //! in section 4, 128), `CONCURRENCY` ("1,4,16"), `CONC_REPS` (2),
 //! `COLDSTART_IMAGES` ("python,big"), `SECTIONS` ("dedup,coldstart,bytes,concurrent"),
-//! `VM_TIMEOUT` (s, 900), `LODE_CORPUS`, `LODE_VM_DIR`, `BENCH_OUT`,
+//! `VM_TIMEOUT` (s, 600), `LODE_CORPUS`, `LODE_VM_DIR`, `BENCH_OUT`,
 //! `BENCH_WORKDIR` (kept when given; default a temp dir, deleted).
 
 mod procs;
@@ -87,6 +87,8 @@ struct Ctx {
     seq: std::cell::Cell<u64>,
     initrds: std::cell::RefCell<std::collections::HashSet<String>>,
     pulled: std::cell::RefCell<std::collections::HashSet<String>>,
+    /// Runs that failed and were repeated: (what, why).
+    failures: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Ctx {
@@ -94,6 +96,24 @@ impl Ctx {
         let n = self.seq.get() + 1;
         self.seq.set(n);
         format!("{what}-{n}")
+    }
+
+    /// Runs `f`, repeating it up to twice when it fails (a VM that hangs or
+    /// a QEMU virtio error); every failure is listed in the report.
+    fn retry<T>(&self, what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut attempt = 1;
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < 3 => {
+                    let why = format!("{e:#}").lines().next().unwrap_or("").to_string();
+                    eprintln!("coldstart: {what} failed ({why}); repeating it");
+                    self.failures.borrow_mut().push((what.to_string(), why));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn inject(&self) -> Vec<String> {
@@ -797,7 +817,7 @@ fn setup_coldstart(ctx: &Ctx, image: &str) -> Result<Setup> {
 fn section_coldstart(ctx: &Ctx, md: &mut String, all: &mut Vec<Run>) -> Result<()> {
     let _ = writeln!(md, "## 2. Cold start to CMD exit\n");
     for image in &ctx.cold_images {
-        let s = setup_coldstart(ctx, image)?;
+        let s = ctx.retry(&format!("{image} set-up"), || setup_coldstart(ctx, image))?;
         let mut runs: Vec<Run> = Vec::new();
         for rep in 0..ctx.reps {
             // Rotate the order every round so no variant always goes first.
@@ -805,7 +825,9 @@ fn section_coldstart(ctx: &Ctx, md: &mut String, all: &mut Vec<Run>) -> Result<(
             for k in 0..n {
                 let v = VARIANTS[(k + rep * 3) % n].0;
                 eprintln!("coldstart: {image} round {} {v}", rep + 1);
-                let r = run_variant(ctx, &s, v, rep + 1)?;
+                let r = ctx.retry(&format!("{image} {v} round {}", rep + 1), || {
+                    run_variant(ctx, &s, v, rep + 1)
+                })?;
                 eprintln!(
                     "coldstart:   CMD exited at {:.0} ms, store chunks {}, fleet {}, guest read {:.1} MiB",
                     r.cmd_exit_ms,
@@ -966,42 +988,50 @@ fn inspect(ctx: &Ctx, image: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&out)?)
 }
 
+/// One start of `image` on a new agent with an empty cache.
+fn startup_bytes(ctx: &Ctx, image: &str, info: &serde_json::Value) -> Result<Startup> {
+    let name = ctx.next(&format!("bytes-{image}"));
+    let cache = fresh(ctx.work.join(format!("cache-{name}")))?;
+    let t0 = Instant::now();
+    let agent = Agent::start(&ctx.lode, &ctx.work, &name, &ctx.store_args(&cache))?;
+    let exp = export(image);
+    let d = NbdDisk {
+        socket: &agent.sock,
+        export: &exp,
+    };
+    let b = ctx.vm(image, &d, ctx.vm_mem, &name, t0)?.finish()?;
+    if b.status != 0 {
+        bail!(
+            "{image}: command exited {}: {}",
+            b.status,
+            b.output.join(" | ")
+        );
+    }
+    let m = agent.metrics()?;
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&cache);
+    let g = |k: &str| info[k].as_u64().unwrap_or(0);
+    Ok(Startup {
+        image: image.into(),
+        image_size: g("image_size"),
+        data_chunks: g("chunks") - g("holes"),
+        fetched_chunks: metric(&m, "lode_tier_hits_total{tier=\"store\"}"),
+        fetched_bytes: metric(&m, "lode_tier_bytes_total{tier=\"store\"}"),
+        rd_bytes: b.rd_bytes,
+        rd_ops: b.rd_ops,
+        cmd_exit_ms: ms(b.cmd_exit),
+    })
+}
+
 fn section_bytes(ctx: &Ctx, md: &mut String, all: &mut Vec<Startup>) -> Result<()> {
     for image in &ctx.bytes_images {
         let image = image.as_str();
         eprintln!("coldstart: start-up bytes of {image}");
         let info = inspect(ctx, image)?;
-        let name = ctx.next(&format!("bytes-{image}"));
-        let cache = fresh(ctx.work.join(format!("cache-{name}")))?;
-        let t0 = Instant::now();
-        let agent = Agent::start(&ctx.lode, &ctx.work, &name, &ctx.store_args(&cache))?;
-        let exp = export(image);
-        let d = NbdDisk {
-            socket: &agent.sock,
-            export: &exp,
-        };
-        let b = ctx.vm(image, &d, ctx.vm_mem, &name, t0)?.finish()?;
-        if b.status != 0 {
-            bail!(
-                "{image}: command exited {}: {}",
-                b.status,
-                b.output.join(" | ")
-            );
-        }
-        let m = agent.metrics()?;
-        drop(agent);
-        let _ = std::fs::remove_dir_all(&cache);
-        let g = |k: &str| info[k].as_u64().unwrap_or(0);
-        all.push(Startup {
-            image: image.into(),
-            image_size: g("image_size"),
-            data_chunks: g("chunks") - g("holes"),
-            fetched_chunks: metric(&m, "lode_tier_hits_total{tier=\"store\"}"),
-            fetched_bytes: metric(&m, "lode_tier_bytes_total{tier=\"store\"}"),
-            rd_bytes: b.rd_bytes,
-            rd_ops: b.rd_ops,
-            cmd_exit_ms: ms(b.cmd_exit),
-        });
+        let st = ctx.retry(&format!("start-up bytes of {image}"), || {
+            startup_bytes(ctx, image, &info)
+        })?;
+        all.push(st);
     }
     let _ = writeln!(md, "## 3. Bytes read at start-up\n");
     let _ = writeln!(
@@ -1200,7 +1230,9 @@ fn section_concurrent(ctx: &Ctx, md: &mut String, all: &mut Vec<Conc>) -> Result
             };
             for server in order {
                 eprintln!("coldstart: {n} VMs at once on {server} (round {rep})");
-                all.push(concurrent_run(ctx, image, n, rep, server)?);
+                all.push(ctx.retry(&format!("{n} VMs on {server} round {rep}"), || {
+                    concurrent_run(ctx, image, n, rep, server)
+                })?);
             }
         }
     }
@@ -1519,7 +1551,7 @@ fn main() -> Result<()> {
             .filter_map(|s| s.parse().ok())
             .collect(),
         conc_reps: env_or("CONC_REPS", 2usize).max(1),
-        timeout: Duration::from_secs(env_or("VM_TIMEOUT", 900u64)),
+        timeout: Duration::from_secs(env_or("VM_TIMEOUT", 600u64)),
         sections: list("SECTIONS", "dedup,coldstart,bytes,concurrent"),
         cold_images: list("COLDSTART_IMAGES", "python,big"),
         bytes_images: list("BYTES_IMAGES", "debian,python,app-a,app-b,big"),
@@ -1527,6 +1559,7 @@ fn main() -> Result<()> {
         seq: Default::default(),
         initrds: Default::default(),
         pulled: Default::default(),
+        failures: Default::default(),
     };
     let started = Instant::now();
     let load_start = loadavg();
@@ -1571,9 +1604,24 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     report.push_str(&md);
+    let _ = writeln!(report, "## Failed runs\n");
+    let failures = ctx.failures.borrow();
+    if failures.is_empty() {
+        let _ = writeln!(report, "None: every run succeeded at the first attempt.\n");
+    } else {
+        let _ = writeln!(
+            report,
+            "These runs failed and were repeated (the tables above hold the repeat):\n"
+        );
+        for (what, why) in failures.iter() {
+            let _ = writeln!(report, "- {what}: {why}");
+        }
+        let _ = writeln!(report);
+    }
     std::fs::write(ctx.out.join("report.md"), &report)?;
     let raw = serde_json::json!({
         "pushes": pushes, "coldstart": runs, "startup": startups, "concurrent": concs,
+        "failures": *ctx.failures.borrow(),
     });
     std::fs::write(
         ctx.out.join("runs.json"),

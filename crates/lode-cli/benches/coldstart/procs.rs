@@ -386,7 +386,7 @@ impl Vm {
         let mut exit = None;
         while exit.is_none() {
             let left = self.deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            match self.lines.recv_timeout(left.min(Duration::from_secs(1))) {
                 Ok((at, line)) => {
                     let line = line.trim_end_matches('\r').to_string();
                     if line.contains("LODE-CMD-START") {
@@ -405,6 +405,18 @@ impl Vm {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
+                    // QEMU marks the disk broken on a corrupt virtqueue (seen
+                    // rarely under TCG); the guest then waits forever.
+                    let e = std::fs::read_to_string(&self.err).unwrap_or_default();
+                    if let Some(l) = e
+                        .lines()
+                        .find(|l| l.contains("virtio") || l.contains("Guest says"))
+                    {
+                        bail!("QEMU: {l}");
+                    }
+                    if Instant::now() < self.deadline {
+                        continue;
+                    }
                     bail!(
                         "the VM did not finish in time; console:\n{}",
                         tail.join("\n")
