@@ -502,8 +502,12 @@ struct Run {
     rd_ops: u64,
 }
 
-const VARIANTS: [(&str, &str); 7] = [
+const VARIANTS: [(&str, &str); 8] = [
     ("lazy-store", "lazy, from the store"),
+    (
+        "lazy-prefetch",
+        "lazy, from the store, recorded working set prefetched",
+    ),
     ("lazy-fleet", "lazy, through the warm cache fleet"),
     ("warm-disk", "warm host disk cache (new agent)"),
     ("hot-agent", "hot agent (working set in its memory cache)"),
@@ -526,6 +530,7 @@ struct Setup {
     raw: PathBuf,
     fleet: String,
     warm_cache: PathBuf,
+    rec_store: PathBuf,
     hot: Agent,
     _nodes: Vec<Proc>,
 }
@@ -568,13 +573,24 @@ fn run_variant(ctx: &Ctx, s: &Setup, variant: &str, rep: usize) -> Result<Run> {
     };
     let name = ctx.next(variant);
     match variant {
-        "lazy-store" | "lazy-fleet" | "warm-disk" => {
+        "lazy-store" | "lazy-prefetch" | "lazy-fleet" | "warm-disk" => {
             let cache = if variant == "warm-disk" {
                 s.warm_cache.clone()
             } else {
                 fresh(ctx.work.join(format!("cache-{name}")))?
             };
-            let mut args = ctx.store_args(&cache);
+            let mut args = if variant == "lazy-prefetch" {
+                vec![
+                    "--store".to_string(),
+                    s.rec_store.display().to_string(),
+                    "--cache-dir".to_string(),
+                    cache.display().to_string(),
+                    "--prefetch".to_string(),
+                    "recorded".to_string(),
+                ]
+            } else {
+                ctx.store_args(&cache)
+            };
             args.extend(ctx.inject());
             if variant == "lazy-fleet" {
                 args.extend(["--cache-nodes".to_string(), s.fleet.clone()]);
@@ -790,6 +806,44 @@ fn setup_coldstart(ctx: &Ctx, image: &str) -> Result<Setup> {
             done >= want || last.1.elapsed() > Duration::from_secs(5)
         })?;
     }
+    // A hard-linked copy of the store that also holds the image's recorded
+    // start-up working set (recorded by one start with `--record`), so that
+    // only the prefetch variant sees it (`lode run` prefetches any recorded set).
+    let rec_store = fresh(ctx.work.join(format!("store-rec-{image}")))?;
+    let st = Command::new("cp")
+        .arg("-al")
+        .arg(&ctx.store)
+        .arg(&rec_store)
+        .status()?;
+    if !st.success() {
+        bail!("cp -al of the store failed");
+    }
+    {
+        let name = ctx.next("record");
+        let cache = fresh(ctx.work.join(format!("cache-{name}")))?;
+        let mut args = vec![
+            "--store".to_string(),
+            rec_store.display().to_string(),
+            "--cache-dir".to_string(),
+            cache.display().to_string(),
+            "--record".to_string(),
+        ];
+        args.extend(["--prefetch".to_string(), "none".to_string()]);
+        let a = Agent::start(&ctx.lode, &ctx.work, &name, &args)?;
+        let d = NbdDisk {
+            socket: &a.sock,
+            export: &exp,
+        };
+        ctx.vm(image, &d, ctx.vm_mem, &name, Instant::now())?
+            .finish()?;
+        // Written when the VM's connection ends.
+        let ws = rec_store.join(format!("tenants/{TENANT}/workingsets"));
+        procs::wait_until(Duration::from_secs(60), "the recorded working set", || {
+            std::fs::read_dir(&ws).is_ok_and(|mut d| d.next().is_some())
+        })?;
+        drop(a);
+        let _ = std::fs::remove_dir_all(&cache);
+    }
     let hot_cache = fresh(ctx.work.join(format!("hot-cache-{image}")))?;
     let name = ctx.next("hot");
     // A memory cache that holds the whole working set.
@@ -809,6 +863,7 @@ fn setup_coldstart(ctx: &Ctx, image: &str) -> Result<Setup> {
         raw,
         fleet,
         warm_cache,
+        rec_store,
         hot,
         _nodes: nodes,
     })

@@ -187,7 +187,11 @@ impl Agent {
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--overlay-dir")
                 .arg(dir.join("overlays"))
-                .args(["--prefetch", "none"])
+                .args(if args.iter().any(|a| a == "--prefetch") {
+                    &[][..]
+                } else {
+                    &["--prefetch", "none"][..]
+                })
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
