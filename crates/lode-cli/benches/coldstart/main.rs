@@ -27,6 +27,7 @@
 //! `COLDSTART_IMAGES` ("python,big"), `SECTIONS` ("dedup,coldstart,bytes,concurrent"),
 //! `VM_TIMEOUT` (s, 600), `LODE_CORPUS`, `LODE_VM_DIR`, `BENCH_OUT`,
 //! `BENCH_WORKDIR` (kept when given; default a temp dir, deleted).
+//! `REPLOT=runs.json` only rebuilds the report and the plots from saved results.
 
 mod procs;
 mod svg;
@@ -47,6 +48,34 @@ use std::time::{Duration, Instant};
 
 const CHUNK: u64 = 512 * 1024;
 const TENANT: &str = "bench";
+
+/// The settings the report needs (saved with the results).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Params {
+    reps: usize,
+    latency_ms: f64,
+    bandwidth: u64,
+    vm_mem: u32,
+    conc_mem: u32,
+    conc: Vec<usize>,
+    conc_reps: usize,
+    cold_images: Vec<String>,
+}
+
+/// Everything measured in one run: written to `runs.json`, from which
+/// `REPLOT=runs.json` rebuilds the report and the plots.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Results {
+    /// Date, command, machine, load: the report's head.
+    header: String,
+    params: Option<Params>,
+    sections: Vec<String>,
+    pushes: Vec<Push>,
+    coldstart: Vec<Run>,
+    startup: Vec<Startup>,
+    concurrent: Vec<Conc>,
+    failures: Vec<(String, String)>,
+}
 
 fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
     std::env::var(k)
@@ -92,6 +121,19 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn params(&self) -> Params {
+        Params {
+            reps: self.reps,
+            latency_ms: self.latency_ms,
+            bandwidth: self.bandwidth,
+            vm_mem: self.vm_mem,
+            conc_mem: self.conc_mem,
+            conc: self.conc.clone(),
+            conc_reps: self.conc_reps,
+            cold_images: self.cold_images.clone(),
+        }
+    }
+
     fn next(&self, what: &str) -> String {
         let n = self.seq.get() + 1;
         self.seq.set(n);
@@ -290,7 +332,7 @@ fn lode(ctx: &Ctx, args: &[&str]) -> Result<String> {
 
 // ------------------------------------------------------------------ dedup
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Push {
     label: String,
     tenant: String,
@@ -345,7 +387,7 @@ fn push(ctx: &Ctx, label: &str, source: &str, tenant: &str, name: &str) -> Resul
     })
 }
 
-fn section_dedup(ctx: &Ctx, md: &mut String, pushes: &mut Vec<Push>) -> Result<()> {
+fn section_dedup(ctx: &Ctx, pushes: &mut Vec<Push>) -> Result<()> {
     let c = |i: &str| format!("oci:{}:latest", ctx.corpus.join(i).display());
     let mut plan: Vec<(String, String, String, String)> = Vec::new();
     for i in ["debian", "python", "app-a", "app-b", "big"] {
@@ -372,6 +414,10 @@ fn section_dedup(ctx: &Ctx, md: &mut String, pushes: &mut Vec<Push>) -> Result<(
         eprintln!("coldstart: push {label}");
         pushes.push(push(ctx, label, src, tenant, name)?);
     }
+    Ok(())
+}
+
+fn report_dedup(out: &Path, md: &mut String, pushes: &[Push]) -> Result<()> {
     let _ = writeln!(md, "## 1. Dedup across the corpus\n");
     let _ = writeln!(
         md,
@@ -454,7 +500,7 @@ fn section_dedup(ctx: &Ctx, md: &mut String, pushes: &mut Vec<Push>) -> Result<(
         })
         .collect();
     plot(
-        ctx,
+        out,
         md,
         "dedup",
         svg::Chart {
@@ -484,7 +530,7 @@ fn short(label: &str) -> String {
 
 // ------------------------------------------------------------------ coldstart
 
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Run {
     image: String,
     variant: String,
@@ -869,8 +915,7 @@ fn setup_coldstart(ctx: &Ctx, image: &str) -> Result<Setup> {
     })
 }
 
-fn section_coldstart(ctx: &Ctx, md: &mut String, all: &mut Vec<Run>) -> Result<()> {
-    let _ = writeln!(md, "## 2. Cold start to CMD exit\n");
+fn section_coldstart(ctx: &Ctx, all: &mut Vec<Run>) -> Result<()> {
     for image in &ctx.cold_images {
         let s = ctx.retry(&format!("{image} set-up"), || setup_coldstart(ctx, image))?;
         let mut runs: Vec<Run> = Vec::new();
@@ -893,13 +938,18 @@ fn section_coldstart(ctx: &Ctx, md: &mut String, all: &mut Vec<Run>) -> Result<(
                 runs.push(r);
             }
         }
-        report_coldstart(ctx, md, image, &runs)?;
         all.extend(runs);
     }
     Ok(())
 }
 
-fn report_coldstart(ctx: &Ctx, md: &mut String, image: &str, runs: &[Run]) -> Result<()> {
+fn report_coldstart(
+    p: &Params,
+    out: &Path,
+    md: &mut String,
+    image: &str,
+    runs: &[Run],
+) -> Result<()> {
     let cmd = cmd_text(image);
     let _ = writeln!(
         md,
@@ -908,10 +958,10 @@ fn report_coldstart(ctx: &Ctx, md: &mut String, image: &str, runs: &[Run]) -> Re
          Time is measured from the variant's first action (starting the agent, the download or qemu-nbd) to the guest printing \
          `LODE-CMD-EXIT`. Store tier: {} ms per GET and one {} MB/s link (lode's `Delayed` tier). {} rounds; in each round every \
          variant runs once, in an order rotated between rounds.\n",
-        ctx.vm_mem,
-        ctx.latency_ms,
-        ctx.bandwidth / 1_000_000,
-        ctx.reps
+        p.vm_mem,
+        p.latency_ms,
+        p.bandwidth / 1_000_000,
+        p.reps
     );
     let _ = writeln!(md, "| round | variant | load (1 min) | server ready ms | CMD started ms | **CMD exited ms** | chunks: store / fleet / disk / memory | guest read MiB (requests) |");
     let _ = writeln!(
@@ -988,16 +1038,16 @@ fn report_coldstart(ctx: &Ctx, md: &mut String, image: &str, runs: &[Run]) -> Re
     }
     let _ = writeln!(md);
     plot(
-        ctx,
+        out,
         md,
         &format!("coldstart-{image}"),
         svg::Chart {
             title: format!("Micro-VM cold start to CMD exit, image {image}"),
             subtitle: format!(
                 "{cmd}; QEMU TCG, store {} ms/GET + {} MB/s; {} rounds interleaved; shared 2-vCPU host",
-                ctx.latency_ms,
-                ctx.bandwidth / 1_000_000,
-                ctx.reps
+                p.latency_ms,
+                p.bandwidth / 1_000_000,
+                p.reps
             ),
             axis: "seconds from start to CMD exit".into(),
             series: vec![
@@ -1020,7 +1070,7 @@ fn report_coldstart(ctx: &Ctx, md: &mut String, image: &str, runs: &[Run]) -> Re
 
 // ------------------------------------------------------------------ bytes
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Startup {
     image: String,
     image_size: u64,
@@ -1078,7 +1128,7 @@ fn startup_bytes(ctx: &Ctx, image: &str, info: &serde_json::Value) -> Result<Sta
     })
 }
 
-fn section_bytes(ctx: &Ctx, md: &mut String, all: &mut Vec<Startup>) -> Result<()> {
+fn section_bytes(ctx: &Ctx, all: &mut Vec<Startup>) -> Result<()> {
     for image in &ctx.bytes_images {
         let image = image.as_str();
         eprintln!("coldstart: start-up bytes of {image}");
@@ -1088,6 +1138,10 @@ fn section_bytes(ctx: &Ctx, md: &mut String, all: &mut Vec<Startup>) -> Result<(
         })?;
         all.push(st);
     }
+    Ok(())
+}
+
+fn report_bytes(p: &Params, out: &Path, md: &mut String, all: &[Startup]) -> Result<()> {
     let _ = writeln!(md, "## 3. Bytes read at start-up\n");
     let _ = writeln!(
         md,
@@ -1095,7 +1149,7 @@ fn section_bytes(ctx: &Ctx, md: &mut String, all: &mut Vec<Startup>) -> Result<(
          *Fetched* = chunks the agent fetched from the store × 512 KiB (the agent's `lode_tier_hits_total{{tier=\"store\"}}`); \
          *guest read* = bytes the guest's virtio-blk disk read (QEMU's `query-blockstats`). *Data* = the image's non-hole chunks \
          × 512 KiB (what is stored; the ext4 image itself is larger, its free space is holes). Slacker measured 6.4 %.\n",
-        ctx.vm_mem
+        p.vm_mem
     );
     let _ = writeln!(md, "| image | command | image size MiB | data MiB | chunks fetched | fetched MiB | fetched / image | fetched / data | guest read MiB (requests) | guest read / data | CMD exited ms |");
     let _ = writeln!(
@@ -1134,7 +1188,7 @@ fn section_bytes(ctx: &Ctx, md: &mut String, all: &mut Vec<Startup>) -> Result<(
     }
     let _ = writeln!(md);
     plot(
-        ctx,
+        out,
         md,
         "startup-bytes",
         svg::Chart {
@@ -1161,7 +1215,7 @@ fn section_bytes(ctx: &Ctx, md: &mut String, all: &mut Vec<Startup>) -> Result<(
 
 // ------------------------------------------------------------------ concurrent
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Conc {
     n: usize,
     rep: usize,
@@ -1273,7 +1327,7 @@ fn min_of(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
-fn section_concurrent(ctx: &Ctx, md: &mut String, all: &mut Vec<Conc>) -> Result<()> {
+fn section_concurrent(ctx: &Ctx, all: &mut Vec<Conc>) -> Result<()> {
     let image = "python";
     for rep in 1..=ctx.conc_reps {
         for &n in &ctx.conc {
@@ -1291,6 +1345,11 @@ fn section_concurrent(ctx: &Ctx, md: &mut String, all: &mut Vec<Conc>) -> Result
             }
         }
     }
+    Ok(())
+}
+
+fn report_concurrent(p: &Params, out: &Path, md: &mut String, all: &[Conc]) -> Result<()> {
+    let image = "python";
     let _ = writeln!(
         md,
         "## 4. Concurrent cold starts of one image on one host\n"
@@ -1305,10 +1364,10 @@ fn section_concurrent(ctx: &Ctx, md: &mut String, all: &mut Vec<Conc>) -> Result
          written there once), *memory-cache misses* the chunk lookups that found no plaintext in memory, i.e. the demand that \
          single-flight coalesced into the store fetches. On this 2-vCPU host N TCG guests share 2 cores, so per-VM time grows \
          with N through CPU contention; the qemu-nbd rows show how much.\n",
-        ctx.conc_mem,
+        p.conc_mem,
         cmd_text(image),
-        ctx.latency_ms,
-        ctx.bandwidth / 1_000_000
+        p.latency_ms,
+        p.bandwidth / 1_000_000
     );
     let _ = writeln!(md, "| N VMs | round | server | load (1 min) | CMD exited p50 ms | max ms | min ms | CMD started p50 ms | store fetches | distinct chunks | **fetches per chunk** | memory-cache misses | guest read MiB (all VMs) |");
     let _ = writeln!(md, "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
@@ -1340,7 +1399,7 @@ fn section_concurrent(ctx: &Ctx, md: &mut String, all: &mut Vec<Conc>) -> Result
                 c.n,
                 if c.n == 1 { "" } else { "s" },
                 if lode { "lode" } else { "qemu-nbd" },
-                if ctx.conc_reps > 1 {
+                if p.conc_reps > 1 {
                     format!(" (round {})", c.rep)
                 } else {
                     String::new()
@@ -1366,7 +1425,7 @@ fn section_concurrent(ctx: &Ctx, md: &mut String, all: &mut Vec<Conc>) -> Result
     let _ = writeln!(md);
     let _ = writeln!(md, "| N VMs | lode: p50 / max ms (median over rounds) | qemu-nbd: p50 / max ms | lode ÷ qemu-nbd (p50) | store fetches per chunk (all rounds) |");
     let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: |");
-    for &n in &ctx.conc {
+    for &n in &p.conc {
         let pick = |srv: &str| -> (Vec<f64>, Vec<f64>, Vec<f64>) {
             let rs: Vec<&Conc> = all.iter().filter(|c| c.n == n && c.server == srv).collect();
             (
@@ -1395,14 +1454,14 @@ fn section_concurrent(ctx: &Ctx, md: &mut String, all: &mut Vec<Conc>) -> Result
     }
     let _ = writeln!(md);
     plot(
-        ctx,
+        out,
         md,
         "concurrent",
         svg::Chart {
             title: format!("N micro-VMs cold-starting {image} at once on one host"),
             subtitle: format!(
                 "2 shared vCPUs, TCG, {} MiB per VM; lode: one cold agent, store {} ms/GET; right: store fetches per distinct chunk",
-                ctx.conc_mem, ctx.latency_ms
+                p.conc_mem, p.latency_ms
             ),
             axis: "seconds from spawn to CMD exit".into(),
             series: vec![
@@ -1425,8 +1484,8 @@ fn section_concurrent(ctx: &Ctx, md: &mut String, all: &mut Vec<Conc>) -> Result
 
 // ------------------------------------------------------------------ output
 
-fn plot(ctx: &Ctx, md: &mut String, name: &str, chart: svg::Chart) -> Result<()> {
-    let dir = ctx.out.join("img");
+fn plot(out: &Path, md: &mut String, name: &str, chart: svg::Chart) -> Result<()> {
+    let dir = out.join("img");
     std::fs::create_dir_all(&dir)?;
     let file = format!("coldstart-{}.svg", name.trim_start_matches("coldstart-"));
     std::fs::write(dir.join(&file), svg::render(&chart))?;
@@ -1536,6 +1595,21 @@ fn main() -> Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()?;
+    if let Some(saved) = std::env::var_os("REPLOT") {
+        // `cargo bench` runs this in crates/lode-cli: a relative path is the
+        // workspace's.
+        let saved = repo.join(saved);
+        // Only the report and the plots, from a saved runs.json.
+        let res: Results = serde_json::from_slice(
+            &std::fs::read(&saved).with_context(|| format!("reading {saved:?}"))?,
+        )?;
+        let out = std::env::var_os("BENCH_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join("target/bench-coldstart"));
+        std::fs::create_dir_all(&out)?;
+        println!("{}", render(&res, &out)?);
+        return Ok(());
+    }
     let lode = PathBuf::from(env!("CARGO_BIN_EXE_lode"));
     let corpus = std::env::var_os("LODE_CORPUS")
         .map(PathBuf::from)
@@ -1619,73 +1693,104 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let load_start = loadavg();
     let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let mut md = String::new();
-    let mut pushes = Vec::new();
-    let mut runs = Vec::new();
-    let mut startups = Vec::new();
-    let mut concs = Vec::new();
+    let mut res = Results {
+        params: Some(ctx.params()),
+        sections: ctx.sections.clone(),
+        ..Default::default()
+    };
     let result = (|| -> Result<()> {
         if ctx.section("dedup") {
-            section_dedup(&ctx, &mut md, &mut pushes)?;
+            section_dedup(&ctx, &mut res.pushes)?;
         } else {
             for i in ["debian", "python", "app-a", "app-b", "big"] {
                 let src = format!("oci:{}:latest", ctx.corpus.join(i).display());
-                pushes.push(push(&ctx, i, &src, TENANT, i)?);
+                push(&ctx, i, &src, TENANT, i)?;
             }
         }
         if ctx.section("coldstart") {
-            section_coldstart(&ctx, &mut md, &mut runs)?;
+            section_coldstart(&ctx, &mut res.coldstart)?;
         }
         if ctx.section("bytes") {
-            section_bytes(&ctx, &mut md, &mut startups)?;
+            section_bytes(&ctx, &mut res.startup)?;
         }
         if ctx.section("concurrent") {
-            section_concurrent(&ctx, &mut md, &mut concs)?;
+            section_concurrent(&ctx, &mut res.concurrent)?;
         }
         Ok(())
     })();
     procs::kill_all();
-    let mut report = String::new();
-    let _ = writeln!(report, "# lode cold-start benchmark ({date})\n");
+    let mut head = String::new();
+    let _ = writeln!(head, "# lode cold-start benchmark ({date})\n");
     let _ = writeln!(
-        report,
+        head,
         "```sh\ncargo bench -p lode-cli --bench coldstart\n```\n"
     );
-    report.push_str(&machine(&ctx));
+    head.push_str(&machine(&ctx));
     let _ = writeln!(
-        report,
+        head,
         "- load average at start {load_start}, at end {}; total time {:.0} s\n",
         loadavg(),
         started.elapsed().as_secs_f64()
     );
-    report.push_str(&md);
-    let _ = writeln!(report, "## Failed runs\n");
-    let failures = ctx.failures.borrow();
-    if failures.is_empty() {
-        let _ = writeln!(report, "None: every run succeeded at the first attempt.\n");
-    } else {
-        let _ = writeln!(
-            report,
-            "These runs failed and were repeated (the tables above hold the repeat):\n"
-        );
-        for (what, why) in failures.iter() {
-            let _ = writeln!(report, "- {what}: {why}");
-        }
-        let _ = writeln!(report);
-    }
-    std::fs::write(ctx.out.join("report.md"), &report)?;
-    let raw = serde_json::json!({
-        "pushes": pushes, "coldstart": runs, "startup": startups, "concurrent": concs,
-        "failures": *ctx.failures.borrow(),
-    });
+    res.header = head;
+    res.failures = ctx.failures.borrow().clone();
     std::fs::write(
         ctx.out.join("runs.json"),
-        serde_json::to_string_pretty(&raw)?,
+        serde_json::to_string_pretty(&res)?,
     )?;
+    let report = render(&res, &ctx.out)?;
     println!("{report}");
     eprintln!(
         "coldstart: report in {}",
         ctx.out.join("report.md").display()
     );
     result
+}
+
+/// Writes `report.md` and the plots of `res` into `out`; returns the report.
+fn render(res: &Results, out: &Path) -> Result<String> {
+    let p = res
+        .params
+        .clone()
+        .ok_or_else(|| anyhow!("no parameters in the results"))?;
+    let has = |x: &str| res.sections.iter().any(|s| s == x);
+    let mut md = res.header.clone();
+    if has("dedup") && !res.pushes.is_empty() {
+        report_dedup(out, &mut md, &res.pushes)?;
+    }
+    if !res.coldstart.is_empty() {
+        let _ = writeln!(md, "## 2. Cold start to CMD exit\n");
+        for image in &p.cold_images {
+            let runs: Vec<Run> = res
+                .coldstart
+                .iter()
+                .filter(|r| &r.image == image)
+                .cloned()
+                .collect();
+            if !runs.is_empty() {
+                report_coldstart(&p, out, &mut md, image, &runs)?;
+            }
+        }
+    }
+    if !res.startup.is_empty() {
+        report_bytes(&p, out, &mut md, &res.startup)?;
+    }
+    if !res.concurrent.is_empty() {
+        report_concurrent(&p, out, &mut md, &res.concurrent)?;
+    }
+    let _ = writeln!(md, "## Failed runs\n");
+    if res.failures.is_empty() {
+        let _ = writeln!(md, "None: every run succeeded at the first attempt.\n");
+    } else {
+        let _ = writeln!(
+            md,
+            "These runs failed and were repeated (the tables above hold the repeat):\n"
+        );
+        for (what, why) in &res.failures {
+            let _ = writeln!(md, "- {what}: {why}");
+        }
+        let _ = writeln!(md);
+    }
+    std::fs::write(out.join("report.md"), &md)?;
+    Ok(md)
 }

@@ -80,14 +80,41 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
+/// Splits `text` into lines of at most `width` characters at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let cur = lines.last_mut().expect("one line");
+        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_string());
+        } else {
+            if !cur.is_empty() {
+                cur.push(' ');
+            }
+            cur.push_str(word);
+        }
+    }
+    lines
+}
+
 /// Renders `c` as a standalone SVG document.
 pub fn render(c: &Chart) -> String {
-    let (w, left, right) = (1000.0, 290.0, 270.0);
-    let plot_w = w - left - right;
+    let widest = c
+        .rows
+        .iter()
+        .map(|r| r.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let left = (24.0 + 6.9 * widest as f64).max(200.0);
+    let (plot_w, right) = (460.0, 270.0);
+    let w = left + plot_w + right;
+    let sub = wrap(&c.subtitle, ((w - 24.0) / 6.7) as usize);
+    // Everything under the subtitle moves down by its extra lines.
+    let dy = 16.0 * sub.len().saturating_sub(1) as f64;
     let nser = c.series.len().max(1) as f64;
     let bar_h = if nser > 1.0 { 14.0 } else { 18.0 };
     let row_h = bar_h * nser + 14.0;
-    let top = 78.0;
+    let top = 78.0 + dy;
     let h = top + row_h * c.rows.len() as f64 + 52.0;
     let mut max: f64 = 0.0;
     for r in &c.rows {
@@ -118,19 +145,24 @@ pub fn render(c: &Chart) -> String {
         r#"<text x="12" y="22" font-size="15" font-weight="bold">{}</text>"#,
         esc(&c.title)
     );
-    let _ = writeln!(
-        s,
-        r##"<text x="12" y="40" fill="#444">{}</text>"##,
-        esc(&c.subtitle)
-    );
+    for (i, line) in sub.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r##"<text x="12" y="{}" fill="#444">{}</text>"##,
+            40.0 + 16.0 * i as f64,
+            esc(line)
+        );
+    }
     // Legend.
     let mut lx = left;
     for ser in &c.series {
         let _ = writeln!(
             s,
-            r#"<rect x="{lx}" y="50" width="12" height="12" fill="{}"/><text x="{}" y="60">{}</text>"#,
+            r#"<rect x="{lx}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+            50.0 + dy,
             ser.color,
             lx + 16.0,
+            60.0 + dy,
             esc(&ser.name)
         );
         lx += 28.0 + 7.0 * ser.name.len() as f64;
@@ -138,9 +170,11 @@ pub fn render(c: &Chart) -> String {
     if !c.points_name.is_empty() {
         let _ = writeln!(
             s,
-            r#"<circle cx="{}" cy="56" r="4" fill="black" fill-opacity="0.6"/><text x="{}" y="60">{}</text>"#,
+            r#"<circle cx="{}" cy="{}" r="4" fill="black" fill-opacity="0.6"/><text x="{}" y="{}">{}</text>"#,
             lx + 6.0,
+            56.0 + dy,
             lx + 16.0,
+            60.0 + dy,
             esc(&c.points_name)
         );
         lx += 28.0 + 7.0 * c.points_name.len() as f64;
@@ -148,10 +182,13 @@ pub fn render(c: &Chart) -> String {
     if !c.tick_name.is_empty() {
         let _ = writeln!(
             s,
-            r##"<line x1="{0}" y1="49" x2="{0}" y2="63" stroke="#c00" stroke-width="2.5"/><text x="{1}" y="60">{2}</text>"##,
+            r##"<line x1="{0}" y1="{3}" x2="{0}" y2="{4}" stroke="#c00" stroke-width="2.5"/><text x="{1}" y="{5}">{2}</text>"##,
             lx + 4.0,
             lx + 14.0,
-            esc(&c.tick_name)
+            esc(&c.tick_name),
+            49.0 + dy,
+            63.0 + dy,
+            60.0 + dy
         );
     }
     // Grid and axis.
