@@ -11,8 +11,10 @@
 
 mod entry;
 mod error;
+mod tarball;
 
 pub use error::{EntryError, FlattenError};
+pub use tarball::TarError;
 
 use lode_ext4::{Builder, Options, Summary};
 use lode_oci::{Image, Source};
