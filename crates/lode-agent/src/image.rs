@@ -80,6 +80,15 @@ impl ImageHandle {
         self.image.manifest.names.len() as u64
     }
 
+    /// Whether chunk `index` is a hole (all zeros, never stored).
+    pub fn is_hole(&self, index: u64) -> bool {
+        self.image
+            .manifest
+            .names
+            .get(index as usize)
+            .is_none_or(|n| n.is_none())
+    }
+
     /// The shared reader.
     pub fn reader(&self) -> &Arc<ChunkReader> {
         &self.reader

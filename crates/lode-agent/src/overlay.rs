@@ -104,6 +104,14 @@ impl Overlay {
         b[(page / 64) as usize] |= 1 << (page % 64);
     }
 
+    /// Whether any page overlapping `[start, end)` was written.
+    pub fn any_written(&self, start: u64, end: u64) -> bool {
+        if end <= start {
+            return false;
+        }
+        (start / PAGE..=(end - 1) / PAGE).any(|p| self.has(p))
+    }
+
     /// Pages written so far.
     pub fn written_pages(&self) -> u64 {
         let b = self.bits.lock().unwrap_or_else(|p| p.into_inner());
