@@ -236,11 +236,7 @@ impl Server {
 
     /// Runs the option haggling; returns the chosen export, or `None` when the
     /// client aborted or asked for an unknown export the old way.
-    async fn handshake<R, W>(
-        &self,
-        rd: &mut R,
-        wr: &mut W,
-    ) -> std::io::Result<Option<Chosen>>
+    async fn handshake<R, W>(&self, rd: &mut R, wr: &mut W) -> std::io::Result<Option<Chosen>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -383,8 +379,13 @@ impl Server {
                         continue;
                     };
                     if !structured {
-                        reply(wr, opt, REP_ERR_INVALID, b"negotiate STRUCTURED_REPLY first")
-                            .await?;
+                        reply(
+                            wr,
+                            opt,
+                            REP_ERR_INVALID,
+                            b"negotiate STRUCTURED_REPLY first",
+                        )
+                        .await?;
                         continue;
                     }
                     let matched = meta_context_matches(opt == OPT_LIST_META_CONTEXT, &queries);
@@ -545,7 +546,15 @@ impl Conn {
         let mut w = self.wr.lock().await;
         let mut head = error.to_be_bytes().to_vec();
         head.extend_from_slice(&0u16.to_be_bytes());
-        Self::chunk(&mut w, handle, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, &head, &[]).await?;
+        Self::chunk(
+            &mut w,
+            handle,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_ERROR,
+            &head,
+            &[],
+        )
+        .await?;
         w.flush().await
     }
 
@@ -626,9 +635,16 @@ impl Conn {
         len: u32,
     ) -> std::io::Result<()> {
         let size = self.image.size();
-        let valid = len > 0 && offset.checked_add(u64::from(len)).is_some_and(|e| e <= size);
+        let valid = len > 0
+            && offset
+                .checked_add(u64::from(len))
+                .is_some_and(|e| e <= size);
         if !self.base_allocation || !valid {
-            let e = if self.base_allocation { EINVAL } else { ENOTSUP };
+            let e = if self.base_allocation {
+                EINVAL
+            } else {
+                ENOTSUP
+            };
             return self.send_error(handle, e).await;
         }
         let mut runs = self.runs(offset, u64::from(len));
