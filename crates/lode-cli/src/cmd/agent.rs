@@ -197,6 +197,7 @@ pub fn run(args: Args) -> Result<()> {
                 }
             }
         }
+        server.exports().reader().settle().await;
         Ok(())
     })
 }

@@ -125,6 +125,8 @@ pub fn run(args: Args) -> Result<()> {
         total += n as u64;
     }
     out.flush().context("writing to stdout")?;
+    // Let the disk-cache writes land, so the next command finds the chunks.
+    rt.block_on(reader.settle());
     let labels = reader.tier_labels();
     let (mut fetched, mut bytes) = (0, 0);
     let mut per_tier = Vec::new();
