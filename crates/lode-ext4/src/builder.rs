@@ -103,6 +103,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Ext4Error {
     move |source| Ext4Error::Io { what, source }
 }
 
+/// An inode number, its record, and the block runs (start, count) it owns.
+type OwnedInode = (u32, InodeRecord, Vec<(u64, u64)>);
+
 impl Builder {
     /// Starts an image in `out` (an empty, writable file).
     pub fn new(out: File, opts: Options) -> Self {
@@ -335,10 +338,10 @@ impl Builder {
         }
         // 3. Directory contents changed by this layer.
         let parents = self.tree.parents();
-        for id in 0..self.tree.nodes.len() {
+        for (id, &parent) in parents.iter().enumerate() {
             let n = &self.tree.nodes[id];
             if n.alive && n.dirty && n.kind.is_dir() && id != LOST_FOUND {
-                self.write_dir(id, parents[id])?;
+                self.write_dir(id, parent)?;
             }
         }
         if layer == 0 {
@@ -576,7 +579,7 @@ impl Builder {
     }
 
     /// The inode of a live node and the block runs it owns.
-    fn inode_record(&self, id: NodeId) -> Result<(u32, InodeRecord, Vec<(u64, u64)>)> {
+    fn inode_record(&self, id: NodeId) -> Result<OwnedInode> {
         let n = &self.tree.nodes[id];
         let mut owned: Vec<(u64, u64)> = Vec::new();
         let mut rec = InodeRecord {
