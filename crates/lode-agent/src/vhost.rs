@@ -38,14 +38,14 @@
 //! unknown request type or unsupported flags. A chain without an addressable
 //! status byte is returned to the guest with a used length of 0.
 
-use crate::exports::{ExportError, ExportName};
+use crate::exports::ExportError;
 use crate::image::ImageHandle;
 use crate::nbd::{overlay_key, Server, MAX_REQUEST};
 use crate::overlay::Overlay;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -342,7 +342,10 @@ fn byte_range(sector: u64, len: u64, size: u64) -> Option<u64> {
 struct Device {
     export: String,
     image: Arc<ImageHandle>,
-    overlay: Overlay,
+    /// Set once the frontend is connected (`Err` if the session is not
+    /// served: no overlay, requests fail).
+    overlay: OnceLock<Result<Overlay, ()>>,
+    overlay_set: (Mutex<()>, Condvar),
     read_only: bool,
     rt: Handle,
     slots: Arc<Semaphore>,
@@ -367,6 +370,24 @@ impl std::fmt::Debug for Device {
 struct Backend(Arc<Device>);
 
 impl Device {
+    fn set_overlay(&self, o: Result<Overlay, ()>) {
+        let _ = self.overlay.set(o);
+        let _g = self.overlay_set.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.overlay_set.1.notify_all();
+    }
+
+    /// Waits until the session has decided on the overlay.
+    fn wait_overlay(&self) {
+        let mut g = self.overlay_set.0.lock().unwrap_or_else(|p| p.into_inner());
+        while self.overlay.get().is_none() {
+            g = self
+                .overlay_set
+                .1
+                .wait(g)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Waits until no request is in flight (used when a ring stops or the
     /// session ends, so nothing touches the ring or the overlay afterwards).
     fn drain(&self) {
@@ -375,6 +396,7 @@ impl Device {
     }
 
     fn process_queue(self: &Arc<Self>, vring: &VringRwLock) {
+        self.wait_overlay();
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
             if event_idx {
@@ -458,6 +480,9 @@ impl Device {
         const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
         const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
         let size = self.image.size();
+        let Some(Ok(overlay)) = self.overlay.get() else {
+            return (IOERR, 0);
+        };
         match req.kind {
             VIRTIO_BLK_T_IN => {
                 self.first_read.get_or_init(Instant::now);
@@ -467,7 +492,7 @@ impl Device {
                     tracing::debug!(sector = req.sector, len, "read out of range");
                     return (IOERR, 0);
                 };
-                match self.overlay.read(&self.image, off, len).await {
+                match overlay.read(&self.image, off, len).await {
                     Ok(data) => match scatter(mem, &req.data_in, &data) {
                         Ok(()) => (OK, req.in_len),
                         Err(_) => (IOERR, 0),
@@ -487,7 +512,7 @@ impl Device {
                 let Ok(data) = gather(mem, &req.data_out, 0, req.out_len) else {
                     return (IOERR, 0);
                 };
-                match self.overlay.write(&self.image, off, &data).await {
+                match overlay.write(&self.image, off, &data).await {
                     Ok(()) => (OK, 0),
                     Err(e) => {
                         tracing::warn!(export = %self.export, error = %e, off, len, "write failed");
@@ -495,7 +520,7 @@ impl Device {
                     }
                 }
             }
-            VIRTIO_BLK_T_FLUSH => match self.overlay.flush() {
+            VIRTIO_BLK_T_FLUSH => match overlay.flush() {
                 Ok(()) => (OK, 0),
                 Err(e) => {
                     tracing::warn!(export = %self.export, error = %e, "flush failed");
@@ -509,14 +534,22 @@ impl Device {
                     Err(_) => (IOERR, 0),
                 }
             }
-            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => self.ranges(mem, req, size).await,
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                self.ranges(overlay, mem, req, size).await
+            }
             _ => (UNSUPP, 0),
         }
     }
 
     /// `DISCARD` (advisory: the overlay keeps its pages, reads return the
     /// previous data) and `WRITE_ZEROES` (zeros written into the overlay).
-    async fn ranges(&self, mem: &GuestMemoryMmap, req: &Request, size: u64) -> (u8, usize) {
+    async fn ranges(
+        &self,
+        overlay: &Overlay,
+        mem: &GuestMemoryMmap,
+        req: &Request,
+        size: u64,
+    ) -> (u8, usize) {
         const OK: u8 = VIRTIO_BLK_S_OK as u8;
         const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
         const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
@@ -558,7 +591,7 @@ impl Device {
         let mut at = off;
         while at < off + len {
             let n = PIECE.min(off + len - at) as usize;
-            if let Err(e) = self.overlay.write(&self.image, at, &zeros[..n]).await {
+            if let Err(e) = overlay.write(&self.image, at, &zeros[..n]).await {
                 tracing::warn!(export = %self.export, error = %e, "write zeroes failed");
                 return (IOERR, 0);
             }
@@ -800,31 +833,12 @@ impl VhostUserExport {
     ///
     /// Blocking: call it from a thread of its own, not from the runtime.
     pub fn serve_one(&mut self) -> Result<Option<SessionReport>, VhostError> {
+        // The image is opened before a frontend connects: the configuration
+        // space (capacity) is among the first things it asks for.
         let (name, image) = self
             .rt
             .block_on(self.server.exports().open(&self.export))
             .map_err(|e| VhostError::Export(Box::new(e)))?;
-        let key = overlay_key(&name);
-        if !self.server.claim(&key) {
-            return Err(VhostError::OverlayInUse(self.export.clone()));
-        }
-        let r = self.session(&name, image);
-        self.server.release(&key);
-        r
-    }
-
-    fn session(
-        &mut self,
-        name: &ExportName,
-        image: Arc<ImageHandle>,
-    ) -> Result<Option<SessionReport>, VhostError> {
-        let overlay = self
-            .server
-            .attach_overlay(&self.export, &image, overlay_key(name).as_deref())
-            .map_err(|source| VhostError::Overlay {
-                export: self.export.clone(),
-                source,
-            })?;
         let mut id = [0u8; ID_BYTES];
         let n = image.export.len().min(ID_BYTES);
         id[..n].copy_from_slice(&image.export.as_bytes()[..n]);
@@ -833,7 +847,8 @@ impl VhostUserExport {
             export: self.export.clone(),
             config: config_space(image.size()),
             image: image.clone(),
-            overlay,
+            overlay: OnceLock::new(),
+            overlay_set: (Mutex::new(()), Condvar::new()),
             read_only: self.read_only,
             rt: self.rt.clone(),
             slots: Arc::new(Semaphore::new(DEVICE_REQUESTS)),
@@ -858,14 +873,35 @@ impl VhostUserExport {
             .session
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
-        // A connection that arrives once stopping (the wake-up of
-        // `StopHandle::stop` or a late frontend) is closed unserved.
-        let serving = !self.control.stopping.load(Ordering::SeqCst);
+        // A frontend is connected. Its overlay (and the claim of a named
+        // one) is made only now, so an idle socket holds no overlay; the
+        // vring worker waits for it should requests come first.
+        let key = overlay_key(&name);
+        let claimed = self.server.claim(&key);
+        let outcome: Result<bool, VhostError> = if self.control.stopping.load(Ordering::SeqCst) {
+            // The wake-up of `StopHandle::stop`, or a late frontend.
+            Ok(false)
+        } else if !claimed {
+            Err(VhostError::OverlayInUse(self.export.clone()))
+        } else {
+            self.server
+                .attach_overlay(&self.export, &image, key.as_deref())
+                .map(|o| {
+                    dev.set_overlay(Ok(o));
+                    true
+                })
+                .map_err(|source| VhostError::Overlay {
+                    export: self.export.clone(),
+                    source,
+                })
+        };
+        let serving = matches!(outcome, Ok(true));
         if serving {
             self.server.vhost_sessions.fetch_add(1, Ordering::Relaxed);
             self.rt.block_on(self.server.exports().activate(&image));
             tracing::info!(export = %self.export, "vhost-user frontend connected");
         } else {
+            dev.set_overlay(Err(()));
             daemon.request_shutdown();
         }
         let result = daemon.wait();
@@ -881,19 +917,34 @@ impl VhostUserExport {
         if let Err(e) = result {
             tracing::debug!(export = %self.export, error = %e, "vhost-user session ended");
         }
-        if !serving {
-            return Ok(None);
+        let written_pages = dev
+            .overlay
+            .get()
+            .and_then(|o| o.as_ref().ok())
+            .map(Overlay::written_pages)
+            .unwrap_or(0);
+        if serving {
+            tracing::info!(export = %self.export, "vhost-user frontend disconnected");
+            if let Err(e) = self
+                .rt
+                .block_on(self.server.exports().save_working_set(&image))
+            {
+                tracing::warn!(error = %e, export = %self.export, "cannot store the working set");
+            }
         }
-        tracing::info!(export = %self.export, "vhost-user frontend disconnected");
-        if let Err(e) = self
-            .rt
-            .block_on(self.server.exports().save_working_set(&image))
-        {
-            tracing::warn!(error = %e, export = %self.export, "cannot store the working set");
+        // The overlay is deleted (or, if named, saved) here, before its name
+        // is released for the next client.
+        if Arc::try_unwrap(dev).is_err() {
+            tracing::warn!(export = %self.export, "device still referenced at session end");
         }
-        Ok(Some(SessionReport {
-            written_pages: dev.overlay.written_pages(),
-        }))
+        if claimed {
+            self.server.release(&key);
+        }
+        match outcome {
+            Ok(true) => Ok(Some(SessionReport { written_pages })),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

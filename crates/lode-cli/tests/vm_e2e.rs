@@ -349,7 +349,10 @@ cat /etc/msg";
         ok && out.contains("hello from the image") && !out.contains("changed"),
         "{via}: stdout {out}\nstderr {err}"
     );
-    assert!(!out.contains("big"), "{via}: another VM's file is visible: {out}");
+    assert!(
+        !out.contains("big"),
+        "{via}: another VM's file is visible: {out}"
+    );
 
     // 5. The command's exit status is the run's.
     let (ok, _, _) = s.run_vm(via, "c4", false, "exit 3");
