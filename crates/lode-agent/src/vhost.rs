@@ -253,9 +253,11 @@ where
         return Err(Bad::Status(status));
     }
     let header = gather(mem, &readable, 0, HEADER).map_err(|_| Bad::Status(status))?;
-    let word = |r: std::ops::Range<usize>| header.get(r).unwrap_or(&[]).to_vec();
-    let kind = u32::from_le_bytes(word(0..4).try_into().map_err(|_| Bad::Status(status))?);
-    let sector = u64::from_le_bytes(word(8..16).try_into().map_err(|_| Bad::Status(status))?);
+    let mut kind = [0u8; 4];
+    kind.copy_from_slice(&header[0..4]);
+    let mut sector = [0u8; 8];
+    sector.copy_from_slice(&header[8..16]);
+    let (kind, sector) = (u32::from_le_bytes(kind), u64::from_le_bytes(sector));
     let data_out = skip(&readable, HEADER);
     let data_in: Vec<Seg> = writable.into_iter().filter(|s| s.len > 0).collect();
     Ok(Request {
@@ -279,7 +281,8 @@ fn skip(segs: &[Seg], mut n: usize) -> Vec<Seg> {
             continue;
         }
         out.push(Seg {
-            addr: GuestAddress(s.addr.0 + n as u64),
+            // In guest memory (checked), so no overflow; wrapping just in case.
+            addr: GuestAddress(s.addr.0.wrapping_add(n as u64)),
             len: s.len - n,
         });
         n = 0;
@@ -346,6 +349,10 @@ struct Device {
     /// served: no overlay, requests fail).
     overlay: OnceLock<Result<Overlay, ()>>,
     overlay_set: (Mutex<()>, Condvar),
+    /// Held by the vring worker while it pops and dispatches chains.
+    busy: Mutex<()>,
+    /// A malformed chain was logged (once per session: a guest cannot flood the log).
+    warned: AtomicBool,
     read_only: bool,
     rt: Handle,
     slots: Arc<Semaphore>,
@@ -388,15 +395,24 @@ impl Device {
         }
     }
 
-    /// Waits until no request is in flight (used when a ring stops or the
-    /// session ends, so nothing touches the ring or the overlay afterwards).
+    /// Waits until no chain is being dispatched and no request is in flight
+    /// (when a ring stops or the session ends, so nothing touches the ring
+    /// or the overlay afterwards).
     fn drain(&self) {
+        let _idle = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         let n = DEVICE_REQUESTS as u32;
         let _all = self.rt.block_on(self.slots.acquire_many(n));
     }
 
+    fn malformed(&self, what: &str) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(export = %self.export, "{what} (further ones not logged)");
+        }
+    }
+
     fn process_queue(self: &Arc<Self>, vring: &VringRwLock) {
         self.wait_overlay();
+        let _busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
             if event_idx {
@@ -442,7 +458,7 @@ impl Device {
         let req = match parse_chain(chain, &mem) {
             Ok(r) => r,
             Err(Bad::Status(at)) => {
-                tracing::warn!(export = %self.export, "malformed descriptor chain");
+                self.malformed("malformed descriptor chain");
                 let len = match mem.write_slice(&[VIRTIO_BLK_S_IOERR as u8], at) {
                     Ok(()) => 1,
                     Err(_) => 0,
@@ -451,7 +467,7 @@ impl Device {
                 return;
             }
             Err(Bad::Drop) => {
-                tracing::warn!(export = %self.export, "descriptor chain without a status byte dropped");
+                self.malformed("descriptor chain without a status byte dropped");
                 complete(vring, head, 0);
                 return;
             }
@@ -849,6 +865,8 @@ impl VhostUserExport {
             image: image.clone(),
             overlay: OnceLock::new(),
             overlay_set: (Mutex::new(()), Condvar::new()),
+            busy: Mutex::new(()),
+            warned: AtomicBool::new(false),
             read_only: self.read_only,
             rt: self.rt.clone(),
             slots: Arc::new(Semaphore::new(DEVICE_REQUESTS)),
