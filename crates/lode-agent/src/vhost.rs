@@ -828,16 +828,18 @@ impl VhostUserExport {
 
     /// Serves frontends one after the other until stopped. A session that
     /// fails (e.g. the store is unreachable when the export is re-opened)
-    /// is logged and the next frontend is served.
+    /// is logged and retried after a pause (200 ms doubling to 5 s).
     ///
     /// Blocking: call it from a thread of its own, not from the runtime.
     pub fn serve(mut self) {
+        let mut pause = std::time::Duration::from_millis(200);
         while !self.control.stopping.load(Ordering::SeqCst) {
             match self.serve_one() {
-                Ok(Some(_)) | Ok(None) => {}
+                Ok(_) => pause = std::time::Duration::from_millis(200),
                 Err(e) => {
                     tracing::warn!(error = %e, "vhost-user session failed");
-                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
                 }
             }
         }

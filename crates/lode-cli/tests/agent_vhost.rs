@@ -24,6 +24,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 const TENANT: &str = "acme";
 const NAME: &str = "blk";
@@ -88,6 +89,8 @@ fn vhost_user_device_reads_writes_and_private_overlays() {
         (VIRTIO_BLK_F_BLK_SIZE, "BLK_SIZE"),
         (VIRTIO_BLK_F_DISCARD, "DISCARD"),
         (VIRTIO_BLK_F_WRITE_ZEROES, "WRITE_ZEROES"),
+        (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
+        (VIRTIO_RING_F_INDIRECT_DESC, "INDIRECT_DESC"),
     ] {
         assert!(d.offers(bit), "feature {what} not offered");
     }

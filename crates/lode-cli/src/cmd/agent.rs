@@ -147,7 +147,8 @@ pub struct Args {
     listen: Option<String>,
     /// vhost-user-blk: serve `TENANT/NAME[@OVERLAY]` on the unix socket
     /// `SOCKET` (created; QEMU connects with `-chardev socket,path=SOCKET
-    /// -device vhost-user-blk`). One VM at a time per socket, each with a
+    /// -device vhost-user-blk`, guest RAM shared, e.g. `-object
+    /// memory-backend-memfd,share=on`). One VM at a time per socket, each with a
     /// private copy-on-write overlay (kept across VMs when `@OVERLAY` is
     /// given). `,ro` makes the disk read-only. Repeatable.
     #[arg(long = "vhost-user", value_name = "SOCKET=TENANT/NAME[,ro]", value_parser = parse_vhost)]

@@ -70,7 +70,7 @@ pub struct VhostBlk {
     fe: Frontend,
     pub mem: Mem,
     kick: EventFd,
-    _call: EventFd,
+    call: EventFd,
     avail_idx: u16,
     used_seen: u16,
     /// Bump allocator of the data area (reset per batch).
@@ -112,7 +112,7 @@ impl VhostBlk {
             fe,
             mem,
             kick: EventFd::new(EFD_NONBLOCK).unwrap(),
-            _call: EventFd::new(EFD_NONBLOCK).unwrap(),
+            call: EventFd::new(EFD_NONBLOCK).unwrap(),
             avail_idx: 0,
             used_seen: 0,
             next_data: DATA,
@@ -179,7 +179,7 @@ impl VhostBlk {
             )
             .unwrap();
         self.fe.set_vring_base(0, 0).unwrap();
-        self.fe.set_vring_call(0, &self._call).unwrap();
+        self.fe.set_vring_call(0, &self.call).unwrap();
         self.fe.set_vring_kick(0, &self.kick).unwrap();
         self.fe.set_vring_enable(0, true).unwrap();
     }
@@ -406,6 +406,16 @@ impl VhostBlk {
             );
         }
         self.used_seen = want;
+        // used_event asked for a notification: the call eventfd must fire
+        // (EVENT_IDX honoured; a missing interrupt would hang a real guest).
+        let t = Instant::now();
+        while self.call.read().is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "buffers used but the guest was never notified"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let out = chains
             .iter()
             .zip(&heads)
