@@ -382,3 +382,117 @@ fn micro_vm_over_vhost_user_boots_lazily_and_writes_stay_private() {
         "stdout {out}\nstderr {err}"
     );
 }
+
+/// Boots one VM with QEMU on the vhost-user-blk socket `sock`, running
+/// `script` (read-write mount when `rw`); returns the console output.
+fn boot_on_socket(work: &Path, sock: &Path, rw: bool, script: &str) -> String {
+    let _one = VM.lock().unwrap_or_else(|p| p.into_inner());
+    let assets = lode_vm::Assets::find(&vm_dir()).expect("vm prepare ran");
+    let mut initrd = std::fs::read(&assets.initrd).unwrap();
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    let cmd = ["/bin/sh".to_string(), "-c".into(), script.into()];
+    initrd.extend_from_slice(&lode_vm::command_cpio(&cmd, rw));
+    let initrd_path = work.join("initrd");
+    std::fs::write(&initrd_path, initrd).unwrap();
+    let spec = lode_vm::RunSpec {
+        kernel: assets.kernel,
+        initrd: initrd_path,
+        disk: lode_vm::Disk::VhostUser {
+            socket: sock.to_path_buf(),
+        },
+        memory_mib: 256,
+    };
+    let mut child = spec
+        .command()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(240) {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `lode agent --vhost-user` (not `lode run`): QEMU processes started on
+/// their own attach one after the other to the same socket; each VM gets a
+/// fresh private overlay, removed when it powers off; the agent stays up.
+#[test]
+fn lode_agent_vhost_user_serves_vms_one_after_another() {
+    let s = setup();
+    let sock = s.t.path().join("vu.sock");
+    let overlays = s.t.path().join("overlays");
+    let agent = lode()
+        .env("LODE_HOME", &s.home)
+        .arg("agent")
+        .arg("--vhost-user")
+        .arg(format!("{}=t/img", sock.display()))
+        .arg("--store")
+        .arg(&s.store)
+        .arg("--cache-dir")
+        .arg(s.t.path().join("agent-cache"))
+        .arg("--overlay-dir")
+        .arg(&overlays)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed on drop, also when an assertion fails.
+    let mut agent = Nodes(vec![agent]);
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "agent socket missing"
+        );
+        assert!(agent.0[0].try_wait().unwrap().is_none(), "agent exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let conn_overlays = || -> Vec<String> {
+        std::fs::read_dir(&overlays)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("conn-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for vm in 0..2 {
+        let out = boot_on_socket(
+            s.t.path(),
+            &sock,
+            true,
+            "cat /etc/msg; echo changed > /etc/msg; sync; echo 3 > /proc/sys/vm/drop_caches; cat /etc/msg",
+        );
+        assert!(
+            out.contains("hello from the image")
+                && out.contains("changed")
+                && out.contains("LODE-CMD-EXIT 0"),
+            "VM {vm}: {out}"
+        );
+        assert!(
+            agent.0[0].try_wait().unwrap().is_none(),
+            "agent exited after VM {vm}"
+        );
+        let t = Instant::now();
+        while !conn_overlays().is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "overlay of VM {vm} left: {:?}",
+                conn_overlays()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
