@@ -1,7 +1,8 @@
 //! End to end: a real QEMU micro-VM boots on an image served lazily by lode
 //! (through a 5-node cache fleet) and runs a program from the image, once
 //! with the disk over NBD and once over vhost-user-blk, the same scenarios
-//! for both. Needs qemu-system-x86_64, busybox-static and xz (scripts/test.sh
+//! for both, and `lode agent --vhost-user` serving QEMU processes started on
+//! their own. Needs qemu-system-x86_64, busybox-static and xz (scripts/test.sh
 //! installs them through scripts/vm-deps.sh); fails, not skips, when they are
 //! missing.
 #![allow(clippy::unwrap_used, missing_docs)]
