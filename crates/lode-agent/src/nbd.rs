@@ -116,8 +116,10 @@ pub struct Server {
     config: ServerConfig,
     named_in_use: Mutex<HashSet<String>>,
     conn_seq: AtomicU64,
-    /// Connections served so far.
+    /// NBD connections served so far.
     pub connections: AtomicU64,
+    /// vhost-user-blk sessions (one per VM that connected) served so far.
+    pub vhost_sessions: AtomicU64,
     /// When the first READ request of any connection arrived.
     pub first_read: Arc<std::sync::OnceLock<std::time::Instant>>,
 }
@@ -142,6 +144,7 @@ impl Server {
             named_in_use: Mutex::new(HashSet::new()),
             conn_seq: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            vhost_sessions: AtomicU64::new(0),
             first_read: Arc::default(),
         }
     }
@@ -183,12 +186,7 @@ impl Server {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, export, "cannot create overlay");
-                if let Some(n) = overlay_name {
-                    self.named_in_use
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&n);
-                }
+                self.release(&overlay_name);
                 return;
             }
         };
@@ -206,15 +204,12 @@ impl Server {
         if let Err(e) = self.exports.save_working_set(&image).await {
             tracing::warn!(error = %e, export, "cannot store the working set");
         }
-        if let Some(n) = overlay_name {
-            self.named_in_use
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&n);
-        }
+        self.release(&overlay_name);
     }
 
-    fn attach_overlay(
+    /// Creates the overlay of one client: kept under its name when `named`,
+    /// else a fresh anonymous file removed when the overlay is dropped.
+    pub(crate) fn attach_overlay(
         &self,
         export: &str,
         image: &Arc<ImageHandle>,
@@ -404,8 +399,18 @@ impl Server {
         }
     }
 
+    /// Releases a named overlay claimed with [`Server::claim`].
+    pub(crate) fn release(&self, overlay: &Option<String>) {
+        if let Some(n) = overlay {
+            self.named_in_use
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(n);
+        }
+    }
+
     /// Marks a named overlay as in use; false if another connection has it.
-    fn claim(&self, overlay: &Option<String>) -> bool {
+    pub(crate) fn claim(&self, overlay: &Option<String>) -> bool {
         match overlay {
             Some(n) => self
                 .named_in_use
@@ -419,7 +424,7 @@ impl Server {
 
 /// The identity of a kept overlay: the whole `TENANT/NAME@OVERLAY`, so equal
 /// overlay names of different tenants or images never share pages.
-fn overlay_key(e: &crate::exports::ExportName) -> Option<String> {
+pub(crate) fn overlay_key(e: &crate::exports::ExportName) -> Option<String> {
     e.overlay.as_ref().map(|o| format!("{}@{o}", e.image()))
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod nbd_client;
+pub mod vhost_client;
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
