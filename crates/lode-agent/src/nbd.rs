@@ -292,6 +292,7 @@ impl Server {
                     if !self.claim(&key) {
                         return Ok(None);
                     }
+                    let claim = ClaimGuard::new(self, &key);
                     wr.write_u64(image.size()).await?;
                     wr.write_u16(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM)
                         .await?;
@@ -299,6 +300,7 @@ impl Server {
                         wr.write_all(&[0u8; 124]).await?;
                     }
                     wr.flush().await?;
+                    claim.keep();
                     return Ok(Some(Chosen {
                         name,
                         image,
@@ -349,7 +351,9 @@ impl Server {
                             .await?;
                             continue;
                         }
+                        let claim = ClaimGuard::new(self, &key);
                         reply(wr, opt, REP_ACK, &[]).await?;
+                        claim.keep();
                         return Ok(Some(Chosen {
                             name,
                             image,
@@ -419,6 +423,36 @@ impl Server {
                 .insert(n.clone()),
             None => true,
         }
+    }
+}
+
+/// Releases a named-overlay claim taken during the handshake unless the
+/// handshake completes ([`ClaimGuard::keep`]): a client that vanishes while
+/// the reply is written (error) or stalls it (timeout) must not leave the
+/// overlay claimed for ever.
+struct ClaimGuard<'a> {
+    server: &'a Server,
+    overlay: Option<String>,
+}
+
+impl<'a> ClaimGuard<'a> {
+    fn new(server: &'a Server, overlay: &Option<String>) -> Self {
+        ClaimGuard {
+            server,
+            overlay: overlay.clone(),
+        }
+    }
+
+    /// The handshake completed: the connection owns the claim now.
+    fn keep(mut self) {
+        self.overlay = None;
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        let overlay = self.overlay.take();
+        self.server.release(&overlay);
     }
 }
 
@@ -822,6 +856,79 @@ mod tests {
         assert_eq!(check_range(0, 0, 8192), Err(EINVAL));
         assert_eq!(check_range(u64::MAX, 1, 8192), Err(EINVAL));
         assert_eq!(check_range(0, MAX_REQUEST + 1, u64::MAX), Err(EINVAL));
+    }
+
+    /// Found by review while writing the NBD fuzz target: when the reply to
+    /// EXPORT_NAME (or the ACK of GO) could not be written because the client
+    /// had gone, the named overlay stayed claimed, and every later
+    /// connection to it was refused until the agent restarted.
+    #[tokio::test]
+    async fn vanished_client_releases_its_named_overlay() {
+        use crate::{ChunkReader, Exports};
+        use lode_chunk::KeyProvider;
+        use tokio::io::AsyncWriteExt;
+        let d = tempfile::tempdir().unwrap();
+        let store = lode_store::Store::open("memory://").unwrap();
+        let keys: Arc<dyn KeyProvider> = Arc::new(lode_chunk::Keyring::new(d.path().join("k")));
+        let img = d.path().join("img");
+        std::fs::write(&img, vec![1u8; 8192]).unwrap();
+        lode_store::push_file(&store, keys.clone(), &img, "t", "img", &Default::default())
+            .await
+            .unwrap();
+        let tier: Arc<dyn lode_cache::ChunkTier> =
+            Arc::new(lode_cache::StoreTier::new(store.clone()));
+        let reader = Arc::new(ChunkReader::new(1 << 20, None, vec![tier]));
+        let server = Arc::new(Server::new(
+            Arc::new(Exports::new(store, keys, reader)),
+            ServerConfig {
+                overlay_dir: d.path().join("ov"),
+            },
+        ));
+        let opt = |code: u32, data: &[u8]| {
+            let mut v = IHAVEOPT.to_be_bytes().to_vec();
+            v.extend_from_slice(&code.to_be_bytes());
+            v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            v.extend_from_slice(data);
+            v
+        };
+        // Reads the greeting, asks for the overlay, and is gone before the reply.
+        let (mut c, s) = tokio::io::duplex(1 << 16);
+        let serve = tokio::spawn(server.clone().serve(s));
+        let mut greeting = [0u8; 18];
+        c.read_exact(&mut greeting).await.unwrap();
+        c.write_all(&CFLAG_NO_ZEROES.to_be_bytes()).await.unwrap();
+        c.write_all(&opt(OPT_EXPORT_NAME, b"t/img@vm"))
+            .await
+            .unwrap();
+        drop(c);
+        serve.await.unwrap();
+        // The next client gets the overlay.
+        let (mut c, s) = tokio::io::duplex(1 << 16);
+        let serve = tokio::spawn(server.clone().serve(s));
+        c.read_exact(&mut greeting).await.unwrap();
+        c.write_all(&CFLAG_NO_ZEROES.to_be_bytes()).await.unwrap();
+        let mut info = 8u32.to_be_bytes().to_vec();
+        info.extend_from_slice(b"t/img@vm\0\0");
+        c.write_all(&opt(OPT_GO, &info)).await.unwrap();
+        let mut kinds = Vec::new();
+        loop {
+            let mut h = [0u8; 20];
+            c.read_exact(&mut h).await.unwrap();
+            let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
+            let mut body = vec![0u8; len as usize];
+            c.read_exact(&mut body).await.unwrap();
+            kinds.push(kind);
+            if kind != REP_INFO {
+                break;
+            }
+        }
+        assert_eq!(kinds.last(), Some(&REP_ACK), "replies {kinds:x?}");
+        c.write_all(&REQUEST_MAGIC.to_be_bytes()).await.unwrap();
+        c.write_all(&[0, 0]).await.unwrap();
+        c.write_all(&CMD_DISC.to_be_bytes()).await.unwrap();
+        c.write_all(&[0u8; 20]).await.unwrap();
+        serve.await.unwrap();
     }
 
     #[test]
