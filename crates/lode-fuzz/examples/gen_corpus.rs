@@ -127,9 +127,24 @@ fn info(name: &str, reqs: &[u16]) -> Vec<u8> {
     v
 }
 
+fn meta(name: &str, queries: &[&str]) -> Vec<u8> {
+    let mut v = (name.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    for q in queries {
+        v.extend_from_slice(&(q.len() as u32).to_be_bytes());
+        v.extend_from_slice(q.as_bytes());
+    }
+    v
+}
+
 fn req(cmd: u16, handle: u64, offset: u64, len: u32) -> Vec<u8> {
+    req_flags(0, cmd, handle, offset, len)
+}
+
+fn req_flags(flags: u16, cmd: u16, handle: u64, offset: u64, len: u32) -> Vec<u8> {
     let mut v = 0x2560_9513u32.to_be_bytes().to_vec();
-    v.extend_from_slice(&0u16.to_be_bytes());
+    v.extend_from_slice(&flags.to_be_bytes());
     v.extend_from_slice(&cmd.to_be_bytes());
     v.extend_from_slice(&handle.to_be_bytes());
     v.extend_from_slice(&offset.to_be_bytes());
@@ -207,7 +222,48 @@ fn agent_seeds(s: &mut Seeds) {
         req(disc, 2, 0, 0),
     ]
     .concat();
-    s.insert("agent_nbd_session", vec![one, two, three, four, five]);
+    // Structured replies and base:allocation (BLOCK_STATUS, READ with holes).
+    let six = [
+        3u32.to_be_bytes().to_vec(),
+        opt(8, b""),
+        opt(9, &meta("t/img", &[])),
+        opt(10, &meta("t/img", &["base:allocation"])),
+        opt(7, &info("t/img", &[3])),
+        req(7, 1, 0, NBD_IMAGE_SIZE as u32),
+        req_flags(1 << 3, 7, 2, chunk, 4096),
+        req(read, 3, chunk - 4096, 3 * 4096),
+        req(read, 4, 0, (2 * chunk + 100) as u32),
+        req(write, 5, chunk + 10, 20),
+        vec![0x33; 20],
+        req(7, 6, 0, NBD_IMAGE_SIZE as u32),
+        req(read, 7, chunk, 4096),
+        req(disc, 8, 0, 0),
+    ]
+    .concat();
+    let seven = [
+        3u32.to_be_bytes().to_vec(),
+        opt(10, &meta("t/img", &["base:allocation"])),
+        opt(8, b"x"),
+        opt(8, b""),
+        opt(9, &meta("t/img", &["base:"])),
+        opt(1, b"t/img@o2"),
+        req(7, 1, 0, 4096),
+        req(read, 2, 0, 8192),
+        req(disc, 3, 0, 0),
+    ]
+    .concat();
+    s.insert(
+        "agent_nbd_session",
+        vec![one, two, three, four, five, six, seven],
+    );
+    s.insert(
+        "agent_nbd_meta_context",
+        vec![
+            meta("t/img", &["base:allocation"]),
+            meta("", &[]),
+            meta("t/img", &["base:", "qemu:dirty-bitmap:x"]),
+        ],
+    );
 }
 
 /// Records what a client writes.

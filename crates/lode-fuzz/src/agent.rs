@@ -2,7 +2,7 @@
 //! transmission requests) as sent by a guest's NBD client.
 
 use crate::support::{reset_dir, runtime, scratch, FixedKeys};
-use lode_agent::nbd::parse_info;
+use lode_agent::nbd::{parse_info, parse_meta_context};
 use lode_agent::{ChunkReader, ExportName, Exports, Server, ServerConfig};
 use lode_cache::{ChunkTier, StoreTier};
 use lode_store::{push_file, PushOptions, Store};
@@ -55,6 +55,33 @@ pub fn nbd_info(data: &[u8]) {
     enc.extend_from_slice(&(requests.len() as u16).to_be_bytes());
     for r in &requests {
         enc.extend_from_slice(&r.to_be_bytes());
+    }
+    assert_eq!(enc, data);
+}
+
+/// NBD `LIST_META_CONTEXT`/`SET_META_CONTEXT` option data: what parses
+/// re-encodes to the input.
+pub fn nbd_meta_context(data: &[u8]) {
+    let Some((name, queries)) = parse_meta_context(data) else {
+        return;
+    };
+    let n = u32::from_be_bytes(data[..4].try_into().expect("4")) as usize;
+    let raw = &data[4..4 + n];
+    if let Ok(s) = std::str::from_utf8(raw) {
+        assert_eq!(name, s);
+    }
+    let mut enc = (raw.len() as u32).to_be_bytes().to_vec();
+    enc.extend_from_slice(raw);
+    enc.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    let mut rest = &data[4 + n + 4..];
+    for q in &queries {
+        let l = u32::from_be_bytes(rest[..4].try_into().expect("4")) as usize;
+        let qraw = &rest[4..4 + l];
+        if let Ok(s) = std::str::from_utf8(qraw) {
+            assert_eq!(q, s);
+        }
+        enc.extend_from_slice(&rest[..4 + l]);
+        rest = &rest[4 + l..];
     }
     assert_eq!(enc, data);
 }

@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("chunk_keyring", chunk::keyring),
     ("agent_export_name", agent::export_name),
     ("agent_nbd_info", agent::nbd_info),
+    ("agent_nbd_meta_context", agent::nbd_meta_context),
     ("agent_nbd_session", agent::nbd_session),
     ("fleet_stripe", fleet::stripe),
     ("fleet_client_read", fleet::client_read),

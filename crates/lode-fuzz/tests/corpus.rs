@@ -31,6 +31,11 @@ fn fuzz_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
 }
 
+fn seed(target: &str, i: usize) -> Vec<u8> {
+    let p = fuzz_dir().join(format!("corpus/{target}/seed-{i:02}"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = fuzz_dir().join("corpus").join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -154,6 +159,7 @@ targets!(
     chunk_keyring,
     agent_export_name,
     agent_nbd_info,
+    agent_nbd_meta_context,
     agent_nbd_session,
     fleet_stripe,
     fleet_client_read,
@@ -170,14 +176,14 @@ targets!(
 /// (simple reply magic) and the cache node answers HTTP/1.1 and HTTP/2.
 #[test]
 fn seeds_reach_the_request_handlers() {
-    let nbd = lode_fuzz::agent::nbd_exchange(&corpus("agent_nbd_session")[0]);
+    let nbd = lode_fuzz::agent::nbd_exchange(&seed("agent_nbd_session", 0));
     let magic = 0x6744_6698u32.to_be_bytes();
     assert!(
         nbd.windows(4).filter(|w| *w == magic).count() >= 5,
         "NBD seed 0 got no request replies"
     );
     assert!(nbd.len() > 4096 * 2, "NBD seed 0 read no data");
-    let http1 = lode_fuzz::fleet::node_exchange(&corpus("fleet_node_request")[0]);
+    let http1 = lode_fuzz::fleet::node_exchange(&seed("fleet_node_request", 0));
     let text = String::from_utf8_lossy(&http1);
     for want in [
         "HTTP/1.1 204",
@@ -187,6 +193,13 @@ fn seeds_reach_the_request_handlers() {
     ] {
         assert!(text.contains(want), "no {want} in {text}");
     }
-    let h2 = lode_fuzz::fleet::node_exchange(&corpus("fleet_node_request")[2]);
-    assert!(h2.len() > 50, "the HTTP/2 seed got no answer");
+    let h2 = lode_fuzz::fleet::node_exchange(&seed("fleet_node_request", 2));
+    assert!(h2.len() > 150, "the HTTP/2 seed got no answers");
+    // Structured replies: BLOCK_STATUS and READ chunks (structured magic).
+    let structured = lode_fuzz::agent::nbd_exchange(&seed("agent_nbd_session", 5));
+    let magic = 0x668e_33efu32.to_be_bytes();
+    assert!(
+        structured.windows(4).filter(|w| *w == magic).count() >= 5,
+        "NBD seed 5 got no structured replies"
+    );
 }
