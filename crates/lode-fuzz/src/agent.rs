@@ -120,6 +120,7 @@ fn nbd_env() -> &'static NbdEnv {
             .await
             .expect("push the NBD test image");
         });
+        let _ = std::fs::remove_file(&path);
         NbdEnv { store }
     })
 }

@@ -77,23 +77,33 @@ impl<'a> Input<'a> {
 }
 
 /// A directory for one target's files in this process, on tmpfs when there
-/// is one (`/dev/shm`), emptied by the caller as needed.
+/// is one (`/dev/shm`), emptied by the caller as needed. The process's
+/// directory is `lode-fuzz-<pid>`; those of processes that are gone are
+/// removed the first time (statics are never dropped, so nothing else would).
 pub fn scratch(name: &str) -> PathBuf {
-    static BASE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
     let base = BASE.get_or_init(|| {
         let shm = Path::new("/dev/shm");
-        let mut b = tempfile::Builder::new();
-        b.prefix("lode-fuzz-");
-        let in_shm = if shm.is_dir() {
-            b.tempdir_in(shm).ok()
+        let root = if shm.is_dir() {
+            shm.to_path_buf()
         } else {
-            None
+            std::env::temp_dir()
         };
-        in_shm
-            .or_else(|| b.tempdir().ok())
-            .expect("cannot create a scratch directory")
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let stale = n
+                    .strip_prefix("lode-fuzz-")
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                if stale {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        root.join(format!("lode-fuzz-{}", std::process::id()))
     });
-    let d = base.path().join(name);
+    let d = base.join(name);
     std::fs::create_dir_all(&d).expect("cannot create a scratch directory");
     d
 }
