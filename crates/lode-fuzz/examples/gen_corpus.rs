@@ -25,6 +25,7 @@ fn main() -> anyhow_free::Result {
     fleet_seeds(&mut seeds);
     oci_seeds(&mut seeds);
     store_seeds(&mut seeds);
+    flatten_seeds(&mut seeds);
     for (name, _) in lode_fuzz::TARGETS {
         assert!(seeds.contains_key(name), "no seeds for {name}");
     }
@@ -483,4 +484,29 @@ fn store_seeds(s: &mut Seeds) {
     list.push([&[0u8][..], pointer].concat());
     list.push([&[1u8][..], root].concat());
     list.push([&[2u8][..], root].concat());
+}
+
+/// Layer tars written by the test kit's writer (PAX xattrs with newlines,
+/// long names, links, whiteouts).
+fn flatten_seeds(s: &mut Seeds) {
+    use lode_testkit::spec::{Entry, LayerSpec};
+    use lode_testkit::tarw::layer_tar_bytes;
+    let long = format!("dir/{}", "n".repeat(150));
+    let layers = [
+        LayerSpec::with(vec![
+            Entry::dir("dir"),
+            Entry::file("dir/a", "hello"),
+            Entry::file("dir/cap", "x").xattr("security.capability", b"\x01\x00\x00\x02\x0a\n"),
+            Entry::symlink("dir/l", "a"),
+        ]),
+        LayerSpec::with(vec![
+            Entry::file(&long, "long name"),
+            Entry::hardlink("dir/h", "dir/a"),
+            Entry::file("dir/.wh.a", ""),
+        ]),
+    ];
+    let list = s.entry("flatten_tar").or_default();
+    for l in &layers {
+        list.push(layer_tar_bytes(l));
+    }
 }

@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod chunk;
+pub mod flatten;
 pub mod fleet;
 pub mod oci;
 pub mod store;
@@ -39,6 +40,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("oci_layout", oci::layout),
     ("oci_docker_archive", oci::docker_archive),
     ("store_documents", store::documents),
+    ("flatten_tar", flatten::tar),
 ];
 
 /// The body of the target named `name`.

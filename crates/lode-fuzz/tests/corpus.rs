@@ -170,6 +170,7 @@ targets!(
     oci_layout,
     oci_docker_archive,
     store_documents,
+    flatten_tar,
 );
 
 /// The seeds reach past the handshakes: the NBD server answers requests
