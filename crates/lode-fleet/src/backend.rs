@@ -110,8 +110,18 @@ impl StripeBackend for Http2Nodes {
 /// Plain memcached servers, meta protocol (`mg KEY v`, `ms KEY LEN`), with a
 /// small pool of connections per node. memcached must allow items of at least
 /// a stripe (`-I 1m`).
+///
+/// A GET runs in a task of its own: when the fleet cancels the 5th stripe's
+/// request, the task still reads the reply (bounded by [`DRAIN`]) and returns
+/// the connection to the pool instead of dropping it mid-reply.
 #[derive(Debug)]
 pub struct Memcached {
+    inner: std::sync::Arc<McNodes>,
+}
+
+/// The nodes and their connection pools, shared with running GETs.
+#[derive(Debug)]
+struct McNodes {
     nodes: Vec<String>,
     // std Mutex: only to take or return a connection, never held across an await.
     pools: Vec<Mutex<Vec<BufStream<TcpStream>>>>,
@@ -119,12 +129,29 @@ pub struct Memcached {
 
 /// Connections kept per memcached node.
 const POOL: usize = 16;
+/// Longest a GET may run after its caller stopped waiting.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Memcached {
     /// Nodes given as `HOST:PORT`.
     pub fn new(nodes: Vec<String>) -> Self {
         let pools = nodes.iter().map(|_| Mutex::new(Vec::new())).collect();
-        Memcached { nodes, pools }
+        Memcached {
+            inner: std::sync::Arc::new(McNodes { nodes, pools }),
+        }
+    }
+}
+
+impl McNodes {
+    async fn get(&self, node: usize, key: &str) -> Result<Option<Bytes>, String> {
+        let mut c = self.conn(node).await?;
+        c.write_all(format!("mg lode:{key} v\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        c.flush().await.map_err(|e| e.to_string())?;
+        let out = read_get_reply(&mut c).await?;
+        self.give_back(node, c);
+        Ok(out)
     }
 
     async fn conn(&self, node: usize) -> Result<BufStream<TcpStream>, String> {
@@ -156,7 +183,7 @@ impl Memcached {
 
 impl StripeBackend for Memcached {
     fn nodes(&self) -> &[String] {
-        &self.nodes
+        &self.inner.nodes
     }
 
     fn get<'a>(
@@ -164,15 +191,15 @@ impl StripeBackend for Memcached {
         node: usize,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+        let (inner, key) = (self.inner.clone(), key.to_string());
         Box::pin(async move {
-            let mut c = self.conn(node).await?;
-            c.write_all(format!("mg lode:{key} v\r\n").as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            c.flush().await.map_err(|e| e.to_string())?;
-            let out = read_get_reply(&mut c).await?;
-            self.give_back(node, c);
-            Ok(out)
+            tokio::spawn(async move {
+                tokio::time::timeout(DRAIN, inner.get(node, &key))
+                    .await
+                    .unwrap_or_else(|_| Err("memcached GET timed out".into()))
+            })
+            .await
+            .map_err(|e| e.to_string())?
         })
     }
 
@@ -182,8 +209,9 @@ impl StripeBackend for Memcached {
         key: &'a str,
         value: Bytes,
     ) -> BoxFuture<'a, Result<(), String>> {
+        let this = &self.inner;
         Box::pin(async move {
-            let mut c = self.conn(node).await?;
+            let mut c = this.conn(node).await?;
             c.write_all(format!("ms lode:{key} {} T0\r\n", value.len()).as_bytes())
                 .await
                 .map_err(|e| e.to_string())?;
@@ -191,7 +219,7 @@ impl StripeBackend for Memcached {
             c.write_all(b"\r\n").await.map_err(|e| e.to_string())?;
             c.flush().await.map_err(|e| e.to_string())?;
             read_set_reply(&mut c).await?;
-            self.give_back(node, c);
+            this.give_back(node, c);
             Ok(())
         })
     }
