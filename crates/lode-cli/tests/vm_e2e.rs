@@ -7,8 +7,6 @@
 //! missing.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-#![allow(clippy::unwrap_used, missing_docs)]
-
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::net::TcpListener;
