@@ -14,12 +14,15 @@
 #
 # Variants compared are measured side by side in the same run, interleaved,
 # REPS times (default 3); tables give every run, then medians and ratios.
-# Env: REPS, FIO_SECS (default 5), LATENCY_MS (20), BANDWIDTH (100000000),
+# Env: SECTIONS (default "1 2 3 diag"; e.g. SECTIONS=2 for the warm-cache
+# comparison alone), REPS, FIO_SECS (default 5), LATENCY_MS (20), BANDWIDTH (100000000),
 # LODE_CORPUS (target/corpus), BENCH_WORKDIR (default: a temp dir, deleted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 REPS=${REPS:-3}
+SECTIONS=${SECTIONS:-"1 2 3 diag"}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 FIO_SECS=${FIO_SECS:-5}
 LAT=${LATENCY_MS:-20}
 BW=${BANDWIDTH:-100000000}
@@ -130,7 +133,9 @@ HOLE_LEN=$(( SIZE - DATA_END < DATA_END ? SIZE - DATA_END : DATA_END ))
 echo "Image: \`big\` (python + toolchain + sci layers), $(awk -v s="$SIZE" 'BEGIN {printf "%.2f GiB", s/2^30}') ext4, $CHUNKS chunks of 512 KiB, $UNIQUE unique stored chunks ($(awk -v s="$STORED_BYTES" 'BEGIN {printf "%.2f GiB", s/2^30}')), the rest holes."
 echo
 
+WARMCACHE=$W/c-warm  # section 1 replaces it with its download-first cache
 # ------------------------------------------------------------------ 1
+if want 1; then
 FILES=(/etc/os-release /usr/bin/python3.11
        /usr/local/lib/python3.11/dist-packages/numpy/core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so)
 INJECT=(--inject-store-latency-ms "$LAT" --inject-store-bandwidth "$BW")
@@ -187,25 +192,28 @@ echo
 # The last download-first cache holds every chunk: reused below.
 WARMCACHE=$W/c-dl
 
+fi
 # ------------------------------------------------------------------ 2
+if want 2; then
 echo "## 2. Warm cache: lode agent vs qemu-nbd, same raw image, same clients"
 echo
 S1=$W/lode-mem.sock S2=$W/lode-disk.sock Q=$W/qnbd.sock
 start_agent lode-mem "$S1" "$WARMCACHE" $((PORT_BASE + 1)) --prefetch none --memory-cache 4G
 AMEM=$AGENT
-start_agent lode-disk "$S2" "$WARMCACHE" $((PORT_BASE + 2)) --prefetch none
-ADISK=$AGENT
 qemu-nbd -f raw -r -t -k "$Q" -e 8 "$W/raw.img" >"$W/qemu-nbd.log" 2>&1 &
 QP=$!; PIDS+=("$QP")
 for _ in $(seq 100); do [ -S "$Q" ] && break; sleep 0.05; done
 U_MEM="nbd+unix:///bench/big?socket=$S1" U_DISK="nbd+unix:///bench/big?socket=$S2" U_Q="nbd+unix:///?socket=$Q"
 # Warm up: every chunk into lode-mem's memory cache, the raw file into the page cache.
 nbdcopy --no-extents "$U_MEM" null:
+# Started after lode-mem's warm-up filled the disk cache (when section 1 did not).
+start_agent lode-disk "$S2" "$WARMCACHE" $((PORT_BASE + 2)) --prefetch none
+ADISK=$AGENT
 nbdcopy --no-extents "$U_DISK" null:
 cat "$W/raw.img" >/dev/null
 memchunks=$(metric $((PORT_BASE + 1)) 'lode_cache_chunks{tier="memory"}')
 echo "Warm-up done: lode-mem holds $memchunks / $UNIQUE chunks in memory (\`--memory-cache 4G\`); lode-disk (default 256 MiB memory cache) reads its chunks from the disk cache (page-cached ciphertext, re-hashed and decrypted on every read); qemu-nbd \`-f raw -r -t -e 8\` on the \`lode pull\` output, page-cached."
-echo "Holes: $((CHUNKS - UNIQUE)) of $CHUNKS chunks ($(awk -v h=$((CHUNKS - UNIQUE)) -v c="$CHUNKS" 'BEGIN {printf "%.0f", h*100/c}') % of the image); the data region is the first $DATA_END bytes. lode answers every READ with a simple reply carrying the bytes (a hole chunk becomes a freshly zeroed 512 KiB buffer); qemu-nbd negotiates structured replies with these libnbd clients and answers reads of holes with NBD_REPLY_TYPE_OFFSET_HOLE (no payload)."
+echo "Holes: $((CHUNKS - UNIQUE)) of $CHUNKS chunks ($(awk -v h=$((CHUNKS - UNIQUE)) -v c="$CHUNKS" 'BEGIN {printf "%.0f", h*100/c}') % of the image); the data region is the first $DATA_END bytes. Both servers negotiate structured replies with these libnbd clients and answer reads of holes with NBD_REPLY_TYPE_OFFSET_HOLE (no payload); both answer NBD_CMD_BLOCK_STATUS (base:allocation), which the \`seqext\` case uses to skip holes."
 echo
 declare -A SRV_PID=([lode-mem]=$AMEM [lode-disk]=$ADISK [qemu-nbd]=$QP)
 declare -A SRV_URI=([lode-mem]=$U_MEM [lode-disk]=$U_DISK [qemu-nbd]=$U_Q)
@@ -215,6 +223,7 @@ run_case() { # CASE SERVER -> prints "value cpu_s"
   c0=$(cpu_ticks "$pid"); t=$(now_ns)
   case $case in
     seq1) nbdcopy -C 1 --no-extents "$uri" null:; v=$(awk -v s="$SIZE" -v t=$(( $(now_ns) - t )) 'BEGIN {printf "%.0f", s/1e6/(t/1e9)}') ;;
+    seqext) nbdcopy "$uri" null:; v=$(awk -v s="$SIZE" -v t=$(( $(now_ns) - t )) 'BEGIN {printf "%.0f", s/1e6/(t/1e9)}') ;;
     seqdef) nbdcopy --no-extents "$uri" null:; v=$(awk -v s="$SIZE" -v t=$(( $(now_ns) - t )) 'BEGIN {printf "%.0f", s/1e6/(t/1e9)}') ;;
     seqdata|seqholes)
       local off=0 len=$DATA_END; [ "$case" = seqholes ] && off=$((SIZE - HOLE_LEN)) len=$HOLE_LEN
@@ -228,16 +237,17 @@ run_case() { # CASE SERVER -> prints "value cpu_s"
   esac
   echo "$v $(awk -v c=$(( $(cpu_ticks "$pid") - c0 )) -v k="$TCK" 'BEGIN {printf "%.2f", c/k}')"
 }
-CASES=(seq1 seqdef seqdata seqholes rand randdata)
+CASES=(seq1 seqdef seqext seqdata seqholes rand randdata)
 declare -A CASE_NAME=(
   [seq1]="sequential, whole image: \`nbdcopy -C 1 --no-extents URI null:\` (MB/s)"
   [seqdef]="sequential, whole image: \`nbdcopy --no-extents URI null:\`, nbdcopy's default connections (MB/s)"
+  [seqext]="sequential, whole image: \`nbdcopy URI null:\` (default: extents from BLOCK_STATUS skip holes) (MB/s)"
   [seqdata]="sequential 256 KiB reads, data region only (first $(awk -v s="$DATA_END" 'BEGIN {printf "%.2f GiB", s/2^30}')): fio nbd engine, iodepth 16 (MB/s)"
   [seqholes]="sequential 256 KiB reads, hole region only (last $(awk -v s="$HOLE_LEN" 'BEGIN {printf "%.2f GiB", s/2^30}')): fio nbd engine, iodepth 16 (MB/s)"
   [rand]="4 KiB random reads, whole image: fio nbd engine, iodepth 16, ${FIO_SECS} s (IOPS)"
   [randdata]="4 KiB random reads, data region only (first $(awk -v s="$DATA_END" 'BEGIN {printf "%.2f GiB", s/2^30}'), no holes): fio as above (IOPS)"
 )
-declare -A CASE_SRVS=([seq1]="lode-mem lode-disk qemu-nbd" [seqdef]="lode-mem qemu-nbd" [seqdata]="lode-mem qemu-nbd" [seqholes]="lode-mem qemu-nbd" [rand]="lode-mem lode-disk qemu-nbd" [randdata]="lode-mem qemu-nbd")
+declare -A CASE_SRVS=([seq1]="lode-mem lode-disk qemu-nbd" [seqdef]="lode-mem qemu-nbd" [seqext]="lode-mem qemu-nbd" [seqdata]="lode-mem qemu-nbd" [seqholes]="lode-mem qemu-nbd" [rand]="lode-mem lode-disk qemu-nbd" [randdata]="lode-mem qemu-nbd")
 for c in "${CASES[@]}"; do
   echo "### ${CASE_NAME[$c]}"
   echo
@@ -268,12 +278,12 @@ for c in "${CASES[@]}"; do
   done
   echo
 done
-qext=$( t=$(now_ns); nbdcopy "$U_Q" null:; awk -v s="$SIZE" -v t=$(( $(now_ns) - t )) 'BEGIN {printf "%.0f", s/1e6/(t/1e9)}')
-echo "For reference, qemu-nbd with extents (nbdcopy's default, skips holes via NBD_CMD_BLOCK_STATUS, which lode does not implement): $qext MB/s (1 run)."
 echo
 stop "$AMEM"; stop "$ADISK"; stop "$QP"
 
+fi
 # ------------------------------------------------------------------ 3
+if want 3; then
 START_CMD=${START_CMD:-"import pandas"}
 echo "## 3. Start-up with and without the recorded working-set prefetch (store: ${LAT} ms per GET, $((BW / 1000000)) MB/s)"
 echo
@@ -334,10 +344,13 @@ echo "| warm cache (floor) | $mW | 1× |"
 echo
 echo "- none ÷ recorded (median): **$(ratio "$mN" "$mR")×** faster with the recorded working set"
 echo
+fi
+if want diag; then
 echo "## Diagnostic: concurrent cold reads of one chunk (crates/lode-agent/examples/concurrent_cold_reads.rs)"
 echo
 echo "R readers per chunk, first 256 stored chunks of \`big\`, fresh reader, store behind 20 ms (no bandwidth cap), no disk cache:"
 echo
 "$REPO/target/release/examples/concurrent_cold_reads" "$STORE" bench big 256
 echo
+fi
 echo "Total benchmark time: $(( $(date +%s) - T0 )) s; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)."

@@ -80,6 +80,15 @@ impl ImageHandle {
         self.image.manifest.names.len() as u64
     }
 
+    /// Whether chunk `index` is a hole (all zeros, never stored).
+    pub fn is_hole(&self, index: u64) -> bool {
+        self.image
+            .manifest
+            .names
+            .get(index as usize)
+            .is_none_or(|n| n.is_none())
+    }
+
     /// The shared reader.
     pub fn reader(&self) -> &Arc<ChunkReader> {
         &self.reader
@@ -96,7 +105,16 @@ impl ImageHandle {
                     root: self.root.clone(),
                     name,
                 };
-                self.reader.chunk(index, &id, &secret).await
+                let pt = self.reader.chunk(index, &id, &secret).await?;
+                // The manifest authenticates the chunk's hash, not its length:
+                // a chunk of the wrong size must not reach the slicing below.
+                if pt.len() != len {
+                    return Err(ReadError::Verify {
+                        index,
+                        reason: format!("plaintext is {} bytes, expected {len}", pt.len()),
+                    });
+                }
+                Ok(pt)
             }
             _ if len <= ZEROS.len() => Ok(Bytes::from_static(&ZEROS[..len])),
             _ => Ok(Bytes::from(vec![0u8; len])),
@@ -134,5 +152,57 @@ impl ImageHandle {
             out.extend_from_slice(&p[s as usize..e as usize]);
         }
         Ok(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lode_cache::{ChunkTier, StoreTier};
+    use lode_chunk::{seal_chunk, ChunkSecret, KeyTable, Manifest, Salt};
+
+    /// Found by review while fuzzing the NBD server: a manifest whose chunk
+    /// decrypts (name and hash check out) to fewer bytes than the chunk
+    /// size made `read` slice out of range and panic the connection's task,
+    /// leaving the guest's request unanswered.
+    #[tokio::test]
+    async fn short_chunk_is_an_error_not_a_panic() {
+        let store = lode_store::Store::open("memory://").unwrap();
+        let c = seal_chunk(&Salt([1; 32]), b"ten bytes!");
+        store
+            .put_chunk("r", &c.name, c.ciphertext.clone().into())
+            .await
+            .unwrap();
+        let manifest = Manifest {
+            tenant: "t".into(),
+            image_size: 8192,
+            chunk_size: 4096,
+            root: "r".into(),
+            wrapped_key: Vec::new(),
+            nonce: [0; 12],
+            names: vec![Some(c.name), None],
+            sealed: Vec::new(),
+        };
+        let keys = KeyTable(vec![
+            Some(ChunkSecret {
+                key: c.key,
+                plain_sha: c.plain_sha,
+            }),
+            None,
+        ]);
+        let tier: Arc<dyn ChunkTier> = Arc::new(StoreTier::new(store));
+        let reader = Arc::new(ChunkReader::new(1 << 20, None, vec![tier]));
+        let image = OpenedImage {
+            digest: "sha256:00".into(),
+            manifest,
+            keys,
+        };
+        let h = ImageHandle::new("t/x".into(), image, reader);
+        assert!(matches!(
+            h.read(0, 4096).await,
+            Err(ReadError::Verify { index: 0, .. })
+        ));
+        assert!(h.read(4000, 1000).await.is_err());
+        assert_eq!(h.read(4096, 4096).await.unwrap().len(), 4096);
     }
 }

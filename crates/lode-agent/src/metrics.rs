@@ -24,6 +24,11 @@ pub fn render(server: &Server, extra: Option<&Extra>) -> String {
         "lode_nbd_connections_total {}",
         server.connections.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "lode_vhost_user_sessions_total {}",
+        server.vhost_sessions.load(Ordering::Relaxed)
+    );
     out
 }
 

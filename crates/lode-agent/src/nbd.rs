@@ -1,13 +1,18 @@
-//! The NBD server: fixed newstyle handshake and simple replies, on tokio.
+//! The NBD server: fixed newstyle handshake, simple and structured replies,
+//! on tokio.
 //!
-//! Options: `EXPORT_NAME`, `LIST`, `INFO`, `GO`, `ABORT` (others answer
-//! `ERR_UNSUP`). Commands: `READ`, `WRITE`, `FLUSH`, `TRIM`, `DISC`. Every
+//! Options: `EXPORT_NAME`, `LIST`, `INFO`, `GO`, `ABORT`, `STRUCTURED_REPLY`,
+//! `LIST_META_CONTEXT` and `SET_META_CONTEXT` (context `base:allocation`);
+//! others answer `ERR_UNSUP`. Commands: `READ`, `WRITE`, `FLUSH`, `TRIM`,
+//! `DISC`, and with structured replies `BLOCK_STATUS`. Under structured
+//! replies a READ sends holes of the image (all-zero chunks, never written in
+//! the overlay) as `OFFSET_HOLE` chunks instead of zero bytes. Every
 //! client-supplied length and offset goes through [`check_range`] before any
 //! I/O. A client that breaks the protocol is dropped; the others keep going.
 
 use crate::exports::{ExportError, Exports};
 use crate::image::ImageHandle;
-use crate::overlay::Overlay;
+use crate::overlay::{Overlay, OverlayError};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +26,7 @@ const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
 const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 const REQUEST_MAGIC: u32 = 0x2560_9513;
 const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 const FLAG_FIXED_NEWSTYLE: u16 = 1;
 const FLAG_NO_ZEROES: u16 = 2;
@@ -31,10 +37,14 @@ const OPT_ABORT: u32 = 2;
 const OPT_LIST: u32 = 3;
 const OPT_INFO: u32 = 6;
 const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
+const OPT_LIST_META_CONTEXT: u32 = 9;
+const OPT_SET_META_CONTEXT: u32 = 10;
 
 const REP_ACK: u32 = 1;
 const REP_SERVER: u32 = 2;
 const REP_INFO: u32 = 3;
+const REP_META_CONTEXT: u32 = 4;
 const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
 const REP_ERR_POLICY: u32 = (1 << 31) + 2;
 const REP_ERR_INVALID: u32 = (1 << 31) + 3;
@@ -52,9 +62,27 @@ const CMD_WRITE: u16 = 1;
 const CMD_DISC: u16 = 2;
 const CMD_FLUSH: u16 = 3;
 const CMD_TRIM: u16 = 4;
+const CMD_BLOCK_STATUS: u16 = 7;
+
+/// Command flag of BLOCK_STATUS: one extent is enough.
+const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+
+const REPLY_FLAG_DONE: u16 = 1;
+const REPLY_TYPE_NONE: u16 = 0;
+const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+
+/// The one metadata context served, and its id.
+const BASE_ALLOCATION: &str = "base:allocation";
+const BASE_ALLOCATION_ID: u32 = 1;
+/// `base:allocation` flags of an extent that is a hole reading as zeros.
+const STATE_HOLE_ZERO: u32 = 3;
 
 const EIO: u32 = 5;
 const EINVAL: u32 = 22;
+const ENOTSUP: u32 = 95;
 
 /// Largest READ or WRITE accepted.
 pub const MAX_REQUEST: u32 = 32 << 20;
@@ -72,6 +100,15 @@ pub struct ServerConfig {
     pub overlay_dir: PathBuf,
 }
 
+/// What the handshake settled: the export and the reply style.
+struct Chosen {
+    name: String,
+    image: Arc<ImageHandle>,
+    overlay: Option<String>,
+    structured: bool,
+    base_allocation: bool,
+}
+
 /// State shared by all connections.
 #[derive(Debug)]
 pub struct Server {
@@ -79,8 +116,10 @@ pub struct Server {
     config: ServerConfig,
     named_in_use: Mutex<HashSet<String>>,
     conn_seq: AtomicU64,
-    /// Connections served so far.
+    /// NBD connections served so far.
     pub connections: AtomicU64,
+    /// vhost-user-blk sessions (one per VM that connected) served so far.
+    pub vhost_sessions: AtomicU64,
     /// When the first READ request of any connection arrived.
     pub first_read: Arc<std::sync::OnceLock<std::time::Instant>>,
 }
@@ -105,6 +144,7 @@ impl Server {
             named_in_use: Mutex::new(HashSet::new()),
             conn_seq: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            vhost_sessions: AtomicU64::new(0),
             first_read: Arc::default(),
         }
     }
@@ -134,18 +174,19 @@ impl Server {
                     return;
                 }
             };
-        let (export, image, overlay_name) = chosen;
+        let Chosen {
+            name: export,
+            image,
+            overlay: overlay_name,
+            structured,
+            base_allocation,
+        } = chosen;
         self.exports.activate(&image).await;
         let overlay = match self.attach_overlay(&export, &image, overlay_name.as_deref()) {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, export, "cannot create overlay");
-                if let Some(n) = overlay_name {
-                    self.named_in_use
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&n);
-                }
+                self.release(&overlay_name);
                 return;
             }
         };
@@ -154,6 +195,8 @@ impl Server {
             overlay,
             wr: tokio::sync::Mutex::new(Box::new(wr)),
             first_read: self.first_read.clone(),
+            structured,
+            base_allocation,
         });
         if let Err(e) = conn.clone().transmission(&mut rd).await {
             tracing::debug!(error = %e, export, "connection ended");
@@ -161,15 +204,12 @@ impl Server {
         if let Err(e) = self.exports.save_working_set(&image).await {
             tracing::warn!(error = %e, export, "cannot store the working set");
         }
-        if let Some(n) = overlay_name {
-            self.named_in_use
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&n);
-        }
+        self.release(&overlay_name);
     }
 
-    fn attach_overlay(
+    /// Creates the overlay of one client: kept under its name when `named`,
+    /// else a fresh anonymous file removed when the overlay is dropped.
+    pub(crate) fn attach_overlay(
         &self,
         export: &str,
         image: &Arc<ImageHandle>,
@@ -191,11 +231,7 @@ impl Server {
 
     /// Runs the option haggling; returns the chosen export, or `None` when the
     /// client aborted or asked for an unknown export the old way.
-    async fn handshake<R, W>(
-        &self,
-        rd: &mut R,
-        wr: &mut W,
-    ) -> std::io::Result<Option<(String, Arc<ImageHandle>, Option<String>)>>
+    async fn handshake<R, W>(&self, rd: &mut R, wr: &mut W) -> std::io::Result<Option<Chosen>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -206,6 +242,8 @@ impl Server {
         wr.flush().await?;
         let cflags = rd.read_u32().await?;
         let no_zeroes = cflags & CFLAG_NO_ZEROES != 0;
+        let mut structured = false;
+        let mut base_allocation = false;
         loop {
             if rd.read_u64().await? != IHAVEOPT {
                 return Err(std::io::Error::new(
@@ -254,6 +292,7 @@ impl Server {
                     if !self.claim(&key) {
                         return Ok(None);
                     }
+                    let claim = ClaimGuard::new(self, &key);
                     wr.write_u64(image.size()).await?;
                     wr.write_u16(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM)
                         .await?;
@@ -261,7 +300,14 @@ impl Server {
                         wr.write_all(&[0u8; 124]).await?;
                     }
                     wr.flush().await?;
-                    return Ok(Some((name, image, key)));
+                    claim.keep();
+                    return Ok(Some(Chosen {
+                        name,
+                        image,
+                        overlay: key,
+                        structured,
+                        base_allocation,
+                    }));
                 }
                 OPT_INFO | OPT_GO => {
                     let Some((name, requests)) = parse_info(&data) else {
@@ -305,8 +351,50 @@ impl Server {
                             .await?;
                             continue;
                         }
+                        let claim = ClaimGuard::new(self, &key);
                         reply(wr, opt, REP_ACK, &[]).await?;
-                        return Ok(Some((name, image, key)));
+                        claim.keep();
+                        return Ok(Some(Chosen {
+                            name,
+                            image,
+                            overlay: key,
+                            structured,
+                            base_allocation,
+                        }));
+                    }
+                    reply(wr, opt, REP_ACK, &[]).await?;
+                }
+                OPT_STRUCTURED_REPLY => {
+                    if len != 0 {
+                        reply(wr, opt, REP_ERR_INVALID, b"STRUCTURED_REPLY takes no data").await?;
+                    } else {
+                        structured = true;
+                        reply(wr, opt, REP_ACK, &[]).await?;
+                    }
+                }
+                OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                    let Some((_export, queries)) = parse_meta_context(&data) else {
+                        reply(wr, opt, REP_ERR_INVALID, b"malformed META_CONTEXT request").await?;
+                        continue;
+                    };
+                    if !structured {
+                        reply(
+                            wr,
+                            opt,
+                            REP_ERR_INVALID,
+                            b"negotiate STRUCTURED_REPLY first",
+                        )
+                        .await?;
+                        continue;
+                    }
+                    let matched = meta_context_matches(opt == OPT_LIST_META_CONTEXT, &queries);
+                    if opt == OPT_SET_META_CONTEXT {
+                        base_allocation = matched;
+                    }
+                    if matched {
+                        let mut d = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+                        d.extend_from_slice(BASE_ALLOCATION.as_bytes());
+                        reply(wr, opt, REP_META_CONTEXT, &d).await?;
                     }
                     reply(wr, opt, REP_ACK, &[]).await?;
                 }
@@ -315,8 +403,18 @@ impl Server {
         }
     }
 
+    /// Releases a named overlay claimed with [`Server::claim`].
+    pub(crate) fn release(&self, overlay: &Option<String>) {
+        if let Some(n) = overlay {
+            self.named_in_use
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(n);
+        }
+    }
+
     /// Marks a named overlay as in use; false if another connection has it.
-    fn claim(&self, overlay: &Option<String>) -> bool {
+    pub(crate) fn claim(&self, overlay: &Option<String>) -> bool {
         match overlay {
             Some(n) => self
                 .named_in_use
@@ -328,9 +426,39 @@ impl Server {
     }
 }
 
+/// Releases a named-overlay claim taken during the handshake unless the
+/// handshake completes ([`ClaimGuard::keep`]): a client that vanishes while
+/// the reply is written (error) or stalls it (timeout) must not leave the
+/// overlay claimed for ever.
+struct ClaimGuard<'a> {
+    server: &'a Server,
+    overlay: Option<String>,
+}
+
+impl<'a> ClaimGuard<'a> {
+    fn new(server: &'a Server, overlay: &Option<String>) -> Self {
+        ClaimGuard {
+            server,
+            overlay: overlay.clone(),
+        }
+    }
+
+    /// The handshake completed: the connection owns the claim now.
+    fn keep(mut self) {
+        self.overlay = None;
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        let overlay = self.overlay.take();
+        self.server.release(&overlay);
+    }
+}
+
 /// The identity of a kept overlay: the whole `TENANT/NAME@OVERLAY`, so equal
 /// overlay names of different tenants or images never share pages.
-fn overlay_key(e: &crate::exports::ExportName) -> Option<String> {
+pub(crate) fn overlay_key(e: &crate::exports::ExportName) -> Option<String> {
     e.overlay.as_ref().map(|o| format!("{}@{o}", e.image()))
 }
 
@@ -349,6 +477,43 @@ pub fn parse_info(d: &[u8]) -> Option<(String, Vec<u16>)> {
         .map(|c| u16::from_be_bytes([c[0], c[1]]))
         .collect();
     Some((String::from_utf8_lossy(name).into_owned(), list))
+}
+
+/// Parses LIST/SET_META_CONTEXT data: `u32 export name length, name, u32
+/// query count, count × (u32 length, query)`.
+pub fn parse_meta_context(d: &[u8]) -> Option<(String, Vec<String>)> {
+    let n = u32::from_be_bytes(d.get(..4)?.try_into().ok()?) as usize;
+    let name = d.get(4..4usize.checked_add(n)?)?;
+    let mut rest = &d[4 + n..];
+    let count = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    rest = &rest[4..];
+    // Every query takes at least 4 bytes: a bogus count cannot allocate.
+    if count > rest.len() / 4 {
+        return None;
+    }
+    let mut queries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let l = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let q = rest.get(4..4usize.checked_add(l)?)?;
+        queries.push(String::from_utf8_lossy(q).into_owned());
+        rest = &rest[4 + l..];
+    }
+    if !rest.is_empty() {
+        return None;
+    }
+    Some((String::from_utf8_lossy(name).into_owned(), queries))
+}
+
+/// Whether `base:allocation` answers these queries. LIST with no query, or
+/// with the namespace query `base:`, lists every context; SET needs the exact
+/// name.
+fn meta_context_matches(list: bool, queries: &[String]) -> bool {
+    if list && queries.is_empty() {
+        return true;
+    }
+    queries
+        .iter()
+        .any(|q| q == BASE_ALLOCATION || (list && q == "base:"))
 }
 
 async fn reply<W: AsyncWrite + Unpin>(
@@ -374,9 +539,175 @@ struct Conn {
     overlay: Overlay,
     wr: tokio::sync::Mutex<Writer>,
     first_read: Arc<std::sync::OnceLock<std::time::Instant>>,
+    /// Structured replies were negotiated.
+    structured: bool,
+    /// The `base:allocation` context was selected.
+    base_allocation: bool,
+}
+
+/// A piece of a structured reply.
+enum Piece {
+    /// Data at an offset.
+    Data(u64, bytes::Bytes),
+    /// A hole (reads as zeros) at an offset, of a length.
+    Hole(u64, u32),
 }
 
 impl Conn {
+    /// Writes one structured reply chunk.
+    async fn chunk(
+        w: &mut Writer,
+        handle: u64,
+        flags: u16,
+        kind: u16,
+        head: &[u8],
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        let mut h = Vec::with_capacity(20 + head.len());
+        h.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&kind.to_be_bytes());
+        h.extend_from_slice(&handle.to_be_bytes());
+        h.extend_from_slice(&((head.len() + data.len()) as u32).to_be_bytes());
+        h.extend_from_slice(head);
+        w.write_all(&h).await?;
+        if !data.is_empty() {
+            w.write_all(data).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends an error (simple or structured, as negotiated).
+    async fn send_error(&self, handle: u64, error: u32) -> std::io::Result<()> {
+        if !self.structured {
+            return self.send(handle, error, &[]).await;
+        }
+        let mut w = self.wr.lock().await;
+        let mut head = error.to_be_bytes().to_vec();
+        head.extend_from_slice(&0u16.to_be_bytes());
+        Self::chunk(
+            &mut w,
+            handle,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_ERROR,
+            &head,
+            &[],
+        )
+        .await?;
+        w.flush().await
+    }
+
+    /// Sends the pieces of a READ as structured chunks, the last one DONE.
+    async fn send_pieces(&self, handle: u64, pieces: &[Piece]) -> std::io::Result<()> {
+        let mut w = self.wr.lock().await;
+        for (k, p) in pieces.iter().enumerate() {
+            let flags = if k + 1 == pieces.len() {
+                REPLY_FLAG_DONE
+            } else {
+                0
+            };
+            match p {
+                Piece::Data(off, b) => {
+                    Self::chunk(
+                        &mut w,
+                        handle,
+                        flags,
+                        REPLY_TYPE_OFFSET_DATA,
+                        &off.to_be_bytes(),
+                        b,
+                    )
+                    .await?
+                }
+                Piece::Hole(off, len) => {
+                    let mut head = off.to_be_bytes().to_vec();
+                    head.extend_from_slice(&len.to_be_bytes());
+                    Self::chunk(&mut w, handle, flags, REPLY_TYPE_OFFSET_HOLE, &head, &[]).await?
+                }
+            }
+        }
+        if pieces.is_empty() {
+            Self::chunk(&mut w, handle, REPLY_FLAG_DONE, REPLY_TYPE_NONE, &[], &[]).await?;
+        }
+        w.flush().await
+    }
+
+    /// Splits `[offset, offset+len)` into runs that read as zeros without a
+    /// fetch (holes of the image not written in the overlay) and the rest.
+    fn runs(&self, offset: u64, len: u64) -> Vec<(u64, u64, bool)> {
+        let cs = self.image.chunk_size();
+        let end = offset + len;
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let i = pos / cs;
+            let cend = ((i + 1) * cs).min(end);
+            let hole = self.image.is_hole(i) && !self.overlay.any_written(pos, cend);
+            match out.last_mut() {
+                Some((_, e, h)) if *h == hole => *e = cend,
+                _ => out.push((pos, cend, hole)),
+            }
+            pos = cend;
+        }
+        out
+    }
+
+    /// A READ under structured replies: holes as `OFFSET_HOLE`, the rest read.
+    async fn read_structured(&self, offset: u64, len: u32) -> Result<Vec<Piece>, OverlayError> {
+        let mut pieces = Vec::new();
+        for (s, e, hole) in self.runs(offset, u64::from(len)) {
+            if hole {
+                pieces.push(Piece::Hole(s, (e - s) as u32));
+            } else {
+                let b = self.overlay.read(&self.image, s, e - s).await?;
+                pieces.push(Piece::Data(s, b));
+            }
+        }
+        Ok(pieces)
+    }
+
+    /// Answers BLOCK_STATUS for `base:allocation`.
+    async fn block_status(
+        &self,
+        handle: u64,
+        flags: u16,
+        offset: u64,
+        len: u32,
+    ) -> std::io::Result<()> {
+        let size = self.image.size();
+        let valid = len > 0
+            && offset
+                .checked_add(u64::from(len))
+                .is_some_and(|e| e <= size);
+        if !self.base_allocation || !valid {
+            let e = if self.base_allocation {
+                EINVAL
+            } else {
+                ENOTSUP
+            };
+            return self.send_error(handle, e).await;
+        }
+        let mut runs = self.runs(offset, u64::from(len));
+        if flags & CMD_FLAG_REQ_ONE != 0 {
+            runs.truncate(1);
+        }
+        let mut payload = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+        for (s, e, hole) in runs {
+            payload.extend_from_slice(&((e - s) as u32).to_be_bytes());
+            payload.extend_from_slice(&(if hole { STATE_HOLE_ZERO } else { 0 }).to_be_bytes());
+        }
+        let mut w = self.wr.lock().await;
+        Self::chunk(
+            &mut w,
+            handle,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_BLOCK_STATUS,
+            &payload,
+            &[],
+        )
+        .await?;
+        w.flush().await
+    }
+
     async fn send(&self, handle: u64, error: u32, data: &[u8]) -> std::io::Result<()> {
         let mut h = [0u8; 16];
         h[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
@@ -406,6 +737,7 @@ impl Conn {
                     "bad request magic",
                 ));
             }
+            let cmd_flags = u16::from_be_bytes(hdr[4..6].try_into().expect("2"));
             let cmd = u16::from_be_bytes(hdr[6..8].try_into().expect("2"));
             let handle = u64::from_be_bytes(hdr[8..16].try_into().expect("8"));
             let offset = u64::from_be_bytes(hdr[16..24].try_into().expect("8"));
@@ -414,7 +746,7 @@ impl Conn {
                 CMD_READ => {
                     self.first_read.get_or_init(std::time::Instant::now);
                     if let Err(e) = check_range(offset, len, size) {
-                        self.send(handle, e, &[]).await?;
+                        self.send_error(handle, e).await?;
                         continue;
                     }
                     let permit = limit
@@ -424,12 +756,21 @@ impl Conn {
                         .map_err(std::io::Error::other)?;
                     let conn = self.clone();
                     tokio::spawn(async move {
-                        let r = conn.overlay.read(&conn.image, offset, u64::from(len)).await;
-                        let sent = match r {
-                            Ok(b) => conn.send(handle, 0, &b).await,
-                            Err(e) => {
-                                tracing::warn!(error = %e, offset, len, "read failed");
-                                conn.send(handle, EIO, &[]).await
+                        let sent = if conn.structured {
+                            match conn.read_structured(offset, len).await {
+                                Ok(pieces) => conn.send_pieces(handle, &pieces).await,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, offset, len, "read failed");
+                                    conn.send_error(handle, EIO).await
+                                }
+                            }
+                        } else {
+                            match conn.overlay.read(&conn.image, offset, u64::from(len)).await {
+                                Ok(b) => conn.send(handle, 0, &b).await,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, offset, len, "read failed");
+                                    conn.send(handle, EIO, &[]).await
+                                }
                             }
                         };
                         drop(permit);
@@ -483,11 +824,21 @@ impl Conn {
                     let e = check_range(offset, len.max(1), size).err().unwrap_or(0);
                     self.send(handle, e, &[]).await?;
                 }
+                CMD_BLOCK_STATUS => {
+                    // Waits for writes like a read; answers inline (no I/O).
+                    let permit = limit
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    self.block_status(handle, cmd_flags, offset, len).await?;
+                    drop(permit);
+                }
                 CMD_DISC => {
                     let _ = limit.acquire_many(PER_CONN_REQUESTS as u32).await;
                     return Ok(());
                 }
-                _ => self.send(handle, EINVAL, &[]).await?,
+                _ => self.send_error(handle, EINVAL).await?,
             }
         }
     }
@@ -505,6 +856,79 @@ mod tests {
         assert_eq!(check_range(0, 0, 8192), Err(EINVAL));
         assert_eq!(check_range(u64::MAX, 1, 8192), Err(EINVAL));
         assert_eq!(check_range(0, MAX_REQUEST + 1, u64::MAX), Err(EINVAL));
+    }
+
+    /// Found by review while writing the NBD fuzz target: when the reply to
+    /// EXPORT_NAME (or the ACK of GO) could not be written because the client
+    /// had gone, the named overlay stayed claimed, and every later
+    /// connection to it was refused until the agent restarted.
+    #[tokio::test]
+    async fn vanished_client_releases_its_named_overlay() {
+        use crate::{ChunkReader, Exports};
+        use lode_chunk::KeyProvider;
+        use tokio::io::AsyncWriteExt;
+        let d = tempfile::tempdir().unwrap();
+        let store = lode_store::Store::open("memory://").unwrap();
+        let keys: Arc<dyn KeyProvider> = Arc::new(lode_chunk::Keyring::new(d.path().join("k")));
+        let img = d.path().join("img");
+        std::fs::write(&img, vec![1u8; 8192]).unwrap();
+        lode_store::push_file(&store, keys.clone(), &img, "t", "img", &Default::default())
+            .await
+            .unwrap();
+        let tier: Arc<dyn lode_cache::ChunkTier> =
+            Arc::new(lode_cache::StoreTier::new(store.clone()));
+        let reader = Arc::new(ChunkReader::new(1 << 20, None, vec![tier]));
+        let server = Arc::new(Server::new(
+            Arc::new(Exports::new(store, keys, reader)),
+            ServerConfig {
+                overlay_dir: d.path().join("ov"),
+            },
+        ));
+        let opt = |code: u32, data: &[u8]| {
+            let mut v = IHAVEOPT.to_be_bytes().to_vec();
+            v.extend_from_slice(&code.to_be_bytes());
+            v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            v.extend_from_slice(data);
+            v
+        };
+        // Reads the greeting, asks for the overlay, and is gone before the reply.
+        let (mut c, s) = tokio::io::duplex(1 << 16);
+        let serve = tokio::spawn(server.clone().serve(s));
+        let mut greeting = [0u8; 18];
+        c.read_exact(&mut greeting).await.unwrap();
+        c.write_all(&CFLAG_NO_ZEROES.to_be_bytes()).await.unwrap();
+        c.write_all(&opt(OPT_EXPORT_NAME, b"t/img@vm"))
+            .await
+            .unwrap();
+        drop(c);
+        serve.await.unwrap();
+        // The next client gets the overlay.
+        let (mut c, s) = tokio::io::duplex(1 << 16);
+        let serve = tokio::spawn(server.clone().serve(s));
+        c.read_exact(&mut greeting).await.unwrap();
+        c.write_all(&CFLAG_NO_ZEROES.to_be_bytes()).await.unwrap();
+        let mut info = 8u32.to_be_bytes().to_vec();
+        info.extend_from_slice(b"t/img@vm\0\0");
+        c.write_all(&opt(OPT_GO, &info)).await.unwrap();
+        let mut kinds = Vec::new();
+        loop {
+            let mut h = [0u8; 20];
+            c.read_exact(&mut h).await.unwrap();
+            let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
+            let mut body = vec![0u8; len as usize];
+            c.read_exact(&mut body).await.unwrap();
+            kinds.push(kind);
+            if kind != REP_INFO {
+                break;
+            }
+        }
+        assert_eq!(kinds.last(), Some(&REP_ACK), "replies {kinds:x?}");
+        c.write_all(&REQUEST_MAGIC.to_be_bytes()).await.unwrap();
+        c.write_all(&[0, 0]).await.unwrap();
+        c.write_all(&CMD_DISC.to_be_bytes()).await.unwrap();
+        c.write_all(&[0u8; 20]).await.unwrap();
+        serve.await.unwrap();
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use crate::image::ImageHandle;
 use crate::reader::ReadError;
 use bytes::{Bytes, BytesMut};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -41,7 +42,9 @@ pub struct Overlay {
     data_path: PathBuf,
     bitmap_path: PathBuf,
     // std Mutex: bit operations only, never held across an await.
-    bits: Mutex<Vec<u64>>,
+    /// Written-page bitmap, sparse: word index → non-zero 64-page word, so
+    /// memory follows what the VM wrote, not the image size.
+    bits: Mutex<BTreeMap<u64, u64>>,
     keep: bool,
 }
 
@@ -56,16 +59,11 @@ impl Overlay {
             std::fs::create_dir_all(parent).map_err(io(&data_path))?;
         }
         let bitmap_path = data_path.with_extension("bitmap");
-        let pages = size.div_ceil(PAGE);
-        let words = pages.div_ceil(64) as usize;
-        let mut bits = vec![0u64; words];
+        let words = size.div_ceil(PAGE).div_ceil(64);
+        let mut bits = BTreeMap::new();
         if keep {
             if let Ok(b) = std::fs::read(&bitmap_path) {
-                if b.len() == words * 8 {
-                    for (i, w) in b.chunks(8).enumerate() {
-                        bits[i] = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-                    }
-                }
+                bits = decode_bitmap(&b, words);
             }
         } else {
             let _ = std::fs::remove_file(&data_path);
@@ -96,18 +94,27 @@ impl Overlay {
 
     fn has(&self, page: u64) -> bool {
         let b = self.bits.lock().unwrap_or_else(|p| p.into_inner());
-        b[(page / 64) as usize] & (1 << (page % 64)) != 0
+        b.get(&(page / 64))
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
 
     fn set(&self, page: u64) {
         let mut b = self.bits.lock().unwrap_or_else(|p| p.into_inner());
-        b[(page / 64) as usize] |= 1 << (page % 64);
+        *b.entry(page / 64).or_insert(0) |= 1 << (page % 64);
+    }
+
+    /// Whether any page overlapping `[start, end)` was written.
+    pub fn any_written(&self, start: u64, end: u64) -> bool {
+        if end <= start {
+            return false;
+        }
+        (start / PAGE..=(end - 1) / PAGE).any(|p| self.has(p))
     }
 
     /// Pages written so far.
     pub fn written_pages(&self) -> u64 {
         let b = self.bits.lock().unwrap_or_else(|p| p.into_inner());
-        b.iter().map(|w| u64::from(w.count_ones())).sum()
+        b.values().map(|w| u64::from(w.count_ones())).sum()
     }
 
     /// Reads through the overlay (range already validated by the caller).
@@ -184,7 +191,7 @@ impl Overlay {
     fn save_bitmap(&self) -> Result<(), OverlayError> {
         let bytes: Vec<u8> = {
             let b = self.bits.lock().unwrap_or_else(|p| p.into_inner());
-            b.iter().flat_map(|w| w.to_le_bytes()).collect()
+            encode_bitmap(&b)
         };
         let tmp = self.bitmap_path.with_extension("bitmap.tmp");
         std::fs::write(&tmp, bytes).map_err(self.io())?;
@@ -201,5 +208,72 @@ impl Drop for Overlay {
             let _ = std::fs::remove_file(&self.data_path);
             let _ = std::fs::remove_file(&self.bitmap_path);
         }
+    }
+}
+
+/// Magic of the sparse bitmap file of a kept overlay.
+const BITMAP_MAGIC: &[u8; 8] = b"LODEOVB1";
+
+/// Kept-overlay bitmap file: `LODEOVB1`, then (word index u64 LE, word u64
+/// LE) for every non-zero 64-page word, in index order.
+fn encode_bitmap(bits: &BTreeMap<u64, u64>) -> Vec<u8> {
+    let mut out = BITMAP_MAGIC.to_vec();
+    for (i, w) in bits {
+        out.extend_from_slice(&i.to_le_bytes());
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// Reads a bitmap file for an image of `words` 64-page words: the sparse
+/// format, or the dense one of earlier versions (`words` × u64 LE). Anything
+/// else, or a word past the image, yields an empty bitmap (the overlay then
+/// starts afresh rather than serving pages it cannot vouch for).
+fn decode_bitmap(b: &[u8], words: u64) -> BTreeMap<u64, u64> {
+    let mut bits = BTreeMap::new();
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    if let Some(rest) = b.strip_prefix(BITMAP_MAGIC.as_slice()) {
+        if rest.len() % 16 != 0 {
+            return BTreeMap::new();
+        }
+        for pair in rest.chunks(16) {
+            let (i, w) = (word(&pair[..8]), word(&pair[8..]));
+            if i >= words {
+                return BTreeMap::new();
+            }
+            if w != 0 {
+                bits.insert(i, w);
+            }
+        }
+    } else if b.len() as u64 == words * 8 {
+        for (i, c) in b.chunks(8).enumerate() {
+            if word(c) != 0 {
+                bits.insert(i as u64, word(c));
+            }
+        }
+    }
+    bits
+}
+
+#[cfg(test)]
+mod bitmap_tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_files_round_trip_and_reject_garbage() {
+        let mut m = BTreeMap::new();
+        m.insert(3u64, 0b1011u64);
+        m.insert(1_000_000, u64::MAX);
+        assert_eq!(decode_bitmap(&encode_bitmap(&m), 2_000_000), m);
+        // A word past the image, a torn file: empty.
+        assert!(decode_bitmap(&encode_bitmap(&m), 10).is_empty());
+        let mut torn = encode_bitmap(&m);
+        torn.pop();
+        assert!(decode_bitmap(&torn, 2_000_000).is_empty());
+        // The dense format of earlier versions still loads.
+        let mut dense = vec![0u8; 4 * 8];
+        dense[8..16].copy_from_slice(&5u64.to_le_bytes());
+        let d = decode_bitmap(&dense, 4);
+        assert_eq!(d.into_iter().collect::<Vec<_>>(), vec![(1, 5)]);
     }
 }

@@ -60,6 +60,10 @@ pub enum ReadError {
 /// A fetch in progress: the ciphertext and, when the reader that started it
 /// could decrypt it, the plaintext with its hash (so concurrent readers of a
 /// cold chunk decrypt it once).
+/// Disk-cache writes running in the background at once (each holds one
+/// 512 KiB chunk, which the memory cache holds anyway).
+const DISK_PUTS: usize = 32;
+
 type Landed = (Bytes, Option<([u8; 32], Bytes)>);
 type Flight = Arc<OnceCell<Result<Landed, ReadError>>>;
 
@@ -67,7 +71,10 @@ type Flight = Arc<OnceCell<Result<Landed, ReadError>>>;
 #[derive(Debug)]
 pub struct ChunkReader {
     memory: MemoryCache,
-    disk: Option<DiskCache>,
+    disk: Option<Arc<DiskCache>>,
+    /// Slots for disk-cache writes running off the read path; when all are
+    /// taken the write is awaited inline (backpressure, nothing dropped).
+    disk_puts: Arc<tokio::sync::Semaphore>,
     tiers: Vec<Arc<dyn ChunkTier>>,
     // std Mutex: only map operations under it, never held across an await.
     inflight: Mutex<HashMap<ChunkName, Flight>>,
@@ -87,13 +94,22 @@ impl ChunkReader {
         let tier_metrics = tiers.iter().map(|_| TierMetrics::default()).collect();
         ChunkReader {
             memory: MemoryCache::new(memory_bytes),
-            disk,
+            disk: disk.map(Arc::new),
+            disk_puts: Arc::new(tokio::sync::Semaphore::new(DISK_PUTS)),
             tiers,
             inflight: Mutex::new(HashMap::new()),
             memory_metrics: TierMetrics::default(),
             disk_metrics: TierMetrics::default(),
             tier_metrics,
             in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits until every disk-cache write started so far has landed (call
+    /// before exiting, so the next process finds the chunks on disk).
+    pub async fn settle(&self) {
+        if let Ok(all) = self.disk_puts.acquire_many(DISK_PUTS as u32).await {
+            drop(all);
         }
     }
 
@@ -203,7 +219,18 @@ impl ChunkReader {
                         upper.fill(id, ct.clone());
                     }
                     if let Some(disk) = &self.disk {
-                        disk.put(id.name, ct.clone()).await;
+                        // Off the read path: the chunk is served from memory
+                        // meanwhile (~2 ms saved per cold chunk).
+                        match self.disk_puts.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                let (disk, name, ct) = (disk.clone(), id.name, ct.clone());
+                                tokio::spawn(async move {
+                                    disk.put(name, ct).await;
+                                    drop(permit);
+                                });
+                            }
+                            Err(_) => disk.put(id.name, ct.clone()).await,
+                        }
                     }
                     return Ok(ct);
                 }
@@ -254,6 +281,11 @@ impl ChunkReader {
                 out,
                 "lode_cache_corrupt_discarded_total{{tier=\"disk\"}} {}",
                 d.corrupt_discarded()
+            );
+            let _ = writeln!(
+                out,
+                "lode_cache_writes_pending{{tier=\"disk\"}} {}",
+                DISK_PUTS - self.disk_puts.available_permits()
             );
         }
         let _ = writeln!(

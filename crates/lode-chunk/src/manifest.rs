@@ -28,6 +28,9 @@ pub const VERSION: u16 = 1;
 /// Largest manifest lode will parse (a 16 TiB image at 512 KiB chunks is 1 GiB
 /// of table; anything larger is refused before allocation).
 pub const MAX_CHUNKS: u64 = 1 << 25;
+/// Largest image a manifest may describe (16 TiB): larger sizes are refused,
+/// so a manifest cannot make an agent size anything by a bogus image size.
+pub const MAX_IMAGE_SIZE: u64 = 16 << 40;
 
 /// Secret part of one chunk's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,6 +225,11 @@ impl Manifest {
             return Err(bad(format!("invalid chunk size {chunk_size}")));
         }
         let count = u64::from(r.u32("chunk count")?);
+        if image_size > MAX_IMAGE_SIZE {
+            return Err(bad(format!(
+                "image size {image_size} exceeds the limit of {MAX_IMAGE_SIZE}"
+            )));
+        }
         if count != chunk_count(image_size, chunk_size) || count > MAX_CHUNKS {
             return Err(bad(format!(
                 "chunk count {count} does not match image size {image_size}"

@@ -24,7 +24,7 @@ enum Command {
     Pull(cmd::pull::Args),
     /// Show an image's manifest summary.
     Inspect(cmd::inspect::Args),
-    /// Serve images on demand as NBD block devices (host cache, copy-on-write).
+    /// Serve images on demand as NBD or vhost-user-blk block devices (host cache, copy-on-write).
     Agent(cmd::agent::Args),
     /// Write one file of an image to stdout, loading only the chunks it needs.
     Cat(cmd::cat::Args),

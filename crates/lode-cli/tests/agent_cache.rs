@@ -112,6 +112,7 @@ fn disk_cache_is_bounded_survives_restart_and_discards_corruption() {
         "run 1: disk cache reports {} bytes",
         m["lode_cache_bytes{tier=\"disk\"}"]
     );
+    a.settle_disk_writes();
     a.kill();
     let (bytes, files) = files_under(&cache);
     assert!(
@@ -156,6 +157,7 @@ fn disk_cache_is_bounded_survives_restart_and_discards_corruption() {
         (unique - (kept - 1)) as f64,
         "run 2: store fetches (unique {unique}, kept {kept}, one corrupt)"
     );
+    a.settle_disk_writes();
     a.kill();
     let (_, files) = files_under(&cache);
     assert_eq!(

@@ -449,3 +449,95 @@ fn named_overlays_are_per_export() {
         Err(e) => panic!("globex/blk@vm1 refused while acme/blk@vm1 is connected: {e:?}"),
     }
 }
+
+/// Extents of `nbdinfo --map` (base:allocation) as (offset, length, type).
+fn nbd_map(uri: &str) -> Vec<(u64, u64, u64)> {
+    let mut c = std::process::Command::new("nbdinfo");
+    c.args(["--map", "--json", uri]);
+    let o = run_timeout(&mut c, std::time::Duration::from_secs(30)).ok();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("nbdinfo --map --json: {e}: {}", o.stdout_str()));
+    v.as_array()
+        .unwrap_or_else(|| panic!("no extent array in {v}"))
+        .iter()
+        .map(|e| {
+            (
+                e["offset"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["type"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Expected `base:allocation` map: all-zero chunks not in `written` are
+/// holes (type 3), the rest data (type 0), runs merged.
+fn expected_map(data: &[u8], written: &[u64]) -> Vec<(u64, u64, u64)> {
+    let mut out: Vec<(u64, u64, u64)> = Vec::new();
+    for (i, c) in data.chunks(CHUNK as usize).enumerate() {
+        let hole = c.iter().all(|&b| b == 0) && !written.contains(&(i as u64));
+        let t = if hole { 3 } else { 0 };
+        match out.last_mut() {
+            Some((_, len, ty)) if *ty == t => *len += c.len() as u64,
+            _ => out.push((i as u64 * CHUNK, c.len() as u64, t)),
+        }
+    }
+    out
+}
+
+/// Structured replies: `BLOCK_STATUS` reports exactly the image's hole chunks
+/// (what `qemu-img map`/`nbdcopy` use to skip them), a write into a hole turns
+/// that chunk into data for its own overlay only, and reads that mix
+/// overlay pages with a hole (sent as `OFFSET_HOLE`) return the right bytes.
+#[test]
+fn block_status_reports_holes_and_overlay_writes() {
+    require_tool("nbdinfo", "libnbd-bin");
+    let (env, img) = setup();
+    let agent = env.agent("a", &[]);
+    let fetched_before = agent.metric(STORE_HITS);
+    assert_eq!(
+        nbd_map(&agent.uri(EXPORT)),
+        expected_map(&img.data, &[]),
+        "base:allocation map of the export"
+    );
+    assert_eq!(
+        agent.metric(STORE_HITS),
+        fetched_before,
+        "BLOCK_STATUS fetched chunks"
+    );
+    // Chunk 3 is a hole; write 4 KiB into it through a named overlay.
+    assert!(img.slice(3 * CHUNK, CHUNK).iter().all(|&b| b == 0));
+    let off = 3 * CHUNK + 8192;
+    qemu_io_ok(
+        &agent.uri("acme/blk@bs"),
+        &[format!("write -P 0x42 {off} 4096"), "flush".into()],
+    );
+    assert_eq!(
+        nbd_map(&agent.uri("acme/blk@bs")),
+        expected_map(&img.data, &[3]),
+        "map after a write into hole chunk 3"
+    );
+    assert_eq!(
+        nbd_map(&agent.uri(EXPORT)),
+        expected_map(&img.data, &[]),
+        "another connection's map after the write"
+    );
+    qemu_io_ok(
+        &agent.uri("acme/blk@bs"),
+        &[
+            format!("read -P 0 {} 8192", 3 * CHUNK),
+            format!("read -P 0x42 {off} 4096"),
+            format!("read -P 0 {} {}", off + 4096, CHUNK - 8192 - 4096),
+        ],
+    );
+    // One request spanning data chunk 2, written hole chunk 3 and data chunk 4.
+    let (s, l) = (3 * CHUNK - 16, CHUNK + 32);
+    let span = qemu_io_ok(&agent.uri("acme/blk@bs"), &[format!("read -v {s} {l}")]);
+    let mut want = img.slice(3 * CHUNK - 16, CHUNK + 32).to_vec();
+    want[16 + 8192..16 + 8192 + 4096].fill(0x42);
+    assert_same_bytes(
+        &common_agent::parse_qemu_io_dump(&span.stdout_str(), s, l),
+        &want,
+        "read across data, written hole and data",
+    );
+}

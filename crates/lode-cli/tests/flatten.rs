@@ -257,7 +257,7 @@ fn rich_stack_with_huge_file() {
 /// has a 0x0a byte = CAP_DAC_OVERRIDE|CAP_FOWNER), and long names (> 100
 /// bytes, so written as PAX `path`/`linkpath`) containing a newline.
 #[test]
-#[ignore = "known bug: the tar crate splits PAX records on newlines (tar 0.4 pax.rs); lode needs its own length-prefixed PAX parser — tracked in the issue note"]
+
 fn pax_values_containing_newlines() {
     let mut nl_name = b"nl/".to_vec();
     nl_name.extend(std::iter::repeat_n(b'n', 120));

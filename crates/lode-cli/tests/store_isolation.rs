@@ -189,6 +189,32 @@ fn other_home_without_salt_or_key() {
     assert!(!out.exists());
 }
 
+/// A second machine pointing `LODE_KEYS` at the first one's keyring (the
+/// stand-in for a shared KMS) pushes into the same root: the same image
+/// uploads nothing, and either machine pulls what the other pushed.
+#[test]
+fn second_machine_sharing_the_keyring_dedups_and_pulls() {
+    let (w, src, _) = pushed();
+    let (_, _, stored, _) = expected_counts(&std::fs::read(&src).unwrap());
+    let mut other = w.other_home("builder2");
+    other.env.push((
+        "LODE_KEYS".into(),
+        w.home.join("keys").display().to_string(),
+    ));
+    let s = other.push(&src, "alice", "again");
+    assert_eq!((s.uploaded, s.already), (0, stored), "{s:?}");
+    let out = other.work().join("from-first.ext4");
+    other.pull("alice", "app", &out);
+    assert_same(&src, &out);
+    let out = w.work().join("from-second.ext4");
+    w.pull("alice", "again", &out);
+    assert_same(&src, &out);
+    assert!(
+        !other.home.join("keys").exists(),
+        "the second machine wrote its own keyring"
+    );
+}
+
 #[test]
 fn tampered_chunk_fails_pull_naming_chunk() {
     let (w, src, _) = pushed();

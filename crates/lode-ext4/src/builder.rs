@@ -31,9 +31,6 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 
-/// An inode number, its record, and the (start, length) block runs it owns.
-type OwnedInode = (u32, InodeRecord, Vec<(u64, u64)>);
-
 /// Block of `/lost+found`'s directory contents (last block of chunk 0).
 const LOST_FOUND_BLOCK: u64 = HEADER_BLOCKS - 1;
 /// Data is buffered up to this many bytes before it is written.
@@ -105,6 +102,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Ext4Error {
     let what = what.into();
     move |source| Ext4Error::Io { what, source }
 }
+
+/// An encoded inode: its number, its record, and the block runs it owns.
+type InodeOut = (u32, InodeRecord, Vec<(u64, u64)>);
 
 impl Builder {
     /// Starts an image in `out` (an empty, writable file).
@@ -579,7 +579,7 @@ impl Builder {
     }
 
     /// The inode of a live node and the block runs it owns.
-    fn inode_record(&self, id: NodeId) -> Result<OwnedInode> {
+    fn inode_record(&self, id: NodeId) -> Result<InodeOut> {
         let n = &self.tree.nodes[id];
         let mut owned: Vec<(u64, u64)> = Vec::new();
         let mut rec = InodeRecord {

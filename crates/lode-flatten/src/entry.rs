@@ -1,13 +1,12 @@
 //! Reading one layer's tar entries and applying them to the builder.
 
 use crate::error::{EntryError, FlattenError};
+use crate::tarball::{Header, TarReader};
 use lode_ext4::{Builder, Meta, Special, Timestamp};
 use lode_oci::{Image, LayerDesc, LayerReader};
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::rc::Rc;
-use tar::EntryType;
 
 /// Whiteout prefix of the OCI layer spec.
 const WHITEOUT: &[u8] = b".wh.";
@@ -33,41 +32,6 @@ pub(crate) fn normalize(raw: &[u8], allow_absolute: bool) -> Result<Vec<Vec<u8>>
         }
     }
     Ok(out)
-}
-
-/// Parses a PAX time (`"1700000000.5"`, `"-1.25"`) into seconds and nanoseconds.
-pub(crate) fn parse_pax_time(v: &[u8]) -> Option<Timestamp> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty()
-        || !int.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let secs: i64 = int.parse().ok()?;
-    let mut digits: String = frac.chars().take(9).collect();
-    while digits.len() < 9 {
-        digits.push('0');
-    }
-    let nsec: u32 = digits.parse().ok()?;
-    Some(if !neg {
-        Timestamp { secs, nsec }
-    } else if nsec == 0 {
-        Timestamp {
-            secs: -secs,
-            nsec: 0,
-        }
-    } else {
-        Timestamp {
-            secs: -secs - 1,
-            nsec: 1_000_000_000 - nsec,
-        }
-    })
 }
 
 /// Bytes moved per message between the decompressing thread and the writer.
@@ -175,66 +139,24 @@ impl Read for Piped {
     }
 }
 
-fn field<T>(r: std::io::Result<T>, name: &'static str) -> Result<T, EntryError> {
-    r.map_err(|e| EntryError::BadField {
-        field: name,
-        detail: e.to_string(),
-    })
-}
-
-/// Reads the metadata of an entry: header fields, overridden by PAX records.
-fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, EntryError> {
-    let h = entry.header();
-    let mut meta = Meta {
-        perm: (field(h.mode(), "mode")? & 0o7777) as u16,
-        uid: 0,
-        gid: 0,
-        mtime: Timestamp {
-            secs: field(h.mtime(), "mtime")? as i64,
-            nsec: 0,
-        },
-        xattrs: BTreeMap::new(),
-    };
+/// The metadata of an entry, GNU and PAX extensions applied.
+fn meta_of(h: &Header) -> Result<Meta, EntryError> {
     let id = |v: u64, name| {
         u32::try_from(v).map_err(|_| EntryError::BadField {
             field: name,
             detail: format!("{v} exceeds 32 bits"),
         })
     };
-    meta.uid = id(field(h.uid(), "uid")?, "uid")?;
-    meta.gid = id(field(h.gid(), "gid")?, "gid")?;
-    if let Some(exts) = field(entry.pax_extensions(), "pax")? {
-        for ext in exts {
-            let ext = field(ext, "pax")?;
-            let key = ext.key_bytes();
-            let value = ext.value_bytes();
-            let number = |name| {
-                std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| EntryError::BadField {
-                        field: name,
-                        detail: String::from_utf8_lossy(value).into_owned(),
-                    })
-            };
-            match key {
-                b"uid" => meta.uid = id(number("pax uid")?, "pax uid")?,
-                b"gid" => meta.gid = id(number("pax gid")?, "pax gid")?,
-                b"mtime" => {
-                    meta.mtime = parse_pax_time(value).ok_or_else(|| EntryError::BadField {
-                        field: "pax mtime",
-                        detail: String::from_utf8_lossy(value).into_owned(),
-                    })?
-                }
-                k if k.starts_with(b"SCHILY.xattr.") => {
-                    meta.xattrs
-                        .insert(k[b"SCHILY.xattr.".len()..].to_vec(), value.to_vec());
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(meta)
+    Ok(Meta {
+        perm: (h.mode & 0o7777) as u16,
+        uid: id(h.uid, "uid")?,
+        gid: id(h.gid, "gid")?,
+        mtime: Timestamp {
+            secs: h.mtime.0,
+            nsec: h.mtime.1,
+        },
+        xattrs: h.xattrs.clone(),
+    })
 }
 
 /// Applies one layer. Returns its uncompressed size and its entry count.
@@ -254,7 +176,7 @@ pub(crate) fn apply_layer(
             source,
         })?;
     let count = Rc::new(Cell::new(0u64));
-    let mut archive = tar::Archive::new(Piped::spawn(reader, count.clone()));
+    let mut archive = TarReader::new(Piped::spawn(reader, count.clone()));
     b.begin_layer().map_err(|source| FlattenError::Ext4 {
         layer,
         digest: digest.clone(),
@@ -274,11 +196,8 @@ pub(crate) fn apply_layer(
             },
             source,
         };
-        let entries = archive.entries().map_err(|e| read_err(&last, e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| read_err(&last, e))?;
-            let raw = entry.path_bytes().into_owned();
-            last = String::from_utf8_lossy(&raw).into_owned();
+        while let Some(header) = archive.next_header().map_err(|e| read_err(&last, e))? {
+            last = String::from_utf8_lossy(&header.path).into_owned();
             let entry_err = |source| FlattenError::Entry {
                 layer,
                 digest: digest.clone(),
@@ -290,7 +209,7 @@ pub(crate) fn apply_layer(
                 digest: digest.clone(),
                 source,
             };
-            apply_entry(b, &mut entry, &raw).map_err(|e| match e {
+            apply_entry(b, &header, &mut archive.data()).map_err(|e| match e {
                 Apply::Entry(e) => entry_err(e),
                 Apply::Ext4(e) => ext4_err(e),
             })?;
@@ -333,16 +252,8 @@ impl From<lode_ext4::Ext4Error> for Apply {
     }
 }
 
-fn apply_entry<R: Read>(
-    b: &mut Builder,
-    entry: &mut tar::Entry<'_, R>,
-    raw: &[u8],
-) -> Result<(), Apply> {
-    let kind = entry.header().entry_type();
-    if matches!(kind, EntryType::XGlobalHeader) {
-        return Ok(());
-    }
-    let path = normalize(raw, false)?;
+fn apply_entry(b: &mut Builder, h: &Header, data: &mut dyn Read) -> Result<(), Apply> {
+    let path = normalize(&h.path, false)?;
     if let Some(last) = path.last() {
         if last.starts_with(WHITEOUT) {
             let parent = &path[..path.len() - 1];
@@ -358,27 +269,21 @@ fn apply_entry<R: Read>(
             return Ok(());
         }
     }
-    let meta = meta_of(entry)?;
-    match kind {
-        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-            let size = entry.size();
-            b.add_file(&path, meta, size, entry)?;
-        }
-        EntryType::Directory => b.add_dir(&path, meta)?,
-        EntryType::Symlink => {
-            let target = entry
-                .link_name_bytes()
-                .map(|c| c.into_owned())
-                .unwrap_or_default();
-            b.add_symlink(&path, &target, meta)?;
-        }
-        EntryType::Link => {
-            let raw_target = entry
-                .link_name_bytes()
-                .map(|c| c.into_owned())
-                .unwrap_or_default();
-            let shown = String::from_utf8_lossy(&raw_target).into_owned();
-            let target = normalize(&raw_target, true).map_err(|_| EntryError::LinkTarget {
+    let meta = meta_of(h)?;
+    let dev = |v: u64, field| {
+        u32::try_from(v).map_err(|_| EntryError::BadField {
+            field,
+            detail: format!("{v} exceeds 32 bits"),
+        })
+    };
+    match h.kind {
+        // Regular, contiguous, and sparse (already expanded by the reader).
+        b'0' | b'7' | b'S' => b.add_file(&path, meta, h.size, data)?,
+        b'5' => b.add_dir(&path, meta)?,
+        b'2' => b.add_symlink(&path, &h.link, meta)?,
+        b'1' => {
+            let shown = String::from_utf8_lossy(&h.link).into_owned();
+            let target = normalize(&h.link, true).map_err(|_| EntryError::LinkTarget {
                 target: shown.clone(),
                 reason: "path traversal ('..' component)",
             })?;
@@ -391,19 +296,17 @@ fn apply_entry<R: Read>(
             }
             b.add_hardlink(&path, &target)?;
         }
-        EntryType::Char | EntryType::Block => {
-            let h = entry.header();
-            let major = field(h.device_major(), "device major")?.unwrap_or(0);
-            let minor = field(h.device_minor(), "device minor")?.unwrap_or(0);
-            let s = if kind == EntryType::Char {
+        b'3' | b'4' => {
+            let (major, minor) = (dev(h.dev.0, "device major")?, dev(h.dev.1, "device minor")?);
+            let s = if h.kind == b'3' {
                 Special::CharDev(major, minor)
             } else {
                 Special::BlockDev(major, minor)
             };
             b.add_special(&path, s, meta)?;
         }
-        EntryType::Fifo => b.add_special(&path, Special::Fifo, meta)?,
-        other => return Err(EntryError::UnsupportedType(other.as_byte()).into()),
+        b'6' => b.add_special(&path, Special::Fifo, meta)?,
+        other => return Err(EntryError::UnsupportedType(other).into()),
     }
     Ok(())
 }
@@ -428,33 +331,5 @@ mod tests {
             Err(EntryError::Absolute)
         ));
         assert_eq!(normalize(b"/etc/passwd", true).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn pax_times() {
-        assert_eq!(parse_pax_time(b"12"), Some(Timestamp { secs: 12, nsec: 0 }));
-        assert_eq!(
-            parse_pax_time(b"12.5"),
-            Some(Timestamp {
-                secs: 12,
-                nsec: 500_000_000
-            })
-        );
-        assert_eq!(
-            parse_pax_time(b"-1.25"),
-            Some(Timestamp {
-                secs: -2,
-                nsec: 750_000_000
-            })
-        );
-        assert_eq!(
-            parse_pax_time(b"1.1234567891"),
-            Some(Timestamp {
-                secs: 1,
-                nsec: 123_456_789
-            })
-        );
-        assert_eq!(parse_pax_time(b"x"), None);
-        assert_eq!(parse_pax_time(b""), None);
     }
 }

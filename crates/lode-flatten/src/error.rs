@@ -33,7 +33,7 @@ pub enum FlattenError {
         after: String,
         /// What failed.
         #[source]
-        source: std::io::Error,
+        source: crate::TarError,
     },
     /// One entry is invalid.
     #[error("layer {layer} ({digest}): entry '{entry}': {source}")]

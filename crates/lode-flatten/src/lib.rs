@@ -11,8 +11,31 @@
 
 mod entry;
 mod error;
+mod tarball;
 
 pub use error::{EntryError, FlattenError};
+pub use tarball::TarError;
+
+/// Fuzzing entry (not API): reads a tar stream with lode's layer tar reader,
+/// every entry's data included (capped at 1 MiB per entry), and checks the
+/// reader's contract: never more data than an entry's size, and errors, not
+/// panics, for any input. Returns the number of entries read.
+#[doc(hidden)]
+pub fn fuzz_tar(data: &[u8]) -> usize {
+    use std::io::Read;
+    let mut r = tarball::TarReader::new(data);
+    let mut n = 0;
+    while let Ok(Some(h)) = r.next_header() {
+        let mut buf = Vec::new();
+        let _ = r.data().take(1 << 20).read_to_end(&mut buf);
+        assert!(
+            buf.len() as u64 <= h.size,
+            "entry data longer than its size"
+        );
+        n += 1;
+    }
+    n
+}
 
 use lode_ext4::{Builder, Options, Summary};
 use lode_oci::{Image, Source};

@@ -65,6 +65,11 @@ pub struct FleetMetrics {
     pub fills: AtomicU64,
     /// Fills skipped because too many were running.
     pub fills_dropped: AtomicU64,
+    /// Stripes rewritten by read repair: a node answered "not found" or sent
+    /// a malformed or corrupt stripe for a chunk the others could rebuild.
+    pub repairs: AtomicU64,
+    /// Stripes that came back malformed (bad header or wrong index) per node.
+    pub node_malformed: Vec<AtomicU64>,
     /// Stripe bytes written (headers excluded).
     pub stripe_bytes: AtomicU64,
     /// Chunk bytes those stripes encode.
@@ -91,6 +96,7 @@ impl FleetTier {
         let metrics = FleetMetrics {
             node_latency: (0..n).map(|_| Histogram::default()).collect(),
             node_errors: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            node_malformed: (0..n).map(|_| AtomicU64::new(0)).collect(),
             ..FleetMetrics::default()
         };
         FleetTier {
@@ -118,6 +124,11 @@ impl FleetTier {
                 "lode_fleet_stripe_errors_total{{node=\"{node}\"}} {}",
                 m.node_errors[i].load(Ordering::Relaxed)
             );
+            let _ = writeln!(
+                out,
+                "lode_fleet_stripe_malformed_total{{node=\"{node}\"}} {}",
+                m.node_malformed[i].load(Ordering::Relaxed)
+            );
         }
         for (n, v) in [
             ("lode_fleet_first4_total", &m.first4),
@@ -127,6 +138,7 @@ impl FleetTier {
             ("lode_fleet_fallbacks_total", &m.fallbacks),
             ("lode_fleet_fills_total", &m.fills),
             ("lode_fleet_fills_dropped_total", &m.fills_dropped),
+            ("lode_fleet_repairs_total", &m.repairs),
             ("lode_fleet_stripe_bytes_total", &m.stripe_bytes),
             ("lode_fleet_chunk_bytes_total", &m.chunk_bytes),
         ] {
@@ -162,13 +174,20 @@ impl FleetTier {
             })
             .collect();
         let mut got: Vec<(usize, Bytes)> = Vec::new();
+        // Stripes a live node does not have (or sent malformed): rewritten by
+        // read repair once the chunk is rebuilt from the others.
+        let mut missing: Vec<usize> = Vec::new();
         while let Some((j, node, r, took)) = gets.next().await {
             match r {
                 Ok(Ok(Some(b))) if stripe::header(&b).is_some_and(|(i, _)| i == j) => {
                     self.metrics.node_latency[node].observe(took);
                     got.push((j, b));
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok(Some(_))) => {
+                    self.metrics.node_malformed[node].fetch_add(1, Ordering::Relaxed);
+                    missing.push(j);
+                }
+                Ok(Ok(None)) => missing.push(j),
                 _ => {
                     self.metrics.node_errors[node].fetch_add(1, Ordering::Relaxed);
                 }
@@ -177,6 +196,7 @@ impl FleetTier {
                 if let Some(ct) = Self::try_decode(&got, &id.name, &self.metrics) {
                     // Dropping `gets` cancels the 5th request.
                     self.metrics.first4.fetch_add(1, Ordering::Relaxed);
+                    self.repair(id.name, &ct, missing);
                     return Some(ct);
                 }
             }
@@ -190,6 +210,9 @@ impl FleetTier {
                         .map(|(_, s)| s.clone())
                         .collect();
                     if let Some(ct) = Self::try_decode(&subset, &id.name, &self.metrics) {
+                        // The stripe left out was the bad one.
+                        missing.push(got[skip].0);
+                        self.repair(id.name, &ct, missing);
                         return Some(ct);
                     }
                 }
@@ -224,6 +247,24 @@ impl ChunkTier for FleetTier {
     /// dropped), one fill per chunk at a time, never blocking the read that
     /// triggered it.
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
+        self.put_stripes(id.name, ciphertext, None);
+    }
+}
+
+impl FleetTier {
+    /// Read repair: rewrites the stripes in `which` of a chunk just rebuilt,
+    /// in the background and under the same bounds as fills.
+    fn repair(&self, name: ChunkName, ciphertext: &Bytes, which: Vec<usize>) {
+        if !which.is_empty() {
+            self.put_stripes(name, ciphertext.clone(), Some(which));
+        }
+    }
+
+    /// Writes all stripes of a chunk (a fill, `only` = `None`) or some of them
+    /// (a repair). Bounded: at most [`MAX_FILLS`] running and
+    /// [`MAX_QUEUED_FILLS`] waiting, beyond that dropped; one write per chunk
+    /// at a time.
+    fn put_stripes(&self, name: ChunkName, ciphertext: Bytes, only: Option<Vec<usize>>) {
         if self.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED_FILLS {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             self.metrics.fills_dropped.fetch_add(1, Ordering::Relaxed);
@@ -233,17 +274,16 @@ impl ChunkTier for FleetTier {
             .filling
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.name)
+            .insert(name)
         {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return;
         }
-        let (backend, filling, metrics, timeout, name) = (
+        let (backend, filling, metrics, timeout) = (
             self.backend.clone(),
             self.filling.clone(),
             self.metrics.clone(),
             self.timeout,
-            id.name,
         );
         let (slots, queued) = (self.fills.clone(), self.queued.clone());
         tokio::spawn(async move {
@@ -252,27 +292,40 @@ impl ChunkTier for FleetTier {
             };
             let nodes = placement(backend.nodes(), &name);
             let stripes = stripe::encode(&ciphertext);
-            let puts = stripes.into_iter().enumerate().map(|(j, s)| {
-                let backend = backend.clone();
-                let k = key(&name, j);
-                let node = nodes[j];
-                let n = (s.len() - stripe::HEADER) as u64;
-                async move {
-                    let ok = matches!(
-                        tokio::time::timeout(timeout * 4, backend.put(node, &k, Bytes::from(s)))
+            let wanted = |j: &usize| only.as_ref().is_none_or(|w| w.contains(j));
+            let puts = stripes
+                .into_iter()
+                .enumerate()
+                .filter(|(j, _)| wanted(j))
+                .map(|(j, s)| {
+                    let backend = backend.clone();
+                    let k = key(&name, j);
+                    let node = nodes[j];
+                    let n = (s.len() - stripe::HEADER) as u64;
+                    async move {
+                        let ok = matches!(
+                            tokio::time::timeout(
+                                timeout * 4,
+                                backend.put(node, &k, Bytes::from(s))
+                            )
                             .await,
-                        Ok(Ok(()))
-                    );
-                    (ok, n)
-                }
-            });
+                            Ok(Ok(()))
+                        );
+                        (ok, n)
+                    }
+                });
             let results = futures::future::join_all(puts).await;
-            let stored: u64 = results.iter().filter(|(ok, _)| *ok).map(|(_, n)| n).sum();
-            metrics.fills.fetch_add(1, Ordering::Relaxed);
-            metrics.stripe_bytes.fetch_add(stored, Ordering::Relaxed);
-            metrics
-                .chunk_bytes
-                .fetch_add(ciphertext.len() as u64, Ordering::Relaxed);
+            if only.is_some() {
+                let ok = results.iter().filter(|(ok, _)| *ok).count() as u64;
+                metrics.repairs.fetch_add(ok, Ordering::Relaxed);
+            } else {
+                let stored: u64 = results.iter().filter(|(ok, _)| *ok).map(|(_, n)| n).sum();
+                metrics.fills.fetch_add(1, Ordering::Relaxed);
+                metrics.stripe_bytes.fetch_add(stored, Ordering::Relaxed);
+                metrics
+                    .chunk_bytes
+                    .fetch_add(ciphertext.len() as u64, Ordering::Relaxed);
+            }
             filling
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -3,7 +3,7 @@
 //! HTTP/2 (and HTTP/1.1 for tools like curl) over TCP:
 //! `GET /s/<key>` → 200 with the stripe or 404; `HEAD /s/<key>`; `PUT /s/<key>`
 //! (body ≤ 1 MiB) → 204; `GET /health` → 200 `ok`; `GET /metrics` →
-//! Prometheus text. Keys are 1–128 of `[0-9a-z.:_-]`. Memory evictions move
+//! Prometheus text. Keys are 1–128 of `[0-9a-z.:_-]`, not starting with `.`. Memory evictions move
 //! stripes to the disk tier; disk hits move them back. Both tiers are bounded
 //! and evict by LRU-2.
 
@@ -25,10 +25,12 @@ pub const MAX_STRIPE: usize = 1 << 20;
 /// Connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// Checks a stripe key.
+/// Checks a stripe key: 1–128 of `[0-9a-z.:_-]`, not starting with `.`
+/// (the disk tier uses keys as file names: no `.`, `..` or temp names).
 pub fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 128
+        && !k.starts_with('.')
         && k.bytes()
             .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b".:_-".contains(&b))
 }
@@ -273,23 +275,30 @@ pub async fn serve(listener: tokio::net::TcpListener, store: Arc<NodeStore>) {
         let _ = sock.set_nodelay(true);
         let store = store.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(store.clone(), req));
-            let mut b =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            b.http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            b.http2()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive_interval(Some(Duration::from_secs(10)))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .max_concurrent_streams(256);
-            let _ = b
-                .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
-                .await;
+            serve_connection(sock, store).await;
             drop(permit);
         });
     }
+}
+
+/// Serves one client connection (HTTP/2 or HTTP/1.1) to its end.
+pub async fn serve_connection<S>(io: S, store: Arc<NodeStore>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| handle(store.clone(), req));
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(10)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(256);
+    let _ = b
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await;
 }
 
 #[cfg(test)]
@@ -308,5 +317,24 @@ mod tests {
         }
         assert!(s.render().contains("lode_node_hits_disk_total"));
         assert!(!valid_key("../x") && valid_key("ab.1"));
+    }
+
+    /// Found by fuzzing (fleet_node_request): `.` and `..` were valid keys,
+    /// which the disk tier turns into file names (`dir/..`); the failed
+    /// rename left `.tmp-..` behind, itself a valid key on the next start.
+    #[test]
+    fn keys_are_plain_file_names() {
+        for k in [".", "..", ".tmp-ab.1", ".hidden"] {
+            assert!(!valid_key(k), "{k}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let s = NodeStore::new(0, Some((d.path().to_path_buf(), 1000))).unwrap();
+        assert!(valid_key("a..b") && valid_key("0.4"));
+        s.put("0.4".into(), Bytes::from_static(b"x"));
+        let names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["0.4"]);
     }
 }

@@ -1,9 +1,10 @@
-//! `lode agent --listen ADDR ...`: the NBD server.
+//! `lode agent [--listen ADDR] [--vhost-user SOCKET=EXPORT[,ro]]... ...`:
+//! the NBD server and vhost-user-blk exports.
 
 use super::common::{key_provider, lode_home, open_store, runtime, StoreArgs};
 use crate::units::parse_size;
 use anyhow::{bail, Context, Result};
-use lode_agent::{ChunkReader, Exports, Prefetch, Server, ServerConfig};
+use lode_agent::{ChunkReader, Exports, Prefetch, Server, ServerConfig, VhostUserExport};
 use lode_cache::{Bounded, ChunkTier, Delayed, DiskCache, StoreTier};
 use lode_fleet::FleetTier;
 use std::path::PathBuf;
@@ -109,12 +110,49 @@ impl CacheArgs {
     }
 }
 
+/// One `--vhost-user` export.
+#[derive(Clone, Debug)]
+struct VhostSpec {
+    socket: PathBuf,
+    export: String,
+    read_only: bool,
+}
+
+fn parse_vhost(s: &str) -> std::result::Result<VhostSpec, String> {
+    let (socket, rest) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected SOCKET=TENANT/NAME[@OVERLAY][,ro], got '{s}'"))?;
+    let (export, read_only) = match rest.strip_suffix(",ro") {
+        Some(e) => (e, true),
+        None => (rest, false),
+    };
+    if socket.is_empty() || lode_agent::ExportName::parse(export).is_none() {
+        return Err(format!(
+            "expected SOCKET=TENANT/NAME[@OVERLAY][,ro], got '{s}'"
+        ));
+    }
+    Ok(VhostSpec {
+        socket: socket.into(),
+        export: export.into(),
+        read_only,
+    })
+}
+
 /// Arguments of `lode agent`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where to listen: `unix:PATH` or `HOST:PORT`.
-    #[arg(long)]
-    listen: String,
+    /// NBD: listen on `unix:PATH` or `HOST:PORT`; clients pick the export
+    /// (`TENANT/NAME[@OVERLAY]`) by name.
+    #[arg(long, required_unless_present = "vhost_user")]
+    listen: Option<String>,
+    /// vhost-user-blk: serve `TENANT/NAME[@OVERLAY]` on the unix socket
+    /// `SOCKET` (created; QEMU connects with `-chardev socket,path=SOCKET
+    /// -device vhost-user-blk`, guest RAM shared, e.g. `-object
+    /// memory-backend-memfd,share=on`). One VM at a time per socket, each with a
+    /// private copy-on-write overlay (kept across VMs when `@OVERLAY` is
+    /// given). `,ro` makes the disk read-only. Repeatable.
+    #[arg(long = "vhost-user", value_name = "SOCKET=TENANT/NAME[,ro]", value_parser = parse_vhost)]
+    vhost_user: Vec<VhostSpec>,
     #[command(flatten)]
     cache: CacheArgs,
     /// Serve Prometheus metrics on `HOST:PORT`.
@@ -160,43 +198,74 @@ pub fn run(args: Args) -> Result<()> {
             });
             tokio::spawn(lode_agent::metrics::serve(l, server.clone(), extra));
         }
-        if let Some(path) = args.listen.strip_prefix("unix:") {
-            let _ = std::fs::remove_file(path);
-            let l =
-                tokio::net::UnixListener::bind(path).with_context(|| format!("binding {path}"))?;
-            eprintln!("lode agent listening on unix:{path}");
-            loop {
-                tokio::select! {
-                    a = l.accept() => {
-                        let (s, _) = a.context("accept")?;
-                        tokio::spawn(server.clone().serve(s));
-                    }
-                    _ = tokio::signal::ctrl_c() => break,
-                }
-            }
-            let _ = std::fs::remove_file(path);
-        } else {
-            if args.listen.contains('/') {
-                bail!(
-                    "--listen takes unix:PATH or HOST:PORT, got '{}'",
-                    args.listen
-                );
-            }
-            let l = tokio::net::TcpListener::bind(&args.listen)
+        let mut vhost = Vec::new();
+        for v in &args.vhost_user {
+            let exp = VhostUserExport::bind(server.clone(), &v.export, &v.socket, v.read_only)
                 .await
-                .with_context(|| format!("binding {}", args.listen))?;
-            eprintln!("lode agent listening on {}", l.local_addr()?);
-            loop {
-                tokio::select! {
-                    a = l.accept() => {
-                        let (s, _) = a.context("accept")?;
-                        let _ = s.set_nodelay(true);
-                        tokio::spawn(server.clone().serve(s));
-                    }
-                    _ = tokio::signal::ctrl_c() => break,
+                .with_context(|| format!("--vhost-user {}", v.socket.display()))?;
+            eprintln!(
+                "lode agent serving {} over vhost-user-blk on {}{}",
+                v.export,
+                v.socket.display(),
+                if v.read_only { " (read-only)" } else { "" }
+            );
+            let stop = exp.stop_handle();
+            let thread = std::thread::Builder::new()
+                .name("vhost-user".into())
+                .spawn(move || exp.serve())
+                .context("starting a vhost-user thread")?;
+            vhost.push((stop, thread));
+        }
+        let served = match args.listen.as_deref() {
+            Some(listen) => serve_nbd(listen, &server).await,
+            None => tokio::signal::ctrl_c().await.context("waiting for ctrl-c"),
+        };
+        // Disconnect the VMs; each session drops its overlay before its thread ends.
+        for (stop, _) in &vhost {
+            stop.stop();
+        }
+        for (_, thread) in vhost {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        server.exports().reader().settle().await;
+        served
+    })
+}
+
+/// Accepts NBD clients on `listen` until ctrl-c.
+async fn serve_nbd(listen: &str, server: &Arc<Server>) -> Result<()> {
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let l = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {path}"))?;
+        eprintln!("lode agent listening on unix:{path}");
+        loop {
+            tokio::select! {
+                a = l.accept() => {
+                    let (s, _) = a.context("accept")?;
+                    tokio::spawn(server.clone().serve(s));
                 }
+                _ = tokio::signal::ctrl_c() => break,
             }
         }
-        Ok(())
-    })
+        let _ = std::fs::remove_file(path);
+    } else {
+        if listen.contains('/') {
+            bail!("--listen takes unix:PATH or HOST:PORT, got '{listen}'");
+        }
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        eprintln!("lode agent listening on {}", l.local_addr()?);
+        loop {
+            tokio::select! {
+                a = l.accept() => {
+                    let (s, _) = a.context("accept")?;
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(server.clone().serve(s));
+                }
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+    }
+    Ok(())
 }

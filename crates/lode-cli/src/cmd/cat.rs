@@ -7,6 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use lode_agent::ImageHandle;
 use lode_store::open_image;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,10 +25,44 @@ pub struct Args {
     cache: CacheArgs,
 }
 
-/// Lazy random access to the image for the ext4 reader.
+/// Most chunks read ahead of the file's current position.
+const READAHEAD_CHUNKS: u64 = 16;
+
+/// Lazy random access to the image for the ext4 reader, with readahead while
+/// the file's data is read.
 struct Lazy {
     image: Arc<ImageHandle>,
     rt: tokio::runtime::Handle,
+    /// Bytes of the file still to be read (0 while ext4 metadata is read):
+    /// bounds the readahead so it fetches little beyond the file.
+    ahead: Arc<AtomicU64>,
+    /// Chunks below this index were already read or requested.
+    requested_to: u64,
+}
+
+impl Lazy {
+    /// Starts background fetches of the chunks after `last` that the rest of
+    /// the file may need (a file's data is contiguous in lode's layout), at
+    /// most [`READAHEAD_CHUNKS`] ahead. Single-flight joins a later read of
+    /// the same chunk to its fetch.
+    fn read_ahead(&mut self, last: u64) {
+        let cs = self.image.chunk_size();
+        let want = self
+            .ahead
+            .load(Ordering::Relaxed)
+            .div_ceil(cs)
+            .min(READAHEAD_CHUNKS);
+        let end = (last + 1 + want).min(self.image.chunks());
+        let from = self.requested_to.max(last + 1);
+        for j in from..end {
+            let image = self.image.clone();
+            self.rt.spawn(async move {
+                // Errors surface when the chunk is read for real.
+                let _ = image.chunk(j).await;
+            });
+        }
+        self.requested_to = self.requested_to.max(end);
+    }
 }
 
 impl ext4_view::Ext4Read for Lazy {
@@ -36,6 +71,10 @@ impl ext4_view::Ext4Read for Lazy {
         start: u64,
         dst: &mut [u8],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        if !dst.is_empty() && self.ahead.load(Ordering::Relaxed) > 0 {
+            let last = (start + dst.len() as u64 - 1) / self.image.chunk_size();
+            self.read_ahead(last);
+        }
         let b = self.rt.block_on(self.image.read(start, dst.len() as u64))?;
         dst.copy_from_slice(&b);
         Ok(())
@@ -58,19 +97,24 @@ pub fn run(args: Args) -> Result<()> {
         opened,
         reader.clone(),
     ));
+    let ahead = Arc::new(AtomicU64::new(0));
     let fs = ext4_view::Ext4::load(Box::new(Lazy {
         image: image.clone(),
         rt: rt.handle().clone(),
+        ahead: ahead.clone(),
+        requested_to: 0,
     }))
     .map_err(|e| anyhow!("reading the image's ext4 filesystem: {e}"))?;
     let mut file = fs
         .open(args.path.as_str())
         .map_err(|e| anyhow!("{}: {e}", args.path))?;
+    let size = file.metadata().len();
     let mut first_byte = None;
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
+        ahead.store(size.saturating_sub(total), Ordering::Relaxed);
         let n = std::io::Read::read(&mut file, &mut buf)
             .with_context(|| format!("reading {}", args.path))?;
         if n == 0 {
@@ -81,6 +125,8 @@ pub fn run(args: Args) -> Result<()> {
         total += n as u64;
     }
     out.flush().context("writing to stdout")?;
+    // Let the disk-cache writes land, so the next command finds the chunks.
+    rt.block_on(reader.settle());
     let labels = reader.tier_labels();
     let (mut fetched, mut bytes) = (0, 0);
     let mut per_tier = Vec::new();
@@ -90,10 +136,7 @@ pub fn run(args: Args) -> Result<()> {
         bytes += b;
         per_tier.push(format!("{l} {n}"));
     }
-    let disk_hits = reader
-        .disk_metrics
-        .hits
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let disk_hits = reader.disk_metrics.hits.load(Ordering::Relaxed);
     per_tier.push(format!("local disk {disk_hits}"));
     eprintln!(
         "lode cat: {} bytes; chunks fetched {} / {} total ({}), bytes fetched {}, first byte {:.1} ms, total {:.1} ms",

@@ -31,9 +31,15 @@ pub fn open_store(given: Option<&str>) -> Result<Store> {
     Store::open(&url).with_context(|| format!("opening store {url}"))
 }
 
-/// The default key provider: the keyring in `$LODE_HOME/keys`.
+/// The default key provider: the keyring in `$LODE_KEYS`, else
+/// `$LODE_HOME/keys`. Machines that push to one store share root salts (and
+/// tenants their keys) by pointing `LODE_KEYS` at the same keyring.
 pub fn key_provider() -> Arc<dyn KeyProvider> {
-    Arc::new(Keyring::new(lode_home().join("keys")))
+    let dir = std::env::var_os("LODE_KEYS")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| lode_home().join("keys"));
+    Arc::new(Keyring::new(dir))
 }
 
 /// A tokio runtime for one command.

@@ -1,10 +1,10 @@
-//! `lode run NAME --tenant T [--via nbd] -- CMD [ARGS...]`: boot a micro-VM
-//! from an image served lazily by an in-process agent and run CMD in it.
+//! `lode run NAME --tenant T [--via nbd|vhost-user] -- CMD [ARGS...]`: boot a
+//! micro-VM from an image served lazily by an in-process agent and run CMD in it.
 
 use super::agent::CacheArgs;
 use super::common::{key_provider, runtime};
 use anyhow::{bail, Context, Result};
-use lode_agent::{Exports, Prefetch, Server, ServerConfig};
+use lode_agent::{Exports, Prefetch, Server, ServerConfig, VhostUserExport};
 use lode_vm::{command_cpio, Disk, RunSpec};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -22,7 +22,9 @@ pub struct Args {
     tenant: String,
     #[command(flatten)]
     cache: CacheArgs,
-    /// How the VM reaches its disk.
+    /// How the VM reaches its disk: `nbd` (QEMU's NBD client on the agent's
+    /// socket) or `vhost-user` (the agent's vhost-user-blk backend reads and
+    /// writes guest memory directly; guest RAM is a shared memfd).
     #[arg(long, default_value = "nbd", value_parser = ["nbd", "vhost-user"])]
     via: String,
     /// Mount the image read-write (writes go to a private copy-on-write overlay).
@@ -48,9 +50,6 @@ fn ms(d: Duration) -> String {
 
 /// Runs `lode run`; the process exits with the command's status.
 pub fn run(args: Args) -> Result<i32> {
-    if args.via == "vhost-user" {
-        bail!("--via vhost-user is not available yet in this build; use --via nbd");
-    }
     let t0 = Instant::now();
     let dir = args.vm_dir.clone().unwrap_or_else(super::vm::vm_dir);
     let assets = lode_vm::prepare::Assets::find(&dir).with_context(|| {
@@ -72,22 +71,29 @@ pub fn run(args: Args) -> Result<i32> {
         .context("temp dir")?;
     let sock = work.path().join("agent.sock");
     let rt = runtime()?;
-    let (server, export) = rt.block_on(async {
+    let vhost = args.via == "vhost-user";
+    let (server, export, vhost_export) = rt.block_on(async {
         let (store, reader) = args.cache.reader()?;
         let exports = Arc::new(
             Exports::new(store, key_provider(), reader).with_policy(Prefetch::Recorded, false),
         );
         let export = format!("{}/{}", args.tenant, args.name);
-        exports
-            .open(&export)
-            .await
-            .with_context(|| format!("opening {export}"))?;
         let server = Arc::new(Server::new(
-            exports,
+            exports.clone(),
             ServerConfig {
                 overlay_dir: work.path().join("overlays"),
             },
         ));
+        if vhost {
+            let v = VhostUserExport::bind(server.clone(), &export, &sock, !args.rw)
+                .await
+                .with_context(|| format!("opening {export}"))?;
+            return Ok::<_, anyhow::Error>((server, export, Some(v)));
+        }
+        exports
+            .open(&export)
+            .await
+            .with_context(|| format!("opening {export}"))?;
         let l = tokio::net::UnixListener::bind(&sock)
             .with_context(|| format!("binding {}", sock.display()))?;
         let s = server.clone();
@@ -96,8 +102,21 @@ pub fn run(args: Args) -> Result<i32> {
                 tokio::spawn(s.clone().serve(c));
             }
         });
-        Ok::<_, anyhow::Error>((server, export))
+        Ok((server, export, None))
     })?;
+    // vhost-user: one session (this VM) on a thread of its own; it ends when
+    // QEMU disconnects, or when stopped if QEMU never connected.
+    let vhost_session = match vhost_export {
+        Some(mut v) => {
+            let stop = v.stop_handle();
+            let thread = std::thread::Builder::new()
+                .name("vhost-user".into())
+                .spawn(move || v.serve_one())
+                .context("starting the vhost-user thread")?;
+            Some((stop, thread))
+        }
+        None => None,
+    };
     let agent_ready = t0.elapsed();
     // Base initramfs + this run's command, concatenated (the kernel unpacks both).
     let mut initrd = std::fs::read(&assets.initrd)
@@ -110,10 +129,16 @@ pub fn run(args: Args) -> Result<i32> {
     let spec = RunSpec {
         kernel: assets.kernel.clone(),
         initrd: initrd_path,
-        disk: Disk::Nbd {
-            socket: sock.clone(),
-            export,
-            read_only: !args.rw,
+        disk: if vhost {
+            Disk::VhostUser {
+                socket: sock.clone(),
+            }
+        } else {
+            Disk::Nbd {
+                socket: sock.clone(),
+                export,
+                read_only: !args.rw,
+            }
         },
         memory_mib: args.memory,
     };
@@ -178,6 +203,14 @@ pub fn run(args: Args) -> Result<i32> {
     }
     let qemu = child.wait().context("waiting for qemu")?;
     let total = t0.elapsed();
+    if let Some((stop, thread)) = vhost_session {
+        stop.stop();
+        match thread.join() {
+            Ok(Err(e)) => eprintln!("lode run: vhost-user: {e}"),
+            Ok(Ok(_)) => {}
+            Err(_) => bail!("the vhost-user thread panicked"),
+        }
+    }
     let Some(status) = status else {
         let mut err = String::new();
         if let Some(mut e) = child.stderr.take() {

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod nbd_client;
+pub mod vhost_client;
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -388,6 +389,25 @@ impl Agent {
     }
 
     /// Kills the agent (SIGKILL) and waits for it.
+    /// Waits (bounded) until the disk-cache writes that run off the read
+    /// path have landed, so a kill right after keeps every fetched chunk.
+    pub fn settle_disk_writes(&self) {
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            let m = self.metrics();
+            if m.get("lode_cache_writes_pending{tier=\"disk\"}")
+                .copied()
+                .unwrap_or(0.0)
+                == 0.0
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("disk-cache writes still pending after 30 s");
+    }
+
+    /// SIGKILLs the agent (after nothing: pending disk writes may be lost).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

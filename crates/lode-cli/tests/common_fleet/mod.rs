@@ -30,6 +30,7 @@ pub const FLEET_CORRUPT: &str = "lode_fleet_corrupt_total";
 pub const FALLBACKS: &str = "lode_fleet_fallbacks_total";
 pub const FILLS: &str = "lode_fleet_fills_total";
 pub const FILLS_DROPPED: &str = "lode_fleet_fills_dropped_total";
+pub const REPAIRS: &str = "lode_fleet_repairs_total";
 pub const STRIPE_BYTES: &str = "lode_fleet_stripe_bytes_total";
 pub const CHUNK_BYTES: &str = "lode_fleet_chunk_bytes_total";
 
