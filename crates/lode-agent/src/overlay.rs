@@ -108,7 +108,15 @@ impl Overlay {
         if end <= start {
             return false;
         }
-        (start / PAGE..=(end - 1) / PAGE).any(|p| self.has(p))
+        let (first, last) = (start / PAGE, (end - 1) / PAGE);
+        let b = self.bits.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the non-zero words in range, each masked to the pages asked.
+        b.range(first / 64..=last / 64).any(|(&i, &w)| {
+            let lo = if i == first / 64 { first % 64 } else { 0 };
+            let hi = if i == last / 64 { last % 64 } else { 63 };
+            let mask = (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
+            w & mask != 0
+        })
     }
 
     /// Pages written so far.
@@ -258,6 +266,28 @@ fn decode_bitmap(b: &[u8], words: u64) -> BTreeMap<u64, u64> {
 #[cfg(test)]
 mod bitmap_tests {
     use super::*;
+
+    #[test]
+    fn any_written_matches_page_by_page() {
+        let d = tempfile::tempdir().unwrap();
+        let o = Overlay::open(d.path().join("o.overlay"), 1 << 30, false).unwrap();
+        for p in [0u64, 63, 64, 200, 4095] {
+            o.set(p);
+        }
+        for (s, e) in [
+            (0u64, 1u64),
+            (4096, 4096 * 63),
+            (4096, 4096 * 64),
+            (4096 * 65, 4096 * 200),
+            (4096 * 65, 4096 * 201),
+            (4096 * 201, 4096 * 4095),
+            (4096 * 4095 + 1, 4096 * 4096),
+            (4096 * 4096, 1 << 30),
+        ] {
+            let want = (s / PAGE..=(e - 1) / PAGE).any(|p| o.has(p));
+            assert_eq!(o.any_written(s, e), want, "[{s}, {e})");
+        }
+    }
 
     #[test]
     fn bitmap_files_round_trip_and_reject_garbage() {
