@@ -155,7 +155,7 @@ pub fn device_features(read_only: bool) -> u64 {
 /// most [`MAX_REQUEST`] bytes, 4 KiB aligned.
 pub fn config_space(size: u64) -> [u8; CONFIG_SIZE] {
     let mut c = [0u8; CONFIG_SIZE];
-    let exp: u8 = if size % 4096 == 0 { 3 } else { 0 };
+    let exp: u8 = if size.is_multiple_of(4096) { 3 } else { 0 };
     let sectors_max = MAX_REQUEST / SECTOR as u32;
     let mut put = |at: usize, b: &[u8]| c[at..at + b.len()].copy_from_slice(b);
     put(0, &(size / SECTOR).to_le_bytes()); // capacity
@@ -503,7 +503,8 @@ impl Device {
             VIRTIO_BLK_T_IN => {
                 self.first_read.get_or_init(Instant::now);
                 let len = req.in_len as u64;
-                let Some(off) = byte_range(req.sector, len, size).filter(|_| len % SECTOR == 0)
+                let Some(off) =
+                    byte_range(req.sector, len, size).filter(|_| len.is_multiple_of(SECTOR))
                 else {
                     tracing::debug!(sector = req.sector, len, "read out of range");
                     return (IOERR, 0);
@@ -521,7 +522,7 @@ impl Device {
             }
             VIRTIO_BLK_T_OUT => {
                 let len = req.out_len as u64;
-                let off = byte_range(req.sector, len, size).filter(|_| len % SECTOR == 0);
+                let off = byte_range(req.sector, len, size).filter(|_| len.is_multiple_of(SECTOR));
                 let Some(off) = off.filter(|_| !self.read_only) else {
                     return (IOERR, 0);
                 };

@@ -58,7 +58,7 @@ pub fn manifest_body(data: &[u8]) {
     let mut table = u.padded(n * 64);
     if len_delta >= 240 {
         let extra = usize::from(len_delta - 239);
-        if len_delta % 2 == 0 && table.len() >= extra {
+        if len_delta.is_multiple_of(2) && table.len() >= extra {
             table.truncate(table.len() - extra);
         } else {
             table.resize(table.len() + extra, 0);

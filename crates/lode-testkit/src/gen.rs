@@ -188,7 +188,7 @@ fn content(o: &OpSeed) -> Content {
 }
 
 fn new_path(o: &OpSeed, dirs: &[Vec<u8>]) -> Vec<u8> {
-    if o.a % 2 == 0 && !dirs.is_empty() {
+    if o.a.is_multiple_of(2) && !dirs.is_empty() {
         join(&dirs[(o.b as usize) % dirs.len()], pick(NAMES, o.a >> 1))
     } else {
         let depth = 1 + (o.a >> 1) % 3;

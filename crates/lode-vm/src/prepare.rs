@@ -1,8 +1,11 @@
 //! `lode vm prepare`: a guest kernel and initramfs from Debian's packages.
 //!
-//! Steps (idempotent; each output is written to a temp name and renamed):
+//! Steps (idempotent; each output is written to a temp name of its own and
+//! renamed, so a prepared file is never rewritten in place; concurrent
+//! preparers of one directory take turns on an exclusive lock, `.lock`, and
+//! the later ones find the work done):
 //! 1. `apt-get download` the kernel image package that `linux-image-amd64`
-//!    depends on, and `busybox-static`;
+//!    depends on, and `busybox-static`, unless `debs/` already holds them;
 //! 2. `dpkg-deb -x` both;
 //! 3. decompress the XZ payload of `vmlinuz` into an ELF `vmlinux` (QEMU boots
 //!    it directly, ~3.5 s faster under TCG than the compressed kernel);
@@ -117,8 +120,31 @@ fn io(p: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
     }
 }
 
+/// Makes `cmd`'s process die with the thread that starts it: a killed
+/// preparer must not leave `dpkg-deb` or `xz` writing into a directory the
+/// next preparer cleans.
+#[allow(unsafe_code)]
+fn tied_to_us(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure calls only prctl and
+    // getppid, both async-signal-safe, and allocates nothing.
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        })
+    }
+}
+
 fn run(what: &str, cmd: &mut Command) -> Result<String, VmError> {
-    let out = cmd.output().map_err(|e| VmError::Tool {
+    let out = tied_to_us(cmd).output().map_err(|e| VmError::Tool {
         what: what.into(),
         detail: e.to_string(),
     })?;
@@ -131,10 +157,31 @@ fn run(what: &str, cmd: &mut Command) -> Result<String, VmError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Writes `bytes` to a fresh temp file beside `path`, syncs it and renames it
+/// over `path`: readers see the old file or the whole new one, never a part.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VmError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".prepare-")
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    tmp.write_all(bytes).map_err(io(tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io(path))?;
+    tmp.persist(path).map_err(|e| VmError::Io {
+        path: path.display().to_string(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// A `.deb` in `debs` for package `pkg` (named `PKG_VERSION_ARCH.deb`).
+fn cached_deb(debs: &Path, pkg: &str) -> Option<PathBuf> {
+    let prefix = format!("{pkg}_");
+    std::fs::read_dir(debs).ok()?.flatten().find_map(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        (n.starts_with(&prefix) && n.ends_with(".deb")).then(|| e.path())
+    })
 }
 
 fn find_file(root: &Path, name: &str) -> Option<PathBuf> {
@@ -158,6 +205,30 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
         return Ok(a);
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // One preparer at a time; whoever waited finds the work done.
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    if let Some(a) = Assets::find(dir) {
+        return Ok(a);
+    }
+    // Holding the lock, any temp entry is a killed preparer's: remove it.
+    for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if [".prepare-", ".extract-", ".download-"]
+            .iter()
+            .any(|p| n.starts_with(p))
+        {
+            let p = e.path();
+            let gone = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            gone.map_err(io(&p))?;
+        }
+    }
     let debs = dir.join("debs");
     std::fs::create_dir_all(&debs).map_err(io(&debs))?;
     let deps = run(
@@ -173,20 +244,49 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
             detail: deps.clone(),
         })?
         .to_string();
-    run(
-        "apt-get download",
-        Command::new("apt-get")
-            .current_dir(&debs)
-            .args(["download", &kpkg, "busybox-static"]),
-    )?;
-    let x = dir.join("x");
-    for e in std::fs::read_dir(&debs).map_err(io(&debs))?.flatten() {
-        if e.path().extension().is_some_and(|x| x == "deb") {
-            run(
-                "dpkg-deb -x",
-                Command::new("dpkg-deb").arg("-x").arg(e.path()).arg(&x),
-            )?;
+    let wanted = [kpkg.as_str(), "busybox-static"];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|p| cached_deb(&debs, p).is_none())
+        .collect();
+    if !missing.is_empty() {
+        // Download beside `debs/` and move in only what apt verified, so an
+        // interrupted download never poses as a cached package.
+        let dl = tempfile::Builder::new()
+            .prefix(".download-")
+            .tempdir_in(dir)
+            .map_err(io(dir))?;
+        run(
+            "apt-get download",
+            Command::new("apt-get")
+                .current_dir(dl.path())
+                .arg("download")
+                .args(&missing),
+        )?;
+        for e in std::fs::read_dir(dl.path())
+            .map_err(io(dl.path()))?
+            .flatten()
+        {
+            let to = debs.join(e.file_name());
+            std::fs::rename(e.path(), &to).map_err(io(&to))?;
         }
+    }
+    // Extracted packages live in a temp dir removed on every exit path.
+    let xdir = tempfile::Builder::new()
+        .prefix(".extract-")
+        .tempdir_in(dir)
+        .map_err(io(dir))?;
+    let x = xdir.path().to_path_buf();
+    for p in wanted {
+        let deb = cached_deb(&debs, p).ok_or_else(|| VmError::Tool {
+            what: "apt-get download".into(),
+            detail: format!("no {p}_*.deb in {}", debs.display()),
+        })?;
+        run(
+            "dpkg-deb -x",
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
+        )?;
     }
     // Kernel: the XZ payload of vmlinuz.
     let vmlinuz = std::fs::read_dir(x.join("boot"))
@@ -209,7 +309,7 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
             what: "kernel".into(),
             detail: "no XZ payload in vmlinuz".into(),
         })?;
-    let mut child = Command::new("xz")
+    let mut child = tied_to_us(&mut Command::new("xz"))
         .args(["-dc", "--single-stream"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -264,7 +364,7 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
     let initrd = gz.finish().map_err(io(dir))?;
     write_atomic(&dir.join("vmlinux"), &out.stdout)?;
     write_atomic(&dir.join("initrd.v5.cpio.gz"), &initrd)?;
-    let _ = std::fs::remove_dir_all(&x);
+    drop(xdir);
     Assets::find(dir).ok_or_else(|| VmError::Tool {
         what: "prepare".into(),
         detail: "outputs missing".into(),

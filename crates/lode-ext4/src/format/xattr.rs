@@ -62,7 +62,10 @@ fn entry_hash(name: &[u8], value: &[u8]) -> u32 {
 /// into ext4's compact on-disk format (version 1).
 fn acl_to_disk(name: &str, v: &[u8]) -> Result<Vec<u8>, XattrProblem> {
     let bad = || XattrProblem::BadAcl(name.to_string());
-    if v.len() < 4 || (v.len() - 4) % 8 != 0 || u32::from_le_bytes([v[0], v[1], v[2], v[3]]) != 2 {
+    if v.len() < 4
+        || !(v.len() - 4).is_multiple_of(8)
+        || u32::from_le_bytes([v[0], v[1], v[2], v[3]]) != 2
+    {
         return Err(bad());
     }
     let mut out = 1u32.to_le_bytes().to_vec();
