@@ -12,6 +12,7 @@
 #      chunks, for lode, mkfs.ext4 1.47.0 -d (fixed UUID/hash seed/time),
 #      mke2fs 1.47.2 -d LAYER-ORDERED.tar (bookworm-backports, private
 #      copy, system e2fsprogs untouched) and mkext4 0.0.3 (crates.io)
+# SECTIONS="1 2 3" (the default) picks the benchmarks to run.
 # Needs root for the corpus build (scripts/corpus.sh); the benchmark itself
 # writes only under $LODE_BENCH.
 set -euo pipefail
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --runs) RUNS=$2; shift ;;
     --skip-corpus) SKIP_CORPUS=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "bench-flatten.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -332,8 +333,9 @@ out ""
 out "Command: \`scripts/bench-flatten.sh --runs $RUNS\`"
 out ""
 machine
-bench_throughput
-bench_rss
-bench_dedup
+SECTIONS=${SECTIONS:-1 2 3}
+case " $SECTIONS " in *" 1 "*) bench_throughput ;; esac
+case " $SECTIONS " in *" 2 "*) bench_rss ;; esac
+case " $SECTIONS " in *" 3 "*) bench_dedup ;; esac
 out "Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)."
 log "results in $RESULTS"

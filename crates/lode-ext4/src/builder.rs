@@ -4,9 +4,11 @@
 //! Image layout (block numbers; a chunk is 512 KiB = 128 blocks):
 //!
 //! ```text
-//! chunk 0      superblock, group descriptors, bitmaps (when they fit), lost+found
+//! chunk 0      superblock, group descriptors, bitmaps (when they fit), group
+//!              0's inode table (when it fits), lost+found
 //! section 0    layer 0: file data | symlink, xattr, extent-tree and directory
-//!              blocks | inode tables of the groups layer 0 owns   (chunk aligned)
+//!              blocks | inode tables of the groups layer 0 owns (group 0's
+//!              slot stays free when its table is in chunk 0)   (chunk aligned)
 //! section 1    layer 1: the same, for what layer 1 adds or changes
 //! ...
 //! tail         bitmaps (large images), spare inode tables, free space
@@ -485,6 +487,13 @@ impl Builder {
         used.set_range(geo.block_bitmaps, geo.groups);
         used.set_range(geo.inode_bitmaps, geo.groups);
         let mut tables = self.tables.clone();
+        if let Some(t) = geo.table0 {
+            // Group 0 holds layer 0's directories, `/` first: the inodes upper
+            // layers change most. In chunk 0, which differs per image anyway,
+            // their changes cost no chunk of layer 0's section; the slot
+            // reserved there stays free (zeros).
+            tables[0] = t;
+        }
         for g in self.next_group..geo.groups {
             tables.push(geo.spare_tables + (g - self.next_group) * INODE_TABLE_BLOCKS);
         }
@@ -686,6 +695,9 @@ struct Geometry {
     block_bitmaps: u64,
     inode_bitmaps: u64,
     spare_tables: u64,
+    /// Group 0's inode table when it goes in chunk 0 (else it stays in the
+    /// slot reserved at the end of layer 0's inode tables).
+    table0: Option<u64>,
     timestamp: u32,
 }
 
@@ -749,11 +761,18 @@ impl Geometry {
             });
         }
         let gdt_blocks = Self::gdt_blocks(groups);
-        let (block_bitmaps, tail) = if Self::bitmaps_in_header(groups) {
+        let in_header = Self::bitmaps_in_header(groups);
+        let (block_bitmaps, tail) = if in_header {
             (1 + gdt_blocks, sections_end)
         } else {
             (sections_end, sections_end + 2 * groups)
         };
+        // Chunk 0 takes group 0's inode table, right before lost+found's
+        // block, when it fits beside the descriptors and whatever bitmaps
+        // chunk 0 holds; bitmaps keep priority (they differ per image).
+        let header_used = 1 + gdt_blocks + if in_header { 2 * groups } else { 0 };
+        let table0 = (header_used + INODE_TABLE_BLOCKS <= LOST_FOUND_BLOCK)
+            .then_some(LOST_FOUND_BLOCK - INODE_TABLE_BLOCKS);
         Ok(Geometry {
             blocks,
             groups,
@@ -761,6 +780,7 @@ impl Geometry {
             block_bitmaps,
             inode_bitmaps: block_bitmaps + groups,
             spare_tables: tail,
+            table0,
             timestamp: max_mtime.clamp(0, i64::from(u32::MAX)) as u32,
         })
     }

@@ -121,3 +121,67 @@ impl<R: std::io::Read> TakeRef for R {
         std::io::Read::take(self, 1 << 20)
     }
 }
+
+/// "Inode table at A-B" of group 0, from `dumpe2fs`.
+fn group0_table(path: &std::path::Path) -> (u64, u64) {
+    let out = Command::new("dumpe2fs")
+        .arg(path)
+        .output()
+        .expect("dumpe2fs runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Inode table at"))
+        .unwrap_or_else(|| panic!("no inode table in dumpe2fs output:\n{text}"));
+    let range = line.split_whitespace().nth(3).unwrap();
+    let (a, b) = range.split_once('-').unwrap();
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+/// Group 0's inode table goes in chunk 0 (blocks 63..126) when it fits beside
+/// the descriptors and the bitmaps chunk 0 holds, and otherwise stays in its
+/// slot at the end of layer 0's section; every placement is clean.
+#[test]
+fn group_zero_table_placement_at_every_image_size() {
+    const MIB: u64 = 1 << 20;
+    // (image size, group 0's table in chunk 0)
+    let cases = [
+        (1024 * MIB, true),        // 8 groups: bitmaps and table fit
+        (5 * 1024 * MIB, false),   // 40 groups: the bitmaps take the room
+        (12800 * MIB, true),       // 100 groups: bitmaps in the tail, table fits
+        (7937 * 128 * MIB, false), // 7937 groups: 63 descriptor blocks
+    ];
+    for (size, in_chunk0) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        let mut b = Builder::new(
+            std::fs::File::create(&img).unwrap(),
+            Options {
+                size: Some(size),
+                ..Options::default()
+            },
+        );
+        b.begin_layer().unwrap();
+        b.add_dir(&p(""), meta(0o755)).unwrap();
+        b.add_dir(&p("etc"), meta(0o755)).unwrap();
+        b.add_file(&p("etc/a"), meta(0o644), 6, &mut &b"first\n"[..])
+            .unwrap();
+        b.end_layer().unwrap();
+        b.begin_layer().unwrap();
+        b.add_file(&p("etc/b"), meta(0o644), 7, &mut &b"second\n"[..])
+            .unwrap();
+        b.end_layer().unwrap();
+        b.finish().unwrap();
+        fsck(&img);
+        let (first, last) = group0_table(&img);
+        assert_eq!(last - first + 1, 64, "size {size}: table of {first}-{last}");
+        assert_eq!(
+            (first, last) == (63, 126),
+            in_chunk0,
+            "size {size}: group 0's table at {first}-{last}"
+        );
+        if !in_chunk0 {
+            assert!(first >= 128, "size {size}: table at {first} inside chunk 0");
+        }
+    }
+}

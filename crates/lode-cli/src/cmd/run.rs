@@ -216,6 +216,14 @@ pub fn run(args: Args) -> Result<i32> {
         if let Some(mut e) = child.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut e, &mut err);
         }
+        if tail.is_empty() && err.trim().is_empty() {
+            bail!(
+                "the command did not run in the VM (qemu {qemu}): the guest stopped before its \
+                 kernel printed a line; check the kernel {} (an unreadable or damaged kernel \
+                 resets the guest at once)",
+                assets.kernel.display()
+            );
+        }
         bail!(
             "the command did not run in the VM (qemu {qemu}); console:\n{}\n{}",
             tail.join("\n"),
