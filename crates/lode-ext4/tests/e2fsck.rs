@@ -133,9 +133,12 @@ fn group0_table(path: &std::path::Path) -> (u64, u64) {
         .lines()
         .find(|l| l.trim_start().starts_with("Inode table at"))
         .unwrap_or_else(|| panic!("no inode table in dumpe2fs output:\n{text}"));
-    let range = line.split_whitespace().nth(3).unwrap();
-    let (a, b) = range.split_once('-').unwrap();
-    (a.parse().unwrap(), b.parse().unwrap())
+    let range = line.split_whitespace().nth(3).expect("a block range");
+    let (a, b) = range.split_once('-').expect("FIRST-LAST");
+    (
+        a.parse().expect("a block number"),
+        b.parse().expect("a block number"),
+    )
 }
 
 /// Group 0's inode table goes in chunk 0 (blocks 63..126) when it fits beside
