@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pair in e2fsck:e2fsprogs skopeo:skopeo umoci:umoci qemu-img:qemu-utils qemu-io:qemu-utils nbdinfo:libnbd-bin nbdfuse:libnbd-bin fusermount3:fuse3; do
+for pair in e2fsck:e2fsprogs skopeo:skopeo umoci:umoci qemu-img:qemu-utils qemu-io:qemu-utils nbdinfo:libnbd-bin nbdfuse:libnbd-bin fusermount3:fuse3 bsdtar:libarchive-tools; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -257,7 +257,6 @@ fn rich_stack_with_huge_file() {
 /// has a 0x0a byte = CAP_DAC_OVERRIDE|CAP_FOWNER), and long names (> 100
 /// bytes, so written as PAX `path`/`linkpath`) containing a newline.
 #[test]
-
 fn pax_values_containing_newlines() {
     let mut nl_name = b"nl/".to_vec();
     nl_name.extend(std::iter::repeat_n(b'n', 120));
@@ -281,4 +280,48 @@ fn pax_values_containing_newlines() {
     let out = d.path().join("nl.ext4");
     Flatten::new(lode_bin(), oci_source(&layout, None), &out).run_ok();
     verify_image(&out, &expected, "PAX values with newlines");
+}
+
+/// A layer written by libarchive (`bsdtar`, as some image builders use):
+/// xattrs come as `LIBARCHIVE.xattr.NAME` (URL-encoded name, base64 value)
+/// with a `SCHILY.xattr.*` copy whose name libarchive leaves URL-encoded.
+/// The image must hold each xattr once, under its real name, with its bytes.
+#[test]
+fn layers_written_by_bsdtar_keep_their_xattrs() {
+    let layers = vec![LayerSpec::with(vec![
+        Entry::dir("x"),
+        Entry::file("x/cap", "c")
+            .mode(0o755)
+            .xattr("security.capability", fixtures::cap_v2(0x0a)),
+        Entry::file("x/odd", "o")
+            .xattr("user.with space, 100% and \u{fc}", b"v")
+            .xattr("user.bin", b"\0\n\xff\x00end"),
+    ])];
+    let expected = Model::apply_all(&layers).unwrap();
+    let d = tmp();
+    let ours = d.path().join("ours.tar");
+    fs::write(&ours, lode_testkit::tarw::layer_tar_bytes(&layers[0])).unwrap();
+    // bsdtar rewrites every entry of our archive in its own pax dialect.
+    let theirs = d.path().join("bsdtar.tar");
+    let out = std::process::Command::new("bsdtar")
+        .args(["--format", "pax", "-cf"])
+        .arg(&theirs)
+        .arg(format!("@{}", ours.display()))
+        .output()
+        .expect("bsdtar (libarchive-tools) is installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "bsdtar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tar = fs::read(&theirs).unwrap();
+    assert!(
+        tar.windows(17).any(|w| w == b"LIBARCHIVE.xattr."),
+        "bsdtar wrote no LIBARCHIVE.xattr records"
+    );
+    let layout = d.path().join("oci");
+    write_oci_layout_from_tars(&layout, &[tar]).unwrap();
+    let img = d.path().join("bsdtar.ext4");
+    Flatten::new(lode_bin(), oci_source(&layout, None), &img).run_ok();
+    verify_image(&img, &expected, "a bsdtar layer");
 }

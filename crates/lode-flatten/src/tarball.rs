@@ -8,6 +8,7 @@
 //! that is misread desynchronises every header after it. Every limit is
 //! explicit and every malformed header is an error naming its byte offset.
 
+use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 
@@ -90,7 +91,7 @@ pub(crate) struct Header {
     pub size: u64,
     /// Device major and minor numbers.
     pub dev: (u64, u64),
-    /// Extended attributes from `SCHILY.xattr.*` records.
+    /// Extended attributes from `SCHILY.xattr.*` and `LIBARCHIVE.xattr.*` records.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Offset of the header in the stream (for messages).
     pub offset: u64,
@@ -231,6 +232,33 @@ pub(crate) fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
     } else {
         (-secs - 1, 1_000_000_000 - nsec)
     })
+}
+
+/// Base64 as libarchive writes it: standard alphabet, padding optional.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// Decodes `%XX` escapes; `None` on a bad escape or an empty result.
+fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Parses PAX extended header records (`"%d %s=%s\n"`, the length counting the
@@ -586,6 +614,7 @@ impl<R: Read> TarReader<R> {
         let mut sparse_real: Option<u64> = None;
         let mut sparse_name: Option<Vec<u8>> = None;
         let mut sparse_major: Option<u64> = None;
+        let mut libarchive_xattrs = BTreeMap::new();
         for (k, v) in &records {
             match k.as_slice() {
                 b"path" => path = v.clone(),
@@ -625,12 +654,31 @@ impl<R: Read> TarReader<R> {
                         detail: "PAX sparse format 0.0 is not supported".into(),
                     })
                 }
+                // libarchive (bsdtar): URL-encoded name, base64 value. It
+                // writes a SCHILY record beside each, but with the name still
+                // URL-encoded, so where these exist they are the xattrs.
+                k if k.starts_with(b"LIBARCHIVE.xattr.") => {
+                    let bad = |field| TarError::Field {
+                        offset: at,
+                        field,
+                        value: String::from_utf8_lossy(k).into_owned(),
+                    };
+                    let name = percent_decode(&k[b"LIBARCHIVE.xattr.".len()..])
+                        .ok_or_else(|| bad("LIBARCHIVE.xattr name"))?;
+                    let value = BASE64
+                        .decode(v)
+                        .map_err(|_| bad("LIBARCHIVE.xattr value (base64)"))?;
+                    libarchive_xattrs.insert(name, value);
+                }
                 k if k.starts_with(b"SCHILY.xattr.") => {
                     h.xattrs
                         .insert(k[b"SCHILY.xattr.".len()..].to_vec(), v.clone());
                 }
                 _ => {}
             }
+        }
+        if !libarchive_xattrs.is_empty() {
+            h.xattrs = libarchive_xattrs;
         }
         if let Some(n) = sparse_name {
             path = n;
@@ -1040,6 +1088,48 @@ mod tests {
         want[10..12].copy_from_slice(b"ab");
         want[100..104].copy_from_slice(b"WXYZ");
         assert_eq!(got[0].1, want);
+    }
+
+    #[test]
+    fn libarchive_xattrs_are_decoded() {
+        let mut tar = Vec::new();
+        let pax = [
+            // "user.a=b" URL-encoded; value with a newline and a NUL, no padding.
+            record(b"LIBARCHIVE.xattr.user.a%3Db", b"dgoAeA"),
+            record(b"LIBARCHIVE.xattr.user.both", b"bGli"),
+            // As libarchive writes it: the name left URL-encoded.
+            record(b"SCHILY.xattr.user.a%3Db", b"v"),
+            record(b"SCHILY.xattr.user.both", b"lib"),
+            record(b"LIBARCHIVE.xattr.security.capability", b"AQAAAg=="),
+        ]
+        .concat();
+        member(&mut tar, b"x", b'x', &pax);
+        member(&mut tar, b"f", b'0', b"data");
+        let got = read_all(&tar).unwrap();
+        let x = &got[0].0.xattrs;
+        assert_eq!(x[b"user.a=b".as_slice()], b"v\n\0x");
+        assert_eq!(x[b"user.both".as_slice()], b"lib");
+        assert_eq!(
+            x.len(),
+            3,
+            "SCHILY names left URL-encoded must not appear: {x:?}"
+        );
+        assert_eq!(x[b"security.capability".as_slice()], [1, 0, 0, 2]);
+        for bad in [
+            record(b"LIBARCHIVE.xattr.user.%zz", b"dg"),
+            record(b"LIBARCHIVE.xattr.user.%4", b"dg"),
+            record(b"LIBARCHIVE.xattr.", b"dg"),
+            record(b"LIBARCHIVE.xattr.user.v", b"!!"),
+        ] {
+            let mut tar = Vec::new();
+            member(&mut tar, b"x", b'x', &bad);
+            member(&mut tar, b"f", b'0', b"data");
+            assert!(
+                matches!(read_all(&tar), Err(TarError::Field { .. })),
+                "{}",
+                String::from_utf8_lossy(&bad)
+            );
+        }
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub fn diff_trees(expected: &Tree, actual: &Tree, opts: CompareOptions) -> Vec<S
             if ex != ax {
                 let show_x = |x: &crate::spec::Xattrs| {
                     x.iter()
-                        .map(|(k, v)| format!("{k}={}", v.escape_ascii()))
+                        .map(|(k, v)| format!("{}={}", k.escape_default(), v.escape_ascii()))
                         .collect::<Vec<_>>()
                         .join(", ")
                 };

@@ -424,8 +424,34 @@ pub fn write_oci_layout_with(
 ) -> Result<ImageInfo> {
     let blob_dir = dir.join("blobs").join("sha256");
     fs::create_dir_all(&blob_dir)?;
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let blobs = write_blobs(&blob_dir, layers, &opts.compression, &opts.tamper)?;
+    finish_oci_layout(dir, blobs, opts)
+}
+
+/// Write an OCI image layout whose layers are these tar files as they are
+/// (uncompressed), e.g. written by another tar implementation.
+pub fn write_oci_layout_from_tars(dir: &Path, tars: &[Vec<u8>]) -> Result<ImageInfo> {
+    let blob_dir = dir.join("blobs").join("sha256");
+    fs::create_dir_all(&blob_dir)?;
+    let mut blobs = Vec::new();
+    for t in tars {
+        let digest = write_blob_bytes(&blob_dir, t)?;
+        blobs.push(LayerBlob {
+            media_type: Compression::None.media_type().to_string(),
+            digest: digest.clone(),
+            size: t.len() as u64,
+            diff_id: digest,
+            tar_size: t.len() as u64,
+            archive_path: None,
+        });
+    }
+    finish_oci_layout(dir, blobs, &OciOptions::default())
+}
+
+/// Config, manifest, index and `oci-layout` for layer blobs already written.
+fn finish_oci_layout(dir: &Path, blobs: Vec<LayerBlob>, opts: &OciOptions) -> Result<ImageInfo> {
+    let blob_dir = dir.join("blobs").join("sha256");
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let cfg = config_json(&blobs, &opts.tamper);
     let config_digest = write_blob_bytes(&blob_dir, &cfg)?;
     let layer_descs: Vec<serde_json::Value> = blobs

@@ -35,8 +35,8 @@ pub use cli::{
 pub use compare::{assert_trees_match, diff_trees, CompareOptions};
 pub use content::{Content, SparseRegion};
 pub use image::{
-    write_docker_archive, write_docker_archive_with, write_oci_layout, write_oci_layout_with,
-    Compression, DockerLayout, DockerOptions, ImageInfo, OciOptions, Tamper,
+    write_docker_archive, write_docker_archive_with, write_oci_layout, write_oci_layout_from_tars,
+    write_oci_layout_with, Compression, DockerLayout, DockerOptions, ImageInfo, OciOptions, Tamper,
 };
 pub use model::{Model, ModelError, ModelErrorKind, Node, NodeKind, Tree};
 pub use read_ext4::read_ext4_view;
