@@ -325,3 +325,46 @@ fn layers_written_by_bsdtar_keep_their_xattrs() {
     Flatten::new(lode_bin(), oci_source(&layout, None), &img).run_ok();
     verify_image(&img, &expected, "a bsdtar layer");
 }
+
+/// Directories of more than one block are hash-indexed (htree): one of
+/// 12 000 names with bytes of every value (the unsigned-char hash matters
+/// from 0x80 up), and one of 10 000 names of 255 bytes, whose 667 leaves
+/// need a second index level. e2fsck checks every index against the hashes,
+/// and the kernel looks up every name through the index.
+#[test]
+fn big_directories_are_hash_indexed() {
+    let mut entries = vec![Entry::dir("wide"), Entry::dir("long")];
+    for i in 0..12_000u32 {
+        let b = (i % 254 + 1) as u8;
+        let b = if b == b'/' { 0xfe } else { b };
+        let name = [format!("wide/n{i}-").into_bytes(), vec![b, 0xc3, 0xa9]].concat();
+        entries.push(Entry::file(&name, "w"));
+    }
+    for i in 0..10_000u32 {
+        let mut name = format!("long/{i:08}").into_bytes();
+        name.resize(5 + 255, b'L');
+        entries.push(Entry::file(&name, ""));
+    }
+    let layers = vec![LayerSpec::with(entries)];
+    let expected = Model::apply_all(&layers).unwrap();
+    let d = tmp();
+    let layout = d.path().join("oci");
+    write_oci_layout(&layout, &layers, &[Compression::None], None).unwrap();
+    let img = d.path().join("dirs.ext4");
+    Flatten::new(lode_bin(), oci_source(&layout, None), &img).run_ok();
+    for (dir, levels) in [("/wide", "0"), ("/long", "1")] {
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", &format!("htree_dump {dir}")])
+            .arg(&img)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Root node dump:")
+                && text.contains(&format!("Indirect levels: {levels}")),
+            "{dir} is not an htree of {levels} indirect levels:\n{}",
+            &text[..text.len().min(2000)]
+        );
+    }
+    verify_image(&img, &expected, "big hash-indexed directories");
+}

@@ -24,6 +24,7 @@ use crate::bitmap::Bitmap;
 use crate::error::{show_path, Ext4Error, Result};
 use crate::format::dir::{self, ftype, DirEntry};
 use crate::format::extent::{self, Extent};
+use crate::format::htree;
 use crate::format::inode::{self, mode, InodeRecord, Timestamp};
 use crate::format::superblock::{self, GroupDesc, SuperblockParams};
 use crate::format::xattr::Placement;
@@ -429,7 +430,10 @@ impl Builder {
     }
 
     /// A directory's current entries as whole directory blocks.
-    fn encode_dir(&self, id: NodeId, parent: NodeId) -> Vec<u8> {
+    /// A directory's blocks, and whether they are hash-indexed: directories
+    /// of more than one block get an htree index (lookups read one leaf),
+    /// unless they outgrow two index levels; smaller ones stay linear.
+    fn encode_dir(&self, id: NodeId, parent: NodeId) -> (Vec<u8>, bool) {
         let entries = self.dir_entries(id, parent);
         let refs: Vec<DirEntry<'_>> = entries
             .iter()
@@ -439,11 +443,19 @@ impl Builder {
                 ftype: *ft,
             })
             .collect();
-        dir::encode(&refs)
+        let linear = dir::encode(&refs);
+        if linear.len() as u64 > BLOCK_SIZE {
+            if let Some(indexed) =
+                htree::encode(refs[0].ino, refs[1].ino, &refs[2..], &self.opts.hash_seed)
+            {
+                return (indexed, true);
+            }
+        }
+        (linear, false)
     }
 
     fn write_dir(&mut self, id: NodeId, parent: NodeId) -> Result<()> {
-        let bytes = self.encode_dir(id, parent);
+        let (bytes, indexed) = self.encode_dir(id, parent);
         let count = bytes.len() as u64 / BLOCK_SIZE;
         let start = self.alloc(count);
         self.write_at(start, &bytes)?;
@@ -457,14 +469,17 @@ impl Builder {
         let nb = &mut self.tree.nodes[id].blocks;
         nb.dir = Some((start, count));
         nb.dir_tree = tree_blocks;
+        nb.dir_indexed = indexed;
         Ok(())
     }
 
     fn write_lost_found(&mut self) -> Result<()> {
-        let bytes = self.encode_dir(LOST_FOUND, ROOT);
+        let (bytes, _) = self.encode_dir(LOST_FOUND, ROOT);
         if bytes.len() as u64 == BLOCK_SIZE {
             self.write_at(LOST_FOUND_BLOCK, &bytes)?;
-            self.tree.nodes[LOST_FOUND].blocks.dir = Some((LOST_FOUND_BLOCK, 1));
+            let nb = &mut self.tree.nodes[LOST_FOUND].blocks;
+            nb.dir = Some((LOST_FOUND_BLOCK, 1));
+            nb.dir_indexed = false;
         } else {
             self.write_dir(LOST_FOUND, ROOT)?;
         }
@@ -637,6 +652,9 @@ impl Builder {
                 rec.i_block = extents_root(&extents, &n.blocks.dir_tree, &mut owned);
                 rec.mode |= mode::S_IFDIR;
                 rec.flags = inode::EXTENTS_FL;
+                if n.blocks.dir_indexed {
+                    rec.flags |= inode::INDEX_FL;
+                }
                 rec.size = count * BLOCK_SIZE;
                 blocks += count + n.blocks.dir_tree.len() as u64;
                 let links = 2 + self.tree.subdirs(id) as u64;

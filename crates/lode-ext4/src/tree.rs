@@ -123,6 +123,8 @@ pub struct NodeBlocks {
     pub dir: Option<(u64, u64)>,
     /// Extent tree blocks of the directory contents.
     pub dir_tree: Vec<u64>,
+    /// The directory contents are hash-indexed (`EXT4_INDEX_FL`).
+    pub dir_indexed: bool,
 }
 
 /// The merged tree of all layers applied so far.

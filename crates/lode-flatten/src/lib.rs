@@ -78,13 +78,13 @@ pub struct FlattenReport {
     pub entries: u64,
 }
 
-/// Derives a 16-byte identifier from the image's layer identities, so that the
-/// same layers give the same filesystem UUID whatever transport carried them.
-fn derive_id(image: &Image, purpose: &str) -> [u8; 16] {
+/// Derives a 16-byte identifier from layer identities (diff_ids), so that
+/// the same layers give the same identifier whatever transport carried them.
+fn derive_id<'a>(diff_ids: impl IntoIterator<Item = &'a String>, purpose: &str) -> [u8; 16] {
     let mut h = Sha256::new();
     h.update(b"lode-ext4/");
     h.update(purpose.as_bytes());
-    for d in image.diff_ids() {
+    for d in diff_ids {
         h.update(b"\n");
         h.update(d.as_bytes());
     }
@@ -135,8 +135,11 @@ pub fn flatten_image(
 ) -> Result<FlattenReport, FlattenError> {
     let options = Options {
         size: opts.size,
-        uuid: derive_id(image, "uuid"),
-        hash_seed: derive_id(image, "hash-seed"),
+        uuid: derive_id(image.diff_ids(), "uuid"),
+        // From the base layer alone: every layer's hash-indexed directories
+        // are ordered by this seed, so it must not change with upper layers
+        // (images sharing their first N layers share those sections).
+        hash_seed: derive_id(image.diff_ids().iter().take(1), "hash-seed"),
         label: b"lode".to_vec(),
     };
     let mut builder = Builder::new(file, options);

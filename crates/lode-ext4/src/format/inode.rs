@@ -5,6 +5,8 @@ use crate::layout::INODE_SIZE;
 
 /// `i_flags`: the inode maps its blocks with an extent tree.
 pub const EXTENTS_FL: u32 = 0x0008_0000;
+/// `i_flags`: the directory is hash-indexed (htree).
+pub const INDEX_FL: u32 = 0x0000_1000;
 /// Size of the fixed part of the inode that `i_extra_isize` adds to.
 pub const GOOD_OLD_INODE_SIZE: usize = 128;
 /// `i_extra_isize`: the extra fields lode fills (times, crtime, version, projid).

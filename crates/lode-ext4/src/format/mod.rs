@@ -6,6 +6,7 @@
 
 pub mod dir;
 pub mod extent;
+pub mod htree;
 pub mod inode;
 pub mod superblock;
 pub mod xattr;

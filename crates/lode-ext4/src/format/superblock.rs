@@ -5,6 +5,8 @@ use crate::layout::{BLOCKS_PER_GROUP, DESC_SIZE, FIRST_INO, INODES_PER_GROUP, IN
 
 /// `s_feature_compat`: extended attributes.
 pub const COMPAT_EXT_ATTR: u32 = 0x0008;
+/// `s_feature_compat`: directories may be hash-indexed (htree).
+pub const COMPAT_DIR_INDEX: u32 = 0x0020;
 /// `s_feature_compat`: at most two backup superblocks, listed in `s_backup_bgs`
 /// (lode lists none, so no backup copy sits inside a layer's data).
 pub const COMPAT_SPARSE_SUPER2: u32 = 0x0200;
@@ -70,7 +72,11 @@ pub fn encode_superblock(p: &SuperblockParams) -> [u8; 1024] {
     put32(&mut b, 0x4C, 1); // revision: dynamic
     put32(&mut b, 0x54, FIRST_INO);
     put16(&mut b, 0x58, INODE_SIZE as u16);
-    put32(&mut b, 0x5C, COMPAT_EXT_ATTR | COMPAT_SPARSE_SUPER2);
+    put32(
+        &mut b,
+        0x5C,
+        COMPAT_EXT_ATTR | COMPAT_DIR_INDEX | COMPAT_SPARSE_SUPER2,
+    );
     put32(
         &mut b,
         0x60,
@@ -92,7 +98,7 @@ pub fn encode_superblock(p: &SuperblockParams) -> [u8; 1024] {
     put32(&mut b, 0x158, (p.free_blocks >> 32) as u32);
     put16(&mut b, 0x15C, 32); // min extra isize
     put16(&mut b, 0x15E, 32); // want extra isize
-    put32(&mut b, 0x160, 0x2); // flags: unsigned directory hash
+    put32(&mut b, 0x160, 0x1); // flags: signed directory hash (as mke2fs on x86)
     b[0x174] = 4; // log2(groups per flex group)
     put32(&mut b, 0x24C, 0); // s_backup_bgs[0]: no backup superblock
     put32(&mut b, 0x250, 0); // s_backup_bgs[1]
