@@ -368,3 +368,65 @@ fn big_directories_are_hash_indexed() {
     }
     verify_image(&img, &expected, "big hash-indexed directories");
 }
+
+/// Sparse files as GNU tar writes them in each PAX sparse format (0.0:
+/// repeated `GNU.sparse.offset`/`numbytes` records; 0.1: one
+/// `GNU.sparse.map`; 1.0: the map at the start of the data) give the file's
+/// exact bytes, its holes left unallocated.
+#[test]
+fn gnu_tar_pax_sparse_formats() {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::FileExt;
+    let d = tmp();
+    let root = d.path().join("root");
+    fs::create_dir_all(root.join("d")).unwrap();
+    let f = fs::File::create(root.join("d/sparse")).unwrap();
+    f.set_len(10 * MIB).unwrap();
+    f.write_all_at(&[b'A'; 5000], 3 * 4096).unwrap();
+    f.write_all_at(&[b'B'; 70_000], 5 * MIB + 17).unwrap();
+    f.write_all_at(&[b'C'; 100], 10 * MIB - 100).unwrap();
+    drop(f);
+    let want: [u8; 32] = Sha256::digest(fs::read(root.join("d/sparse")).unwrap()).into();
+    for version in ["0.0", "0.1", "1.0"] {
+        let tar = d.path().join(format!("{version}.tar"));
+        let out = std::process::Command::new("tar")
+            .args([
+                "--format=pax",
+                "--sparse",
+                &format!("--sparse-version={version}"),
+            ])
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&root)
+            .arg("d")
+            .output()
+            .expect("GNU tar");
+        assert!(
+            out.status.success(),
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let layout = d.path().join(format!("oci-{version}"));
+        write_oci_layout_from_tars(&layout, &[fs::read(&tar).unwrap()]).unwrap();
+        let img = d.path().join(format!("{version}.ext4"));
+        Flatten::new(lode_bin(), oci_source(&layout, None), &img).run_ok();
+        assert_e2fsck_clean(&img);
+        let tree = lode_testkit::read_ext4::read_ext4_view_lenient(&img)
+            .unwrap()
+            .tree;
+        let node = &tree[b"/d/sparse".as_slice()];
+        assert_eq!(node.size, 10 * MIB, "format {version}: size");
+        assert_eq!(node.sha256, Some(want), "format {version}: content");
+        let blocks = std::process::Command::new("debugfs")
+            .args(["-R", "stat /d/sparse"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&blocks.stdout);
+        assert!(
+            text.contains("Blockcount: 168"),
+            "format {version}: holes allocated? (84 KiB of data = 168 sectors)\n{text}"
+        );
+    }
+}

@@ -272,6 +272,11 @@ pub(crate) fn parse_pax(
         offset,
         detail: format!("malformed PAX record: {detail}"),
     };
+    // PAX sparse format 0.0 lists its map as repeated GNU.sparse.offset /
+    // GNU.sparse.numbytes records; they are collected, in order and
+    // alternating, into the GNU.sparse.map value format 0.1 uses.
+    let mut sparse_00: Option<Vec<u8>> = None;
+    let mut want_offset = true;
     let mut rest = data;
     while !rest.is_empty() {
         // Some writers pad the member with NULs after the last record.
@@ -308,12 +313,39 @@ pub(crate) fn parse_pax(
         if key.is_empty() {
             return Err(bad("empty keyword".into()));
         }
+        if key == b"GNU.sparse.offset" || key == b"GNU.sparse.numbytes" {
+            if (key == b"GNU.sparse.offset") != want_offset {
+                return Err(bad(format!(
+                    "{} out of order",
+                    String::from_utf8_lossy(key)
+                )));
+            }
+            want_offset = !want_offset;
+            let map = sparse_00.get_or_insert_with(Vec::new);
+            if !map.is_empty() {
+                map.push(b',');
+            }
+            map.extend_from_slice(value);
+            rest = &rest[len..];
+            continue;
+        }
         if value.is_empty() {
             into.remove(key);
         } else {
             into.insert(key.to_vec(), value.to_vec());
         }
         rest = &rest[len..];
+    }
+    if let Some(map) = sparse_00 {
+        if !want_offset {
+            return Err(bad("GNU.sparse.offset without GNU.sparse.numbytes".into()));
+        }
+        if into.contains_key(b"GNU.sparse.map".as_slice()) {
+            return Err(bad(
+                "both GNU.sparse.map and GNU.sparse.offset records".into()
+            ));
+        }
+        into.insert(b"GNU.sparse.map".to_vec(), map);
     }
     Ok(())
 }
@@ -615,6 +647,7 @@ impl<R: Read> TarReader<R> {
         let mut sparse_name: Option<Vec<u8>> = None;
         let mut sparse_major: Option<u64> = None;
         let mut libarchive_xattrs = BTreeMap::new();
+        let mut sparse_blocks: Option<u64> = None;
         for (k, v) in &records {
             match k.as_slice() {
                 b"path" => path = v.clone(),
@@ -648,11 +681,8 @@ impl<R: Read> TarReader<R> {
                     }
                     sparse_map = Some(nums.chunks(2).map(|p| (p[0], p[1])).collect());
                 }
-                b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => {
-                    return Err(TarError::Malformed {
-                        offset: at,
-                        detail: "PAX sparse format 0.0 is not supported".into(),
-                    })
+                b"GNU.sparse.numblocks" => {
+                    sparse_blocks = Some(decimal(v, "GNU.sparse.numblocks", at)?)
                 }
                 // libarchive (bsdtar): URL-encoded name, base64 value. It
                 // writes a SCHILY record beside each, but with the name still
@@ -679,6 +709,15 @@ impl<R: Read> TarReader<R> {
         }
         if !libarchive_xattrs.is_empty() {
             h.xattrs = libarchive_xattrs;
+        }
+        if let (Some(n), Some(map)) = (sparse_blocks, &sparse_map) {
+            if n != map.len() as u64 {
+                return Err(TarError::Field {
+                    offset: at,
+                    field: "GNU.sparse.numblocks",
+                    value: format!("{n} for a map of {} segments", map.len()),
+                });
+            }
         }
         if let Some(n) = sparse_name {
             path = n;
@@ -1129,6 +1168,59 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&bad)
             );
+        }
+    }
+
+    #[test]
+    fn pax_sparse_0_0() {
+        let pax = |recs: &[(&[u8], &[u8])]| {
+            recs.iter()
+                .map(|(k, v)| record(k, v))
+                .collect::<Vec<_>>()
+                .concat()
+        };
+        let good = pax(&[
+            (b"GNU.sparse.size", b"4096"),
+            (b"GNU.sparse.numblocks", b"2"),
+            (b"GNU.sparse.offset", b"4000"),
+            (b"GNU.sparse.numbytes", b"3"),
+            (b"GNU.sparse.offset", b"4096"),
+            (b"GNU.sparse.numbytes", b"0"),
+        ]);
+        let mut tar = Vec::new();
+        member(&mut tar, b"x", b'x', &good);
+        member(&mut tar, b"sparse", b'0', b"end");
+        let got = read_all(&tar).unwrap();
+        assert_eq!(got[0].0.path, b"sparse");
+        assert_eq!(got[0].1.len(), 4096);
+        assert_eq!(&got[0].1[4000..4003], b"end");
+        assert!(got[0].1[..4000].iter().all(|&b| b == 0));
+        for bad in [
+            // numbytes before offset
+            pax(&[
+                (b"GNU.sparse.size", b"4096"),
+                (b"GNU.sparse.numbytes", b"3"),
+            ]),
+            // an offset without its numbytes
+            pax(&[(b"GNU.sparse.size", b"4096"), (b"GNU.sparse.offset", b"0")]),
+            // two offsets in a row
+            pax(&[
+                (b"GNU.sparse.size", b"4096"),
+                (b"GNU.sparse.offset", b"0"),
+                (b"GNU.sparse.offset", b"1"),
+            ]),
+            // numblocks disagrees with the map
+            pax(&[
+                (b"GNU.sparse.size", b"4096"),
+                (b"GNU.sparse.numblocks", b"3"),
+                (b"GNU.sparse.offset", b"0"),
+                (b"GNU.sparse.numbytes", b"3"),
+            ]),
+        ] {
+            let mut tar = Vec::new();
+            member(&mut tar, b"x", b'x', &bad);
+            member(&mut tar, b"sparse", b'0', b"end");
+            assert!(read_all(&tar).is_err(), "{}", String::from_utf8_lossy(&bad));
         }
     }
 
