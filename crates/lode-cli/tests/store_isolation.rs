@@ -330,7 +330,12 @@ fn tampered_chunk_fails_pull_naming_chunk() {
             out2.to_str().unwrap(),
         ])
         .err();
-    assert!(e.contains("missing chunk") && e.contains(&name), "{e}");
+    assert!(
+        e.contains(&format!("chunk {idx} of the image"))
+            && e.contains("missing from the store")
+            && e.contains(&name),
+        "{e}"
+    );
     assert!(!out2.exists());
     assert_eq!(files_under(&outdir), vec![PathBuf::from("image.ext4")]);
 }

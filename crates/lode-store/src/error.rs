@@ -43,6 +43,16 @@ pub enum StoreError {
         /// Object path.
         path: String,
     },
+    /// A chunk the manifest lists is not in the store.
+    #[error("chunk {index} of the image (offset {offset}) is missing from the store: '{path}'")]
+    ChunkMissing {
+        /// Chunk index in the image.
+        index: u64,
+        /// Byte offset of the chunk in the image.
+        offset: u64,
+        /// Object path.
+        path: String,
+    },
     /// A stored object does not hash to its name.
     #[error("{what} '{path}' is corrupt: expected {expected}, got {actual}")]
     Corrupt {
