@@ -16,7 +16,7 @@
 
 use bytes::Bytes;
 use lode_cache::{ChunkId, ChunkTier, DiskCache, MemoryCache, TierMetrics};
-use lode_chunk::{open_chunk, ChunkName, ChunkSecret};
+use lode_chunk::{open_named_chunk, ChunkName, ChunkSecret};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,7 +143,7 @@ impl ChunkReader {
                 let ct = self.load(index, id).await?;
                 // The starter decrypts and publishes to the memory cache before
                 // the flight ends, so no reader finds neither.
-                let pt = self.decrypt(index, id, secret, ct.clone()).await.ok();
+                let pt = self.decrypt(index, secret, ct.clone()).await.ok();
                 if let Some(pt) = &pt {
                     self.memory.insert(id.name, secret.plain_sha, pt.clone());
                 }
@@ -163,7 +163,7 @@ impl ChunkReader {
             _ => {
                 // Another tenant's view of the same name, or a failed decrypt:
                 // verify with this reader's own secret.
-                let pt = self.decrypt(index, id, secret, ct).await?;
+                let pt = self.decrypt(index, secret, ct).await?;
                 self.memory.insert(id.name, secret.plain_sha, pt.clone());
                 Ok(pt)
             }
@@ -173,13 +173,14 @@ impl ChunkReader {
     async fn decrypt(
         &self,
         index: u64,
-        id: &ChunkId,
         secret: &ChunkSecret,
         ct: Bytes,
     ) -> Result<Bytes, ReadError> {
-        let (name, secret) = (id.name, *secret);
+        let secret = *secret;
+        // `ct` comes from `load`, which checked it against the chunk name
+        // (the disk tier on read, or `load_inner` for every other tier).
         let pt = tokio::task::spawn_blocking(move || {
-            open_chunk(index, &name, &secret.key, &secret.plain_sha, ct.to_vec())
+            open_named_chunk(index, &secret.key, &secret.plain_sha, ct.to_vec())
         })
         .await
         .map_err(|e| ReadError::Verify {

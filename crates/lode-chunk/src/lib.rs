@@ -18,7 +18,9 @@ pub mod keys;
 pub mod manifest;
 pub mod workingset;
 
-pub use crypto::{open_chunk, seal_chunk, ChunkKey, ChunkName, SealedChunk, CHUNK_SIZE};
+pub use crypto::{
+    open_chunk, open_named_chunk, seal_chunk, ChunkKey, ChunkName, SealedChunk, CHUNK_SIZE,
+};
 pub use error::ChunkError;
 pub use keys::{DataKey, KeyProvider, Keyring, Salt};
 pub use manifest::{ChunkSecret, KeyTable, Manifest};

@@ -279,7 +279,7 @@ fn main() {
     }
     println!(
         "per 512 KiB chunk: SHA-256 p50 {:.2} ms (done 3× per fleet chunk: FleetTier name check, reader name check, plaintext check); \
-         host disk-cache put (awaited in the read path) p50 {:.2} ms, p99 {:.2} ms",
+         host disk-cache put (in the background unless 32 are pending) p50 {:.2} ms, p99 {:.2} ms",
         pct(&h, 50.0),
         pct(&w, 50.0),
         pct(&w, 99.0)

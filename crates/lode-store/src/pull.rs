@@ -109,17 +109,14 @@ pub async fn pull_to_file(
             let root = m.root.clone();
             let chunk_size = u64::from(m.chunk_size);
             async move {
-                let ct = store
-                    .get_chunk(&root, &name)
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::Missing { path, .. } => StoreError::ChunkMissing {
-                            index: i as u64,
-                            offset: i as u64 * chunk_size,
-                            path,
-                        },
-                        e => e,
-                    })?;
+                let ct = store.get_chunk(&root, &name).await.map_err(|e| match e {
+                    StoreError::Missing { path, .. } => StoreError::ChunkMissing {
+                        index: i as u64,
+                        offset: i as u64 * chunk_size,
+                        path,
+                    },
+                    e => e,
+                })?;
                 let n = ct.len() as u64;
                 let secret = secret.ok_or(StoreError::Task(format!("chunk {i} has no key")))?;
                 tokio::task::spawn_blocking(move || {
