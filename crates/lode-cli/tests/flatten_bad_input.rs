@@ -441,3 +441,72 @@ fn nonexistent_sources() {
         &["v2"],
     );
 }
+
+/// A flatten SIGKILLed mid-run leaves its temp file (nothing can remove it);
+/// the next flatten of the same OUT removes it (its writer's lock is gone)
+/// and succeeds, leaving only OUT. The layer blob is a FIFO, so the first
+/// run is stopped for sure while it is writing.
+#[test]
+fn a_killed_flatten_leaves_a_temp_file_the_next_run_removes() {
+    let layers = vec![LayerSpec::with(vec![Entry::file("f", "data")])];
+    let d = tmp();
+    let layout = d.path().join("oci");
+    let info = write_oci_layout(&layout, &layers, &[Compression::None], None).unwrap();
+    let blob = lode_testkit::image::oci_blob_path(&layout, &info.layers[0].digest);
+    let saved = d.path().join("blob");
+    std::fs::rename(&blob, &saved).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&blob)
+        .status()
+        .unwrap()
+        .success());
+    let out_dir = tmp();
+    let out = out_dir.path().join("out.ext4");
+    let mut victim = std::process::Command::new(lode_bin())
+        .arg("flatten")
+        .arg(oci_source(&layout, None))
+        .arg("-o")
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let temps = || -> Vec<String> {
+        std::fs::read_dir(out_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".lode-tmp"))
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    while temps().is_empty() {
+        assert!(
+            victim.try_wait().unwrap().is_none(),
+            "flatten ended before writing"
+        );
+        assert!(t0.elapsed().as_secs() < 60, "no temp file appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    assert_eq!(temps().len(), 1, "the killed run's temp file");
+    assert!(!out.exists());
+
+    // A temp file whose writer is alive (it holds the lock) must survive.
+    let live = out_dir.path().join(".out.ext4.live01.lode-tmp");
+    let live_file = std::fs::File::create(&live).unwrap();
+    live_file.lock().unwrap();
+
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::rename(&saved, &blob).unwrap();
+    Flatten::new(lode_bin(), oci_source(&layout, None), &out).run_ok();
+    let mut names: Vec<String> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [".out.ext4.live01.lode-tmp", "out.ext4"],
+        "the stale temp file was kept, or a live one removed"
+    );
+}

@@ -96,6 +96,32 @@ fn derive_id<'a>(diff_ids: impl IntoIterator<Item = &'a String>, purpose: &str) 
     id
 }
 
+/// Suffix of the temp files `flatten` writes beside OUT (`.OUT.XXXXXX.lode-tmp`).
+const TEMP_SUFFIX: &str = ".lode-tmp";
+
+/// Removes temp files that a killed `flatten` of the same OUT left in `dir`:
+/// those whose writer's lock is gone. Another run still writing keeps its
+/// lock, and its file. Best effort: what cannot be checked is left alone.
+fn remove_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if !(n.starts_with(prefix) && n.ends_with(TEMP_SUFFIX)) {
+            continue;
+        }
+        let Ok(f) = File::open(e.path()) else {
+            continue;
+        };
+        if f.try_lock().is_ok() {
+            tracing::info!(path = %e.path().display(), "removing a killed run's temp file");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Flattens `source` into the ext4 image `out` (atomically: temp file + rename).
 pub fn flatten(
     source: &Source,
@@ -115,11 +141,16 @@ pub fn flatten(
         path: out.display().to_string(),
         source,
     };
+    let prefix = format!(".{name}.");
+    remove_stale_temps(&dir, &prefix);
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".lode-tmp")
+        .prefix(&prefix)
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(&dir)
         .map_err(out_err)?;
+    // Held until the temp file is renamed or dropped (or the process dies):
+    // how a later run tells a live writer's temp file from a killed one's.
+    tmp.as_file().try_lock().map_err(|e| out_err(e.into()))?;
     let file = tmp.as_file().try_clone().map_err(out_err)?;
     let report = flatten_image(&image, file, opts)?;
     tmp.as_file().sync_all().map_err(out_err)?;
