@@ -56,6 +56,8 @@ const INFO_BLOCK_SIZE: u16 = 3;
 const TFLAG_HAS_FLAGS: u16 = 1;
 const TFLAG_SEND_FLUSH: u16 = 4;
 const TFLAG_SEND_TRIM: u16 = 32;
+/// Transmission flags of every export.
+const EXPORT_FLAGS: u16 = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM;
 
 const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
@@ -294,8 +296,7 @@ impl Server {
                     }
                     let claim = ClaimGuard::new(self, &key);
                     wr.write_u64(image.size()).await?;
-                    wr.write_u16(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM)
-                        .await?;
+                    wr.write_u16(EXPORT_FLAGS).await?;
                     if !no_zeroes {
                         wr.write_all(&[0u8; 124]).await?;
                     }
@@ -316,21 +317,17 @@ impl Server {
                     };
                     let (parsed, image) = match self.exports.open(&name).await {
                         Ok(x) => x,
-                        Err(e @ ExportError::Unknown(_)) => {
-                            reply(wr, opt, REP_ERR_UNKNOWN, e.to_string().as_bytes()).await?;
-                            continue;
-                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, "export failed to open");
+                            if !matches!(e, ExportError::Unknown(_)) {
+                                tracing::warn!(error = %e, "export failed to open");
+                            }
                             reply(wr, opt, REP_ERR_UNKNOWN, e.to_string().as_bytes()).await?;
                             continue;
                         }
                     };
                     let mut info = INFO_EXPORT.to_be_bytes().to_vec();
                     info.extend_from_slice(&image.size().to_be_bytes());
-                    info.extend_from_slice(
-                        &(TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_TRIM).to_be_bytes(),
-                    );
+                    info.extend_from_slice(&EXPORT_FLAGS.to_be_bytes());
                     reply(wr, opt, REP_INFO, &info).await?;
                     if requests.contains(&INFO_BLOCK_SIZE) {
                         let mut b = INFO_BLOCK_SIZE.to_be_bytes().to_vec();

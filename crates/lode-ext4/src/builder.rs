@@ -443,15 +443,14 @@ impl Builder {
                 ftype: *ft,
             })
             .collect();
-        let linear = dir::encode(&refs);
-        if linear.len() as u64 > BLOCK_SIZE {
+        if dir::blocks_needed(refs.iter().map(|e| e.name.len())) > 1 {
             if let Some(indexed) =
                 htree::encode(refs[0].ino, refs[1].ino, &refs[2..], &self.opts.hash_seed)
             {
                 return (indexed, true);
             }
         }
-        (linear, false)
+        (dir::encode(&refs), false)
     }
 
     fn write_dir(&mut self, id: NodeId, parent: NodeId) -> Result<()> {

@@ -40,18 +40,23 @@ pub fn export_name(data: &[u8]) {
     }
 }
 
+/// The u32-length-prefixed string at the start of `buf`, which parsed as
+/// `parsed` (equal to it when the bytes are UTF-8); returns its encoded size.
+fn string_field(buf: &[u8], parsed: &str) -> usize {
+    let n = u32::from_be_bytes(buf[..4].try_into().expect("4")) as usize;
+    if let Ok(s) = std::str::from_utf8(&buf[4..4 + n]) {
+        assert_eq!(parsed, s);
+    }
+    4 + n
+}
+
 /// NBD `INFO`/`GO` option data: what parses re-encodes to the input.
 pub fn nbd_info(data: &[u8]) {
     let Some((name, requests)) = parse_info(data) else {
         return;
     };
-    let n = u32::from_be_bytes(data[..4].try_into().expect("4")) as usize;
-    let raw = &data[4..4 + n];
-    if let Ok(s) = std::str::from_utf8(raw) {
-        assert_eq!(name, s);
-    }
-    let mut enc = (raw.len() as u32).to_be_bytes().to_vec();
-    enc.extend_from_slice(raw);
+    let n = string_field(data, &name);
+    let mut enc = data[..n].to_vec();
     enc.extend_from_slice(&(requests.len() as u16).to_be_bytes());
     for r in &requests {
         enc.extend_from_slice(&r.to_be_bytes());
@@ -65,23 +70,14 @@ pub fn nbd_meta_context(data: &[u8]) {
     let Some((name, queries)) = parse_meta_context(data) else {
         return;
     };
-    let n = u32::from_be_bytes(data[..4].try_into().expect("4")) as usize;
-    let raw = &data[4..4 + n];
-    if let Ok(s) = std::str::from_utf8(raw) {
-        assert_eq!(name, s);
-    }
-    let mut enc = (raw.len() as u32).to_be_bytes().to_vec();
-    enc.extend_from_slice(raw);
+    let n = string_field(data, &name);
+    let mut enc = data[..n].to_vec();
     enc.extend_from_slice(&(queries.len() as u32).to_be_bytes());
-    let mut rest = &data[4 + n + 4..];
+    let mut rest = &data[n + 4..];
     for q in &queries {
-        let l = u32::from_be_bytes(rest[..4].try_into().expect("4")) as usize;
-        let qraw = &rest[4..4 + l];
-        if let Ok(s) = std::str::from_utf8(qraw) {
-            assert_eq!(q, s);
-        }
-        enc.extend_from_slice(&rest[..4 + l]);
-        rest = &rest[4 + l..];
+        let used = string_field(rest, q);
+        enc.extend_from_slice(&rest[..used]);
+        rest = &rest[used..];
     }
     assert_eq!(enc, data);
 }
