@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # lode's main job, end to end, on the embedded defaults:
 #
+#   deps     install what the job needs (QEMU 10 and busybox-static through
+#            scripts/vm-deps.sh, e2fsprogs, curl); nothing when present
 #   corpus   build the `app-a` corpus image if needed (scripts/corpus.sh)
 #   build    cargo build --release
 #   flatten  lode flatten oci:target/corpus/app-a:latest -o target/demo/app-a.ext4
@@ -9,10 +11,11 @@
 #   fleet    start 5 lode cache-node processes on loopback (the AZ cache fleet)
 #   cat      lode cat of the image's interpreter, in process, empty host cache:
 #            only the chunks it needs are fetched (store, then the fleet)
-#   boot     lode vm prepare + lode run: a QEMU micro-VM boots on the image
-#            served lazily over NBD and runs the image's program; prints the
-#            start-up timings and chunks per tier. Without QEMU: says how to
-#            get it (scripts/vm-deps.sh) and stops after `cat`.
+#   boot     lode vm prepare (prints the kernel package, version and digests
+#            it used) + lode run: a QEMU micro-VM boots on the image served
+#            lazily over NBD and runs the image's program; prints the
+#            start-up timings and chunks per tier. A boot that fails says
+#            which stage it reached, with the guest console's last lines.
 #
 # Prints the time and the sizes of every step. Steps are functions run in
 # order by main(); later issues add push / serve / boot steps the same way.
@@ -61,6 +64,27 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- steps
+
+step_deps() {
+  if [ "$IS_ROOT" -ne 1 ] && ! command -v sudo >/dev/null 2>&1; then
+    echo "installing the demo's packages needs root: re-run with sudo" >&2
+    exit 1
+  fi
+  local SUDO="" need=() pair cmd pkg
+  [ "$IS_ROOT" -eq 1 ] || SUDO=sudo
+  for pair in e2fsck:e2fsprogs curl:curl numfmt:coreutils; do
+    cmd=${pair%%:*}; pkg=${pair##*:}
+    command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+  # QEMU 10 (bookworm-backports), busybox-static, xz; refreshes apt's lists,
+  # which `lode vm prepare` reads to find today's kernel package.
+  "$REPO/scripts/vm-deps.sh"
+  NOTE="$(qemu-system-x86_64 --version | head -n 1)"
+}
 
 step_corpus() {
   if [ -f "$CORPUS/stamps/image-$IMAGE" ]; then
@@ -172,13 +196,10 @@ step_cat() {
 }
 
 step_boot() {
-  if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
-    echo "QEMU is not installed: run 'sudo scripts/vm-deps.sh' (qemu-system-x86 from bookworm-backports) to boot the micro-VM."
-    echo "The in-process lazy path above (lode cat) already ran."
-    NOTE="skipped: no qemu-system-x86_64 (scripts/vm-deps.sh installs it)"
-    return
-  fi
-  "$LODE" vm prepare >/dev/null
+  local prep kernel
+  prep=$("$LODE" vm prepare)
+  echo "$prep"
+  kernel=$(echo "$prep" | sed -n 's/^kernel package \([^ ]* [^ ]*\).*/\1/p')
   local cmd err
   cmd=$(image_cmd)
   rm -rf "$DEMO/boot-cache"
@@ -186,7 +207,7 @@ step_boot() {
   # shellcheck disable=SC2086
   err=$("$LODE" run "$IMAGE" --tenant demo --cache-dir "$DEMO/boot-cache" --cache-nodes "$FLEET" -- env PYTHONDONTWRITEBYTECODE=1 $cmd 2> >(tee "$DEMO/run.err" >&2))
   echo "$err"
-  NOTE=$(sed -n 's/^lode run: //p' "$DEMO/run.err")
+  NOTE="$(sed -n 's/^lode run: //p' "$DEMO/run.err"); guest kernel $kernel"
 }
 
 summary() {
@@ -200,6 +221,7 @@ summary() {
 }
 
 main() {
+  step deps step_deps
   step corpus step_corpus
   step build step_build
   step flatten step_flatten

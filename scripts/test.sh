@@ -42,5 +42,8 @@ fi
 
 # QEMU, busybox-static and xz for the micro-VM end-to-end tests (tests/vm_e2e.rs).
 ./scripts/vm-deps.sh
+# The VM tests boot the kernel package apt serves today, prepared from
+# nothing (no cached .deb) on every run: what CI boots is what a new user gets.
+rm -rf target/tmp/lode-vm
 
 cargo test --workspace "$@"

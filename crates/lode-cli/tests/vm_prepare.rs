@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const OUTPUTS: [&str; 2] = ["vmlinux", "initrd.v5.cpio.gz"];
+const OUTPUTS: [&str; 3] = ["vmlinux", "initrd.cpio.gz", "assets.json"];
 
 fn prepare(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lode"));
@@ -180,4 +180,142 @@ fn a_preparer_killed_mid_run_leaves_nothing_the_next_one_trips_on() {
         Vec::<String>::new(),
         "stale temp entries kept"
     );
+}
+
+/// Prepared from nothing (no cached `.deb`), as on a new user's machine:
+/// `lode vm prepare` prints and records exactly which packages it used, with
+/// the digests of the `.deb`s and of the files it made; `lode run` checks
+/// those digests before it boots.
+#[test]
+fn prepare_from_scratch_records_and_prints_what_it_used() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("vm");
+    let out = prepare(&dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("assets.json")).unwrap()).unwrap();
+    let kernel = record["kernel"]["name"].as_str().unwrap();
+    let version = record["kernel"]["version"].as_str().unwrap();
+    assert!(kernel.starts_with("linux-image-") && kernel.ends_with("-amd64"));
+    // What apt resolves today is what was used.
+    let deps = Command::new("apt-cache")
+        .args(["depends", "linux-image-amd64"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&deps.stdout).contains(&format!("Depends: {kernel}")),
+        "recorded {kernel}"
+    );
+    assert!(
+        stdout.contains(&format!("kernel package {kernel} {version} (deb sha256 ")),
+        "{stdout}"
+    );
+    // The recorded digests are the files' and the downloaded package's.
+    let sha = |p: &Path| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+    };
+    assert_eq!(record["vmlinux_sha256"], sha(&dir.join("vmlinux")));
+    assert_eq!(record["initrd_sha256"], sha(&dir.join("initrd.cpio.gz")));
+    let deb = std::fs::read_dir(dir.join("debs"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(kernel))
+        .unwrap()
+        .path();
+    assert_eq!(record["kernel"]["sha256"], sha(&deb));
+    assert!(stdout.contains(record["vmlinux_sha256"].as_str().unwrap()));
+
+    // A damaged kernel is caught before QEMU sees it.
+    let mut k = std::fs::read(dir.join("vmlinux")).unwrap();
+    k[1000] ^= 1;
+    std::fs::write(dir.join("vmlinux"), &k).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_lode"))
+        .env("LODE_HOME", t.path().join("home"))
+        .args(["run", "img", "--tenant", "t", "--vm-dir"])
+        .arg(&dir)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && err.contains("vmlinux") && err.contains("SHA-256"),
+        "{err}"
+    );
+    // So is it by `lode vm prepare`, which says how to mend it.
+    let again = prepare(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && err.contains("--force"), "{err}");
+    let forced = prepare(&dir).arg("--force").output().unwrap();
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    assert_eq!(record["vmlinux_sha256"], sha(&dir.join("vmlinux")));
+}
+
+/// `--kernel-version` pins the kernel release; a release apt does not have
+/// or a malformed one is a clear error that leaves a prepared directory as
+/// it was.
+#[test]
+fn kernel_version_pins_the_release() {
+    let shared = shared();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shared.join("assets.json")).unwrap()).unwrap();
+    let kernel = record["kernel"]["name"].as_str().unwrap().to_string();
+    let release = kernel
+        .strip_prefix("linux-image-")
+        .unwrap()
+        .strip_suffix("-amd64")
+        .unwrap()
+        .to_string();
+    let t = fresh(&shared);
+    for asked in [release.clone(), format!("{release}-amd64"), kernel.clone()] {
+        let out = prepare(t.path())
+            .args(["--kernel-version", &asked])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{asked}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&kernel));
+    }
+    let before = std::fs::read(t.path().join("assets.json")).unwrap();
+
+    let out = prepare(t.path())
+        .args(["--kernel-version", "6.1.0-9999"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("linux-image-6.1.0-9999-amd64") && err.contains(&kernel),
+        "the error names the release asked for and those apt has: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    for bad in ["../../x", "-rf", "", "6.1 0"] {
+        let out = prepare(t.path())
+            .arg(format!("--kernel-version={bad}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("kernel version"),
+            "{bad:?}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(t.path().join("assets.json")).unwrap(),
+        before,
+        "a failed pin changed the prepared directory"
+    );
+    assert_eq!(temp_entries(t.path()), Vec::<String>::new());
 }

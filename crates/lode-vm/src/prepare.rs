@@ -4,74 +4,39 @@
 //! renamed, so a prepared file is never rewritten in place; concurrent
 //! preparers of one directory take turns on an exclusive lock, `.lock`, and
 //! the later ones find the work done):
-//! 1. `apt-get download` the kernel image package that `linux-image-amd64`
-//!    depends on, and `busybox-static`, unless `debs/` already holds them;
+//! 1. `apt-get download` the kernel image package (the one `linux-image-amd64`
+//!    depends on today, or the release pinned with `--kernel-version`) and
+//!    `busybox-static`, unless `debs/` already holds them;
 //! 2. `dpkg-deb -x` both;
 //! 3. decompress the XZ payload of `vmlinuz` into an ELF `vmlinux` (QEMU boots
 //!    it directly, ~3.5 s faster under TCG than the compressed kernel);
-//! 4. build `initrd.v5.cpio.gz`: busybox, the virtio/ext4 modules in load order,
-//!    `/dev/console`, and `/init`.
+//! 4. build `initrd.cpio.gz`: busybox, the virtio/ext4 modules in load order,
+//!    `/dev/console`, and `/init` ([`crate::guest`]);
+//! 5. write `assets.json` last: which packages (name, version, SHA-256 of the
+//!    `.deb`) made the files, and the SHA-256 of each file. A directory
+//!    without it, or with an older `/init` revision, is not prepared.
+//!
+//! A kernel package that `apt` serves changes under a user (a new ABI, other
+//! module sizes): the record says exactly what a VM boots, and a pinned
+//! release makes it reproducible.
 
 use crate::cpio::{archive, Member};
+use crate::guest::{init_script, INIT_REVISION, MODULES};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Modules the guest needs, in load order (dependencies first).
-pub const MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_mmio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "virtio_blk",
-    "crc32c_generic",
-    "crc16",
-    "mbcache",
-    "jbd2",
-    "ext4",
-];
+/// The record of a prepared directory.
+pub const RECORD: &str = "assets.json";
+/// The uncompressed kernel in a prepared directory.
+pub const KERNEL: &str = "vmlinux";
+/// The base initramfs in a prepared directory.
+pub const INITRD: &str = "initrd.cpio.gz";
 
-/// The guest's `/init`.
-pub const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /newroot /tmp
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-# insmod does not read module parameters from the kernel command line (modprobe
-# would): hand virtio_mmio the devices QEMU listed there.
-MMIO=""
-for p in $(cat /proc/cmdline); do
-  case $p in virtio_mmio.device=*) MMIO="$MMIO device=${p#virtio_mmio.device=}";; esac
-done
-for m in virtio_ring virtio virtio_mmio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk crc32c_generic crc16 mbcache jbd2 ext4; do
-  ARGS=""
-  [ $m = virtio_mmio ] && ARGS="$MMIO"
-  [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko $ARGS 2>/dev/null
-done
-i=0
-while [ ! -b /dev/vda ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
-MODE=ro
-[ -f /lode/rw ] && MODE=rw
-if ! mount -t ext4 -o $MODE /dev/vda /newroot; then
-  echo "LODE-ERROR cannot mount /dev/vda"
-  cat /proc/cmdline; ls /sys/bus/virtio/devices /sys/bus/platform/devices 2>&1 | tr '\n' ' '; echo; lsmod 2>/dev/null | tr '\n' ' '
-  poweroff -f; reboot -f
-fi
-for d in proc sys dev; do [ -d /newroot/$d ] && mount --bind /$d /newroot/$d; done
-echo "LODE-CMD-START"
-sh /lode/cmd.sh
-echo "LODE-CMD-EXIT $?"
-for d in proc sys dev; do umount /newroot/$d 2>/dev/null; done
-sync
-umount /newroot 2>/dev/null
-poweroff -f; reboot -f
-"#;
-
-/// Why preparing failed.
+/// Why preparing (or checking) the guest files failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// A tool failed.
@@ -91,6 +56,95 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    /// A run initramfs that would overwrite the guest's ACPI tables.
+    #[error("initramfs {path}: {len} bytes is not a multiple of 4096 (it would overlap the microvm's ACPI tables; build it with lode_vm::run_initrd)")]
+    Layout {
+        /// File.
+        path: String,
+        /// Its size.
+        len: u64,
+    },
+    /// The record of a prepared directory is unreadable.
+    #[error("{path}: {source}")]
+    Record {
+        /// File.
+        path: String,
+        /// Parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A prepared file is not what its record says.
+    #[error("{path}: SHA-256 {got}, but {RECORD} says {expected}; run `lode vm prepare --force`")]
+    Digest {
+        /// File.
+        path: String,
+        /// Recorded digest.
+        expected: String,
+        /// Digest of the file.
+        got: String,
+    },
+    /// A kernel release that is not well formed or that apt does not know.
+    #[error("kernel version {asked:?}: {why}")]
+    KernelVersion {
+        /// What was asked for.
+        asked: String,
+        /// What is wrong, with the releases apt offers.
+        why: String,
+    },
+}
+
+/// One Debian package a prepared directory was made from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Package {
+    /// Package name (`linux-image-6.1.0-57-amd64`).
+    pub name: String,
+    /// Package version (`6.1.192-3`).
+    pub version: String,
+    /// SHA-256 (hex) of the `.deb`.
+    pub sha256: String,
+}
+
+/// What a prepared directory holds and what it was made from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The kernel image package.
+    pub kernel: Package,
+    /// The busybox package.
+    pub busybox: Package,
+    /// SHA-256 (hex) of `vmlinux`.
+    pub vmlinux_sha256: String,
+    /// SHA-256 (hex) of `initrd.cpio.gz`.
+    pub initrd_sha256: String,
+    /// [`INIT_REVISION`] of the `/init` inside.
+    pub init_revision: u32,
+}
+
+impl Record {
+    /// The kernel release (`6.1.0-57-amd64`, as `uname -r` prints it).
+    pub fn kernel_release(&self) -> &str {
+        self.kernel
+            .name
+            .strip_prefix("linux-image-")
+            .unwrap_or(&self.kernel.name)
+    }
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "kernel package {} {} (deb sha256 {})\nbusybox package {} {} (deb sha256 {})\nvmlinux sha256 {}\ninitrd sha256 {} (/init revision {})",
+            self.kernel.name,
+            self.kernel.version,
+            self.kernel.sha256,
+            self.busybox.name,
+            self.busybox.version,
+            self.busybox.sha256,
+            self.vmlinux_sha256,
+            self.initrd_sha256,
+            self.init_revision
+        )
+    }
 }
 
 /// Prepared guest files.
@@ -100,17 +154,150 @@ pub struct Assets {
     pub kernel: PathBuf,
     /// Base initramfs (gzip-compressed newc cpio).
     pub initrd: PathBuf,
+    /// What they were made from.
+    pub record: Record,
 }
 
 impl Assets {
-    /// The assets in `dir`, if prepared.
+    /// The assets in `dir`, if prepared with the current `/init`.
     pub fn find(dir: &Path) -> Option<Assets> {
+        let record: Record = serde_json::from_slice(&std::fs::read(dir.join(RECORD)).ok()?).ok()?;
         let a = Assets {
-            kernel: dir.join("vmlinux"),
-            initrd: dir.join("initrd.v5.cpio.gz"),
+            kernel: dir.join(KERNEL),
+            initrd: dir.join(INITRD),
+            record,
         };
-        (a.kernel.is_file() && a.initrd.is_file()).then_some(a)
+        (a.record.init_revision == INIT_REVISION && a.kernel.is_file() && a.initrd.is_file())
+            .then_some(a)
     }
+
+    /// Checks both files against the digests in the record.
+    pub fn verify(&self) -> Result<(), VmError> {
+        for (path, expected) in [
+            (&self.kernel, &self.record.vmlinux_sha256),
+            (&self.initrd, &self.record.initrd_sha256),
+        ] {
+            let got = sha256_file(path)?;
+            if &got != expected {
+                return Err(VmError::Digest {
+                    path: path.display().to_string(),
+                    expected: expected.clone(),
+                    got,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How to prepare.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Kernel release to use (`6.1.0-57`, `6.1.0-57-amd64` or
+    /// `linux-image-6.1.0-57-amd64`); default: the one `linux-image-amd64`
+    /// depends on today.
+    pub kernel_release: Option<String>,
+    /// Prepare again from freshly downloaded packages, even if prepared.
+    pub force: bool,
+}
+
+/// The kernel image package for a release as `--kernel-version` takes it.
+pub fn kernel_package(release: &str) -> Result<String, VmError> {
+    let bad = |why: &str| VmError::KernelVersion {
+        asked: release.to_string(),
+        why: why.to_string(),
+    };
+    let r = release.trim();
+    let r = r.strip_prefix("linux-image-").unwrap_or(r);
+    let r = r.strip_suffix("-amd64").unwrap_or(r);
+    if r.is_empty()
+        || !r.starts_with(|c: char| c.is_ascii_digit())
+        || !r
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '~'))
+    {
+        return Err(bad(
+            "expected a kernel release such as 6.1.0-57 (as in `uname -r`, without -amd64)",
+        ));
+    }
+    Ok(format!("linux-image-{r}-amd64"))
+}
+
+/// The kernel image package `linux-image-amd64` depends on in apt's lists now.
+pub fn default_kernel_package() -> Result<String, VmError> {
+    let deps = run(
+        "apt-cache depends linux-image-amd64",
+        Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
+    )?;
+    deps.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
+        .map(str::to_string)
+        .ok_or_else(|| VmError::Tool {
+            what: "finding the kernel package".into(),
+            detail: format!(
+                "linux-image-amd64 names no kernel image package in apt's lists (run `apt-get update`, as scripts/vm-deps.sh does): {}",
+                deps.trim()
+            ),
+        })
+}
+
+/// The versioned kernel image packages apt knows (`linux-image-X-amd64`).
+fn known_kernels() -> Vec<String> {
+    let out = run(
+        "apt-cache pkgnames linux-image-",
+        Command::new("apt-cache").args(["pkgnames", "linux-image-"]),
+    )
+    .unwrap_or_default();
+    let mut k: Vec<String> = out
+        .lines()
+        .filter(|p| {
+            p.ends_with("-amd64")
+                && p["linux-image-".len().min(p.len())..].starts_with(|c: char| c.is_ascii_digit())
+                && !p.contains("-dbg")
+                && !p.contains("-unsigned")
+        })
+        .map(str::to_string)
+        .collect();
+    k.sort();
+    k
+}
+
+fn sha256_file(path: &Path) -> Result<String, VmError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io(path))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Name, version and digest of the `.deb` at `deb`.
+fn package_of(deb: &Path) -> Result<Package, VmError> {
+    let fields = run(
+        "dpkg-deb -f",
+        Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(deb)
+            .args(["Package", "Version"]),
+    )?;
+    let field = |name: &str| {
+        fields
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| VmError::Tool {
+                what: format!("dpkg-deb -f {}", deb.display()),
+                detail: format!("no {name} field in: {fields}"),
+            })
+    };
+    Ok(Package {
+        name: field("Package")?,
+        version: field("Version")?,
+        sha256: sha256_file(deb)?,
+    })
 }
 
 fn io(p: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
@@ -199,18 +386,34 @@ fn find_file(root: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
-/// Prepares (or finds) the guest kernel and initramfs in `dir`.
+/// Prepares (or finds) the guest kernel and initramfs in `dir`, with the
+/// kernel `linux-image-amd64` depends on.
 pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
-    if let Some(a) = Assets::find(dir) {
-        return Ok(a);
+    prepare_with(dir, &Options::default())
+}
+
+/// Prepares (or finds) the guest kernel and initramfs in `dir`.
+pub fn prepare_with(dir: &Path, opts: &Options) -> Result<Assets, VmError> {
+    let wanted = opts
+        .kernel_release
+        .as_deref()
+        .map(kernel_package)
+        .transpose()?;
+    let usable = |a: &Assets| wanted.as_ref().is_none_or(|w| &a.record.kernel.name == w);
+    if !opts.force {
+        if let Some(a) = Assets::find(dir).filter(usable) {
+            return Ok(a);
+        }
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     // One preparer at a time; whoever waited finds the work done.
     let lock_path = dir.join(".lock");
     let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
     lock.lock().map_err(io(&lock_path))?;
-    if let Some(a) = Assets::find(dir) {
-        return Ok(a);
+    if !opts.force {
+        if let Some(a) = Assets::find(dir).filter(usable) {
+            return Ok(a);
+        }
     }
     // Holding the lock, any temp entry is a killed preparer's: remove it.
     for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
@@ -230,20 +433,14 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
         }
     }
     let debs = dir.join("debs");
+    if opts.force && debs.exists() {
+        std::fs::remove_dir_all(&debs).map_err(io(&debs))?;
+    }
     std::fs::create_dir_all(&debs).map_err(io(&debs))?;
-    let deps = run(
-        "apt-cache depends linux-image-amd64",
-        Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
-    )?;
-    let kpkg = deps
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
-        .ok_or_else(|| VmError::Tool {
-            what: "finding the kernel package".into(),
-            detail: deps.clone(),
-        })?
-        .to_string();
+    let kpkg = match wanted {
+        Some(k) => k,
+        None => default_kernel_package()?,
+    };
     let wanted = [kpkg.as_str(), "busybox-static"];
     let missing: Vec<&str> = wanted
         .iter()
@@ -263,7 +460,17 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
                 .current_dir(dl.path())
                 .arg("download")
                 .args(&missing),
-        )?;
+        )
+        .map_err(|e| match e {
+            VmError::Tool { detail, .. } if detail.contains(&kpkg) => VmError::KernelVersion {
+                asked: kpkg.clone(),
+                why: format!(
+                    "apt cannot download it ({detail}); apt knows: {} (old package lists name packages the mirror no longer has: `apt-get update`)",
+                    known_kernels().join(", ")
+                ),
+            },
+            e => e,
+        })?;
         for e in std::fs::read_dir(dl.path())
             .map_err(io(dl.path()))?
             .flatten()
@@ -278,19 +485,48 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
         .tempdir_in(dir)
         .map_err(io(dir))?;
     let x = xdir.path().to_path_buf();
+    let mut packages = Vec::new();
     for p in wanted {
         let deb = cached_deb(&debs, p).ok_or_else(|| VmError::Tool {
             what: "apt-get download".into(),
             detail: format!("no {p}_*.deb in {}", debs.display()),
         })?;
+        packages.push(package_of(&deb)?);
         run(
             "dpkg-deb -x",
             Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
         )?;
     }
-    // Kernel: the XZ payload of vmlinuz.
+    let vmlinux = kernel_elf(&x)?;
+    let initrd = base_initrd(&x, dir)?;
+    let busybox = packages.pop().expect("two packages");
+    let kernel = packages.pop().expect("two packages");
+    let record = Record {
+        kernel,
+        busybox,
+        vmlinux_sha256: sha256(&vmlinux),
+        initrd_sha256: sha256(&initrd),
+        init_revision: INIT_REVISION,
+    };
+    // The record goes last: it marks the directory prepared.
+    write_atomic(&dir.join(KERNEL), &vmlinux)?;
+    write_atomic(&dir.join(INITRD), &initrd)?;
+    let json = serde_json::to_vec_pretty(&record).map_err(|source| VmError::Record {
+        path: dir.join(RECORD).display().to_string(),
+        source,
+    })?;
+    write_atomic(&dir.join(RECORD), &json)?;
+    drop(xdir);
+    Assets::find(dir).ok_or_else(|| VmError::Tool {
+        what: "prepare".into(),
+        detail: "outputs missing".into(),
+    })
+}
+
+/// The kernel as an ELF: the XZ payload of the package's `vmlinuz`.
+fn kernel_elf(x: &Path) -> Result<Vec<u8>, VmError> {
     let vmlinuz = std::fs::read_dir(x.join("boot"))
-        .map_err(io(&x))?
+        .map_err(io(x))?
         .flatten()
         .map(|e| e.path())
         .find(|p| {
@@ -335,7 +571,11 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
             detail: "decompressed payload is not an ELF".into(),
         });
     }
-    // Initramfs.
+    Ok(out.stdout)
+}
+
+/// The base initramfs (gzip): busybox, the modules, `/dev/console`, `/init`.
+fn base_initrd(x: &Path, dir: &Path) -> Result<Vec<u8>, VmError> {
     let busybox = x.join("bin/busybox");
     let bb = std::fs::read(&busybox).map_err(io(&busybox))?;
     let mut members = vec![
@@ -347,7 +587,7 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
         Member::CharDev("dev/console".into(), 0o600, 5, 1),
         Member::File("bin/busybox".into(), 0o755, bb),
         Member::Symlink("bin/sh".into(), "busybox".into()),
-        Member::File("init".into(), 0o755, INIT.as_bytes().to_vec()),
+        Member::File("init".into(), 0o755, init_script().into_bytes()),
     ];
     let modroot = x.join("lib/modules");
     for m in MODULES {
@@ -361,12 +601,5 @@ pub fn prepare(dir: &Path) -> Result<Assets, VmError> {
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&archive(&members)).map_err(io(dir))?;
-    let initrd = gz.finish().map_err(io(dir))?;
-    write_atomic(&dir.join("vmlinux"), &out.stdout)?;
-    write_atomic(&dir.join("initrd.v5.cpio.gz"), &initrd)?;
-    drop(xdir);
-    Assets::find(dir).ok_or_else(|| VmError::Tool {
-        what: "prepare".into(),
-        detail: "outputs missing".into(),
-    })
+    gz.finish().map_err(io(dir))
 }

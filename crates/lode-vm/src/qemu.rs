@@ -1,8 +1,12 @@
 //! QEMU command lines for a micro-VM whose root disk is served by lode.
 
 use crate::cpio::{archive, Member};
+use crate::prepare::VmError;
 use std::path::PathBuf;
 use std::process::Command;
+
+/// What the run initramfs is padded to (see [`run_initrd`]).
+pub const INITRD_ALIGN: usize = 4096;
 
 /// The VM's root disk.
 #[derive(Clone, Debug)]
@@ -34,6 +38,9 @@ pub struct RunSpec {
     pub disk: Disk,
     /// Guest memory, MiB.
     pub memory_mib: u32,
+    /// Keep the kernel quiet on the console (`quiet`): faster boots, and
+    /// only warnings and errors before `/init` speaks.
+    pub quiet: bool,
 }
 
 /// Quotes `s` for a POSIX shell.
@@ -59,6 +66,32 @@ pub fn command_cpio(cmd: &[String], rw: bool) -> Vec<u8> {
     archive(&m)
 }
 
+/// The initramfs of one run: the prepared `base` archive, then this run's
+/// [`command_cpio`], zero-padded to a multiple of [`INITRD_ALIGN`].
+///
+/// Why the padding: QEMU's `microvm` machine loads the initrd at
+/// `(ram_below_4g - 1 - size) & !4095`, keeping no room for ACPI data (the
+/// `pc` machine keeps 160 KiB), so the initrd ends inside the last page of
+/// guest RAM. That page is where the microvm firmware puts the ACPI tables
+/// (RSDT, FACP, DSDT, APIC; under 1 KiB), and the initrd is copied in after
+/// them: whatever it overlaps reads back as garbage, the kernel's ACPI gives
+/// up, the virtio-mmio devices (which only the DSDT describes to Debian's
+/// kernel) are never found, and the guest cannot mount its disk. Whether the
+/// overlap hit the tables depended on `size % 4096`, so a new kernel package
+/// (other module sizes) turned a working boot into a hang. With a size that
+/// is a multiple of 4096 the initrd ends exactly one page below the top of
+/// RAM, whatever the kernel, the command or the memory size, and the
+/// firmware keeps its whole last page. The kernel skips zero padding between
+/// and after archives.
+pub fn run_initrd(base: &[u8], cmd: &[String], rw: bool) -> Vec<u8> {
+    let mut initrd = base.to_vec();
+    // A following archive must start 4-byte aligned.
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    initrd.extend_from_slice(&command_cpio(cmd, rw));
+    initrd.resize(initrd.len().next_multiple_of(INITRD_ALIGN), 0);
+    initrd
+}
+
 /// The host's TSC frequency in kHz, which the guest needs to skip a flaky
 /// calibration under TCG.
 pub fn tsc_khz() -> Option<u64> {
@@ -75,11 +108,28 @@ pub fn tsc_khz() -> Option<u64> {
 }
 
 impl RunSpec {
-    /// The `qemu-system-x86_64` command.
-    pub fn command(&self) -> Command {
+    /// The `qemu-system-x86_64` command. Refuses an initrd whose size is not
+    /// a multiple of [`INITRD_ALIGN`] (it would overwrite the guest's ACPI
+    /// tables; see [`run_initrd`]).
+    pub fn command(&self) -> Result<Command, VmError> {
+        let len = std::fs::metadata(&self.initrd)
+            .map_err(|source| VmError::Io {
+                path: self.initrd.display().to_string(),
+                source,
+            })?
+            .len();
+        if len % INITRD_ALIGN as u64 != 0 {
+            return Err(VmError::Layout {
+                path: self.initrd.display().to_string(),
+                len,
+            });
+        }
         // The guest finds its virtio-mmio disk through ACPI (Debian's kernel has
         // no command-line virtio-mmio devices); `poweroff -f` ends QEMU.
-        let mut append = String::from("console=ttyS0 quiet panic=-1 reboot=t tsc=reliable");
+        let mut append = String::from("console=ttyS0 panic=-1 reboot=t tsc=reliable");
+        if self.quiet {
+            append.push_str(" quiet");
+        }
         if let Some(k) = tsc_khz() {
             append.push_str(&format!(" tsc_early_khz={k}"));
         }
@@ -137,11 +187,12 @@ impl RunSpec {
                 c.args(["-device", "vhost-user-blk,chardev=c0"]);
             }
         }
-        c
+        Ok(c)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -151,5 +202,49 @@ mod tests {
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
         let c = command_cpio(&["echo".into(), "hi there".into()], true);
         assert!(c.windows(7).any(|w| w == b"lode/rw"));
+    }
+
+    #[test]
+    fn run_initrd_is_whole_pages() {
+        for base_len in [0usize, 1, 3, 4095, 4096, 4097, 1_708_004] {
+            for arg in ["", "x", &"y".repeat(5000)] {
+                let base = vec![7u8; base_len];
+                let cmd = vec!["echo".to_string(), arg.to_string()];
+                let i = run_initrd(&base, &cmd, false);
+                assert_eq!(
+                    i.len() % INITRD_ALIGN,
+                    0,
+                    "base {base_len}, arg {}",
+                    arg.len()
+                );
+                assert_eq!(&i[..base_len], &base[..]);
+                // The command archive starts 4-byte aligned after the base.
+                let at = base_len.next_multiple_of(4);
+                assert!(i[base_len..at].iter().all(|&b| b == 0));
+                assert_eq!(&i[at..at + 6], b"070701");
+            }
+        }
+    }
+
+    #[test]
+    fn command_refuses_an_unpadded_initrd() {
+        let t = tempfile::tempdir().unwrap();
+        let initrd = t.path().join("initrd");
+        let spec = RunSpec {
+            kernel: t.path().join("vmlinux"),
+            initrd: initrd.clone(),
+            disk: Disk::VhostUser {
+                socket: t.path().join("s"),
+            },
+            memory_mib: 256,
+            quiet: true,
+        };
+        std::fs::write(&initrd, vec![0u8; 4097]).unwrap();
+        let e = spec.command().unwrap_err();
+        assert!(e.to_string().contains("4097"), "{e}");
+        std::fs::write(&initrd, vec![0u8; 8192]).unwrap();
+        assert!(spec.command().is_ok());
+        std::fs::remove_file(&initrd).unwrap();
+        assert!(spec.command().is_err());
     }
 }

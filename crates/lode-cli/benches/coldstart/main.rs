@@ -184,10 +184,10 @@ impl Ctx {
     fn initrd(&self, image: &str) -> Result<PathBuf> {
         let p = self.work.join(format!("initrd-{image}"));
         if self.initrds.borrow_mut().insert(image.to_string()) {
-            let mut b = self.base_initrd.clone();
-            b.resize(b.len().next_multiple_of(4), 0);
-            b.extend_from_slice(&lode_vm::command_cpio(&image_cmd(image), false));
-            std::fs::write(&p, b)?;
+            std::fs::write(
+                &p,
+                lode_vm::run_initrd(&self.base_initrd, &image_cmd(image), false),
+            )?;
         }
         Ok(p)
     }

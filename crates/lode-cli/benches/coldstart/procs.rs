@@ -6,7 +6,7 @@
 //! are still registered and removes the work directory.
 
 use anyhow::{anyhow, bail, Context, Result};
-use lode_vm::{Disk, RunSpec};
+use lode_vm::{Disk, Event, RunSpec};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -325,12 +325,13 @@ pub fn start_vm(conf: &VmConf, disk: &NbdDisk, dir: &Path, name: &str, t0: Insta
             read_only: true,
         },
         memory_mib: conf.memory_mib,
+        quiet: true,
     };
     let qmp = dir.join(format!("{name}.qmp"));
     let _ = std::fs::remove_file(&qmp);
     let err = dir.join(format!("{name}.qemu.err"));
-    let mut cmd = spec.command();
-    // Stop (not exit) at the guest's poweroff so the block statistics can be
+    let mut cmd = spec.command()?;
+    // Stop (not exit) when the guest ends the VM so the block statistics can be
     // read over QMP afterwards.
     cmd.arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()))
@@ -386,28 +387,22 @@ impl Vm {
     /// disk statistics, and quits QEMU.
     pub fn finish(mut self) -> Result<Boot> {
         let mut b = Boot::default();
-        let (mut started, mut tail) = (false, Vec::<String>::new());
+        let mut console = lode_vm::Console::default();
+        let tail = |c: &lode_vm::Console| c.tail().collect::<Vec<_>>().join("\n");
         let mut exit = None;
         while exit.is_none() {
             let left = self.deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left.min(Duration::from_secs(1))) {
-                Ok((at, line)) => {
-                    let line = line.trim_end_matches('\r').to_string();
-                    if line.contains("LODE-CMD-START") {
-                        b.cmd_start = at.duration_since(self.t0);
-                        started = true;
-                    } else if let Some(rest) = line.split("LODE-CMD-EXIT ").nth(1) {
+                Ok((at, line)) => match console.feed(&line) {
+                    Event::Started => b.cmd_start = at.duration_since(self.t0),
+                    Event::Exited(s) => {
                         b.cmd_exit = at.duration_since(self.t0);
-                        exit = Some(rest.trim().parse::<i32>().unwrap_or(-1));
-                    } else if started {
-                        b.output.push(line);
-                    } else {
-                        tail.push(line);
-                        if tail.len() > 30 {
-                            tail.remove(0);
-                        }
+                        exit = Some(s);
                     }
-                }
+                    Event::Output(l) => b.output.push(l),
+                    Event::Failed(f) => bail!("{f}; console:\n{}", tail(&console)),
+                    Event::Boot | Event::Stage(_) => {}
+                },
                 Err(RecvTimeoutError::Timeout) => {
                     // QEMU marks the disk broken on a corrupt virtqueue (seen
                     // rarely under TCG); the guest then waits forever.
@@ -422,15 +417,16 @@ impl Vm {
                         continue;
                     }
                     bail!(
-                        "the VM did not finish in time; console:\n{}",
-                        tail.join("\n")
+                        "the VM did not finish in time ({}); console:\n{}",
+                        console.stage(),
+                        tail(&console)
                     )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let e = std::fs::read_to_string(&self.err).unwrap_or_default();
                     bail!(
                         "QEMU ended before the command did; console:\n{}\n{}",
-                        tail.join("\n"),
+                        tail(&console),
                         e.trim()
                     )
                 }
@@ -444,7 +440,7 @@ impl Vm {
         let mut greeting = String::new();
         r.read_line(&mut greeting)?;
         qmp_call(&mut r, &mut w, "qmp_capabilities")?;
-        // The guest unmounts, syncs and powers off after the command.
+        // The guest unmounts, syncs and reboots (QEMU stops) after the command.
         let end = Instant::now() + Duration::from_secs(60);
         while Instant::now() < end {
             let st = qmp_call(&mut r, &mut w, "query-status")?;

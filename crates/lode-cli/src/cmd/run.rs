@@ -5,8 +5,8 @@ use super::agent::CacheArgs;
 use super::common::{key_provider, runtime};
 use anyhow::{bail, Context, Result};
 use lode_agent::{Exports, Prefetch, Server, ServerConfig, VhostUserExport};
-use lode_vm::{command_cpio, Disk, RunSpec};
-use std::io::{BufRead, Write};
+use lode_vm::{Disk, Event, Limits, RunSpec};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,9 +36,20 @@ pub struct Args {
     /// Kernel and initramfs directory (default `$LODE_HOME/vm`, made by `lode vm prepare`).
     #[arg(long)]
     vm_dir: Option<PathBuf>,
-    /// Give up after this many seconds.
+    /// Give up after this many seconds (the whole run).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Stop the VM when the command has not started this many seconds after
+    /// QEMU did.
+    #[arg(long, default_value_t = 180)]
+    boot_timeout: u64,
+    /// Stop the VM when its console stays silent this many seconds before the
+    /// command starts.
+    #[arg(long, default_value_t = 60)]
+    stall_timeout: u64,
+    /// Show the whole guest console on stderr (also `LODE_RUN_CONSOLE=1`).
+    #[arg(long, short)]
+    verbose: bool,
     /// Command to run inside the image.
     #[arg(last = true, required = true)]
     cmd: Vec<String>,
@@ -54,10 +65,13 @@ pub fn run(args: Args) -> Result<i32> {
     let dir = args.vm_dir.clone().unwrap_or_else(super::vm::vm_dir);
     let assets = lode_vm::prepare::Assets::find(&dir).with_context(|| {
         format!(
-            "no guest kernel in {}: run `lode vm prepare` first",
+            "no guest kernel in {} (or one prepared by an older lode): run `lode vm prepare` first",
             dir.display()
         )
     })?;
+    assets
+        .verify()
+        .with_context(|| format!("checking the guest files in {}", dir.display()))?;
     if std::process::Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
@@ -118,14 +132,13 @@ pub fn run(args: Args) -> Result<i32> {
         None => None,
     };
     let agent_ready = t0.elapsed();
-    // Base initramfs + this run's command, concatenated (the kernel unpacks both).
-    let mut initrd = std::fs::read(&assets.initrd)
+    let verbose = args.verbose || std::env::var("LODE_RUN_CONSOLE").is_ok_and(|v| v == "1");
+    // Base initramfs + this run's command, padded to whole pages.
+    let base = std::fs::read(&assets.initrd)
         .with_context(|| format!("reading {}", assets.initrd.display()))?;
-    // A following archive must start 4-byte aligned.
-    initrd.resize(initrd.len().next_multiple_of(4), 0);
-    initrd.extend_from_slice(&command_cpio(&args.cmd, args.rw));
     let initrd_path = work.path().join("initrd");
-    std::fs::write(&initrd_path, initrd).context("writing the initramfs")?;
+    std::fs::write(&initrd_path, lode_vm::run_initrd(&base, &args.cmd, args.rw))
+        .context("writing the initramfs")?;
     let spec = RunSpec {
         kernel: assets.kernel.clone(),
         initrd: initrd_path,
@@ -141,67 +154,23 @@ pub fn run(args: Args) -> Result<i32> {
             }
         },
         memory_mib: args.memory,
+        quiet: !verbose,
     };
-    let mut child = spec
-        .command()
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .context("starting qemu-system-x86_64")?;
-    let vm_started = t0.elapsed();
-    let stdout = child.stdout.take().expect("piped");
-    let (mut cmd_start, mut cmd_exit, mut status) = (None, None, None);
-    let mut in_cmd = false;
-    let deadline = t0 + Duration::from_secs(args.timeout);
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
+    let limits = Limits {
+        silence: Duration::from_secs(args.stall_timeout),
+        boot: Duration::from_secs(args.boot_timeout),
+        total: Duration::from_secs(args.timeout).saturating_sub(t0.elapsed()),
+        ..Limits::default()
+    };
+    let mut out = std::io::stdout();
+    let booted = lode_vm::boot::run(&spec, &limits, &mut |line, ev| {
+        if verbose {
+            eprintln!("console: {line}");
+        }
+        if let Event::Output(l) = ev {
+            let _ = writeln!(out, "{l}");
         }
     });
-    let mut out = std::io::stdout();
-    let mut tail: Vec<String> = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-            Ok(line) => {
-                let line = line.trim_end_matches('\r').to_string();
-                if line.contains("LODE-CMD-START") {
-                    cmd_start = Some(t0.elapsed());
-                    in_cmd = true;
-                } else if let Some(rest) = line.split("LODE-CMD-EXIT ").nth(1) {
-                    cmd_exit = Some(t0.elapsed());
-                    status = rest.trim().parse::<i32>().ok();
-                    in_cmd = false;
-                } else if in_cmd {
-                    let _ = writeln!(out, "{line}");
-                } else {
-                    tail.push(line);
-                    if tail.len() > 40 {
-                        tail.remove(0);
-                    }
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    bail!(
-                        "the VM did not finish within {} s; last console lines:\n{}",
-                        args.timeout,
-                        tail.join("\n")
-                    );
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let qemu = child.wait().context("waiting for qemu")?;
     let total = t0.elapsed();
     if let Some((stop, thread)) = vhost_session {
         stop.stop();
@@ -211,25 +180,27 @@ pub fn run(args: Args) -> Result<i32> {
             Err(_) => bail!("the vhost-user thread panicked"),
         }
     }
-    let Some(status) = status else {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    let booted = booted.map_err(|e| {
+        let details = e.details();
+        if !details.is_empty() {
+            eprintln!("lode run: {details}");
         }
-        if tail.is_empty() && err.trim().is_empty() {
-            bail!(
-                "the command did not run in the VM (qemu {qemu}): the guest stopped before its \
-                 kernel printed a line; check the kernel {} (an unreadable or damaged kernel \
-                 resets the guest at once)",
-                assets.kernel.display()
-            );
-        }
-        bail!(
-            "the command did not run in the VM (qemu {qemu}); console:\n{}\n{}",
-            tail.join("\n"),
-            err.trim()
+        anyhow::anyhow!(
+            "the command did not run in the VM: {e}; guest kernel {} {} (prepared in {}; --verbose shows the whole console)",
+            assets.record.kernel.name,
+            assets.record.kernel.version,
+            dir.display()
+        )
+    })?;
+    if !booted.clean_exit {
+        eprintln!(
+            "lode run: the guest did not end the VM after the command exited; QEMU was stopped"
         );
-    };
+    }
+    let status = booted.status;
+    let vm_started = booted.vm_started.duration_since(t0);
+    let cmd_start = booted.cmd_started.duration_since(t0);
+    let cmd_exit = booted.cmd_exited.duration_since(t0);
     let first_read = server.first_read.get().map(|t| t.duration_since(t0));
     let reader = server.exports().reader();
     let mut tiers: Vec<String> = reader
@@ -257,8 +228,8 @@ pub fn run(args: Args) -> Result<i32> {
         ms(agent_ready),
         ms(vm_started),
         first_read.map(ms).unwrap_or_else(|| "-".into()),
-        cmd_start.map(ms).unwrap_or_else(|| "-".into()),
-        cmd_exit.map(ms).unwrap_or_else(|| "-".into()),
+        ms(cmd_start),
+        ms(cmd_exit),
         ms(total),
         tiers.join(", "),
     );

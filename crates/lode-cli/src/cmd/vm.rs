@@ -13,11 +13,19 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Action {
-    /// Build the guest kernel and initramfs from Debian's packages.
+    /// Build the guest kernel and initramfs from Debian's packages, and print
+    /// exactly which packages (versions and SHA-256) they came from.
     Prepare {
         /// Where to put them (default `$LODE_HOME/vm`).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Kernel release to boot, e.g. `6.1.0-57` (default: the one
+        /// `linux-image-amd64` depends on today).
+        #[arg(long, value_name = "V")]
+        kernel_version: Option<String>,
+        /// Prepare again from freshly downloaded packages.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -29,14 +37,36 @@ pub fn vm_dir() -> PathBuf {
 /// Runs `lode vm`.
 pub fn run(args: Args) -> Result<()> {
     match args.action {
-        Action::Prepare { dir } => {
+        Action::Prepare {
+            dir,
+            kernel_version,
+            force,
+        } => {
             let dir = dir.unwrap_or_else(vm_dir);
-            let a = lode_vm::prepare(&dir)?;
+            let opts = lode_vm::Options {
+                kernel_release: kernel_version.clone(),
+                force,
+            };
+            let a = lode_vm::prepare_with(&dir, &opts)?;
+            a.verify()?;
             println!(
-                "kernel {}\ninitrd {}",
+                "kernel {}\ninitrd {}\n{}",
                 a.kernel.display(),
-                a.initrd.display()
+                a.initrd.display(),
+                a.record
             );
+            // Say when apt has moved on since this directory was prepared.
+            if kernel_version.is_none() {
+                if let Ok(now) = lode_vm::prepare::default_kernel_package() {
+                    if now != a.record.kernel.name {
+                        eprintln!(
+                            "lode vm prepare: note: {} was prepared with {}, but linux-image-amd64 now depends on {now}; `lode vm prepare --force` switches, `--kernel-version` pins one",
+                            dir.display(),
+                            a.record.kernel.name
+                        );
+                    }
+                }
+            }
         }
     }
     Ok(())
