@@ -64,6 +64,8 @@ pub struct BootError {
     pub tail: Vec<String>,
     /// What QEMU wrote to stderr (its end).
     pub stderr: String,
+    /// The CPU state at the guest's last reset, when QEMU logged it.
+    pub last_reset: Option<String>,
 }
 
 /// What went wrong in a run.
@@ -126,6 +128,10 @@ impl BootError {
         if !self.stderr.trim().is_empty() {
             d.push_str("\nqemu stderr:\n");
             d.push_str(self.stderr.trim());
+        }
+        if let Some(r) = &self.last_reset {
+            d.push_str("\nCPU state at the guest's reset (QEMU -d cpu_reset):");
+            d.push_str(r);
         }
         d
     }
@@ -195,14 +201,32 @@ pub fn run(
     on_line: &mut dyn FnMut(&str, &Event),
 ) -> Result<Outcome, BootError> {
     match spec.command() {
-        Ok(cmd) => watch(cmd, limits, on_line),
+        Ok(cmd) => watch(cmd, limits, on_line).map_err(|mut e| {
+            if matches!(e.kind, BootErrorKind::Exited(_)) {
+                if let Some(log) = &spec.reset_log {
+                    e.last_reset = last_reset(log);
+                }
+            }
+            e
+        }),
         Err(e) => Err(BootError {
             kind: BootErrorKind::Start(Box::new(e)),
             stage: Stage::Firmware,
             tail: Vec::new(),
             stderr: String::new(),
+            last_reset: None,
         }),
     }
+}
+
+/// The CPU state QEMU logged at the guest's last reset (the first lines of
+/// the last `CPU Reset` block after the power-on one), if the guest reset.
+fn last_reset(log: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let blocks: Vec<&str> = text.split("CPU Reset").skip(1).collect();
+    // The first block is the power-on reset; a later one is the guest's.
+    let last = blocks.get(1..)?.last()?;
+    Some(last.lines().take(8).collect::<Vec<_>>().join("\n"))
 }
 
 fn fail(kind: BootErrorKind, console: &Console, stderr: String) -> BootError {
@@ -211,6 +235,7 @@ fn fail(kind: BootErrorKind, console: &Console, stderr: String) -> BootError {
         stage: console.stage(),
         tail: console.tail().map(str::to_string).collect(),
         stderr,
+        last_reset: None,
     }
 }
 
@@ -444,6 +469,23 @@ mod tests {
         assert_eq!(o.status, 0);
         assert!(!o.clean_exit);
         assert!(took < Duration::from_secs(3), "took {took:?}");
+    }
+
+    #[test]
+    fn the_guest_reset_is_read_from_qemus_log() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("resets.log");
+        let block = |eip: &str| format!("CPU Reset (CPU 0)\nEAX=0 EBX=0\nEIP={eip} EFL=2\n");
+        std::fs::write(&log, block("00000000")).unwrap();
+        assert_eq!(
+            last_reset(&log),
+            None,
+            "the power-on reset is not the guest's"
+        );
+        std::fs::write(&log, block("00000000") + &block("ffffffff81000123")).unwrap();
+        let r = last_reset(&log).unwrap();
+        assert!(r.contains("EIP=ffffffff81000123"), "{r}");
+        assert_eq!(last_reset(&t.path().join("none")), None);
     }
 
     #[test]

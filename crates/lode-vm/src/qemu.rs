@@ -39,8 +39,12 @@ pub struct RunSpec {
     /// Guest memory, MiB.
     pub memory_mib: u32,
     /// Keep the kernel quiet on the console (`quiet`): faster boots, and
-    /// only warnings and errors before `/init` speaks.
+    /// only errors before `/init` speaks.
     pub quiet: bool,
+    /// Where QEMU logs every CPU reset with the CPU state (`-d cpu_reset -D`):
+    /// a guest that resets before its console speaks leaves its last state
+    /// there ([`crate::boot`] reports it).
+    pub reset_log: Option<PathBuf>,
 }
 
 /// Quotes `s` for a POSIX shell.
@@ -126,7 +130,10 @@ impl RunSpec {
         }
         // The guest finds its virtio-mmio disk through ACPI (Debian's kernel has
         // no command-line virtio-mmio devices); `poweroff -f` ends QEMU.
-        let mut append = String::from("console=ttyS0 panic=-1 reboot=t tsc=reliable");
+        // earlyprintk: errors from before the console is up (an early panic)
+        // still reach the serial line.
+        let mut append =
+            String::from("console=ttyS0 earlyprintk=ttyS0 panic=-1 reboot=t tsc=reliable");
         if self.quiet {
             append.push_str(" quiet");
         }
@@ -154,6 +161,9 @@ impl RunSpec {
             "-serial",
             "stdio",
         ]);
+        if let Some(log) = &self.reset_log {
+            c.args(["-d", "cpu_reset,guest_errors", "-D"]).arg(log);
+        }
         c.arg("-kernel")
             .arg(&self.kernel)
             .arg("-initrd")
@@ -238,6 +248,7 @@ mod tests {
             },
             memory_mib: 256,
             quiet: true,
+            reset_log: None,
         };
         std::fs::write(&initrd, vec![0u8; 4097]).unwrap();
         let e = spec.command().unwrap_err();

@@ -326,6 +326,7 @@ pub fn start_vm(conf: &VmConf, disk: &NbdDisk, dir: &Path, name: &str, t0: Insta
         },
         memory_mib: conf.memory_mib,
         quiet: true,
+        reset_log: None,
     };
     let qmp = dir.join(format!("{name}.qmp"));
     let _ = std::fs::remove_file(&qmp);

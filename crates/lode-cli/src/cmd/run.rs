@@ -155,6 +155,7 @@ pub fn run(args: Args) -> Result<i32> {
         },
         memory_mib: args.memory,
         quiet: !verbose,
+        reset_log: Some(work.path().join("qemu-resets.log")),
     };
     let limits = Limits {
         silence: Duration::from_secs(args.stall_timeout),
