@@ -72,11 +72,11 @@ impl StripeBackend for Http2Nodes {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             match resp.status() {
                 hyper::StatusCode::OK => {
-                    let b = resp
-                        .into_body()
+                    // A node is not trusted: never buffer more than a stripe.
+                    let b = http_body_util::Limited::new(resp.into_body(), crate::node::MAX_STRIPE)
                         .collect()
                         .await
-                        .map_err(|e| e.to_string())?
+                        .map_err(|e| format!("stripe body: {e}"))?
                         .to_bytes();
                     Ok(Some(b))
                 }

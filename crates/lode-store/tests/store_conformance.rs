@@ -13,10 +13,10 @@ mod store_s3;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use lode_chunk::{seal_chunk, KeyProvider, Keyring, Manifest, CHUNK_SIZE};
 use lode_store::{pull_to_file, push_file, ObjectKind, PushOptions, RootState, Store, StoreError};
 use object_store::path::Path as OPath;
+use object_store::ObjectStoreExt;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
