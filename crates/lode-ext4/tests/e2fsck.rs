@@ -1,4 +1,5 @@
 //! Images written by the builder pass the real `e2fsck -fn`.
+#![allow(clippy::unwrap_used)]
 
 use lode_ext4::{Builder, Meta, Options, Special, Timestamp};
 use std::collections::BTreeMap;
