@@ -55,7 +55,7 @@ pub enum StoreError {
     },
     /// An object larger than objects of its kind may be (refused before any
     /// of it is read).
-    #[error("{what} '{path}' is {size} bytes, over the limit of {limit} bytes for a {what}")]
+    #[error("{what} '{path}' is {size} bytes, over the limit of {limit} bytes for {what}s")]
     TooLarge {
         /// What it is (`chunk`, `manifest`, `image pointer`, ...).
         what: &'static str,
