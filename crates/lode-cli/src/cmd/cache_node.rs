@@ -38,6 +38,9 @@ pub struct Args {
     /// Milliseconds a connection may go without a request in flight before it is closed.
     #[arg(long, default_value_t = 60_000)]
     idle_timeout_ms: u64,
+    /// Milliseconds a request body may take to arrive.
+    #[arg(long, default_value_t = 10_000)]
+    body_timeout_ms: u64,
     /// Bytes of unfinished request bodies held at most, all connections together.
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     body_memory: u64,
@@ -55,8 +58,8 @@ pub fn run(args: Args) -> Result<()> {
         max_connections: args.max_connections.max(1),
         first_byte_timeout: Duration::from_millis(args.first_byte_timeout_ms),
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
         body_memory: usize::try_from(args.body_memory).unwrap_or(usize::MAX),
-        ..Limits::default()
     };
     let node = Node::new(store.clone(), limits);
     let rt = runtime()?;

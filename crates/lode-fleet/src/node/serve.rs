@@ -231,18 +231,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-/// When `conn` must next be looked at, and whether it has expired.
+/// When `conn` must next be looked at, and whether it has expired. Its
+/// deadlines only ever move later (a first byte, a request ending), so
+/// waking at the earliest one and looking again is enough.
 fn check(conn: &Conn, limits: &Limits, now_ms: u64) -> (u64, Option<Closed>) {
     let ms = |d: Duration| d.as_millis() as u64;
+    let idle_at = conn.idle_since_ms.load(Ordering::Relaxed) + ms(limits.idle_timeout);
     if !conn.got_byte.load(Ordering::Relaxed) {
-        let at = conn.accepted_ms + ms(limits.first_byte_timeout);
-        return (at, (now_ms >= at).then_some(Closed::FirstByte));
+        let first_at = conn.accepted_ms + ms(limits.first_byte_timeout);
+        let expired = if now_ms >= first_at {
+            Some(Closed::FirstByte)
+        } else {
+            (now_ms >= idle_at).then_some(Closed::Idle)
+        };
+        return (first_at.min(idle_at), expired);
     }
     if conn.busy.load(Ordering::Relaxed) > 0 {
         return (now_ms + ms(limits.idle_timeout), None);
     }
-    let at = conn.idle_since_ms.load(Ordering::Relaxed) + ms(limits.idle_timeout);
-    (at, (now_ms >= at).then_some(Closed::Idle))
+    (idle_at, (now_ms >= idle_at).then_some(Closed::Idle))
 }
 
 /// True for accept errors that mean "out of descriptors or memory".
@@ -295,8 +302,13 @@ impl Node {
                 }
             }
             let _ = sock.set_nodelay(true);
+            // Registered before the task runs, so the cap counts it at once.
+            let conn = self.conns.add();
             let node = self.clone();
-            tokio::spawn(async move { node.serve_io(sock).await });
+            tokio::spawn(async move {
+                node.run_conn(sock, conn.clone()).await;
+                node.conns.remove(conn.id);
+            });
         }
     }
 
