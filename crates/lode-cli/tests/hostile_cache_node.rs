@@ -307,10 +307,12 @@ fn unfinished_http2_puts_share_one_memory_budget() {
     // An ordinary stripe is stored and served again.
     let mut s = TcpStream::connect(&node.addr).unwrap();
     s.write_all(
-        format!(
-            "PUT /s/ok.1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
-        )
-        .as_bytes(),
+        b"PUT /s/ok.1 HTTP/1.1
+Host: x
+Content-Length: 5
+Connection: close
+
+hello",
     )
     .unwrap();
     let mut reply = String::new();

@@ -55,7 +55,14 @@ fn meta_of(h: &Header) -> Result<Meta, EntryError> {
 
 /// The error for a pipe that stopped on its own (a limit or a cancel), if
 /// it did: what a failed read turns into.
-fn stopped(pipe: &Piped<'_>, desc: &LayerDesc, budget: &Budget<'_>) -> Option<FlattenError> {
+fn stopped(pipe: &mut Piped<'_>, desc: &LayerDesc, budget: &Budget<'_>) -> Option<FlattenError> {
+    if let Some(source) = pipe.open_error.take() {
+        return Some(FlattenError::Layer {
+            layer: desc.index,
+            digest: desc.digest.clone(),
+            source,
+        });
+    }
     let at = format!("layer {} ({}): ", desc.index, desc.digest);
     Some(match pipe.stopped? {
         Stop::Cancelled => FlattenError::Interrupted,
@@ -114,8 +121,8 @@ pub(crate) fn apply_layer(
 ) -> Result<(u64, u64), FlattenError> {
     let layer = desc.index;
     let digest = desc.digest.clone();
-    let reader = image
-        .open_layer(layer)
+    let blob = image
+        .layer_blob(layer)
         .map_err(|source| FlattenError::Layer {
             layer,
             digest: digest.clone(),
@@ -126,7 +133,7 @@ pub(crate) fn apply_layer(
         layer_max: budget.limits.layer_bytes(desc.size),
         cancel: budget.cancel,
     };
-    let mut archive = TarReader::new(Piped::spawn(reader, bounds));
+    let mut archive = TarReader::new(Piped::spawn(blob, bounds));
     b.begin_layer().map_err(|e| ext4_error(layer, &digest, e))?;
     let mut last = String::new();
     let mut n = 0u64;
@@ -136,18 +143,20 @@ pub(crate) fn apply_layer(
             Ok(Some(h)) => h,
             Ok(None) => break,
             Err(source) => {
-                return Err(stopped(archive.inner(), desc, budget).unwrap_or_else(|| {
-                    FlattenError::Read {
-                        layer,
-                        digest: digest.clone(),
-                        after: if last.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" after entry '{last}'")
-                        },
-                        source,
-                    }
-                }))
+                return Err(
+                    stopped(archive.inner_mut(), desc, budget).unwrap_or_else(|| {
+                        FlattenError::Read {
+                            layer,
+                            digest: digest.clone(),
+                            after: if last.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" after entry '{last}'")
+                            },
+                            source,
+                        }
+                    }),
+                )
             }
         };
         if budget.entries >= budget.limits.entries {
@@ -162,7 +171,7 @@ pub(crate) fn apply_layer(
         last = lode_common::escape(&header.path);
         if let Err(e) = apply_entry(b, &header, &mut archive.data()) {
             return Err(
-                stopped(archive.inner(), desc, budget).unwrap_or_else(|| match e {
+                stopped(archive.inner_mut(), desc, budget).unwrap_or_else(|| match e {
                     Apply::Entry(source) => FlattenError::Entry {
                         layer,
                         digest: digest.clone(),

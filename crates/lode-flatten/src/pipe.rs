@@ -3,7 +3,7 @@
 //! cores), and counted against the flatten's limits as they arrive.
 
 use crate::limits::Limit;
-use lode_oci::LayerReader;
+use lode_oci::LayerBlob;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -17,6 +17,8 @@ const PIPE_DEPTH: usize = 8;
 const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 enum Msg {
+    /// The blob could not be opened.
+    OpenFailed(lode_oci::OciError),
     Data(Vec<u8>),
     Failed(std::io::Error),
     /// End of stream: uncompressed size and the verification result.
@@ -54,34 +56,48 @@ pub(crate) struct Piped<'a> {
     bounds: Bounds<'a>,
     /// Set when a limit or a cancel stopped the pipe.
     pub stopped: Option<Stop>,
+    /// Why the blob could not be opened, once a read found out.
+    pub open_error: Option<lode_oci::OciError>,
 }
 
 impl<'a> Piped<'a> {
-    pub(crate) fn spawn(mut reader: LayerReader, bounds: Bounds<'a>) -> Piped<'a> {
+    /// Opens `blob` and streams it on a thread of its own: the caller never
+    /// blocks in the blob's I/O (an open may block, on a FIFO or a slow
+    /// network file system) and so always notices a cancel.
+    pub(crate) fn spawn(blob: LayerBlob, bounds: Bounds<'a>) -> Piped<'a> {
         let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_DEPTH);
-        std::thread::spawn(move || loop {
-            let mut buf = vec![0u8; PIPE_BLOCK];
-            let mut n = 0;
-            while n < buf.len() {
-                match reader.read(&mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.send(Msg::Failed(e));
-                        return;
+        std::thread::spawn(move || {
+            let mut reader = match blob.open() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Msg::OpenFailed(e));
+                    return;
+                }
+            };
+            loop {
+                let mut buf = vec![0u8; PIPE_BLOCK];
+                let mut n = 0;
+                while n < buf.len() {
+                    match reader.read(&mut buf[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.send(Msg::Failed(e));
+                            return;
+                        }
                     }
                 }
-            }
-            if n == 0 {
-                let bytes = reader.uncompressed_bytes();
-                let _ = tx.send(Msg::End(bytes, reader.finish()));
-                return;
-            }
-            buf.truncate(n);
-            // A closed receiver means the parser stopped: stop too.
-            if tx.send(Msg::Data(buf)).is_err() {
-                return;
+                if n == 0 {
+                    let bytes = reader.uncompressed_bytes();
+                    let _ = tx.send(Msg::End(bytes, reader.finish()));
+                    return;
+                }
+                buf.truncate(n);
+                // A closed receiver means the parser stopped: stop too.
+                if tx.send(Msg::Data(buf)).is_err() {
+                    return;
+                }
             }
         });
         Piped {
@@ -92,6 +108,7 @@ impl<'a> Piped<'a> {
             count: 0,
             bounds,
             stopped: None,
+            open_error: None,
         }
     }
 
@@ -146,6 +163,11 @@ impl Read for Piped<'_> {
                     self.pos = 0;
                 }
                 Ok(Msg::Failed(e)) => return Err(e),
+                Ok(Msg::OpenFailed(e)) => {
+                    let msg = e.to_string();
+                    self.open_error = Some(e);
+                    return Err(std::io::Error::other(msg));
+                }
                 Ok(Msg::End(n, r)) => self.end = Some((n, r)),
                 Err(RecvTimeoutError::Timeout) if self.cancelled() => {
                     return Err(self.stop(Stop::Cancelled))

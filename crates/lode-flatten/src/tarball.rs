@@ -402,6 +402,11 @@ impl<R: Read> TarReader<R> {
         &self.inner
     }
 
+    /// The stream, mutably.
+    pub(crate) fn inner_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Fills `buf` completely; `Ok(false)` on a clean end before any byte.
     fn read_full(&mut self, buf: &mut [u8], inside: &'static str) -> Result<bool, TarError> {
         let mut n = 0;
