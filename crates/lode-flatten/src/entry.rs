@@ -19,18 +19,42 @@ const PROGRESS_STEP: u64 = 16 << 20;
 /// Splits a tar path into name components. `./` prefixes, empty components and
 /// `.` vanish; `..` is refused, and so is a leading `/` unless `allow_absolute`.
 pub(crate) fn normalize(raw: &[u8], allow_absolute: bool) -> Result<Vec<Vec<u8>>, EntryError> {
+    let mut out = Vec::new();
+    normalize_into(raw, allow_absolute, &mut out)?;
+    Ok(out)
+}
+
+/// [`normalize`] into `out`, reusing the buffers of the components already
+/// there: consecutive tar entries share most of their path, so a deep tree
+/// costs no allocation per component and entry.
+pub(crate) fn normalize_into(
+    raw: &[u8],
+    allow_absolute: bool,
+    out: &mut Vec<Vec<u8>>,
+) -> Result<(), EntryError> {
     if raw.first() == Some(&b'/') && !allow_absolute {
         return Err(EntryError::Absolute);
     }
-    let mut out = Vec::new();
+    let mut n = 0;
     for c in raw.split(|&b| b == b'/') {
         match c {
             b"" | b"." => {}
             b".." => return Err(EntryError::Traversal),
-            _ => out.push(c.to_vec()),
+            _ => {
+                match out.get_mut(n) {
+                    Some(v) if v.as_slice() == c => {}
+                    Some(v) => {
+                        v.clear();
+                        v.extend_from_slice(c);
+                    }
+                    None => out.push(c.to_vec()),
+                }
+                n += 1;
+            }
         }
     }
-    Ok(out)
+    out.truncate(n);
+    Ok(())
 }
 
 /// The metadata of an entry, GNU and PAX extensions applied.
@@ -135,7 +159,9 @@ pub(crate) fn apply_layer(
     };
     let mut archive = TarReader::new(Piped::spawn(blob, bounds));
     b.begin_layer().map_err(|e| ext4_error(layer, &digest, e))?;
-    let mut last = String::new();
+    // The previous entry's path, raw: escaped only for a message.
+    let mut last: Vec<u8> = Vec::new();
+    let mut scratch: Vec<Vec<u8>> = Vec::new();
     let mut n = 0u64;
     let mut reported = 0u64;
     loop {
@@ -151,7 +177,7 @@ pub(crate) fn apply_layer(
                             after: if last.is_empty() {
                                 String::new()
                             } else {
-                                format!(" after entry '{last}'")
+                                format!(" after entry '{}'", lode_common::Shown(&last))
                             },
                             source,
                         }
@@ -168,14 +194,13 @@ pub(crate) fn apply_layer(
             });
         }
         budget.entries += 1;
-        last = lode_common::escape(&header.path);
-        if let Err(e) = apply_entry(b, &header, &mut archive.data()) {
+        if let Err(e) = apply_entry(b, &header, &mut archive.data(), &mut scratch) {
             return Err(
                 stopped(archive.inner_mut(), desc, budget).unwrap_or_else(|| match e {
                     Apply::Entry(source) => FlattenError::Entry {
                         layer,
                         digest: digest.clone(),
-                        entry: last.clone(),
+                        entry: lode_common::escape(&header.path),
                         source,
                     },
                     Apply::Ext4(e) => ext4_error(layer, &digest, e),
@@ -183,6 +208,7 @@ pub(crate) fn apply_layer(
             );
         }
         n += 1;
+        last = header.path;
         if budget.cancelled() {
             return Err(FlattenError::Interrupted);
         }
@@ -221,8 +247,15 @@ impl From<lode_ext4::Ext4Error> for Apply {
     }
 }
 
-fn apply_entry(b: &mut Builder, h: &Header, data: &mut dyn FileData) -> Result<(), Apply> {
-    let path = normalize(&h.path, false)?;
+/// Applies one entry; `path` is a scratch buffer for its name components.
+fn apply_entry(
+    b: &mut Builder,
+    h: &Header,
+    data: &mut dyn FileData,
+    path: &mut Vec<Vec<u8>>,
+) -> Result<(), Apply> {
+    normalize_into(&h.path, false, path)?;
+    let path = &*path;
     if let Some(last) = path.last() {
         if last.starts_with(WHITEOUT) {
             let parent = &path[..path.len() - 1];
@@ -300,5 +333,8 @@ mod tests {
             Err(EntryError::Absolute)
         ));
         assert_eq!(normalize(b"/etc/passwd", true).unwrap().len(), 2);
+        let mut reused = normalize(b"a/b/c/d", false).unwrap();
+        normalize_into(b"a/x", false, &mut reused).unwrap();
+        assert_eq!(reused, vec![b"a".to_vec(), b"x".to_vec()]);
     }
 }
