@@ -280,9 +280,9 @@ fn apply_entry(
     };
     match h.kind {
         // Regular, contiguous, and sparse (whose holes the reader reports).
-        b'0' | b'7' | b'S' => b.add_file(&path, meta, h.size, data)?,
-        b'5' => b.add_dir(&path, meta)?,
-        b'2' => b.add_symlink(&path, &h.link, meta)?,
+        b'0' | b'7' | b'S' => b.add_file(path, meta, h.size, data)?,
+        b'5' => b.add_dir(path, meta)?,
+        b'2' => b.add_symlink(path, &h.link, meta)?,
         b'1' => {
             let shown = lode_common::escape(&h.link);
             let target = normalize(&h.link, true).map_err(|_| EntryError::LinkTarget {
@@ -296,7 +296,7 @@ fn apply_entry(
                 }
                 .into());
             }
-            b.add_hardlink(&path, &target)?;
+            b.add_hardlink(path, &target)?;
         }
         b'3' | b'4' => {
             let (major, minor) = (dev(h.dev.0, "device major")?, dev(h.dev.1, "device minor")?);
@@ -305,9 +305,9 @@ fn apply_entry(
             } else {
                 Special::BlockDev(major, minor)
             };
-            b.add_special(&path, s, meta)?;
+            b.add_special(path, s, meta)?;
         }
-        b'6' => b.add_special(&path, Special::Fifo, meta)?,
+        b'6' => b.add_special(path, Special::Fifo, meta)?,
         other => return Err(EntryError::UnsupportedType(other).into()),
     }
     Ok(())
