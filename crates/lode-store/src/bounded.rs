@@ -266,13 +266,20 @@ impl Store {
     pub(crate) async fn read_manifest_object<T>(
         &self,
         path: &Path,
+        digest: &str,
         check: impl FnOnce(&lode_chunk::ManifestHeader) -> Result<T>,
     ) -> Result<Option<(Bytes, T)>> {
         let Some(mut r) = self.open_object(path, ObjectKind::Manifest).await? else {
             return Ok(None);
         };
         let prefix = r.read_prefix(MAX_HEADER_LEN as u64).await?;
-        let header = lode_chunk::ManifestHeader::parse(&prefix)?;
+        let header = lode_chunk::ManifestHeader::parse(&prefix).map_err(|source| {
+            StoreError::CorruptManifest {
+                digest: digest.to_string(),
+                path: path.to_string(),
+                source,
+            }
+        })?;
         let implied = header.encoded_len();
         if r.size() != implied {
             return Err(StoreError::WrongSize {

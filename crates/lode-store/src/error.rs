@@ -92,6 +92,18 @@ pub enum StoreError {
         /// Actual digest.
         actual: String,
     },
+    /// A manifest object whose header is not a manifest's (found before the
+    /// rest is read, so before its digest can be checked).
+    #[error("manifest {digest} at '{path}' is corrupt: {source}")]
+    CorruptManifest {
+        /// The digest it is stored under.
+        digest: String,
+        /// Object path.
+        path: String,
+        /// What is wrong with its header.
+        #[source]
+        source: ChunkError,
+    },
     /// Chunk, manifest or key failure.
     #[error(transparent)]
     Chunk(#[from] ChunkError),

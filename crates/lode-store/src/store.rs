@@ -169,13 +169,13 @@ impl Store {
         check: impl FnOnce(&lode_chunk::ManifestHeader) -> Result<T>,
     ) -> Result<(Bytes, T)> {
         let path = Path::from(format!("tenants/{tenant}/manifests/{}", hex_of(digest)?));
-        let (bytes, checked) =
-            self.read_manifest_object(&path, check)
-                .await?
-                .ok_or(StoreError::Missing {
-                    what: "manifest",
-                    path: path.to_string(),
-                })?;
+        let (bytes, checked) = self
+            .read_manifest_object(&path, digest, check)
+            .await?
+            .ok_or(StoreError::Missing {
+                what: "manifest",
+                path: path.to_string(),
+            })?;
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if actual != digest {
             return Err(StoreError::Corrupt {
