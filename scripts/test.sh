@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pair in e2fsck:e2fsprogs skopeo:skopeo umoci:umoci qemu-img:qemu-utils qemu-io:qemu-utils nbdinfo:libnbd-bin nbdfuse:libnbd-bin fusermount3:fuse3 bsdtar:libarchive-tools; do
+for pair in time:time prlimit:util-linux e2fsck:e2fsprogs skopeo:skopeo umoci:umoci qemu-img:qemu-utils qemu-io:qemu-utils nbdinfo:libnbd-bin nbdfuse:libnbd-bin fusermount3:fuse3 bsdtar:libarchive-tools; do
   cmd=${pair%%:*}; pkg=${pair##*:}
+  # `time` is a shell keyword: the tests need the program /usr/bin/time.
+  [ "$cmd" = time ] && cmd=/usr/bin/time
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 

@@ -131,7 +131,7 @@ impl Exports {
         if self.prefetch != Prefetch::None {
             match self
                 .store
-                .get_working_set(tenant, &image.image.digest)
+                .get_working_set(tenant, &image.image.digest, image.chunks())
                 .await
             {
                 Ok(Some(b)) => match lode_chunk::workingset::open(

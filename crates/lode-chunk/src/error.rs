@@ -52,7 +52,7 @@ pub enum ChunkError {
         provider: String,
     },
     /// A tenant name that is not allowed.
-    #[error("invalid tenant name '{0}': use 1-64 of [A-Za-z0-9._-], not starting with '.'")]
+    #[error("invalid tenant name '{}': use 1-64 of [A-Za-z0-9._-], not starting with '.'", lode_common::escape_str(.0))]
     BadTenant(String),
     /// Key storage failed.
     #[error("key store {path}: {source}")]

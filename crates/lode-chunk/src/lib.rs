@@ -23,4 +23,4 @@ pub use crypto::{
 };
 pub use error::ChunkError;
 pub use keys::{DataKey, KeyProvider, Keyring, Salt};
-pub use manifest::{ChunkSecret, KeyTable, Manifest};
+pub use manifest::{ChunkSecret, KeyTable, Manifest, ManifestHeader, MAX_CHUNK_SIZE};

@@ -31,6 +31,14 @@ pub const MAX_CHUNKS: u64 = 1 << 25;
 /// Largest image a manifest may describe (16 TiB): larger sizes are refused,
 /// so a manifest cannot make an agent size anything by a bogus image size.
 pub const MAX_IMAGE_SIZE: u64 = 16 << 40;
+/// Smallest chunk size a manifest may declare.
+pub const MIN_CHUNK_SIZE: u32 = 4096;
+/// Largest chunk size a manifest may declare: the chunk format's maximum, and
+/// so the largest chunk object a reader ever accepts.
+pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
+/// Longest manifest header (everything before the chunk names): fixed fields,
+/// three strings of at most 65,535 bytes each, the nonce.
+pub const MAX_HEADER_LEN: usize = 28 + 3 * (2 + u16::MAX as usize) + 12;
 
 /// Secret part of one chunk's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +52,29 @@ pub struct ChunkSecret {
 /// The opened key table: one entry per chunk, `None` for holes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyTable(pub Vec<Option<ChunkSecret>>);
+
+/// The fixed part of a manifest, before its chunk names: enough to know how
+/// large the whole manifest must be and to open its data key, so a reader
+/// checks both before it buffers (or allocates for) a single chunk entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestHeader {
+    /// Tenant that owns the image.
+    pub tenant: String,
+    /// Image size in bytes.
+    pub image_size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Number of chunks (checked against the image size).
+    pub chunk_count: u64,
+    /// Root holding the chunks.
+    pub root: String,
+    /// Data key wrapped by the key provider.
+    pub wrapped_key: Vec<u8>,
+    /// GCM nonce.
+    pub nonce: [u8; 12],
+    /// Length of the header in bytes (offset of the chunk names).
+    pub len: usize,
+}
 
 /// A parsed manifest. Names are readable by anyone; keys need the tenant's key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +137,77 @@ impl<'a> Reader<'a> {
         let n = self.u16(what)? as usize;
         String::from_utf8(self.take(n, what)?.to_vec())
             .map_err(|_| bad(format!("{what} is not UTF-8")))
+    }
+}
+
+impl ManifestHeader {
+    /// Parses the header at the start of `bytes` (what follows it is not
+    /// looked at): magic, version, sizes, strings, nonce. Untrusted input:
+    /// every length is checked, nothing is allocated by a count.
+    pub fn parse(bytes: &[u8]) -> Result<ManifestHeader, ChunkError> {
+        let mut r = Reader { b: bytes, pos: 0 };
+        if r.take(8, "magic")? != MAGIC {
+            return Err(bad("not a lode manifest (bad magic)"));
+        }
+        let version = r.u16("version")?;
+        if version != VERSION {
+            return Err(bad(format!(
+                "unsupported version {version} (this lode reads {VERSION})"
+            )));
+        }
+        if r.u16("reserved")? != 0 {
+            return Err(bad("reserved field is not zero"));
+        }
+        let image_size = r.u64("image size")?;
+        let chunk_size = r.u32("chunk size")?;
+        if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+        {
+            return Err(bad(format!("invalid chunk size {chunk_size}")));
+        }
+        let count = u64::from(r.u32("chunk count")?);
+        if image_size > MAX_IMAGE_SIZE {
+            return Err(bad(format!(
+                "image size {image_size} exceeds the limit of {MAX_IMAGE_SIZE}"
+            )));
+        }
+        if count != chunk_count(image_size, chunk_size) {
+            return Err(bad(format!(
+                "chunk count {count} does not match image size {image_size}"
+            )));
+        }
+        if count > MAX_CHUNKS {
+            return Err(bad(format!(
+                "chunk count {count} exceeds the limit of {MAX_CHUNKS} chunks"
+            )));
+        }
+        let tenant = r.str16("tenant")?;
+        check_tenant(&tenant)?;
+        let root = r.str16("root")?;
+        let n = r.u16("wrapped key")? as usize;
+        let wrapped_key = r.take(n, "wrapped key")?.to_vec();
+        let nonce: [u8; 12] = r.take(12, "nonce")?.try_into().expect("12 bytes");
+        Ok(ManifestHeader {
+            tenant,
+            image_size,
+            chunk_size,
+            chunk_count: count,
+            root,
+            wrapped_key,
+            nonce,
+            len: r.pos,
+        })
+    }
+
+    /// The size in bytes of the whole manifest this header begins:
+    /// header, names, table length, sealed table and tag.
+    pub fn encoded_len(&self) -> u64 {
+        self.len as u64 + 4 + 16 + self.chunk_count * (32 + 64)
+    }
+
+    /// Opens the data key with the tenant's key: the check a reader makes
+    /// before it reads (or allocates for) the chunk entries.
+    pub fn unwrap_key(&self, provider: &dyn KeyProvider) -> Result<DataKey, ChunkError> {
+        provider.unwrap(&self.tenant, &self.wrapped_key)
     }
 }
 
@@ -206,41 +308,17 @@ impl Manifest {
 
     /// Parses manifest bytes (untrusted input: every length is checked).
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ChunkError> {
-        let mut r = Reader { b: bytes, pos: 0 };
-        if r.take(8, "magic")? != MAGIC {
-            return Err(bad("not a lode manifest (bad magic)"));
-        }
-        let version = r.u16("version")?;
-        if version != VERSION {
-            return Err(bad(format!(
-                "unsupported version {version} (this lode reads {VERSION})"
-            )));
-        }
-        if r.u16("reserved")? != 0 {
-            return Err(bad("reserved field is not zero"));
-        }
-        let image_size = r.u64("image size")?;
-        let chunk_size = r.u32("chunk size")?;
-        if !chunk_size.is_power_of_two() || !(4096..=(64 << 20)).contains(&chunk_size) {
-            return Err(bad(format!("invalid chunk size {chunk_size}")));
-        }
-        let count = u64::from(r.u32("chunk count")?);
-        if image_size > MAX_IMAGE_SIZE {
-            return Err(bad(format!(
-                "image size {image_size} exceeds the limit of {MAX_IMAGE_SIZE}"
-            )));
-        }
-        if count != chunk_count(image_size, chunk_size) || count > MAX_CHUNKS {
-            return Err(bad(format!(
-                "chunk count {count} does not match image size {image_size}"
-            )));
-        }
-        let tenant = r.str16("tenant")?;
-        check_tenant(&tenant)?;
-        let root = r.str16("root")?;
-        let n = r.u16("wrapped key")? as usize;
-        let wrapped_key = r.take(n, "wrapped key")?.to_vec();
-        let nonce: [u8; 12] = r.take(12, "nonce")?.try_into().expect("12 bytes");
+        let ManifestHeader {
+            tenant,
+            image_size,
+            chunk_size,
+            chunk_count: count,
+            root,
+            wrapped_key,
+            nonce,
+            len,
+        } = ManifestHeader::parse(bytes)?;
+        let mut r = Reader { b: bytes, pos: len };
         let raw = r.take(count as usize * 32, "chunk names")?;
         let names = raw
             .chunks(32)
@@ -271,7 +349,12 @@ impl Manifest {
 
     /// Opens the key table with the tenant's key, authenticating the whole manifest.
     pub fn open(&self, provider: &dyn KeyProvider) -> Result<KeyTable, ChunkError> {
-        let data_key = provider.unwrap(&self.tenant, &self.wrapped_key)?;
+        self.open_with_key(&provider.unwrap(&self.tenant, &self.wrapped_key)?)
+    }
+
+    /// [`Manifest::open`] with the data key already unwrapped (by
+    /// [`ManifestHeader::unwrap_key`], before the rest was read).
+    pub fn open_with_key(&self, data_key: &DataKey) -> Result<KeyTable, ChunkError> {
         let aad = self.header_bytes();
         let table = Aes256Gcm::new(&data_key.0.into())
             .decrypt(
@@ -309,6 +392,7 @@ impl Manifest {
 mod tests {
     use super::*;
     use crate::keys::Keyring;
+    use crate::ChunkError;
     use proptest::prelude::*;
 
     fn sample(names: Vec<Option<ChunkName>>, k: &Keyring) -> Manifest {
@@ -344,6 +428,40 @@ mod tests {
         for cut in [0, 7, 30, bytes.len() - 1] {
             assert!(Manifest::decode(&bytes[..cut]).is_err());
         }
+    }
+
+    /// A reader learns the whole manifest's size and opens (or fails to
+    /// open) the data key from the header alone: a manifest claiming 2^25
+    /// chunks under another tenant's key fails before its names are read.
+    #[test]
+    fn the_header_alone_gives_the_size_and_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Keyring::new(d.path());
+        let m = sample(vec![Some(ChunkName([1; 32])), None], &k);
+        let bytes = m.encode();
+        let h = ManifestHeader::parse(&bytes).unwrap();
+        assert_eq!(h.encoded_len(), bytes.len() as u64);
+        assert_eq!(ManifestHeader::parse(&bytes[..h.len]).unwrap(), h);
+        assert!(ManifestHeader::parse(&bytes[..h.len - 1]).is_err());
+        let key = h.unwrap_key(&k).unwrap();
+        assert_eq!(m.open_with_key(&key).unwrap(), m.open(&k).unwrap());
+
+        // Same structure, 2^25 chunks claimed, wrapped for another tenant key.
+        let mut big = m.clone();
+        big.image_size = MAX_CHUNKS * 4096;
+        let mut header = big.encode();
+        header.truncate(h.len);
+        header[24..28].copy_from_slice(&(MAX_CHUNKS as u32).to_le_bytes());
+        let h = ManifestHeader::parse(&header).unwrap();
+        assert_eq!(h.encoded_len(), h.len as u64 + 20 + MAX_CHUNKS * 96);
+        let other = Keyring::new(d.path().join("other"));
+        other.wrap("t1", &DataKey::random().unwrap()).unwrap();
+        assert!(matches!(
+            h.unwrap_key(&other),
+            Err(ChunkError::WrongKey { .. })
+        ));
+        header[24..28].copy_from_slice(&(MAX_CHUNKS as u32 + 1).to_le_bytes());
+        assert!(ManifestHeader::parse(&header).is_err());
     }
 
     proptest! {

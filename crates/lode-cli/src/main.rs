@@ -1,6 +1,7 @@
 //! `lode`: start VMs from container images loaded on demand.
 
 mod cmd;
+mod shutdown;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -71,6 +72,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // A command stopped by SIGTERM or SIGINT exits as the shell expects.
+            let code = match e.downcast_ref::<shutdown::Interrupted>() {
+                Some(i) => ExitCode::from((128 + i.signal).clamp(0, 255) as u8),
+                None => ExitCode::FAILURE,
+            };
             // One line: the error and those of its causes it does not already quote.
             let mut msg = String::new();
             for cause in e.chain() {
@@ -82,9 +88,11 @@ fn main() -> ExitCode {
                     msg.push_str(&c);
                 }
             }
-            let msg = msg.replace('\n', " ");
+            // Parts that echo input are escaped where they are made; this is
+            // the last line of defence: nothing a terminal acts on is printed.
+            let msg = lode_common::escape_controls(&msg.replace('\n', " ")).into_owned();
             eprintln!("lode: error: {msg}");
-            ExitCode::FAILURE
+            code
         }
     }
 }

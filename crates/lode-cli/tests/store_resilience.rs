@@ -110,7 +110,8 @@ fn killed_push_leaves_no_image_and_resumes() {
     assert_same(&src, &out);
     std::fs::remove_file(&out).unwrap();
 
-    // A pull killed midway never leaves OUT (its temp file may remain).
+    // A pull killed midway never leaves OUT (its temp file may remain, for
+    // the next pull to the same OUT to remove).
     let mut child = w
         .command(&[
             "pull",
@@ -134,7 +135,7 @@ fn killed_push_leaves_no_image_and_resumes() {
         let tmp: Vec<PathBuf> = files_under(&outdir);
         if tmp
             .iter()
-            .any(|p| p.to_string_lossy().starts_with(".lode-pull."))
+            .any(|p| p.to_string_lossy().ends_with(".lode-tmp"))
             && start.elapsed() > Duration::from_millis(300)
         {
             child.kill().unwrap();
@@ -152,6 +153,13 @@ fn killed_push_leaves_no_image_and_resumes() {
         "pull was not killed midway ({status})"
     );
     assert!(!out.exists(), "a killed pull left a partial OUT");
+    w.pull("crash", "big", &out);
+    assert_same(&src, &out);
+    assert_eq!(
+        files_under(&outdir),
+        [PathBuf::from("big.img")],
+        "the next pull removes the killed run's temp file"
+    );
 }
 
 /// Three images of 24 chunks: X and Y share 12, Z shares nothing.

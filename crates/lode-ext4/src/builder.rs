@@ -21,6 +21,7 @@
 //! or replace keep their bytes and are marked free.
 
 use crate::bitmap::Bitmap;
+use crate::data::FileData;
 use crate::error::{show_path, Ext4Error, Result};
 use crate::format::dir::{self, ftype, DirEntry};
 use crate::format::extent::{self, Extent};
@@ -28,18 +29,15 @@ use crate::format::htree;
 use crate::format::inode::{self, mode, InodeRecord, Timestamp};
 use crate::format::superblock::{self, GroupDesc, SuperblockParams};
 use crate::format::xattr::Placement;
+pub use crate::geometry::Limits;
+use crate::geometry::{Geometry, LOST_FOUND_BLOCK, MAX_BLOCKS};
 use crate::layout::*;
 use crate::tree::{Kind, Meta, NodeId, Tree, LOST_FOUND, ROOT};
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 
-/// Block of `/lost+found`'s directory contents (last block of chunk 0).
-const LOST_FOUND_BLOCK: u64 = HEADER_BLOCKS - 1;
 /// Data is buffered up to this many bytes before it is written.
 const WRITE_BUFFER: usize = 8 << 20;
-/// Largest block number without the `64bit` feature.
-const MAX_BLOCKS: u64 = 1 << 32;
 
 /// Choices that shape the image but not its content.
 #[derive(Clone, Debug, Default)]
@@ -52,6 +50,8 @@ pub struct Options {
     pub hash_seed: [u8; 16],
     /// Volume label, up to 16 bytes.
     pub label: Vec<u8>,
+    /// Bounds on what the content may make the image cost.
+    pub limits: Limits,
 }
 
 /// What was written.
@@ -99,7 +99,12 @@ pub struct Builder {
     pending_start: u64,
     max_mtime: i64,
     data_bytes: u64,
+    /// Read buffer of `add_file`, allocated once, on the first file with data.
+    buf: Vec<u8>,
 }
+
+/// Bytes `add_file` reads at once.
+const READ_BUFFER: usize = 1 << 20;
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Ext4Error {
     let what = what.into();
@@ -114,8 +119,8 @@ impl Builder {
     pub fn new(out: File, opts: Options) -> Self {
         Builder {
             out,
+            tree: Tree::with_max_nodes(opts.limits.inodes),
             opts,
-            tree: Tree::new(),
             in_layer: false,
             layers: 0,
             cursor: HEADER_BLOCKS,
@@ -125,6 +130,7 @@ impl Builder {
             pending_start: HEADER_BLOCKS,
             max_mtime: 0,
             data_bytes: 0,
+            buf: Vec::new(),
         }
     }
 
@@ -204,18 +210,24 @@ impl Builder {
     }
 
     /// Adds a regular file of `size` bytes read from `data`. All-zero blocks
-    /// become holes; the others are written contiguously at the layer's cursor.
+    /// become holes; the others are written contiguously at the layer's
+    /// cursor. Whole blocks of the holes `data` reports are skipped without
+    /// being read, so a sparse file costs what it stores, not its size.
     pub fn add_file(
         &mut self,
         path: &[Vec<u8>],
         meta: Meta,
         size: u64,
-        data: &mut dyn Read,
+        data: &mut dyn FileData,
     ) -> Result<()> {
         self.check_layer(Some(&meta))?;
         if size.div_ceil(BLOCK_SIZE) >= MAX_BLOCKS {
             return Err(Ext4Error::TooLarge {
-                what: format!("file '{}' of {size} bytes", show_path(path)),
+                what: format!(
+                    "file '{}' of {size} bytes, over ext4's limit of {} bytes per file",
+                    show_path(path),
+                    (MAX_BLOCKS - 1) * BLOCK_SIZE
+                ),
             });
         }
         let id = self.tree.add_node(
@@ -226,9 +238,14 @@ impl Builder {
             },
             meta,
         )?;
-        let extents = self.stream_data(path, size, data)?;
+        let mut buf = std::mem::take(&mut self.buf);
+        if size > 0 && buf.is_empty() {
+            buf = vec![0u8; READ_BUFFER];
+        }
+        let extents = self.stream_data(path, size, data, &mut buf);
+        self.buf = buf;
         if let Kind::File { extents: e, .. } = &mut self.tree.nodes[id].kind {
-            *e = extents;
+            *e = extents?;
         }
         Ok(())
     }
@@ -237,20 +254,34 @@ impl Builder {
         &mut self,
         path: &[Vec<u8>],
         size: u64,
-        data: &mut dyn Read,
+        data: &mut dyn FileData,
+        buf: &mut [u8],
     ) -> Result<Vec<Extent>> {
         let bs = BLOCK_SIZE as usize;
-        let mut buf = vec![0u8; 1 << 20];
+        let read_err = || io_err(format!("reading data of '{}'", show_path(path)));
         let mut extents = Vec::new();
         let mut done = 0u64;
         let mut logical = 0u32;
+        // `done` stays on a block boundary until the file's last block.
         while done < size {
+            let hole = data.hole_ahead().min(size - done) / BLOCK_SIZE * BLOCK_SIZE;
+            if hole > 0 {
+                data.skip_hole(hole).map_err(read_err())?;
+                done += hole;
+                logical += (hole / BLOCK_SIZE) as u32;
+                continue;
+            }
             let want = (size - done).min(buf.len() as u64) as usize;
             let mut got = 0;
             while got < want {
-                let n = data
-                    .read(&mut buf[got..want])
-                    .map_err(io_err(format!("reading data of '{}'", show_path(path))))?;
+                // Inside a hole, read zeros only up to the end of the block:
+                // whole blocks of hole are the outer loop's to skip.
+                let end = match data.hole_ahead() {
+                    0 => want,
+                    h if got % bs == 0 && h >= BLOCK_SIZE && got > 0 => break,
+                    _ => want.min((got / bs + 1) * bs),
+                };
+                let n = data.read(&mut buf[got..end]).map_err(read_err())?;
                 if n == 0 {
                     return Err(Ext4Error::ShortData {
                         path: show_path(path),
@@ -277,6 +308,7 @@ impl Builder {
                 }
                 logical += 1;
             }
+            self.opts.limits.check_device(self.cursor)?;
         }
         Ok(extents)
     }
@@ -329,7 +361,10 @@ impl Builder {
         let groups = count.div_ceil(u64::from(INODES_PER_GROUP));
         if self.next_group + groups > MAX_GROUPS {
             return Err(Ext4Error::TooLarge {
-                what: format!("more than {} inode groups", MAX_GROUPS),
+                what: format!(
+                    "{} inode groups, over the limit of {MAX_GROUPS} groups whose descriptors fit in the header",
+                    self.next_group + groups
+                ),
             });
         }
         for (i, &id) in fresh.iter().enumerate() {
@@ -359,8 +394,16 @@ impl Builder {
         self.cursor = round_up(self.cursor, SECTION_ALIGN_BLOCKS);
         if self.cursor >= MAX_BLOCKS {
             return Err(Ext4Error::TooLarge {
-                what: "more than 16 TiB of blocks".into(),
+                what: format!(
+                    "{} blocks, over the limit of {MAX_BLOCKS} blocks (16 TiB)",
+                    self.cursor
+                ),
             });
+        }
+        // The device this content implies so far (groups of inodes included).
+        if self.opts.size.is_none() {
+            let geo = Geometry::plan(self.cursor, self.next_group, None, 0)?;
+            self.opts.limits.check_device(geo.blocks)?;
         }
         self.pending_start = self.cursor;
         self.in_layer = false;
@@ -701,106 +744,6 @@ fn contiguous_extents(start: u64, count: u64) -> Vec<Extent> {
     let mut v = Vec::new();
     extent::push_run(&mut v, 0, start, count as u32);
     v
-}
-
-/// Where the global structures go, decided once all layers are in.
-#[derive(Debug)]
-struct Geometry {
-    blocks: u64,
-    groups: u64,
-    gdt_blocks: u64,
-    block_bitmaps: u64,
-    inode_bitmaps: u64,
-    spare_tables: u64,
-    /// Group 0's inode table when it goes in chunk 0 (else it stays in the
-    /// slot reserved at the end of layer 0's inode tables).
-    table0: Option<u64>,
-    timestamp: u32,
-}
-
-impl Geometry {
-    fn gdt_blocks(groups: u64) -> u64 {
-        (groups * DESC_SIZE).div_ceil(BLOCK_SIZE)
-    }
-
-    fn bitmaps_in_header(groups: u64) -> bool {
-        1 + Self::gdt_blocks(groups) + 2 * groups <= LOST_FOUND_BLOCK
-    }
-
-    /// Blocks needed with `groups` groups, before free space.
-    fn min_blocks(sections_end: u64, inode_groups: u64, groups: u64) -> u64 {
-        let bitmaps = if Self::bitmaps_in_header(groups) {
-            0
-        } else {
-            2 * groups
-        };
-        sections_end + bitmaps + (groups - inode_groups) * INODE_TABLE_BLOCKS
-    }
-
-    fn plan(
-        sections_end: u64,
-        inode_groups: u64,
-        size: Option<u64>,
-        max_mtime: i64,
-    ) -> Result<Geometry> {
-        let mut groups = inode_groups + 1;
-        let headroom = (32 << 20) / BLOCK_SIZE + sections_end / 10;
-        loop {
-            let need = Self::min_blocks(sections_end, inode_groups, groups) + headroom;
-            let g = need.div_ceil(BLOCKS_PER_GROUP).max(groups);
-            if g == groups {
-                break;
-            }
-            groups = g;
-        }
-        let mut blocks = groups * BLOCKS_PER_GROUP;
-        if let Some(bytes) = size {
-            let want = bytes / BLOCK_SIZE;
-            let g = want.div_ceil(BLOCKS_PER_GROUP);
-            let minimum =
-                |g: u64| Self::min_blocks(sections_end, inode_groups, g.max(inode_groups));
-            if g < inode_groups || want < minimum(g) || want - (g - 1) * BLOCKS_PER_GROUP < 64 {
-                let mut m = inode_groups.max(1);
-                while minimum(m) > m * BLOCKS_PER_GROUP {
-                    m += 1;
-                }
-                return Err(Ext4Error::SizeTooSmall {
-                    requested: bytes,
-                    minimum: minimum(m).max((m - 1) * BLOCKS_PER_GROUP + 64) * BLOCK_SIZE,
-                });
-            }
-            groups = g;
-            blocks = want;
-        }
-        if groups > MAX_GROUPS || blocks >= MAX_BLOCKS {
-            return Err(Ext4Error::TooLarge {
-                what: format!("{blocks} blocks in {groups} groups"),
-            });
-        }
-        let gdt_blocks = Self::gdt_blocks(groups);
-        let in_header = Self::bitmaps_in_header(groups);
-        let (block_bitmaps, tail) = if in_header {
-            (1 + gdt_blocks, sections_end)
-        } else {
-            (sections_end, sections_end + 2 * groups)
-        };
-        // Chunk 0 takes group 0's inode table, right before lost+found's
-        // block, when it fits beside the descriptors and whatever bitmaps
-        // chunk 0 holds; bitmaps keep priority (they differ per image).
-        let header_used = 1 + gdt_blocks + if in_header { 2 * groups } else { 0 };
-        let table0 = (header_used + INODE_TABLE_BLOCKS <= LOST_FOUND_BLOCK)
-            .then_some(LOST_FOUND_BLOCK - INODE_TABLE_BLOCKS);
-        Ok(Geometry {
-            blocks,
-            groups,
-            gdt_blocks,
-            block_bitmaps,
-            inode_bitmaps: block_bitmaps + groups,
-            spare_tables: tail,
-            table0,
-            timestamp: max_mtime.clamp(0, i64::from(u32::MAX)) as u32,
-        })
-    }
 }
 
 /// Timestamp helper for callers: seconds and nanoseconds.

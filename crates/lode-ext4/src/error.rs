@@ -76,7 +76,7 @@ pub enum Ext4Error {
         path: String,
     },
     /// Extended attributes that ext4 cannot store.
-    #[error("entry '{path}': extended attributes: {problem:?}")]
+    #[error("entry '{path}': extended attributes: {problem}")]
     Xattr {
         /// The entry.
         path: String,
@@ -107,6 +107,20 @@ pub enum Ext4Error {
         /// Which limit was hit.
         what: String,
     },
+    /// The layers create more inodes than the limit allows.
+    #[error("the layers create more than {limit} inodes, the inode limit (each 1024 inodes take a 128 MiB block group of the device)")]
+    InodeLimit {
+        /// The limit.
+        limit: u64,
+    },
+    /// The content implies a device larger than the limit.
+    #[error("the content implies a device of {bytes} bytes, over the device size limit of {limit} bytes")]
+    DeviceLimit {
+        /// Device size implied so far.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// `--size` is smaller than the content needs.
     #[error("requested size {requested} bytes is below the {minimum} bytes this image needs")]
     SizeTooSmall {
@@ -123,14 +137,19 @@ pub enum Ext4Error {
 /// Result alias for this crate.
 pub type Result<T, E = Ext4Error> = std::result::Result<T, E>;
 
-/// Shows a path of name components as `a/b/c` (lossy for non-UTF-8 bytes).
+/// Shows a path of name components as `a/b/c`, escaped for messages
+/// (control characters and bytes that are not UTF-8 as `\xNN`, see
+/// [`lode_common::escape`]).
 pub fn show_path(components: &[Vec<u8>]) -> String {
     if components.is_empty() {
         return "/".to_string();
     }
-    components
-        .iter()
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect::<Vec<_>>()
-        .join("/")
+    let mut out = String::new();
+    for (i, c) in components.iter().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(&lode_common::escape(c));
+    }
+    out
 }

@@ -25,12 +25,15 @@
 
 pub mod bitmap;
 pub mod builder;
+pub mod data;
 pub mod error;
 pub mod format;
+mod geometry;
 pub mod layout;
 pub mod tree;
 
-pub use builder::{Builder, Options, Special, Summary};
+pub use builder::{Builder, Limits, Options, Special, Summary};
+pub use data::{Dense, FileData};
 pub use error::{Ext4Error, Result};
 pub use format::inode::Timestamp;
 pub use tree::Meta;

@@ -134,8 +134,15 @@ pub struct Tree {
     pub nodes: Vec<Node>,
     /// The layer being applied.
     pub layer: usize,
-    /// Paths given explicitly in the current layer (to refuse duplicates).
-    seen: HashSet<Vec<Vec<u8>>>,
+    /// Entries given explicitly in the current layer, as (parent directory,
+    /// name), to refuse duplicates. A directory has one path, so the pair
+    /// names the path; and it costs one name per entry, where full paths
+    /// would cost depth² for deeply nested trees.
+    seen: HashSet<(NodeId, Vec<u8>)>,
+    /// The root was given explicitly in the current layer.
+    root_seen: bool,
+    /// Most nodes (inodes) the tree may hold.
+    max_nodes: u64,
 }
 
 /// Root directory's node.
@@ -154,12 +161,21 @@ fn placement(path: &[Vec<u8>], meta: &Meta) -> Result<Placement> {
 }
 
 impl Tree {
-    /// A tree holding only `/` and `/lost+found`.
+    /// A tree holding only `/` and `/lost+found`, with no limit on nodes
+    /// beyond the format's.
     pub fn new() -> Self {
+        Self::with_max_nodes(u64::MAX)
+    }
+
+    /// A tree holding only `/` and `/lost+found` that refuses to grow past
+    /// `max_nodes` nodes (inodes) with [`Ext4Error::InodeLimit`].
+    pub fn with_max_nodes(max_nodes: u64) -> Self {
         let mut t = Tree {
             nodes: Vec::new(),
             layer: 0,
             seen: HashSet::new(),
+            root_seen: false,
+            max_nodes: u64::MAX,
         };
         let root = t.push(
             Kind::Dir {
@@ -182,7 +198,18 @@ impl Tree {
         t.nodes[root].ino = crate::layout::ROOT_INO;
         t.nodes[lf].ino = crate::layout::LOST_FOUND_INO;
         t.children_mut(ROOT).insert(b"lost+found".to_vec(), lf);
+        t.max_nodes = max_nodes;
         t
+    }
+
+    /// Adds a node, within the node limit.
+    fn push_checked(&mut self, kind: Kind, meta: Meta, xattrs: Placement) -> Result<NodeId> {
+        if self.nodes.len() as u64 >= self.max_nodes {
+            return Err(Ext4Error::InodeLimit {
+                limit: self.max_nodes,
+            });
+        }
+        Ok(self.push(kind, meta, xattrs))
     }
 
     fn push(&mut self, kind: Kind, meta: Meta, xattrs: Placement) -> NodeId {
@@ -205,6 +232,7 @@ impl Tree {
     pub fn begin_layer(&mut self, layer: usize) {
         self.layer = layer;
         self.seen.clear();
+        self.root_seen = false;
         for n in &mut self.nodes {
             n.dirty = false;
         }
@@ -272,13 +300,13 @@ impl Tree {
                     })
                 }
                 Some(_) | None => {
-                    let d = self.push(
+                    let d = self.push_checked(
                         Kind::Dir {
                             children: BTreeMap::new(),
                         },
                         Meta::implied_dir(),
                         Placement::None,
-                    );
+                    )?;
                     self.attach(cur, c.clone(), d);
                     d
                 }
@@ -297,23 +325,25 @@ impl Tree {
         self.nodes[parent].dirty = true;
     }
 
-    /// Drops one reference to `id`, and its subtree once it has none.
+    /// Drops one reference to `id`, and its subtree once it has none
+    /// (iteratively: a tree may be nested as deep as its input allows).
     fn release(&mut self, id: NodeId) {
-        let n = &mut self.nodes[id];
-        n.links = n.links.saturating_sub(1);
-        if n.links > 0 {
-            return;
-        }
-        n.alive = false;
-        if let Kind::Dir { children } = &mut n.kind {
-            let kids: Vec<NodeId> = std::mem::take(children).into_values().collect();
-            for k in kids {
-                self.release(k);
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            let n = &mut self.nodes[id];
+            n.links = n.links.saturating_sub(1);
+            if n.links > 0 {
+                continue;
+            }
+            n.alive = false;
+            if let Kind::Dir { children } = &mut n.kind {
+                stack.extend(std::mem::take(children).into_values());
             }
         }
     }
 
-    fn check_new_path(&mut self, path: &[Vec<u8>]) -> Result<()> {
+    /// Checks the name components of a new entry's path.
+    fn check_components(path: &[Vec<u8>]) -> Result<()> {
         if path.is_empty() {
             return Err(Ext4Error::BadPath {
                 path: "/".into(),
@@ -334,12 +364,20 @@ impl Tree {
                 });
             }
         }
-        if !self.seen.insert(path.to_vec()) {
+        Ok(())
+    }
+
+    /// Checks a new entry's path and walks to (creating) its parent; refuses
+    /// a path given twice in the layer. Returns the parent directory.
+    fn parent_of_new(&mut self, path: &[Vec<u8>]) -> Result<NodeId> {
+        Self::check_components(path)?;
+        let parent = self.parent_for_write(path)?;
+        if !self.seen.insert((parent, path[path.len() - 1].clone())) {
             return Err(Ext4Error::Duplicate {
                 path: show_path(path),
             });
         }
-        Ok(())
+        Ok(parent)
     }
 
     /// Adds or updates a directory. An existing directory keeps its entries and
@@ -347,26 +385,25 @@ impl Tree {
     pub fn add_dir(&mut self, path: &[Vec<u8>], meta: Meta) -> Result<NodeId> {
         let xattrs = placement(path, &meta)?;
         if path.is_empty() {
-            if !self.seen.insert(Vec::new()) {
+            if std::mem::replace(&mut self.root_seen, true) {
                 return Err(Ext4Error::Duplicate { path: "/".into() });
             }
             return Ok(self.set_meta(ROOT, meta, xattrs));
         }
-        self.check_new_path(path)?;
-        let parent = self.parent_for_write(path)?;
+        let parent = self.parent_of_new(path)?;
         let name = &path[path.len() - 1];
         if let Some(&id) = self.children(parent).get(name) {
             if self.nodes[id].kind.is_dir() {
                 return Ok(self.set_meta(id, meta, xattrs));
             }
         }
-        let id = self.push(
+        let id = self.push_checked(
             Kind::Dir {
                 children: BTreeMap::new(),
             },
             meta,
             xattrs,
-        );
+        )?;
         self.attach(parent, name.clone(), id);
         Ok(id)
     }
@@ -392,8 +429,7 @@ impl Tree {
                 });
             }
         }
-        self.check_new_path(path)?;
-        let parent = self.parent_for_write(path)?;
+        let parent = self.parent_of_new(path)?;
         let name = &path[path.len() - 1];
         if let Some(&old) = self.children(parent).get(name) {
             if self.nodes[old].layer == self.layer && self.nodes[old].kind.is_dir() {
@@ -402,7 +438,7 @@ impl Tree {
                 });
             }
         }
-        let id = self.push(kind, meta, xattrs);
+        let id = self.push_checked(kind, meta, xattrs)?;
         self.attach(parent, name.clone(), id);
         Ok(id)
     }
@@ -425,8 +461,7 @@ impl Tree {
                 path: show_path(path),
             });
         }
-        self.check_new_path(path)?;
-        let parent = self.parent_for_write(path)?;
+        let parent = self.parent_of_new(path)?;
         let name = &path[path.len() - 1];
         if self.children(parent).get(name) == Some(&id) {
             return Ok(id);
@@ -444,31 +479,80 @@ impl Tree {
     }
 
     /// Removes lower-layer content below `id`; returns true when something of
-    /// the current layer remains, so `id` itself must stay.
+    /// the current layer remains, so `id` itself must stay. Iterative, with
+    /// an explicit stack: a tree may be nested as deep as its input allows.
     fn prune_lower(&mut self, id: NodeId) -> bool {
+        /// A directory being pruned: its entries (a snapshot), the next one
+        /// to look at, whether it must stay, and its name in its parent.
+        struct Frame {
+            id: NodeId,
+            kids: Vec<(Vec<u8>, NodeId)>,
+            next: usize,
+            keep: bool,
+            name: Vec<u8>,
+        }
         let layer = self.layer;
-        if self.nodes[id].layer == layer {
-            return true;
-        }
-        if !self.nodes[id].kind.is_dir() {
-            return false;
-        }
-        let kids: Vec<(Vec<u8>, NodeId)> = self
-            .children(id)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        let mut keep = self.nodes[id].meta_layer == layer;
-        for (name, k) in kids {
-            if self.prune_lower(k) {
-                keep = true;
+        // Some(keep) for what needs no descent: current-layer content stays,
+        // lower-layer non-directories go.
+        let settled = |t: &Tree, id: NodeId| {
+            if t.nodes[id].layer == layer {
+                Some(true)
+            } else if !t.nodes[id].kind.is_dir() {
+                Some(false)
             } else {
-                self.children_mut(id).remove(&name);
-                self.nodes[id].dirty = true;
-                self.release(k);
+                None
+            }
+        };
+        let frame = |t: &Tree, id: NodeId, name: Vec<u8>| Frame {
+            id,
+            kids: t
+                .children(id)
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            next: 0,
+            keep: t.nodes[id].meta_layer == layer,
+            name,
+        };
+        if let Some(keep) = settled(self, id) {
+            return keep;
+        }
+        let mut stack = vec![frame(self, id, Vec::new())];
+        loop {
+            let Some(top) = stack.last_mut() else {
+                return false;
+            };
+            if top.next < top.kids.len() {
+                let (name, k) = std::mem::take(&mut top.kids[top.next]);
+                top.next += 1;
+                let dir = top.id;
+                match settled(self, k) {
+                    Some(true) => top.keep = true,
+                    Some(false) => self.unlink(dir, &name, k),
+                    None => {
+                        let f = frame(self, k, name);
+                        stack.push(f);
+                    }
+                }
+                continue;
+            }
+            let done = stack.pop().expect("not empty");
+            match stack.last_mut() {
+                None => return done.keep,
+                Some(parent) if done.keep => parent.keep = true,
+                Some(parent) => {
+                    let dir = parent.id;
+                    self.unlink(dir, &done.name, done.id);
+                }
             }
         }
-        keep
+    }
+
+    /// Removes `dir/name` (which is `id`) and drops its reference.
+    fn unlink(&mut self, dir: NodeId, name: &[u8], id: NodeId) {
+        self.children_mut(dir).remove(name);
+        self.nodes[dir].dirty = true;
+        self.release(id);
     }
 
     /// Applies a whiteout `.wh.NAME` found in directory `dir`: hides `dir/NAME`
@@ -488,9 +572,7 @@ impl Tree {
             return self.opaque(&[b"lost+found".to_vec()]);
         }
         if !self.prune_lower(id) {
-            self.children_mut(d).remove(name);
-            self.nodes[d].dirty = true;
-            self.release(id);
+            self.unlink(d, name, id);
         }
         Ok(())
     }
@@ -516,9 +598,7 @@ impl Tree {
                 continue;
             }
             if !self.prune_lower(k) {
-                self.children_mut(d).remove(&name);
-                self.nodes[d].dirty = true;
-                self.release(k);
+                self.unlink(d, &name, k);
             }
         }
         Ok(())

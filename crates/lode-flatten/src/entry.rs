@@ -1,12 +1,11 @@
 //! Reading one layer's tar entries and applying them to the builder.
 
 use crate::error::{EntryError, FlattenError};
+use crate::limits::{Budget, Limit, RATIO_FLOOR};
+use crate::pipe::{Bounds, Piped, Stop};
 use crate::tarball::{Header, TarReader};
-use lode_ext4::{Builder, Meta, Special, Timestamp};
-use lode_oci::{Image, LayerDesc, LayerReader};
-use std::cell::Cell;
-use std::io::Read;
-use std::rc::Rc;
+use lode_ext4::{Builder, FileData, Meta, Special, Timestamp};
+use lode_oci::{Image, LayerDesc};
 
 /// Whiteout prefix of the OCI layer spec.
 const WHITEOUT: &[u8] = b".wh.";
@@ -20,123 +19,42 @@ const PROGRESS_STEP: u64 = 16 << 20;
 /// Splits a tar path into name components. `./` prefixes, empty components and
 /// `.` vanish; `..` is refused, and so is a leading `/` unless `allow_absolute`.
 pub(crate) fn normalize(raw: &[u8], allow_absolute: bool) -> Result<Vec<Vec<u8>>, EntryError> {
+    let mut out = Vec::new();
+    normalize_into(raw, allow_absolute, &mut out)?;
+    Ok(out)
+}
+
+/// [`normalize`] into `out`, reusing the buffers of the components already
+/// there: consecutive tar entries share most of their path, so a deep tree
+/// costs no allocation per component and entry.
+pub(crate) fn normalize_into(
+    raw: &[u8],
+    allow_absolute: bool,
+    out: &mut Vec<Vec<u8>>,
+) -> Result<(), EntryError> {
     if raw.first() == Some(&b'/') && !allow_absolute {
         return Err(EntryError::Absolute);
     }
-    let mut out = Vec::new();
+    let mut n = 0;
     for c in raw.split(|&b| b == b'/') {
         match c {
             b"" | b"." => {}
             b".." => return Err(EntryError::Traversal),
-            _ => out.push(c.to_vec()),
-        }
-    }
-    Ok(out)
-}
-
-/// Bytes moved per message between the decompressing thread and the writer.
-const PIPE_BLOCK: usize = 1 << 20;
-/// Messages in flight: bounds the memory of the pipe to about 8 MiB.
-const PIPE_DEPTH: usize = 8;
-
-enum Msg {
-    Data(Vec<u8>),
-    Failed(std::io::Error),
-    /// End of stream: uncompressed size and the verification result.
-    End(u64, Result<(), lode_oci::OciError>),
-}
-
-/// The layer's tar bytes, decompressed and verified on a thread of their own so
-/// that decompression and hashing overlap with parsing and writing (two cores).
-struct Piped {
-    rx: std::sync::mpsc::Receiver<Msg>,
-    cur: Vec<u8>,
-    pos: usize,
-    end: Option<(u64, Result<(), lode_oci::OciError>)>,
-    count: Rc<Cell<u64>>,
-}
-
-impl Piped {
-    fn spawn(mut reader: LayerReader, count: Rc<Cell<u64>>) -> Piped {
-        let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_DEPTH);
-        std::thread::spawn(move || loop {
-            let mut buf = vec![0u8; PIPE_BLOCK];
-            let mut n = 0;
-            while n < buf.len() {
-                match reader.read(&mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.send(Msg::Failed(e));
-                        return;
+            _ => {
+                match out.get_mut(n) {
+                    Some(v) if v.as_slice() == c => {}
+                    Some(v) => {
+                        v.clear();
+                        v.extend_from_slice(c);
                     }
+                    None => out.push(c.to_vec()),
                 }
+                n += 1;
             }
-            if n == 0 {
-                let bytes = reader.uncompressed_bytes();
-                let _ = tx.send(Msg::End(bytes, reader.finish()));
-                return;
-            }
-            buf.truncate(n);
-            // A closed receiver means the parser stopped: stop too.
-            if tx.send(Msg::Data(buf)).is_err() {
-                return;
-            }
-        });
-        Piped {
-            rx,
-            cur: Vec::new(),
-            pos: 0,
-            end: None,
-            count,
         }
     }
-
-    /// Reads to the end of the stream and returns the verification result.
-    fn finish(mut self) -> (u64, Result<(), lode_oci::OciError>) {
-        let mut sink = [0u8; 64 << 10];
-        loop {
-            match self.read(&mut sink) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    return (
-                        0,
-                        Err(lode_oci::OciError::Io {
-                            path: "layer stream".into(),
-                            source: e,
-                        }),
-                    )
-                }
-            }
-        }
-        self.end.take().unwrap_or((0, Ok(())))
-    }
-}
-
-impl Read for Piped {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.cur.len() {
-            if self.end.is_some() {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(Msg::Data(d)) => {
-                    self.cur = d;
-                    self.pos = 0;
-                }
-                Ok(Msg::Failed(e)) => return Err(e),
-                Ok(Msg::End(n, r)) => self.end = Some((n, r)),
-                Err(_) => return Err(std::io::Error::other("layer reader thread ended")),
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        self.count.set(self.count.get() + n as u64);
-        Ok(n)
-    }
+    out.truncate(n);
+    Ok(())
 }
 
 /// The metadata of an entry, GNU and PAX extensions applied.
@@ -159,65 +77,145 @@ fn meta_of(h: &Header) -> Result<Meta, EntryError> {
     })
 }
 
+/// The error for a pipe that stopped on its own (a limit or a cancel), if
+/// it did: what a failed read turns into.
+fn stopped(pipe: &mut Piped<'_>, desc: &LayerDesc, budget: &Budget<'_>) -> Option<FlattenError> {
+    if let Some(source) = pipe.open_error.take() {
+        return Some(FlattenError::Layer {
+            layer: desc.index,
+            digest: desc.digest.clone(),
+            source,
+        });
+    }
+    let at = format!("layer {} ({}): ", desc.index, desc.digest);
+    Some(match pipe.stopped? {
+        Stop::Cancelled => FlattenError::Interrupted,
+        Stop::Limit(Limit::Ratio, count) => FlattenError::Limit {
+            at,
+            limit: Limit::Ratio,
+            found: format!(
+                "the layer decompresses past {count} bytes from {} compressed bytes",
+                desc.size
+            ),
+            max: format!(
+                "{}:1 (beyond the first {} bytes of a layer)",
+                budget.limits.ratio, RATIO_FLOOR
+            ),
+        },
+        Stop::Limit(limit, count) => FlattenError::Limit {
+            at,
+            limit,
+            found: format!("the layers decompress past {} bytes", budget.bytes + count),
+            max: format!("{} bytes", budget.limits.bytes),
+        },
+    })
+}
+
+/// A writer error, with the writer's limits reported as the image's.
+pub(crate) fn ext4_error(layer: usize, digest: &str, e: lode_ext4::Ext4Error) -> FlattenError {
+    let at = format!("layer {layer} ({digest}): ");
+    match e {
+        lode_ext4::Ext4Error::InodeLimit { limit } => FlattenError::Limit {
+            at,
+            limit: Limit::Inodes,
+            found: format!("the layers create more than {limit} inodes"),
+            max: format!("{limit} inodes (each 1024 take a 128 MiB block group of the device)"),
+        },
+        lode_ext4::Ext4Error::DeviceLimit { bytes, limit } => FlattenError::Limit {
+            at,
+            limit: Limit::DeviceSize,
+            found: format!("the content implies a device of {bytes} bytes"),
+            max: format!("{limit} bytes"),
+        },
+        source => FlattenError::Ext4 {
+            layer,
+            digest: digest.to_string(),
+            source,
+        },
+    }
+}
+
 /// Applies one layer. Returns its uncompressed size and its entry count.
 pub(crate) fn apply_layer(
     image: &Image,
     desc: &LayerDesc,
     b: &mut Builder,
+    budget: &mut Budget<'_>,
     progress: impl Fn(u64),
 ) -> Result<(u64, u64), FlattenError> {
     let layer = desc.index;
     let digest = desc.digest.clone();
-    let reader = image
-        .open_layer(layer)
+    let blob = image
+        .layer_blob(layer)
         .map_err(|source| FlattenError::Layer {
             layer,
             digest: digest.clone(),
             source,
         })?;
-    let count = Rc::new(Cell::new(0u64));
-    let mut archive = TarReader::new(Piped::spawn(reader, count.clone()));
-    b.begin_layer().map_err(|source| FlattenError::Ext4 {
-        layer,
-        digest: digest.clone(),
-        source,
-    })?;
-    let mut last = String::new();
+    let bounds = Bounds {
+        image_left: budget.limits.bytes.saturating_sub(budget.bytes),
+        layer_max: budget.limits.layer_bytes(desc.size),
+        cancel: budget.cancel,
+    };
+    let mut archive = TarReader::new(Piped::spawn(blob, bounds));
+    b.begin_layer().map_err(|e| ext4_error(layer, &digest, e))?;
+    // The previous entry's path, raw: escaped only for a message.
+    let mut last: Vec<u8> = Vec::new();
+    let mut scratch: Vec<Vec<u8>> = Vec::new();
     let mut n = 0u64;
     let mut reported = 0u64;
-    {
-        let read_err = |last: &str, source| FlattenError::Read {
-            layer,
-            digest: digest.clone(),
-            after: if last.is_empty() {
-                String::new()
-            } else {
-                format!(" after entry '{last}'")
-            },
-            source,
-        };
-        while let Some(header) = archive.next_header().map_err(|e| read_err(&last, e))? {
-            last = String::from_utf8_lossy(&header.path).into_owned();
-            let entry_err = |source| FlattenError::Entry {
-                layer,
-                digest: digest.clone(),
-                entry: last.clone(),
-                source,
-            };
-            let ext4_err = |source| FlattenError::Ext4 {
-                layer,
-                digest: digest.clone(),
-                source,
-            };
-            apply_entry(b, &header, &mut archive.data()).map_err(|e| match e {
-                Apply::Entry(e) => entry_err(e),
-                Apply::Ext4(e) => ext4_err(e),
-            })?;
-            n += 1;
-            if count.get() >= reported + PROGRESS_STEP {
-                reported = count.get();
-                progress(reported);
+    loop {
+        let header = match archive.next_header() {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(source) => {
+                return Err(
+                    stopped(archive.inner_mut(), desc, budget).unwrap_or_else(|| {
+                        FlattenError::Read {
+                            layer,
+                            digest: digest.clone(),
+                            after: if last.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" after entry '{}'", lode_common::Shown(&last))
+                            },
+                            source,
+                        }
+                    }),
+                )
             }
+        };
+        if budget.entries >= budget.limits.entries {
+            return Err(FlattenError::Limit {
+                at: format!("layer {layer} ({digest}): "),
+                limit: Limit::Entries,
+                found: format!("more than {} tar entries", budget.limits.entries),
+                max: format!("{} entries", budget.limits.entries),
+            });
+        }
+        budget.entries += 1;
+        if let Err(e) = apply_entry(b, &header, &mut archive.data(), &mut scratch) {
+            return Err(
+                stopped(archive.inner_mut(), desc, budget).unwrap_or_else(|| match e {
+                    Apply::Entry(source) => FlattenError::Entry {
+                        layer,
+                        digest: digest.clone(),
+                        entry: lode_common::escape(&header.path),
+                        source,
+                    },
+                    Apply::Ext4(e) => ext4_error(layer, &digest, e),
+                }),
+            );
+        }
+        n += 1;
+        last = header.path;
+        if budget.cancelled() {
+            return Err(FlattenError::Interrupted);
+        }
+        let count = archive.inner().count;
+        if count >= reported + PROGRESS_STEP {
+            reported = count;
+            progress(reported);
         }
     }
     let (bytes, verified) = archive.into_inner().finish();
@@ -226,11 +224,8 @@ pub(crate) fn apply_layer(
         digest: digest.clone(),
         source,
     })?;
-    b.end_layer().map_err(|source| FlattenError::Ext4 {
-        layer,
-        digest: digest.clone(),
-        source,
-    })?;
+    budget.bytes += bytes;
+    b.end_layer().map_err(|e| ext4_error(layer, &digest, e))?;
     progress(bytes);
     Ok((bytes, n))
 }
@@ -252,8 +247,15 @@ impl From<lode_ext4::Ext4Error> for Apply {
     }
 }
 
-fn apply_entry(b: &mut Builder, h: &Header, data: &mut dyn Read) -> Result<(), Apply> {
-    let path = normalize(&h.path, false)?;
+/// Applies one entry; `path` is a scratch buffer for its name components.
+fn apply_entry(
+    b: &mut Builder,
+    h: &Header,
+    data: &mut dyn FileData,
+    path: &mut Vec<Vec<u8>>,
+) -> Result<(), Apply> {
+    normalize_into(&h.path, false, path)?;
+    let path = &*path;
     if let Some(last) = path.last() {
         if last.starts_with(WHITEOUT) {
             let parent = &path[..path.len() - 1];
@@ -277,12 +279,12 @@ fn apply_entry(b: &mut Builder, h: &Header, data: &mut dyn Read) -> Result<(), A
         })
     };
     match h.kind {
-        // Regular, contiguous, and sparse (already expanded by the reader).
-        b'0' | b'7' | b'S' => b.add_file(&path, meta, h.size, data)?,
-        b'5' => b.add_dir(&path, meta)?,
-        b'2' => b.add_symlink(&path, &h.link, meta)?,
+        // Regular, contiguous, and sparse (whose holes the reader reports).
+        b'0' | b'7' | b'S' => b.add_file(path, meta, h.size, data)?,
+        b'5' => b.add_dir(path, meta)?,
+        b'2' => b.add_symlink(path, &h.link, meta)?,
         b'1' => {
-            let shown = String::from_utf8_lossy(&h.link).into_owned();
+            let shown = lode_common::escape(&h.link);
             let target = normalize(&h.link, true).map_err(|_| EntryError::LinkTarget {
                 target: shown.clone(),
                 reason: "path traversal ('..' component)",
@@ -294,7 +296,7 @@ fn apply_entry(b: &mut Builder, h: &Header, data: &mut dyn Read) -> Result<(), A
                 }
                 .into());
             }
-            b.add_hardlink(&path, &target)?;
+            b.add_hardlink(path, &target)?;
         }
         b'3' | b'4' => {
             let (major, minor) = (dev(h.dev.0, "device major")?, dev(h.dev.1, "device minor")?);
@@ -303,9 +305,9 @@ fn apply_entry(b: &mut Builder, h: &Header, data: &mut dyn Read) -> Result<(), A
             } else {
                 Special::BlockDev(major, minor)
             };
-            b.add_special(&path, s, meta)?;
+            b.add_special(path, s, meta)?;
         }
-        b'6' => b.add_special(&path, Special::Fifo, meta)?,
+        b'6' => b.add_special(path, Special::Fifo, meta)?,
         other => return Err(EntryError::UnsupportedType(other).into()),
     }
     Ok(())
@@ -331,5 +333,8 @@ mod tests {
             Err(EntryError::Absolute)
         ));
         assert_eq!(normalize(b"/etc/passwd", true).unwrap().len(), 2);
+        let mut reused = normalize(b"a/b/c/d", false).unwrap();
+        normalize_into(b"a/x", false, &mut reused).unwrap();
+        assert_eq!(reused, vec![b"a".to_vec(), b"x".to_vec()]);
     }
 }

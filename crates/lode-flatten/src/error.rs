@@ -62,6 +62,22 @@ pub enum FlattenError {
     /// Finishing the filesystem failed.
     #[error("finishing the image: {0}")]
     Finish(#[source] Ext4Error),
+    /// The image is over one of its limits (see [`crate::Limits`]).
+    #[error("{at}{found}, over {limit} of {max}")]
+    Limit {
+        /// `"layer N (digest): "`, or empty for the image as a whole.
+        at: String,
+        /// Which limit.
+        limit: crate::Limit,
+        /// What the image has or needs.
+        found: String,
+        /// The limit's value.
+        max: String,
+    },
+    /// The caller cancelled the flatten (SIGTERM, SIGINT): nothing was
+    /// written in place of the output.
+    #[error("interrupted: the flatten was stopped and its temp file removed")]
+    Interrupted,
     /// The output file could not be created or renamed.
     #[error("output '{path}': {source}")]
     Output {

@@ -8,35 +8,68 @@
 //!
 //! The output is written to a temporary file beside the target and renamed
 //! into place only when complete, so a failure never leaves a partial image.
+//! What an image may cost is bounded ([`Limits`]): sparse holes are skipped,
+//! the tree is linear in its entries, and layers, entries, decompressed
+//! bytes, inodes and device size each have a limit.
 
 mod entry;
 mod error;
+mod limits;
+mod pipe;
 mod tarball;
 
 pub use error::{EntryError, FlattenError};
+pub use limits::{Limit, Limits, RATIO_FLOOR};
 pub use tarball::TarError;
 
 /// Fuzzing entry (not API): reads a tar stream with lode's layer tar reader,
-/// every entry's data included (capped at 1 MiB per entry), and checks the
-/// reader's contract: never more data than an entry's size, and errors, not
-/// panics, for any input. Returns the number of entries read.
+/// every entry's data included (capped at 1 MiB read per entry), skipping
+/// the holes it reports as the ext4 writer does, and checks the reader's
+/// contract: holes and data never pass an entry's size and add up to it at
+/// the end, a skip past a hole is refused, and any input gives errors, not
+/// panics. Returns the number of entries read.
 #[doc(hidden)]
 pub fn fuzz_tar(data: &[u8]) -> usize {
+    use lode_ext4::FileData;
     use std::io::Read;
     let mut r = tarball::TarReader::new(data);
     let mut n = 0;
     while let Ok(Some(h)) = r.next_header() {
-        let mut buf = Vec::new();
-        let _ = r.data().take(1 << 20).read_to_end(&mut buf);
-        assert!(
-            buf.len() as u64 <= h.size,
-            "entry data longer than its size"
-        );
+        let mut d = r.data();
+        let (mut pos, mut read) = (0u64, 0u64);
+        let mut buf = [0u8; 4096];
+        let complete = loop {
+            let hole = d.hole_ahead();
+            assert!(hole <= h.size - pos, "a hole past the entry's end");
+            if hole > 0 {
+                assert!(d.skip_hole(hole + 1).is_err(), "skipped past a hole");
+                d.skip_hole(hole).expect("skip a reported hole");
+                pos += hole;
+                continue;
+            }
+            if read >= 1 << 20 {
+                break false;
+            }
+            match d.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(k) => {
+                    pos += k as u64;
+                    read += k as u64;
+                    assert!(pos <= h.size, "entry data longer than its size");
+                }
+                Err(_) => break false,
+            }
+        };
+        if complete {
+            assert_eq!(pos, h.size, "holes and data do not add up to the size");
+        }
         n += 1;
     }
     n
 }
 
+use limits::Budget;
+use lode_common::LockedTemp;
 use lode_ext4::{Builder, Options, Summary};
 use lode_oci::{Image, Source};
 use sha2::{Digest, Sha256};
@@ -63,6 +96,11 @@ pub struct FlattenOptions<'a> {
     pub size: Option<u64>,
     /// Called as layers are read.
     pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    /// What the image may cost (layers, entries, bytes, inodes, device).
+    pub limits: Limits,
+    /// When set, the flatten stops soon with [`FlattenError::Interrupted`]
+    /// and leaves nothing behind (how the CLI handles SIGTERM and SIGINT).
+    pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// What a flatten produced.
@@ -96,66 +134,39 @@ fn derive_id<'a>(diff_ids: impl IntoIterator<Item = &'a String>, purpose: &str) 
     id
 }
 
-/// Suffix of the temp files `flatten` writes beside OUT (`.OUT.XXXXXX.lode-tmp`).
-const TEMP_SUFFIX: &str = ".lode-tmp";
-
-/// Removes temp files that a killed `flatten` of the same OUT left in `dir`:
-/// those whose writer's lock is gone. Another run still writing keeps its
-/// lock, and its file. Best effort: what cannot be checked is left alone.
-fn remove_stale_temps(dir: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let n = e.file_name();
-        let n = n.to_string_lossy();
-        if !(n.starts_with(prefix) && n.ends_with(TEMP_SUFFIX)) {
-            continue;
-        }
-        let Ok(f) = File::open(e.path()) else {
-            continue;
-        };
-        if f.try_lock().is_ok() {
-            tracing::info!(path = %e.path().display(), "removing a killed run's temp file");
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-/// Flattens `source` into the ext4 image `out` (atomically: temp file + rename).
+/// Flattens `source` into the ext4 image `out` (atomically: a locked temp
+/// file beside OUT, renamed into place when complete; see
+/// [`lode_common::temp`] for how a killed run's file is swept).
 pub fn flatten(
     source: &Source,
     out: &Path,
     opts: &FlattenOptions<'_>,
 ) -> Result<FlattenReport, FlattenError> {
     let image = Image::open(source)?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    check_layers(&image, &opts.limits)?;
     let out_err = |source| FlattenError::Output {
         path: out.display().to_string(),
         source,
     };
-    let prefix = format!(".{name}.");
-    remove_stale_temps(&dir, &prefix);
-    let tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(TEMP_SUFFIX)
-        .tempfile_in(&dir)
-        .map_err(out_err)?;
-    // Held until the temp file is renamed or dropped (or the process dies):
-    // how a later run tells a live writer's temp file from a killed one's.
-    tmp.as_file().try_lock().map_err(|e| out_err(e.into()))?;
-    let file = tmp.as_file().try_clone().map_err(out_err)?;
+    let tmp = LockedTemp::beside(out).map_err(out_err)?;
+    let file = tmp.file().try_clone().map_err(out_err)?;
     let report = flatten_image(&image, file, opts)?;
-    tmp.as_file().sync_all().map_err(out_err)?;
-    tmp.persist(out).map_err(|e| out_err(e.error))?;
+    tmp.persist(out).map_err(out_err)?;
     Ok(report)
+}
+
+/// Refuses an image with more layers than the limit, before reading any.
+fn check_layers(image: &Image, limits: &Limits) -> Result<(), FlattenError> {
+    let n = image.layers().len();
+    if n > limits.layers {
+        return Err(FlattenError::Limit {
+            at: String::new(),
+            limit: Limit::Layers,
+            found: format!("the image has {n} layers"),
+            max: format!("{} layers", limits.layers),
+        });
+    }
+    Ok(())
 }
 
 /// Flattens an opened image into `file` (which should be empty).
@@ -172,22 +183,31 @@ pub fn flatten_image(
         // (images sharing their first N layers share those sections).
         hash_seed: derive_id(image.diff_ids().iter().take(1), "hash-seed"),
         label: b"lode".to_vec(),
+        limits: opts.limits.ext4(),
     };
+    check_layers(image, &opts.limits)?;
     let mut builder = Builder::new(file, options);
     let mut total = 0u64;
     let mut entries = 0u64;
     let layers = image.layers().len();
+    let mut budget = Budget {
+        limits: opts.limits,
+        entries: 0,
+        bytes: 0,
+        cancel: opts.cancel,
+    };
     for desc in image.layers() {
-        let (bytes, n) = entry::apply_layer(image, desc, &mut builder, |layer_bytes| {
-            if let Some(p) = opts.progress {
-                p(Progress {
-                    layer: desc.index,
-                    layers,
-                    layer_bytes,
-                    total_bytes: total + layer_bytes,
-                });
-            }
-        })?;
+        let (bytes, n) =
+            entry::apply_layer(image, desc, &mut builder, &mut budget, |layer_bytes| {
+                if let Some(p) = opts.progress {
+                    p(Progress {
+                        layer: desc.index,
+                        layers,
+                        layer_bytes,
+                        total_bytes: total + layer_bytes,
+                    });
+                }
+            })?;
         total += bytes;
         entries += n;
     }

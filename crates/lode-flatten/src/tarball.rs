@@ -9,7 +9,7 @@
 //! explicit and every malformed header is an error naming its byte offset.
 
 use base64::Engine as _;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 
 /// Size of a tar block.
@@ -41,7 +41,7 @@ pub enum TarError {
         inside: &'static str,
     },
     /// A header's checksum does not match its bytes.
-    #[error("at byte {offset}: header checksum mismatch (stored {stored:?}, computed {computed})")]
+    #[error("at byte {offset}: header checksum mismatch (stored '{stored}', computed {computed})")]
     Checksum {
         /// Offset of the header.
         offset: u64,
@@ -51,7 +51,7 @@ pub enum TarError {
         computed: u32,
     },
     /// A header or PAX field that cannot be read.
-    #[error("at byte {offset}: bad {field} field {value:?}")]
+    #[error("at byte {offset}: bad {field} field '{value}'")]
     Field {
         /// Offset of the header.
         offset: u64,
@@ -104,9 +104,9 @@ struct Data {
     stored_left: u64,
     /// Padding after the stored bytes.
     padding: u64,
-    /// Data segments (offset, length) of a sparse file, in order; empty for a
-    /// plain file.
-    segments: Vec<(u64, u64)>,
+    /// Data segments (offset, length) of a sparse file still ahead, in
+    /// order; empty for a plain file.
+    segments: VecDeque<(u64, u64)>,
     /// Logical position in the file.
     pos: u64,
     /// Logical size.
@@ -152,7 +152,7 @@ fn number(raw: &[u8], field: &'static str, offset: u64) -> Result<u64, TarError>
     let bad = || TarError::Field {
         offset,
         field,
-        value: String::from_utf8_lossy(raw).into_owned(),
+        value: lode_common::escape(raw),
     };
     if raw.first().is_some_and(|&b| b & 0x80 != 0) {
         if raw[0] & 0x40 != 0 {
@@ -200,7 +200,7 @@ fn decimal(v: &[u8], field: &'static str, offset: u64) -> Result<u64, TarError> 
         .ok_or_else(|| TarError::Field {
             offset,
             field,
-            value: String::from_utf8_lossy(v).into_owned(),
+            value: lode_common::escape(v),
         })
 }
 
@@ -292,7 +292,7 @@ pub(crate) fn parse_pax(
             .ok()
             .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|s| s.parse::<usize>().ok())
-            .ok_or_else(|| bad(format!("length {:?}", String::from_utf8_lossy(&rest[..sp]))))?;
+            .ok_or_else(|| bad(format!("length '{}'", lode_common::escape(&rest[..sp]))))?;
         if len <= sp + 1 || len > rest.len() {
             return Err(bad(format!(
                 "length {len} does not fit the {} bytes left",
@@ -315,10 +315,7 @@ pub(crate) fn parse_pax(
         }
         if key == b"GNU.sparse.offset" || key == b"GNU.sparse.numbytes" {
             if (key == b"GNU.sparse.offset") != want_offset {
-                return Err(bad(format!(
-                    "{} out of order",
-                    String::from_utf8_lossy(key)
-                )));
+                return Err(bad(format!("{} out of order", lode_common::escape(key))));
             }
             want_offset = !want_offset;
             let map = sparse_00.get_or_insert_with(Vec::new);
@@ -398,6 +395,16 @@ impl<R: Read> TarReader<R> {
     /// Gives the stream back (for reading it to its end).
     pub(crate) fn into_inner(self) -> R {
         self.inner
+    }
+
+    /// The stream.
+    pub(crate) fn inner(&self) -> &R {
+        &self.inner
+    }
+
+    /// The stream, mutably.
+    pub(crate) fn inner_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// Fills `buf` completely; `Ok(false)` on a clean end before any byte.
@@ -526,7 +533,7 @@ impl<R: Read> TarReader<R> {
             if stored != u64::from(unsigned) && i64::try_from(stored).ok() != Some(signed) {
                 return Err(TarError::Checksum {
                     offset: at,
-                    stored: String::from_utf8_lossy(raw.field(148, 8)).into_owned(),
+                    stored: lode_common::escape(raw.field(148, 8)),
                     computed: unsigned,
                 });
             }
@@ -659,7 +666,7 @@ impl<R: Read> TarReader<R> {
                     h.mtime = parse_pax_time(v).ok_or_else(|| TarError::Field {
                         offset: at,
                         field: "PAX mtime",
-                        value: String::from_utf8_lossy(v).into_owned(),
+                        value: lode_common::escape(v),
                     })?
                 }
                 b"GNU.sparse.major" => sparse_major = Some(decimal(v, "GNU.sparse.major", at)?),
@@ -676,7 +683,7 @@ impl<R: Read> TarReader<R> {
                         return Err(TarError::Field {
                             offset: at,
                             field: "GNU.sparse.map",
-                            value: String::from_utf8_lossy(v).into_owned(),
+                            value: lode_common::escape(v),
                         });
                     }
                     sparse_map = Some(nums.chunks(2).map(|p| (p[0], p[1])).collect());
@@ -691,7 +698,7 @@ impl<R: Read> TarReader<R> {
                     let bad = |field| TarError::Field {
                         offset: at,
                         field,
-                        value: String::from_utf8_lossy(k).into_owned(),
+                        value: lode_common::escape(k),
                     };
                     let name = percent_decode(&k[b"LIBARCHIVE.xattr.".len()..])
                         .ok_or_else(|| bad("LIBARCHIVE.xattr name"))?;
@@ -728,7 +735,7 @@ impl<R: Read> TarReader<R> {
         self.data = Data {
             stored_left: stored,
             padding: stored.next_multiple_of(BLOCK) - stored,
-            segments: Vec::new(),
+            segments: VecDeque::new(),
             pos: 0,
             size: stored,
             sparse: false,
@@ -850,7 +857,7 @@ impl<R: Read> TarReader<R> {
                     return Err(TarError::Field {
                         offset: at,
                         field: "sparse map",
-                        value: String::from_utf8_lossy(&line).into_owned(),
+                        value: lode_common::escape(&line),
                     });
                 }
                 line.push(b[0]);
@@ -860,7 +867,9 @@ impl<R: Read> TarReader<R> {
         if count > MAX_SPARSE_SEGMENTS as u64 {
             return Err(TarError::Malformed {
                 offset: at,
-                detail: format!("sparse map of {count} segments"),
+                detail: format!(
+                    "sparse map of {count} segments, over the limit of {MAX_SPARSE_SEGMENTS}"
+                ),
             });
         }
         let mut segments = Vec::with_capacity(count as usize);
@@ -899,9 +908,7 @@ impl<R: Read> TarReader<R> {
             });
         }
         h.size = real;
-        let mut segments = segments;
-        segments.retain(|&(_, len)| len > 0);
-        self.data.segments = segments;
+        self.data.segments = segments.into_iter().filter(|&(_, len)| len > 0).collect();
         self.data.size = real;
         self.data.sparse = true;
         Ok(())
@@ -929,7 +936,7 @@ impl<R: Read> Read for EntryData<'_, R> {
         let (stored, n) = if !d.sparse {
             (true, want)
         } else {
-            match d.segments.first() {
+            match d.segments.front() {
                 Some(&(off, len)) if d.pos >= off => {
                     let n = want.min(off + len - d.pos);
                     (true, n)
@@ -960,9 +967,9 @@ impl<R: Read> Read for EntryData<'_, R> {
             let d = &mut self.r.data;
             d.stored_left -= k as u64;
             d.pos += k as u64;
-            if let Some(&(off, len)) = d.segments.first() {
+            if let Some(&(off, len)) = d.segments.front() {
                 if d.pos >= off + len {
-                    d.segments.remove(0);
+                    d.segments.pop_front();
                 }
             }
             Ok(k)
@@ -971,6 +978,33 @@ impl<R: Read> Read for EntryData<'_, R> {
             self.r.data.pos += n as u64;
             Ok(n)
         }
+    }
+}
+
+/// Holes of a sparse entry are reported, so the writer skips them without
+/// reading a byte: a 1 TiB sparse file costs what it stores.
+impl<R: Read> lode_ext4::FileData for EntryData<'_, R> {
+    fn hole_ahead(&self) -> u64 {
+        let d = &self.r.data;
+        if !d.sparse || d.pos >= d.size {
+            return 0;
+        }
+        match d.segments.front() {
+            Some(&(off, _)) if d.pos >= off => 0,
+            Some(&(off, _)) => off - d.pos,
+            None => d.size - d.pos,
+        }
+    }
+
+    fn skip_hole(&mut self, n: u64) -> io::Result<()> {
+        if n > self.hole_ahead() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "skip_hole past the hole",
+            ));
+        }
+        self.r.data.pos += n;
+        Ok(())
     }
 }
 

@@ -261,7 +261,7 @@ fn main() {
                     .await
                     .expect("bind");
                 addrs.push(l.local_addr().expect("addr").to_string());
-                tokio::spawn(node::serve(l, s));
+                tokio::spawn(node::Node::new(s, node::Limits::default()).serve(l));
             }
             tx.send(addrs).expect("send");
             futures::future::pending::<()>().await;

@@ -72,11 +72,11 @@ impl StripeBackend for Http2Nodes {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             match resp.status() {
                 hyper::StatusCode::OK => {
-                    let b = resp
-                        .into_body()
+                    // A node is not trusted: never buffer more than a stripe.
+                    let b = http_body_util::Limited::new(resp.into_body(), crate::node::MAX_STRIPE)
                         .collect()
                         .await
-                        .map_err(|e| e.to_string())?
+                        .map_err(|e| format!("stripe body: {e}"))?
                         .to_bytes();
                     Ok(Some(b))
                 }
@@ -238,7 +238,7 @@ async fn read_reply_line<R: AsyncBufRead + Unpin>(c: &mut R) -> Result<String, S
         .map_err(|e| e.to_string())?;
     if !line.ends_with('\n') {
         return Err(if line.len() as u64 >= MAX_LINE {
-            "memcached: reply line too long".into()
+            format!("memcached: reply line over the limit of {MAX_LINE} bytes")
         } else {
             "memcached: connection closed mid-reply".into()
         });
@@ -260,7 +260,10 @@ pub async fn read_get_reply<R: AsyncBufRead + Unpin>(c: &mut R) -> Result<Option
             .and_then(|n| n.parse().ok())
             .ok_or("bad VA line")?;
         if len > crate::node::MAX_STRIPE {
-            return Err("value too large".into());
+            return Err(format!(
+                "memcached: value of {len} bytes, over the limit of {} bytes (one stripe)",
+                crate::node::MAX_STRIPE
+            ));
         }
         let mut v = vec![0u8; len + 2];
         c.read_exact(&mut v).await.map_err(|e| e.to_string())?;

@@ -81,6 +81,15 @@ fn chunk_seeds(s: &mut Seeds) {
             sealed_manifest(vec![Some(ChunkName([3; 32]))], 512 * 1024, 512 * 1024),
         ],
     );
+    // Whole manifests, a header alone, and a header claiming 2^25 chunks.
+    let header_len = lode_chunk::ManifestHeader::parse(&m3).expect("header").len;
+    let mut huge = m3[..header_len].to_vec();
+    huge[12..20].copy_from_slice(&(lode_chunk::manifest::MAX_CHUNKS * 4096).to_le_bytes());
+    huge[24..28].copy_from_slice(&(lode_chunk::manifest::MAX_CHUNKS as u32).to_le_bytes());
+    s.insert(
+        "chunk_manifest_header",
+        vec![m3.clone(), m3[..header_len].to_vec(), huge],
+    );
     s.insert("store_documents", vec![[&[3u8][..], &m3].concat()]);
     // n, tail (u16), holes, names (31 bytes each, non-holes), len_delta, flip (u16), table.
     let mut body = vec![3u8, 100, 0, 0b010];

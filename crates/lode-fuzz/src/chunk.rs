@@ -5,9 +5,11 @@ use crate::support::{scratch, FixedKeys, Input, DIGEST, KEK};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
 use lode_chunk::keys::{unwrap_with, wrap_with};
-use lode_chunk::manifest::{chunk_count, MAX_CHUNKS};
+use lode_chunk::manifest::{chunk_count, MAX_CHUNKS, MAX_HEADER_LEN};
 use lode_chunk::workingset;
-use lode_chunk::{ChunkKey, ChunkName, ChunkSecret, DataKey, KeyProvider, Keyring, Manifest};
+use lode_chunk::{
+    ChunkKey, ChunkName, ChunkSecret, DataKey, KeyProvider, Keyring, Manifest, ManifestHeader,
+};
 
 /// Outer framing of a manifest as read from the store: `decode` either
 /// refuses the bytes or returns a manifest that encodes to exactly them;
@@ -27,6 +29,40 @@ pub fn manifest_decode(data: &[u8]) {
         assert_eq!(table.0.len(), m.names.len());
         for (n, s) in m.names.iter().zip(&table.0) {
             assert_eq!(n.is_some(), s.is_some(), "hole mismatch accepted");
+        }
+    }
+}
+
+/// The header a reader parses before it reads (or allocates for) the chunk
+/// table (`ManifestHeader::parse`, store): it refuses the bytes or returns
+/// a header that is consistent (count matches the size, within the limits),
+/// depends only on its own `len` bytes, and whose implied size is the whole
+/// input's when the input is a manifest `decode` accepts.
+pub fn manifest_header(data: &[u8]) {
+    let Ok(h) = ManifestHeader::parse(data) else {
+        assert!(
+            Manifest::decode(data).is_err(),
+            "decode accepted what the header parser refused"
+        );
+        return;
+    };
+    assert!(h.len <= data.len() && h.len <= MAX_HEADER_LEN);
+    assert_eq!(
+        ManifestHeader::parse(&data[..h.len]).ok().as_ref(),
+        Some(&h)
+    );
+    assert!(h.chunk_count <= MAX_CHUNKS);
+    assert_eq!(h.chunk_count, chunk_count(h.image_size, h.chunk_size));
+    assert_eq!(h.encoded_len(), h.len as u64 + 20 + h.chunk_count * 96);
+    if let Ok(m) = Manifest::decode(data) {
+        assert_eq!(h.encoded_len(), data.len() as u64);
+        assert_eq!(
+            (&m.tenant, &m.root, &m.wrapped_key, m.nonce),
+            (&h.tenant, &h.root, &h.wrapped_key, h.nonce)
+        );
+        // The data key the header opens is the one the manifest opens with.
+        if let Ok(k) = h.unwrap_key(&FixedKeys) {
+            assert_eq!(m.open_with_key(&k).is_ok(), m.open(&FixedKeys).is_ok());
         }
     }
 }

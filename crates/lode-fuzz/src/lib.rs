@@ -23,6 +23,7 @@ pub type Body = fn(&[u8]);
 /// Every target: `(cargo fuzz name, body)`.
 pub const TARGETS: &[(&str, Body)] = &[
     ("chunk_manifest_decode", chunk::manifest_decode),
+    ("chunk_manifest_header", chunk::manifest_header),
     ("chunk_manifest_body", chunk::manifest_body),
     ("chunk_workingset_open", chunk::workingset_open),
     ("chunk_workingset_body", chunk::workingset_body),

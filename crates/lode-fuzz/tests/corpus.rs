@@ -153,6 +153,7 @@ macro_rules! targets {
 
 targets!(
     chunk_manifest_decode,
+    chunk_manifest_header,
     chunk_manifest_body,
     chunk_workingset_open,
     chunk_workingset_body,

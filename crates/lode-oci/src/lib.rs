@@ -202,15 +202,53 @@ impl Image {
     /// Each call opens the underlying file anew, so several layers can be
     /// streamed concurrently (the reader is `Send`).
     pub fn open_layer(&self, index: usize) -> Result<LayerReader, OciError> {
+        self.layer_blob(index)?.open()
+    }
+
+    /// Where layer `index`'s blob is, detached from the image: opened with
+    /// [`LayerBlob::open`], possibly on another thread (opening may block,
+    /// e.g. on a FIFO or a slow network file system).
+    pub fn layer_blob(&self, index: usize) -> Result<LayerBlob, OciError> {
         let desc = self.layers.get(index).ok_or(OciError::LayerIndex {
             index,
             count: self.layers.len(),
         })?;
-        match &self.backend {
-            Backend::Oci { dir } => {
-                let path = layout::blob_path(dir, &desc.digest)?;
-                let file = File::open(&path).map_err(|e| OciError::io(&path, e))?;
-                let actual = file.metadata().map_err(|e| OciError::io(&path, e))?.len();
+        let (path, offset) = match &self.backend {
+            Backend::Oci { dir } => (layout::blob_path(dir, &desc.digest)?, None),
+            Backend::DockerArchive { file, offsets } => {
+                let offset = offsets.get(index).copied().ok_or(OciError::LayerIndex {
+                    index,
+                    count: offsets.len(),
+                })?;
+                (file.clone(), Some(offset))
+            }
+        };
+        Ok(LayerBlob {
+            desc: desc.clone(),
+            path,
+            offset,
+        })
+    }
+}
+
+/// One layer's blob, ready to open (see [`Image::layer_blob`]).
+#[derive(Clone, Debug)]
+pub struct LayerBlob {
+    desc: LayerDesc,
+    path: PathBuf,
+    /// Offset in a docker archive; `None` for a blob file of its own.
+    offset: Option<u64>,
+}
+
+impl LayerBlob {
+    /// Opens the blob for streaming (see [`LayerReader`]).
+    pub fn open(self) -> Result<LayerReader, OciError> {
+        let (desc, path) = (&self.desc, &self.path);
+        let index = desc.index;
+        match self.offset {
+            None => {
+                let file = File::open(path).map_err(|e| OciError::io(path, e))?;
+                let actual = file.metadata().map_err(|e| OciError::io(path, e))?.len();
                 if actual != desc.size {
                     return Err(OciError::SizeMismatch {
                         what: format!("layer {index} blob"),
@@ -220,14 +258,10 @@ impl Image {
                 }
                 LayerReader::new(file, u64::MAX, desc)
             }
-            Backend::DockerArchive { file, offsets } => {
-                let offset = offsets.get(index).copied().ok_or(OciError::LayerIndex {
-                    index,
-                    count: offsets.len(),
-                })?;
-                let mut f = File::open(file).map_err(|e| OciError::io(file, e))?;
+            Some(offset) => {
+                let mut f = File::open(path).map_err(|e| OciError::io(path, e))?;
                 f.seek(SeekFrom::Start(offset))
-                    .map_err(|e| OciError::io(file, e))?;
+                    .map_err(|e| OciError::io(path, e))?;
                 LayerReader::new(f, desc.size, desc)
             }
         }

@@ -53,6 +53,33 @@ pub enum StoreError {
         /// Object path.
         path: String,
     },
+    /// An object larger than objects of its kind may be (refused before any
+    /// of it is read).
+    #[error("{what} '{path}' is {size} bytes, over the limit of {limit} bytes for {what}s")]
+    TooLarge {
+        /// What it is (`chunk`, `manifest`, `image pointer`, ...).
+        what: &'static str,
+        /// Object path.
+        path: String,
+        /// Its size as the store reported it.
+        size: u64,
+        /// The limit for its kind.
+        limit: u64,
+    },
+    /// An object whose size is not the one it must have.
+    #[error("{what} '{path}' is {size} bytes, not the {expected} bytes of {why}")]
+    WrongSize {
+        /// What it is.
+        what: &'static str,
+        /// Object path.
+        path: String,
+        /// Its size (reported, or what the store sent).
+        size: u64,
+        /// The size it must have.
+        expected: u64,
+        /// Where that size comes from.
+        why: &'static str,
+    },
     /// A stored object does not hash to its name.
     #[error("{what} '{path}' is corrupt: expected {expected}, got {actual}")]
     Corrupt {
@@ -64,6 +91,18 @@ pub enum StoreError {
         expected: String,
         /// Actual digest.
         actual: String,
+    },
+    /// A manifest object whose header is not a manifest's (found before the
+    /// rest is read, so before its digest can be checked).
+    #[error("manifest {digest} at '{path}' is corrupt: {source}")]
+    CorruptManifest {
+        /// The digest it is stored under.
+        digest: String,
+        /// Object path.
+        path: String,
+        /// What is wrong with its header.
+        #[source]
+        source: ChunkError,
     },
     /// Chunk, manifest or key failure.
     #[error(transparent)]
@@ -82,7 +121,7 @@ pub enum StoreError {
     #[error("roots: {0}")]
     Roots(String),
     /// An image name that is not allowed.
-    #[error("invalid image name '{0}': use 1-128 of [A-Za-z0-9._:-], not starting with '.'")]
+    #[error("invalid image name '{}': use 1-128 of [A-Za-z0-9._:-], not starting with '.'", lode_common::escape_str(.0))]
     BadName(String),
     /// Local file I/O.
     #[error("{path}: {source}")]

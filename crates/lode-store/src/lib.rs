@@ -3,8 +3,10 @@
 //! Any [`object_store`] backend works (local directory, S3 and S3-compatible
 //! servers, memory); [`Store`] adds lode's layout on top (see [`store`]), the
 //! root life cycle ([`roots`]), and the two bulk operations, [`push_file`]
-//! and [`pull_to_file`].
+//! and [`pull_to_file`]. Every read of an object is bounded by what the
+//! object is ([`bounded`]).
 
+pub mod bounded;
 pub mod error;
 pub mod open;
 pub mod pull;
@@ -12,6 +14,7 @@ pub mod push;
 pub mod roots;
 pub mod store;
 
+pub use bounded::{ObjectKind, ObjectReader};
 pub use error::{Result, StoreError};
 pub use open::open_url;
 pub use pull::{open_image, pull_to_file, OpenedImage, PullReport};

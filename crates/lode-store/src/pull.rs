@@ -4,6 +4,7 @@ use crate::error::{Result, StoreError};
 use crate::store::Store;
 use futures::{StreamExt, TryStreamExt};
 use lode_chunk::{open_chunk, KeyProvider, KeyTable, Manifest};
+use lode_common::LockedTemp;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +23,12 @@ pub struct OpenedImage {
 
 /// Reads `tenant/name`'s manifest, checks its digest, tenant and root, and
 /// opens its key table with the tenant's key.
+///
+/// The order bounds what an untrusted store can make this cost: the
+/// manifest's header is read first, its tenant checked and its data key
+/// opened with the tenant's key; only then is the rest read (exactly the size
+/// the header implies) and its chunk table allocated. A manifest sealed under
+/// another key fails after a few hundred bytes, whatever count it claims.
 pub async fn open_image(
     store: &Store,
     keys: &dyn KeyProvider,
@@ -29,16 +36,21 @@ pub async fn open_image(
     name: &str,
 ) -> Result<OpenedImage> {
     let digest = store.get_image(tenant, name).await?;
-    let bytes = store.get_manifest(tenant, &digest).await?;
+    let (bytes, data_key) = store
+        .read_manifest(tenant, &digest, |h| {
+            if h.tenant != tenant {
+                return Err(StoreError::BadDocument {
+                    what: "manifest",
+                    path: digest.clone(),
+                    reason: format!("belongs to tenant '{}', not '{tenant}'", h.tenant),
+                });
+            }
+            Ok(h.unwrap_key(keys)?)
+        })
+        .await?;
     let manifest = Manifest::decode(&bytes)?;
-    if manifest.tenant != tenant {
-        return Err(StoreError::BadDocument {
-            what: "manifest",
-            path: digest,
-            reason: format!("belongs to tenant '{}', not '{tenant}'", manifest.tenant),
-        });
-    }
-    let table = manifest.open(keys)?;
+    drop(bytes);
+    let table = manifest.open_with_key(&data_key)?;
     let root = store.root(&manifest.root).await?;
     if !root.state.readable() {
         tracing::error!(root = %root.id, state = ?root.state, "read from a root that is not readable");
@@ -70,7 +82,8 @@ pub struct PullReport {
 }
 
 /// Rebuilds `tenant/name` into `out` (temp file + rename; nothing partial is
-/// left behind on error).
+/// left behind on error or when the future is dropped, and a killed run's
+/// temp file is removed by the next pull to the same `out`).
 pub async fn pull_to_file(
     store: &Store,
     keys: Arc<dyn KeyProvider>,
@@ -85,17 +98,11 @@ pub async fn pull_to_file(
         path: out.display().to_string(),
         source,
     };
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".lode-pull.")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.as_file().set_len(img.manifest.image_size).map_err(io)?;
-    let file = Arc::new(tmp.as_file().try_clone().map_err(io)?);
+    // Locked while this run lives; removed on error or when the caller drops
+    // this future (an interrupted pull); a killed run's is swept by the next.
+    let tmp = LockedTemp::beside(out).map_err(io)?;
+    tmp.file().set_len(img.manifest.image_size).map_err(io)?;
+    let file = Arc::new(tmp.file().try_clone().map_err(io)?);
     let m = &img.manifest;
     let jobs = m
         .names
@@ -136,8 +143,7 @@ pub async fn pull_to_file(
         .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(out).map_err(|e| io(e.error))?;
+    tmp.persist(out).map_err(io)?;
     Ok(PullReport {
         chunks: m.names.len() as u64,
         fetched: bytes.len() as u64,

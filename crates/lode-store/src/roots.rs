@@ -10,6 +10,7 @@
 //! Each root has its own salt, so rotating the root changes every chunk name:
 //! the most popular chunks are never one single object for ever.
 
+use crate::bounded::ObjectKind;
 use crate::error::{Result, StoreError};
 use crate::store::Store;
 use lode_chunk::KeyProvider;
@@ -84,7 +85,7 @@ impl Store {
         for p in list.common_prefixes {
             let Some(id) = p.filename() else { continue };
             let path = root_path(id);
-            let Some(bytes) = self.get_opt(&path).await? else {
+            let Some(bytes) = self.get_opt(&path, ObjectKind::Root).await? else {
                 continue;
             };
             let info: RootInfo =
@@ -102,10 +103,13 @@ impl Store {
     /// Reads one root.
     pub async fn root(&self, id: &str) -> Result<RootInfo> {
         let path = root_path(id);
-        let bytes = self.get_opt(&path).await?.ok_or(StoreError::Missing {
-            what: "root",
-            path: path.to_string(),
-        })?;
+        let bytes = self
+            .get_opt(&path, ObjectKind::Root)
+            .await?
+            .ok_or(StoreError::Missing {
+                what: "root",
+                path: path.to_string(),
+            })?;
         serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
             what: "root",
             path: path.to_string(),
@@ -175,10 +179,13 @@ impl Store {
         let winner = match self.object_store().put_opts(&claim, doc.into(), opts).await {
             Ok(_) => mine,
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let bytes = self.get_opt(&claim).await?.ok_or(StoreError::Missing {
-                    what: "root claim",
-                    path: claim.to_string(),
-                })?;
+                let bytes =
+                    self.get_opt(&claim, ObjectKind::Root)
+                        .await?
+                        .ok_or(StoreError::Missing {
+                            what: "root claim",
+                            path: claim.to_string(),
+                        })?;
                 serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
                     what: "root claim",
                     path: claim.to_string(),
@@ -201,7 +208,11 @@ impl Store {
             }
         };
         // The winner may have died between claim and document: either side writes it.
-        if self.get_opt(&root_path(&winner.id)).await?.is_none() {
+        if self
+            .get_opt(&root_path(&winner.id), ObjectKind::Root)
+            .await?
+            .is_none()
+        {
             self.write_root(&winner).await?;
         }
         self.root(&winner.id).await

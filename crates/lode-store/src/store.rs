@@ -7,6 +7,7 @@
 //! tenants/<tenant>/images/<name>          pointer to an image's current manifest
 //! ```
 
+use crate::bounded::ObjectKind;
 use crate::error::{Result, StoreError};
 use bytes::Bytes;
 use lode_chunk::ChunkName;
@@ -101,15 +102,6 @@ impl Store {
         }
     }
 
-    /// Reads a whole object; `Ok(None)` if it does not exist.
-    pub async fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
-        match self.inner.get(path).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(Self::backend("read", path))?)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Self::backend("get", path)(e)),
-        }
-    }
-
     /// Writes a whole object (atomically: readers see all of it or nothing).
     pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<()> {
         self.inner
@@ -138,13 +130,16 @@ impl Store {
         self.put(&Self::chunk_path(root, name), ciphertext).await
     }
 
-    /// Reads a chunk's ciphertext (unverified: callers check it against its name).
+    /// Reads a chunk's ciphertext (unverified: callers check it against its
+    /// name), refusing an object larger than the chunk format allows.
     pub async fn get_chunk(&self, root: &str, name: &ChunkName) -> Result<Bytes> {
         let path = Self::chunk_path(root, name);
-        self.get_opt(&path).await?.ok_or(StoreError::Missing {
-            what: "chunk",
-            path: path.to_string(),
-        })
+        self.get_opt(&path, ObjectKind::Chunk)
+            .await?
+            .ok_or(StoreError::Missing {
+                what: "chunk",
+                path: path.to_string(),
+            })
     }
 
     /// Stores a manifest under its digest and returns the digest.
@@ -155,13 +150,32 @@ impl Store {
         Ok(digest)
     }
 
-    /// Reads a manifest and checks it against its digest.
+    /// Reads a manifest and checks it against its digest. The read is
+    /// bounded by the manifest's own header (see
+    /// [`Store::read_manifest`]).
     pub async fn get_manifest(&self, tenant: &str, digest: &str) -> Result<Bytes> {
+        Ok(self.read_manifest(tenant, digest, |_| Ok(())).await?.0)
+    }
+
+    /// Reads a manifest: its header first, then `check` on the header (where
+    /// [`crate::open_image`] opens the data key with the tenant's key, so a
+    /// manifest sealed under another key fails before its chunk entries are
+    /// read or allocated for), then the rest, bounded by what the header
+    /// implies, and checks the whole against its digest.
+    pub async fn read_manifest<T>(
+        &self,
+        tenant: &str,
+        digest: &str,
+        check: impl FnOnce(&lode_chunk::ManifestHeader) -> Result<T>,
+    ) -> Result<(Bytes, T)> {
         let path = Path::from(format!("tenants/{tenant}/manifests/{}", hex_of(digest)?));
-        let bytes = self.get_opt(&path).await?.ok_or(StoreError::Missing {
-            what: "manifest",
-            path: path.to_string(),
-        })?;
+        let (bytes, checked) = self
+            .read_manifest_object(&path, digest, check)
+            .await?
+            .ok_or(StoreError::Missing {
+                what: "manifest",
+                path: path.to_string(),
+            })?;
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if actual != digest {
             return Err(StoreError::Corrupt {
@@ -171,7 +185,7 @@ impl Store {
                 actual,
             });
         }
-        Ok(bytes)
+        Ok((bytes, checked))
     }
 
     fn image_path(tenant: &str, name: &str) -> Result<Path> {
@@ -195,7 +209,7 @@ impl Store {
     pub async fn get_image(&self, tenant: &str, name: &str) -> Result<String> {
         let path = Self::image_path(tenant, name)?;
         let bytes = self
-            .get_opt(&path)
+            .get_opt(&path, ObjectKind::Pointer)
             .await?
             .ok_or_else(|| StoreError::ImageNotFound {
                 tenant: tenant.into(),
@@ -256,8 +270,18 @@ impl Store {
             .await
     }
 
-    /// The sealed start-up working set of a manifest, if one was recorded.
-    pub async fn get_working_set(&self, tenant: &str, digest: &str) -> Result<Option<Bytes>> {
-        self.get_opt(&Self::working_set_path(tenant, digest)?).await
+    /// The sealed start-up working set of a manifest of `chunks` chunks, if
+    /// one was recorded (bounded by one index per chunk).
+    pub async fn get_working_set(
+        &self,
+        tenant: &str,
+        digest: &str,
+        chunks: u64,
+    ) -> Result<Option<Bytes>> {
+        self.get_opt(
+            &Self::working_set_path(tenant, digest)?,
+            ObjectKind::WorkingSet { chunks },
+        )
+        .await
     }
 }

@@ -14,8 +14,9 @@ mod store_s3;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use lode_chunk::{seal_chunk, KeyProvider, Keyring, Manifest, CHUNK_SIZE};
-use lode_store::{pull_to_file, push_file, PushOptions, RootState, Store, StoreError};
+use lode_store::{pull_to_file, push_file, ObjectKind, PushOptions, RootState, Store, StoreError};
 use object_store::path::Path as OPath;
+use object_store::ObjectStoreExt;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -72,7 +73,7 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
     );
     let missing = OPath::from("misc/nothing");
     assert_eq!(
-        store.get_opt(&missing).await.unwrap(),
+        store.get_opt(&missing, ObjectKind::Root).await.unwrap(),
         None,
         "{label}: get of a missing object"
     );
@@ -91,7 +92,11 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
     let a = OPath::from("misc/a");
     store.put(&a, Bytes::from_static(b"first")).await.unwrap();
     assert_eq!(
-        store.get_opt(&a).await.unwrap().as_deref(),
+        store
+            .get_opt(&a, ObjectKind::Root)
+            .await
+            .unwrap()
+            .as_deref(),
         Some(&b"first"[..]),
         "{label}: get after put"
     );
@@ -101,14 +106,22 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
         .await
         .unwrap();
     assert_eq!(
-        store.get_opt(&a).await.unwrap().as_deref(),
+        store
+            .get_opt(&a, ObjectKind::Root)
+            .await
+            .unwrap()
+            .as_deref(),
         Some(&b"second, longer"[..]),
         "{label}: overwrite"
     );
     let empty = OPath::from("misc/empty");
     store.put(&empty, Bytes::new()).await.unwrap();
     assert_eq!(
-        store.get_opt(&empty).await.unwrap().as_deref(),
+        store
+            .get_opt(&empty, ObjectKind::Root)
+            .await
+            .unwrap()
+            .as_deref(),
         Some(&b""[..]),
         "{label}: empty object"
     );
@@ -117,7 +130,7 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
     let bigp = OPath::from("misc/deep/er/big");
     store.put(&bigp, big.clone()).await.unwrap();
     assert!(
-        store.get_opt(&bigp).await.unwrap() == Some(big.clone()),
+        store.get_opt(&bigp, ObjectKind::Chunk).await.unwrap() == Some(big.clone()),
         "{label}: 6 MiB object round trip"
     );
     assert_eq!(
@@ -185,7 +198,27 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
     );
 
     // --- Manifests: named by digest, checked on read.
-    let mbytes = Bytes::from(noise(6, 3000));
+    let names: Vec<Option<lode_chunk::ChunkName>> = vec![Some(sealed.name), None];
+    let secrets = [
+        Some(lode_chunk::ChunkSecret {
+            key: sealed.key,
+            plain_sha: sealed.plain_sha,
+        }),
+        None,
+    ];
+    let mbytes = Bytes::from(
+        Manifest::seal(
+            "alice",
+            2 * 4096,
+            4096,
+            &r1.id,
+            names,
+            &secrets,
+            keys.as_ref(),
+        )
+        .unwrap()
+        .encode(),
+    );
     let digest = store.put_manifest("alice", mbytes.clone()).await.unwrap();
     assert_eq!(digest, Manifest::digest_of(&mbytes));
     assert_eq!(store.get_manifest("alice", &digest).await.unwrap(), mbytes);
@@ -225,6 +258,54 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
         store.get_manifest("alice", "md5:abc").await,
         Err(StoreError::BadDocument { .. })
     ));
+
+    // --- Bounded reads: an object larger than its kind allows, or than its
+    // header implies, is refused with both sizes, on every backend.
+    let mut longer = mbytes.to_vec();
+    longer.extend_from_slice(b"trailing");
+    let longer_digest = store
+        .put_manifest("alice", Bytes::from(longer.clone()))
+        .await
+        .unwrap();
+    match store.get_manifest("alice", &longer_digest).await {
+        Err(StoreError::WrongSize { size, expected, .. }) => {
+            assert_eq!((size, expected), (longer.len() as u64, mbytes.len() as u64))
+        }
+        other => panic!("{label}: manifest longer than its header: {other:?}"),
+    }
+    store
+        .put(
+            &OPath::from("tenants/alice/images/huge"),
+            Bytes::from(vec![b' '; 5000]),
+        )
+        .await
+        .unwrap();
+    match store.get_image("alice", "huge").await {
+        Err(e @ StoreError::TooLarge { .. }) => {
+            let m = e.to_string();
+            assert!(
+                m.contains("tenants/alice/images/huge") && m.contains("5000") && m.contains("4096"),
+                "{label}: {m}"
+            );
+        }
+        other => panic!("{label}: a 5000-byte pointer: {other:?}"),
+    }
+    store
+        .put(
+            &OPath::from("roots/rbig/root.json"),
+            Bytes::from(vec![b' '; 5000]),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(store.root("rbig").await, Err(StoreError::TooLarge { .. })),
+        "{label}: a 5000-byte root document"
+    );
+    store
+        .object_store()
+        .delete(&OPath::from("roots/rbig/root.json"))
+        .await
+        .unwrap();
 
     // --- Image pointers.
     store.set_image("alice", "app:v1", &digest).await.unwrap();

@@ -230,17 +230,29 @@ pub fn write_layer_blob(
     comp: Compression,
     path: &Path,
 ) -> Result<(String, u64, String, u64)> {
+    write_blob_streamed(comp, path, |w| write_layer_tar(spec, w).map(|_| ()))
+}
+
+/// Write one layer blob to `path` whose tar stream `tar` writes, compressed
+/// with `comp` as it is written (hand-made and hostile layers of any size).
+/// Returns (digest, size, diff_id, tar_size).
+pub fn write_blob_streamed(
+    comp: Compression,
+    path: &Path,
+    tar: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(String, u64, String, u64)> {
     let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
     let blob_w = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
     let (blob_w, diff_id, tar_size) = match comp {
         Compression::None => {
-            let tw = write_layer_tar(spec, HashWriter::new(blob_w))?;
-            let (blob_w, d, n) = tw.finish();
-            (blob_w, d, n)
+            let mut tw = HashWriter::new(blob_w);
+            tar(&mut tw)?;
+            tw.finish()
         }
         Compression::Gzip => {
             let enc = flate2::write::GzEncoder::new(blob_w, flate2::Compression::fast());
-            let tw = write_layer_tar(spec, HashWriter::new(enc))?;
+            let mut tw = HashWriter::new(enc);
+            tar(&mut tw)?;
             let (enc, d, n) = tw.finish();
             (enc.finish()?, d, n)
         }
@@ -248,7 +260,8 @@ pub fn write_layer_blob(
             let mut enc = zstd::Encoder::new(blob_w, 3)?;
             // Like the zstd CLI and containerd/buildkit: frame checksums on.
             enc.include_checksum(true)?;
-            let tw = write_layer_tar(spec, HashWriter::new(enc))?;
+            let mut tw = HashWriter::new(enc);
+            tar(&mut tw)?;
             let (enc, d, n) = tw.finish();
             (enc.finish()?, d, n)
         }
@@ -257,6 +270,42 @@ pub fn write_layer_blob(
     bw.flush()?;
     bw.into_inner().map_err(|e| e.into_error())?.sync_all().ok();
     Ok((digest, size, diff_id, tar_size))
+}
+
+/// A layer tar stream written by hand (see [`write_oci_layout_streamed`]).
+pub type TarWriter<'a> = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + 'a>;
+
+/// Write an OCI image layout into `dir` whose layers are the tar streams the
+/// `tars` write, each compressed with `comp` while it is written.
+pub fn write_oci_layout_streamed(
+    dir: &Path,
+    comp: Compression,
+    tars: Vec<TarWriter<'_>>,
+) -> Result<ImageInfo> {
+    let blob_dir = dir.join("blobs").join("sha256");
+    fs::create_dir_all(&blob_dir)?;
+    let mut blobs = Vec::new();
+    for (i, t) in tars.into_iter().enumerate() {
+        let tmp = blob_dir.join(format!(".layer-{i}.tmp"));
+        let (digest, size, diff_id, tar_size) = write_blob_streamed(comp, &tmp, t)?;
+        fs::rename(&tmp, blob_dir.join(hex_of(&digest)))?;
+        blobs.push(LayerBlob {
+            media_type: comp.media_type().to_string(),
+            digest,
+            size,
+            diff_id,
+            tar_size,
+            archive_path: None,
+        });
+    }
+    write_oci_layout_of_blobs(dir, blobs)
+}
+
+/// Write the config, manifest and index of an OCI layout in `dir` whose
+/// layer blobs are already in `dir/blobs/sha256` (a blob may be listed any
+/// number of times).
+pub fn write_oci_layout_of_blobs(dir: &Path, blobs: Vec<LayerBlob>) -> Result<ImageInfo> {
+    finish_oci_layout(dir, blobs, &OciOptions::default())
 }
 
 fn comp_for(list: &[Compression], i: usize, n: usize) -> Result<Compression> {

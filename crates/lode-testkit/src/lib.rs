@@ -2,6 +2,7 @@
 //!
 //! * [`spec`]: the layer description model ([`LayerSpec`], [`Entry`]) and
 //!   [`content`]: streamable file contents (pseudo-random, zeros, sparse).
+//! * [`rawtar`]: tar members written byte by byte for hostile inputs.
 //! * [`tarw`]: writes a `LayerSpec` as a tar stream (PAX / GNU long names,
 //!   PAX xattrs, big ids and sizes, devices).
 //! * [`image`]: OCI image layouts and docker archives, with [`image::Tamper`]
@@ -22,6 +23,7 @@ pub mod fixtures;
 pub mod gen;
 pub mod image;
 pub mod model;
+pub mod rawtar;
 pub mod read_ext4;
 pub mod read_mount;
 pub mod spec;
@@ -36,7 +38,8 @@ pub use compare::{assert_trees_match, diff_trees, CompareOptions};
 pub use content::{Content, SparseRegion};
 pub use image::{
     write_docker_archive, write_docker_archive_with, write_oci_layout, write_oci_layout_from_tars,
-    write_oci_layout_with, Compression, DockerLayout, DockerOptions, ImageInfo, OciOptions, Tamper,
+    write_oci_layout_of_blobs, write_oci_layout_streamed, write_oci_layout_with, Compression,
+    DockerLayout, DockerOptions, ImageInfo, OciOptions, Tamper, TarWriter,
 };
 pub use model::{Model, ModelError, ModelErrorKind, Node, NodeKind, Tree};
 pub use read_ext4::read_ext4_view;

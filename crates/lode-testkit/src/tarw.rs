@@ -14,7 +14,8 @@ const NAME_LEN: usize = 100;
 const OCTAL7_MAX: u64 = 0o7_777_777;
 const OCTAL11_MAX: u64 = 0o77_777_777_777;
 
-fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+/// Appends one PAX record `"LEN KEY=VALUE\n"` to `out`.
+pub fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     // "LEN KEY=VALUE\n", LEN counts itself.
     let rest = 3 + key.len() + value.len();
     let mut len = rest + 1;

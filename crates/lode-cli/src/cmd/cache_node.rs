@@ -1,11 +1,14 @@
 //! `lode cache-node --listen HOST:PORT --memory BYTES [--disk DIR --disk-size BYTES]`
 
 use super::common::runtime;
+use crate::shutdown::Shutdown;
 use crate::units::parse_size;
 use anyhow::{Context, Result};
+use lode_fleet::node::{Limits, Node};
 use lode_fleet::NodeStore;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Arguments of `lode cache-node`.
 #[derive(clap::Args)]
@@ -16,7 +19,8 @@ pub struct Args {
     /// Memory tier bound in bytes.
     #[arg(long, value_parser = parse_size)]
     memory: u64,
-    /// Disk ("flash") tier directory.
+    /// Disk ("flash") tier directory: new, empty, or one a cache node created
+    /// (it holds a `.lode-cache-node` marker); any other directory is refused.
     #[arg(long, requires = "disk_size")]
     disk: Option<PathBuf>,
     /// Disk tier bound in bytes.
@@ -25,15 +29,41 @@ pub struct Args {
     /// Also serve Prometheus metrics on this address (they are on `/metrics` of `--listen` too).
     #[arg(long)]
     metrics: Option<String>,
+    /// Connections served at once; at the cap the longest-idle one is closed for a new one.
+    #[arg(long, default_value_t = lode_fleet::node::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Milliseconds a new connection may stay silent before it is closed.
+    #[arg(long, default_value_t = 10_000)]
+    first_byte_timeout_ms: u64,
+    /// Milliseconds a connection may go without a request in flight before it is closed.
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Milliseconds a request body may take to arrive.
+    #[arg(long, default_value_t = 10_000)]
+    body_timeout_ms: u64,
+    /// Bytes of unfinished request bodies held at most, all connections together.
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    body_memory: u64,
 }
 
-/// Runs a cache node until interrupted.
+/// Runs a cache node until SIGTERM or SIGINT; then it stops accepting,
+/// drops its connections, removes its disk tier's temp files and exits 0.
 pub fn run(args: Args) -> Result<()> {
+    let shutdown = Shutdown::install()?;
     let store = Arc::new(
         NodeStore::new(args.memory, args.disk.clone().zip(args.disk_size))
             .context("opening the disk tier")?,
     );
-    runtime()?.block_on(async {
+    let limits = Limits {
+        max_connections: args.max_connections.max(1),
+        first_byte_timeout: Duration::from_millis(args.first_byte_timeout_ms),
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
+        body_memory: usize::try_from(args.body_memory).unwrap_or(usize::MAX),
+    };
+    let node = Node::new(store.clone(), limits);
+    let rt = runtime()?;
+    let result: Result<()> = rt.block_on(async {
         let l = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
@@ -42,12 +72,18 @@ pub fn run(args: Args) -> Result<()> {
             let ml = tokio::net::TcpListener::bind(m)
                 .await
                 .with_context(|| format!("binding {m}"))?;
-            tokio::spawn(lode_fleet::node::serve(ml, store.clone()));
+            tokio::spawn(node.clone().serve(ml));
         }
+        // Stopping is a cache node's normal end: exit 0.
         tokio::select! {
-            _ = lode_fleet::node::serve(l, store) => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = node.clone().serve(l) => {}
+            i = shutdown.wait() => eprintln!("lode cache-node: {i}"),
         }
         Ok(())
-    })
+    });
+    // Every connection task ends with the runtime; no disk write is in
+    // flight after this, so what is left of a temp file is garbage.
+    drop(rt);
+    store.remove_temp_files();
+    result
 }

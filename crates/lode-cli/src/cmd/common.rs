@@ -1,5 +1,7 @@
 //! What several subcommands share: `LODE_HOME`, the store, the key provider.
 
+use crate::shutdown::Shutdown;
+use crate::units::parse_size;
 use anyhow::{Context, Result};
 use lode_chunk::{KeyProvider, Keyring};
 use lode_store::Store;
@@ -56,4 +58,54 @@ pub struct StoreArgs {
     /// Chunk store: `file:///DIR`, a path, `s3://BUCKET/PREFIX` or `memory://` (default `$LODE_HOME/store`).
     #[arg(long)]
     pub store: Option<String>,
+}
+
+/// The limits of `lode flatten` (and of `lode push`, which flattens first):
+/// what one image may cost. See `docs/format.md`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LimitArgs {
+    /// Most layers an image may have (Docker's overlay2 stops near 128).
+    #[arg(long, default_value_t = lode_flatten::Limits::default().layers)]
+    pub max_layers: usize,
+    /// Most tar entries of all layers together.
+    #[arg(long, default_value_t = lode_flatten::Limits::default().entries)]
+    pub max_entries: u64,
+    /// Most decompressed bytes of all layers together (e.g. `64G`).
+    #[arg(long, value_parser = parse_size, default_value = "64G")]
+    pub max_bytes: u64,
+    /// Most decompressed bytes per compressed byte of one layer, beyond its first 64 MiB.
+    #[arg(long, default_value_t = lode_flatten::Limits::default().ratio)]
+    pub max_ratio: u64,
+    /// Most inodes the layers may create (every 1,024 take a 128 MiB block group of the device).
+    #[arg(long, default_value_t = lode_flatten::Limits::default().inodes)]
+    pub max_inodes: u64,
+    /// Largest device the content may imply (e.g. `64G`); an explicit `--size` is not bound by it.
+    #[arg(long, value_parser = parse_size, default_value = "64G")]
+    pub max_device_size: u64,
+}
+
+impl LimitArgs {
+    /// The limits to flatten with.
+    pub fn limits(&self) -> lode_flatten::Limits {
+        lode_flatten::Limits {
+            layers: self.max_layers,
+            entries: self.max_entries,
+            bytes: self.max_bytes,
+            ratio: self.max_ratio,
+            inodes: self.max_inodes,
+            device_bytes: self.max_device_size,
+        }
+    }
+}
+
+/// A flatten error as the CLI reports it: a cancel is [`Interrupted`], a
+/// limit names the option that raises it.
+pub fn flatten_error(e: lode_flatten::FlattenError, shutdown: &Shutdown) -> anyhow::Error {
+    if matches!(e, lode_flatten::FlattenError::Interrupted) {
+        return shutdown.interrupted().into();
+    }
+    if let lode_flatten::FlattenError::Limit { limit, .. } = &e {
+        return anyhow::anyhow!("{e}; {} raises it", limit.flag());
+    }
+    e.into()
 }

@@ -1,5 +1,7 @@
 //! `lode flatten SOURCE -o OUT`
 
+use super::common::{flatten_error, LimitArgs};
+use crate::shutdown::Shutdown;
 use crate::units::{human, parse_size};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,10 +21,13 @@ pub struct Args {
     /// Image size (e.g. `2G`); default: computed from the content with headroom.
     #[arg(long, value_parser = parse_size)]
     size: Option<u64>,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Runs `lode flatten`.
 pub fn run(args: Args) -> Result<()> {
+    let shutdown = Shutdown::install()?;
     let source: Source = args.source.parse()?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -40,8 +45,11 @@ pub fn run(args: Args) -> Result<()> {
         &FlattenOptions {
             size: args.size,
             progress: Some(&on_progress),
+            limits: args.limits.limits(),
+            cancel: Some(shutdown.flag()),
         },
-    )?;
+    )
+    .map_err(|e| flatten_error(e, &shutdown))?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     eprintln!(

@@ -1,6 +1,7 @@
 //! `lode pull NAME --tenant T [--store URL] -o OUT`
 
 use super::common::{key_provider, open_store, runtime, StoreArgs};
+use crate::shutdown::Shutdown;
 use crate::units::human;
 use anyhow::Result;
 use lode_store::pull_to_file;
@@ -24,17 +25,22 @@ pub struct Args {
     concurrency: usize,
 }
 
-/// Runs `lode pull`.
+/// Runs `lode pull`. On SIGTERM or SIGINT the pull stops and its temp file
+/// is removed.
 pub fn run(args: Args) -> Result<()> {
+    let shutdown = Shutdown::install()?;
     let store = open_store(args.store.store.as_deref())?;
-    let r = runtime()?.block_on(pull_to_file(
-        &store,
-        key_provider(),
-        &args.tenant,
-        &args.name,
-        &args.output,
-        args.concurrency,
-    ))?;
+    let r = runtime()?.block_on(shutdown.run(async {
+        Ok(pull_to_file(
+            &store,
+            key_provider(),
+            &args.tenant,
+            &args.name,
+            &args.output,
+            args.concurrency,
+        )
+        .await?)
+    }))?;
     eprintln!(
         "pulled {}/{} into {}: {} of {} chunks fetched and verified, {} in {:.2} s",
         args.tenant,

@@ -1,11 +1,15 @@
 //! `lode push SOURCE --tenant T --name NAME [--store URL]`
 
-use super::common::{key_provider, lode_home, open_store, runtime, StoreArgs};
+use super::common::{
+    flatten_error, key_provider, lode_home, open_store, runtime, LimitArgs, StoreArgs,
+};
+use crate::shutdown::Shutdown;
 use crate::units::human;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lode_flatten::{flatten, FlattenOptions};
-use lode_oci::Source;
+use lode_common::LockedTemp;
+use lode_flatten::{flatten_image, FlattenOptions};
+use lode_oci::{Image, Source};
 use lode_store::{push_file, PushOptions};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -27,13 +31,22 @@ pub struct Args {
     /// Chunks in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
-/// Runs `lode push`.
+/// Prefix of the images `push` flattens into `$LODE_HOME/tmp`.
+const TEMP_PREFIX: &str = "push-";
+
+/// Runs `lode push`. On SIGTERM or SIGINT it stops (no new upload starts,
+/// the ones running finish or are dropped whole) and removes the image it
+/// flattened; a killed run's is removed by the next push.
 pub fn run(args: Args) -> Result<()> {
+    let shutdown = Shutdown::install()?;
     let store = open_store(args.store.store.as_deref())?;
     let keys = key_provider();
-    // An OCI source is flattened first, into a temp file under $LODE_HOME/tmp.
+    // An OCI source is flattened first, into a locked temp file under
+    // $LODE_HOME/tmp (removed when dropped; swept by the next push if killed).
     let mut _tmp = None;
     let image: PathBuf = if let Some(f) = args.source.strip_prefix("ext4:") {
         PathBuf::from(f)
@@ -41,17 +54,23 @@ pub fn run(args: Args) -> Result<()> {
         let source: Source = args.source.parse()?;
         let dir = lode_home().join("tmp");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let t = tempfile::Builder::new()
-            .prefix("push-")
-            .suffix(".ext4")
-            .tempfile_in(&dir)?;
-        let path = t.path().to_path_buf();
-        let r = flatten(&source, &path, &FlattenOptions::default())?;
+        lode_common::temp::sweep(&dir, TEMP_PREFIX, lode_common::temp::TEMP_SUFFIX);
+        let t = LockedTemp::create_in(&dir, TEMP_PREFIX)
+            .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+        let image = Image::open(&source)?;
+        let file = t.file().try_clone().context("opening the temp file")?;
+        let opts = FlattenOptions {
+            limits: args.limits.limits(),
+            cancel: Some(shutdown.flag()),
+            ..FlattenOptions::default()
+        };
+        let r = flatten_image(&image, file, &opts).map_err(|e| flatten_error(e, &shutdown))?;
         eprintln!(
             "flattened {} layers into {} image",
             r.layers,
             human(r.summary.image_bytes)
         );
+        let path = t.path().to_path_buf();
         _tmp = Some(t);
         path
     };
@@ -82,7 +101,11 @@ pub fn run(args: Args) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        let r = push_file(&store, keys, &image, &args.tenant, &args.name, &opts).await;
+        let r = shutdown
+            .run(async {
+                Ok(push_file(&store, keys, &image, &args.tenant, &args.name, &opts).await?)
+            })
+            .await;
         ticker.abort();
         r
     })?;

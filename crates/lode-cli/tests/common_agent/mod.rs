@@ -341,6 +341,11 @@ impl Agent {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// `nbd+unix:///EXPORT?socket=SOCK`.
     pub fn uri(&self, export: &str) -> String {
         match &self.tcp_addr {

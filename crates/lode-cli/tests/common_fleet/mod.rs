@@ -83,11 +83,19 @@ pub struct CacheNode {
     pub log: PathBuf,
     /// Extra arguments (`--memory`, `--disk`, ...), reused by restarts.
     pub args: Vec<String>,
+    /// A command the node runs under (e.g. `prlimit --nofile=64`), if any.
+    pub prefix: Vec<String>,
 }
 
 impl CacheNode {
     /// Starts a node on a free loopback port with `args` (default `--memory 512M`).
     pub fn start(dir: &Path, tag: &str, args: &[&str]) -> CacheNode {
+        Self::start_prefixed(dir, tag, &[], args)
+    }
+
+    /// [`CacheNode::start`] under `prefix` (a wrapper command such as
+    /// `prlimit --nofile=64:64 --`).
+    pub fn start_prefixed(dir: &Path, tag: &str, prefix: &[&str], args: &[&str]) -> CacheNode {
         let args: Vec<String> = if args.is_empty() {
             vec!["--memory".into(), "512M".into()]
         } else {
@@ -100,6 +108,7 @@ impl CacheNode {
                 addr,
                 log: dir.join(format!("node-{tag}.log")),
                 args: args.clone(),
+                prefix: prefix.iter().map(|s| s.to_string()).collect(),
             };
             match n.spawn() {
                 Ok(()) => return n,
@@ -117,7 +126,15 @@ impl CacheNode {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(lode_bin())
+        let mut cmd = match self.prefix.split_first() {
+            Some((p, rest)) => {
+                let mut c = Command::new(p);
+                c.args(rest).arg(lode_bin());
+                c
+            }
+            None => Command::new(lode_bin()),
+        };
+        let child = cmd
             .arg("cache-node")
             .arg("--listen")
             .arg(&self.addr)
@@ -178,6 +195,31 @@ impl CacheNode {
                 }
                 Err(e) => panic!("restarting cache node {}: {e}", self.addr),
             }
+        }
+    }
+
+    /// The node's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM, and the exit status (the test fails after 30 s).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("node running");
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("cache node did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -7,16 +7,21 @@ use std::collections::BTreeMap;
 /// Magic number of an xattr block and of the in-inode xattr area.
 pub const XATTR_MAGIC: u32 = 0xEA02_0000;
 
-/// Why an attribute set cannot be stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why an attribute set cannot be stored. Names are kept escaped for
+/// messages (see [`lode_common::escape`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum XattrProblem {
     /// The name has no namespace ext4 stores (`user.`, `trusted.`, `security.`, POSIX ACLs).
+    #[error("'{0}' is in no namespace ext4 stores (user., trusted., security., POSIX ACLs)")]
     UnsupportedName(String),
     /// A POSIX ACL value is not in the kernel's xattr format.
+    #[error("POSIX ACL '{0}' is not in the kernel's xattr format")]
     BadAcl(String),
     /// Name longer than 255 bytes after its prefix.
+    #[error("name '{0}' is over the limit of 255 bytes after its namespace prefix")]
     NameTooLong(String),
     /// All attributes together do not fit in one block.
+    #[error("{0} bytes of attributes, over the limit of {BLOCK_SIZE} bytes (one xattr block)")]
     TooLarge(usize),
 }
 
@@ -86,7 +91,7 @@ impl Xattrs {
     pub fn from_map(map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Self, XattrProblem> {
         let mut v = Vec::new();
         for (name, value) in map {
-            let shown = String::from_utf8_lossy(name).into_owned();
+            let shown = lode_common::escape(name);
             let (index, suffix, value) = match name.as_slice() {
                 b"system.posix_acl_access" => (2, &b""[..], acl_to_disk(&shown, value)?),
                 b"system.posix_acl_default" => (3, &b""[..], acl_to_disk(&shown, value)?),

@@ -1,0 +1,252 @@
+//! `lode cache-node`: stores stripes by key in memory and, optionally, on disk.
+//!
+//! HTTP/2 (and HTTP/1.1 for tools like curl) over TCP:
+//! `GET /s/<key>` → 200 with the stripe or 404; `HEAD /s/<key>`; `PUT /s/<key>`
+//! (body ≤ 1 MiB) → 204; `GET /health` → 200 `ok`; `GET /metrics` →
+//! Prometheus text. Keys are 1–128 of `[0-9a-z.:_-]`, not starting with `.`.
+//! Memory evictions move stripes to the disk tier; disk hits move them back.
+//! Both tiers are bounded and evict by LRU-2 ([`store`]).
+//!
+//! Clients are not trusted to behave: every connection has a first-byte and
+//! an idle timeout, connections are capped with the longest-idle shed first,
+//! accept errors are survived with back-off ([`serve`]), and request bodies
+//! in progress share one memory budget ([`body`]). Every bound is in
+//! [`Limits`].
+
+pub mod body;
+pub mod serve;
+pub mod store;
+
+pub use body::{BodyBudget, BodyError};
+pub use store::{DiskError, NodeStore, MARKER};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serve::{Closed, Registry};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest stripe accepted.
+pub const MAX_STRIPE: usize = 1 << 20;
+/// Default cap on connections served at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Concurrent HTTP/2 streams per connection.
+pub const MAX_STREAMS: u32 = 256;
+/// HTTP/2 flow-control window, per stream and per connection: what a
+/// connection can make the node buffer before the node reads it.
+pub const WINDOW: u32 = MAX_STRIPE as u32;
+
+/// Checks a stripe key: 1–128 of `[0-9a-z.:_-]`, not starting with `.`
+/// (the disk tier uses keys as file names: no `.`, `..` or temp names).
+pub fn valid_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 128
+        && !k.starts_with('.')
+        && k.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b".:_-".contains(&b))
+}
+
+/// What one client may cost a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; at the cap the longest-idle one is closed.
+    pub max_connections: usize,
+    /// A connection must send its first byte within this time.
+    pub first_byte_timeout: Duration,
+    /// A connection with no request in flight is closed after this time.
+    pub idle_timeout: Duration,
+    /// A request body must arrive within this time.
+    pub body_timeout: Duration,
+    /// Bytes of unfinished request bodies, all connections together.
+    pub body_memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            first_byte_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(10),
+            body_memory: 64 << 20,
+        }
+    }
+}
+
+/// Counters of the server side.
+#[derive(Debug, Default)]
+struct ServerMetrics {
+    rejected: AtomicU64,
+    accept_errors: AtomicU64,
+    refused: AtomicU64,
+    closed: [AtomicU64; 4],
+    bodies_refused: [AtomicU64; 4],
+}
+
+impl ServerMetrics {
+    fn closed(&self, why: Closed) {
+        let i = Closed::ALL.iter().position(|&c| c == why).unwrap_or(0);
+        self.closed[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+const BODY_ERRORS: [BodyError; 4] = [
+    BodyError::TooLarge,
+    BodyError::Busy,
+    BodyError::Timeout,
+    BodyError::Aborted,
+];
+
+fn body_label(e: BodyError) -> &'static str {
+    match e {
+        BodyError::TooLarge => "too_large",
+        BodyError::Busy => "budget",
+        BodyError::Timeout => "timeout",
+        BodyError::Aborted => "aborted",
+    }
+}
+
+/// A cache node: its stripes, its limits and its open connections.
+#[derive(Debug)]
+pub struct Node {
+    store: Arc<NodeStore>,
+    limits: Limits,
+    budget: BodyBudget,
+    conns: Registry,
+    metrics: ServerMetrics,
+}
+
+type Body = Full<Bytes>;
+
+fn respond(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r
+}
+
+impl Node {
+    /// A node serving `store` within `limits`.
+    pub fn new(store: Arc<NodeStore>, limits: Limits) -> Arc<Node> {
+        Arc::new(Node {
+            store,
+            budget: BodyBudget::new(limits.body_memory),
+            limits,
+            conns: Registry::new(),
+            metrics: ServerMetrics::default(),
+        })
+    }
+
+    /// The stripes it serves.
+    pub fn store(&self) -> &Arc<NodeStore> {
+        &self.store
+    }
+
+    /// Prometheus text: the tiers, then connections and refusals.
+    pub fn render(&self) -> String {
+        let mut out = self.store.render();
+        let m = &self.metrics;
+        for (n, v) in [
+            ("lode_node_rejected_total", &m.rejected),
+            ("lode_node_accept_errors_total", &m.accept_errors),
+            ("lode_node_connections_refused_total", &m.refused),
+        ] {
+            let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
+        }
+        for (why, v) in Closed::ALL.iter().zip(&m.closed) {
+            let _ = writeln!(
+                out,
+                "lode_node_connections_closed_total{{reason=\"{}\"}} {}",
+                why.label(),
+                v.load(Ordering::Relaxed)
+            );
+        }
+        for (e, v) in BODY_ERRORS.iter().zip(&m.bodies_refused) {
+            let _ = writeln!(
+                out,
+                "lode_node_bodies_refused_total{{reason=\"{}\"}} {}",
+                body_label(*e),
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "lode_node_connections {}", self.conns.len());
+        let _ = writeln!(out, "lode_node_body_bytes {}", self.budget.in_use());
+        out
+    }
+
+    /// Handles one request.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, std::convert::Infallible> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        if path == "/health" {
+            return Ok(respond(StatusCode::OK, Bytes::from_static(b"ok\n")));
+        }
+        if path == "/metrics" {
+            return Ok(respond(StatusCode::OK, Bytes::from(self.render())));
+        }
+        let Some(key) = path.strip_prefix("/s/").filter(|k| valid_key(k)) else {
+            self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            return Ok(respond(
+                StatusCode::BAD_REQUEST,
+                Bytes::from_static(b"bad key\n"),
+            ));
+        };
+        let key = key.to_string();
+        Ok(match method {
+            Method::GET => match self.store.get(&key) {
+                Some(v) => respond(StatusCode::OK, v),
+                None => respond(StatusCode::NOT_FOUND, Bytes::new()),
+            },
+            Method::HEAD => match self.store.get(&key) {
+                Some(v) => {
+                    let mut r = respond(StatusCode::OK, Bytes::new());
+                    r.headers_mut()
+                        .insert(hyper::header::CONTENT_LENGTH, v.len().into());
+                    r
+                }
+                None => respond(StatusCode::NOT_FOUND, Bytes::new()),
+            },
+            Method::PUT => {
+                let declared = hyper::body::Body::size_hint(req.body()).exact();
+                match self
+                    .budget
+                    .read(req.into_body(), declared, self.limits.body_timeout)
+                    .await
+                {
+                    Ok(b) => {
+                        self.store.put(key, b.bytes.clone());
+                        respond(StatusCode::NO_CONTENT, Bytes::new())
+                    }
+                    Err(e) => {
+                        self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                        let i = BODY_ERRORS.iter().position(|&x| x == e).unwrap_or(0);
+                        self.metrics.bodies_refused[i].fetch_add(1, Ordering::Relaxed);
+                        let status = match e {
+                            BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                            BodyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                            BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
+                            BodyError::Aborted => StatusCode::BAD_REQUEST,
+                        };
+                        respond(status, Bytes::from(format!("{e}\n")))
+                    }
+                }
+            }
+            _ => respond(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
+        })
+    }
+}
+
+/// Serves one client connection over any byte stream with the default
+/// [`Limits`] (tests and fuzzing; `lode cache-node` uses [`Node::serve`]).
+pub async fn serve_connection<S>(io: S, store: Arc<NodeStore>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    Node::new(store, Limits::default()).serve_io(io).await
+}
