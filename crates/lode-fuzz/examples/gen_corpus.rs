@@ -62,7 +62,18 @@ fn sealed_manifest(names: Vec<Option<ChunkName>>, size: u64, chunk_size: u32) ->
             })
         })
         .collect();
-    Manifest::seal("t", size, chunk_size, "r", names, &secrets, &FixedKeys)
+    let binding = lode_chunk::ImageBinding {
+        name: "x".into(),
+        version: 1,
+    };
+    let spec = lode_chunk::SealSpec {
+        tenant: "t",
+        binding: Some(&binding),
+        image_size: size,
+        chunk_size,
+        root: "r",
+    };
+    Manifest::seal(&spec, names, &secrets, &FixedKeys)
         .expect("seal")
         .encode()
 }

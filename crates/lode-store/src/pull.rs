@@ -1,6 +1,8 @@
 //! `pull`: rebuild an image from its manifest, verifying every chunk.
 
+use crate::alarm::ReadOf;
 use crate::error::{Result, StoreError};
+use crate::pointer::ResolvedImage;
 use crate::store::Store;
 use futures::{StreamExt, TryStreamExt};
 use lode_chunk::{open_chunk, KeyProvider, KeyTable, Manifest};
@@ -20,38 +22,70 @@ pub struct OpenedImage {
     pub keys: KeyTable,
 }
 
-/// Reads `tenant/name`'s manifest, checks its digest, tenant and root, and
-/// opens its key table with the tenant's key.
+/// Opens `tenant/name`: reads its pointer and checks the pointer's seal,
+/// reads the manifest and checks its digest, opens the key table with the
+/// tenant's key (authenticating the manifest), and checks that the manifest
+/// is bound to this tenant, name and version and is not older than a
+/// version this host has seen (then records it). A manifest in a root that
+/// is not readable is still opened, and raises an alarm.
 pub async fn open_image(
     store: &Store,
     keys: &dyn KeyProvider,
     tenant: &str,
     name: &str,
 ) -> Result<OpenedImage> {
-    let digest = store.get_image(tenant, name).await?;
+    let resolved = store.resolve_image(keys, tenant, name).await?;
+    let digest = resolved.digest.clone();
     let bytes = store.get_manifest(tenant, &digest).await?;
     let manifest = Manifest::decode(&bytes)?;
-    if manifest.tenant != tenant {
-        return Err(StoreError::BadDocument {
-            what: "manifest",
-            path: digest,
-            reason: format!("belongs to tenant '{}', not '{tenant}'", manifest.tenant),
-        });
-    }
     let table = manifest.open(keys)?;
-    let root = store.root(&manifest.root).await?;
-    if !root.state.readable() {
-        tracing::error!(root = %root.id, state = ?root.state, "read from a root that is not readable");
-        return Err(StoreError::Roots(format!(
-            "image {tenant}/{name} lives in root {} which is {:?}: not readable",
-            root.id, root.state
-        )));
-    }
+    let version = check_binding(tenant, name, &resolved, &manifest)?;
+    store.check_fresh(tenant, name, version).await?;
+    store
+        .watch_read(&manifest.root, ReadOf::Image { tenant, name })
+        .await;
+    store.record_seen(tenant, name, version).await?;
     Ok(OpenedImage {
         digest,
         manifest,
         keys: table,
     })
+}
+
+/// Checks that `manifest` is the image `tenant/name` the pointer promised;
+/// returns the image's version.
+fn check_binding(
+    tenant: &str,
+    name: &str,
+    pointer: &ResolvedImage,
+    manifest: &Manifest,
+) -> Result<u64> {
+    let refuse = |reason: String| StoreError::Binding {
+        tenant: tenant.into(),
+        name: name.into(),
+        reason,
+    };
+    if manifest.tenant != tenant {
+        return Err(refuse(format!(
+            "the pointer leads to a manifest of tenant '{}'",
+            manifest.tenant
+        )));
+    }
+    match &manifest.binding {
+        Some(b) if b.name != name => Err(refuse(format!(
+            "the pointer leads to the manifest of image '{tenant}/{}' (version {})",
+            b.name, b.version
+        ))),
+        // A sealed pointer names the version; a legacy one only the digest.
+        Some(b) if !pointer.legacy && b.version != pointer.version => Err(refuse(format!(
+            "the pointer says version {} but its manifest is version {}",
+            pointer.version, b.version
+        ))),
+        Some(b) => Ok(b.version),
+        // A format-1 manifest binds nothing: only a sealed pointer or a
+        // legacy one (version 0) vouches for it.
+        None => Ok(pointer.version),
+    }
 }
 
 /// What a pull did.

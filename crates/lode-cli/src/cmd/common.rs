@@ -2,9 +2,21 @@
 
 use anyhow::{Context, Result};
 use lode_chunk::{KeyProvider, Keyring};
-use lode_store::Store;
+use lode_store::{SeenVersions, Store, StoreError};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// The subcommand running (`pull`, `agent`, ...): names this process in alarms.
+static COMMAND: OnceLock<&'static str> = OnceLock::new();
+
+/// Records which subcommand runs (called once by `main`).
+pub fn set_command(name: &'static str) {
+    let _ = COMMAND.set(name);
+}
+
+fn command() -> &'static str {
+    COMMAND.get().copied().unwrap_or("lode")
+}
 
 /// `$LODE_HOME`, default `~/.local/share/lode`.
 pub fn lode_home() -> PathBuf {
@@ -25,10 +37,21 @@ pub fn store_url(given: Option<&str>) -> String {
     }
 }
 
-/// Opens the store.
+/// Opens the store, with this host's record of image versions seen
+/// (`$LODE_HOME/seen`, rollback detection) and the subcommand as the reader
+/// named in alarms. Only `push` and `root rotate` create a local store that
+/// does not exist; other commands report it missing.
 pub fn open_store(given: Option<&str>) -> Result<Store> {
     let url = store_url(given);
-    Store::open(&url).with_context(|| format!("opening store {url}"))
+    if let Some(dir) = lode_store::open::local_dir(&url) {
+        if !matches!(command(), "push" | "root") && !dir.is_dir() {
+            return Err(StoreError::NoStore { url }.into());
+        }
+    }
+    let store = Store::open(&url).with_context(|| format!("opening store {url}"))?;
+    Ok(store
+        .with_seen(SeenVersions::new(lode_home().join("seen"), &url))
+        .with_reader(command()))
 }
 
 /// The default key provider: the keyring in `$LODE_KEYS`, else
