@@ -143,10 +143,7 @@ mod tests {
                 state: "removed",
                 ..c
             },
-            PointerClaim {
-                tenant: "bob",
-                ..c
-            },
+            PointerClaim { tenant: "bob", ..c },
         ] {
             assert!(open_pointer(&other, &s, &k).is_err(), "{other:?}");
         }

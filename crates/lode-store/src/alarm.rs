@@ -171,13 +171,11 @@ impl Store {
             }
         };
         let readable = seen.state.is_some_and(RootState::readable);
+        // One alarm per root per window; a failed write is retried on the next read.
         let alarm = !readable
             && seen
                 .alarmed_ms
                 .is_none_or(|t| now.saturating_sub(t) >= WATCH_TTL_MS);
-        if alarm {
-            seen.alarmed_ms = Some(now);
-        }
         self.watch
             .roots
             .lock()
@@ -191,16 +189,28 @@ impl Store {
             Some(s) => format!("{s:?}").to_lowercase(),
             None => "deleted".into(),
         };
-        tracing::error!(root, state, reader = self.reader(), "read from a root that is not readable");
-        if alarm {
-            match self.record_alarm(root, &state, what).await {
-                Ok(_) => {
-                    metrics().alarms_recorded.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    metrics().alarm_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(root, error = %e, "could not record the alarm");
-                }
+        tracing::error!(
+            root,
+            state,
+            reader = self.reader(),
+            "read from a root that is not readable"
+        );
+        if !alarm {
+            return;
+        }
+        match self.record_alarm(root, &state, what).await {
+            Ok(_) => {
+                metrics().alarms_recorded.fetch_add(1, Ordering::Relaxed);
+                seen.alarmed_ms = Some(now);
+                self.watch
+                    .roots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(root.to_string(), seen);
+            }
+            Err(e) => {
+                metrics().alarm_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(root, error = %e, "could not record the alarm");
             }
         }
     }

@@ -91,13 +91,11 @@ impl Store {
         {
             Ok(r) => Ok(Some(r.into())),
             Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => {
-                Ok(self
-                    .get_versioned(path)
-                    .await?
-                    .filter(|(b, _)| *b == bytes)
-                    .map(|(_, v)| v))
-            }
+            | Err(object_store::Error::Precondition { .. }) => Ok(self
+                .get_versioned(path)
+                .await?
+                .filter(|(b, _)| *b == bytes)
+                .map(|(_, v)| v)),
             Err(object_store::Error::NotImplemented { .. })
             | Err(object_store::Error::NotSupported { .. }) => {
                 if !WARNED.swap(true, Ordering::Relaxed) {
@@ -152,7 +150,10 @@ mod tests {
         let (_, v) = s.get_versioned(&p).await.unwrap().unwrap();
         let e = Expect::Version(v);
         assert!(s.put_if(&p, "c".into(), &e).await.unwrap());
-        assert!(!s.put_if(&p, "d".into(), &e).await.unwrap(), "stale version");
+        assert!(
+            !s.put_if(&p, "d".into(), &e).await.unwrap(),
+            "stale version"
+        );
         assert_eq!(s.get_opt(&p).await.unwrap().unwrap(), "c");
         s.delete(&p).await.unwrap();
         s.delete(&p).await.unwrap();

@@ -86,7 +86,9 @@ pub enum StoreError {
         remaining_ms: u64,
     },
     /// This collector lost its lease (expired and taken, or fenced by a newer one).
-    #[error("lost the GC lease (token {token}): {reason}; stopping before anything else is deleted")]
+    #[error(
+        "lost the GC lease (token {token}): {reason}; stopping before anything else is deleted"
+    )]
     LeaseLost {
         /// The token this collector held.
         token: u64,

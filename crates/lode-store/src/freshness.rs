@@ -27,10 +27,7 @@ pub struct SeenVersions {
 /// endpoint they are reached through).
 pub fn store_key(url: &str) -> String {
     let canon = match crate::open::local_dir(url) {
-        Some(p) => std::fs::canonicalize(&p)
-            .unwrap_or(p)
-            .display()
-            .to_string(),
+        Some(p) => std::fs::canonicalize(&p).unwrap_or(p).display().to_string(),
         None if url.starts_with("s3://") => format!(
             "{}@{}",
             url.trim_end_matches('/'),

@@ -27,8 +27,8 @@ use crate::migrate::{MigrationStats, Migrator};
 use crate::publish::Outcome;
 use crate::roots::{RootInfo, RootState};
 use crate::scan::ImageProblem;
-use crate::sweep::{DeletedRoot, SweptMetadata};
 use crate::store::Store;
+use crate::sweep::{DeletedRoot, SweptMetadata};
 use lode_chunk::KeyProvider;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -235,7 +235,8 @@ async fn run(
     };
     let keep_id = target.as_ref().map_or(String::from("~"), |r| r.id.clone());
     for r in &roots {
-        if r.state == RootState::Active && r.id < keep_id {
+        // Older active roots, and any root whose retirement a crash interrupted.
+        if r.state == RootState::Active && r.id != keep_id && (r.id < keep_id || r.closing) {
             if dry {
                 report.retired_roots.push(r.id.clone());
             } else {
@@ -254,6 +255,12 @@ async fn run(
             }
         }
     }
+
+    // Every decision below about a root uses its state from before the scan:
+    // a root retired by then can have received no publish the scan missed
+    // (retirement fences publishes in flight), which a root retired later
+    // (by a concurrent `lode root rotate`) may have.
+    let before = s.list_roots().await?;
 
     // Scan and migrate.
     let live = s.scan_live(&keep_id, opts.concurrency).await?;
@@ -282,9 +289,9 @@ async fn run(
                 Ok(Outcome::Retarget) => report
                     .not_migrated
                     .push(problem("the active root closed; next pass".into())),
-                Err(e @ (crate::StoreError::LeaseLost { .. } | crate::StoreError::Backend { .. })) => {
-                    return Err(e)
-                }
+                Err(
+                    e @ (crate::StoreError::LeaseLost { .. } | crate::StoreError::Backend { .. }),
+                ) => return Err(e),
                 Err(e) => report.not_migrated.push(problem(e.to_string())),
             }
         }
@@ -296,12 +303,11 @@ async fn run(
 
     // Expire and delete.
     let alarms = s.open_alarms().await?;
-    report.deletion_halted = !alarms.is_empty();
+    report.deletion_halted = !alarms.is_empty() && !crate::rule_broken("ignore-alarms");
     report.open_alarms = alarms;
-    let listing = s.list_roots().await?;
     let now = s.env().now_ms();
-    for (r, _) in &listing.roots {
-        let holds_live = by_root.contains_key(&r.id);
+    for (r, _) in &before.roots {
+        let holds_live = by_root.contains_key(&r.id) && !crate::rule_broken("expire-live-roots");
         let age = now.saturating_sub(r.since_ms());
         match r.state {
             RootState::Retired if !holds_live && age >= ms(opts.retire_after) => {
@@ -327,7 +333,9 @@ async fn run(
                 if !holds_live && !report.deletion_halted && age >= ms(opts.expire_after) =>
             {
                 keep(lease).await?;
-                report.deleted_roots.push(s.delete_root(&r.id, lease, false).await?);
+                report
+                    .deleted_roots
+                    .push(s.delete_root(&r.id, lease, false).await?);
             }
             RootState::Expired if holds_live => tracing::error!(
                 root = %r.id,
@@ -337,20 +345,27 @@ async fn run(
         }
     }
     if !report.deletion_halted {
-        for o in &listing.orphans {
+        for o in &before.orphans {
             let d = s.delete_root(o, lease, true).await?;
             if d.objects > 0 {
                 report.deleted_roots.push(d);
             }
         }
-        let taking: BTreeSet<String> = listing
+        // Manifests of roots retired before the scan, or deleted, can no
+        // longer be published: those the scan found unreferenced are garbage.
+        let now_ids: BTreeSet<String> = s.roots().await?.into_iter().map(|r| r.id).collect();
+        let before_ids: BTreeSet<&str> = before.roots.iter().map(|(r, _)| r.id.as_str()).collect();
+        let closed: BTreeSet<String> = before
             .roots
             .iter()
-            .filter(|(r, _)| r.takes_pushes())
+            .filter(|(r, _)| matches!(r.state, RootState::Retired | RootState::Expired))
             .map(|(r, _)| r.id.clone())
             .collect();
+        let closed = |root: &str| {
+            closed.contains(root) || (!before_ids.contains(root) && !now_ids.contains(root))
+        };
         report.swept = s
-            .sweep_metadata(&live, &taking, now, ms(opts.retire_after), lease)
+            .sweep_metadata(&live, closed, now, ms(opts.retire_after), lease)
             .await?;
     }
     report.roots = s

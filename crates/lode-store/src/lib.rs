@@ -33,6 +33,22 @@ pub mod sweep;
 #[cfg(test)]
 mod sim;
 
+/// Whether a protocol rule is switched off on purpose: only ever in this
+/// crate's unit tests, which run the protocol simulation with one rule
+/// broken to show the simulation catches it. Always false otherwise.
+#[inline]
+pub(crate) fn rule_broken(rule: &str) -> bool {
+    #[cfg(test)]
+    {
+        sim::broken(rule)
+    }
+    #[cfg(not(test))]
+    {
+        let _ = rule;
+        false
+    }
+}
+
 pub use cond::Expect;
 pub use env::{Environment, SystemEnv};
 pub use error::{Result, StoreError};

@@ -159,9 +159,7 @@ async fn entry(
             e.root = m.root.clone();
             e.manifest = img.digest;
         }
-        Err(StoreError::ImageRemoved { .. } | StoreError::ImageNotFound { .. }) => {
-            return Ok(None)
-        }
+        Err(StoreError::ImageRemoved { .. } | StoreError::ImageNotFound { .. }) => return Ok(None),
         Err(e2 @ StoreError::Backend { .. }) => return Err(e2),
         Err(err) => e.error = Some(err.to_string()),
     }

@@ -89,8 +89,7 @@ impl ObjectStore for LocalStore {
         if current.is_none() || current != expected.e_tag {
             return Err(object_store::Error::Precondition {
                 path: location.to_string(),
-                source: format!("ETag {current:?} is not the expected {:?}", expected.e_tag)
-                    .into(),
+                source: format!("ETag {current:?} is not the expected {:?}", expected.e_tag).into(),
             });
         }
         let opts = PutOptions {
@@ -164,7 +163,8 @@ mod tests {
             version: None,
         };
         assert!(matches!(
-            s.put_opts(&Path::from("nope"), "x".into(), upd(missing)).await,
+            s.put_opts(&Path::from("nope"), "x".into(), upd(missing))
+                .await,
             Err(object_store::Error::Precondition { .. })
         ));
     }

@@ -154,13 +154,7 @@ impl<'a> Migrator<'a> {
             secrets: &secrets,
         };
         self.store
-            .publish_same_version(
-                &p,
-                version,
-                &img.version,
-                self.keys.as_ref(),
-                ws.as_deref(),
-            )
+            .publish_same_version(&p, version, &img.version, self.keys.as_ref(), ws.as_deref())
             .await
     }
 
@@ -172,17 +166,27 @@ impl<'a> Migrator<'a> {
         name: ChunkName,
         secret: ChunkSecret,
     ) -> Result<(ChunkName, ChunkName, ChunkSecret, u64)> {
-        let ct = self.store.get_chunk(old_root, &name).await.map_err(|e| match e {
-            StoreError::Missing { path, .. } => StoreError::ChunkMissing {
-                index: index as u64,
-                offset: 0,
-                path,
-            },
-            e => e,
-        })?;
+        let ct = self
+            .store
+            .get_chunk(old_root, &name)
+            .await
+            .map_err(|e| match e {
+                StoreError::Missing { path, .. } => StoreError::ChunkMissing {
+                    index: index as u64,
+                    offset: 0,
+                    path,
+                },
+                e => e,
+            })?;
         let salt = self.salt.clone();
         let sealed = tokio::task::spawn_blocking(move || {
-            let pt = open_chunk(index as u64, &name, &secret.key, &secret.plain_sha, ct.to_vec())?;
+            let pt = open_chunk(
+                index as u64,
+                &name,
+                &secret.key,
+                &secret.plain_sha,
+                ct.to_vec(),
+            )?;
             Ok::<_, lode_chunk::ChunkError>(seal_chunk(&salt, &pt))
         })
         .await

@@ -91,12 +91,7 @@ impl ImagePointer {
         }
     }
 
-    fn sealed(
-        mut self,
-        tenant: &str,
-        name: &str,
-        keys: &dyn KeyProvider,
-    ) -> Result<ImagePointer> {
+    fn sealed(mut self, tenant: &str, name: &str, keys: &dyn KeyProvider) -> Result<ImagePointer> {
         self.seal = Some(hex::encode(seal_pointer(&self.claim(tenant, name), keys)?));
         Ok(self)
     }
@@ -353,7 +348,10 @@ impl Store {
 
     /// Names of every pointer object of `tenant` (live, removed or vacant),
     /// with their metadata, all pages.
-    pub async fn list_pointers(&self, tenant: &str) -> Result<Vec<(String, object_store::ObjectMeta)>> {
+    pub async fn list_pointers(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, object_store::ObjectMeta)>> {
         lode_chunk::keys::check_tenant(tenant)?;
         let mut out: Vec<_> = self
             .list_all(&format!("tenants/{tenant}/images"))
@@ -376,7 +374,10 @@ impl Store {
         let live: Vec<Option<(String, String)>> = futures::stream::iter(names)
             .map(|(t, n)| async move {
                 let p = self.read_pointer(&t, &n).await?;
-                Ok::<_, StoreError>(p.filter(|(p, _)| p.live_manifest().is_some()).map(|_| (t, n)))
+                Ok::<_, StoreError>(
+                    p.filter(|(p, _)| p.live_manifest().is_some())
+                        .map(|_| (t, n)),
+                )
             })
             .buffered(16)
             .try_collect()
@@ -422,19 +423,28 @@ mod tests {
         let k = Keyring::new(d.path());
         let s = Store::open("memory://").unwrap();
         let a = ImagePointer::live("t", "a", D, 1, &k).unwrap();
-        assert!(s.write_pointer("t", "a", &a, &Expect::Absent).await.unwrap());
+        assert!(s
+            .write_pointer("t", "a", &a, &Expect::Absent)
+            .await
+            .unwrap());
         let r = s.resolve_image(&k, "t", "a").await.unwrap();
         assert_eq!((r.digest.as_str(), r.version, r.legacy), (D, 1, false));
         // The same document under another name does not verify.
-        s.write_pointer("t", "b", &a, &Expect::Absent).await.unwrap();
+        s.write_pointer("t", "b", &a, &Expect::Absent)
+            .await
+            .unwrap();
         assert!(matches!(
             s.resolve_image(&k, "t", "b").await,
-            Err(StoreError::Chunk(lode_chunk::ChunkError::PointerUnauthentic { .. }))
+            Err(StoreError::Chunk(
+                lode_chunk::ChunkError::PointerUnauthentic { .. }
+            ))
         ));
         // An edited digest does not verify either.
         let mut edited = a.clone();
         edited.manifest = Some(E.into());
-        s.write_pointer("t", "c", &edited, &Expect::Absent).await.unwrap();
+        s.write_pointer("t", "c", &edited, &Expect::Absent)
+            .await
+            .unwrap();
         assert!(s.resolve_image(&k, "t", "c").await.is_err());
         // Fencing changes the document, not the claim.
         s.fence_pointer("t", "a").await.unwrap();
@@ -446,7 +456,10 @@ mod tests {
         ));
         let rm = ImagePointer::removed("t", "a", 2, &k).unwrap();
         let (_, v) = s.read_pointer("t", "a").await.unwrap().unwrap();
-        assert!(s.write_pointer("t", "a", &rm, &Expect::Version(v)).await.unwrap());
+        assert!(s
+            .write_pointer("t", "a", &rm, &Expect::Version(v))
+            .await
+            .unwrap());
         assert!(matches!(
             s.resolve_image(&k, "t", "a").await,
             Err(StoreError::ImageRemoved { version: 2, .. })
@@ -469,12 +482,16 @@ mod tests {
             .unwrap()
             .with_seen(crate::SeenVersions::new(d.path().join("seen"), "memory://"));
         let v2 = ImagePointer::live("t", "a", E, 2, &k).unwrap();
-        s.write_pointer("t", "a", &v2, &Expect::Absent).await.unwrap();
+        s.write_pointer("t", "a", &v2, &Expect::Absent)
+            .await
+            .unwrap();
         s.resolve_image(&k, "t", "a").await.unwrap();
         s.record_seen("t", "a", 2).await.unwrap();
         let v1 = ImagePointer::live("t", "a", D, 1, &k).unwrap();
         let (_, v) = s.read_pointer("t", "a").await.unwrap().unwrap();
-        s.write_pointer("t", "a", &v1, &Expect::Version(v)).await.unwrap();
+        s.write_pointer("t", "a", &v1, &Expect::Version(v))
+            .await
+            .unwrap();
         assert!(matches!(
             s.resolve_image(&k, "t", "a").await,
             Err(StoreError::Rollback {
@@ -494,7 +511,11 @@ mod tests {
             br#"{"version":1,"manifest":"md5:00"}"#,
             b"not json",
         ] {
-            assert!(ImagePointer::parse(bad, "p").is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                ImagePointer::parse(bad, "p").is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let v1 = format!(r#"{{"version":1,"manifest":"{D}"}}"#);
         let p = ImagePointer::parse(v1.as_bytes(), "p").unwrap();

@@ -88,7 +88,13 @@ pub type PointerRead = Option<(ImagePointer, UpdateVersion)>;
 
 impl Store {
     /// Step 2: records a publish of `tenant/name` in flight into `root`.
-    pub async fn write_intent(&self, root: &str, tenant: &str, name: &str, writer: &str) -> Result<Path> {
+    pub async fn write_intent(
+        &self,
+        root: &str,
+        tenant: &str,
+        name: &str,
+        writer: &str,
+    ) -> Result<Path> {
         let path = Path::from(format!(
             "roots/{root}/intents/{}.json",
             self.env().unique_id()
@@ -180,7 +186,8 @@ impl Store {
                 return Ok(Outcome::Published { digest, version });
             }
             // Lost to another writer: this manifest was never referenced.
-            self.delete(&Store::manifest_path(p.tenant, &digest)?).await?;
+            self.delete(&Store::manifest_path(p.tenant, &digest)?)
+                .await?;
             read = self.read_pointer(p.tenant, p.name).await?;
         }
         Err(StoreError::Contended {
@@ -221,7 +228,8 @@ impl Store {
         }
         self.delete(&Store::working_set_path(p.tenant, &digest)?)
             .await?;
-        self.delete(&Store::manifest_path(p.tenant, &digest)?).await?;
+        self.delete(&Store::manifest_path(p.tenant, &digest)?)
+            .await?;
         Ok(Outcome::Superseded)
     }
 }

@@ -212,7 +212,8 @@ impl Store {
     /// name). A read from a root that is not readable (expired, deleted)
     /// still returns the data if it is there, and records an alarm.
     pub async fn get_chunk(&self, root: &str, name: &ChunkName) -> Result<Bytes> {
-        self.watch_read(root, crate::alarm::ReadOf::Chunk(name)).await;
+        self.watch_read(root, crate::alarm::ReadOf::Chunk(name))
+            .await;
         let path = Self::chunk_path(root, name);
         self.get_opt(&path).await?.ok_or(StoreError::Missing {
             what: "chunk",

@@ -145,7 +145,9 @@ impl Store {
     /// manifest lode can read).
     async fn manifest_root(&self, path: &Path) -> Result<Option<String>> {
         let opts = GetOptions {
-            range: Some(GetRange::Bounded(0..lode_chunk::manifest::HEADER_PEEK as u64)),
+            range: Some(GetRange::Bounded(
+                0..lode_chunk::manifest::HEADER_PEEK as u64,
+            )),
             ..Default::default()
         };
         let head = match self.object_store().get_opts(path, opts).await {
@@ -163,13 +165,14 @@ impl Store {
         }
     }
 
-    /// Deletes unreferenced manifests whose root no longer takes pushes
-    /// (unreadable ones once older than `grace_ms`), and working sets whose
-    /// manifest is gone and that are older than `grace_ms`.
+    /// Deletes manifests the scan `live` found unreferenced whose root is
+    /// `closed` (can no longer be published into; unreadable manifests once
+    /// older than `grace_ms`), and working sets whose manifest is gone and
+    /// that are older than `grace_ms`.
     pub async fn sweep_metadata(
         &self,
         live: &LiveSet,
-        taking_pushes: &BTreeSet<String>,
+        closed: impl Fn(&str) -> bool,
         now_ms: u64,
         grace_ms: u64,
         lease: &mut Option<Lease>,
@@ -190,7 +193,7 @@ impl Store {
                     continue;
                 }
                 let delete = match self.manifest_root(&m.location).await? {
-                    Some(root) => !taking_pushes.contains(&root),
+                    Some(root) => closed(&root),
                     None => old(&m),
                 };
                 if delete {

@@ -81,7 +81,10 @@ fn print_report(r: &GcReport) {
         println!("retire: {would}retire {root}");
     }
     if r.fenced_intents > 0 {
-        println!("fence: {} pushes in flight into retired roots", r.fenced_intents);
+        println!(
+            "fence: {} pushes in flight into retired roots",
+            r.fenced_intents
+        );
     }
     println!(
         "live: {} images ({} outside the active root)",
@@ -109,7 +112,11 @@ fn print_report(r: &GcReport) {
     for d in &r.deleted_roots {
         println!(
             "delete: {would}delete {}{}: {} objects, {}",
-            if d.orphan { "orphaned prefix " } else { "root " },
+            if d.orphan {
+                "orphaned prefix "
+            } else {
+                "root "
+            },
             d.root,
             d.objects,
             human(d.bytes)

@@ -57,12 +57,13 @@ pub fn run(args: Args) -> Result<()> {
         println!("image      {}/{}", m.tenant, args.name);
         println!(
             "manifest   {} ({} bytes, format v{})",
-            img.digest,
-            manifest_bytes,
-            m.format
+            img.digest, manifest_bytes, m.format
         );
         if let Some(b) = &m.binding {
-            println!("version    {} (bound to {}/{})", b.version, m.tenant, b.name);
+            println!(
+                "version    {} (bound to {}/{})",
+                b.version, m.tenant, b.name
+            );
         }
         println!(
             "size       {} ({} bytes)",
