@@ -40,7 +40,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     };
     let n: f64 = num.parse().map_err(|_| bad())?;
     let secs = n * secs_per;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return Err(bad());
     }
     Ok(std::time::Duration::from_secs_f64(secs))

@@ -2,8 +2,8 @@
 //!
 //! Reads may come only from *active* or *retired* roots. Every chunk read
 //! (`Store::get_chunk`, under the agent's store tier, `lode pull` and
-//! `lode cat`) and every manifest opened asks the [`RootWatch`] for the
-//! root's state (cached for [`WATCH_TTL_MS`]). A read from an *expired* root,
+//! `lode cat`) asks the [`RootWatch`] for the root's state (cached for
+//! [`WATCH_TTL_MS`]); opening an image reads its root's state afresh. A read from an *expired* root,
 //! a deleted one, or one with no root document still returns the data if it
 //! is there, and records an alarm object:
 //!
@@ -155,8 +155,10 @@ impl Store {
             let m = self.watch.roots.lock().unwrap_or_else(|p| p.into_inner());
             m.get(root).copied()
         };
+        // Chunk reads use the cached state; opening an image (rare) reads it afresh.
+        let fresh = matches!(what, ReadOf::Chunk(_));
         let mut seen = match cached {
-            Some(s) if now.saturating_sub(s.fetched_ms) < WATCH_TTL_MS => s,
+            Some(s) if fresh && now.saturating_sub(s.fetched_ms) < WATCH_TTL_MS => s,
             _ => {
                 let state = match self.root_versioned(root).await {
                     Ok(r) => r.map(|(r, _)| r.state),
@@ -213,6 +215,24 @@ impl Store {
                 tracing::error!(root, error = %e, "could not record the alarm");
             }
         }
+    }
+
+    /// Roots this store (and its clones) read from while they were not
+    /// readable, with their state as seen (`expired`, `deleted`).
+    pub fn unreadable_roots_read(&self) -> Vec<(String, String)> {
+        let m = self.watch.roots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, String)> = m
+            .iter()
+            .filter(|(_, s)| !s.state.is_some_and(RootState::readable))
+            .map(|(id, s)| {
+                let state = s
+                    .state
+                    .map_or("deleted".into(), |s| format!("{s:?}").to_lowercase());
+                (id.clone(), state)
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Writes an alarm for a read of `what` from `root` (seen in `state`).

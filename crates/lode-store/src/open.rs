@@ -29,8 +29,9 @@ pub fn local_dir(url: &str) -> Option<std::path::PathBuf> {
         return None;
     }
     match url.strip_prefix("file://") {
-        Some(p) => Some(p.into()),
-        None if url.contains("://") => None,
+        Some(p) if p.starts_with('/') => Some(p.into()),
+        Some(_) => None,
+        None if url.contains("://") || url.is_empty() => None,
         None => Some(url.into()),
     }
 }

@@ -38,7 +38,19 @@ pub async fn open_image(
     let digest = resolved.digest.clone();
     let bytes = store.get_manifest(tenant, &digest).await?;
     let manifest = Manifest::decode(&bytes)?;
+    // The tenant first: opening another tenant's manifest would use its key.
+    if manifest.tenant != tenant {
+        return Err(StoreError::Binding {
+            tenant: tenant.into(),
+            name: name.into(),
+            reason: format!(
+                "the pointer leads to a manifest of tenant '{}'",
+                manifest.tenant
+            ),
+        });
+    }
     let table = manifest.open(keys)?;
+    // The name and version once the header is authenticated.
     let version = check_binding(tenant, name, &resolved, &manifest)?;
     store.check_fresh(tenant, name, version).await?;
     store
@@ -65,12 +77,6 @@ fn check_binding(
         name: name.into(),
         reason,
     };
-    if manifest.tenant != tenant {
-        return Err(refuse(format!(
-            "the pointer leads to a manifest of tenant '{}'",
-            manifest.tenant
-        )));
-    }
     match &manifest.binding {
         Some(b) if b.name != name => Err(refuse(format!(
             "the pointer leads to the manifest of image '{tenant}/{}' (version {})",

@@ -65,6 +65,17 @@ pub fn key_provider() -> Arc<dyn KeyProvider> {
     Arc::new(Keyring::new(dir))
 }
 
+/// Warns on stderr (one line per root) when this command read from a root
+/// that is not readable: the read returned data, and an alarm was recorded
+/// in the store, which halts GC's deletions until acknowledged.
+pub fn warn_unreadable_reads(store: &Store) {
+    for (root, state) in store.unreadable_roots_read() {
+        eprintln!(
+            "lode: warning: read from root {root}, which is {state}; an alarm is recorded in the store and GC deletes nothing until `lode gc --ack-alarm {root}`"
+        );
+    }
+}
+
 /// A tokio runtime for one command.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
