@@ -116,6 +116,8 @@ pub struct GcReport {
     pub deleted_roots: Vec<DeletedRoot>,
     /// Unreferenced manifests and working sets deleted.
     pub swept: SweptMetadata,
+    /// Stale staging files of killed writers removed (local store only).
+    pub staging_files: usize,
     /// Open alarms per root (after acknowledgement).
     pub open_alarms: BTreeMap<String, usize>,
     /// True if open alarms stopped every deletion.
@@ -127,6 +129,10 @@ pub struct GcReport {
     /// Wall time.
     pub seconds: f64,
 }
+
+/// Age after which a local store's staging file belongs to a dead writer
+/// (a live write takes seconds at most).
+const STAGING_AGE: Duration = Duration::from_secs(15 * 60);
 
 fn holder_name(store: &Store) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -367,6 +373,12 @@ async fn run(
         report.swept = s
             .sweep_metadata(&live, closed, now, ms(opts.retire_after), lease)
             .await?;
+        if let (Some(dir), false) = (crate::open::local_dir(s.url()), dry) {
+            report.staging_files =
+                tokio::task::spawn_blocking(move || crate::local::sweep_staging(&dir, STAGING_AGE))
+                    .await
+                    .map_err(|e| crate::StoreError::Task(e.to_string()))?;
+        }
     }
     report.roots = s
         .roots()
