@@ -376,3 +376,95 @@ fn gc_killed_at_random_points_then_rerun() {
     converge(&env.home, &killed, "0s", "1s");
     assert_eq!(end_state(&env, &killed), reference);
 }
+
+/// An agent still serving an image's old manifest after GC moved the image
+/// and expired its old root: its reads return the right bytes, record an
+/// alarm in the store and count in its metrics; GC then deletes nothing
+/// until the alarm is acknowledged.
+#[test]
+fn agent_read_from_an_expired_root_alarms_and_halts_deletion() {
+    let env = Env::new();
+    let img = pooled_image(5, 8, 100);
+    push(&env, &img, "acme", "app");
+    let old_root = Census::of(&env.store).roots.keys().next().unwrap().clone();
+    let mut agent = env.agent("alarm", &[]);
+    let mut conn = Conn::go_ok(&agent.sock, "acme/app");
+    assert!(conn.read(0, 4096).unwrap().unwrap() == img[..4096]);
+
+    // GC moves the image to a new root and expires the old one (no grace).
+    let r = gc(
+        &env.home,
+        &env.store,
+        &[
+            "--rotate-after",
+            "0s",
+            "--retire-after",
+            "0s",
+            "--expire-after",
+            "1h",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r["migration"]["images"], 1, "{r}");
+    assert_eq!(
+        r["expired_roots"][0].as_str(),
+        Some(old_root.as_str()),
+        "{r}"
+    );
+
+    // The open connection still reads the old manifest's chunks: the data
+    // comes back, and the agent raises the alarm (once its cached view of
+    // the root, at most 5 s old, has expired).
+    std::thread::sleep(Duration::from_millis(5200));
+    let off = 5 * common_agent::CHUNK;
+    let got = conn.read(off, 65536).unwrap().unwrap();
+    assert!(got == img[off as usize..off as usize + 65536]);
+    drop(conn);
+    let alarms = env.store.join(format!("alarms/{old_root}"));
+    let files: Vec<_> = std::fs::read_dir(&alarms).unwrap().collect();
+    assert_eq!(files.len(), 1, "one alarm per root per window");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files[0].as_ref().unwrap().path()).unwrap()).unwrap();
+    assert_eq!(
+        (doc["reader"].as_str(), doc["state"].as_str()),
+        (Some("agent"), Some("expired"))
+    );
+    assert!(agent.metric("lode_unreadable_root_reads_total") >= 1.0);
+    assert_eq!(agent.metric("lode_root_alarms_recorded_total"), 1.0);
+
+    // Deletion halts while the alarm is open, even past the grace time.
+    let args = ["--retire-after", "0s", "--expire-after", "0s"];
+    let r = gc(&env.home, &env.store, &args).unwrap();
+    assert_eq!(r["deletion_halted"], true, "{r}");
+    assert!(r["deleted_roots"].as_array().unwrap().is_empty());
+    assert!(env
+        .store
+        .join(format!("roots/{old_root}/root.json"))
+        .exists());
+    let text = lode(
+        &env.home,
+        &["gc", "--store", env.store.to_str().unwrap(), "--dry-run"],
+    );
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "ALARM: 1 unacknowledged read(s) from root {old_root}"
+        )),
+        "{text}"
+    );
+
+    // Acknowledged: the old root goes.
+    let mut acked = args.to_vec();
+    acked.extend(["--ack-alarm", &old_root]);
+    let r = gc(&env.home, &env.store, &acked).unwrap();
+    assert_eq!(r["acknowledged_alarms"], 1, "{r}");
+    assert_eq!(
+        r["deleted_roots"][0]["root"].as_str(),
+        Some(old_root.as_str()),
+        "{r}"
+    );
+    agent.kill();
+    let c = Census::of(&env.store);
+    assert!(c.is_live_set(), "{}", c.diff());
+    assert!(pull_bytes(&env, "acme", "app").unwrap() == img);
+}

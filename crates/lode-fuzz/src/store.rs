@@ -89,7 +89,8 @@ pub fn documents(data: &[u8]) {
                 }
             }
             6 => {
-                let root = br#"{"version":2,"id":"r","state":"active","salt_id":"5a175a17","created":1}"#;
+                let root =
+                    br#"{"version":2,"id":"r","state":"active","salt_id":"5a175a17","created":1}"#;
                 store
                     .put(&Path::from("roots/r/root.json"), Bytes::from_static(root))
                     .await
@@ -102,14 +103,16 @@ pub fn documents(data: &[u8]) {
                 let _ = store.retire_root("r", 0).await;
             }
             7 => {
-                let root = br#"{"version":2,"id":"r","state":"retired","salt_id":"5a175a17","created":1}"#;
+                let root =
+                    br#"{"version":2,"id":"r","state":"retired","salt_id":"5a175a17","created":1}"#;
                 store
                     .put(&Path::from("roots/r/root.json"), Bytes::from_static(root))
                     .await
                     .expect("put");
                 let digest = store.put_manifest("t", doc).await.expect("put manifest");
                 store.set_image("t", "x", &digest).await.expect("set image");
-                let keys: std::sync::Arc<dyn lode_chunk::KeyProvider> = std::sync::Arc::new(FixedKeys);
+                let keys: std::sync::Arc<dyn lode_chunk::KeyProvider> =
+                    std::sync::Arc::new(FixedKeys);
                 for dry_run in [true, false] {
                     let opts = lode_store::GcOptions {
                         dry_run,

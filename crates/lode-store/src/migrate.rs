@@ -17,7 +17,9 @@ use crate::roots::RootInfo;
 use crate::scan::LiveImage;
 use crate::store::Store;
 use futures::{StreamExt, TryStreamExt};
-use lode_chunk::{open_chunk, seal_chunk, ChunkName, ChunkSecret, KeyProvider, Manifest, Salt};
+use lode_chunk::{
+    open_named_chunk, seal_chunk, ChunkName, ChunkSecret, KeyProvider, Manifest, Salt,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -179,14 +181,11 @@ impl<'a> Migrator<'a> {
                 e => e,
             })?;
         let salt = self.salt.clone();
+        // The plaintext hash (authenticated by the manifest) alone decides
+        // whether the bytes are right, as on the agent's read path: a
+        // corrupt or substituted ciphertext fails it. No separate name pass.
         let sealed = tokio::task::spawn_blocking(move || {
-            let pt = open_chunk(
-                index as u64,
-                &name,
-                &secret.key,
-                &secret.plain_sha,
-                ct.to_vec(),
-            )?;
+            let pt = open_named_chunk(index as u64, &secret.key, &secret.plain_sha, ct.to_vec())?;
             Ok::<_, lode_chunk::ChunkError>(seal_chunk(&salt, &pt))
         })
         .await

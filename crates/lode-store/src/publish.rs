@@ -197,9 +197,11 @@ impl Store {
         })
     }
 
-    /// Steps 3 to 5 for migration: replaces exactly the pointer read as
+    /// Steps 4 and 5 for migration: replaces exactly the pointer read as
     /// `expected` with `p` at `version`, the version the image is bound to
-    /// (GC keeps bindings).
+    /// (GC keeps bindings). The caller has done step 3 (checked, after
+    /// writing its intent, that the root takes pushes) before re-encrypting
+    /// the image's chunks into it.
     /// The image's start-up working set `ws`, if any, is sealed for the new
     /// manifest and written before the pointer switches.
     pub async fn publish_same_version(
@@ -210,9 +212,6 @@ impl Store {
         keys: &dyn KeyProvider,
         ws: Option<&[u32]>,
     ) -> Result<Outcome> {
-        if !self.root_takes_pushes(p.root).await? {
-            return Ok(Outcome::Retarget);
-        }
         let digest = self.seal_and_put(p, version, keys).await?;
         if let Some(order) = ws {
             let sealed = lode_chunk::workingset::seal(p.tenant, &digest, order, keys)?;
