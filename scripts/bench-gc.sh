@@ -7,7 +7,7 @@
 #      live manifests plus listed objects);
 #   3. migration throughput against push throughput.
 #
-#   scripts/bench-gc.sh [--sizes "10 100 1000"] [--gib N]
+#   scripts/bench-gc.sh [--sizes "10 100 1000"] [--mib N]
 #
 # Needs the corpus images debian, python, app-a, app-b (scripts/corpus.sh;
 # LODE_CORPUS moves it). Prints markdown tables, also saved to
@@ -15,11 +15,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES="10 100 1000"
-GIB=1
+MIB=1024
 while [ $# -gt 0 ]; do
   case $1 in
     --sizes) SIZES=$2; shift 2 ;;
-    --gib) GIB=$2; shift 2 ;;
+    --mib) MIB=$2; shift 2 ;;
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "bench-gc.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -62,7 +62,7 @@ say "## 1. Store bytes before and after rm + gc (corpus images)"
 say ""
 for img in debian python app-a app-b; do
   [ -d "$CORPUS/$img" ] || { echo "bench-gc.sh: no corpus image $img in $CORPUS (run scripts/corpus.sh)" >&2; exit 1; }
-  $L flatten "oci:$CORPUS/$img:latest" -o "$W/$img.img" 2>/dev/null
+  $L flatten "oci:$CORPUS/$img:latest" -o "$W/$img.img" >/dev/null
 done
 S=$W/corpus-store
 for img in debian python app-a app-b; do $L push "ext4:$W/$img.img" --tenant t --name "$img" --store "$S" >/dev/null; done
@@ -126,9 +126,9 @@ say ""
 # ------------------------------------------------------------------ 3. throughput
 say "## 3. Migration throughput against push throughput"
 say ""
-say "One ${GIB} GiB image of random data (no holes, no dedup): pushed to an empty local store, then migrated by \`lode gc --rotate-after 0s\` (read, verify, decrypt, re-encrypt under the new salt, store). Best of 2 rounds, interleaved."
+say "One ${MIB} MiB image of random data (no holes, no dedup): pushed to an empty local store, then migrated by \`lode gc --rotate-after 0s\` (read, verify, decrypt, re-encrypt under the new salt, store). Best of 2 rounds, interleaved."
 say ""
-head -c $((GIB * 1024 * 1024 * 1024)) /dev/urandom >"$W/random.img"
+head -c $((MIB * 1024 * 1024)) /dev/urandom >"$W/random.img"
 sync
 best_push=0; best_mig=0
 for round in 1 2; do
@@ -136,7 +136,7 @@ for round in 1 2; do
   t0=$(date +%s.%N)
   $L push "ext4:$W/random.img" --tenant t --name r --store "$S" >/dev/null
   t1=$(date +%s.%N)
-  push=$(python3 -c "print($GIB*1024**3/1e6/($t1-$t0))")
+  push=$(python3 -c "print($MIB*1024**2/1e6/($t1-$t0))")
   gc_pass "$S" "$W/m.json" --rotate-after 0s --retire-after 1d --expire-after 1d
   mig=$(python3 -c "import json; r=json.load(open('$W/m.json')); print(r['migration']['bytes_reencrypted']/1e6/r['seconds'])")
   echo "round $round: push $(printf %.0f "$push") MB/s, migration $(printf %.0f "$mig") MB/s" >&2
