@@ -137,7 +137,8 @@ pub struct RootWatch {
     roots: Mutex<HashMap<String, Seen>>,
 }
 
-fn host_name() -> String {
+/// This host's name (for alarms and lease holders).
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

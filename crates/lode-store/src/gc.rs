@@ -135,10 +135,9 @@ pub struct GcReport {
 const STAGING_AGE: Duration = Duration::from_secs(15 * 60);
 
 fn holder_name(store: &Store) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!(
         "{}:{}:{}",
-        host.trim(),
+        crate::alarm::host_name(),
         std::process::id(),
         store.env().unique_id()
     )

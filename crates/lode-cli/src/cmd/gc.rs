@@ -12,9 +12,10 @@ use std::time::Duration;
 pub struct Args {
     #[command(flatten)]
     store: StoreArgs,
-    /// Rotate the active root when it is older than this (e.g. `7d`); a new
-    /// root starts the migration that frees what the old one holds.
-    #[arg(long, value_parser = parse_duration)]
+    /// Rotate the active root when it is older than this; a new root starts
+    /// the migration that frees what the old one holds (`never`: only
+    /// `lode root rotate` rotates).
+    #[arg(long, value_parser = parse_rotate, default_value = "7d")]
     rotate_after: Option<Duration>,
     /// Keep a retired root with no live image this long before it expires
     /// (covers agents still serving its manifests).
@@ -40,6 +41,13 @@ pub struct Args {
     /// Store requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+}
+
+fn parse_rotate(s: &str) -> Result<Option<Duration>, String> {
+    match s {
+        "never" => Ok(None),
+        _ => parse_duration(s).map(Some),
+    }
 }
 
 /// Runs one `lode gc` pass.
