@@ -254,9 +254,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Live images at their versions, their bytes, and the numbers of chunk,
+/// manifest and root objects.
+type EndState = (Vec<(String, u64)>, Vec<Vec<u8>>, usize, usize, usize);
+
 /// The end state that must not depend on kills: which images are live, at
 /// which versions, with which bytes, and how many objects of each kind.
-fn end_state(env: &Env, store: &Path) -> (Vec<(String, u64)>, Vec<Vec<u8>>, usize, usize, usize) {
+fn end_state(env: &Env, store: &Path) -> EndState {
     let c = Census::of(store);
     assert!(c.is_live_set(), "{}", c.diff());
     let mut bytes = Vec::new();

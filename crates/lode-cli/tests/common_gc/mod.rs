@@ -36,7 +36,7 @@ pub fn pooled_image(seed: u64, chunks: u64, pool: u64) -> Vec<u8> {
         x = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let k = if (x >> 33) % 4 == 0 {
+        let k = if (x >> 33).is_multiple_of(4) {
             1_000_000 + seed * 100 + i
         } else {
             (x >> 40) % pool
@@ -51,8 +51,7 @@ pub fn pooled_image(seed: u64, chunks: u64, pool: u64) -> Vec<u8> {
 pub fn lode(home: &Path, args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lode"));
     c.env("LODE_HOME", home).env_remove("LODE_LOG").args(args);
-    let out = c.output().expect("run lode");
-    out
+    c.output().expect("run lode")
 }
 
 /// `lode gc --store STORE --json ARGS`: the report, or the error text.
