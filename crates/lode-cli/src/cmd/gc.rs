@@ -16,7 +16,7 @@ pub struct Args {
     /// the migration that frees what the old one holds (`never`: only
     /// `lode root rotate` rotates).
     #[arg(long, value_parser = parse_rotate, default_value = "7d")]
-    rotate_after: Option<Duration>,
+    rotate_after: RotateAfter,
     /// Keep a retired root with no live image this long before it expires
     /// (covers agents still serving its manifests).
     #[arg(long, value_parser = parse_duration, default_value = "1d")]
@@ -43,10 +43,14 @@ pub struct Args {
     concurrency: usize,
 }
 
-fn parse_rotate(s: &str) -> Result<Option<Duration>, String> {
+/// `--rotate-after`: a duration, or `never`.
+#[derive(Clone, Copy, Debug)]
+struct RotateAfter(Option<Duration>);
+
+fn parse_rotate(s: &str) -> Result<RotateAfter, String> {
     match s {
-        "never" => Ok(None),
-        _ => parse_duration(s).map(Some),
+        "never" => Ok(RotateAfter(None)),
+        _ => parse_duration(s).map(|d| RotateAfter(Some(d))),
     }
 }
 
@@ -54,7 +58,7 @@ fn parse_rotate(s: &str) -> Result<Option<Duration>, String> {
 pub fn run(args: Args) -> Result<()> {
     let store = open_store(args.store.store.as_deref())?;
     let opts = GcOptions {
-        rotate_after: args.rotate_after,
+        rotate_after: args.rotate_after.0,
         retire_after: args.retire_after,
         expire_after: args.expire_after,
         dry_run: args.dry_run,
