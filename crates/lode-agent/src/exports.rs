@@ -85,7 +85,9 @@ pub struct Exports {
     reader: Arc<ChunkReader>,
     prefetch: Prefetch,
     record: bool,
-    // Opened images by manifest digest: a re-pushed image gets a new handle.
+    // Opened images by `TENANT/NAME@digest`: a re-pushed image gets a new
+    // handle, and a pointer swapped to another image's manifest never finds
+    // that image's handle.
     open: Mutex<HashMap<String, Arc<ImageHandle>>>,
 }
 
@@ -168,9 +170,18 @@ impl Exports {
     pub async fn open(&self, export: &str) -> Result<(ExportName, Arc<ImageHandle>), ExportError> {
         let name =
             ExportName::parse(export).ok_or_else(|| ExportError::Unknown(export.to_string()))?;
-        let digest = match self.store.get_image(&name.tenant, &name.name).await {
-            Ok(d) => d,
-            Err(StoreError::ImageNotFound { .. }) | Err(StoreError::BadName(_)) => {
+        // The pointer's seal and freshness are checked on every open; a
+        // handle is shared only by opens of the same image and manifest.
+        let digest = match self
+            .store
+            .resolve_image(self.keys.as_ref(), &name.tenant, &name.name)
+            .await
+        {
+            Ok(r) => r.digest,
+            Err(StoreError::ImageNotFound { .. })
+            | Err(StoreError::ImageRemoved { .. })
+            | Err(StoreError::BadName(_))
+            | Err(StoreError::Chunk(lode_chunk::ChunkError::MissingKey { .. })) => {
                 return Err(ExportError::Unknown(export.to_string()))
             }
             Err(source) => {
@@ -180,11 +191,12 @@ impl Exports {
                 })
             }
         };
+        let key = format!("{}@{digest}", name.image());
         if let Some(h) = self
             .open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&digest)
+            .get(&key)
         {
             return Ok((name, h.clone()));
         }
@@ -205,7 +217,7 @@ impl Exports {
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, h.clone());
+            .insert(key, h.clone());
         Ok((name, h))
     }
 

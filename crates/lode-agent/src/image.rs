@@ -174,7 +174,9 @@ mod tests {
             .await
             .unwrap();
         let manifest = Manifest {
+            format: lode_chunk::manifest::VERSION,
             tenant: "t".into(),
+            binding: None,
             image_size: 8192,
             chunk_size: 4096,
             root: "r".into(),

@@ -29,6 +29,15 @@ pub enum ChunkError {
         /// Tenant named in the manifest.
         tenant: String,
     },
+    /// An image pointer whose seal does not verify: forged, tampered, or
+    /// copied from another image.
+    #[error("the pointer of image '{tenant}/{name}' does not authenticate: forged, tampered or copied from another image")]
+    PointerUnauthentic {
+        /// Tenant.
+        tenant: String,
+        /// Image name.
+        name: String,
+    },
     /// The tenant has no key in the provider.
     #[error("no key for tenant '{tenant}' in {provider}")]
     MissingKey {

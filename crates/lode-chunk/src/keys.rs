@@ -71,6 +71,13 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     fn new_salt(&self) -> Result<String, ChunkError>;
     /// The salt with this id.
     fn salt(&self, salt_id: &str) -> Result<Salt, ChunkError>;
+    /// 32 fresh random bytes for data keys and nonces (default: the
+    /// operating system's random source). A provider may draw them from its
+    /// KMS; the store protocol's simulation draws them from a seeded
+    /// generator so that its runs replay exactly.
+    fn random(&self) -> Result<[u8; 32], ChunkError> {
+        random32()
+    }
 }
 
 const WRAP_MAGIC: &[u8; 4] = b"LWK1";

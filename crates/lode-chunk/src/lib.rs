@@ -8,6 +8,8 @@
 //! * [`manifest`]: the per-image manifest (versioned binary format, see
 //!   `docs/format.md`): chunk names in clear, keys and plaintext hashes sealed
 //!   with AES-256-GCM under a per-image data key, the whole file authenticated.
+//! * [`pointer`]: the seal of an image pointer (what it points at, under
+//!   which name and version), made with the tenant's key.
 //! * [`keys`]: the [`KeyProvider`] trait that wraps data keys under a tenant's
 //!   key (KMS-style envelope) and holds root salts, with the default
 //!   [`keys::Keyring`] directory provider.
@@ -16,6 +18,7 @@ pub mod crypto;
 pub mod error;
 pub mod keys;
 pub mod manifest;
+pub mod pointer;
 pub mod workingset;
 
 pub use crypto::{
@@ -23,4 +26,7 @@ pub use crypto::{
 };
 pub use error::ChunkError;
 pub use keys::{DataKey, KeyProvider, Keyring, Salt};
-pub use manifest::{ChunkSecret, KeyTable, Manifest, ManifestHeader, MAX_CHUNK_SIZE};
+pub use manifest::{
+    ChunkSecret, ImageBinding, KeyTable, Manifest, ManifestHeader, SealSpec, MAX_CHUNK_SIZE,
+};
+pub use pointer::{open_pointer, seal_pointer, PointerClaim};

@@ -1,10 +1,14 @@
-//! The per-image manifest, format version 1 (see `docs/format.md`).
+//! The per-image manifest, format version 2 (version 1 is still read; see
+//! `docs/format.md`).
 //!
 //! ```text
 //! "LODEMANI"  magic                      8 bytes
-//! version     u16 = 1, reserved u16 = 0
+//! version     u16 = 2, reserved u16 = 0
 //! image_size  u64      chunk_size u32    chunk_count u32
-//! tenant      u16 length + bytes         root   u16 length + bytes
+//! tenant      u16 length + bytes
+//! name        u16 length + bytes         (v2: the image name it was pushed as)
+//! image_ver   u64                        (v2: the image's version number)
+//! root        u16 length + bytes
 //! wrapped     u16 length + bytes         (the data key, wrapped by the KeyProvider)
 //! nonce       12 bytes                   (AES-256-GCM nonce of the sealed table)
 //! names       chunk_count × 32 bytes     (SHA-256 of ciphertext; all-zero = hole)
@@ -14,6 +18,10 @@
 //! All integers little-endian. Nothing may follow the sealed table. Because
 //! every byte before the table is the GCM associated data and the table ends
 //! with the tag, a change anywhere in the file makes [`Manifest::open`] fail.
+//! Version 2 puts the image's name and version number in that authenticated
+//! header ([`ImageBinding`]), so a manifest cannot be passed off as another
+//! image of its tenant, or as a newer version of its own image; version 1
+//! has neither field.
 
 use crate::crypto::{ChunkKey, ChunkName};
 use crate::error::ChunkError;
@@ -23,8 +31,11 @@ use aes_gcm::Aes256Gcm;
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 8] = b"LODEMANI";
-/// Current manifest format version.
-pub const VERSION: u16 = 1;
+/// Manifest format version written by [`Manifest::seal`] with a binding.
+pub const VERSION: u16 = 2;
+/// The first format: no image binding. Still read; written only when
+/// [`SealSpec::binding`] is `None`.
+pub const VERSION_V1: u16 = 1;
 /// Largest manifest lode will parse (a 16 TiB image at 512 KiB chunks is 1 GiB
 /// of table; anything larger is refused before allocation).
 pub const MAX_CHUNKS: u64 = 1 << 25;
@@ -37,8 +48,13 @@ pub const MIN_CHUNK_SIZE: u32 = 4096;
 /// so the largest chunk object a reader ever accepts.
 pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
 /// Longest manifest header (everything before the chunk names): fixed fields,
-/// three strings of at most 65,535 bytes each, the nonce.
-pub const MAX_HEADER_LEN: usize = 28 + 3 * (2 + u16::MAX as usize) + 12;
+/// four strings of at most 65,535 bytes each (v2), the image version, the nonce.
+pub const MAX_HEADER_LEN: usize = 28 + 4 * (2 + u16::MAX as usize) + 8 + 12;
+
+/// Bytes of a manifest's start that hold its root id whenever its tenant,
+/// name and root ids are of the lengths lode allows (64, 128, 128 bytes):
+/// what [`Manifest::peek_root`] needs.
+pub const HEADER_PEEK: usize = 1024;
 
 /// Secret part of one chunk's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,13 +69,45 @@ pub struct ChunkSecret {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyTable(pub Vec<Option<ChunkSecret>>);
 
+/// Which image a manifest belongs to (format v2): the name it was pushed
+/// as and its version number, both inside the authenticated header. A
+/// reader refuses a manifest whose binding is not the image it asked for,
+/// and one older than a version it has already seen.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ImageBinding {
+    /// Image name within the tenant.
+    pub name: String,
+    /// Version number: each push of the name increments it; migration keeps it.
+    pub version: u64,
+}
+
+/// What [`Manifest::seal`] writes besides the chunk tables.
+#[derive(Clone, Copy, Debug)]
+pub struct SealSpec<'a> {
+    /// Tenant that owns the image.
+    pub tenant: &'a str,
+    /// Name and version the manifest is bound to; `None` writes the legacy
+    /// unbound format v1 (compatibility tests and tools only).
+    pub binding: Option<&'a ImageBinding>,
+    /// Image size in bytes.
+    pub image_size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Root holding the chunks.
+    pub root: &'a str,
+}
+
 /// The fixed part of a manifest, before its chunk names: enough to know how
 /// large the whole manifest must be and to open its data key, so a reader
 /// checks both before it buffers (or allocates for) a single chunk entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestHeader {
+    /// Format version ([`VERSION`] or [`VERSION_V1`]).
+    pub format: u16,
     /// Tenant that owns the image.
     pub tenant: String,
+    /// Image name and version (format v2; `None` in a v1 manifest).
+    pub binding: Option<ImageBinding>,
     /// Image size in bytes.
     pub image_size: u64,
     /// Chunk size in bytes.
@@ -79,8 +127,12 @@ pub struct ManifestHeader {
 /// A parsed manifest. Names are readable by anyone; keys need the tenant's key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
+    /// Format version of these bytes ([`VERSION`] or [`VERSION_V1`]).
+    pub format: u16,
     /// Tenant that owns the image.
     pub tenant: String,
+    /// Image name and version (format v2; `None` in a v1 manifest).
+    pub binding: Option<ImageBinding>,
     /// Image size in bytes.
     pub image_size: u64,
     /// Chunk size in bytes.
@@ -149,10 +201,10 @@ impl ManifestHeader {
         if r.take(8, "magic")? != MAGIC {
             return Err(bad("not a lode manifest (bad magic)"));
         }
-        let version = r.u16("version")?;
-        if version != VERSION {
+        let format = r.u16("version")?;
+        if format != VERSION && format != VERSION_V1 {
             return Err(bad(format!(
-                "unsupported version {version} (this lode reads {VERSION})"
+                "unsupported version {format} (this lode reads {VERSION_V1} and {VERSION})"
             )));
         }
         if r.u16("reserved")? != 0 {
@@ -182,12 +234,22 @@ impl ManifestHeader {
         }
         let tenant = r.str16("tenant")?;
         check_tenant(&tenant)?;
+        let binding = if format >= VERSION {
+            let name = r.str16("image name")?;
+            check_image_name(&name)?;
+            let version = r.u64("image version")?;
+            Some(ImageBinding { name, version })
+        } else {
+            None
+        };
         let root = r.str16("root")?;
         let n = r.u16("wrapped key")? as usize;
         let wrapped_key = r.take(n, "wrapped key")?.to_vec();
         let nonce: [u8; 12] = r.take(12, "nonce")?.try_into().expect("12 bytes");
         Ok(ManifestHeader {
+            format,
             tenant,
+            binding,
             image_size,
             chunk_size,
             chunk_count: count,
@@ -211,6 +273,21 @@ impl ManifestHeader {
     }
 }
 
+/// Checks a bound image name: 1–128 bytes of `[A-Za-z0-9._:-]`, not
+/// starting with `.` (the store's image-name rule).
+pub fn check_image_name(n: &str) -> Result<(), ChunkError> {
+    let ok = !n.is_empty()
+        && n.len() <= 128
+        && !n.starts_with('.')
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!("invalid image name '{n}' in the binding")))
+    }
+}
+
 /// Number of chunks of an image.
 pub fn chunk_count(image_size: u64, chunk_size: u32) -> u64 {
     image_size.div_ceil(u64::from(chunk_size))
@@ -218,26 +295,42 @@ pub fn chunk_count(image_size: u64, chunk_size: u32) -> u64 {
 
 impl Manifest {
     /// Builds and seals a manifest. `secrets[i]` must be `Some` exactly where
-    /// `names[i]` is.
+    /// `names[i]` is. The data key and nonce come from `provider.random()`.
     pub fn seal(
-        tenant: &str,
-        image_size: u64,
-        chunk_size: u32,
-        root: &str,
+        spec: &SealSpec<'_>,
         names: Vec<Option<ChunkName>>,
         secrets: &[Option<ChunkSecret>],
         provider: &dyn KeyProvider,
     ) -> Result<Manifest, ChunkError> {
+        let SealSpec {
+            tenant,
+            binding,
+            image_size,
+            chunk_size,
+            root,
+        } = *spec;
         check_tenant(tenant)?;
         if names.len() != secrets.len() || names.len() as u64 != chunk_count(image_size, chunk_size)
         {
             return Err(bad("chunk table does not match the image size"));
         }
-        let data_key = DataKey::random()?;
+        if let Some(b) = binding {
+            check_image_name(&b.name)?;
+        }
+        if root.len() > usize::from(u16::MAX) {
+            return Err(bad("root id too long"));
+        }
+        let data_key = DataKey(provider.random()?);
         let wrapped_key = provider.wrap(tenant, &data_key)?;
-        let nonce: [u8; 12] = crate::keys::random32()?[..12].try_into().expect("12 of 32");
+        let nonce: [u8; 12] = provider.random()?[..12].try_into().expect("12 of 32");
         let mut m = Manifest {
+            format: if binding.is_some() {
+                VERSION
+            } else {
+                VERSION_V1
+            },
             tenant: tenant.to_string(),
+            binding: binding.cloned(),
             image_size,
             chunk_size,
             root: root.to_string(),
@@ -272,20 +365,27 @@ impl Manifest {
     /// Everything before the sealed table: the GCM associated data.
     fn header_bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(64 + self.names.len() * 32);
+        let str16 = |b: &mut Vec<u8>, s: &[u8]| {
+            b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            b.extend_from_slice(s);
+        };
         b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&self.format.to_le_bytes());
         b.extend_from_slice(&0u16.to_le_bytes());
         b.extend_from_slice(&self.image_size.to_le_bytes());
         b.extend_from_slice(&self.chunk_size.to_le_bytes());
         b.extend_from_slice(&(self.names.len() as u32).to_le_bytes());
-        for s in [
-            self.tenant.as_bytes(),
-            self.root.as_bytes(),
-            &self.wrapped_key,
-        ] {
-            b.extend_from_slice(&(s.len() as u16).to_le_bytes());
-            b.extend_from_slice(s);
+        str16(&mut b, self.tenant.as_bytes());
+        if self.format >= VERSION {
+            let (name, version) = self
+                .binding
+                .as_ref()
+                .map_or(("", 0), |b| (b.name.as_str(), b.version));
+            str16(&mut b, name.as_bytes());
+            b.extend_from_slice(&version.to_le_bytes());
         }
+        str16(&mut b, self.root.as_bytes());
+        str16(&mut b, &self.wrapped_key);
         b.extend_from_slice(&self.nonce);
         for n in &self.names {
             b.extend_from_slice(&n.map(|n| n.0).unwrap_or([0; 32]));
@@ -309,7 +409,9 @@ impl Manifest {
     /// Parses manifest bytes (untrusted input: every length is checked).
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ChunkError> {
         let ManifestHeader {
+            format,
             tenant,
+            binding,
             image_size,
             chunk_size,
             chunk_count: count,
@@ -336,7 +438,9 @@ impl Manifest {
             return Err(bad("trailing bytes after the sealed table"));
         }
         Ok(Manifest {
+            format,
             tenant,
+            binding,
             image_size,
             chunk_size,
             root,
@@ -345,6 +449,28 @@ impl Manifest {
             names,
             sealed,
         })
+    }
+
+    /// The root id named in a manifest's header, read from its first bytes
+    /// alone (a prefix of [`HEADER_PEEK`] bytes suffices). Unauthenticated:
+    /// for the garbage collector, which only needs to know which root an
+    /// unreferenced manifest's chunks are in.
+    pub fn peek_root(prefix: &[u8]) -> Result<String, ChunkError> {
+        let mut r = Reader { b: prefix, pos: 0 };
+        if r.take(8, "magic")? != MAGIC {
+            return Err(bad("not a lode manifest (bad magic)"));
+        }
+        let format = r.u16("version")?;
+        if format != VERSION && format != VERSION_V1 {
+            return Err(bad(format!("unsupported version {format}")));
+        }
+        r.take(2 + 8 + 4 + 4, "sizes")?;
+        r.str16("tenant")?;
+        if format >= VERSION {
+            r.str16("image name")?;
+            r.u64("image version")?;
+        }
+        r.str16("root")
     }
 
     /// Opens the key table with the tenant's key, authenticating the whole manifest.
@@ -396,6 +522,18 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample(names: Vec<Option<ChunkName>>, k: &Keyring) -> Manifest {
+        let binding = ImageBinding {
+            name: "app:v1".into(),
+            version: 7,
+        };
+        sample_with(names, k, Some(&binding))
+    }
+
+    fn sample_with(
+        names: Vec<Option<ChunkName>>,
+        k: &Keyring,
+        binding: Option<&ImageBinding>,
+    ) -> Manifest {
         let secrets: Vec<Option<ChunkSecret>> = names
             .iter()
             .map(|n| {
@@ -406,7 +544,93 @@ mod tests {
             })
             .collect();
         let size = names.len() as u64 * 4096;
-        Manifest::seal("t1", size, 4096, "root-1", names, &secrets, k).unwrap()
+        let spec = SealSpec {
+            tenant: "t1",
+            binding,
+            image_size: size,
+            chunk_size: 4096,
+            root: "root-1",
+        };
+        Manifest::seal(&spec, names, &secrets, k).unwrap()
+    }
+
+    #[test]
+    fn v2_binds_name_and_version() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Keyring::new(d.path());
+        let m = sample(vec![Some(ChunkName([1; 32])), None], &k);
+        assert_eq!(m.format, VERSION);
+        let back = Manifest::decode(&m.encode()).unwrap();
+        assert_eq!(
+            back.binding,
+            Some(ImageBinding {
+                name: "app:v1".into(),
+                version: 7
+            })
+        );
+        assert!(back.open(&k).is_ok());
+        // Rebinding the header (another name, another version) breaks the seal.
+        let mut other = back.clone();
+        other.binding = Some(ImageBinding {
+            name: "app:v2".into(),
+            version: 7,
+        });
+        assert!(matches!(
+            Manifest::decode(&other.encode()).unwrap().open(&k),
+            Err(ChunkError::Unauthentic { .. })
+        ));
+        let mut newer = back.clone();
+        newer.binding = Some(ImageBinding {
+            name: "app:v1".into(),
+            version: 8,
+        });
+        assert!(newer.open(&k).is_err());
+        let bad = ImageBinding {
+            name: "../x".into(),
+            version: 1,
+        };
+        let spec = SealSpec {
+            tenant: "t1",
+            binding: Some(&bad),
+            image_size: 0,
+            chunk_size: 4096,
+            root: "r",
+        };
+        assert!(Manifest::seal(&spec, vec![], &[], &k).is_err());
+    }
+
+    #[test]
+    fn peek_root_reads_the_root_from_the_header() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Keyring::new(d.path());
+        let v2 = sample(vec![Some(ChunkName([1; 32]))], &k).encode();
+        let v1 = sample_with(vec![None], &k, None).encode();
+        assert_eq!(Manifest::peek_root(&v2[..200]).unwrap(), "root-1");
+        assert_eq!(Manifest::peek_root(&v1).unwrap(), "root-1");
+        assert!(Manifest::peek_root(&v2[..20]).is_err());
+        assert!(Manifest::peek_root(b"garbage").is_err());
+    }
+
+    #[test]
+    fn v1_manifests_stay_readable() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Keyring::new(d.path());
+        let m = sample_with(vec![Some(ChunkName([3; 32])), None], &k, None);
+        let bytes = m.encode();
+        assert_eq!(&bytes[8..10], &1u16.to_le_bytes(), "written as format 1");
+        let back = Manifest::decode(&bytes).unwrap();
+        assert_eq!(back.format, VERSION_V1);
+        assert_eq!(back.binding, None);
+        assert_eq!(back.encode(), bytes, "re-encodes byte for byte");
+        assert!(back.open(&k).is_ok());
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(
+                Manifest::decode(&b).and_then(|m| m.open(&k)).is_err(),
+                "v1 byte {i}"
+            );
+        }
     }
 
     #[test]

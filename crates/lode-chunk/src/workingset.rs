@@ -12,7 +12,7 @@
 //! The digest in the associated data binds a working set to one manifest.
 
 use crate::error::ChunkError;
-use crate::keys::{random32, DataKey, KeyProvider};
+use crate::keys::{DataKey, KeyProvider};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
 
@@ -42,9 +42,9 @@ pub fn seal(
     order: &[u32],
     keys: &dyn KeyProvider,
 ) -> Result<Vec<u8>, ChunkError> {
-    let dk = DataKey::random()?;
+    let dk = DataKey(keys.random()?);
     let wrapped = keys.wrap(tenant, &dk)?;
-    let nonce: [u8; 12] = random32()?[..12].try_into().expect("12 of 32");
+    let nonce: [u8; 12] = keys.random()?[..12].try_into().expect("12 of 32");
     let mut header = MAGIC.to_vec();
     header.extend_from_slice(&1u16.to_le_bytes());
     header.extend_from_slice(&0u16.to_le_bytes());

@@ -37,6 +37,12 @@ enum Command {
     Vm(cmd::vm::Args),
     /// Manage chunk-store roots (generations with their own salt).
     Root(cmd::root::Args),
+    /// Remove an image (its pointer and working set; `lode gc` frees its chunks).
+    Rm(cmd::rm::Args),
+    /// List a tenant's images with size, stored bytes, version and root.
+    Images(cmd::images::Args),
+    /// One garbage-collection pass: rotate, migrate live images, expire and delete old roots.
+    Gc(cmd::gc::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +53,21 @@ fn main() -> ExitCode {
         Command::Agent(_) | Command::CacheNode(_) => "warn",
         _ => "off",
     };
+    cmd::common::set_command(match &cli.command {
+        Command::Flatten(_) => "flatten",
+        Command::Push(_) => "push",
+        Command::Pull(_) => "pull",
+        Command::Inspect(_) => "inspect",
+        Command::Agent(_) => "agent",
+        Command::Cat(_) => "cat",
+        Command::CacheNode(_) => "cache-node",
+        Command::Run(_) => "run",
+        Command::Vm(_) => "vm",
+        Command::Root(_) => "root",
+        Command::Rm(_) => "rm",
+        Command::Images(_) => "images",
+        Command::Gc(_) => "gc",
+    });
     let filter = tracing_subscriber::EnvFilter::try_from_env("LODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -60,6 +81,9 @@ fn main() -> ExitCode {
         Command::Pull(args) => cmd::pull::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Root(args) => cmd::root::run(args),
+        Command::Rm(args) => cmd::rm::run(args),
+        Command::Images(args) => cmd::images::run(args),
+        Command::Gc(args) => cmd::gc::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Cat(args) => cmd::cat::run(args),
         Command::CacheNode(args) => cmd::cache_node::run(args),

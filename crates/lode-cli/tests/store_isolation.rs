@@ -65,7 +65,7 @@ fn cross_tenant_dedup_but_no_cross_tenant_access() {
         ])
         .err();
     assert!(
-        e.contains("tenant 'alice'") && e.contains("'bob'"),
+        e.contains("tenant 'alice'") && e.contains("'bob/stolen'"),
         "error must say the manifest is alice's, not bob's: {e}"
     );
     assert!(!stolen.exists());
@@ -372,7 +372,16 @@ fn tampered_manifest_fails_pull_and_inspect() {
     }
 
     // Someone with write access re-stores a modified manifest under its new
-    // digest and repoints the image: the manifest does not authenticate.
+    // digest and repoints the image. They cannot seal a pointer, so they
+    // write a legacy (unsealed) one: this host, which has seen the image's
+    // version 1, refuses it as a rollback; a host that has not (its record
+    // of versions seen removed) reads on and finds the manifest does not
+    // authenticate.
+    let pointer = w.store_dir().join("tenants/alice/images/app");
+    let sealed_pointer = std::fs::read(&pointer).unwrap();
+    let forget = || {
+        let _ = std::fs::remove_dir_all(w.home.join("seen"));
+    };
     let m = Manifest::decode(&mbytes).unwrap();
     let names_at = mbytes.len() - (m.sealed.len() + 4) - m.names.len() * 32;
     for (what, off) in [
@@ -394,8 +403,8 @@ fn tampered_manifest_fails_pull_and_inspect() {
             format!(r#"{{"version":1,"manifest":"{d}"}}"#),
         )
         .unwrap();
-        let e = w
-            .run(&[
+        let pull = || {
+            w.run(&[
                 "pull",
                 "app",
                 "--tenant",
@@ -403,7 +412,14 @@ fn tampered_manifest_fails_pull_and_inspect() {
                 "-o",
                 out.to_str().unwrap(),
             ])
-            .err();
+            .err()
+        };
+        if what == "a chunk name" {
+            let e = pull();
+            assert!(e.contains("rolled-back pointer"), "{what}: {e}");
+        }
+        forget();
+        let e = pull();
         assert!(e.contains("does not authenticate"), "{what}: {e}");
         let e = w.run(&["inspect", "app", "--tenant", "alice"]).err();
         assert!(e.contains("does not authenticate"), "{what}: {e}");
@@ -423,6 +439,7 @@ fn tampered_manifest_fails_pull_and_inspect() {
         format!(r#"{{"version":1,"manifest":"{d}"}}"#),
     )
     .unwrap();
+    forget();
     let e = w
         .run(&[
             "pull",
@@ -454,12 +471,8 @@ fn tampered_manifest_fails_pull_and_inspect() {
     std::fs::write(w.store_dir().join("tenants/alice/images/app"), b"\x00\x01").unwrap();
     let e = w.run(&["inspect", "app", "--tenant", "alice"]).err();
     assert!(e.contains("image pointer"), "{e}");
-    // The original pointer restored: all is well again.
-    std::fs::write(
-        w.store_dir().join("tenants/alice/images/app"),
-        format!(r#"{{"version":1,"manifest":"{}"}}"#, s.manifest),
-    )
-    .unwrap();
+    // The original (sealed) pointer restored: all is well again.
+    std::fs::write(&pointer, &sealed_pointer).unwrap();
     w.pull("alice", "app", &out);
     assert_same(&src, &out);
 }

@@ -62,7 +62,18 @@ fn sealed_manifest(names: Vec<Option<ChunkName>>, size: u64, chunk_size: u32) ->
             })
         })
         .collect();
-    Manifest::seal("t", size, chunk_size, "r", names, &secrets, &FixedKeys)
+    let binding = lode_chunk::ImageBinding {
+        name: "x".into(),
+        version: 1,
+    };
+    let spec = lode_chunk::SealSpec {
+        tenant: "t",
+        binding: Some(&binding),
+        image_size: size,
+        chunk_size,
+        root: "r",
+    };
+    Manifest::seal(&spec, names, &secrets, &FixedKeys)
         .expect("seal")
         .encode()
 }
@@ -493,6 +504,12 @@ fn store_seeds(s: &mut Seeds) {
     list.push([&[0u8][..], pointer].concat());
     list.push([&[1u8][..], root].concat());
     list.push([&[2u8][..], root].concat());
+    let v2 = br#"{"version":2,"state":"live","manifest":"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff","image_version":3,"fence":1,"seal":"00"}"#;
+    list.push([&[4u8][..], v2].concat());
+    let lease = br#"{"version":1,"holder":"h:1:ab","token":7,"expires_ms":1,"acquired_ms":0}"#;
+    list.push([&[5u8][..], lease].concat());
+    let intent = br#"{"version":1,"tenant":"t","name":"x","started_ms":1,"writer":"push"}"#;
+    list.push([&[6u8][..], intent].concat());
 }
 
 /// Layer tars written by the test kit's writer (PAX xattrs with newlines,

@@ -102,7 +102,12 @@ pub fn manifest_body(data: &[u8]) {
     }
     let data_key = DataKey([0x44; 32]);
     let mut m = Manifest {
+        format: lode_chunk::manifest::VERSION,
         tenant: "t".into(),
+        binding: Some(lode_chunk::ImageBinding {
+            name: "x".into(),
+            version: 1,
+        }),
         image_size,
         chunk_size: 4096,
         root: "r".into(),

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use lode_chunk::manifest::{MAX_CHUNKS, MAX_HEADER_LEN};
 use lode_chunk::MAX_CHUNK_SIZE;
 use object_store::path::Path;
-use object_store::{GetOptions, GetResultPayload};
+use object_store::{GetOptions, GetResultPayload, UpdateVersion};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -32,6 +32,9 @@ use std::sync::Arc;
 pub const POINTER_LIMIT: u64 = 4 << 10;
 /// Largest root document or root claim (a pretty-printed `root.json` is about 200 bytes).
 pub const ROOT_LIMIT: u64 = 4 << 10;
+/// Largest protocol document: the GC lease, a publish intent, an alarm
+/// (each a few hundred bytes of JSON).
+pub const DOCUMENT_LIMIT: u64 = 16 << 10;
 /// Fixed part of a sealed working set beyond its indexes: header with a
 /// wrapped key of up to 65,535 bytes, nonce, count and tag.
 const WORKING_SET_OVERHEAD: u64 = 14 + u16::MAX as u64 + 12 + 4 + 16;
@@ -46,6 +49,8 @@ pub enum ObjectKind {
     Pointer,
     /// A root document or the genesis claim: a few KiB.
     Root,
+    /// A protocol document (GC lease, publish intent, alarm): a few KiB.
+    Document,
     /// A manifest: at most what 2^25 chunks take; [`Store::read_manifest`]
     /// then holds it to exactly what its header implies.
     Manifest,
@@ -64,6 +69,7 @@ impl ObjectKind {
             ObjectKind::Chunk => u64::from(MAX_CHUNK_SIZE),
             ObjectKind::Pointer => POINTER_LIMIT,
             ObjectKind::Root => ROOT_LIMIT,
+            ObjectKind::Document => DOCUMENT_LIMIT,
             ObjectKind::Manifest => MAX_HEADER_LEN as u64 + 20 + MAX_CHUNKS * 96,
             ObjectKind::WorkingSet { chunks } => {
                 WORKING_SET_OVERHEAD + 4 * chunks.min(lode_chunk::workingset::MAX_ENTRIES as u64)
@@ -77,6 +83,7 @@ impl ObjectKind {
             ObjectKind::Chunk => "chunk",
             ObjectKind::Pointer => "image pointer",
             ObjectKind::Root => "root",
+            ObjectKind::Document => "store document",
             ObjectKind::Manifest => "manifest",
             ObjectKind::WorkingSet { .. } => "working set",
         }
@@ -96,6 +103,7 @@ pub struct ObjectReader {
     path: String,
     what: &'static str,
     size: u64,
+    version: UpdateVersion,
     body: Body,
     /// What has been read so far (the prefix).
     head: BytesMut,
@@ -114,6 +122,12 @@ impl ObjectReader {
     /// The object's size as the store reported it (within the limit).
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The version (ETag) of the object read, for a conditional write that
+    /// replaces exactly it.
+    pub fn version(&self) -> &UpdateVersion {
+        &self.version
     }
 
     /// Its path in the store.
@@ -235,6 +249,10 @@ impl Store {
                 limit,
             });
         }
+        let version = UpdateVersion {
+            e_tag: r.meta.e_tag.clone(),
+            version: r.meta.version.clone(),
+        };
         let body = match r.payload {
             GetResultPayload::File(f, _) => Body::File(Arc::new(f)),
             GetResultPayload::Stream(s) => Body::Stream(s),
@@ -243,6 +261,7 @@ impl Store {
             path: path.to_string(),
             what: kind.label(),
             size,
+            version,
             body,
             head: BytesMut::new(),
         }))
@@ -253,6 +272,22 @@ impl Store {
     pub async fn get_opt(&self, path: &Path, kind: ObjectKind) -> Result<Option<Bytes>> {
         match self.open_object(path, kind).await? {
             Some(r) => Ok(Some(r.read_all().await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Store::get_opt`] with the object's version (ETag), for a
+    /// conditional write that replaces exactly what was read.
+    pub async fn get_versioned(
+        &self,
+        path: &Path,
+        kind: ObjectKind,
+    ) -> Result<Option<(Bytes, UpdateVersion)>> {
+        match self.open_object(path, kind).await? {
+            Some(r) => {
+                let v = r.version().clone();
+                Ok(Some((r.read_all().await?, v)))
+            }
             None => Ok(None),
         }
     }

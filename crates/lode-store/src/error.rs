@@ -35,6 +35,76 @@ pub enum StoreError {
         /// Store URL.
         store: String,
     },
+    /// The image was removed (`lode rm`); its pointer is a sealed tombstone.
+    #[error("image '{tenant}/{name}' was removed (at version {version}) from {store}")]
+    ImageRemoved {
+        /// Tenant.
+        tenant: String,
+        /// Image name.
+        name: String,
+        /// Version of the removal.
+        version: u64,
+        /// Store URL.
+        store: String,
+    },
+    /// A pointer leads to a manifest bound to another image or version.
+    #[error("image '{tenant}/{name}': {reason}; refusing a swapped or forged pointer")]
+    Binding {
+        /// Tenant asked for.
+        tenant: String,
+        /// Image name asked for.
+        name: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// The store offers an older version of an image than this host has seen.
+    #[error("image '{tenant}/{name}': the store offers version {offered} but this host has already seen version {seen}; refusing a rolled-back pointer")]
+    Rollback {
+        /// Tenant.
+        tenant: String,
+        /// Image name.
+        name: String,
+        /// Version the store's pointer names.
+        offered: u64,
+        /// Highest version this host has seen.
+        seen: u64,
+    },
+    /// A reading command named a local store that does not exist.
+    #[error("no store at '{url}' (the directory does not exist)")]
+    NoStore {
+        /// Store URL.
+        url: String,
+    },
+    /// Another collector holds the GC lease.
+    #[error("the GC lease is held by '{holder}' (token {token}) for {remaining_ms} ms more; another `lode gc` is running")]
+    LeaseHeld {
+        /// Its holder.
+        holder: String,
+        /// Its fencing token.
+        token: u64,
+        /// Time left on it.
+        remaining_ms: u64,
+    },
+    /// This collector lost its lease (expired and taken, or fenced by a newer one).
+    #[error(
+        "lost the GC lease (token {token}): {reason}; stopping before anything else is deleted"
+    )]
+    LeaseLost {
+        /// The token this collector held.
+        token: u64,
+        /// What happened.
+        reason: String,
+    },
+    /// A conditional write kept losing to other writers.
+    #[error("{what} '{path}' kept changing under {attempts} attempts to update it")]
+    Contended {
+        /// What it is.
+        what: &'static str,
+        /// Object path.
+        path: String,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// An object that must exist is missing.
     #[error("missing {what} '{path}' in the store")]
     Missing {

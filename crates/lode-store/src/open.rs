@@ -2,7 +2,6 @@
 
 use crate::error::{Result, StoreError};
 use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
@@ -20,6 +19,20 @@ pub fn retry_config() -> RetryConfig {
         },
         max_retries: 3,
         retry_timeout: Duration::from_secs(15),
+    }
+}
+
+/// The directory of a local store URL (`file:///DIR` or a plain path), or
+/// `None` for other schemes.
+pub fn local_dir(url: &str) -> Option<std::path::PathBuf> {
+    if url.starts_with("memory:") || url.starts_with("s3://") {
+        return None;
+    }
+    match url.strip_prefix("file://") {
+        Some(p) if p.starts_with('/') => Some(p.into()),
+        Some(_) => None,
+        None if url.contains("://") || url.is_empty() => None,
+        None => Some(url.into()),
     }
 }
 
@@ -83,7 +96,8 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>> {
         path: path.clone(),
         source,
     })?;
-    let local = LocalFileSystem::new_with_prefix(&path).map_err(|e| bad(&e.to_string()))?;
+    let local = crate::local::LocalStore::new(std::path::Path::new(&path))
+        .map_err(|e| bad(&e.to_string()))?;
     Ok(Arc::new(local))
 }
 

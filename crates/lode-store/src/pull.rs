@@ -1,6 +1,8 @@
 //! `pull`: rebuild an image from its manifest, verifying every chunk.
 
+use crate::alarm::ReadOf;
 use crate::error::{Result, StoreError};
+use crate::pointer::ResolvedImage;
 use crate::store::Store;
 use futures::{StreamExt, TryStreamExt};
 use lode_chunk::{open_chunk, KeyProvider, KeyTable, Manifest};
@@ -21,8 +23,12 @@ pub struct OpenedImage {
     pub keys: KeyTable,
 }
 
-/// Reads `tenant/name`'s manifest, checks its digest, tenant and root, and
-/// opens its key table with the tenant's key.
+/// Opens `tenant/name`: reads its pointer and checks the pointer's seal,
+/// reads the manifest and checks its digest, opens the key table with the
+/// tenant's key (authenticating the manifest), and checks that the manifest
+/// is bound to this tenant, name and version and is not older than a
+/// version this host has seen (then records it). A manifest in a root that
+/// is not readable is still opened, and raises an alarm.
 ///
 /// The order bounds what an untrusted store can make this cost: the
 /// manifest's header is read first, its tenant checked and its data key
@@ -35,14 +41,16 @@ pub async fn open_image(
     tenant: &str,
     name: &str,
 ) -> Result<OpenedImage> {
-    let digest = store.get_image(tenant, name).await?;
+    let resolved = store.resolve_image(keys, tenant, name).await?;
+    let digest = resolved.digest.clone();
     let (bytes, data_key) = store
         .read_manifest(tenant, &digest, |h| {
+            // The tenant first: opening another tenant's manifest would use its key.
             if h.tenant != tenant {
-                return Err(StoreError::BadDocument {
-                    what: "manifest",
-                    path: digest.clone(),
-                    reason: format!("belongs to tenant '{}', not '{tenant}'", h.tenant),
+                return Err(StoreError::Binding {
+                    tenant: tenant.into(),
+                    name: name.into(),
+                    reason: format!("the pointer leads to a manifest of tenant '{}'", h.tenant),
                 });
             }
             Ok(h.unwrap_key(keys)?)
@@ -51,19 +59,48 @@ pub async fn open_image(
     let manifest = Manifest::decode(&bytes)?;
     drop(bytes);
     let table = manifest.open_with_key(&data_key)?;
-    let root = store.root(&manifest.root).await?;
-    if !root.state.readable() {
-        tracing::error!(root = %root.id, state = ?root.state, "read from a root that is not readable");
-        return Err(StoreError::Roots(format!(
-            "image {tenant}/{name} lives in root {} which is {:?}: not readable",
-            root.id, root.state
-        )));
-    }
+    // The name and version once the header is authenticated.
+    let version = check_binding(tenant, name, &resolved, &manifest)?;
+    store.check_fresh(tenant, name, version).await?;
+    store
+        .watch_read(&manifest.root, ReadOf::Image { tenant, name })
+        .await;
+    store.record_seen(tenant, name, version).await?;
     Ok(OpenedImage {
         digest,
         manifest,
         keys: table,
     })
+}
+
+/// Checks that `manifest` is the image `tenant/name` the pointer promised;
+/// returns the image's version.
+fn check_binding(
+    tenant: &str,
+    name: &str,
+    pointer: &ResolvedImage,
+    manifest: &Manifest,
+) -> Result<u64> {
+    let refuse = |reason: String| StoreError::Binding {
+        tenant: tenant.into(),
+        name: name.into(),
+        reason,
+    };
+    match &manifest.binding {
+        Some(b) if b.name != name => Err(refuse(format!(
+            "the pointer leads to the manifest of image '{tenant}/{}' (version {})",
+            b.name, b.version
+        ))),
+        // A sealed pointer names the version; a legacy one only the digest.
+        Some(b) if !pointer.legacy && b.version != pointer.version => Err(refuse(format!(
+            "the pointer says version {} but its manifest is version {}",
+            pointer.version, b.version
+        ))),
+        Some(b) => Ok(b.version),
+        // A format-1 manifest binds nothing: only a sealed pointer or a
+        // legacy one (version 0) vouches for it.
+        None => Ok(pointer.version),
+    }
 }
 
 /// What a pull did.

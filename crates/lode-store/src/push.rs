@@ -1,10 +1,13 @@
-//! `push`: chunk, encrypt and upload an image; the manifest goes last.
+//! `push`: chunk, encrypt and upload an image; the manifest goes last, then
+//! the pointer, through the publish protocol of [`crate::publish`].
 
 use crate::error::{Result, StoreError};
+use crate::publish::{Outcome, Publication};
+use crate::roots::RootInfo;
 use crate::store::{check_name, Store};
 use futures::{StreamExt, TryStreamExt};
 use lode_chunk::manifest::chunk_count;
-use lode_chunk::{seal_chunk, ChunkName, ChunkSecret, KeyProvider, Manifest, Salt, CHUNK_SIZE};
+use lode_chunk::{seal_chunk, ChunkName, ChunkSecret, KeyProvider, Salt, CHUNK_SIZE};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -28,6 +31,9 @@ pub struct PushOptions {
     pub concurrency: usize,
     /// Live counters for a progress bar.
     pub progress: Arc<PushProgress>,
+    /// Chunk size (a format parameter recorded in the manifest; lode uses
+    /// [`CHUNK_SIZE`]; tests and the protocol simulation use small ones).
+    pub chunk_size: u32,
 }
 
 impl Default for PushOptions {
@@ -35,9 +41,14 @@ impl Default for PushOptions {
         PushOptions {
             concurrency: 16,
             progress: Arc::default(),
+            chunk_size: CHUNK_SIZE,
         }
     }
 }
+
+/// Times a push moves to a newer root (its root was retired under it)
+/// before it gives up.
+pub const MAX_RETARGETS: u32 = 4;
 
 /// What a push did.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,9 +71,13 @@ pub struct PushReport {
     pub manifest: String,
     /// Root the chunks went to.
     pub root: String,
+    /// The image's new version number.
+    pub version: u64,
+    /// Times the push moved to a newer root because its root retired.
+    pub retargets: u32,
 }
 
-enum Outcome {
+enum ChunkOutcome {
     Hole,
     Already(ChunkName, ChunkSecret),
     Uploaded(ChunkName, ChunkSecret, u64),
@@ -96,10 +111,11 @@ fn read_and_seal(
     file: &std::fs::File,
     size: u64,
     i: u64,
+    chunk_size: u32,
     salt: &Salt,
 ) -> std::io::Result<Option<lode_chunk::SealedChunk>> {
-    let off = i * u64::from(CHUNK_SIZE);
-    let len = (size - off).min(u64::from(CHUNK_SIZE));
+    let off = i * u64::from(chunk_size);
+    let len = (size - off).min(u64::from(chunk_size));
     if is_hole(file, off, len) {
         return Ok(None);
     }
@@ -114,7 +130,10 @@ fn read_and_seal(
 /// Pushes the ext4 image at `image` as `tenant/name`. Only chunks the store
 /// lacks are uploaded; the manifest and then the image pointer are written
 /// after every chunk is stored, so an interrupted push leaves no manifest
-/// pointing at a missing chunk, and a re-run resumes cheaply.
+/// pointing at a missing chunk, and a re-run resumes cheaply. The new
+/// manifest is bound to the name and the next version number. If the root
+/// is retired while the push runs, the push moves to the new active root
+/// (re-encrypting there): it never publishes into a root that is not active.
 pub async fn push_file(
     store: &Store,
     keys: Arc<dyn KeyProvider>,
@@ -132,36 +151,79 @@ pub async fn push_file(
     };
     let file = Arc::new(std::fs::File::open(image).map_err(io)?);
     let size = file.metadata().map_err(io)?.len();
-    let root = store.active_root(keys.as_ref()).await?;
+    for retargets in 0..MAX_RETARGETS {
+        let root = store.active_root(keys.as_ref()).await?;
+        let read = store.read_pointer(tenant, name).await?;
+        let intent = store.write_intent(&root.id, tenant, name, "push").await?;
+        let attempt = push_into(store, &keys, &file, size, &root, (tenant, name), read, opts).await;
+        // The intent goes whatever happened (a crash leaves it to GC's fence).
+        let cleaned = store.delete(&intent).await;
+        let Some(mut report) = attempt? else {
+            tracing::info!(tenant, name, root = %root.id, "root retired during the push: moving to the new root");
+            continue;
+        };
+        cleaned?;
+        report.retargets = retargets;
+        report.seconds = start.elapsed().as_secs_f64();
+        store.record_seen(tenant, name, report.version).await?;
+        tracing::info!(tenant, name, manifest = %report.manifest, version = report.version, "pushed");
+        return Ok(report);
+    }
+    Err(StoreError::Roots(format!(
+        "the active root was retired {MAX_RETARGETS} times while {tenant}/{name} was pushed"
+    )))
+}
+
+/// One attempt of a push into `root`: `Ok(None)` when the root stopped
+/// taking pushes (the caller moves to the new one).
+#[allow(clippy::too_many_arguments)]
+async fn push_into(
+    store: &Store,
+    keys: &Arc<dyn KeyProvider>,
+    file: &Arc<std::fs::File>,
+    size: u64,
+    root: &RootInfo,
+    (tenant, name): (&str, &str),
+    read: crate::publish::PointerRead,
+    opts: &PushOptions,
+) -> Result<Option<PushReport>> {
+    if !store.root_takes_pushes(&root.id).await? {
+        return Ok(None);
+    }
+    let chunk_size = opts.chunk_size;
     let salt = Arc::new(keys.salt(&root.salt_id)?);
-    let count = chunk_count(size, CHUNK_SIZE);
-    let results: Vec<(u64, Outcome)> = futures::stream::iter(0..count)
+    let count = chunk_count(size, chunk_size);
+    opts.progress.done.store(0, Ordering::Relaxed);
+    let results: Vec<(u64, ChunkOutcome)> = futures::stream::iter(0..count)
         .map(|i| {
             let (file, salt, root_id) = (file.clone(), salt.clone(), root.id.clone());
             let progress = opts.progress.clone();
-            let path = image.display().to_string();
             async move {
-                let sealed =
-                    tokio::task::spawn_blocking(move || read_and_seal(&file, size, i, &salt))
-                        .await
-                        .map_err(|e| StoreError::Task(e.to_string()))?
-                        .map_err(|source| StoreError::Io { path, source })?;
+                let sealed = tokio::task::spawn_blocking(move || {
+                    read_and_seal(&file, size, i, chunk_size, &salt)
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+                .map_err(|source| StoreError::Io {
+                    path: format!("chunk {i} of the image"),
+                    source,
+                })?;
                 let out = match sealed {
-                    None => Outcome::Hole,
+                    None => ChunkOutcome::Hole,
                     Some(s) => {
                         let secret = ChunkSecret {
                             key: s.key,
                             plain_sha: s.plain_sha,
                         };
                         if store.has_chunk(&root_id, &s.name).await? {
-                            Outcome::Already(s.name, secret)
+                            ChunkOutcome::Already(s.name, secret)
                         } else {
                             let n = s.ciphertext.len() as u64;
                             store
                                 .put_chunk(&root_id, &s.name, s.ciphertext.into())
                                 .await?;
                             progress.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
-                            Outcome::Uploaded(s.name, secret, n)
+                            ChunkOutcome::Uploaded(s.name, secret, n)
                         }
                     }
                 };
@@ -184,17 +246,19 @@ pub async fn push_file(
         seconds: 0.0,
         manifest: String::new(),
         root: root.id.clone(),
+        version: 0,
+        retargets: 0,
     };
     for (i, o) in results {
         let i = i as usize;
         match o {
-            Outcome::Hole => report.holes += 1,
-            Outcome::Already(n, s) => {
+            ChunkOutcome::Hole => report.holes += 1,
+            ChunkOutcome::Already(n, s) => {
                 report.already += 1;
                 names[i] = Some(n);
                 secrets[i] = Some(s);
             }
-            Outcome::Uploaded(n, s, b) => {
+            ChunkOutcome::Uploaded(n, s, b) => {
                 report.uploaded += 1;
                 report.bytes_uploaded += b;
                 names[i] = Some(n);
@@ -202,18 +266,24 @@ pub async fn push_file(
             }
         }
     }
-    let manifest = Manifest::seal(
+    let publication = Publication {
         tenant,
-        size,
-        CHUNK_SIZE,
-        &root.id,
-        names,
-        &secrets,
-        keys.as_ref(),
-    )?;
-    report.manifest = store.put_manifest(tenant, manifest.encode().into()).await?;
-    store.set_image(tenant, name, &report.manifest).await?;
-    report.seconds = start.elapsed().as_secs_f64();
-    tracing::info!(tenant, name, manifest = %report.manifest, "pushed");
-    Ok(report)
+        name,
+        root: &root.id,
+        image_size: size,
+        chunk_size,
+        names: &names,
+        secrets: &secrets,
+    };
+    match store
+        .publish_next(&publication, read, keys.as_ref())
+        .await?
+    {
+        Outcome::Published { digest, version } => {
+            report.manifest = digest;
+            report.version = version;
+            Ok(Some(report))
+        }
+        Outcome::Retarget | Outcome::Superseded => Ok(None),
+    }
 }

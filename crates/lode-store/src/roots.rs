@@ -9,15 +9,21 @@
 //!
 //! Each root has its own salt, so rotating the root changes every chunk name:
 //! the most popular chunks are never one single object for ever.
+//!
+//! Retiring a root is three conditional writes of its document: *closing*
+//! (still active, but pushes that check it now go elsewhere), then every
+//! push in flight into it is fenced ([`crate::publish`]), then *retired*.
+//! After that no pointer can ever be published into it. A deleted root has
+//! no document at all: it is removed last, after its chunks.
 
 use crate::bounded::ObjectKind;
+use crate::cond::Expect;
 use crate::error::{Result, StoreError};
 use crate::store::Store;
 use lode_chunk::KeyProvider;
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::UpdateVersion;
 use serde::{Deserialize, Serialize};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Life-cycle state of a root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -52,7 +58,7 @@ impl RootState {
 /// `roots/<id>/root.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RootInfo {
-    /// Document version (1).
+    /// Document version (2; version 1 lacks the last three fields).
     pub version: u32,
     /// Root id.
     pub id: String,
@@ -62,59 +68,119 @@ pub struct RootInfo {
     pub salt_id: String,
     /// Creation time, Unix seconds.
     pub created: u64,
+    /// When the state last changed, Unix milliseconds (0 in version 1: use `created`).
+    #[serde(default)]
+    pub changed_ms: u64,
+    /// Fencing token of the collector that made the last transition (0: none).
+    #[serde(default)]
+    pub fence: u64,
+    /// An active root being retired: pushes must not use it.
+    #[serde(default)]
+    pub closing: bool,
 }
 
-fn root_path(id: &str) -> Path {
+/// Root document version written.
+pub const ROOT_VERSION: u32 = 2;
+
+impl RootInfo {
+    /// When the state last changed, Unix milliseconds.
+    pub fn since_ms(&self) -> u64 {
+        if self.changed_ms > 0 {
+            self.changed_ms
+        } else {
+            self.created.saturating_mul(1000)
+        }
+    }
+
+    /// True if pushes may write new chunks into it.
+    pub fn takes_pushes(&self) -> bool {
+        self.state == RootState::Active && !self.closing
+    }
+}
+
+pub(crate) fn root_path(id: &str) -> Path {
     Path::from(format!("roots/{id}/root.json"))
+}
+
+/// Checks a root id: 1–128 of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn check_root_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Roots(format!("invalid root id '{id}'")))
+    }
+}
+
+/// Every root document with its version, and root prefixes that have
+/// objects but no document (left over after a deletion).
+#[derive(Clone, Debug, Default)]
+pub struct RootListing {
+    /// Roots with a document, oldest first.
+    pub roots: Vec<(RootInfo, UpdateVersion)>,
+    /// Ids of prefixes without a document.
+    pub orphans: Vec<String>,
+}
+
+fn parse_root(bytes: &[u8], path: &Path) -> Result<RootInfo> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::BadDocument {
+        what: "root",
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 impl Store {
     /// All roots, oldest first.
     pub async fn roots(&self) -> Result<Vec<RootInfo>> {
-        let prefix = Path::from("roots");
-        let list = self
-            .object_store()
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(|source| StoreError::Backend {
-                op: "list",
-                path: "roots/".into(),
-                source,
-            })?;
-        let mut out = Vec::new();
+        Ok(self
+            .list_roots()
+            .await?
+            .roots
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// Every root document with its version, and document-less prefixes.
+    pub async fn list_roots(&self) -> Result<RootListing> {
+        let list = self.list_dir("roots").await?;
+        let mut out = RootListing::default();
         for p in list.common_prefixes {
             let Some(id) = p.filename() else { continue };
-            let path = root_path(id);
-            let Some(bytes) = self.get_opt(&path, ObjectKind::Root).await? else {
-                continue;
-            };
-            let info: RootInfo =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
-                    what: "root",
-                    path: path.to_string(),
-                    reason: e.to_string(),
-                })?;
-            out.push(info);
+            match self.root_versioned(id).await? {
+                Some(r) => out.roots.push(r),
+                None => out.orphans.push(id.to_string()),
+            }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.roots.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        out.orphans.sort();
         Ok(out)
     }
 
     /// Reads one root.
     pub async fn root(&self, id: &str) -> Result<RootInfo> {
-        let path = root_path(id);
-        let bytes = self
-            .get_opt(&path, ObjectKind::Root)
+        self.root_versioned(id)
             .await?
+            .map(|(r, _)| r)
             .ok_or(StoreError::Missing {
                 what: "root",
-                path: path.to_string(),
-            })?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
-            what: "root",
-            path: path.to_string(),
-            reason: e.to_string(),
-        })
+                path: root_path(id).to_string(),
+            })
+    }
+
+    /// Reads one root with its version; `None` if it has no document.
+    pub async fn root_versioned(&self, id: &str) -> Result<Option<(RootInfo, UpdateVersion)>> {
+        let path = root_path(id);
+        match self.get_versioned(&path, ObjectKind::Root).await? {
+            None => Ok(None),
+            Some((b, v)) => Ok(Some((parse_root(&b, &path)?, v))),
+        }
     }
 
     async fn write_root(&self, r: &RootInfo) -> Result<()> {
@@ -122,39 +188,50 @@ impl Store {
         self.put(&root_path(&r.id), doc.into()).await
     }
 
-    /// A new active root with a fresh salt (not yet written). Ids start with
-    /// fixed-width time, so they sort in creation order.
-    fn fresh_root(keys: &dyn KeyProvider) -> Result<RootInfo> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+    /// Replaces a root document read as `v` with `next`; `Ok(false)` if it changed since.
+    pub(crate) async fn replace_root(&self, next: &RootInfo, v: &UpdateVersion) -> Result<bool> {
+        let doc = serde_json::to_vec_pretty(next).map_err(|e| StoreError::Task(e.to_string()))?;
+        self.put_if(
+            &root_path(&next.id),
+            doc.into(),
+            &Expect::Version(v.clone()),
+        )
+        .await
+    }
+
+    /// A new root document (state active) with a fresh salt, not yet written.
+    fn fresh_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
+        let now_ms = self.env().now_ms();
         let salt_id = keys.new_salt()?;
         let id = format!(
             "r{:010}{:09}-{}",
-            now.as_secs(),
-            now.subsec_nanos(),
+            now_ms / 1000,
+            (now_ms % 1000) * 1_000_000,
             &salt_id[..8.min(salt_id.len())]
         );
         Ok(RootInfo {
-            version: 1,
+            version: ROOT_VERSION,
             id,
             state: RootState::Active,
             salt_id,
-            created: now.as_secs(),
+            created: now_ms / 1000,
+            changed_ms: now_ms,
+            fence: 0,
+            closing: false,
         })
     }
 
-    async fn new_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
-        let r = Self::fresh_root(keys)?;
+    pub(crate) async fn new_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
+        let r = self.fresh_root(keys)?;
         self.write_root(&r).await?;
         Ok(r)
     }
 
-    /// The root that receives new chunks; on an empty store, creates the first.
-    /// While a rotation is half done two roots can be active: the newest wins.
+    /// The root that receives new chunks: the newest active root that is not
+    /// closing. On an empty store, creates the first.
     pub async fn active_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
         let roots = self.roots().await?;
-        if let Some(r) = roots.iter().rev().find(|r| r.state == RootState::Active) {
+        if let Some(r) = roots.iter().rev().find(|r| r.takes_pushes()) {
             return Ok(r.clone());
         }
         if roots.is_empty() {
@@ -169,78 +246,152 @@ impl Store {
     /// the root document is first claimed as `roots/GENESIS` with a create-only
     /// put; whoever loses adopts the winner's root.
     async fn genesis_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
-        let mine = Self::fresh_root(keys)?;
+        let mine = self.fresh_root(keys)?;
         let doc = serde_json::to_vec_pretty(&mine).map_err(|e| StoreError::Task(e.to_string()))?;
         let claim = Path::from("roots/GENESIS");
-        let opts = object_store::PutOptions {
-            mode: object_store::PutMode::Create,
-            ..Default::default()
+        let winner = if self.put_if(&claim, doc.into(), &Expect::Absent).await? {
+            mine
+        } else {
+            let bytes =
+                self.get_opt(&claim, ObjectKind::Root)
+                    .await?
+                    .ok_or(StoreError::Missing {
+                        what: "root claim",
+                        path: claim.to_string(),
+                    })?;
+            parse_root(&bytes, &claim)?
         };
-        let winner = match self.object_store().put_opts(&claim, doc.into(), opts).await {
-            Ok(_) => mine,
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let bytes =
-                    self.get_opt(&claim, ObjectKind::Root)
-                        .await?
-                        .ok_or(StoreError::Missing {
-                            what: "root claim",
-                            path: claim.to_string(),
-                        })?;
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
-                    what: "root claim",
-                    path: claim.to_string(),
-                    reason: e.to_string(),
-                })?
-            }
-            // A backend without create-only puts: plain write (a race can then
-            // leave two active roots; the newest wins in `active_root`).
-            Err(object_store::Error::NotImplemented { .. })
-            | Err(object_store::Error::NotSupported { .. }) => {
-                self.write_root(&mine).await?;
-                return Ok(mine);
-            }
-            Err(source) => {
-                return Err(StoreError::Backend {
-                    op: "put",
-                    path: claim.to_string(),
-                    source,
-                })
-            }
-        };
-        // The winner may have died between claim and document: either side writes it.
-        if self
-            .get_opt(&root_path(&winner.id), ObjectKind::Root)
-            .await?
-            .is_none()
-        {
-            self.write_root(&winner).await?;
-        }
+        // The winner may have died between claim and document: either side
+        // writes it, unless it exists (and may since have moved on).
+        let doc =
+            serde_json::to_vec_pretty(&winner).map_err(|e| StoreError::Task(e.to_string()))?;
+        self.put_if(&root_path(&winner.id), doc.into(), &Expect::Absent)
+            .await?;
         self.root(&winner.id).await
     }
 
-    /// Creates a new active root with a fresh salt and retires the others.
+    /// Creates a new active root with a fresh salt and retires the others
+    /// (closing each, fencing the pushes in flight into it, then retiring).
     /// Returns the new root and the ones it retired.
     pub async fn rotate_root(&self, keys: &dyn KeyProvider) -> Result<(RootInfo, Vec<RootInfo>)> {
-        let before = self.roots().await?;
         let new = self.new_root(keys).await?;
-        let mut retired = Vec::new();
-        for mut r in before.into_iter().filter(|r| r.state == RootState::Active) {
-            r.state = RootState::Retired;
-            self.write_root(&r).await?;
-            retired.push(r);
-        }
+        let retired = self.retire_all_but(&new.id, 0).await?;
         Ok((new, retired))
     }
 
-    /// Moves a root one step along its life cycle.
-    pub async fn set_root_state(&self, id: &str, next: RootState) -> Result<RootInfo> {
-        let mut r = self.root(id).await?;
-        if !r.state.can_move_to(next) {
-            return Err(StoreError::Roots(format!("root {id}: {:?} → {next:?} is not allowed (one way: active → retired → expired → deleted)", r.state)));
+    /// Retires every active root older than `keep` (with fencing token
+    /// `token`). Two concurrent rotations thus leave the newer root active.
+    pub(crate) async fn retire_all_but(&self, keep: &str, token: u64) -> Result<Vec<RootInfo>> {
+        let mut retired = Vec::new();
+        for r in self.roots().await? {
+            if r.state == RootState::Active && r.id.as_str() < keep {
+                if let Some(r) = self.retire_root(&r.id, token).await? {
+                    retired.push(r);
+                }
+            }
         }
-        r.state = next;
-        self.write_root(&r).await?;
-        Ok(r)
+        Ok(retired)
+    }
+
+    /// Applies `change` to root `id`'s document with a conditional write,
+    /// re-reading on conflict. `change` returns `None` when nothing is to be
+    /// done. Refuses (lease lost) when the document carries a fence newer
+    /// than `token`.
+    pub(crate) async fn update_root(
+        &self,
+        id: &str,
+        token: u64,
+        mut change: impl FnMut(&RootInfo) -> Option<RootInfo>,
+    ) -> Result<Option<RootInfo>> {
+        for _ in 0..crate::pointer::CAS_ATTEMPTS {
+            let Some((cur, v)) = self.root_versioned(id).await? else {
+                return Ok(None);
+            };
+            if token > 0 && cur.fence > token {
+                return Err(StoreError::LeaseLost {
+                    token,
+                    reason: format!(
+                        "root {id} was changed by a collector with token {}",
+                        cur.fence
+                    ),
+                });
+            }
+            let Some(mut next) = change(&cur) else {
+                return Ok(None);
+            };
+            next.version = ROOT_VERSION;
+            next.fence = cur.fence.max(token);
+            if self.replace_root(&next, &v).await? {
+                return Ok(Some(next));
+            }
+        }
+        Err(StoreError::Contended {
+            what: "root",
+            path: root_path(id).to_string(),
+            attempts: crate::pointer::CAS_ATTEMPTS,
+        })
+    }
+
+    /// Retires an active root: closing, fencing pushes in flight, retired.
+    /// Returns the retired root (`None` if it was not active).
+    pub async fn retire_root(&self, id: &str, token: u64) -> Result<Option<RootInfo>> {
+        let closing = self
+            .update_root(id, token, |r| {
+                (r.state == RootState::Active && !r.closing).then(|| RootInfo {
+                    closing: true,
+                    ..r.clone()
+                })
+            })
+            .await?;
+        let still_active = match closing {
+            Some(_) => true,
+            None => self
+                .root_versioned(id)
+                .await?
+                .is_some_and(|(r, _)| r.state == RootState::Active),
+        };
+        if !still_active {
+            return Ok(None);
+        }
+        if !crate::rule_broken("skip-fencing") {
+            self.fence_intents(id).await?;
+        }
+        let now = self.env().now_ms();
+        self.update_root(id, token, |r| {
+            (r.state == RootState::Active).then(|| RootInfo {
+                state: RootState::Retired,
+                closing: false,
+                changed_ms: now,
+                ..r.clone()
+            })
+        })
+        .await
+    }
+
+    /// Moves a root one step along its life cycle (conditional write).
+    pub async fn set_root_state(&self, id: &str, next: RootState) -> Result<RootInfo> {
+        let cur = self.root(id).await?;
+        if !cur.state.can_move_to(next) {
+            return Err(StoreError::Roots(format!("root {id}: {:?} → {next:?} is not allowed (one way: active → retired → expired → deleted)", cur.state)));
+        }
+        if next == RootState::Retired {
+            return self.retire_root(id, 0).await?.ok_or_else(|| {
+                StoreError::Roots(format!("root {id} changed while it was being retired"))
+            });
+        }
+        let now = self.env().now_ms();
+        let from = cur.state;
+        self.update_root(id, 0, |r| {
+            (r.state == from).then(|| RootInfo {
+                state: next,
+                changed_ms: now,
+                ..r.clone()
+            })
+        })
+        .await?
+        .ok_or_else(|| {
+            StoreError::Roots(format!("root {id} changed while it was moved to {next:?}"))
+        })
     }
 }
 

@@ -3,17 +3,25 @@
 //! ```text
 //! roots/<root>/root.json                  state and salt id of a root
 //! roots/<root>/chunks/<2 hex>/<name>      a chunk's ciphertext, named by its SHA-256
+//! roots/<root>/intents/<id>.json          a publish in flight into the root
 //! tenants/<tenant>/manifests/<hex>        a manifest, named by the SHA-256 of its bytes
 //! tenants/<tenant>/images/<name>          pointer to an image's current manifest
+//! tenants/<tenant>/workingsets/<hex>      a manifest's sealed start-up working set
+//! gc/lease.json                           the garbage collector's lease
+//! alarms/<root>/<id>.json                 a read from a root that is not readable
 //! ```
+//! The protocol over these objects is in `docs/format.md` (section 4).
 
+use crate::alarm::RootWatch;
 use crate::bounded::ObjectKind;
+use crate::env::{Environment, SystemEnv};
 use crate::error::{Result, StoreError};
+use crate::freshness::SeenVersions;
 use bytes::Bytes;
+use futures::TryStreamExt;
 use lode_chunk::ChunkName;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
+use object_store::{ListResult, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -22,32 +30,23 @@ use std::sync::Arc;
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     url: String,
-}
-
-/// An image pointer: `tenants/<tenant>/images/<name>`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ImagePointer {
-    /// Pointer format version (1).
-    pub version: u32,
-    /// `sha256:<hex>` of the current manifest.
-    pub manifest: String,
+    env: Arc<dyn Environment>,
+    /// This host's record of the highest version seen per image (rollback
+    /// detection); `None` in library use without a home directory.
+    seen: Option<Arc<SeenVersions>>,
+    /// Cached root states, shared by clones: reads from a root that is not
+    /// readable raise an alarm.
+    pub(crate) watch: Arc<RootWatch>,
+    /// Who reads through this store (`agent`, `pull`, `cat`, ...): named in alarms.
+    reader: Arc<str>,
 }
 
 /// Checks an image name: 1–128 of `[A-Za-z0-9._:-]`, not starting with `.`.
 pub fn check_name(n: &str) -> Result<()> {
-    let ok = !n.is_empty()
-        && n.len() <= 128
-        && !n.starts_with('.')
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::BadName(n.to_string()))
-    }
+    lode_chunk::manifest::check_image_name(n).map_err(|_| StoreError::BadName(n.to_string()))
 }
 
-fn hex_of(digest: &str) -> Result<&str> {
+pub(crate) fn hex_of(digest: &str) -> Result<&str> {
     digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -61,10 +60,7 @@ fn hex_of(digest: &str) -> Result<&str> {
 impl Store {
     /// Opens the store at `url` (see [`crate::open_url`]).
     pub fn open(url: &str) -> Result<Store> {
-        Ok(Store {
-            inner: crate::open::open_url(url)?,
-            url: url.to_string(),
-        })
+        Ok(Self::from_object_store(crate::open::open_url(url)?, url))
     }
 
     /// Wraps an existing object store (e.g. a throttled or failing one in tests).
@@ -72,7 +68,81 @@ impl Store {
         Store {
             inner,
             url: url.to_string(),
+            env: Arc::new(SystemEnv),
+            seen: None,
+            watch: Arc::default(),
+            reader: Arc::from("lode"),
         }
+    }
+
+    /// The same store over another object store (e.g. one that counts
+    /// requests); everything else is shared.
+    pub fn with_object_store(&self, inner: Arc<dyn ObjectStore>) -> Store {
+        Store {
+            inner,
+            ..self.clone()
+        }
+    }
+
+    /// Uses `env` for time and ids (the simulation's virtual clock).
+    pub fn with_env(mut self, env: Arc<dyn Environment>) -> Store {
+        self.env = env;
+        self
+    }
+
+    /// Remembers the versions of images read or pushed in `seen`, and
+    /// refuses older ones (rollback).
+    pub fn with_seen(mut self, seen: SeenVersions) -> Store {
+        self.seen = Some(Arc::new(seen));
+        self
+    }
+
+    /// Names the reader in alarms (`agent`, `pull`, `cat`, `gc`).
+    pub fn with_reader(mut self, label: &str) -> Store {
+        self.reader = Arc::from(label);
+        self
+    }
+
+    /// The store's clock and id source.
+    pub fn env(&self) -> &dyn Environment {
+        self.env.as_ref()
+    }
+
+    /// This host's record of versions seen, if attached.
+    pub fn seen(&self) -> Option<&SeenVersions> {
+        self.seen.as_deref()
+    }
+
+    /// The reader label.
+    pub fn reader(&self) -> &str {
+        &self.reader
+    }
+
+    /// Every object under `prefix` (all pages of the listing).
+    pub async fn list_all(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let p = Path::from(prefix);
+        self.inner
+            .list(Some(&p))
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Backend {
+                op: "list",
+                path: format!("{prefix}/"),
+                source,
+            })
+    }
+
+    /// Objects and sub-prefixes directly under `prefix`.
+    pub async fn list_dir(&self, prefix: &str) -> Result<ListResult> {
+        let p = Path::from(prefix);
+        self.inner
+            .list_with_delimiter(Some(&p))
+            .await
+            .map_err(|source| StoreError::Backend {
+                op: "list",
+                path: format!("{prefix}/"),
+                source,
+            })
     }
 
     /// The URL it was opened with.
@@ -131,8 +201,12 @@ impl Store {
     }
 
     /// Reads a chunk's ciphertext (unverified: callers check it against its
-    /// name), refusing an object larger than the chunk format allows.
+    /// name), refusing an object larger than the chunk format allows. A read
+    /// from a root that is not readable (expired, deleted) still returns the
+    /// data if it is there, and records an alarm.
     pub async fn get_chunk(&self, root: &str, name: &ChunkName) -> Result<Bytes> {
+        self.watch_read(root, crate::alarm::ReadOf::Chunk(name))
+            .await;
         let path = Self::chunk_path(root, name);
         self.get_opt(&path, ObjectKind::Chunk)
             .await?
@@ -145,7 +219,7 @@ impl Store {
     /// Stores a manifest under its digest and returns the digest.
     pub async fn put_manifest(&self, tenant: &str, bytes: Bytes) -> Result<String> {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        let path = Path::from(format!("tenants/{tenant}/manifests/{}", hex_of(&digest)?));
+        let path = Self::manifest_path(tenant, &digest)?;
         self.put(&path, bytes).await?;
         Ok(digest)
     }
@@ -168,7 +242,7 @@ impl Store {
         digest: &str,
         check: impl FnOnce(&lode_chunk::ManifestHeader) -> Result<T>,
     ) -> Result<(Bytes, T)> {
-        let path = Path::from(format!("tenants/{tenant}/manifests/{}", hex_of(digest)?));
+        let path = Self::manifest_path(tenant, digest)?;
         let (bytes, checked) = self
             .read_manifest_object(&path, digest, check)
             .await?
@@ -188,75 +262,14 @@ impl Store {
         Ok((bytes, checked))
     }
 
-    fn image_path(tenant: &str, name: &str) -> Result<Path> {
-        lode_chunk::keys::check_tenant(tenant)?;
-        check_name(name)?;
-        Ok(Path::from(format!("tenants/{tenant}/images/{name}")))
+    pub(crate) fn manifest_path(tenant: &str, digest: &str) -> Result<Path> {
+        Ok(Path::from(format!(
+            "tenants/{tenant}/manifests/{}",
+            hex_of(digest)?
+        )))
     }
 
-    /// Points `tenant/name` at a manifest.
-    pub async fn set_image(&self, tenant: &str, name: &str, digest: &str) -> Result<()> {
-        let path = Self::image_path(tenant, name)?;
-        let doc = serde_json::to_vec(&ImagePointer {
-            version: 1,
-            manifest: digest.to_string(),
-        })
-        .map_err(|e| StoreError::Task(e.to_string()))?;
-        self.put(&path, doc.into()).await
-    }
-
-    /// The manifest digest `tenant/name` points at.
-    pub async fn get_image(&self, tenant: &str, name: &str) -> Result<String> {
-        let path = Self::image_path(tenant, name)?;
-        let bytes = self
-            .get_opt(&path, ObjectKind::Pointer)
-            .await?
-            .ok_or_else(|| StoreError::ImageNotFound {
-                tenant: tenant.into(),
-                name: name.into(),
-                store: self.url.clone(),
-            })?;
-        let p: ImagePointer =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
-                what: "image pointer",
-                path: path.to_string(),
-                reason: e.to_string(),
-            })?;
-        hex_of(&p.manifest)?;
-        Ok(p.manifest)
-    }
-
-    /// Every `(tenant, image name)` in the store.
-    pub async fn list_images(&self) -> Result<Vec<(String, String)>> {
-        let list = |p: Path| async move {
-            self.inner
-                .list_with_delimiter(Some(&p))
-                .await
-                .map_err(|source| StoreError::Backend {
-                    op: "list",
-                    path: p.to_string(),
-                    source,
-                })
-        };
-        let mut out = Vec::new();
-        for t in list(Path::from("tenants")).await?.common_prefixes {
-            let Some(tenant) = t.filename().map(str::to_string) else {
-                continue;
-            };
-            for o in list(Path::from(format!("tenants/{tenant}/images")))
-                .await?
-                .objects
-            {
-                if let Some(name) = o.location.filename() {
-                    out.push((tenant.clone(), name.to_string()));
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    fn working_set_path(tenant: &str, digest: &str) -> Result<Path> {
+    pub(crate) fn working_set_path(tenant: &str, digest: &str) -> Result<Path> {
         lode_chunk::keys::check_tenant(tenant)?;
         Ok(Path::from(format!(
             "tenants/{tenant}/workingsets/{}",

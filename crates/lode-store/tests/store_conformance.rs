@@ -208,10 +208,16 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
     ];
     let mbytes = Bytes::from(
         Manifest::seal(
-            "alice",
-            2 * 4096,
-            4096,
-            &r1.id,
+            &lode_chunk::SealSpec {
+                tenant: "alice",
+                binding: Some(&lode_chunk::ImageBinding {
+                    name: "app".into(),
+                    version: 1,
+                }),
+                image_size: 2 * 4096,
+                chunk_size: 4096,
+                root: &r1.id,
+            },
             names,
             &secrets,
             keys.as_ref(),
@@ -471,12 +477,34 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
             .is_err(),
         "{label}: roots move one way"
     );
+    // A read from an expired root still returns the data, and raises an alarm.
     let out2 = work.path().join("out2");
-    match pull_to_file(store, keys.clone(), "alice", "sample", &out2, 3).await {
-        Err(StoreError::Roots(msg)) => assert!(msg.contains("not readable"), "{msg}"),
-        other => panic!("{label}: pull from an expired root: {other:?}"),
-    }
-    assert!(!out2.exists());
+    assert!(store.open_alarms().await.unwrap().is_empty());
+    pull_to_file(store, keys.clone(), "alice", "sample", &out2, 3)
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(&out2).unwrap() == img,
+        "{label}: expired root"
+    );
+    let alarms = store.open_alarms().await.unwrap();
+    assert_eq!(alarms.keys().collect::<Vec<_>>(), vec![&r1.id], "{label}");
+    let a = &store.alarms_of(&r1.id).await.unwrap()[0];
+    assert_eq!(
+        (a.state.as_str(), a.root.as_str()),
+        ("expired", r1.id.as_str())
+    );
+    assert!(
+        lode_store::alarm::metrics()
+            .unreadable_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    assert_eq!(store.ack_alarms(&r1.id).await.unwrap(), alarms[&r1.id]);
+    assert!(
+        store.open_alarms().await.unwrap().is_empty(),
+        "{label}: acknowledged"
+    );
     pull_to_file(store, keys.clone(), "alice", "sample-2", &out2, 3)
         .await
         .unwrap();

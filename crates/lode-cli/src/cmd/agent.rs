@@ -193,10 +193,14 @@ pub fn run(args: Args) -> Result<()> {
             let l = tokio::net::TcpListener::bind(m)
                 .await
                 .with_context(|| format!("binding metrics {m}"))?;
-            let extra: Option<lode_agent::metrics::Extra> = fleet.map(|f| {
-                Arc::new(move |out: &mut String| f.render(out)) as lode_agent::metrics::Extra
+            // The fleet's metrics, if any, and the store's alarm counters.
+            let extra: lode_agent::metrics::Extra = Arc::new(move |out: &mut String| {
+                if let Some(f) = &fleet {
+                    f.render(out);
+                }
+                lode_store::alarm::render_metrics(out);
             });
-            tokio::spawn(lode_agent::metrics::serve(l, server.clone(), extra));
+            tokio::spawn(lode_agent::metrics::serve(l, server.clone(), Some(extra)));
         }
         let mut vhost = Vec::new();
         for v in &args.vhost_user {

@@ -1,7 +1,7 @@
 //! `lode cat NAME PATH --tenant T`: one file out of an image, loaded on demand.
 
 use super::agent::CacheArgs;
-use super::common::{key_provider, runtime};
+use super::common::{key_provider, runtime, warn_unreadable_reads};
 use crate::units::human;
 use anyhow::{anyhow, Context, Result};
 use lode_agent::ImageHandle;
@@ -127,6 +127,7 @@ pub fn run(args: Args) -> Result<()> {
     out.flush().context("writing to stdout")?;
     // Let the disk-cache writes land, so the next command finds the chunks.
     rt.block_on(reader.settle());
+    warn_unreadable_reads(&store);
     let labels = reader.tier_labels();
     let (mut fetched, mut bytes) = (0, 0);
     let mut per_tier = Vec::new();

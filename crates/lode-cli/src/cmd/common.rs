@@ -4,9 +4,21 @@ use crate::shutdown::Shutdown;
 use crate::units::parse_size;
 use anyhow::{Context, Result};
 use lode_chunk::{KeyProvider, Keyring};
-use lode_store::Store;
+use lode_store::{SeenVersions, Store, StoreError};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// The subcommand running (`pull`, `agent`, ...): names this process in alarms.
+static COMMAND: OnceLock<&'static str> = OnceLock::new();
+
+/// Records which subcommand runs (called once by `main`).
+pub fn set_command(name: &'static str) {
+    let _ = COMMAND.set(name);
+}
+
+fn command() -> &'static str {
+    COMMAND.get().copied().unwrap_or("lode")
+}
 
 /// `$LODE_HOME`, default `~/.local/share/lode`.
 pub fn lode_home() -> PathBuf {
@@ -27,10 +39,21 @@ pub fn store_url(given: Option<&str>) -> String {
     }
 }
 
-/// Opens the store.
+/// Opens the store, with this host's record of image versions seen
+/// (`$LODE_HOME/seen`, rollback detection) and the subcommand as the reader
+/// named in alarms. Only `push` and `root rotate` create a local store that
+/// does not exist; other commands report it missing.
 pub fn open_store(given: Option<&str>) -> Result<Store> {
     let url = store_url(given);
-    Store::open(&url).with_context(|| format!("opening store {url}"))
+    if let Some(dir) = lode_store::open::local_dir(&url) {
+        if !matches!(command(), "push" | "root") && !dir.is_dir() {
+            return Err(StoreError::NoStore { url }.into());
+        }
+    }
+    let store = Store::open(&url).with_context(|| format!("opening store {url}"))?;
+    Ok(store
+        .with_seen(SeenVersions::new(lode_home().join("seen"), &url))
+        .with_reader(command()))
 }
 
 /// The default key provider: the keyring in `$LODE_KEYS`, else
@@ -42,6 +65,17 @@ pub fn key_provider() -> Arc<dyn KeyProvider> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| lode_home().join("keys"));
     Arc::new(Keyring::new(dir))
+}
+
+/// Warns on stderr (one line per root) when this command read from a root
+/// that is not readable: the read returned data, and an alarm was recorded
+/// in the store, which halts GC's deletions until acknowledged.
+pub fn warn_unreadable_reads(store: &Store) {
+    for (root, state) in store.unreadable_roots_read() {
+        eprintln!(
+            "lode: warning: read from root {root}, which is {state}; an alarm is recorded in the store and GC deletes nothing until `lode gc --ack-alarm {root}`"
+        );
+    }
 }
 
 /// A tokio runtime for one command.

@@ -39,7 +39,8 @@ pub fn run(args: Args) -> Result<()> {
         "name": args.name,
         "manifest": img.digest,
         "manifest_bytes": manifest_bytes,
-        "format_version": lode_chunk::manifest::VERSION,
+        "format_version": m.format,
+        "version": m.binding.as_ref().map_or(0, |b| b.version),
         "image_size": m.image_size,
         "chunk_size": m.chunk_size,
         "chunks": m.names.len(),
@@ -56,10 +57,14 @@ pub fn run(args: Args) -> Result<()> {
         println!("image      {}/{}", m.tenant, args.name);
         println!(
             "manifest   {} ({} bytes, format v{})",
-            img.digest,
-            manifest_bytes,
-            lode_chunk::manifest::VERSION
+            img.digest, manifest_bytes, m.format
         );
+        if let Some(b) = &m.binding {
+            println!(
+                "version    {} (bound to {}/{})",
+                b.version, m.tenant, b.name
+            );
+        }
         println!(
             "size       {} ({} bytes)",
             human(m.image_size),

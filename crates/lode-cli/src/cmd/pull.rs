@@ -1,6 +1,6 @@
 //! `lode pull NAME --tenant T [--store URL] -o OUT`
 
-use super::common::{key_provider, open_store, runtime, StoreArgs};
+use super::common::{key_provider, open_store, runtime, warn_unreadable_reads, StoreArgs};
 use crate::shutdown::Shutdown;
 use crate::units::human;
 use anyhow::Result;
@@ -40,7 +40,9 @@ pub fn run(args: Args) -> Result<()> {
             args.concurrency,
         )
         .await?)
-    }))?;
+    }));
+    warn_unreadable_reads(&store);
+    let r = r?;
     eprintln!(
         "pulled {}/{} into {}: {} of {} chunks fetched and verified, {} in {:.2} s",
         args.tenant,

@@ -29,12 +29,15 @@ pub fn run(args: Args) -> Result<()> {
                 println!("no roots yet (the first push creates one)");
             }
             for r in roots {
+                let state = format!("{:?}", r.state).to_lowercase();
                 println!(
-                    "{}  {:<8} salt {}  created {}",
+                    "{}  {:<8} salt {}  created {}  since {}{}",
                     r.id,
-                    format!("{:?}", r.state).to_lowercase(),
+                    state,
                     r.salt_id,
-                    r.created
+                    r.created,
+                    r.since_ms() / 1000,
+                    if r.closing { "  (closing)" } else { "" }
                 );
             }
         }
