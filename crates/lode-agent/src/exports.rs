@@ -1,11 +1,16 @@
-//! Export names (`TENANT/NAME[@OVERLAY]`) and the images behind them.
+//! Export names (`TENANT/NAME[@OVERLAY]`), the images behind them, and what
+//! every transport of one agent shares: the reader, the store, the keys,
+//! the prefetch and recording policy, and the claims of named overlays.
 
 use crate::image::ImageHandle;
 use crate::reader::ChunkReader;
-use lode_chunk::KeyProvider;
-use lode_store::{open_image, Store, StoreError};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use lode_chunk::{KeyProvider, Manifest};
+use lode_store::{open_image, OpenedImage, Store, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 /// A parsed export name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +47,23 @@ impl ExportName {
     pub fn image(&self) -> String {
         format!("{}/{}", self.tenant, self.name)
     }
+
+    /// The identity of a kept overlay: the whole `TENANT/NAME@OVERLAY`, so
+    /// equal overlay names of different tenants or images never share pages.
+    pub fn overlay_key(&self) -> Option<String> {
+        self.overlay
+            .as_ref()
+            .map(|o| format!("{}@{o}", self.image()))
+    }
+}
+
+impl std::fmt::Display for ExportName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.overlay {
+            Some(o) => write!(f, "{}/{}@{o}", self.tenant, self.name),
+            None => write!(f, "{}/{}", self.tenant, self.name),
+        }
+    }
 }
 
 /// Why an export could not be opened.
@@ -73,9 +95,38 @@ pub enum Prefetch {
     All,
 }
 
-/// Chunks fetched at once by a background prefetch; on-demand reads are not
-/// limited, so a guest's reads overtake the prefetch.
+/// Chunks fetched at once by a background prefetch. Each one starts only
+/// while no demand read is fetching ([`ChunkReader::demand_settled`]).
 pub const PREFETCH_CONCURRENCY: usize = 4;
+
+/// Counters of the transports.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// NBD connections accepted so far.
+    pub nbd_connections: AtomicU64,
+    /// vhost-user-blk sessions (one per frontend that connected) so far.
+    pub vhost_sessions: AtomicU64,
+    /// Accept loops: connections accepted, shed, and accept errors survived.
+    pub accept: Arc<crate::serve::LoopStats>,
+    /// When the first READ of any client arrived.
+    pub first_read: Arc<OnceLock<Instant>>,
+}
+
+/// The claim of a named overlay: released when dropped.
+#[derive(Debug)]
+pub struct Claim {
+    key: String,
+    claims: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
 
 /// Resolves export names against the store, sharing one reader.
 #[derive(Debug)]
@@ -85,8 +136,14 @@ pub struct Exports {
     reader: Arc<ChunkReader>,
     prefetch: Prefetch,
     record: bool,
-    // Opened images by manifest digest: a re-pushed image gets a new handle.
-    open: Mutex<HashMap<String, Arc<ImageHandle>>>,
+    overlay_dir: PathBuf,
+    // Images in use by manifest digest; a re-pushed image gets a new handle,
+    // an image nobody uses any more is freed.
+    images: Mutex<HashMap<String, Weak<ImageHandle>>>,
+    claims: Arc<Mutex<HashSet<String>>>,
+    seq: AtomicU64,
+    /// Counters of the transports.
+    pub stats: Stats,
 }
 
 impl Exports {
@@ -98,7 +155,11 @@ impl Exports {
             reader,
             prefetch: Prefetch::default(),
             record: false,
-            open: Mutex::new(HashMap::new()),
+            overlay_dir: std::env::temp_dir().join("lode-overlays"),
+            images: Mutex::new(HashMap::new()),
+            claims: Arc::default(),
+            seq: AtomicU64::new(0),
+            stats: Stats::default(),
         }
     }
 
@@ -107,6 +168,175 @@ impl Exports {
         self.prefetch = prefetch;
         self.record = record;
         self
+    }
+
+    /// Sets the directory of named and per-connection overlays.
+    pub fn with_overlay_dir(mut self, dir: PathBuf) -> Self {
+        self.overlay_dir = dir;
+        self
+    }
+
+    /// The directory of named and per-connection overlays.
+    pub fn overlay_dir(&self) -> &Path {
+        &self.overlay_dir
+    }
+
+    /// The file of a named overlay (`TENANT/NAME@OVERLAY.overlay` under the
+    /// overlay directory: one directory per tenant), or of a fresh
+    /// per-connection one.
+    pub fn overlay_path(&self, key: Option<&str>) -> PathBuf {
+        match key {
+            Some(k) => self.overlay_dir.join(format!("{k}.overlay")),
+            None => {
+                let id = self.seq.fetch_add(1, Ordering::Relaxed);
+                self.overlay_dir
+                    .join(format!("conn-{}-{id}.overlay", std::process::id()))
+            }
+        }
+    }
+
+    /// Claims the named overlay `key` for one user; `None` if another has it.
+    pub fn claim(&self, key: &str) -> Option<Claim> {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string())
+            .then(|| Claim {
+                key: key.to_string(),
+                claims: self.claims.clone(),
+            })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The key provider.
+    pub fn keys(&self) -> &Arc<dyn KeyProvider> {
+        &self.keys
+    }
+
+    /// The shared reader.
+    pub fn reader(&self) -> &Arc<ChunkReader> {
+        &self.reader
+    }
+
+    /// Images currently open (in use by a volume, a connection or a prefetch).
+    pub fn open_images(&self) -> usize {
+        let mut m = self.images.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, w| w.strong_count() > 0);
+        m.len()
+    }
+
+    /// The handle of an opened image, shared with every user of the same manifest.
+    fn handle(&self, export: String, image: OpenedImage) -> Arc<ImageHandle> {
+        let mut m = self.images.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = m.get(&image.digest).and_then(Weak::upgrade) {
+            return h;
+        }
+        m.retain(|_, w| w.strong_count() > 0);
+        let digest = image.digest.clone();
+        let h = Arc::new(ImageHandle::new(export, image, self.reader.clone()));
+        m.insert(digest, Arc::downgrade(&h));
+        h
+    }
+
+    /// Opens an export (the image's current manifest).
+    pub async fn open(&self, export: &str) -> Result<(ExportName, Arc<ImageHandle>), ExportError> {
+        let name =
+            ExportName::parse(export).ok_or_else(|| ExportError::Unknown(export.to_string()))?;
+        let digest = match self.store.get_image(&name.tenant, &name.name).await {
+            Ok(d) => d,
+            Err(StoreError::ImageNotFound { .. }) | Err(StoreError::BadName(_)) => {
+                return Err(ExportError::Unknown(export.to_string()))
+            }
+            Err(source) => {
+                return Err(ExportError::Failed {
+                    export: export.into(),
+                    source,
+                })
+            }
+        };
+        if let Some(h) = self
+            .images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+            .and_then(Weak::upgrade)
+        {
+            return Ok((name, h));
+        }
+        let image =
+            match open_image(&self.store, self.keys.as_ref(), &name.tenant, &name.name).await {
+                Ok(i) => i,
+                Err(StoreError::Chunk(lode_chunk::ChunkError::MissingKey { .. })) => {
+                    return Err(ExportError::Unknown(export.to_string()))
+                }
+                Err(source) => {
+                    return Err(ExportError::Failed {
+                        export: export.into(),
+                        source,
+                    })
+                }
+            };
+        let h = self.handle(name.image(), image);
+        Ok((name, h))
+    }
+
+    /// Opens `tenant/name` pinned to the manifest `digest` whose sealed bytes
+    /// are `sealed` (checked against the digest), without the store: how a
+    /// restarted agent re-attaches its volumes, also during a store outage.
+    /// (The root-state check of [`open_image`] needs the store; the image was
+    /// readable when the volume was attached.)
+    pub fn open_sealed(
+        &self,
+        tenant: &str,
+        name: &str,
+        digest: &str,
+        sealed: &[u8],
+    ) -> Result<Arc<ImageHandle>, ExportError> {
+        let export = format!("{tenant}/{name}");
+        let failed = |source: StoreError| ExportError::Failed {
+            export: export.clone(),
+            source,
+        };
+        if Manifest::digest_of(sealed) != digest {
+            return Err(failed(StoreError::Corrupt {
+                what: "cached manifest",
+                path: digest.to_string(),
+                expected: digest.to_string(),
+                actual: Manifest::digest_of(sealed),
+            }));
+        }
+        if let Some(h) = self
+            .images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(h);
+        }
+        let manifest = Manifest::decode(sealed).map_err(|e| failed(e.into()))?;
+        if manifest.tenant != tenant {
+            return Err(failed(StoreError::BadDocument {
+                what: "manifest",
+                path: digest.to_string(),
+                reason: format!("belongs to tenant '{}', not '{tenant}'", manifest.tenant),
+            }));
+        }
+        let keys = manifest
+            .open(self.keys.as_ref())
+            .map_err(|e| failed(e.into()))?;
+        Ok(self.handle(
+            export.clone(),
+            OpenedImage {
+                digest: digest.to_string(),
+                manifest,
+                keys,
+            },
+        ))
     }
 
     /// Stores the recorded working set of `image` (if recording), sealed for its tenant.
@@ -159,60 +389,12 @@ impl Exports {
         order
     }
 
-    /// The shared reader.
-    pub fn reader(&self) -> &Arc<ChunkReader> {
-        &self.reader
-    }
-
-    /// Opens an export (the image's current manifest).
-    pub async fn open(&self, export: &str) -> Result<(ExportName, Arc<ImageHandle>), ExportError> {
-        let name =
-            ExportName::parse(export).ok_or_else(|| ExportError::Unknown(export.to_string()))?;
-        let digest = match self.store.get_image(&name.tenant, &name.name).await {
-            Ok(d) => d,
-            Err(StoreError::ImageNotFound { .. }) | Err(StoreError::BadName(_)) => {
-                return Err(ExportError::Unknown(export.to_string()))
-            }
-            Err(source) => {
-                return Err(ExportError::Failed {
-                    export: export.into(),
-                    source,
-                })
-            }
-        };
-        if let Some(h) = self
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&digest)
-        {
-            return Ok((name, h.clone()));
-        }
-        let image =
-            match open_image(&self.store, self.keys.as_ref(), &name.tenant, &name.name).await {
-                Ok(i) => i,
-                Err(StoreError::Chunk(lode_chunk::ChunkError::MissingKey { .. })) => {
-                    return Err(ExportError::Unknown(export.to_string()))
-                }
-                Err(source) => {
-                    return Err(ExportError::Failed {
-                        export: export.into(),
-                        source,
-                    })
-                }
-            };
-        let h = Arc::new(ImageHandle::new(name.image(), image, self.reader.clone()));
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, h.clone());
-        Ok((name, h))
-    }
-
-    /// Called when a client attaches to `h` (NBD `GO`/`EXPORT_NAME`, not `INFO`
-    /// or `LIST`): the first time, starts recording and the background prefetch.
+    /// Called when a client attaches to `h` (NBD `GO`/`EXPORT_NAME`, a
+    /// vhost-user frontend; not `INFO` or `LIST`): the first time, starts
+    /// recording and the background prefetch. The prefetch holds the image
+    /// weakly: it stops once nobody uses the image.
     pub async fn activate(&self, h: &Arc<ImageHandle>) {
-        if h.activated.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if h.activated.swap(true, Ordering::SeqCst) {
             return;
         }
         if self.record {
@@ -222,7 +404,8 @@ impl Exports {
         if order.is_empty() {
             return;
         }
-        let img = h.clone();
+        let img = Arc::downgrade(h);
+        let export = h.export.clone();
         tokio::spawn(async move {
             use futures::StreamExt;
             let n = order.len();
@@ -231,13 +414,14 @@ impl Exports {
                 .for_each_concurrent(PREFETCH_CONCURRENCY, |i| {
                     let img = img.clone();
                     async move {
-                        if let Err(e) = img.chunk(i).await {
+                        let Some(img) = img.upgrade() else { return };
+                        if let Err(e) = img.prefetch_chunk(i).await {
                             tracing::debug!(error = %e, "prefetch failed");
                         }
                     }
                 })
                 .await;
-            tracing::info!(export = %img.export, chunks = n, secs = t.elapsed().as_secs_f64(), "prefetch done");
+            tracing::info!(export = %export, chunks = n, secs = t.elapsed().as_secs_f64(), "prefetch done");
         });
     }
 
@@ -267,8 +451,13 @@ mod tests {
                 overlay: Some("vm1".into())
             })
         );
+        assert_eq!(
+            ExportName::parse("acme/app@vm1").map(|e| e.to_string()),
+            Some("acme/app@vm1".into())
+        );
         assert!(ExportName::parse("acme").is_none());
         assert!(ExportName::parse("../x/y").is_none());
         assert!(ExportName::parse("a/b/c").is_none());
+        assert!(ExportName::parse("a/b@../../etc").is_none());
     }
 }

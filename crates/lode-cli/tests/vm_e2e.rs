@@ -471,6 +471,7 @@ fn boot_on_socket(work: &Path, sock: &Path, rw: bool, script: &str) -> String {
         },
         memory_mib: 256,
         quiet: true,
+        reconnect: None,
     };
     let mut child = spec
         .command()

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod cache;
 pub mod cache_node;
 pub mod cat;
 pub mod common;
@@ -11,3 +12,4 @@ pub mod push;
 pub mod root;
 pub mod run;
 pub mod vm;
+pub mod volumes;
