@@ -175,20 +175,25 @@ fn runs(volume: &Volume, range: BlockRange) -> Vec<(BlockRange, bool)> {
     out
 }
 
-/// Answers one READ.
-async fn read(
-    volume: &Volume,
-    replies: &Replies,
-    handle: u64,
-    range: BlockRange,
-) -> std::io::Result<()> {
-    if !replies.structured {
+/// What a READ answers.
+enum ReadReply {
+    Simple(Bytes),
+    Pieces(Vec<Piece>),
+    Error(u32),
+}
+
+/// Reads what one READ answers (the caller holds the volume's read turn;
+/// the reply is sent after it is released, so a client that reads its
+/// replies slowly never holds up writers).
+async fn read(volume: &Volume, structured: bool, range: BlockRange) -> ReadReply {
+    let failed = |e: &RequestError, r: BlockRange| {
+        tracing::warn!(error = %e, offset = r.offset(), len = r.len(), "read failed");
+        ReadReply::Error(errno(e))
+    };
+    if !structured {
         return match volume.read(range).await {
-            Ok(b) => replies.simple(handle, 0, &b).await,
-            Err(e) => {
-                tracing::warn!(error = %e, offset = range.offset(), len = range.len(), "read failed");
-                replies.simple(handle, errno(&e), &[]).await
-            }
+            Ok(b) => ReadReply::Simple(b),
+            Err(e) => failed(&e, range),
         };
     }
     let mut pieces = Vec::new();
@@ -199,13 +204,20 @@ async fn read(
         }
         match volume.read(r).await {
             Ok(b) => pieces.push(Piece::Data(r.offset(), b)),
-            Err(e) => {
-                tracing::warn!(error = %e, offset = r.offset(), len = r.len(), "read failed");
-                return replies.error(handle, errno(&e)).await;
-            }
+            Err(e) => return failed(&e, r),
         }
     }
-    replies.pieces(handle, &pieces).await
+    ReadReply::Pieces(pieces)
+}
+
+/// Sends what [`read`] produced.
+async fn send_read(replies: &Replies, handle: u64, r: ReadReply) -> std::io::Result<()> {
+    match r {
+        ReadReply::Simple(b) => replies.simple(handle, 0, &b).await,
+        ReadReply::Pieces(p) => replies.pieces(handle, &p).await,
+        ReadReply::Error(e) if replies.structured => replies.error(handle, e).await,
+        ReadReply::Error(e) => replies.simple(handle, e, &[]).await,
+    }
 }
 
 /// Answers BLOCK_STATUS for `base:allocation`.
@@ -304,8 +316,9 @@ pub(crate) async fn transmission<R: AsyncRead + Unpin>(
                     let turn = volume.read_turn().await;
                     let (v, r) = (volume.clone(), replies.clone());
                     tokio::spawn(async move {
-                        let sent = read(&v, &r, handle, range).await;
+                        let answer = read(&v, r.structured, range).await;
                         drop((turn, v));
+                        let sent = send_read(&r, handle, answer).await;
                         drop(ticket);
                         if let Err(e) = sent {
                             tracing::debug!(error = %e, "reply failed");

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod nbd_client;
+pub mod service;
 pub mod vhost_client;
 
 use sha2::{Digest, Sha256};
@@ -410,7 +411,7 @@ pub struct Agent {
     pub overlay_dir: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
@@ -846,6 +847,16 @@ pub fn qemu_io_failed(o: &Out) -> bool {
         || text.contains("Pattern verification failed")
         || text.contains("failed:")
         || text.contains("error")
+}
+
+/// Runs one read-only qemu-io invocation (`-r`) with `cmds`.
+pub fn qemu_io_ro(uri: &str, cmds: &[String]) -> Out {
+    let mut c = Command::new("qemu-io");
+    c.args(["-r", "-f", "raw", uri]);
+    for x in cmds {
+        c.arg("-c").arg(x);
+    }
+    run_timeout(&mut c, Duration::from_secs(60))
 }
 
 /// Runs qemu-io and requires every command to succeed.
