@@ -277,3 +277,20 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod memfd_tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn marks_reach_the_shared_file() {
+        let (r, f, size) = InflightRegion::create(1, 8).unwrap_or_else(|e| panic!("{e}"));
+        r.recover(0, 8);
+        r.popped(3, 0);
+        let mut b = vec![0u8; size as usize];
+        f.read_exact_at(&mut b, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(u16::from_le_bytes([b[8], b[9]]), 1, "version");
+        assert_eq!(b[16 + 16 * 3], 1, "head 3 marked");
+    }
+}
