@@ -440,6 +440,120 @@ impl Exports {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use futures::future::BoxFuture;
+    use lode_cache::{ChunkId, ChunkTier, StoreTier, TierError};
+    use lode_chunk::ChunkName;
+    use std::time::Duration;
+
+    /// A store tier that holds every fetch until a permit is released,
+    /// recording the order in which fetches start.
+    #[derive(Debug)]
+    struct Gated {
+        inner: StoreTier,
+        started: Mutex<Vec<ChunkName>>,
+        gate: tokio::sync::Semaphore,
+    }
+
+    impl ChunkTier for Gated {
+        fn label(&self) -> &'static str {
+            "store"
+        }
+        fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
+            Box::pin(async move {
+                self.started
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(id.name);
+                self.gate.acquire().await.map(|p| p.forget()).unwrap_or(());
+                self.inner.fetch(id).await
+            })
+        }
+    }
+
+    fn started(g: &Gated) -> Vec<ChunkName> {
+        g.started.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(10), "{what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Prefetch does not enter the recorded working set, and a demand read
+    /// overtakes every prefetch fetch not yet started.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demand_overtakes_prefetch_and_only_demand_is_recorded() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open("memory://").unwrap_or_else(|e| panic!("{e}"));
+        let keys: Arc<dyn KeyProvider> = Arc::new(lode_chunk::Keyring::new(d.path().join("k")));
+        let img = d.path().join("img");
+        let mut data = vec![0u8; 12 * 512 * 1024];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i / 4096 % 251) as u8 + 1;
+        }
+        std::fs::write(&img, &data).unwrap_or_else(|e| panic!("{e}"));
+        lode_store::push_file(&store, keys.clone(), &img, "t", "img", &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let gated = Arc::new(Gated {
+            inner: StoreTier::new(store.clone()),
+            started: Mutex::new(Vec::new()),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let tier: Arc<dyn ChunkTier> = gated.clone();
+        let reader = Arc::new(ChunkReader::new(64 << 20, None, vec![tier]));
+        let exports = Arc::new(Exports::new(store, keys, reader).with_policy(Prefetch::All, true));
+        let (_, h) = exports
+            .open("t/img")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        exports.activate(&h).await;
+        until("prefetch starts 4 fetches", || {
+            started(&gated).len() == PREFETCH_CONCURRENCY
+        })
+        .await;
+        // A client reads chunk 10: its fetch starts at once.
+        let h2 = h.clone();
+        let demand = tokio::spawn(async move {
+            let r = h2
+                .range(10 * 512 * 1024, 4096)
+                .unwrap_or_else(|e| panic!("{e}"));
+            h2.read(r).await
+        });
+        until("the demand fetch starts", || {
+            started(&gated).len() == PREFETCH_CONCURRENCY + 1
+        })
+        .await;
+        let chunk10 = h.image.manifest.names[10].unwrap_or_else(|| panic!("chunk 10 stored"));
+        assert_eq!(started(&gated).last(), Some(&chunk10));
+        // The 4 prefetch fetches end; no new one starts while the demand
+        // fetch is in flight.
+        gated.gate.add_permits(PREFETCH_CONCURRENCY);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            started(&gated).len(),
+            PREFETCH_CONCURRENCY + 1,
+            "prefetch went on during a demand read"
+        );
+        gated.gate.add_permits(1);
+        let got = demand
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&got[..], &data[10 * 512 * 1024..10 * 512 * 1024 + 4096]);
+        // Prefetch resumes and fetches the rest; none of it is recorded.
+        gated.gate.add_permits(100);
+        until("prefetch of the rest", || started(&gated).len() == 12).await;
+        assert_eq!(
+            h.recorded(),
+            Some(vec![10]),
+            "prefetched chunks were recorded"
+        );
+    }
 
     #[test]
     fn export_names() {

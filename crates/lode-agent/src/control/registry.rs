@@ -153,6 +153,58 @@ pub fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// What [`check_request`] found in an attach request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// Transport.
+    pub via: Via,
+    /// Owner of the socket.
+    pub uid: u32,
+    /// Group of the socket.
+    pub gid: u32,
+}
+
+/// Checks every field of an attach request (`peer`: the caller's uid and
+/// gid, the default owner) before anything is opened: names that could
+/// leave their directory, unknown transports, malformed owners are refused.
+pub fn check_request(req: &AttachRequest, peer: (u32, u32)) -> Result<Checked, RegistryError> {
+    let invalid = |field, value: &str, expected| RegistryError::Invalid {
+        field,
+        value: value.to_string(),
+        expected,
+    };
+    lode_chunk::keys::check_tenant(&req.tenant).map_err(|_| {
+        invalid(
+            "tenant",
+            &req.tenant,
+            "a tenant name ([a-z0-9._-], not starting with '.')",
+        )
+    })?;
+    lode_store::check_name(&req.image).map_err(|_| {
+        invalid(
+            "image",
+            &req.image,
+            "an image name (no '/', '..' or control characters)",
+        )
+    })?;
+    if let Some(o) = &req.overlay {
+        lode_store::check_name(o).map_err(|_| {
+            invalid(
+                "overlay",
+                o,
+                "an overlay id (no '/', '..' or control characters)",
+            )
+        })?;
+    }
+    let via_s = req.via.as_deref().unwrap_or("nbd");
+    let via = Via::parse(via_s).ok_or_else(|| invalid("via", via_s, "nbd or vhost-user"))?;
+    let (uid, gid) = match &req.owner {
+        Some(o) => parse_owner(o).ok_or_else(|| invalid("owner", o, "UID or UID:GID (numbers)"))?,
+        None => peer,
+    };
+    Ok(Checked { via, uid, gid })
+}
+
 impl Registry {
     /// The registry over `state` (locked), serving through `exports`.
     pub fn new(exports: Arc<Exports>, state: StateDir) -> Registry {
@@ -274,42 +326,7 @@ impl Registry {
         if *self.stopping.borrow() {
             return Err(RegistryError::ShuttingDown);
         }
-        let invalid = |field, value: &str, expected| RegistryError::Invalid {
-            field,
-            value: value.to_string(),
-            expected,
-        };
-        lode_chunk::keys::check_tenant(&req.tenant).map_err(|_| {
-            invalid(
-                "tenant",
-                &req.tenant,
-                "a tenant name ([a-z0-9._-], not starting with '.')",
-            )
-        })?;
-        lode_store::check_name(&req.image).map_err(|_| {
-            invalid(
-                "image",
-                &req.image,
-                "an image name (no '/', '..' or control characters)",
-            )
-        })?;
-        if let Some(o) = &req.overlay {
-            lode_store::check_name(o).map_err(|_| {
-                invalid(
-                    "overlay",
-                    o,
-                    "an overlay id (no '/', '..' or control characters)",
-                )
-            })?;
-        }
-        let via_s = req.via.clone().unwrap_or_else(|| "nbd".into());
-        let via = Via::parse(&via_s).ok_or_else(|| invalid("via", &via_s, "nbd or vhost-user"))?;
-        let (uid, gid) = match &req.owner {
-            Some(o) => {
-                parse_owner(o).ok_or_else(|| invalid("owner", o, "UID or UID:GID (numbers)"))?
-            }
-            None => peer,
-        };
+        let Checked { via, uid, gid } = check_request(&req, peer)?;
         let export = format!("{}/{}", req.tenant, req.image);
         let (_, image) = self.exports.open(&export).await.map_err(|e| match e {
             ExportError::Unknown(_) => RegistryError::UnknownImage {

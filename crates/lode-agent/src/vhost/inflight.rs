@@ -225,6 +225,15 @@ impl InflightRegion {
         self.put(used_idx, 14);
     }
 
+    /// Overwrites the region with `words` (little-endian u64s from offset
+    /// 0): what a broken or hostile frontend could hand over (fuzzing).
+    pub fn fill_raw(&self, words: &[u64]) {
+        let n = (queue_region_size(self.queue_size) / 8) as usize;
+        for (i, w) in words.iter().take(n).enumerate() {
+            self.put(*w, i as u64 * 8);
+        }
+    }
+
     /// Heads marked in flight now (tests, metrics).
     pub fn in_flight(&self) -> usize {
         (0..self.queue_size)
