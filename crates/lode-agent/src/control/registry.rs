@@ -349,7 +349,9 @@ impl Registry {
                     export: export.clone(),
                     source,
                 })?;
-            if let Err(e) = self.manifests.put(&req.tenant, &digest, &sealed) {
+            let (cache, tenant, d) = (self.manifests.clone(), req.tenant.clone(), digest.clone());
+            let put = tokio::task::spawn_blocking(move || cache.put(&tenant, &d, &sealed)).await;
+            if let Ok(Err(e)) = put {
                 tracing::warn!(error = %e, "cannot cache the sealed manifest: a restart will need the store");
             }
         }
@@ -393,7 +395,7 @@ impl Registry {
         let mut vols = self.volumes.lock().await;
         let mut records: Vec<VolumeRecord> = vols.values().map(|e| e.record.clone()).collect();
         records.push(record.clone());
-        if let Err(e) = self.state.save(&records) {
+        if let Err(e) = self.state.save(&records).await {
             drop(vols);
             drop(listener);
             let _ = std::fs::remove_file(&record.socket);
@@ -427,7 +429,7 @@ impl Registry {
             .remove(id)
             .ok_or_else(|| RegistryError::NoSuchVolume(id.to_string()))?;
         let records: Vec<VolumeRecord> = vols.values().map(|e| e.record.clone()).collect();
-        if let Err(e) = self.state.save(&records) {
+        if let Err(e) = self.state.save(&records).await {
             vols.insert(id.to_string(), entry);
             return Err(e.into());
         }

@@ -206,29 +206,39 @@ impl StateDir {
         Ok(t.volumes)
     }
 
-    /// Replaces the table atomically.
-    pub fn save(&self, volumes: &[VolumeRecord]) -> Result<(), StateError> {
-        let p = self.table_path();
-        let tmp = self.root.join("volumes.json.tmp");
-        let body = serde_json::to_vec_pretty(&Table {
-            version: TABLE_VERSION,
-            volumes: volumes.to_vec(),
-        })
-        .map_err(|e| io(&p)(std::io::Error::other(e)))?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(&body).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &p).map_err(io(&p))?;
-        File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.root))
+    /// Replaces the table atomically (on the blocking pool: it syncs).
+    pub async fn save(&self, volumes: &[VolumeRecord]) -> Result<(), StateError> {
+        let root = self.root.clone();
+        let volumes = volumes.to_vec();
+        tokio::task::spawn_blocking(move || save_table(&root, volumes))
+            .await
+            .map_err(|e| io(&self.root)(std::io::Error::other(e)))?
     }
+}
+
+/// Writes `volumes` as `root/volumes.json`: temp file, fsync, rename, fsync
+/// of the directory.
+fn save_table(root: &Path, volumes: Vec<VolumeRecord>) -> Result<(), StateError> {
+    let p = root.join("volumes.json");
+    let tmp = root.join("volumes.json.tmp");
+    let body = serde_json::to_vec_pretty(&Table {
+        version: TABLE_VERSION,
+        volumes,
+    })
+    .map_err(|e| io(&p)(std::io::Error::other(e)))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(&body).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &p).map_err(io(&p))?;
+    File::open(root)
+        .and_then(|d| d.sync_all())
+        .map_err(io(root))
 }
 
 #[cfg(test)]
@@ -256,6 +266,7 @@ mod tests {
             attached_at: 1,
         };
         s.save(std::slice::from_ref(&r))
+            .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.load().unwrap_or_else(|e| panic!("{e}")), vec![r]);
         let again = StateDir::open(d.path(), None, Duration::from_millis(50)).await;

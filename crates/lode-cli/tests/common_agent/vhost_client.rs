@@ -78,6 +78,8 @@ pub struct VhostBlk {
     next_data: u64,
     /// Device features offered by the backend.
     pub offered: u64,
+    /// How often a wait checks the used ring (benchmarks poll faster).
+    pub poll: Duration,
     /// The in-flight region (when tracked), kept across reconnections as
     /// QEMU keeps it.
     inflight: Option<(std::fs::File, VhostUserInflight)>,
@@ -133,6 +135,7 @@ impl VhostBlk {
             offered: 0,
             config: Vec::new(),
             inflight: None,
+            poll: Duration::from_millis(1),
         };
         c.setup(tracked, 0);
         c
@@ -451,7 +454,7 @@ impl VhostBlk {
                 idx.wrapping_sub(self.used_seen),
                 chains.len()
             );
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(self.poll);
         }
         let mut lens = std::collections::HashMap::new();
         for k in 0..chains.len() as u16 {
