@@ -79,7 +79,7 @@ pub enum ExportError {
         export: String,
         /// What failed.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
 }
 
@@ -254,7 +254,7 @@ impl Exports {
             Err(source) => {
                 return Err(ExportError::Failed {
                     export: export.into(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         };
@@ -276,7 +276,7 @@ impl Exports {
                 Err(source) => {
                     return Err(ExportError::Failed {
                         export: export.into(),
-                        source,
+                        source: Box::new(source),
                     })
                 }
             };
@@ -299,7 +299,7 @@ impl Exports {
         let export = format!("{tenant}/{name}");
         let failed = |source: StoreError| ExportError::Failed {
             export: export.clone(),
-            source,
+            source: Box::new(source),
         };
         if Manifest::digest_of(sealed) != digest {
             return Err(failed(StoreError::Corrupt {

@@ -214,10 +214,10 @@ fn volume_sockets_are_isolated() {
     // The volume's own name and "" open it; any other export is refused.
     let own = a["export"].as_str().unwrap();
     assert_eq!(own, "acme/blk");
-    let o = qemu_io_ro(&uri(&a["socket"], own), &[read.clone()]);
+    let o = qemu_io_ro(&uri(&a["socket"], own), std::slice::from_ref(&read));
     assert!(!qemu_io_failed(&o), "its own export name: {o:?}");
     for other in ["acme/other", "acme/blk@x", "other/blk"] {
-        let o = qemu_io_ro(&uri(&a["socket"], other), &[read.clone()]);
+        let o = qemu_io_ro(&uri(&a["socket"], other), std::slice::from_ref(&read));
         assert!(
             qemu_io_failed(&o) && o.stderr.contains("not it"),
             "export {other} on a volume socket: {o:?}"
@@ -237,7 +237,12 @@ fn volume_sockets_are_isolated() {
     let tcp = env.agent_tcp("tcp", &[]);
     let addr = tcp.tcp_addr.clone().unwrap();
     let t = tcp.tls.clone().unwrap();
-    let ok = qemu_io_tls(&addr, "acme/blk", &t.client_dir, &[read.clone()]);
+    let ok = qemu_io_tls(
+        &addr,
+        "acme/blk",
+        &t.client_dir,
+        std::slice::from_ref(&read),
+    );
     assert!(
         !qemu_io_failed(&ok),
         "TLS client with a certificate: {ok:?}"
@@ -246,10 +251,13 @@ fn volume_sockets_are_isolated() {
         ("no certificate", &t.anonymous_dir),
         ("another CA", &t.stranger_dir),
     ] {
-        let o = qemu_io_tls(&addr, "acme/blk", dir, &[read.clone()]);
+        let o = qemu_io_tls(&addr, "acme/blk", dir, std::slice::from_ref(&read));
         assert!(qemu_io_failed(&o), "TCP with {what} was served: {o:?}");
     }
-    let o = qemu_io(&format!("nbd://{addr}/acme/blk"), &[read.clone()]);
+    let o = qemu_io(
+        &format!("nbd://{addr}/acme/blk"),
+        std::slice::from_ref(&read),
+    );
     assert!(
         qemu_io_failed(&o) && o.stderr.to_lowercase().contains("tls"),
         "TCP without TLS was served: {o:?}"
@@ -474,7 +482,7 @@ fn attach_detach_cycles_leak_nothing() {
     let read = format!("read -P {p:#04x} {} {}", r * REGION, img.region_len(r));
     // Warm up, then take the baseline.
     let v = svc.attach(&[&image(), "--rw"]);
-    qemu_io_ok(&uri(&v["socket"], ""), &[read.clone()]);
+    qemu_io_ok(&uri(&v["socket"], ""), std::slice::from_ref(&read));
     svc.detach(v["id"].as_str().unwrap());
     let health = |svc: &Service| -> serde_json::Value {
         let (s, b) = svc.http(b"GET /v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
@@ -524,9 +532,7 @@ fn attach_detach_cycles_leak_nothing() {
             let got = d.read_ok(0, 4096);
             if v["export"].as_str().unwrap().contains('@') {
                 // A named overlay keeps what an earlier cycle wrote.
-                assert!(
-                    got == img.slice(0, 4096) || got[..8192.min(4096)].iter().all(|&b| b == 0x77)
-                );
+                assert!(got == img.slice(0, 4096) || got[..4096].iter().all(|&b| b == 0x77));
             } else {
                 assert_same_bytes(&got, img.slice(0, 4096), "vhost read");
             }
@@ -606,7 +612,7 @@ fn hostile_clients_do_not_take_the_agent_down() {
     // Other volumes serve again as soon as descriptors are free.
     qemu_io_ok(
         &uri(&serde_json::Value::from(vsock.clone()), ""),
-        &[read.clone()],
+        std::slice::from_ref(&read),
     );
     // 2. Large reads whose replies are never read: memory stays bounded.
     let rss0 = svc.rss();
@@ -636,7 +642,7 @@ fn hostile_clients_do_not_take_the_agent_down() {
     // The agent and the volume still serve.
     qemu_io_ok(
         &uri(&serde_json::Value::from(vsock.clone()), ""),
-        &[read.clone()],
+        std::slice::from_ref(&read),
     );
     svc.assert_alive();
     drop(hogs);

@@ -325,7 +325,7 @@ fn agent_host_seeds(s: &mut Seeds) {
     s.insert("agent_vhost_chain", vec![read, indirect, looped]);
     // A region of 8 entries: version 1, heads 2 and 5 in flight.
     let mut region = vec![3u8, 4, 0];
-    let mut q = vec![0u8; 16 + 16 * 8];
+    let mut q = [0u8; 16 + 16 * 8];
     q[8..10].copy_from_slice(&1u16.to_le_bytes());
     q[10..12].copy_from_slice(&8u16.to_le_bytes());
     q[14..16].copy_from_slice(&4u16.to_le_bytes());

@@ -57,7 +57,7 @@ pub enum RegistryError {
         export: String,
         /// What failed.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// The volume could not be set up (overlay in use, overlay I/O).
     #[error(transparent)]
@@ -347,7 +347,7 @@ impl Registry {
                 .await
                 .map_err(|source| RegistryError::Store {
                     export: export.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let (cache, tenant, d) = (self.manifests.clone(), req.tenant.clone(), digest.clone());
             let put = tokio::task::spawn_blocking(move || cache.put(&tenant, &d, &sealed)).await;

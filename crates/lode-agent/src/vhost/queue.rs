@@ -239,7 +239,8 @@ impl Device {
                 r = kick.readable() => match r {
                     Ok(mut g) => {
                         let mut b = [0u8; 8];
-                        let _ = (&*g.get_inner()).read(&mut b);
+                        let mut k: &File = g.get_inner();
+                        let _ = k.read(&mut b);
                         g.clear_ready();
                     }
                     Err(_) => return,
