@@ -59,9 +59,10 @@ impl Replies {
         }
     }
 
-    /// Writes `parts` as one reply, within [`REPLY_TIMEOUT`].
+    /// Writes `parts` as one reply, within [`REPLY_TIMEOUT`] (the timer is
+    /// armed only when the write does not complete at once).
     async fn send_parts(&self, parts: &[&[u8]]) -> std::io::Result<()> {
-        let sent = tokio::time::timeout(REPLY_TIMEOUT, async {
+        let write = async {
             let mut w = self.wr.lock().await;
             for p in parts {
                 if !p.is_empty() {
@@ -69,14 +70,19 @@ impl Replies {
                 }
             }
             w.flush().await
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client did not read its replies",
-            ))
-        });
+        };
+        tokio::pin!(write);
+        let sent = match futures::poll!(write.as_mut()) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => tokio::time::timeout(REPLY_TIMEOUT, write)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client did not read its replies",
+                    ))
+                }),
+        };
         if sent.is_err() {
             self.dead.send_replace(true);
         }
@@ -257,13 +263,12 @@ async fn block_status(
 
 /// Awaits `fut` unless the connection is stopped (shutdown or a dead reply path).
 async fn unless_stopped<T>(
-    stop: &mut watch::Receiver<bool>,
     dead: &mut watch::Receiver<bool>,
     fut: impl std::future::Future<Output = T>,
 ) -> Option<T> {
     tokio::select! {
+        biased;
         r = fut => Some(r),
-        _ = crate::serve::stopped(stop) => None,
         _ = crate::serve::stopped(dead) => None,
     }
 }
@@ -279,14 +284,23 @@ pub(crate) async fn transmission<R: AsyncRead + Unpin>(
     session: &Session,
     replies: Arc<Replies>,
     rd: &mut R,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let mut stop = stop;
     let volume = session.volume().clone();
     let size = volume.size();
     let mut dead = replies.dead.subscribe();
+    // One signal to watch per request: shutdown is forwarded into `dead`.
+    let forward = {
+        let r = replies.clone();
+        tokio::spawn(async move {
+            crate::serve::stopped(&mut stop).await;
+            r.dead.send_replace(true);
+        })
+    };
     let result = loop {
         let mut hdr = [0u8; 28];
-        match unless_stopped(&mut stop, &mut dead, rd.read_exact(&mut hdr)).await {
+        match unless_stopped(&mut dead, rd.read_exact(&mut hdr)).await {
             Some(Ok(_)) => {}
             Some(Err(e)) => break Err(e),
             None => break Err(closed()),
@@ -310,7 +324,7 @@ pub(crate) async fn transmission<R: AsyncRead + Unpin>(
                     let Ok(range) = range else {
                         return replies.error(handle, EINVAL).await;
                     };
-                    let ticket = unless_stopped(&mut stop, &mut dead, session.admit(range.len()))
+                    let ticket = unless_stopped(&mut dead, session.admit(range.len()))
                         .await
                         .ok_or_else(closed)?;
                     let turn = volume.read_turn().await;
@@ -333,10 +347,9 @@ pub(crate) async fn transmission<R: AsyncRead + Unpin>(
                             "write larger than 32 MiB",
                         ));
                     }
-                    let ticket =
-                        unless_stopped(&mut stop, &mut dead, session.admit(u64::from(len)))
-                            .await
-                            .ok_or_else(closed)?;
+                    let ticket = unless_stopped(&mut dead, session.admit(u64::from(len)))
+                        .await
+                        .ok_or_else(closed)?;
                     let mut data = vec![0u8; len as usize];
                     rd.read_exact(&mut data).await?;
                     let Ok(range) = range else {
@@ -406,6 +419,7 @@ pub(crate) async fn transmission<R: AsyncRead + Unpin>(
             break Err(e);
         }
     };
+    forward.abort();
     session.drain().await;
     match result {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),

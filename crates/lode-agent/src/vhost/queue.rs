@@ -238,10 +238,13 @@ impl Device {
                 _ = crate::serve::stopped(&mut stop) => return,
                 r = kick.readable() => match r {
                     Ok(mut g) => {
+                        // Readiness is cleared only when the eventfd is
+                        // empty: a kick between a read and a clear is never lost.
                         let mut b = [0u8; 8];
-                        let mut k: &File = g.get_inner();
-                        let _ = k.read(&mut b);
-                        g.clear_ready();
+                        let _ = g.try_io(|k| {
+                            let mut f: &File = k.get_ref();
+                            f.read(&mut b)
+                        });
                     }
                     Err(_) => return,
                 },

@@ -577,29 +577,45 @@ fn main() -> Result<()> {
     println!("# lode agent as a host service (issue 11)\n");
     println!("Image: {} MiB of random bytes (every chunk stored); local file store; memory-warm caches for throughput.\n", IMAGE / MIB);
 
-    println!("## Attach and detach latency (control API, HTTP over unix socket), ms\n");
-    println!("| via | attaches | attach p50 | attach p99 | detach p50 | detach p99 |\n|---|---:|---:|---:|---:|---:|");
-    for r in attach_latency(&ctx)? {
-        println!("{r}");
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let part = |p: &str| only.is_empty() || only.split(',').any(|o| o == p);
+    if part("attach") {
+        println!("## Attach and detach latency (control API, HTTP over unix socket), ms\n");
+        println!("| via | attaches | attach p50 | attach p99 | detach p50 | detach p99 |\n|---|---:|---:|---:|---:|---:|");
+        for r in attach_latency(&ctx)? {
+            println!("{r}");
+        }
     }
+    if part("stall") {
+        stalls(&ctx)?;
+    }
+    if part("throughput") {
+        throughput(&ctx)?;
+    }
+    Ok(())
+}
 
+fn stalls(ctx: &Ctx) -> Result<()> {
     println!("\n## Longest I/O stall across agent restarts\n");
     println!("| client | restarts | ops | errors | longest op / gap (ms) | usual (ms) |\n|---|---:|---:|---:|---:|---:|");
     for how in ["SIGKILL", "SIGTERM"] {
-        let (l, e, ops) = nbd_stall(&ctx, how, 5)?;
+        let (l, e, ops) = nbd_stall(ctx, how, 5)?;
         println!(
             "| qemu-io over NBD, reconnect-delay, {how} + restart | 5 | {ops} | {e} | {l:.0} | - |"
         );
     }
     if std::env::var("SKIP_VM").is_err() {
-        match vhost_stall(&ctx, 3) {
+        match vhost_stall(ctx, 3) {
             Ok((l, m, e)) => println!("| QEMU guest over vhost-user (reconnect-ms=100), SIGKILL + restart | 3 | 1500 | {e} | {l:.0} | {m:.0} |"),
             Err(e) => println!("| QEMU guest over vhost-user | - | - | - | skipped: {e} | - |"),
         }
     }
+    Ok(())
+}
 
+fn throughput(ctx: &Ctx) -> Result<()> {
     println!("\n## Requests/s and latency, 4 KiB random reads, memory-warm ({} s per run, median of {} interleaved rounds)\n", ctx.secs, env_u64("ROUNDS", 3));
-    let srv = servers(&ctx)?;
+    let srv = servers(ctx)?;
     // Warm every cache: one sequential pass.
     for (_, uri, _, _) in &srv {
         let _ = Command::new("qemu-img")
@@ -610,8 +626,8 @@ fn main() -> Result<()> {
     let mut res: Vec<Vec<[f64; 9]>> = vec![Vec::new(); srv.len()];
     for _ in 0..rounds {
         for (k, (_, uri, vsock, _)) in srv.iter().enumerate() {
-            let (i1, _, p1) = fio(&ctx, uri, 1)?;
-            let (i16, p50, p99) = fio(&ctx, uri, 16)?;
+            let (i1, _, p1) = fio(ctx, uri, 1)?;
+            let (i16, p50, p99) = fio(ctx, uri, 16)?;
             let (v1, _, vp1) = vhost(vsock, 1, ctx.secs);
             let (v16, _, vp16) = vhost(vsock, 16, ctx.secs);
             res[k].push([i1, p1, i16, p50, p99, v1, vp1, v16, vp16]);
