@@ -3,7 +3,7 @@
 //! * bad control-API input gets a clear 4xx and changes nothing;
 //! * volume sockets: mode 0600, owned by `--owner`; another uid cannot
 //!   connect; another export name is refused; TCP needs a client certificate;
-//! * qemu-io over NBD with `reconnect-delay` rides out two SIGKILLs and an
+//! * qemu-io over NBD with `reconnect-delay` rides out three SIGKILLs and an
 //!   upgrade of the agent with 0 errors, and every flushed write reads back;
 //! * 64 attach/detach cycles while reads run leak no socket, descriptor,
 //!   overlay or task;
@@ -380,7 +380,7 @@ fn nbd_clients_ride_out_kills_and_an_upgrade() {
     let upgraded = env.path("lode-upgraded");
     std::fs::copy(lode_bin(), &upgraded).unwrap();
     let mut q = Interactive::start(&sock, "");
-    let rounds = 60u64;
+    let rounds = 80u64;
     let feeder_cmds: Vec<String> = (0..rounds)
         .flat_map(|i| {
             let off = (i * 97 % 180) * 64 * KIB;
@@ -405,10 +405,10 @@ fn nbd_clients_ride_out_kills_and_an_upgrade() {
         }
         q.finish()
     });
-    // Two SIGKILLs and an upgrade while the commands run.
-    for round in 0..3 {
-        std::thread::sleep(Duration::from_millis(900));
-        if round < 2 {
+    // Three SIGKILLs and an upgrade while the commands run.
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        if round < 3 {
             svc.kill();
             svc.start();
         } else {

@@ -1,8 +1,9 @@
 //! A real QEMU guest on a read-write vhost-user volume of a running
 //! `lode agent` writes, syncs and later verifies files while the agent is
-//! SIGKILLed and restarted twice and then upgraded (a second binary takes
-//! the state directory over): the guest keeps running, sees no I/O error,
-//! and everything it synced reads back. QEMU reconnects (`reconnect-ms`)
+//! SIGKILLed and restarted three times and then upgraded (a second binary
+//! takes the state directory over): the guest keeps running, sees no I/O
+//! error, and everything it synced reads back. And `lode run --agent`
+//! boots through a running agent and detaches its volume at the end. QEMU reconnects (`reconnect-ms`)
 //! and the new agent resubmits the requests that were in flight
 //! (`VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`). Needs qemu-system-x86_64,
 //! busybox-static and xz (scripts/test.sh installs them).
@@ -111,10 +112,10 @@ fn vhost_user_guest_rides_out_three_agent_restarts() {
             }
         }
     };
-    for (round, at) in [4usize, 12, 20].into_iter().enumerate() {
+    for (round, at) in [4usize, 10, 16, 22].into_iter().enumerate() {
         wait_tick(&mut ticks, at);
         restarts.push(Instant::now());
-        if round < 2 {
+        if round < 3 {
             svc.kill();
             svc.start();
         } else {
@@ -181,4 +182,61 @@ fn vhost_user_guest_rides_out_three_agent_restarts() {
         vols[0]["counters"]["errors"] == 0,
         "volume errors: {vols:?}"
     );
+}
+
+#[test]
+fn lode_run_attaches_through_a_running_agent() {
+    require_tool("qemu-system-x86_64", "qemu-system-x86 (scripts/vm-deps.sh)");
+    let env = Env::new();
+    write_image(&env.path("oci"));
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}:latest", env.path("oci").display()),
+        "--tenant",
+        "t",
+        "--name",
+        "img",
+        "--store",
+        env.store.to_str().unwrap(),
+    ]);
+    let prep = run_timeout(
+        env.lode().args(["vm", "prepare", "--dir"]).arg(vm_dir()),
+        Duration::from_secs(600),
+    );
+    assert!(prep.status.success(), "vm prepare: {prep:?}");
+    let mut svc = Service::new(&env, "run");
+    svc.start();
+    for via in ["nbd", "vhost-user"] {
+        let o = run_timeout(
+            env.lode()
+                .args([
+                    "run", "img", "--tenant", "t", "--via", via, "--rw", "--agent",
+                ])
+                .arg(&svc.control)
+                .arg("--vm-dir")
+                .arg(vm_dir())
+                .args([
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    "cat /etc/msg; echo hi > /root/x; cat /root/x",
+                ]),
+            Duration::from_secs(300),
+        );
+        assert!(
+            o.status.success()
+                && o.stdout_str().contains("hello from the image")
+                && o.stdout_str().contains("hi"),
+            "{via}: {o:?}"
+        );
+        assert!(
+            o.stderr.contains("volume v"),
+            "{via}: no volume counters: {}",
+            o.stderr
+        );
+        assert!(svc.volumes().is_empty(), "{via}: volume left attached");
+        assert_eq!(svc.state_files("sockets"), Vec::<String>::new());
+        assert_eq!(svc.state_files("volumes"), Vec::<String>::new());
+    }
+    svc.assert_alive();
 }
