@@ -1,6 +1,7 @@
 //! One opened image: its manifest and key table over the shared reader.
 
-use crate::reader::{ChunkReader, ReadError};
+use crate::range::{BlockRange, RangeError};
+use crate::reader::{ChunkReader, Priority, ReadError};
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
 use lode_cache::ChunkId;
@@ -56,6 +57,9 @@ impl ImageHandle {
     }
 
     fn note(&self, index: u64) {
+        if self.is_hole(index) {
+            return;
+        }
         let mut g = self.recording.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((seen, order)) = g.as_mut() {
             if !seen[index as usize] {
@@ -94,18 +98,34 @@ impl ImageHandle {
         &self.reader
     }
 
-    /// Plaintext of chunk `index` (zeros for a hole).
+    /// Plaintext of chunk `index` (zeros for a hole), read for a client:
+    /// fetched at once, and noted in the working set when recording.
     pub async fn chunk(&self, index: u64) -> Result<Bytes, ReadError> {
+        self.note(index);
+        self.load(index, Priority::Demand).await
+    }
+
+    /// Plaintext of chunk `index` for a background prefetch: waits while
+    /// demand reads are fetching, and is not recorded in the working set
+    /// (a prefetched chunk is not evidence that the guest needs it).
+    pub async fn prefetch_chunk(&self, index: u64) -> Result<Bytes, ReadError> {
+        if index >= self.chunks() || self.is_hole(index) {
+            return Ok(Bytes::new());
+        }
+        self.reader.demand_settled().await;
+        self.load(index, Priority::Prefetch).await
+    }
+
+    async fn load(&self, index: u64, priority: Priority) -> Result<Bytes, ReadError> {
         let m = &self.image.manifest;
         let len = (m.image_size - index * self.chunk_size()).min(self.chunk_size()) as usize;
         match (m.names[index as usize], self.image.keys.0[index as usize]) {
             (Some(name), Some(secret)) => {
-                self.note(index);
                 let id = ChunkId {
                     root: self.root.clone(),
                     name,
                 };
-                let pt = self.reader.chunk(index, &id, &secret).await?;
+                let pt = self.reader.chunk(index, &id, &secret, priority).await?;
                 // The manifest authenticates the chunk's hash, not its length:
                 // a chunk of the wrong size must not reach the slicing below.
                 if pt.len() != len {
@@ -121,35 +141,26 @@ impl ImageHandle {
         }
     }
 
-    /// Reads `len` bytes at `offset`.
+    /// Checks `len` bytes at `offset` against this image.
+    pub fn range(&self, offset: u64, len: u64) -> Result<BlockRange, RangeError> {
+        BlockRange::new(offset, len, self.size())
+    }
+
+    /// Reads `range` (checked against this image's size).
     #[tracing::instrument(level = "debug", skip(self), fields(export = %self.export))]
-    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, ReadError> {
-        let end = offset.checked_add(len).filter(|&e| e <= self.size());
-        let Some(end) = end else {
-            return Err(ReadError::OutOfRange {
-                offset,
-                len,
-                size: self.size(),
-            });
-        };
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
+    pub async fn read(&self, range: BlockRange) -> Result<Bytes, ReadError> {
+        debug_assert!(range.end() <= self.size());
         let cs = self.chunk_size();
-        let first = offset / cs;
-        let last = (end - 1) / cs;
-        let parts = try_join_all((first..=last).map(|i| self.chunk(i))).await?;
-        if parts.len() == 1 {
-            let s = (offset - first * cs) as usize;
-            return Ok(parts[0].slice(s..s + len as usize));
+        let pieces: Vec<(u64, BlockRange)> = range.split(cs).collect();
+        let parts = try_join_all(pieces.iter().map(|(i, _)| self.chunk(*i))).await?;
+        if let ([(i, p)], [part]) = (pieces.as_slice(), parts.as_slice()) {
+            let s = (p.offset() - i * cs) as usize;
+            return Ok(part.slice(s..s + p.len() as usize));
         }
-        let mut out = BytesMut::with_capacity(len as usize);
-        for (k, p) in parts.iter().enumerate() {
-            let i = first + k as u64;
-            let cstart = i * cs;
-            let s = offset.max(cstart) - cstart;
-            let e = end.min(cstart + p.len() as u64) - cstart;
-            out.extend_from_slice(&p[s as usize..e as usize]);
+        let mut out = BytesMut::with_capacity(range.len() as usize);
+        for ((i, p), part) in pieces.iter().zip(&parts) {
+            let s = (p.offset() - i * cs) as usize;
+            out.extend_from_slice(&part[s..s + p.len() as usize]);
         }
         Ok(out.freeze())
     }
@@ -201,10 +212,14 @@ mod tests {
         };
         let h = ImageHandle::new("t/x".into(), image, reader);
         assert!(matches!(
-            h.read(0, 4096).await,
+            h.read(h.range(0, 4096).unwrap()).await,
             Err(ReadError::Verify { index: 0, .. })
         ));
-        assert!(h.read(4000, 1000).await.is_err());
-        assert_eq!(h.read(4096, 4096).await.unwrap().len(), 4096);
+        assert!(h.read(h.range(4000, 1000).unwrap()).await.is_err());
+        assert_eq!(
+            h.read(h.range(4096, 4096).unwrap()).await.unwrap().len(),
+            4096
+        );
+        assert!(h.range(8000, 1000).is_err());
     }
 }

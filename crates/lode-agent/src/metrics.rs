@@ -1,56 +1,89 @@
-//! A minimal HTTP endpoint serving Prometheus text at any path.
+//! A minimal HTTP endpoint serving Prometheus text at any path (bound to
+//! loopback unless the operator names another address).
 
-use crate::nbd::Server;
+use crate::control::Registry;
+use crate::exports::Exports;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Extra metrics a caller adds (e.g. the cache fleet's).
 pub type Extra = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// Metrics connections served at once.
+const METRICS_CONNECTIONS: usize = 32;
+
 /// Renders all metrics of the agent.
-pub fn render(server: &Server, extra: Option<&Extra>) -> String {
+pub async fn render(
+    exports: &Exports,
+    registry: Option<&Registry>,
+    extra: Option<&Extra>,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# lode agent metrics");
-    server.exports().reader().render_metrics(&mut out);
+    exports.reader().render_metrics(&mut out);
     if let Some(f) = extra {
         f(&mut out);
     }
+    let s = &exports.stats;
+    for (name, v) in [
+        ("lode_nbd_connections_total", &s.nbd_connections),
+        ("lode_vhost_user_sessions_total", &s.vhost_sessions),
+        ("lode_connections_accepted_total", &s.accept.accepted),
+        ("lode_connections_shed_total", &s.accept.shed),
+        ("lode_accept_errors_total", &s.accept.errors),
+    ] {
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(out, "lode_images_open {}", exports.open_images());
     let _ = writeln!(
         out,
-        "lode_nbd_connections_total {}",
-        server.connections.load(Ordering::Relaxed)
+        "lode_demand_fetches_in_flight {}",
+        exports.reader().demand_in_flight()
     );
     let _ = writeln!(
         out,
-        "lode_vhost_user_sessions_total {}",
-        server.vhost_sessions.load(Ordering::Relaxed)
+        "lode_tasks_alive {}",
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
     );
+    if let Some(r) = registry {
+        r.render_metrics(&mut out).await;
+    }
     out
 }
 
-/// Serves metrics on `listener` until the task is dropped. Each client gets
-/// 5 s to send its request; requests are not parsed beyond that.
-pub async fn serve(listener: TcpListener, server: Arc<Server>, extra: Option<Extra>) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let server = server.clone();
-        let extra = extra.clone();
-        tokio::spawn(async move {
+/// Serves metrics on `listener` until `stop`. Each client gets 5 s to send
+/// its request; requests are not parsed beyond that.
+pub async fn serve(
+    listener: TcpListener,
+    exports: Arc<Exports>,
+    registry: Option<Arc<Registry>>,
+    extra: Option<Extra>,
+    stop: watch::Receiver<bool>,
+) {
+    let stats = exports.stats.accept.clone();
+    crate::serve::run(listener, METRICS_CONNECTIONS, stop, stats, move |mut sock, _| {
+        let (exports, registry, extra) = (exports.clone(), registry.clone(), extra.clone());
+        async move {
             let mut buf = [0u8; 2048];
             let _ = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await;
-            let body = render(&server, extra.as_ref());
+            let body = render(&exports, registry.as_deref(), extra.as_ref()).await;
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-        });
-    }
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                sock.write_all(head.as_bytes()).await?;
+                sock.write_all(body.as_bytes()).await
+            })
+            .await;
+        }
+    })
+    .await;
 }

@@ -19,10 +19,21 @@ use lode_cache::{ChunkId, ChunkTier, DiskCache, MemoryCache, TierMetrics};
 use lode_chunk::{open_named_chunk, ChunkName, ChunkSecret};
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
+
+/// Who asked for a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// A client's read: fetched at once, never queued.
+    Demand,
+    /// A background prefetch: started only while no demand fetch is in
+    /// flight ([`ChunkReader::demand_settled`]), so a guest's reads overtake
+    /// queued prefetch.
+    Prefetch,
+}
 
 /// Why a chunk could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,16 +55,6 @@ pub enum ReadError {
         index: u64,
         /// What failed.
         reason: String,
-    },
-    /// A request outside the image.
-    #[error("read of {len} bytes at {offset} is outside the image ({size} bytes)")]
-    OutOfRange {
-        /// Offset.
-        offset: u64,
-        /// Length.
-        len: u64,
-        /// Image size.
-        size: u64,
     },
 }
 
@@ -85,6 +86,21 @@ pub struct ChunkReader {
     /// Metrics of each remote tier, in order.
     pub tier_metrics: Vec<TierMetrics>,
     in_flight: AtomicU64,
+    /// Demand reads that missed the memory cache and are still running.
+    demand_misses: AtomicUsize,
+    /// Woken when `demand_misses` drops to 0.
+    demand_idle: Notify,
+}
+
+/// Counts one demand miss while alive.
+struct DemandMiss<'a>(&'a ChunkReader);
+
+impl Drop for DemandMiss<'_> {
+    fn drop(&mut self) {
+        if self.0.demand_misses.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.demand_idle.notify_waiters();
+        }
+    }
 }
 
 impl ChunkReader {
@@ -102,6 +118,8 @@ impl ChunkReader {
             disk_metrics: TierMetrics::default(),
             tier_metrics,
             in_flight: AtomicU64::new(0),
+            demand_misses: AtomicUsize::new(0),
+            demand_idle: Notify::new(),
         }
     }
 
@@ -118,6 +136,25 @@ impl ChunkReader {
         self.tiers.iter().map(|t| t.label()).collect()
     }
 
+    /// Returns once no demand read is fetching a chunk (at once when none
+    /// is). Prefetchers call it before each fetch they start.
+    pub async fn demand_settled(&self) {
+        loop {
+            let idle = self.demand_idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.demand_misses.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Demand reads fetching a chunk right now.
+    pub fn demand_in_flight(&self) -> usize {
+        self.demand_misses.load(Ordering::SeqCst)
+    }
+
     /// Plaintext of chunk `index` (named `id`), verified with `secret`.
     #[tracing::instrument(level = "debug", skip(self, secret), fields(chunk = %id.name))]
     pub async fn chunk(
@@ -125,6 +162,7 @@ impl ChunkReader {
         index: u64,
         id: &ChunkId,
         secret: &ChunkSecret,
+        priority: Priority,
     ) -> Result<Bytes, ReadError> {
         let t = Instant::now();
         if let Some(b) = self.memory.get(&id.name, &secret.plain_sha) {
@@ -132,6 +170,10 @@ impl ChunkReader {
             return Ok(b);
         }
         self.memory_metrics.miss();
+        let _demand = (priority == Priority::Demand).then(|| {
+            self.demand_misses.fetch_add(1, Ordering::SeqCst);
+            DemandMiss(self)
+        });
         let flight = {
             let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(id.name)

@@ -25,8 +25,14 @@ enum Command {
     Pull(cmd::pull::Args),
     /// Show an image's manifest summary.
     Inspect(cmd::inspect::Args),
-    /// Serve images on demand as NBD or vhost-user-blk block devices (host cache, copy-on-write).
+    /// Run the host agent: volumes served on demand over NBD or vhost-user-blk (host cache, copy-on-write).
     Agent(cmd::agent::Args),
+    /// Attach an image as a volume of a running agent; prints {"id", "via", "socket", "export", "size"}.
+    Attach(cmd::volumes::AttachArgs),
+    /// Detach a volume of a running agent (its requests complete, its socket goes).
+    Detach(cmd::volumes::DetachArgs),
+    /// List a running agent's volumes with their counters.
+    Volumes(cmd::volumes::VolumesArgs),
     /// Write one file of an image to stdout, loading only the chunks it needs.
     Cat(cmd::cat::Args),
     /// Run an AZ cache-fleet node that stores erasure-coded stripes.
@@ -67,6 +73,9 @@ fn main() -> ExitCode {
         Command::Rm(_) => "rm",
         Command::Images(_) => "images",
         Command::Gc(_) => "gc",
+        Command::Attach(_) => "attach",
+        Command::Detach(_) => "detach",
+        Command::Volumes(_) => "volumes",
     });
     let filter = tracing_subscriber::EnvFilter::try_from_env("LODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -86,6 +95,9 @@ fn main() -> ExitCode {
         Command::Gc(args) => cmd::gc::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Cat(args) => cmd::cat::run(args),
+        Command::Attach(args) => cmd::volumes::attach(args),
+        Command::Detach(args) => cmd::volumes::detach(args),
+        Command::Volumes(args) => cmd::volumes::volumes(args),
         Command::CacheNode(args) => cmd::cache_node::run(args),
         Command::Vm(args) => cmd::vm::run(args),
         Command::Run(args) => match cmd::run::run(args) {

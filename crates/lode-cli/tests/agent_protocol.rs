@@ -37,7 +37,7 @@ fn others_still_served(agent: &mut Agent, img: &BlockImage, after: &str) {
             img.region_len(r)
         ));
     }
-    let o = qemu_io(&agent.uri(EXPORT), &cmds);
+    let o = agent.qemu_io(EXPORT, &cmds);
     assert!(
         !qemu_io_failed(&o),
         "after {after}: another client is no longer served: {o:?}"

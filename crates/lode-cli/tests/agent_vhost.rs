@@ -399,3 +399,63 @@ fn vhost_user_failures_read_only_and_named_overlays() {
         t.elapsed().as_secs_f64()
     );
 }
+
+/// Requests in flight when the agent is SIGKILLed complete after the
+/// frontend reconnects to the restarted agent (`INFLIGHT_SHMFD`): the new
+/// agent finds them in the shared region and resubmits them, reads and a
+/// write queued behind them, with the right data and no error.
+#[test]
+fn in_flight_requests_survive_a_killed_agent() {
+    let (env, img) = setup();
+    let mut svc = common_agent::service::Service::new(&env, "inf");
+    // Every store fetch takes 1.5 s: the reads are in flight when the agent dies.
+    svc.extra = vec!["--inject-store-latency-ms".into(), "1500".into()];
+    svc.start();
+    let v = svc.attach(&[EXPORT, "--rw", "--via", "vhost-user"]);
+    let sock = PathBuf::from(v["socket"].as_str().unwrap());
+    let mut d = VhostBlk::connect_with(&sock, true);
+    // Chunks that are stored (not holes): each read waits for the store.
+    let at = [10u64, 17, 24, 31, 44, 51];
+    let mut chains: Vec<Chain> = at
+        .iter()
+        .map(|c| {
+            d.chain(
+                VIRTIO_BLK_T_IN,
+                c * CHUNK / SECTOR,
+                &[],
+                64 * KIB as usize,
+                2,
+            )
+        })
+        .collect();
+    let data = vec![0x5eu8; 8192];
+    chains.push(d.chain(VIRTIO_BLK_T_OUT, 3 * CHUNK / SECTOR, &data, 0, 1));
+    let heads = d.submit(&chains);
+    let t = Instant::now();
+    while d.inflight_marked() < chains.len() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "requests not marked in flight: {} of {}",
+            d.inflight_marked(),
+            chains.len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    svc.kill();
+    svc.start();
+    d.reconnect(&sock);
+    let done = d.collect(&chains, &heads, Duration::from_secs(60));
+    for (k, r) in done.iter().enumerate().take(6) {
+        let off = at[k] * CHUNK;
+        assert_eq!(r.status, Some(S_OK), "read {k} after the restart");
+        assert_same_bytes(&r.data, img.slice(off, 64 * KIB), "resubmitted read");
+    }
+    assert_eq!(done[6].status, Some(S_OK), "write after the restart");
+    assert_eq!(d.inflight_marked(), 0, "requests left marked in flight");
+    assert_eq!(
+        d.read_ok(3 * CHUNK / SECTOR, 8192),
+        data,
+        "the write landed"
+    );
+    svc.assert_alive();
+}

@@ -69,7 +69,8 @@ impl ext4_view::Ext4Read for Lazy {
         dst: &mut [u8],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
         let t = Instant::now();
-        let b = self.rt.block_on(self.image.read(start, dst.len() as u64))?;
+        let range = self.image.range(start, dst.len() as u64)?;
+        let b = self.rt.block_on(self.image.read(range))?;
         dst.copy_from_slice(&b);
         let mut g = self.reads.lock().unwrap_or_else(|p| p.into_inner());
         g.0 += 1;

@@ -22,6 +22,7 @@ fn main() -> anyhow_free::Result {
     let mut seeds: Seeds = BTreeMap::new();
     chunk_seeds(&mut seeds);
     agent_seeds(&mut seeds);
+    agent_host_seeds(&mut seeds);
     fleet_seeds(&mut seeds);
     oci_seeds(&mut seeds);
     store_seeds(&mut seeds);
@@ -284,6 +285,95 @@ fn agent_seeds(s: &mut Seeds) {
             meta("", &[]),
             meta("t/img", &["base:", "qemu:dirty-bitmap:x"]),
         ],
+    );
+}
+
+/// A descriptor: address, length, flags, next.
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> Vec<u8> {
+    [
+        addr.to_le_bytes().to_vec(),
+        len.to_le_bytes().to_vec(),
+        flags.to_le_bytes().to_vec(),
+        next.to_le_bytes().to_vec(),
+    ]
+    .concat()
+}
+
+/// Guest memory with `descs` at table entries 0.. and `extra` at `at`.
+fn guest(descs: &[Vec<u8>], at: usize, extra: &[u8]) -> Vec<u8> {
+    let mut m = vec![0u8; at + extra.len()];
+    for (i, d) in descs.iter().enumerate() {
+        m[16 * i..16 * i + 16].copy_from_slice(d);
+    }
+    m[at..].copy_from_slice(extra);
+    m
+}
+
+fn agent_host_seeds(s: &mut Seeds) {
+    // A read: header, 512 bytes in, status; an indirect one; a loop.
+    let header = [
+        2u32.to_le_bytes().to_vec(),
+        vec![0; 4],
+        7u64.to_le_bytes().to_vec(),
+    ]
+    .concat();
+    let read = guest(
+        &[
+            desc(0x1000, 16, 1, 1),
+            desc(0x2000, 512, 3, 2),
+            desc(0x3000, 1, 2, 0),
+        ],
+        0x1000,
+        &header,
+    );
+    let mut indirect = guest(&[desc(0x800, 48, 4, 0)], 0x1000, &header);
+    for (i, d) in [
+        desc(0x1000, 16, 1, 1),
+        desc(0x2000, 4096, 3, 2),
+        desc(0x3000, 1, 2, 0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        indirect[0x800 + 16 * i..0x800 + 16 * i + 16].copy_from_slice(d);
+    }
+    let looped = guest(
+        &[desc(0x1000, 16, 1, 1), desc(0x2000, 512, 1, 0)],
+        0x1000,
+        &header,
+    );
+    s.insert("agent_vhost_chain", vec![read, indirect, looped]);
+    // A region of 8 entries: version 1, heads 2 and 5 in flight.
+    let mut region = vec![3u8, 4, 0];
+    let mut q = [0u8; 16 + 16 * 8];
+    q[8..10].copy_from_slice(&1u16.to_le_bytes());
+    q[10..12].copy_from_slice(&8u16.to_le_bytes());
+    q[14..16].copy_from_slice(&4u16.to_le_bytes());
+    for (h, c) in [(2usize, 7u64), (5, 3)] {
+        q[16 + 16 * h] = 1;
+        q[16 + 16 * h + 8..16 + 16 * h + 16].copy_from_slice(&c.to_le_bytes());
+    }
+    region.extend_from_slice(&q[1..]);
+    s.insert("agent_vhost_inflight", vec![region, vec![0u8; 40]]);
+    let mut journal = vec![3u8];
+    journal.extend_from_slice(b"LODEOVJ1");
+    journal.extend_from_slice(&[9u8; 16]);
+    for (i, w) in [(0u64, 1u64), (u64::MAX, 1), (2, 0xff), (1, 3)] {
+        journal.extend_from_slice(&i.to_le_bytes());
+        journal.extend_from_slice(&w.to_le_bytes());
+    }
+    s.insert("agent_overlay_journal", vec![journal]);
+    s.insert(
+        "agent_control_request",
+        [
+            r#"{"tenant":"acme","image":"app"}"#,
+            r#"{"tenant":"acme","image":"app","overlay":"vm1","rw":true,"via":"vhost-user","owner":"1000:1000"}"#,
+            r#"{"tenant":"acme","image":"app","overlay":"../../etc","rw":true}"#,
+            r#"{"tenant":"acme","image":"app","via":"nbd","owner":"107"}"#,
+        ]
+        .iter()
+        .map(|x| x.as_bytes().to_vec())
+        .collect(),
     );
 }
 

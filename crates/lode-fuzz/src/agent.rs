@@ -3,7 +3,7 @@
 
 use crate::support::{reset_dir, runtime, scratch, FixedKeys};
 use lode_agent::nbd::{parse_info, parse_meta_context};
-use lode_agent::{ChunkReader, ExportName, Exports, Server, ServerConfig};
+use lode_agent::{Catalog, ChunkReader, ExportName, Exports, NbdService};
 use lode_cache::{ChunkTier, StoreTier};
 use lode_store::{push_file, PushOptions, Store};
 use std::path::{Component, Path};
@@ -138,15 +138,17 @@ pub fn nbd_exchange(data: &[u8]) -> Vec<u8> {
     let out = rt.block_on(async {
         let tiers: Vec<Arc<dyn ChunkTier>> = vec![Arc::new(StoreTier::new(env.store.clone()))];
         let reader = Arc::new(ChunkReader::new(8 << 20, None, tiers));
-        let exports = Arc::new(Exports::new(env.store.clone(), Arc::new(FixedKeys), reader));
-        let server = Arc::new(Server::new(
-            exports,
-            ServerConfig {
-                overlay_dir: overlay_dir.clone(),
-            },
-        ));
+        let exports = Arc::new(
+            Exports::new(env.store.clone(), Arc::new(FixedKeys), reader)
+                .with_overlay_dir(overlay_dir.clone()),
+        );
+        let server = Arc::new(NbdService {
+            catalog: Catalog::Open(exports),
+            tls: None,
+        });
         let (client, srv) = tokio::io::duplex(64 << 10);
-        let serve = tokio::spawn(server.serve(srv));
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        let serve = tokio::spawn(server.serve(srv, rx));
         let (cr, mut cw) = tokio::io::split(client);
         let drain = tokio::spawn(async move {
             let mut out = Vec::new();

@@ -10,6 +10,7 @@
 //! [`TARGETS`] lists every target by its `cargo fuzz` name.
 
 pub mod agent;
+pub mod agent_host;
 pub mod chunk;
 pub mod flatten;
 pub mod fleet;
@@ -32,6 +33,10 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("agent_nbd_info", agent::nbd_info),
     ("agent_nbd_meta_context", agent::nbd_meta_context),
     ("agent_nbd_session", agent::nbd_session),
+    ("agent_vhost_chain", agent_host::vhost_chain),
+    ("agent_vhost_inflight", agent_host::vhost_inflight),
+    ("agent_overlay_journal", agent_host::overlay_journal),
+    ("agent_control_request", agent_host::control_request),
     ("fleet_stripe", fleet::stripe),
     ("fleet_client_read", fleet::client_read),
     ("fleet_node_request", fleet::node_request),

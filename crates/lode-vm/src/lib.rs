@@ -19,4 +19,4 @@ pub mod qemu;
 pub use boot::{BootError, BootErrorKind, Limits, Outcome};
 pub use guest::{Console, Event, Failure, Stage};
 pub use prepare::{prepare, prepare_with, Assets, Options, Record, VmError};
-pub use qemu::{command_cpio, run_initrd, Disk, RunSpec, INITRD_ALIGN};
+pub use qemu::{command_cpio, run_initrd, Disk, Reconnect, RunSpec, INITRD_ALIGN};

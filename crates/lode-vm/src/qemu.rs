@@ -27,6 +27,26 @@ pub enum Disk {
     },
 }
 
+/// How QEMU rides out a restart of the agent serving its disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reconnect {
+    /// NBD: how long requests wait for the agent to come back before they
+    /// fail (`-blockdev driver=nbd,...,reconnect-delay=SECONDS`, rounded up).
+    pub nbd_delay: std::time::Duration,
+    /// vhost-user: how often the chardev retries connecting after the agent
+    /// went away (`-chardev socket,...,reconnect-ms=N`).
+    pub vhost_retry: std::time::Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            nbd_delay: std::time::Duration::from_secs(60),
+            vhost_retry: std::time::Duration::from_millis(100),
+        }
+    }
+}
+
 /// Everything needed to start one VM.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
@@ -45,6 +65,9 @@ pub struct RunSpec {
     /// a guest that resets before its console speaks leaves its last state
     /// there ([`crate::boot`] reports it).
     pub reset_log: Option<PathBuf>,
+    /// Reconnect to the agent when it restarts (`None`: a restart of the
+    /// agent fails the disk).
+    pub reconnect: Option<Reconnect>,
 }
 
 /// Quotes `s` for a POSIX shell.
@@ -182,8 +205,15 @@ impl RunSpec {
                 read_only,
             } => {
                 let ro = if *read_only { ",read-only=on" } else { "" };
+                let rc = match self.reconnect {
+                    Some(r) => format!(
+                        ",reconnect-delay={}",
+                        r.nbd_delay.as_secs_f64().ceil() as u64
+                    ),
+                    None => String::new(),
+                };
                 c.arg("-blockdev").arg(format!(
-                    "driver=nbd,server.type=unix,server.path={},export={export},node-name=d0{ro}",
+                    "driver=nbd,server.type=unix,server.path={},export={export},node-name=d0{ro}{rc}",
                     socket.display()
                 ));
                 c.args(["-device", "virtio-blk-device,drive=d0"]);
@@ -197,8 +227,12 @@ impl RunSpec {
                     ),
                 ]);
                 c.args(["-machine", "memory-backend=mem"]);
+                let rc = match self.reconnect {
+                    Some(r) => format!(",reconnect-ms={}", r.vhost_retry.as_millis().max(1)),
+                    None => String::new(),
+                };
                 c.arg("-chardev")
-                    .arg(format!("socket,id=c0,path={}", socket.display()));
+                    .arg(format!("socket,id=c0,path={}{rc}", socket.display()));
                 c.args(["-device", "vhost-user-blk,chardev=c0"]);
             }
         }
@@ -254,6 +288,7 @@ mod tests {
             memory_mib: 256,
             quiet: true,
             reset_log: None,
+            reconnect: None,
         };
         std::fs::write(&initrd, vec![0u8; 4097]).unwrap();
         let e = spec.command().unwrap_err();
@@ -262,5 +297,43 @@ mod tests {
         assert!(spec.command().is_ok());
         std::fs::remove_file(&initrd).unwrap();
         assert!(spec.command().is_err());
+    }
+
+    #[test]
+    fn reconnect_options() {
+        let t = tempfile::tempdir().unwrap();
+        let initrd = t.path().join("initrd");
+        std::fs::write(&initrd, vec![0u8; 4096]).unwrap();
+        let mut spec = RunSpec {
+            kernel: t.path().join("vmlinux"),
+            initrd,
+            disk: Disk::VhostUser {
+                socket: t.path().join("s"),
+            },
+            memory_mib: 256,
+            quiet: true,
+            reset_log: None,
+            reconnect: Some(Reconnect::default()),
+        };
+        let args = |s: &RunSpec| -> String {
+            let c = s.command().unwrap();
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(args(&spec).contains(",reconnect-ms=100"), "{}", args(&spec));
+        spec.disk = Disk::Nbd {
+            socket: t.path().join("s"),
+            export: String::new(),
+            read_only: false,
+        };
+        assert!(
+            args(&spec).contains(",reconnect-delay=60"),
+            "{}",
+            args(&spec)
+        );
+        spec.reconnect = None;
+        assert!(!args(&spec).contains("reconnect"));
     }
 }

@@ -183,6 +183,14 @@ impl Agent {
                 .arg("agent")
                 .arg("--listen")
                 .arg(format!("unix:{}", sock.display()))
+                .arg("--dev-open-exports")
+                .arg("--state-dir")
+                .arg(dir.join(format!("{name}.state")))
+                .arg("--control")
+                .arg(format!(
+                    "unix:{}",
+                    dir.join(format!("{name}.ctl")).display()
+                ))
                 .arg("--metrics")
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--overlay-dir")
@@ -327,6 +335,7 @@ pub fn start_vm(conf: &VmConf, disk: &NbdDisk, dir: &Path, name: &str, t0: Insta
         memory_mib: conf.memory_mib,
         quiet: true,
         reset_log: None,
+        reconnect: None,
     };
     let qmp = dir.join(format!("{name}.qmp"));
     let _ = std::fs::remove_file(&qmp);

@@ -1,114 +1,21 @@
-//! `lode agent [--listen ADDR] [--vhost-user SOCKET=EXPORT[,ro]]... ...`:
-//! the NBD server and vhost-user-blk exports.
+//! `lode agent`: the host service. Volumes are attached and detached through
+//! its control API (`lode attach`, `lode detach`, `lode volumes`); each one
+//! gets a socket of its own. Kept for development and fixed set-ups: the
+//! open-any-export NBD listener (`--listen ... --dev-open-exports`, TCP only
+//! with mutual TLS) and static vhost-user sockets (`--vhost-user`).
 
-use super::common::{key_provider, lode_home, open_store, runtime, StoreArgs};
-use crate::units::parse_size;
+use super::cache::CacheArgs;
+use super::common::{key_provider, lode_home, runtime};
 use anyhow::{bail, Context, Result};
-use lode_agent::{ChunkReader, Exports, Prefetch, Server, ServerConfig, VhostUserExport};
-use lode_cache::{Bounded, ChunkTier, Delayed, DiskCache, StoreTier};
-use lode_fleet::FleetTier;
-use std::path::PathBuf;
+use lode_agent::control::{api, sockets, Registry, StateDir};
+use lode_agent::serve::Overflow;
+use lode_agent::{Catalog, Exports, NbdService, Prefetch};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Options of the host cache and the store tier, shared by `agent` and `cat`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct CacheArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Host disk cache directory (default `$LODE_HOME/cache`).
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// Disk cache bound in bytes (e.g. `10G`).
-    #[arg(long, value_parser = parse_size, default_value = "10G")]
-    pub cache_size: u64,
-    /// Memory cache bound in bytes (plaintext of hot chunks).
-    #[arg(long, value_parser = parse_size, default_value = "256M")]
-    pub memory_cache: u64,
-    /// Time limit of one store request, seconds.
-    #[arg(long, default_value_t = 10.0)]
-    pub store_timeout: f64,
-    /// Retries of a failed store request (with exponential backoff).
-    #[arg(long, default_value_t = 2)]
-    pub store_retries: u32,
-    /// AZ cache fleet: `HOST:PORT,...` (lode cache nodes) or `memcached://HOST:PORT,...`.
-    /// Chunks are read from it before the store, as 4-of-5 erasure-coded stripes.
-    #[arg(long)]
-    pub cache_nodes: Option<String>,
-    /// Time limit of one stripe request to a cache node, milliseconds.
-    #[arg(long, default_value_t = 500)]
-    pub fleet_timeout_ms: u64,
-    /// Read only from the fleet, never from the store (tests of fleet-only reads).
-    #[arg(long, hide = true)]
-    pub no_store: bool,
-    /// Benchmarks: latency added to every store fetch, milliseconds.
-    #[arg(long, default_value_t = 0.0, hide = true)]
-    pub inject_store_latency_ms: f64,
-    /// Benchmarks: store bandwidth cap, bytes per second.
-    #[arg(long, value_parser = parse_size, hide = true)]
-    pub inject_store_bandwidth: Option<u64>,
-}
-
-impl CacheArgs {
-    /// Builds the reader: memory → disk → fleet (if any) → store.
-    pub fn reader(&self) -> Result<(lode_store::Store, Arc<ChunkReader>)> {
-        let (store, reader, _) = self.reader_with_fleet()?;
-        Ok((store, reader))
-    }
-
-    /// Like [`Self::reader`], also returning the fleet tier for its metrics.
-    pub fn reader_with_fleet(
-        &self,
-    ) -> Result<(lode_store::Store, Arc<ChunkReader>, Option<Arc<FleetTier>>)> {
-        let store = open_store(self.store.store.as_deref())?;
-        let dir = self
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| lode_home().join("cache"));
-        let disk = DiskCache::open(&dir, self.cache_size)
-            .with_context(|| format!("opening cache {}", dir.display()))?;
-        let mut base: Arc<dyn ChunkTier> = Arc::new(StoreTier::new(store.clone()));
-        if self.inject_store_latency_ms > 0.0 || self.inject_store_bandwidth.is_some() {
-            let latency = Duration::from_secs_f64(self.inject_store_latency_ms / 1e3);
-            base = Arc::new(Delayed::new(base, latency, self.inject_store_bandwidth));
-        }
-        let tier: Arc<dyn ChunkTier> = Arc::new(Bounded::new(
-            base,
-            Duration::from_secs_f64(self.store_timeout),
-            self.store_retries,
-            Duration::from_millis(50),
-        ));
-        let mut tiers: Vec<Arc<dyn ChunkTier>> = Vec::new();
-        let mut fleet = None;
-        if let Some(spec) = &self.cache_nodes {
-            let f = Arc::new(
-                lode_fleet::from_spec(spec, Duration::from_millis(self.fleet_timeout_ms))
-                    .map_err(|e| anyhow::anyhow!(e))?,
-            );
-            let n = spec
-                .trim_start_matches("memcached://")
-                .split(',')
-                .filter(|s| !s.trim().is_empty())
-                .count();
-            if n < 5 {
-                eprintln!(
-                    "lode: warning: {n} cache node(s): the 5 stripes of a chunk share nodes, so losing one node can lose 2 stripes \
-                     and those reads fall back to the store (use 5 or more nodes for single-node fault tolerance)"
-                );
-            }
-            tiers.push(f.clone());
-            fleet = Some(f);
-        }
-        if !self.no_store {
-            tiers.push(tier);
-        }
-        Ok((
-            store,
-            Arc::new(ChunkReader::new(self.memory_cache, Some(disk), tiers)),
-            fleet,
-        ))
-    }
-}
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// One `--vhost-user` export.
 #[derive(Clone, Debug)]
@@ -138,15 +45,72 @@ fn parse_vhost(s: &str) -> std::result::Result<VhostSpec, String> {
     })
 }
 
+/// `unix:PATH` (or a plain path) → the path.
+pub fn unix_path(s: &str) -> PathBuf {
+    PathBuf::from(s.strip_prefix("unix:").unwrap_or(s))
+}
+
+/// The control socket: `--agent`/`--control` or `$LODE_HOME/agent.sock`.
+pub fn control_path(given: Option<&str>) -> PathBuf {
+    given
+        .map(unix_path)
+        .unwrap_or_else(|| lode_home().join("agent.sock"))
+}
+
+/// `PORT` (on loopback) or `HOST:PORT`.
+fn metrics_addr(s: &str) -> Result<SocketAddr> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let a: SocketAddr = s
+        .parse()
+        .with_context(|| format!("--metrics takes PORT or HOST:PORT, got '{s}'"))?;
+    if !a.ip().is_loopback() {
+        eprintln!("lode: warning: metrics on {a} are reachable from the network (they name volumes, not tenants)");
+    }
+    Ok(a)
+}
+
 /// Arguments of `lode agent`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// NBD: listen on `unix:PATH` or `HOST:PORT`; clients pick the export
-    /// (`TENANT/NAME[@OVERLAY]`) by name.
-    #[arg(long, required_unless_present = "vhost_user")]
+    /// Control API socket: `unix:PATH` (default `$LODE_HOME/agent.sock`,
+    /// mode 0600). `lode attach`, `lode detach` and `lode volumes` talk to it.
+    #[arg(long, value_name = "unix:PATH")]
+    control: Option<String>,
+    /// State directory: the volume table, volume overlays, cached manifests
+    /// and volume sockets (default `$LODE_HOME/agent`). One agent at a time.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Directory of volume sockets (default `STATE_DIR/sockets`).
+    #[arg(long)]
+    socket_dir: Option<PathBuf>,
+    /// Seconds to wait for a previous agent to release the state directory
+    /// (an upgrade: start the new agent, then stop the old one).
+    #[arg(long, default_value_t = 60.0)]
+    takeover_wait: f64,
+    /// Development: an NBD listener on `unix:PATH` or `HOST:PORT` where any
+    /// client opens any export of the store by name (`TENANT/NAME[@OVERLAY]`).
+    /// Needs `--dev-open-exports`; TCP also needs mutual TLS (`--tls-*`).
+    #[arg(long)]
     listen: Option<String>,
+    /// Allow `--listen`: whoever reaches that socket reads any tenant's images.
+    #[arg(long)]
+    dev_open_exports: bool,
+    /// TLS certificate (PEM chain) of a TCP `--listen`.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of a TCP `--listen`.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs the client certificates a TCP `--listen` accepts.
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// Connections `--listen` serves at once (more are closed at once).
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
     /// vhost-user-blk: serve `TENANT/NAME[@OVERLAY]` on the unix socket
-    /// `SOCKET` (created; QEMU connects with `-chardev socket,path=SOCKET
+    /// `SOCKET` (created mode 0600; QEMU connects with `-chardev socket,path=SOCKET
     /// -device vhost-user-blk`, guest RAM shared, e.g. `-object
     /// memory-backend-memfd,share=on`). One VM at a time per socket, each with a
     /// private copy-on-write overlay (kept across VMs when `@OVERLAY` is
@@ -155,24 +119,94 @@ pub struct Args {
     vhost_user: Vec<VhostSpec>,
     #[command(flatten)]
     cache: CacheArgs,
-    /// Serve Prometheus metrics on `HOST:PORT`.
+    /// Serve Prometheus metrics on `PORT` (loopback) or `HOST:PORT`.
     #[arg(long)]
     metrics: Option<String>,
-    /// Directory of copy-on-write overlays (default `$LODE_HOME/overlays`).
+    /// Directory of named and per-connection overlays (default `$LODE_HOME/overlays`).
     #[arg(long)]
     overlay_dir: Option<PathBuf>,
-    /// Record the order in which each image's chunks are first read and store
-    /// it, sealed, beside the manifest (written when a connection ends).
+    /// Record the order in which each image's chunks are first read by its
+    /// clients (not by prefetch) and store it, sealed, beside the manifest
+    /// (written when a client disconnects).
     #[arg(long)]
     record: bool,
     /// Background fetch when an image is first opened: `none`, `recorded`
     /// (the stored working set), or `all` (working set, then the rest).
+    /// Clients' reads always go first.
     #[arg(long, default_value = "recorded", value_parser = ["none", "recorded", "all"])]
     prefetch: String,
 }
 
-/// Runs `lode agent` until interrupted.
+/// A listener the agent runs, and what to remove when it stops.
+struct Running {
+    task: JoinHandle<()>,
+    socket: Option<PathBuf>,
+}
+
+fn spawn_unix<H, F>(
+    path: &Path,
+    bound: usize,
+    overflow: Overflow,
+    stop: &watch::Receiver<bool>,
+    exports: &Arc<Exports>,
+    handle: H,
+) -> Result<Running>
+where
+    H: Fn(tokio::net::UnixStream, watch::Receiver<bool>) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = sockets::bind_private(path).with_context(|| format!("binding {}", path.display()))?;
+    let task = tokio::spawn(lode_agent::serve::run_with(
+        l,
+        bound,
+        overflow,
+        stop.clone(),
+        exports.stats.accept.clone(),
+        handle,
+    ));
+    Ok(Running {
+        task,
+        socket: Some(path.to_path_buf()),
+    })
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn terminated() -> Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Runs `lode agent` until SIGTERM or SIGINT; then every client's requests
+/// complete, every socket the agent made is removed, overlays are flushed,
+/// and the volume table stays for the next agent.
 pub fn run(args: Args) -> Result<()> {
+    if args.listen.is_some() && !args.dev_open_exports {
+        bail!(
+            "--listen serves every tenant's images to whoever reaches it: add --dev-open-exports to confirm (development only); \
+             VMs get per-volume sockets with `lode attach`"
+        );
+    }
+    let tcp_listen = args.listen.as_deref().filter(|l| !l.starts_with("unix:"));
+    let tls = match (
+        tcp_listen,
+        &args.tls_cert,
+        &args.tls_key,
+        &args.tls_client_ca,
+    ) {
+        (None, None, None, None) => None,
+        (Some(_), Some(c), Some(k), Some(ca)) => Some(lode_agent::tls::mutual_tls(c, k, ca)?),
+        (Some(l), ..) => {
+            bail!("--listen {l} (TCP) needs mutual TLS: --tls-cert, --tls-key and --tls-client-ca")
+        }
+        (None, ..) => {
+            bail!("--tls-cert, --tls-key and --tls-client-ca apply to a TCP --listen only")
+        }
+    };
     let rt = runtime()?;
     rt.block_on(async {
         let (store, reader, fleet) = args.cache.reader_with_fleet()?;
@@ -181,18 +215,47 @@ pub fn run(args: Args) -> Result<()> {
             "all" => Prefetch::All,
             _ => Prefetch::Recorded,
         };
-        let exports = Arc::new(
-            Exports::new(store, key_provider(), reader).with_policy(prefetch, args.record),
-        );
         let overlay_dir = args
             .overlay_dir
             .clone()
             .unwrap_or_else(|| lode_home().join("overlays"));
-        let server = Arc::new(Server::new(exports, ServerConfig { overlay_dir }));
+        let exports = Arc::new(
+            Exports::new(store, key_provider(), reader)
+                .with_policy(prefetch, args.record)
+                .with_overlay_dir(overlay_dir),
+        );
+        let state_dir = args
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| lode_home().join("agent"));
+        let state = StateDir::open(
+            &state_dir,
+            args.socket_dir.as_deref(),
+            Duration::from_secs_f64(args.takeover_wait.max(0.0)),
+        )
+        .await
+        .with_context(|| format!("opening the state directory {}", state_dir.display()))?;
+        let registry = Arc::new(Registry::new(exports.clone(), state));
+        // Every volume is back at its socket before anything else serves.
+        let restored = registry.restore().await?;
+        tokio::spawn(registry.clone().retry_failed());
+        let (stop_tx, stop) = watch::channel(false);
+        let mut running: Vec<Running> = Vec::new();
+        let control = control_path(args.control.as_deref());
+        if let Some(d) = control.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let l = sockets::bind_private(&control)
+            .with_context(|| format!("binding the control socket {}", control.display()))?;
+        running.push(Running {
+            task: tokio::spawn(api::serve(l, registry.clone(), stop.clone())),
+            socket: Some(control.clone()),
+        });
         if let Some(m) = &args.metrics {
-            let l = tokio::net::TcpListener::bind(m)
+            let addr = metrics_addr(m)?;
+            let l = tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("binding metrics {m}"))?;
+                .with_context(|| format!("binding metrics {addr}"))?;
             // The fleet's metrics, if any, and the store's alarm counters.
             let extra: lode_agent::metrics::Extra = Arc::new(move |out: &mut String| {
                 if let Some(f) = &fleet {
@@ -200,76 +263,89 @@ pub fn run(args: Args) -> Result<()> {
                 }
                 lode_store::alarm::render_metrics(out);
             });
-            tokio::spawn(lode_agent::metrics::serve(l, server.clone(), Some(extra)));
+            running.push(Running {
+                task: tokio::spawn(lode_agent::metrics::serve(
+                    l,
+                    exports.clone(),
+                    Some(registry.clone()),
+                    Some(extra),
+                    stop.clone(),
+                )),
+                socket: None,
+            });
         }
-        let mut vhost = Vec::new();
         for v in &args.vhost_user {
-            let exp = VhostUserExport::bind(server.clone(), &v.export, &v.socket, v.read_only)
-                .await
-                .with_context(|| format!("--vhost-user {}", v.socket.display()))?;
+            exports.open(&v.export).await.with_context(|| {
+                format!("--vhost-user {}: opening {}", v.socket.display(), v.export)
+            })?;
+            let (e, export, ro) = (exports.clone(), v.export.clone(), v.read_only);
+            running.push(spawn_unix(
+                &v.socket,
+                1,
+                Overflow::Wait,
+                &stop,
+                &exports,
+                move |c, s| lode_agent::vhost::serve_client(e.clone(), export.clone(), ro, c, s),
+            )?);
             eprintln!(
                 "lode agent serving {} over vhost-user-blk on {}{}",
                 v.export,
                 v.socket.display(),
                 if v.read_only { " (read-only)" } else { "" }
             );
-            let stop = exp.stop_handle();
-            let thread = std::thread::Builder::new()
-                .name("vhost-user".into())
-                .spawn(move || exp.serve())
-                .context("starting a vhost-user thread")?;
-            vhost.push((stop, thread));
         }
-        let served = match args.listen.as_deref() {
-            Some(listen) => serve_nbd(listen, &server).await,
-            None => tokio::signal::ctrl_c().await.context("waiting for ctrl-c"),
-        };
-        // Disconnect the VMs; each session drops its overlay before its thread ends.
-        for (stop, _) in &vhost {
-            stop.stop();
+        if let Some(listen) = &args.listen {
+            let svc = Arc::new(NbdService {
+                catalog: Catalog::Open(exports.clone()),
+                tls,
+            });
+            if let Some(path) = listen.strip_prefix("unix:") {
+                running.push(spawn_unix(
+                    Path::new(path),
+                    args.max_connections,
+                    Overflow::Shed,
+                    &stop,
+                    &exports,
+                    move |c, s| svc.clone().serve(c, s),
+                )?);
+                eprintln!("lode agent listening on unix:{path} (development: any export)");
+            } else {
+                let l = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                eprintln!(
+                    "lode agent listening on {} (development: any export, mutual TLS)",
+                    l.local_addr()?
+                );
+                running.push(Running {
+                    task: tokio::spawn(lode_agent::serve::run(
+                        l,
+                        args.max_connections,
+                        stop.clone(),
+                        exports.stats.accept.clone(),
+                        move |c, s| svc.clone().serve(c, s),
+                    )),
+                    socket: None,
+                });
+            }
         }
-        for (_, thread) in vhost {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        eprintln!(
+            "lode agent ready: control unix:{}, state {}, {restored} volume(s) restored",
+            control.display(),
+            state_dir.display()
+        );
+        let why = terminated().await?;
+        tracing::info!("{why}: stopping");
+        eprintln!("lode agent: {why}: stopping (clients' requests complete, sockets removed)");
+        stop_tx.send_replace(true);
+        registry.shutdown().await;
+        for r in running {
+            let _ = r.task.await;
+            if let Some(p) = r.socket {
+                let _ = std::fs::remove_file(p);
+            }
         }
-        server.exports().reader().settle().await;
-        served
+        exports.reader().settle().await;
+        Ok(())
     })
-}
-
-/// Accepts NBD clients on `listen` until ctrl-c.
-async fn serve_nbd(listen: &str, server: &Arc<Server>) -> Result<()> {
-    if let Some(path) = listen.strip_prefix("unix:") {
-        let _ = std::fs::remove_file(path);
-        let l = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {path}"))?;
-        eprintln!("lode agent listening on unix:{path}");
-        loop {
-            tokio::select! {
-                a = l.accept() => {
-                    let (s, _) = a.context("accept")?;
-                    tokio::spawn(server.clone().serve(s));
-                }
-                _ = tokio::signal::ctrl_c() => break,
-            }
-        }
-        let _ = std::fs::remove_file(path);
-    } else {
-        if listen.contains('/') {
-            bail!("--listen takes unix:PATH or HOST:PORT, got '{listen}'");
-        }
-        let l = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?;
-        eprintln!("lode agent listening on {}", l.local_addr()?);
-        loop {
-            tokio::select! {
-                a = l.accept() => {
-                    let (s, _) = a.context("accept")?;
-                    let _ = s.set_nodelay(true);
-                    tokio::spawn(server.clone().serve(s));
-                }
-                _ = tokio::signal::ctrl_c() => break,
-            }
-        }
-    }
-    Ok(())
 }

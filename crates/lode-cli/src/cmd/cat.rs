@@ -1,6 +1,6 @@
 //! `lode cat NAME PATH --tenant T`: one file out of an image, loaded on demand.
 
-use super::agent::CacheArgs;
+use super::cache::CacheArgs;
 use super::common::{key_provider, runtime, warn_unreadable_reads};
 use crate::units::human;
 use anyhow::{anyhow, Context, Result};
@@ -75,8 +75,15 @@ impl ext4_view::Ext4Read for Lazy {
             let last = (start + dst.len() as u64 - 1) / self.image.chunk_size();
             self.read_ahead(last);
         }
-        let b = self.rt.block_on(self.image.read(start, dst.len() as u64))?;
-        dst.copy_from_slice(&b);
+        // One checked range per at most 32 MiB (the largest request).
+        let piece = lode_agent::range::MAX_REQUEST as usize;
+        for (k, part) in dst.chunks_mut(piece).enumerate() {
+            let range = self
+                .image
+                .range(start + (k * piece) as u64, part.len() as u64)?;
+            let b = self.rt.block_on(self.image.read(range))?;
+            part.copy_from_slice(&b);
+        }
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod cache;
 pub mod cache_node;
 pub mod cat;
 pub mod common;
@@ -14,3 +15,4 @@ pub mod rm;
 pub mod root;
 pub mod run;
 pub mod vm;
+pub mod volumes;

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod nbd_client;
+pub mod service;
 pub mod vhost_client;
 
 use sha2::{Digest, Sha256};
@@ -227,16 +228,181 @@ impl Env {
         Agent::start(self, tag, &self.path(&format!("cache-{tag}")), extra)
     }
 
-    /// Like [`Env::agent`] but listening on TCP `127.0.0.1:PORT`.
+    /// Like [`Env::agent`] but listening on TCP `127.0.0.1:PORT` with
+    /// mutual TLS (certificates made by [`tls_certs`]).
     pub fn agent_tcp(&self, tag: &str, extra: &[&str]) -> Agent {
         Agent::start_on(self, tag, &self.path(&format!("cache-{tag}")), true, extra)
     }
+}
+
+/// Test certificates (openssl): a CA, a server certificate for 127.0.0.1
+/// and localhost, a client certificate; QEMU `tls-creds-x509` directories
+/// with and without the client certificate.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// `ca-cert.pem`, `client-cert.pem`, `client-key.pem`.
+    pub client_dir: PathBuf,
+    /// `ca-cert.pem` only: a client without a certificate.
+    pub anonymous_dir: PathBuf,
+    /// A client certificate signed by another CA.
+    pub stranger_dir: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Makes a CA and a certificate signed by it (`ext`: extensions).
+fn signed(dir: &Path, ca: &str, name: &str, cn: &str, ext: &str) {
+    openssl(dir, &["genrsa", "-out", &format!("{name}-key.pem"), "2048"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}-cert.pem"),
+            "-CAkey",
+            &format!("{ca}-key.pem"),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-out",
+            &format!("{name}-cert.pem"),
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+fn make_ca(dir: &Path, name: &str) {
+    fs::write(
+        dir.join(format!("{name}.ext")),
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    openssl(dir, &["genrsa", "-out", &format!("{name}-key.pem"), "2048"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-signkey",
+            &format!("{name}-key.pem"),
+            "-days",
+            "30",
+            "-out",
+            &format!("{name}-cert.pem"),
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+/// Generates [`TlsFiles`] under `dir`.
+pub fn tls_certs(dir: &Path) -> TlsFiles {
+    require_tool("openssl", "openssl");
+    fs::create_dir_all(dir).unwrap();
+    make_ca(dir, "ca");
+    make_ca(dir, "other-ca");
+    signed(
+        dir,
+        "ca",
+        "server",
+        "localhost",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    );
+    let client_ext = "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n";
+    signed(dir, "ca", "client", "lode-test-client", client_ext);
+    signed(dir, "other-ca", "stranger", "stranger", client_ext);
+    let qemu_dir = |name: &str, client: Option<&str>| {
+        let d = dir.join(name);
+        fs::create_dir_all(&d).unwrap();
+        fs::copy(dir.join("ca-cert.pem"), d.join("ca-cert.pem")).unwrap();
+        if let Some(c) = client {
+            fs::copy(dir.join(format!("{c}-cert.pem")), d.join("client-cert.pem")).unwrap();
+            fs::copy(dir.join(format!("{c}-key.pem")), d.join("client-key.pem")).unwrap();
+        }
+        d
+    };
+    TlsFiles {
+        ca: dir.join("ca-cert.pem"),
+        server_cert: dir.join("server-cert.pem"),
+        server_key: dir.join("server-key.pem"),
+        client_dir: qemu_dir("qemu-client", Some("client")),
+        anonymous_dir: qemu_dir("qemu-anonymous", None),
+        stranger_dir: qemu_dir("qemu-stranger", Some("stranger")),
+    }
+}
+
+/// qemu-io on an NBD export over TCP with TLS credentials from `creds_dir`.
+pub fn qemu_io_tls(addr: &str, export: &str, creds_dir: &Path, cmds: &[String]) -> Out {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mut c = Command::new("qemu-io");
+    c.arg("--object")
+        .arg(format!("tls-creds-x509,id=tls0,endpoint=client,dir={}", creds_dir.display()))
+        .arg("--image-opts")
+        .arg(format!(
+            "driver=nbd,server.type=inet,server.host={host},server.port={port},export={export},tls-creds=tls0,tls-hostname=localhost"
+        ));
+    for x in cmds {
+        c.arg("-c").arg(x);
+    }
+    run_timeout(&mut c, Duration::from_secs(60))
 }
 
 /// A running `lode agent`, killed on drop.
 pub struct Agent {
     child: Option<Child>,
     pub sock: PathBuf,
+    /// Its control socket and state directory.
+    pub control: PathBuf,
+    pub state: PathBuf,
+    /// TLS files of a TCP agent.
+    pub tls: Option<TlsFiles>,
     /// `HOST:PORT` when listening on TCP instead of `sock`.
     pub tcp_addr: Option<String>,
     pub metrics_addr: String,
@@ -245,7 +411,7 @@ pub struct Agent {
     pub overlay_dir: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
@@ -262,6 +428,9 @@ impl Agent {
         let sock = env.path(&format!("{tag}.sock"));
         let log = env.path(&format!("agent-{tag}.log"));
         let overlays = env.path(&format!("overlays-{tag}"));
+        let control = env.path(&format!("{tag}.ctl"));
+        let state = env.path(&format!("state-{tag}"));
+        let tls = tcp.then(|| tls_certs(&env.path(&format!("tls-{tag}"))));
         for attempt in 0..3 {
             let metrics_addr = format!("127.0.0.1:{}", free_port());
             let tcp_addr = tcp.then(|| format!("127.0.0.1:{}", free_port()));
@@ -279,6 +448,11 @@ impl Agent {
             cmd.arg("agent")
                 .arg("--listen")
                 .arg(&listen)
+                .arg("--dev-open-exports")
+                .arg("--control")
+                .arg(format!("unix:{}", control.display()))
+                .arg("--state-dir")
+                .arg(&state)
                 .arg("--store")
                 .arg(&env.store)
                 .arg("--cache-dir")
@@ -292,6 +466,14 @@ impl Agent {
                 .stdin(Stdio::null())
                 .stdout(logf.try_clone().unwrap())
                 .stderr(logf);
+            if let Some(t) = &tls {
+                cmd.arg("--tls-cert")
+                    .arg(&t.server_cert)
+                    .arg("--tls-key")
+                    .arg(&t.server_key)
+                    .arg("--tls-client-ca")
+                    .arg(&t.ca);
+            }
             // Exact fetch counts need the agent to read only what clients ask for.
             if !extra.contains(&"--prefetch") {
                 cmd.args(["--prefetch", "none"]);
@@ -302,6 +484,9 @@ impl Agent {
             let mut a = Agent {
                 child: Some(child),
                 sock: sock.clone(),
+                control: control.clone(),
+                state: state.clone(),
+                tls: tls.clone(),
                 tcp_addr,
                 metrics_addr,
                 log: log.clone(),
@@ -351,6 +536,14 @@ impl Agent {
         match &self.tcp_addr {
             Some(t) => format!("nbd://{t}/{export}"),
             None => format!("nbd+unix:///{export}?socket={}", self.sock.display()),
+        }
+    }
+
+    /// One qemu-io run on `export` (over TLS for a TCP agent).
+    pub fn qemu_io(&self, export: &str, cmds: &[String]) -> Out {
+        match (&self.tcp_addr, &self.tls) {
+            (Some(addr), Some(t)) => qemu_io_tls(addr, export, &t.client_dir, cmds),
+            _ => qemu_io(&self.uri(export), cmds),
         }
     }
 
@@ -659,6 +852,16 @@ pub fn qemu_io_failed(o: &Out) -> bool {
         || text.contains("Pattern verification failed")
         || text.contains("failed:")
         || text.contains("error")
+}
+
+/// Runs one read-only qemu-io invocation (`-r`) with `cmds`.
+pub fn qemu_io_ro(uri: &str, cmds: &[String]) -> Out {
+    let mut c = Command::new("qemu-io");
+    c.args(["-r", "-f", "raw", uri]);
+    for x in cmds {
+        c.arg("-c").arg(x);
+    }
+    run_timeout(&mut c, Duration::from_secs(60))
 }
 
 /// Runs qemu-io and requires every command to succeed.

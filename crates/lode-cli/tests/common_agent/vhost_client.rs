@@ -4,11 +4,12 @@
 //! backend; requests are split-virtqueue descriptor chains written here by
 //! hand, so tests can also send chains no driver would.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -77,6 +78,11 @@ pub struct VhostBlk {
     next_data: u64,
     /// Device features offered by the backend.
     pub offered: u64,
+    /// How often a wait checks the used ring (benchmarks poll faster).
+    pub poll: Duration,
+    /// The in-flight region (when tracked), kept across reconnections as
+    /// QEMU keeps it.
+    inflight: Option<(std::fs::File, VhostUserInflight)>,
     /// The first 60 bytes of the configuration space.
     pub config: Vec<u8>,
 }
@@ -89,8 +95,12 @@ impl VhostBlk {
     /// Connects to a vhost-user-blk backend and sets up one queue, retrying
     /// the connection for up to 10 s while the backend gets ready.
     pub fn connect(sock: &Path) -> VhostBlk {
+        VhostBlk::connect_with(sock, false)
+    }
+
+    fn frontend(sock: &Path) -> Frontend {
         let t = Instant::now();
-        let fe = loop {
+        loop {
             match Frontend::connect(sock, 1) {
                 Ok(f) => break f,
                 Err(e) if t.elapsed() < Duration::from_secs(10) => {
@@ -99,7 +109,13 @@ impl VhostBlk {
                 }
                 Err(e) => panic!("cannot connect to {}: {e}", sock.display()),
             }
-        };
+        }
+    }
+
+    /// Connects like QEMU does with in-flight tracking
+    /// (`VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`) when `tracked`.
+    pub fn connect_with(sock: &Path, tracked: bool) -> VhostBlk {
+        let fe = VhostBlk::frontend(sock);
         let file = tempfile::tempfile().unwrap();
         file.set_len(MEM_SIZE as u64).unwrap();
         let mem = Mem::from_ranges_with_files(&[(
@@ -118,9 +134,36 @@ impl VhostBlk {
             next_data: DATA,
             offered: 0,
             config: Vec::new(),
+            inflight: None,
+            poll: Duration::from_millis(1),
         };
-        c.setup();
+        c.setup(tracked, 0);
         c
+    }
+
+    /// Connects again after the backend went away, as QEMU does: same guest
+    /// memory and rings, the in-flight region handed back, the ring resumed
+    /// at the used index (the backend adds what it finds in flight).
+    pub fn reconnect(&mut self, sock: &Path) {
+        self.fe = VhostBlk::frontend(sock);
+        let used: u16 = self
+            .mem
+            .load(GuestAddress(USED + 2), Ordering::Acquire)
+            .unwrap();
+        self.setup(self.inflight.is_some(), used);
+    }
+
+    /// Requests the backend marks in flight in the shared region.
+    pub fn inflight_marked(&self) -> usize {
+        let Some((f, info)) = &self.inflight else {
+            return 0;
+        };
+        let mut b = vec![0u8; info.mmap_size as usize];
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut b, info.mmap_offset).unwrap();
+        (0..info.queue_size as usize)
+            .filter(|h| b[16 + 16 * h] == 1)
+            .count()
     }
 
     fn hva(&self, gpa: u64) -> u64 {
@@ -128,7 +171,7 @@ impl VhostBlk {
         r.as_ptr() as u64 + gpa
     }
 
-    fn setup(&mut self) {
+    fn setup(&mut self, tracked: bool, base: u16) {
         self.fe.set_owner().unwrap();
         self.offered = self.fe.get_features().unwrap();
         let want = 1u64 << VIRTIO_F_VERSION_1
@@ -147,13 +190,26 @@ impl VhostBlk {
             pf.contains(VhostUserProtocolFeatures::CONFIG),
             "backend lacks the CONFIG protocol feature (QEMU requires it): {pf:?}"
         );
-        self.fe
-            .set_protocol_features(
-                pf & (VhostUserProtocolFeatures::CONFIG
-                    | VhostUserProtocolFeatures::MQ
-                    | VhostUserProtocolFeatures::REPLY_ACK),
-            )
-            .unwrap();
+        let mut want_pf = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK;
+        if tracked {
+            assert!(
+                pf.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD),
+                "backend lacks INFLIGHT_SHMFD: {pf:?}"
+            );
+            want_pf |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        }
+        self.fe.set_protocol_features(pf & want_pf).unwrap();
+        if tracked {
+            if self.inflight.is_none() {
+                let ask = VhostUserInflight::new(0, 0, 1, QSIZE);
+                let (info, file) = self.fe.get_inflight_fd(&ask).unwrap();
+                self.inflight = Some((file, info));
+            }
+            let (file, info) = self.inflight.as_ref().unwrap();
+            self.fe.set_inflight_fd(info, file.as_raw_fd()).unwrap();
+        }
         assert_eq!(self.fe.get_queue_num().unwrap(), 1, "queues");
         let (_, cfg) = self
             .fe
@@ -178,7 +234,7 @@ impl VhostBlk {
                 },
             )
             .unwrap();
-        self.fe.set_vring_base(0, 0).unwrap();
+        self.fe.set_vring_base(0, base).unwrap();
         self.fe.set_vring_call(0, &self.call).unwrap();
         self.fe.set_vring_kick(0, &self.kick).unwrap();
         self.fe.set_vring_enable(0, true).unwrap();
@@ -376,6 +432,12 @@ impl VhostBlk {
     /// for all of them to be used. Results in `chains` order.
     pub fn run_with(&mut self, chains: &[Chain], limit: Duration) -> Vec<Done> {
         let heads = self.submit(chains);
+        self.collect(chains, &heads, limit)
+    }
+
+    /// Waits (up to `limit`) for the submitted `chains` (with `heads`) to
+    /// be used. Results in `chains` order.
+    pub fn collect(&mut self, chains: &[Chain], heads: &[u16], limit: Duration) -> Vec<Done> {
         let want = self.used_seen.wrapping_add(chains.len() as u16);
         let t = Instant::now();
         loop {
@@ -392,7 +454,7 @@ impl VhostBlk {
                 idx.wrapping_sub(self.used_seen),
                 chains.len()
             );
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(self.poll);
         }
         let mut lens = std::collections::HashMap::new();
         for k in 0..chains.len() as u16 {
@@ -418,7 +480,7 @@ impl VhostBlk {
         }
         let out = chains
             .iter()
-            .zip(&heads)
+            .zip(heads)
             .map(|(c, h)| {
                 let used_len = *lens
                     .get(h)

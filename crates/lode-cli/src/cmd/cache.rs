@@ -1,0 +1,111 @@
+//! Options of the host cache and the store tier, shared by `agent`, `cat`
+//! and `run`.
+
+use super::common::{lode_home, open_store, StoreArgs};
+use crate::units::parse_size;
+use anyhow::{Context, Result};
+use lode_agent::ChunkReader;
+use lode_cache::{Bounded, ChunkTier, Delayed, DiskCache, StoreTier};
+use lode_fleet::FleetTier;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of the host cache and the store tier, shared by `agent` and `cat`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Host disk cache directory (default `$LODE_HOME/cache`).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Disk cache bound in bytes (e.g. `10G`).
+    #[arg(long, value_parser = parse_size, default_value = "10G")]
+    pub cache_size: u64,
+    /// Memory cache bound in bytes (plaintext of hot chunks).
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    pub memory_cache: u64,
+    /// Time limit of one store request, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub store_timeout: f64,
+    /// Retries of a failed store request (with exponential backoff).
+    #[arg(long, default_value_t = 2)]
+    pub store_retries: u32,
+    /// AZ cache fleet: `HOST:PORT,...` (lode cache nodes) or `memcached://HOST:PORT,...`.
+    /// Chunks are read from it before the store, as 4-of-5 erasure-coded stripes.
+    #[arg(long)]
+    pub cache_nodes: Option<String>,
+    /// Time limit of one stripe request to a cache node, milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub fleet_timeout_ms: u64,
+    /// Read only from the fleet, never from the store (tests of fleet-only reads).
+    #[arg(long, hide = true)]
+    pub no_store: bool,
+    /// Benchmarks: latency added to every store fetch, milliseconds.
+    #[arg(long, default_value_t = 0.0, hide = true)]
+    pub inject_store_latency_ms: f64,
+    /// Benchmarks: store bandwidth cap, bytes per second.
+    #[arg(long, value_parser = parse_size, hide = true)]
+    pub inject_store_bandwidth: Option<u64>,
+}
+
+impl CacheArgs {
+    /// Builds the reader: memory → disk → fleet (if any) → store.
+    pub fn reader(&self) -> Result<(lode_store::Store, Arc<ChunkReader>)> {
+        let (store, reader, _) = self.reader_with_fleet()?;
+        Ok((store, reader))
+    }
+
+    /// Like [`Self::reader`], also returning the fleet tier for its metrics.
+    pub fn reader_with_fleet(
+        &self,
+    ) -> Result<(lode_store::Store, Arc<ChunkReader>, Option<Arc<FleetTier>>)> {
+        let store = open_store(self.store.store.as_deref())?;
+        let dir = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| lode_home().join("cache"));
+        let disk = DiskCache::open(&dir, self.cache_size)
+            .with_context(|| format!("opening cache {}", dir.display()))?;
+        let mut base: Arc<dyn ChunkTier> = Arc::new(StoreTier::new(store.clone()));
+        if self.inject_store_latency_ms > 0.0 || self.inject_store_bandwidth.is_some() {
+            let latency = Duration::from_secs_f64(self.inject_store_latency_ms / 1e3);
+            base = Arc::new(Delayed::new(base, latency, self.inject_store_bandwidth));
+        }
+        let tier: Arc<dyn ChunkTier> = Arc::new(Bounded::new(
+            base,
+            Duration::from_secs_f64(self.store_timeout),
+            self.store_retries,
+            Duration::from_millis(50),
+        ));
+        let mut tiers: Vec<Arc<dyn ChunkTier>> = Vec::new();
+        let mut fleet = None;
+        if let Some(spec) = &self.cache_nodes {
+            let f = Arc::new(
+                lode_fleet::from_spec(spec, Duration::from_millis(self.fleet_timeout_ms))
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            );
+            let n = spec
+                .trim_start_matches("memcached://")
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .count();
+            if n < 5 {
+                eprintln!(
+                    "lode: warning: {n} cache node(s): the 5 stripes of a chunk share nodes, so losing one node can lose 2 stripes \
+                     and those reads fall back to the store (use 5 or more nodes for single-node fault tolerance)"
+                );
+            }
+            tiers.push(f.clone());
+            fleet = Some(f);
+        }
+        if !self.no_store {
+            tiers.push(tier);
+        }
+        Ok((
+            store,
+            Arc::new(ChunkReader::new(self.memory_cache, Some(disk), tiers)),
+            fleet,
+        ))
+    }
+}
