@@ -38,6 +38,9 @@ struct Lazy {
     ahead: Arc<AtomicU64>,
     /// Chunks below this index were already read or requested.
     requested_to: u64,
+    /// The readahead fetches started, awaited before exit so that every
+    /// chunk fetched lands in the disk cache (the next run finds it there).
+    fetches: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Lazy {
@@ -54,12 +57,14 @@ impl Lazy {
             .min(READAHEAD_CHUNKS);
         let end = (last + 1 + want).min(self.image.chunks());
         let from = self.requested_to.max(last + 1);
+        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        fetches.retain(|h| !h.is_finished());
         for j in from..end {
             let image = self.image.clone();
-            self.rt.spawn(async move {
+            fetches.push(self.rt.spawn(async move {
                 // Errors surface when the chunk is read for real.
                 let _ = image.chunk(j).await;
-            });
+            }));
         }
         self.requested_to = self.requested_to.max(end);
     }
@@ -105,11 +110,13 @@ pub fn run(args: Args) -> Result<()> {
         reader.clone(),
     ));
     let ahead = Arc::new(AtomicU64::new(0));
+    let fetches = Arc::new(std::sync::Mutex::new(Vec::new()));
     let fs = ext4_view::Ext4::load(Box::new(Lazy {
         image: image.clone(),
         rt: rt.handle().clone(),
         ahead: ahead.clone(),
         requested_to: 0,
+        fetches: fetches.clone(),
     }))
     .map_err(|e| anyhow!("reading the image's ext4 filesystem: {e}"))?;
     let mut file = fs
@@ -132,8 +139,15 @@ pub fn run(args: Args) -> Result<()> {
         total += n as u64;
     }
     out.flush().context("writing to stdout")?;
-    // Let the disk-cache writes land, so the next command finds the chunks.
-    rt.block_on(reader.settle());
+    // Let readahead still in flight finish and the disk-cache writes land,
+    // so the next command finds every chunk this one fetched.
+    let pending = std::mem::take(&mut *fetches.lock().unwrap_or_else(|p| p.into_inner()));
+    rt.block_on(async {
+        for h in pending {
+            let _ = h.await;
+        }
+        reader.settle().await;
+    });
     warn_unreadable_reads(&store);
     let labels = reader.tier_labels();
     let (mut fetched, mut bytes) = (0, 0);
