@@ -131,6 +131,17 @@ fn objects_over_their_kind_limit_fail_cleanly() {
                 assert!(o.status.success(), "{e}");
                 continue;
             }
+            if *what == "root" && cmd != "inspect" {
+                // Reads do not depend on the root document (a read from a
+                // root that is not readable still returns the data, and
+                // raises an alarm): the oversized document is refused
+                // unread, and the chunks, checked by name, are served.
+                assert!(o.status.success(), "{what}, {cmd}: {e}");
+                // Nothing of this read may serve the next row's reads.
+                let _ = std::fs::remove_file(&out);
+                let _ = std::fs::remove_dir_all(w.home.join("cache"));
+                continue;
+            }
             assert_eq!(o.status.code(), Some(1), "{what}, {cmd}: {e}");
             assert_eq!(e.trim_end().lines().count(), 1, "{what}, {cmd}: {e}");
             for m in [rel.as_str(), "7516192768 bytes", "over the limit of"] {
@@ -197,6 +208,10 @@ fn a_huge_manifest_under_the_wrong_key_fails_before_allocating() {
                 format!("{{\"version\":1,\"manifest\":\"sha256:{hex}\"}}"),
             )
             .unwrap();
+            // A legacy (v1) pointer names version 0: forget the version
+            // this host saw when it pushed, or the rollback check refuses
+            // the pointer before the manifest is read.
+            let _ = std::fs::remove_dir_all(w.home.join("seen"));
             let args = ["inspect", "n", "--tenant", "t", "--store", w.store.as_str()];
             let (o, rss) = run_measured(&mut w.command(&args), Duration::from_secs(120));
             let e = String::from_utf8_lossy(&o.stderr).into_owned();

@@ -42,11 +42,13 @@ pub fn store_url(given: Option<&str>) -> String {
 /// Opens the store, with this host's record of image versions seen
 /// (`$LODE_HOME/seen`, rollback detection) and the subcommand as the reader
 /// named in alarms. Only `push` and `root rotate` create a local store that
-/// does not exist; other commands report it missing.
+/// does not exist; one-shot commands report it missing; the services
+/// (`agent`, `cache-node`) start without it, as during a store outage (the
+/// agent serves its volumes from its caches and sealed-manifest cache).
 pub fn open_store(given: Option<&str>) -> Result<Store> {
     let url = store_url(given);
     if let Some(dir) = lode_store::open::local_dir(&url) {
-        if !matches!(command(), "push" | "root") && !dir.is_dir() {
+        if !matches!(command(), "push" | "root" | "agent" | "cache-node") && !dir.is_dir() {
             return Err(StoreError::NoStore { url }.into());
         }
     }
