@@ -1,6 +1,7 @@
 //! The fleet as a chunk tier: 5 stripes on 5 nodes, first 4 answers win.
 
 use crate::backend::StripeBackend;
+use crate::lease::{HeldLease, HeldLeases, LeaseConfig};
 use crate::stripe;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -74,13 +75,27 @@ pub struct FleetMetrics {
     pub stripe_bytes: AtomicU64,
     /// Chunk bytes those stripes encode.
     pub chunk_bytes: AtomicU64,
+    /// Fill leases won: this host fetched the chunk from the store for the fleet.
+    pub leases_won: AtomicU64,
+    /// Misses that found another host filling the chunk and waited.
+    pub lease_waits: AtomicU64,
+    /// Waits that ended with the chunk in the fleet (a store GET saved).
+    pub lease_served: AtomicU64,
+    /// Waits that ran out of time (the host then went to the store).
+    pub lease_timeouts: AtomicU64,
+    /// Leases won after the chunk had landed (the re-read found it).
+    pub lease_rechecks: AtomicU64,
+    /// Lease requests or waits that failed (node down, error, timeout).
+    pub lease_errors: AtomicU64,
 }
 
 /// The AZ cache fleet as a [`ChunkTier`].
 #[derive(Debug)]
 pub struct FleetTier {
-    backend: Arc<dyn StripeBackend>,
-    timeout: Duration,
+    pub(crate) backend: Arc<dyn StripeBackend>,
+    pub(crate) timeout: Duration,
+    lease: Option<LeaseConfig>,
+    pub(crate) held: Arc<HeldLeases>,
     fills: Arc<tokio::sync::Semaphore>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
     filling: Arc<Mutex<HashSet<ChunkName>>>,
@@ -102,12 +117,20 @@ impl FleetTier {
         FleetTier {
             backend,
             timeout,
+            lease: None,
+            held: Arc::new(HeldLeases::default()),
             fills: Arc::new(tokio::sync::Semaphore::new(MAX_FILLS)),
             queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             filling: Arc::new(Mutex::new(HashSet::new())),
             metrics: Arc::new(metrics),
             label,
         }
+    }
+
+    /// Coordinates fills across hosts with fill leases (see [`crate::lease`]).
+    pub fn with_leases(mut self, cfg: LeaseConfig) -> Self {
+        self.lease = Some(cfg);
+        self
     }
 
     /// Prometheus text for the fleet.
@@ -141,6 +164,12 @@ impl FleetTier {
             ("lode_fleet_repairs_total", &m.repairs),
             ("lode_fleet_stripe_bytes_total", &m.stripe_bytes),
             ("lode_fleet_chunk_bytes_total", &m.chunk_bytes),
+            ("lode_fleet_leases_won_total", &m.leases_won),
+            ("lode_fleet_lease_waits_total", &m.lease_waits),
+            ("lode_fleet_lease_served_total", &m.lease_served),
+            ("lode_fleet_lease_timeouts_total", &m.lease_timeouts),
+            ("lode_fleet_lease_rechecks_total", &m.lease_rechecks),
+            ("lode_fleet_lease_errors_total", &m.lease_errors),
         ] {
             let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
         }
@@ -160,7 +189,7 @@ impl FleetTier {
         Some(Bytes::from(ct))
     }
 
-    async fn read(&self, id: &ChunkId) -> Option<Bytes> {
+    pub(crate) async fn read(&self, id: &ChunkId) -> Option<Bytes> {
         let nodes = placement(self.backend.nodes(), &id.name);
         let mut gets: FuturesUnordered<_> = (0..stripe::TOTAL)
             .map(|j| {
@@ -229,7 +258,13 @@ impl ChunkTier for FleetTier {
 
     fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
         Box::pin(async move {
-            match self.read(id).await {
+            let mut got = self.read(id).await;
+            if got.is_none() {
+                if let Some(cfg) = &self.lease {
+                    got = self.coordinate(id, cfg).await;
+                }
+            }
+            match got {
                 Some(b) => Ok(b),
                 None => {
                     self.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -247,7 +282,27 @@ impl ChunkTier for FleetTier {
     /// dropped), one fill per chunk at a time, never blocking the read that
     /// triggered it.
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
-        self.put_stripes(id.name, ciphertext, None);
+        let held = self.held.take(&id.name);
+        self.put_stripes(id.name, ciphertext, None, held);
+    }
+
+    /// Releases this host's fill lease on a chunk no tier could fetch, so
+    /// the hosts waiting for it stop waiting.
+    fn abandon(&self, id: &ChunkId) {
+        if let Some(h) = self.held.take(&id.name) {
+            crate::lease::release(&self.backend, &id.name, h, self.timeout);
+        }
+    }
+
+    /// Waits until no fill or repair is queued or running (at most 4 stripe
+    /// timeouts per fill slot round, 30 s in all).
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let until = Instant::now() + Duration::from_secs(30);
+            while self.queued.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
     }
 }
 
@@ -256,18 +311,31 @@ impl FleetTier {
     /// in the background and under the same bounds as fills.
     fn repair(&self, name: ChunkName, ciphertext: &Bytes, which: Vec<usize>) {
         if !which.is_empty() {
-            self.put_stripes(name, ciphertext.clone(), Some(which));
+            self.put_stripes(name, ciphertext.clone(), Some(which), None);
         }
     }
 
     /// Writes all stripes of a chunk (a fill, `only` = `None`) or some of them
     /// (a repair). Bounded: at most [`MAX_FILLS`] running and
     /// [`MAX_QUEUED_FILLS`] waiting, beyond that dropped; one write per chunk
-    /// at a time.
-    fn put_stripes(&self, name: ChunkName, ciphertext: Bytes, only: Option<Vec<usize>>) {
+    /// at a time. A fill lease `held` is released once the stripes are
+    /// stored (at once if the write is dropped).
+    fn put_stripes(
+        &self,
+        name: ChunkName,
+        ciphertext: Bytes,
+        only: Option<Vec<usize>>,
+        held: Option<HeldLease>,
+    ) {
+        let give_up = |held: Option<HeldLease>| {
+            if let Some(h) = held {
+                crate::lease::release(&self.backend, &name, h, self.timeout);
+            }
+        };
         if self.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED_FILLS {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             self.metrics.fills_dropped.fetch_add(1, Ordering::Relaxed);
+            give_up(held);
             return;
         }
         if !self
@@ -277,6 +345,7 @@ impl FleetTier {
             .insert(name)
         {
             self.queued.fetch_sub(1, Ordering::SeqCst);
+            give_up(held);
             return;
         }
         let (backend, filling, metrics, timeout) = (
@@ -290,6 +359,7 @@ impl FleetTier {
             let Ok(permit) = slots.acquire_owned().await else {
                 return;
             };
+            let release_after = held.map(|h| (h, timeout));
             let nodes = placement(backend.nodes(), &name);
             let stripes = stripe::encode(&ciphertext);
             let wanted = |j: &usize| only.as_ref().is_none_or(|w| w.contains(j));
@@ -330,6 +400,9 @@ impl FleetTier {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&name);
+            if let Some((h, timeout)) = release_after {
+                crate::lease::release(&backend, &name, h, timeout);
+            }
             queued.fetch_sub(1, Ordering::SeqCst);
             drop(permit);
         });

@@ -5,16 +5,20 @@
 //! * [`stripe`]: the 4-of-5 code (4 data stripes + XOR parity);
 //! * [`client`]: [`FleetTier`], the agent's tier that reads the first 4 of 5
 //!   stripes and fills the fleet after a miss;
-//! * [`backend`]: the node protocols — lode nodes over HTTP/2, or memcached.
+//! * [`backend`]: the node protocols — lode nodes over HTTP/2, or memcached;
+//! * [`lease`]: fill leases, so a herd of hosts missing one chunk costs one
+//!   store GET.
 
 pub mod backend;
 pub mod client;
+pub mod lease;
 pub mod lru2;
 pub mod node;
 pub mod stripe;
 
-pub use backend::{Http2Nodes, Memcached, StripeBackend};
+pub use backend::{Http2Nodes, Lease, Memcached, StripeBackend};
 pub use client::{placement, FleetTier};
+pub use lease::LeaseConfig;
 pub use node::NodeStore;
 
 /// Builds the fleet tier from `--cache-nodes`: `HOST:PORT,...` (lode nodes)

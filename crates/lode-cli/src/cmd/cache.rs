@@ -38,6 +38,17 @@ pub struct CacheArgs {
     /// Time limit of one stripe request to a cache node, milliseconds.
     #[arg(long, default_value_t = 500)]
     pub fleet_timeout_ms: u64,
+    /// Fill leases: after a fleet miss, one host per chunk fetches it from the
+    /// store and fills the fleet while the others wait for that fill. The
+    /// lease's time to live in milliseconds (what a dead holder costs the
+    /// waiters; memcached rounds it up to whole seconds); 0 turns fill
+    /// coordination off (every host that misses goes to the store).
+    #[arg(long, default_value_t = 2000)]
+    pub fleet_lease_ms: u64,
+    /// Longest a host waits for other hosts' fill of a chunk before it
+    /// fetches the chunk from the store itself, milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    pub fleet_lease_wait_ms: u64,
     /// Read only from the fleet, never from the store (tests of fleet-only reads).
     #[arg(long, hide = true)]
     pub no_store: bool,
@@ -81,10 +92,15 @@ impl CacheArgs {
         let mut tiers: Vec<Arc<dyn ChunkTier>> = Vec::new();
         let mut fleet = None;
         if let Some(spec) = &self.cache_nodes {
-            let f = Arc::new(
-                lode_fleet::from_spec(spec, Duration::from_millis(self.fleet_timeout_ms))
-                    .map_err(|e| anyhow::anyhow!(e))?,
-            );
+            let mut f = lode_fleet::from_spec(spec, Duration::from_millis(self.fleet_timeout_ms))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if self.fleet_lease_ms > 0 {
+                f = f.with_leases(lode_fleet::LeaseConfig {
+                    ttl: Duration::from_millis(self.fleet_lease_ms),
+                    wait: Duration::from_millis(self.fleet_lease_wait_ms),
+                });
+            }
+            let f = Arc::new(f);
             let n = spec
                 .trim_start_matches("memcached://")
                 .split(',')

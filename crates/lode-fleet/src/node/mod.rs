@@ -3,7 +3,7 @@
 //! HTTP/2 (and HTTP/1.1 for tools like curl) over TCP:
 //! `GET /s/<key>` → 200 with the stripe or 404; `HEAD /s/<key>`; `PUT /s/<key>`
 //! (body ≤ 1 MiB) → 204; `GET /health` → 200 `ok`; `GET /metrics` →
-//! Prometheus text. Keys are 1–128 of `[0-9a-z.:_-]`, not starting with `.`.
+//! Prometheus text; fill leases on `/l/<key>` ([`lease`]). Keys are 1–128 of `[0-9a-z.:_-]`, not starting with `.`.
 //! Memory evictions move stripes to the disk tier; disk hits move them back.
 //! Both tiers are bounded and evict by LRU-2 ([`store`]).
 //!
@@ -14,6 +14,7 @@
 //! [`Limits`].
 
 pub mod body;
+pub mod lease;
 pub mod serve;
 pub mod store;
 
@@ -118,6 +119,7 @@ pub struct Node {
     budget: BodyBudget,
     conns: Registry,
     metrics: ServerMetrics,
+    leases: lease::Leases,
 }
 
 type Body = Full<Bytes>;
@@ -137,6 +139,7 @@ impl Node {
             limits,
             conns: Registry::new(),
             metrics: ServerMetrics::default(),
+            leases: lease::Leases::default(),
         })
     }
 
@@ -172,6 +175,16 @@ impl Node {
                 v.load(Ordering::Relaxed)
             );
         }
+        let l = &self.leases;
+        for (n, v) in [
+            ("lode_node_leases_granted_total", &l.granted),
+            ("lode_node_leases_contended_total", &l.contended),
+            ("lode_node_leases_refused_full_total", &l.full),
+            ("lode_node_leases_expired_total", &l.expired),
+        ] {
+            let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(out, "lode_node_leases {}", l.len());
         let _ = writeln!(out, "lode_node_connections {}", self.conns.len());
         let _ = writeln!(out, "lode_node_body_bytes {}", self.budget.in_use());
         out
@@ -189,6 +202,9 @@ impl Node {
         }
         if path == "/metrics" {
             return Ok(respond(StatusCode::OK, Bytes::from(self.render())));
+        }
+        if let Some(key) = path.strip_prefix("/l/") {
+            return Ok(self.handle_lease(&method, key, req.uri().query()).await);
         }
         let Some(key) = path.strip_prefix("/s/").filter(|k| valid_key(k)) else {
             self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
@@ -239,6 +255,70 @@ impl Node {
             }
             _ => respond(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
         })
+    }
+}
+
+/// The value of `name=` in a query string, as a number.
+fn query_num(query: Option<&str>, name: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+impl Node {
+    /// `POST /l/<key>?ttl_ms=N`, `GET /l/<key>?wait_ms=N`,
+    /// `DELETE /l/<key>?token=T` (see [`lease`]).
+    async fn handle_lease(
+        &self,
+        method: &Method,
+        key: &str,
+        query: Option<&str>,
+    ) -> Response<Body> {
+        let bad = |what: &'static str| {
+            self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            respond(StatusCode::BAD_REQUEST, Bytes::from_static(what.as_bytes()))
+        };
+        if !valid_key(key) {
+            return bad("bad key\n");
+        }
+        let ms = |n: &str| query_num(query, n).map(Duration::from_millis);
+        match *method {
+            Method::POST => {
+                let Some(ttl) = ms("ttl_ms").filter(|t| !t.is_zero()) else {
+                    return bad("ttl_ms missing\n");
+                };
+                match self.leases.acquire(key, ttl) {
+                    lease::Grant::Won(t) => {
+                        respond(StatusCode::CREATED, Bytes::from(format!("{t}\n")))
+                    }
+                    lease::Grant::Held => respond(StatusCode::CONFLICT, Bytes::new()),
+                    lease::Grant::Full => respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Bytes::from_static(b"lease table full\n"),
+                    ),
+                }
+            }
+            Method::GET => {
+                let wait = ms("wait_ms").unwrap_or_default();
+                if self.leases.wait(key, wait).await {
+                    respond(StatusCode::NOT_FOUND, Bytes::new())
+                } else {
+                    respond(StatusCode::OK, Bytes::new())
+                }
+            }
+            Method::DELETE => {
+                let Some(token) = query_num(query, "token") else {
+                    return bad("token missing\n");
+                };
+                if self.leases.release(key, token) {
+                    respond(StatusCode::NO_CONTENT, Bytes::new())
+                } else {
+                    respond(StatusCode::NOT_FOUND, Bytes::new())
+                }
+            }
+            _ => respond(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
+        }
     }
 }
 
