@@ -74,6 +74,7 @@ const POLL_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 /// lode cache nodes over HTTP/2 (one multiplexed connection per node).
 pub struct Http2Nodes {
     nodes: Vec<String>,
+    key: Option<crate::auth::WriteKey>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -94,7 +95,34 @@ impl Http2Nodes {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(conn);
-        Http2Nodes { nodes, client }
+        Http2Nodes {
+            nodes,
+            key: None,
+            client,
+        }
+    }
+
+    /// Signs every write (stripe PUTs, lease requests) with `key`.
+    pub fn with_key(mut self, key: crate::auth::WriteKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// A request with the write MAC when a key is set (and the request writes).
+    fn request(
+        &self,
+        method: hyper::Method,
+        node: usize,
+        pq: &str,
+        body: Bytes,
+    ) -> Result<hyper::Request<Full<Bytes>>, String> {
+        let mut b = hyper::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{}{pq}", self.nodes[node]));
+        if let Some(k) = self.key.as_ref().filter(|_| method != hyper::Method::GET) {
+            b = b.header(crate::auth::HEADER, k.sign(method.as_str(), pq, &body));
+        }
+        b.body(Full::new(body)).map_err(|e| e.to_string())
     }
 }
 
@@ -137,10 +165,7 @@ impl StripeBackend for Http2Nodes {
         value: Bytes,
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let uri = format!("http://{}/s/{key}", self.nodes[node]);
-            let req = hyper::Request::put(uri)
-                .body(Full::new(value))
-                .map_err(|e| e.to_string())?;
+            let req = self.request(hyper::Method::PUT, node, &format!("/s/{key}"), value)?;
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             if resp.status().is_success() {
                 Ok(())
@@ -211,12 +236,7 @@ impl Http2Nodes {
         method: hyper::Method,
         path: &str,
     ) -> Result<(hyper::StatusCode, Bytes), String> {
-        let uri = format!("http://{}{path}", self.nodes[node]);
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+        let req = self.request(method, node, path, Bytes::new())?;
         let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), 1024)

@@ -71,6 +71,9 @@ pub struct FleetMetrics {
     pub repairs: AtomicU64,
     /// Stripes that came back malformed (bad header or wrong index) per node.
     pub node_malformed: Vec<AtomicU64>,
+    /// Stripes proven corrupt by the 5-way check (well-formed, but the chunk
+    /// decodes to its name only without them), per node: dropped and rewritten.
+    pub node_corrupt: Vec<AtomicU64>,
     /// Stripe bytes written (headers excluded).
     pub stripe_bytes: AtomicU64,
     /// Chunk bytes those stripes encode.
@@ -112,6 +115,7 @@ impl FleetTier {
             node_latency: (0..n).map(|_| Histogram::default()).collect(),
             node_errors: (0..n).map(|_| AtomicU64::new(0)).collect(),
             node_malformed: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            node_corrupt: (0..n).map(|_| AtomicU64::new(0)).collect(),
             ..FleetMetrics::default()
         };
         FleetTier {
@@ -151,6 +155,11 @@ impl FleetTier {
                 out,
                 "lode_fleet_stripe_malformed_total{{node=\"{node}\"}} {}",
                 m.node_malformed[i].load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "lode_fleet_stripe_corrupt_total{{node=\"{node}\"}} {}",
+                m.node_corrupt[i].load(Ordering::Relaxed)
             );
         }
         for (n, v) in [
@@ -241,6 +250,8 @@ impl FleetTier {
                     if let Some(ct) = Self::try_decode(&subset, &id.name, &self.metrics) {
                         // The stripe left out was the bad one.
                         missing.push(got[skip].0);
+                        self.metrics.node_corrupt[nodes[got[skip].0]]
+                            .fetch_add(1, Ordering::Relaxed);
                         self.repair(id.name, &ct, missing);
                         return Some(ct);
                     }

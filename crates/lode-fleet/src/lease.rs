@@ -105,10 +105,15 @@ enum Asked {
 
 impl FleetTier {
     /// Asks the chunk's nodes, in placement order, for its lease; the first
-    /// one that answers decides.
-    async fn ask(&self, key: &str, nodes: &[usize], ttl: Duration) -> Asked {
+    /// one that answers decides. Each request may take the stripe timeout or
+    /// what is left of the wait, whichever is longer (a busy node is still
+    /// cheaper to wait for than the store; a dead one refuses at once).
+    async fn ask(&self, key: &str, nodes: &[usize], ttl: Duration, deadline: Instant) -> Asked {
         for &n in nodes {
-            match tokio::time::timeout(self.timeout, self.backend.lease(n, key, ttl)).await {
+            let limit = self
+                .timeout
+                .max(deadline.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(limit, self.backend.lease(n, key, ttl)).await {
                 Ok(Ok(Lease::Won(t))) => return Asked::Won(n, t),
                 Ok(Ok(Lease::Held)) => return Asked::Held(n),
                 _ => {
@@ -133,7 +138,7 @@ impl FleetTier {
         let deadline = Instant::now() + cfg.wait;
         let mut waited = false;
         loop {
-            match self.ask(&key, &nodes, cfg.ttl).await {
+            match self.ask(&key, &nodes, cfg.ttl, deadline).await {
                 Asked::NoNode => return None,
                 Asked::Won(node, token) => {
                     let held = HeldLease {

@@ -5,10 +5,12 @@
 //! * [`stripe`]: the 4-of-5 code (4 data stripes + XOR parity);
 //! * [`client`]: [`FleetTier`], the agent's tier that reads the first 4 of 5
 //!   stripes and fills the fleet after a miss;
+//! * [`auth`]: the write key: nodes accept writes only with its MAC;
 //! * [`backend`]: the node protocols — lode nodes over HTTP/2, or memcached;
 //! * [`lease`]: fill leases, so a herd of hosts missing one chunk costs one
 //!   store GET.
 
+pub mod auth;
 pub mod backend;
 pub mod client;
 pub mod lease;
@@ -24,6 +26,16 @@ pub use node::NodeStore;
 /// Builds the fleet tier from `--cache-nodes`: `HOST:PORT,...` (lode nodes)
 /// or `memcached://HOST:PORT,...`.
 pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, String> {
+    from_spec_with_key(spec, timeout, None)
+}
+
+/// [`from_spec`], signing every write to lode nodes with `key` (memcached has
+/// no authentication: a key with a `memcached://` spec is an error).
+pub fn from_spec_with_key(
+    spec: &str,
+    timeout: std::time::Duration,
+    key: Option<auth::WriteKey>,
+) -> Result<FleetTier, String> {
     let (mc, list) = match spec.strip_prefix("memcached://") {
         Some(rest) => (true, rest),
         None => (false, spec),
@@ -47,10 +59,13 @@ pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, 
     if distinct.len() != nodes.len() {
         return Err("--cache-nodes lists a node twice".into());
     }
-    let backend: std::sync::Arc<dyn StripeBackend> = if mc {
-        std::sync::Arc::new(Memcached::new(nodes))
-    } else {
-        std::sync::Arc::new(Http2Nodes::new(nodes))
+    let backend: std::sync::Arc<dyn StripeBackend> = match (mc, key) {
+        (true, Some(_)) => {
+            return Err("memcached has no authentication: a fleet write key applies to lode cache nodes only".into())
+        }
+        (true, None) => std::sync::Arc::new(Memcached::new(nodes)),
+        (false, None) => std::sync::Arc::new(Http2Nodes::new(nodes)),
+        (false, Some(k)) => std::sync::Arc::new(Http2Nodes::new(nodes).with_key(k)),
     };
     Ok(FleetTier::new(
         backend,

@@ -35,6 +35,10 @@ pub struct CacheArgs {
     /// Chunks are read from it before the store, as 4-of-5 erasure-coded stripes.
     #[arg(long)]
     pub cache_nodes: Option<String>,
+    /// Sign every write to lode cache nodes with the key in this file (the nodes'
+    /// `--write-key`).
+    #[arg(long)]
+    pub fleet_key: Option<PathBuf>,
     /// Time limit of one stripe request to a cache node, milliseconds.
     #[arg(long, default_value_t = 500)]
     pub fleet_timeout_ms: u64,
@@ -92,8 +96,17 @@ impl CacheArgs {
         let mut tiers: Vec<Arc<dyn ChunkTier>> = Vec::new();
         let mut fleet = None;
         if let Some(spec) = &self.cache_nodes {
-            let mut f = lode_fleet::from_spec(spec, Duration::from_millis(self.fleet_timeout_ms))
-                .map_err(|e| anyhow::anyhow!(e))?;
+            let key = self
+                .fleet_key
+                .as_deref()
+                .map(lode_fleet::auth::WriteKey::load)
+                .transpose()?;
+            let mut f = lode_fleet::from_spec_with_key(
+                spec,
+                Duration::from_millis(self.fleet_timeout_ms),
+                key,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
             if self.fleet_lease_ms > 0 {
                 f = f.with_leases(lode_fleet::LeaseConfig {
                     ttl: Duration::from_millis(self.fleet_lease_ms),

@@ -120,7 +120,12 @@ pub struct Node {
     conns: Registry,
     metrics: ServerMetrics,
     leases: lease::Leases,
+    write_key: Option<crate::auth::WriteKey>,
+    /// Writes refused for a missing or bad MAC, by reason.
+    auth_refused: [AtomicU64; 4],
 }
+
+const AUTH_REASONS: [&str; 4] = ["missing", "malformed", "stale", "bad_mac"];
 
 type Body = Full<Bytes>;
 
@@ -133,7 +138,19 @@ fn respond(status: StatusCode, body: Bytes) -> Response<Body> {
 impl Node {
     /// A node serving `store` within `limits`.
     pub fn new(store: Arc<NodeStore>, limits: Limits) -> Arc<Node> {
+        Self::with_write_key(store, limits, None)
+    }
+
+    /// A node that accepts writes (stripe PUTs, leases) only with a MAC made
+    /// with `key` ([`crate::auth`]); `None` accepts any write.
+    pub fn with_write_key(
+        store: Arc<NodeStore>,
+        limits: Limits,
+        key: Option<crate::auth::WriteKey>,
+    ) -> Arc<Node> {
         Arc::new(Node {
+            write_key: key,
+            auth_refused: Default::default(),
             store,
             budget: BodyBudget::new(limits.body_memory),
             limits,
@@ -185,6 +202,13 @@ impl Node {
             let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
         }
         let _ = writeln!(out, "lode_node_leases {}", l.len());
+        for (why, v) in AUTH_REASONS.iter().zip(&self.auth_refused) {
+            let _ = writeln!(
+                out,
+                "lode_node_writes_unauthenticated_total{{reason=\"{why}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(out, "lode_node_connections {}", self.conns.len());
         let _ = writeln!(out, "lode_node_body_bytes {}", self.budget.in_use());
         out
@@ -203,7 +227,21 @@ impl Node {
         if path == "/metrics" {
             return Ok(respond(StatusCode::OK, Bytes::from(self.render())));
         }
+        let auth = req
+            .headers()
+            .get(crate::auth::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or(path.clone(), |p| p.as_str().to_string());
         if let Some(key) = path.strip_prefix("/l/") {
+            if method != Method::GET {
+                if let Some(r) = self.refuse_unauthenticated(auth.as_deref(), &method, &pq, b"") {
+                    return Ok(r);
+                }
+            }
             return Ok(self.handle_lease(&method, key, req.uri().query()).await);
         }
         let Some(key) = path.strip_prefix("/s/").filter(|k| valid_key(k)) else {
@@ -236,6 +274,11 @@ impl Node {
                     .await
                 {
                     Ok(b) => {
+                        if let Some(r) =
+                            self.refuse_unauthenticated(auth.as_deref(), &method, &pq, &b.bytes)
+                        {
+                            return Ok(r);
+                        }
                         self.store.put(key, b.bytes.clone());
                         respond(StatusCode::NO_CONTENT, Bytes::new())
                     }
@@ -267,6 +310,26 @@ fn query_num(query: Option<&str>, name: &str) -> Option<u64> {
 }
 
 impl Node {
+    /// With a write key: `Some(401)` unless the request carries a valid MAC.
+    fn refuse_unauthenticated(
+        &self,
+        header: Option<&str>,
+        method: &Method,
+        pq: &str,
+        body: &[u8],
+    ) -> Option<Response<Body>> {
+        let key = self.write_key.as_ref()?;
+        let e = key.verify(header, method.as_str(), pq, body).err()?;
+        if let Some(i) = AUTH_REASONS.iter().position(|&r| r == e.label()) {
+            self.auth_refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(error = %e, pq, "unauthenticated write refused");
+        Some(respond(
+            StatusCode::UNAUTHORIZED,
+            Bytes::from(format!("{e}\n")),
+        ))
+    }
+
     /// `POST /l/<key>?ttl_ms=N`, `GET /l/<key>?wait_ms=N`,
     /// `DELETE /l/<key>?token=T` (see [`lease`]).
     async fn handle_lease(
