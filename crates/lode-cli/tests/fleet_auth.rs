@@ -84,7 +84,12 @@ fn only_hosts_with_the_write_key_fill_the_fleet() {
         c.args(["cat", NAME, FILE, "--tenant", TENANT, "--store", &store])
             .arg("--cache-dir")
             .arg(env.path(tag))
-            .args(["--cache-nodes", &spec, "--fleet-timeout-ms", FLEET_TIMEOUT_MS])
+            .args([
+                "--cache-nodes",
+                &spec,
+                "--fleet-timeout-ms",
+                FLEET_TIMEOUT_MS,
+            ])
             .args(extra);
         let o = run_timeout(&mut c, Duration::from_secs(120)).ok();
         assert_same_bytes(&o.stdout, &want, tag);
@@ -93,8 +98,15 @@ fn only_hosts_with_the_write_key_fill_the_fleet() {
 
     // A host without the key: reads work (the store), writes are refused.
     cat("nokey", &[]);
-    assert_eq!(stripes_held(&nodes), 0.0, "a host without the key stored stripes");
-    assert!(unauthenticated(&nodes, "missing") > 0.0, "refusals not counted");
+    assert_eq!(
+        stripes_held(&nodes),
+        0.0,
+        "a host without the key stored stripes"
+    );
+    assert!(
+        unauthenticated(&nodes, "missing") > 0.0,
+        "refusals not counted"
+    );
 
     // A forged MAC and a replayed header on another key are refused too.
     let a = &nodes[0].addr;
@@ -107,7 +119,10 @@ fn only_hosts_with_the_write_key_fill_the_fleet() {
     // Hosts with the key fill the fleet; then a cold host with the key
     // reads everything from it.
     cat("withkey", &["--fleet-key", key_s]);
-    assert!(stripes_held(&nodes) > 0.0, "a host with the key stored nothing");
+    assert!(
+        stripes_held(&nodes) > 0.0,
+        "a host with the key stored nothing"
+    );
     let o = cat("cold", &["--fleet-key", key_s]);
     assert!(
         o.stderr.contains(" store 0,"),

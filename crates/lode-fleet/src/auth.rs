@@ -107,7 +107,8 @@ impl WriteKey {
     }
 
     fn mac(&self, method: &str, pq: &str, ts: u64, body: &[u8]) -> Hmac<Sha256> {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut m =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         let body_hash = hex::encode(Sha256::digest(body));
         m.update(format!("lode-fleet-auth v1\n{method}\n{pq}\n{ts}\n{body_hash}").as_bytes());
         m
@@ -124,7 +125,13 @@ impl WriteKey {
     }
 
     /// Checks a request's header value.
-    pub fn verify(&self, header: Option<&str>, method: &str, pq: &str, body: &[u8]) -> Result<(), AuthError> {
+    pub fn verify(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        pq: &str,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
         self.verify_at(header, method, pq, body, now_ms())
     }
 
@@ -138,7 +145,8 @@ impl WriteKey {
     ) -> Result<(), AuthError> {
         let h = header.ok_or(AuthError::Missing)?;
         let mut w = h.split(' ');
-        let (Some("v1"), Some(ts), Some(tag), None) = (w.next(), w.next(), w.next(), w.next()) else {
+        let (Some("v1"), Some(ts), Some(tag), None) = (w.next(), w.next(), w.next(), w.next())
+        else {
             return Err(AuthError::Malformed);
         };
         let ts: u64 = ts.parse().map_err(|_| AuthError::Malformed)?;
@@ -165,16 +173,42 @@ mod tests {
     fn signed_requests_verify_and_tampering_does_not() {
         let k = key(1);
         let h = k.sign_at("PUT", "/s/ab.0", b"stripe", 1_000_000);
-        assert!(k.verify_at(Some(&h), "PUT", "/s/ab.0", b"stripe", 1_000_000).is_ok());
-        assert!(k.verify_at(Some(&h), "PUT", "/s/ab.0", b"stripe", 1_030_000).is_ok());
-        for (m, pq, body) in [("PUT", "/s/ab.1", &b"stripe"[..]), ("PUT", "/s/ab.0", b"strip3"), ("POST", "/s/ab.0", b"stripe")] {
-            assert!(matches!(k.verify_at(Some(&h), m, pq, body, 1_000_000), Err(AuthError::BadMac)));
+        assert!(k
+            .verify_at(Some(&h), "PUT", "/s/ab.0", b"stripe", 1_000_000)
+            .is_ok());
+        assert!(k
+            .verify_at(Some(&h), "PUT", "/s/ab.0", b"stripe", 1_030_000)
+            .is_ok());
+        for (m, pq, body) in [
+            ("PUT", "/s/ab.1", &b"stripe"[..]),
+            ("PUT", "/s/ab.0", b"strip3"),
+            ("POST", "/s/ab.0", b"stripe"),
+        ] {
+            assert!(matches!(
+                k.verify_at(Some(&h), m, pq, body, 1_000_000),
+                Err(AuthError::BadMac)
+            ));
         }
-        assert!(matches!(key(2).verify_at(Some(&h), "PUT", "/s/ab.0", b"stripe", 1_000_000), Err(AuthError::BadMac)));
-        assert!(matches!(k.verify_at(Some(&h), "PUT", "/s/ab.0", b"stripe", 1_000_000 + 61_000), Err(AuthError::Stale { .. })));
-        assert!(matches!(k.verify_at(None, "PUT", "/s/ab.0", b"", 0), Err(AuthError::Missing)));
+        assert!(matches!(
+            key(2).verify_at(Some(&h), "PUT", "/s/ab.0", b"stripe", 1_000_000),
+            Err(AuthError::BadMac)
+        ));
+        assert!(matches!(
+            k.verify_at(Some(&h), "PUT", "/s/ab.0", b"stripe", 1_000_000 + 61_000),
+            Err(AuthError::Stale { .. })
+        ));
+        assert!(matches!(
+            k.verify_at(None, "PUT", "/s/ab.0", b"", 0),
+            Err(AuthError::Missing)
+        ));
         for bad in ["", "v1", "v1 x y", "v2 1 00", "v1 1 zz", "v1 1 00 extra"] {
-            assert!(matches!(k.verify_at(Some(bad), "PUT", "/", b"", 1), Err(AuthError::Malformed)), "{bad}");
+            assert!(
+                matches!(
+                    k.verify_at(Some(bad), "PUT", "/", b"", 1),
+                    Err(AuthError::Malformed)
+                ),
+                "{bad}"
+            );
         }
     }
 
@@ -185,7 +219,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("k");
         std::fs::write(&p, "tiny\n").unwrap();
-        assert!(matches!(WriteKey::load(&p), Err(AuthError::KeyTooShort { len: 4, .. })));
-        assert!(matches!(WriteKey::load(&d.path().join("none")), Err(AuthError::KeyFile { .. })));
+        assert!(matches!(
+            WriteKey::load(&p),
+            Err(AuthError::KeyTooShort { len: 4, .. })
+        ));
+        assert!(matches!(
+            WriteKey::load(&d.path().join("none")),
+            Err(AuthError::KeyFile { .. })
+        ));
     }
 }

@@ -2,11 +2,12 @@
 
 use crate::backend::StripeBackend;
 use crate::lease::{HeldLease, HeldLeases, LeaseConfig};
+use crate::members::{Change, Members, Membership, Rebuild};
 use crate::stripe;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use lode_cache::{ChunkId, ChunkTier, Histogram, TierError};
+use lode_cache::{ChunkId, ChunkTier, TierError};
 use lode_chunk::ChunkName;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -48,10 +49,6 @@ fn key(name: &ChunkName, j: usize) -> String {
 /// Fleet-wide and per-node counters.
 #[derive(Debug, Default)]
 pub struct FleetMetrics {
-    /// Stripe GET latency per node.
-    pub node_latency: Vec<Histogram>,
-    /// Stripe GET failures (errors, timeouts) per node.
-    pub node_errors: Vec<AtomicU64>,
     /// Reads completed by the first 4 stripes.
     pub first4: AtomicU64,
     /// Reads that needed the 5th stripe (a bad stripe among the first 4).
@@ -69,11 +66,6 @@ pub struct FleetMetrics {
     /// Stripes rewritten by read repair: a node answered "not found" or sent
     /// a malformed or corrupt stripe for a chunk the others could rebuild.
     pub repairs: AtomicU64,
-    /// Stripes that came back malformed (bad header or wrong index) per node.
-    pub node_malformed: Vec<AtomicU64>,
-    /// Stripes proven corrupt by the 5-way check (well-formed, but the chunk
-    /// decodes to its name only without them), per node: dropped and rewritten.
-    pub node_corrupt: Vec<AtomicU64>,
     /// Stripe bytes written (headers excluded).
     pub stripe_bytes: AtomicU64,
     /// Chunk bytes those stripes encode.
@@ -95,7 +87,7 @@ pub struct FleetMetrics {
 /// The AZ cache fleet as a [`ChunkTier`].
 #[derive(Debug)]
 pub struct FleetTier {
-    pub(crate) backend: Arc<dyn StripeBackend>,
+    members: Membership,
     pub(crate) timeout: Duration,
     lease: Option<LeaseConfig>,
     pub(crate) held: Arc<HeldLeases>,
@@ -110,16 +102,20 @@ pub struct FleetTier {
 impl FleetTier {
     /// A tier over `backend`; each stripe GET or PUT gets `timeout`.
     pub fn new(backend: Arc<dyn StripeBackend>, timeout: Duration, label: &'static str) -> Self {
-        let n = backend.nodes().len();
-        let metrics = FleetMetrics {
-            node_latency: (0..n).map(|_| Histogram::default()).collect(),
-            node_errors: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            node_malformed: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            node_corrupt: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            ..FleetMetrics::default()
-        };
+        Self::with_rebuild(backend, None, timeout, label)
+    }
+
+    /// A tier whose node list can be changed ([`FleetTier::set_nodes`]):
+    /// `rebuild` makes a backend of the same kind for a new list.
+    pub fn with_rebuild(
+        backend: Arc<dyn StripeBackend>,
+        rebuild: Option<Rebuild>,
+        timeout: Duration,
+        label: &'static str,
+    ) -> Self {
+        let metrics = FleetMetrics::default();
         FleetTier {
-            backend,
+            members: Membership::new(backend, rebuild),
             timeout,
             lease: None,
             held: Arc::new(HeldLeases::default()),
@@ -137,11 +133,37 @@ impl FleetTier {
         self
     }
 
+    /// The current membership (reads and fills keep the one they started with).
+    pub fn members(&self) -> Arc<Members> {
+        self.members.get()
+    }
+
+    /// Replaces the node list; stripes whose rendezvous ranking changed are
+    /// rewritten on their new nodes by read repair.
+    pub fn set_nodes(&self, nodes: Vec<String>) -> Result<Change, String> {
+        let change = self.members.set_nodes(nodes)?;
+        tracing::info!(added = ?change.added, removed = ?change.removed, "fleet membership changed");
+        Ok(change)
+    }
+
+    /// Replaces the node list from a spec of the same kind as the tier's
+    /// (`HOST:PORT,...`, or `memcached://...` for a memcached fleet).
+    pub fn set_spec(&self, spec: &str) -> Result<Change, String> {
+        let (mc, nodes) = crate::parse_spec(spec)?;
+        if mc != (self.label == "fleet-memcached") {
+            return Err(format!(
+                "'{spec}': a fleet cannot change between lode nodes and memcached; restart the agent"
+            ));
+        }
+        self.set_nodes(nodes)
+    }
+
     /// Prometheus text for the fleet.
     pub fn render(&self, out: &mut String) {
         let m = &self.metrics;
-        for (i, node) in self.backend.nodes().iter().enumerate() {
-            m.node_latency[i].render(
+        let members = self.members();
+        for (node, st) in members.backend.nodes().iter().zip(&members.stats) {
+            st.latency.render(
                 out,
                 "lode_fleet_stripe_get_seconds",
                 &format!("node=\"{node}\""),
@@ -149,17 +171,17 @@ impl FleetTier {
             let _ = writeln!(
                 out,
                 "lode_fleet_stripe_errors_total{{node=\"{node}\"}} {}",
-                m.node_errors[i].load(Ordering::Relaxed)
+                st.errors.load(Ordering::Relaxed)
             );
             let _ = writeln!(
                 out,
                 "lode_fleet_stripe_malformed_total{{node=\"{node}\"}} {}",
-                m.node_malformed[i].load(Ordering::Relaxed)
+                st.malformed.load(Ordering::Relaxed)
             );
             let _ = writeln!(
                 out,
                 "lode_fleet_stripe_corrupt_total{{node=\"{node}\"}} {}",
-                m.node_corrupt[i].load(Ordering::Relaxed)
+                st.corrupt.load(Ordering::Relaxed)
             );
         }
         for (n, v) in [
@@ -199,14 +221,16 @@ impl FleetTier {
     }
 
     pub(crate) async fn read(&self, id: &ChunkId) -> Option<Bytes> {
-        let nodes = placement(self.backend.nodes(), &id.name);
+        let members = self.members();
+        let (backend, stats) = (&members.backend, &members.stats);
+        let nodes = placement(backend.nodes(), &id.name);
         let mut gets: FuturesUnordered<_> = (0..stripe::TOTAL)
             .map(|j| {
                 let k = key(&id.name, j);
                 let node = nodes[j];
                 async move {
                     let t = Instant::now();
-                    let r = tokio::time::timeout(self.timeout, self.backend.get(node, &k)).await;
+                    let r = tokio::time::timeout(self.timeout, backend.get(node, &k)).await;
                     (j, node, r, t.elapsed())
                 }
             })
@@ -218,16 +242,16 @@ impl FleetTier {
         while let Some((j, node, r, took)) = gets.next().await {
             match r {
                 Ok(Ok(Some(b))) if stripe::header(&b).is_some_and(|(i, _)| i == j) => {
-                    self.metrics.node_latency[node].observe(took);
+                    stats[node].latency.observe(took);
                     got.push((j, b));
                 }
                 Ok(Ok(Some(_))) => {
-                    self.metrics.node_malformed[node].fetch_add(1, Ordering::Relaxed);
+                    stats[node].malformed.fetch_add(1, Ordering::Relaxed);
                     missing.push(j);
                 }
                 Ok(Ok(None)) => missing.push(j),
                 _ => {
-                    self.metrics.node_errors[node].fetch_add(1, Ordering::Relaxed);
+                    stats[node].errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
             if got.len() == stripe::DATA {
@@ -250,7 +274,8 @@ impl FleetTier {
                     if let Some(ct) = Self::try_decode(&subset, &id.name, &self.metrics) {
                         // The stripe left out was the bad one.
                         missing.push(got[skip].0);
-                        self.metrics.node_corrupt[nodes[got[skip].0]]
+                        stats[nodes[got[skip].0]]
+                            .corrupt
                             .fetch_add(1, Ordering::Relaxed);
                         self.repair(id.name, &ct, missing);
                         return Some(ct);
@@ -301,7 +326,7 @@ impl ChunkTier for FleetTier {
     /// the hosts waiting for it stop waiting.
     fn abandon(&self, id: &ChunkId) {
         if let Some(h) = self.held.take(&id.name) {
-            crate::lease::release(&self.backend, &id.name, h, self.timeout);
+            crate::lease::release(&id.name, h, self.timeout);
         }
     }
 
@@ -340,7 +365,7 @@ impl FleetTier {
     ) {
         let give_up = |held: Option<HeldLease>| {
             if let Some(h) = held {
-                crate::lease::release(&self.backend, &name, h, self.timeout);
+                crate::lease::release(&name, h, self.timeout);
             }
         };
         if self.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED_FILLS {
@@ -360,7 +385,7 @@ impl FleetTier {
             return;
         }
         let (backend, filling, metrics, timeout) = (
-            self.backend.clone(),
+            self.members().backend.clone(),
             self.filling.clone(),
             self.metrics.clone(),
             self.timeout,
@@ -412,7 +437,7 @@ impl FleetTier {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&name);
             if let Some((h, timeout)) = release_after {
-                crate::lease::release(&backend, &name, h, timeout);
+                crate::lease::release(&name, h, timeout);
             }
             queued.fetch_sub(1, Ordering::SeqCst);
             drop(permit);

@@ -45,8 +45,10 @@ impl Default for LeaseConfig {
 }
 
 /// A lease this host won and has not released yet.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct HeldLease {
+    /// The membership generation the lease was won in.
+    backend: Arc<dyn StripeBackend>,
     node: usize,
     token: u64,
     at: Instant,
@@ -81,15 +83,11 @@ fn lease_key(name: &ChunkName) -> String {
 }
 
 /// Releases `held` in the background (bounded by `timeout`).
-pub(crate) fn release(
-    backend: &Arc<dyn StripeBackend>,
-    name: &ChunkName,
-    held: HeldLease,
-    timeout: Duration,
-) {
-    let (backend, key) = (backend.clone(), lease_key(name));
+pub(crate) fn release(name: &ChunkName, held: HeldLease, timeout: Duration) {
+    let key = lease_key(name);
     tokio::spawn(async move {
-        let r = tokio::time::timeout(timeout, backend.release(held.node, &key, held.token)).await;
+        let r =
+            tokio::time::timeout(timeout, held.backend.release(held.node, &key, held.token)).await;
         if !matches!(r, Ok(Ok(()))) {
             tracing::debug!(key, "fill lease release failed; it expires by itself");
         }
@@ -108,12 +106,19 @@ impl FleetTier {
     /// one that answers decides. Each request may take the stripe timeout or
     /// what is left of the wait, whichever is longer (a busy node is still
     /// cheaper to wait for than the store; a dead one refuses at once).
-    async fn ask(&self, key: &str, nodes: &[usize], ttl: Duration, deadline: Instant) -> Asked {
+    async fn ask(
+        &self,
+        backend: &Arc<dyn StripeBackend>,
+        key: &str,
+        nodes: &[usize],
+        ttl: Duration,
+        deadline: Instant,
+    ) -> Asked {
         for &n in nodes {
             let limit = self
                 .timeout
                 .max(deadline.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(limit, self.backend.lease(n, key, ttl)).await {
+            match tokio::time::timeout(limit, backend.lease(n, key, ttl)).await {
                 Ok(Ok(Lease::Won(t))) => return Asked::Won(n, t),
                 Ok(Ok(Lease::Held)) => return Asked::Held(n),
                 _ => {
@@ -129,8 +134,9 @@ impl FleetTier {
     /// fills (which releases it). `None` also when the wait is spent.
     pub(crate) async fn coordinate(&self, id: &ChunkId, cfg: &LeaseConfig) -> Option<Bytes> {
         let key = lease_key(&id.name);
+        let backend = self.members().backend.clone();
         let mut nodes: Vec<usize> = Vec::new();
-        for n in placement(self.backend.nodes(), &id.name) {
+        for n in placement(backend.nodes(), &id.name) {
             if !nodes.contains(&n) {
                 nodes.push(n);
             }
@@ -138,17 +144,18 @@ impl FleetTier {
         let deadline = Instant::now() + cfg.wait;
         let mut waited = false;
         loop {
-            match self.ask(&key, &nodes, cfg.ttl, deadline).await {
+            match self.ask(&backend, &key, &nodes, cfg.ttl, deadline).await {
                 Asked::NoNode => return None,
                 Asked::Won(node, token) => {
                     let held = HeldLease {
+                        backend: backend.clone(),
                         node,
                         token,
                         at: Instant::now(),
                     };
                     // A fill may have landed between the miss and the lease.
                     if let Some(b) = self.read(id).await {
-                        release(&self.backend, &id.name, held, self.timeout);
+                        release(&id.name, held, self.timeout);
                         self.metrics.lease_rechecks.fetch_add(1, Ordering::Relaxed);
                         return Some(b);
                     }
@@ -168,7 +175,7 @@ impl FleetTier {
                     }
                     let ended = tokio::time::timeout(
                         left + self.timeout,
-                        self.backend.lease_wait(node, &key, left),
+                        backend.lease_wait(node, &key, left),
                     )
                     .await;
                     if !matches!(ended, Ok(Ok(_))) {

@@ -33,8 +33,13 @@ pub struct CacheArgs {
     pub store_retries: u32,
     /// AZ cache fleet: `HOST:PORT,...` (lode cache nodes) or `memcached://HOST:PORT,...`.
     /// Chunks are read from it before the store, as 4-of-5 erasure-coded stripes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cache_nodes_file")]
     pub cache_nodes: Option<String>,
+    /// The fleet as a file holding a `--cache-nodes` spec (nodes separated by
+    /// commas or lines). `lode agent` re-reads it on SIGHUP and changes its
+    /// fleet membership without a restart.
+    #[arg(long)]
+    pub cache_nodes_file: Option<PathBuf>,
     /// Sign every write to lode cache nodes with the key in this file (the nodes'
     /// `--write-key`).
     #[arg(long)]
@@ -65,6 +70,17 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
+    /// The fleet spec: `--cache-nodes`, or the contents of `--cache-nodes-file`.
+    pub fn fleet_spec(&self) -> Result<Option<String>> {
+        match (&self.cache_nodes, &self.cache_nodes_file) {
+            (Some(s), _) => Ok(Some(s.clone())),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| Some(s.trim().to_string()))
+                .with_context(|| format!("reading --cache-nodes-file {}", f.display())),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Builds the reader: memory → disk → fleet (if any) → store.
     pub fn reader(&self) -> Result<(lode_store::Store, Arc<ChunkReader>)> {
         let (store, reader, _) = self.reader_with_fleet()?;
@@ -95,7 +111,7 @@ impl CacheArgs {
         ));
         let mut tiers: Vec<Arc<dyn ChunkTier>> = Vec::new();
         let mut fleet = None;
-        if let Some(spec) = &self.cache_nodes {
+        if let Some(spec) = &self.fleet_spec()? {
             let key = self
                 .fleet_key
                 .as_deref()
