@@ -23,23 +23,58 @@ pub const MAX_FILLS: usize = 8;
 pub const MAX_QUEUED_FILLS: usize = 512;
 
 /// The nodes holding stripes 0..5 of `name`: rendezvous (highest random
-/// weight) hashing, so adding or removing a node moves only its own share.
-/// With fewer than 5 nodes the ranking wraps and some node holds two stripes:
-/// then losing that node loses two stripes, and reads fall back to the store.
+/// weight) hashing per stripe. Each node gets a weight per (chunk, stripe);
+/// stripe 0 goes to the heaviest node, stripe 1 to the heaviest of the
+/// others, and so on. Adding or removing one of N nodes moves about 1/N of
+/// all stripes (a stripe moves when the new node outweighs its holder, or its
+/// holder left), unlike ranking the nodes once and giving stripe j the j-th,
+/// where a newcomer ranked first shifts all 5. With fewer than 5 nodes the
+/// choice wraps and some node holds two stripes: then losing that node loses
+/// two stripes, and reads fall back to the store.
 pub fn placement(nodes: &[String], name: &ChunkName) -> [usize; stripe::TOTAL] {
-    let mut ranked: Vec<(u64, usize)> = nodes
+    let base: Vec<u64> = nodes
         .iter()
-        .enumerate()
-        .map(|(i, n)| {
+        .map(|n| {
             let mut h = Sha256::new();
             h.update(n.as_bytes());
             h.update(name.0);
             let d = h.finalize();
-            (u64::from_be_bytes(d[..8].try_into().expect("8 bytes")), i)
+            u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
         })
         .collect();
-    ranked.sort_by(|a, b| b.cmp(a));
-    std::array::from_fn(|j| ranked[j % ranked.len()].1)
+    let weight =
+        |i: usize, j: usize| mix(base[i].wrapping_add((j as u64 + 1).wrapping_mul(GOLDEN)));
+    // Heaviest (node, stripe) pairs first; each stripe takes the first free
+    // node it pairs with. Fewer than 5 nodes: rounds, each node once a round.
+    let mut out = [usize::MAX; stripe::TOTAL];
+    while out.contains(&usize::MAX) && !nodes.is_empty() {
+        let mut pairs: Vec<(u64, usize, usize)> = (0..nodes.len())
+            .flat_map(|i| {
+                (0..stripe::TOTAL)
+                    .filter(|&j| out[j] == usize::MAX)
+                    .map(move |j| (i, j))
+            })
+            .map(|(i, j)| (weight(i, j), i, j))
+            .collect();
+        pairs.sort_unstable_by(|a, b| b.cmp(a));
+        let mut used = vec![false; nodes.len()];
+        for (_, i, j) in pairs {
+            if out[j] == usize::MAX && !used[i] {
+                out[j] = i;
+                used[i] = true;
+            }
+        }
+    }
+    out.map(|i| if i == usize::MAX { 0 } else { i })
+}
+
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's finalizer: a node's per-stripe weight from its per-chunk hash.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn key(name: &ChunkName, j: usize) -> String {

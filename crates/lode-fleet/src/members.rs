@@ -156,6 +156,11 @@ mod tests {
             let add = moved_fraction(&a, &b, &names);
             let remove = moved_fraction(&b, &a, &names);
             let bound = 1.5 / (n + 1) as f64;
+            eprintln!(
+                "{n}->{}: add moves {add:.4}, remove moves {remove:.4} (1/N = {:.4})",
+                n + 1,
+                1.0 / (n + 1) as f64
+            );
             assert!(add <= bound, "{n}→{}: moved {add:.3} > {bound:.3}", n + 1);
             assert!(remove <= bound, "{}→{n}: moved {remove:.3}", n + 1);
             assert!(
