@@ -102,5 +102,41 @@ fn a_node_added_on_sighup_receives_its_share_of_stripes() {
     fs::remove_file(&out).unwrap();
     qemu_img_convert(&a.uri(EXPORT), &out).ok();
     assert_file_is(&out, &p.pulled, "read after node 6 left");
+
+    // The control API: read the membership, add node 6 back, refuse junk.
+    let get_fleet = control(&a, "GET", None);
+    assert!(
+        get_fleet.contains(&nodes[0].addr) && !get_fleet.contains(&nodes[5].addr),
+        "{get_fleet}"
+    );
+    let body = format!(r#"{{"nodes":"{}"}}"#, six.join(","));
+    let put = control(&a, "PUT", Some(&body));
+    assert!(
+        put.contains(&format!(r#""added":["{}"]"#, nodes[5].addr)),
+        "{put}"
+    );
+    let bad = control(&a, "PUT", Some(r#"{"nodes":"memcached://127.0.0.1:1"}"#));
+    assert!(bad.contains("cannot change between"), "{bad}");
+    assert!(control(&a, "GET", None).contains(&nodes[5].addr));
+    fs::remove_file(&out).unwrap();
+    qemu_img_convert(&a.uri(EXPORT), &out).ok();
+    assert_file_is(
+        &out,
+        &p.pulled,
+        "read after node 6 joined through the control API",
+    );
     a.assert_alive();
+}
+
+/// One request to the agent's control API (curl over its unix socket).
+fn control(a: &Agent, method: &str, body: Option<&str>) -> String {
+    let mut c = Command::new("curl");
+    c.args(["-s", "--unix-socket"])
+        .arg(&a.control)
+        .args(["-X", method, "http://agent/v1/fleet"]);
+    if let Some(b) = body {
+        c.args(["-H", "content-type: application/json", "-d", b]);
+    }
+    let o = c.output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -260,6 +260,21 @@ pub fn run(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("opening the state directory {}", state_dir.display()))?;
         let registry = Arc::new(Registry::new(exports.clone(), state));
+        if let Some(f) = &fleet {
+            let f = f.clone();
+            registry.set_fleet_hook(Arc::new(move |spec: Option<&str>| {
+                let change = match spec {
+                    Some(s) => Some(f.set_spec(s)?),
+                    None => None,
+                };
+                let (added, removed) = change.map(|c| (c.added, c.removed)).unwrap_or_default();
+                Ok(lode_agent::control::api::FleetInfo {
+                    nodes: f.members().backend.nodes().to_vec(),
+                    added,
+                    removed,
+                })
+            }));
+        }
         // Every volume is back at its socket before anything else serves.
         let restored = registry.restore().await?;
         tokio::spawn(registry.clone().retry_failed());
