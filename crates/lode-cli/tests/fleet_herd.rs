@@ -275,3 +275,77 @@ fn remove_chunks(root: &Path) {
     std::fs::remove_dir_all(&chunks).unwrap();
     std::fs::create_dir_all(&chunks).unwrap();
 }
+
+/// A lease holder that dies: one host starts first, wins the leases of the
+/// first chunks, hangs on the store (10 minutes per GET) and is SIGKILLed.
+/// The herd that was waiting for its fills takes over once those leases
+/// expire (`--fleet-lease-ms 2000`): every other host gets the right bytes,
+/// and no one waits for the dead host's store GET.
+#[test]
+fn a_lease_holder_that_dies_stalls_the_herd_only_for_the_lease_ttl() {
+    let _serial = serial();
+    let (env, want) = setup();
+    let nodes = start_nodes(env.dir.path(), 5);
+    let spec = spec_of(&nodes);
+    let store = env.store.to_str().unwrap().to_string();
+    let mut holder = env.lode();
+    holder
+        .args(["cat", NAME, FILE, "--tenant", TENANT, "--store", &store])
+        .arg("--cache-dir")
+        .arg(env.path("holder-cache"))
+        .args([
+            "--cache-nodes",
+            &spec,
+            "--fleet-timeout-ms",
+            FLEET_TIMEOUT_MS,
+        ])
+        .args([
+            "--inject-store-latency-ms",
+            "600000",
+            "--store-timeout",
+            "900",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut holder = holder.spawn().unwrap();
+    // Let it win the first leases before the herd arrives.
+    let t = Instant::now();
+    let granted = || -> f64 {
+        nodes
+            .iter()
+            .map(|n| get(&n.metrics(), "lode_node_leases_granted_total"))
+            .sum()
+    };
+    while granted() < 1.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the holder took no lease"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            herd(
+                &env,
+                "after-holder",
+                6,
+                &spec,
+                &["--fleet-lease-ms", "2000", "--fleet-lease-wait-ms", "60000"],
+                Duration::from_secs(120),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let hosts = h.join().unwrap();
+        all_right(&hosts, &want, "herd after the lease holder died");
+    });
+    let expired: f64 = nodes
+        .iter()
+        .map(|n| get(&n.metrics(), "lode_node_leases_expired_total"))
+        .sum();
+    assert!(
+        expired >= 1.0,
+        "the dead holder's leases never expired ({expired})"
+    );
+}

@@ -471,8 +471,10 @@ impl FleetTier {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&name);
+            // Inline, before the fill counts as done: a process that exits
+            // after `settle` must not leave the waiters to the lease's TTL.
             if let Some((h, timeout)) = release_after {
-                crate::lease::release(&name, h, timeout);
+                crate::lease::release_now(&name, h, timeout).await;
             }
             queued.fetch_sub(1, Ordering::SeqCst);
             drop(permit);

@@ -84,14 +84,18 @@ fn lease_key(name: &ChunkName) -> String {
 
 /// Releases `held` in the background (bounded by `timeout`).
 pub(crate) fn release(name: &ChunkName, held: HeldLease, timeout: Duration) {
+    let name = *name;
+    tokio::spawn(async move { release_now(&name, held, timeout).await });
+}
+
+/// Releases `held` (bounded by `timeout`); a failure is harmless: the lease
+/// expires by itself.
+pub(crate) async fn release_now(name: &ChunkName, held: HeldLease, timeout: Duration) {
     let key = lease_key(name);
-    tokio::spawn(async move {
-        let r =
-            tokio::time::timeout(timeout, held.backend.release(held.node, &key, held.token)).await;
-        if !matches!(r, Ok(Ok(()))) {
-            tracing::debug!(key, "fill lease release failed; it expires by itself");
-        }
-    });
+    let r = tokio::time::timeout(timeout, held.backend.release(held.node, &key, held.token)).await;
+    if !matches!(r, Ok(Ok(()))) {
+        tracing::debug!(key, "fill lease release failed; it expires by itself");
+    }
 }
 
 /// Outcome of one round of asking for the lease.
