@@ -129,6 +129,9 @@ impl ChunkReader {
         if let Ok(all) = self.disk_puts.acquire_many(DISK_PUTS as u32).await {
             drop(all);
         }
+        for tier in &self.tiers {
+            tier.settle().await;
+        }
     }
 
     /// Labels of the remote tiers, in order.
@@ -290,6 +293,9 @@ impl ChunkReader {
                     reasons.push(e.to_string());
                 }
             }
+        }
+        for tier in &self.tiers {
+            tier.abandon(id);
         }
         Err(ReadError::Unavailable {
             index,

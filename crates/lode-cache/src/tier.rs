@@ -65,6 +65,15 @@ pub trait ChunkTier: Send + Sync + fmt::Debug {
     /// Offers a chunk fetched from a lower tier (a cache tier stores it; the
     /// default ignores it). Must not block the read that fetched it.
     fn fill(&self, _id: &ChunkId, _ciphertext: Bytes) {}
+    /// Says that a chunk this tier missed could not be fetched from any lower
+    /// tier either, so no [`ChunkTier::fill`] will follow (a tier holding a
+    /// fill lease for it releases it). The default ignores it.
+    fn abandon(&self, _id: &ChunkId) {}
+    /// Waits until the fills started so far have landed (bounded); call before
+    /// a process exits. The default has nothing to wait for.
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The chunk store as a tier.
@@ -164,6 +173,14 @@ impl<T: ChunkTier> ChunkTier for Bounded<T> {
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
         self.inner.fill(id, ciphertext)
     }
+
+    fn abandon(&self, id: &ChunkId) {
+        self.inner.abandon(id)
+    }
+
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        self.inner.settle()
+    }
 }
 
 /// Injects latency (per fetch) and a bandwidth cap shared by all fetches (one
@@ -215,6 +232,14 @@ impl<T: ChunkTier> ChunkTier for Delayed<T> {
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
         self.inner.fill(id, ciphertext)
     }
+
+    fn abandon(&self, id: &ChunkId) {
+        self.inner.abandon(id)
+    }
+
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        self.inner.settle()
+    }
 }
 
 impl<T: ChunkTier + ?Sized> ChunkTier for Arc<T> {
@@ -226,6 +251,12 @@ impl<T: ChunkTier + ?Sized> ChunkTier for Arc<T> {
     }
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
         (**self).fill(id, ciphertext)
+    }
+    fn abandon(&self, id: &ChunkId) {
+        (**self).abandon(id)
+    }
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        (**self).settle()
     }
 }
 

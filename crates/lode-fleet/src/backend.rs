@@ -25,11 +25,56 @@ pub trait StripeBackend: Send + Sync + fmt::Debug {
         key: &'a str,
         value: Bytes,
     ) -> BoxFuture<'a, Result<(), String>>;
+    /// Asks `node` for the fill lease `key` for `ttl`: [`Lease::Won`] (this
+    /// client should fetch the chunk from the store and fill it) or
+    /// [`Lease::Held`] (another client is filling it). The default: leases
+    /// are not supported, and every miss goes to the store uncoordinated.
+    fn lease<'a>(
+        &'a self,
+        _node: usize,
+        _key: &'a str,
+        _ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Lease, String>> {
+        Box::pin(async { Err("this backend has no fill leases".to_string()) })
+    }
+    /// Waits at most `max` for the lease `key` to end (released or expired):
+    /// `true` if it ended, `false` if it is still held.
+    fn lease_wait<'a>(
+        &'a self,
+        _node: usize,
+        _key: &'a str,
+        _max: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async { Err("this backend has no fill leases".to_string()) })
+    }
+    /// Ends the lease `key` if `token` (from [`Lease::Won`]) still holds it.
+    fn release<'a>(
+        &'a self,
+        _node: usize,
+        _key: &'a str,
+        _token: u64,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Err("this backend has no fill leases".to_string()) })
+    }
 }
+
+/// A node's answer to a fill-lease request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// The caller holds the lease; the token ends it ([`StripeBackend::release`]).
+    Won(u64),
+    /// Another client holds it.
+    Held,
+}
+
+/// First and longest pause between polls of a memcached lease.
+const POLL_MIN: std::time::Duration = std::time::Duration::from_millis(5);
+const POLL_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// lode cache nodes over HTTP/2 (one multiplexed connection per node).
 pub struct Http2Nodes {
     nodes: Vec<String>,
+    key: Option<crate::auth::WriteKey>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -50,7 +95,34 @@ impl Http2Nodes {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(conn);
-        Http2Nodes { nodes, client }
+        Http2Nodes {
+            nodes,
+            key: None,
+            client,
+        }
+    }
+
+    /// Signs every write (stripe PUTs, lease requests) with `key`.
+    pub fn with_key(mut self, key: crate::auth::WriteKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// A request with the write MAC when a key is set (and the request writes).
+    fn request(
+        &self,
+        method: hyper::Method,
+        node: usize,
+        pq: &str,
+        body: Bytes,
+    ) -> Result<hyper::Request<Full<Bytes>>, String> {
+        let mut b = hyper::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{}{pq}", self.nodes[node]));
+        if let Some(k) = self.key.as_ref().filter(|_| method != hyper::Method::GET) {
+            b = b.header(crate::auth::HEADER, k.sign(method.as_str(), pq, &body));
+        }
+        b.body(Full::new(body)).map_err(|e| e.to_string())
     }
 }
 
@@ -93,10 +165,7 @@ impl StripeBackend for Http2Nodes {
         value: Bytes,
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let uri = format!("http://{}/s/{key}", self.nodes[node]);
-            let req = hyper::Request::put(uri)
-                .body(Full::new(value))
-                .map_err(|e| e.to_string())?;
+            let req = self.request(hyper::Method::PUT, node, &format!("/s/{key}"), value)?;
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             if resp.status().is_success() {
                 Ok(())
@@ -104,6 +173,78 @@ impl StripeBackend for Http2Nodes {
                 Err(format!("status {}", resp.status()))
             }
         })
+    }
+
+    fn lease<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Lease, String>> {
+        Box::pin(async move {
+            let path = format!("/l/{key}?ttl_ms={}", ttl.as_millis());
+            let (status, body) = self.call(node, hyper::Method::POST, &path).await?;
+            match status {
+                hyper::StatusCode::CREATED => std::str::from_utf8(&body)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .map(Lease::Won)
+                    .ok_or_else(|| "lease granted without a token".to_string()),
+                hyper::StatusCode::CONFLICT => Ok(Lease::Held),
+                s => Err(format!("lease: status {s}")),
+            }
+        })
+    }
+
+    fn lease_wait<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+        max: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let path = format!("/l/{key}?wait_ms={}", max.as_millis());
+            match self.call(node, hyper::Method::GET, &path).await?.0 {
+                hyper::StatusCode::NOT_FOUND => Ok(true),
+                hyper::StatusCode::OK => Ok(false),
+                s => Err(format!("lease wait: status {s}")),
+            }
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+        token: u64,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let path = format!("/l/{key}?token={token}");
+            match self.call(node, hyper::Method::DELETE, &path).await?.0 {
+                s if s.is_success() || s == hyper::StatusCode::NOT_FOUND => Ok(()),
+                s => Err(format!("lease release: status {s}")),
+            }
+        })
+    }
+}
+
+impl Http2Nodes {
+    /// One bodiless request; the reply's status and (bounded) body.
+    async fn call(
+        &self,
+        node: usize,
+        method: hyper::Method,
+        path: &str,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        let req = self.request(method, node, path, Bytes::new())?;
+        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 1024)
+            .collect()
+            .await
+            .map_err(|e| format!("reply body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
     }
 }
 
@@ -173,6 +314,18 @@ impl McNodes {
         Ok(BufStream::new(s))
     }
 
+    /// Sends one command line and reads its one-line reply.
+    async fn line(&self, node: usize, cmd: &str) -> Result<String, String> {
+        let mut c = self.conn(node).await?;
+        c.write_all(cmd.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        c.flush().await.map_err(|e| e.to_string())?;
+        let line = read_reply_line(&mut c).await?;
+        self.give_back(node, c);
+        Ok(line)
+    }
+
     fn give_back(&self, node: usize, c: BufStream<TcpStream>) {
         let mut p = self.pools[node].lock().unwrap_or_else(|p| p.into_inner());
         if p.len() < POOL {
@@ -223,6 +376,86 @@ impl StripeBackend for Memcached {
             Ok(())
         })
     }
+
+    /// `mg lode:KEY N<ttl> c`: memcached's vivify-on-miss lease. The first
+    /// client gets `W` (win) and the item's CAS value as its token; the others
+    /// get `Z` (someone else won). memcached TTLs are whole seconds (at least 1).
+    fn lease<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Lease, String>> {
+        let secs = ttl.as_millis().div_ceil(1000).max(1);
+        let (inner, cmd) = (self.inner.clone(), format!("mg lode:{key} N{secs} c\r\n"));
+        Box::pin(async move { parse_lease_reply(&inner.line(node, &cmd).await?) })
+    }
+
+    /// Polls `mg lode:KEY` (5 ms doubling to 50 ms) until `EN` or `max`.
+    fn lease_wait<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+        max: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, String>> {
+        let (inner, cmd) = (self.inner.clone(), format!("mg lode:{key}\r\n"));
+        Box::pin(async move {
+            let until = tokio::time::Instant::now() + max;
+            let mut pause = POLL_MIN;
+            loop {
+                let line = inner.line(node, &cmd).await?;
+                if line.starts_with("EN") {
+                    return Ok(true);
+                }
+                if !line.starts_with("HD") {
+                    return Err(format!("memcached: {}", line.trim()));
+                }
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    return Ok(false);
+                }
+                tokio::time::sleep(pause.min(until - now)).await;
+                pause = (pause * 2).min(POLL_MAX);
+            }
+        })
+    }
+
+    /// `md lode:KEY C<token>`: deletes the lease only if it is still ours.
+    fn release<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+        token: u64,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        let (inner, cmd) = (self.inner.clone(), format!("md lode:{key} C{token}\r\n"));
+        Box::pin(async move {
+            let line = inner.line(node, &cmd).await?;
+            // HD deleted; NF already gone; EX someone else's lease now.
+            if ["HD", "NF", "EX"].iter().any(|p| line.starts_with(p)) {
+                Ok(())
+            } else {
+                Err(format!("memcached: {}", line.trim()))
+            }
+        })
+    }
+}
+
+/// Parses memcached's reply to `mg KEY N<ttl> c`: `HD c<cas> W` won, `HD ...`
+/// with `Z` (or without `W`: a real item under the key) held.
+pub fn parse_lease_reply(line: &str) -> Result<Lease, String> {
+    let mut words = line.split_whitespace();
+    if words.next() != Some("HD") {
+        return Err(format!("memcached lease: {}", line.trim()));
+    }
+    let flags: Vec<&str> = words.collect();
+    if !flags.contains(&"W") {
+        return Ok(Lease::Held);
+    }
+    flags
+        .iter()
+        .find_map(|f| f.strip_prefix('c').and_then(|c| c.parse().ok()))
+        .map(Lease::Won)
+        .ok_or_else(|| format!("memcached lease won without a CAS token: {}", line.trim()))
 }
 
 /// Longest reply line accepted from memcached (a status line, not a value).
@@ -302,6 +535,15 @@ mod tests {
         assert!(r.is_empty());
         let mut r: &[u8] = b"HD\r\n";
         assert_eq!(read_set_reply(&mut r).await, Ok(()));
+    }
+
+    #[test]
+    fn memcached_lease_replies() {
+        assert_eq!(parse_lease_reply("HD c17 W\r\n"), Ok(Lease::Won(17)));
+        assert_eq!(parse_lease_reply("HD c17 Z\r\n"), Ok(Lease::Held));
+        assert_eq!(parse_lease_reply("HD c3\r\n"), Ok(Lease::Held));
+        assert!(parse_lease_reply("HD W\r\n").is_err());
+        assert!(parse_lease_reply("SERVER_ERROR out of memory\r\n").is_err());
     }
 
     /// Found by fuzzing (fleet_memcached_reply): the two bytes after a value

@@ -1,11 +1,13 @@
 //! The fleet as a chunk tier: 5 stripes on 5 nodes, first 4 answers win.
 
 use crate::backend::StripeBackend;
+use crate::lease::{HeldLease, HeldLeases, LeaseConfig};
+use crate::members::{Change, Members, Membership, Rebuild};
 use crate::stripe;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use lode_cache::{ChunkId, ChunkTier, Histogram, TierError};
+use lode_cache::{ChunkId, ChunkTier, TierError};
 use lode_chunk::ChunkName;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -21,23 +23,58 @@ pub const MAX_FILLS: usize = 8;
 pub const MAX_QUEUED_FILLS: usize = 512;
 
 /// The nodes holding stripes 0..5 of `name`: rendezvous (highest random
-/// weight) hashing, so adding or removing a node moves only its own share.
-/// With fewer than 5 nodes the ranking wraps and some node holds two stripes:
-/// then losing that node loses two stripes, and reads fall back to the store.
+/// weight) hashing per stripe. Each node gets a weight per (chunk, stripe);
+/// stripe 0 goes to the heaviest node, stripe 1 to the heaviest of the
+/// others, and so on. Adding or removing one of N nodes moves about 1/N of
+/// all stripes (a stripe moves when the new node outweighs its holder, or its
+/// holder left), unlike ranking the nodes once and giving stripe j the j-th,
+/// where a newcomer ranked first shifts all 5. With fewer than 5 nodes the
+/// choice wraps and some node holds two stripes: then losing that node loses
+/// two stripes, and reads fall back to the store.
 pub fn placement(nodes: &[String], name: &ChunkName) -> [usize; stripe::TOTAL] {
-    let mut ranked: Vec<(u64, usize)> = nodes
+    let base: Vec<u64> = nodes
         .iter()
-        .enumerate()
-        .map(|(i, n)| {
+        .map(|n| {
             let mut h = Sha256::new();
             h.update(n.as_bytes());
             h.update(name.0);
             let d = h.finalize();
-            (u64::from_be_bytes(d[..8].try_into().expect("8 bytes")), i)
+            u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
         })
         .collect();
-    ranked.sort_by(|a, b| b.cmp(a));
-    std::array::from_fn(|j| ranked[j % ranked.len()].1)
+    let weight =
+        |i: usize, j: usize| mix(base[i].wrapping_add((j as u64 + 1).wrapping_mul(GOLDEN)));
+    // Heaviest (node, stripe) pairs first; each stripe takes the first free
+    // node it pairs with. Fewer than 5 nodes: rounds, each node once a round.
+    let mut out = [usize::MAX; stripe::TOTAL];
+    while out.contains(&usize::MAX) && !nodes.is_empty() {
+        let mut pairs: Vec<(u64, usize, usize)> = (0..nodes.len())
+            .flat_map(|i| {
+                (0..stripe::TOTAL)
+                    .filter(|&j| out[j] == usize::MAX)
+                    .map(move |j| (i, j))
+            })
+            .map(|(i, j)| (weight(i, j), i, j))
+            .collect();
+        pairs.sort_unstable_by(|a, b| b.cmp(a));
+        let mut used = vec![false; nodes.len()];
+        for (_, i, j) in pairs {
+            if out[j] == usize::MAX && !used[i] {
+                out[j] = i;
+                used[i] = true;
+            }
+        }
+    }
+    out.map(|i| if i == usize::MAX { 0 } else { i })
+}
+
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's finalizer: a node's per-stripe weight from its per-chunk hash.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn key(name: &ChunkName, j: usize) -> String {
@@ -47,10 +84,6 @@ fn key(name: &ChunkName, j: usize) -> String {
 /// Fleet-wide and per-node counters.
 #[derive(Debug, Default)]
 pub struct FleetMetrics {
-    /// Stripe GET latency per node.
-    pub node_latency: Vec<Histogram>,
-    /// Stripe GET failures (errors, timeouts) per node.
-    pub node_errors: Vec<AtomicU64>,
     /// Reads completed by the first 4 stripes.
     pub first4: AtomicU64,
     /// Reads that needed the 5th stripe (a bad stripe among the first 4).
@@ -68,19 +101,31 @@ pub struct FleetMetrics {
     /// Stripes rewritten by read repair: a node answered "not found" or sent
     /// a malformed or corrupt stripe for a chunk the others could rebuild.
     pub repairs: AtomicU64,
-    /// Stripes that came back malformed (bad header or wrong index) per node.
-    pub node_malformed: Vec<AtomicU64>,
     /// Stripe bytes written (headers excluded).
     pub stripe_bytes: AtomicU64,
     /// Chunk bytes those stripes encode.
     pub chunk_bytes: AtomicU64,
+    /// Fill leases won: this host fetched the chunk from the store for the fleet.
+    pub leases_won: AtomicU64,
+    /// Misses that found another host filling the chunk and waited.
+    pub lease_waits: AtomicU64,
+    /// Waits that ended with the chunk in the fleet (a store GET saved).
+    pub lease_served: AtomicU64,
+    /// Waits that ran out of time (the host then went to the store).
+    pub lease_timeouts: AtomicU64,
+    /// Leases won after the chunk had landed (the re-read found it).
+    pub lease_rechecks: AtomicU64,
+    /// Lease requests or waits that failed (node down, error, timeout).
+    pub lease_errors: AtomicU64,
 }
 
 /// The AZ cache fleet as a [`ChunkTier`].
 #[derive(Debug)]
 pub struct FleetTier {
-    backend: Arc<dyn StripeBackend>,
-    timeout: Duration,
+    members: Membership,
+    pub(crate) timeout: Duration,
+    lease: Option<LeaseConfig>,
+    pub(crate) held: Arc<HeldLeases>,
     fills: Arc<tokio::sync::Semaphore>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
     filling: Arc<Mutex<HashSet<ChunkName>>>,
@@ -92,16 +137,23 @@ pub struct FleetTier {
 impl FleetTier {
     /// A tier over `backend`; each stripe GET or PUT gets `timeout`.
     pub fn new(backend: Arc<dyn StripeBackend>, timeout: Duration, label: &'static str) -> Self {
-        let n = backend.nodes().len();
-        let metrics = FleetMetrics {
-            node_latency: (0..n).map(|_| Histogram::default()).collect(),
-            node_errors: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            node_malformed: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            ..FleetMetrics::default()
-        };
+        Self::with_rebuild(backend, None, timeout, label)
+    }
+
+    /// A tier whose node list can be changed ([`FleetTier::set_nodes`]):
+    /// `rebuild` makes a backend of the same kind for a new list.
+    pub fn with_rebuild(
+        backend: Arc<dyn StripeBackend>,
+        rebuild: Option<Rebuild>,
+        timeout: Duration,
+        label: &'static str,
+    ) -> Self {
+        let metrics = FleetMetrics::default();
         FleetTier {
-            backend,
+            members: Membership::new(backend, rebuild),
             timeout,
+            lease: None,
+            held: Arc::new(HeldLeases::default()),
             fills: Arc::new(tokio::sync::Semaphore::new(MAX_FILLS)),
             queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             filling: Arc::new(Mutex::new(HashSet::new())),
@@ -110,11 +162,43 @@ impl FleetTier {
         }
     }
 
+    /// Coordinates fills across hosts with fill leases (see [`crate::lease`]).
+    pub fn with_leases(mut self, cfg: LeaseConfig) -> Self {
+        self.lease = Some(cfg);
+        self
+    }
+
+    /// The current membership (reads and fills keep the one they started with).
+    pub fn members(&self) -> Arc<Members> {
+        self.members.get()
+    }
+
+    /// Replaces the node list; stripes whose rendezvous ranking changed are
+    /// rewritten on their new nodes by read repair.
+    pub fn set_nodes(&self, nodes: Vec<String>) -> Result<Change, String> {
+        let change = self.members.set_nodes(nodes)?;
+        tracing::info!(added = ?change.added, removed = ?change.removed, "fleet membership changed");
+        Ok(change)
+    }
+
+    /// Replaces the node list from a spec of the same kind as the tier's
+    /// (`HOST:PORT,...`, or `memcached://...` for a memcached fleet).
+    pub fn set_spec(&self, spec: &str) -> Result<Change, String> {
+        let (mc, nodes) = crate::parse_spec(spec)?;
+        if mc != (self.label == "fleet-memcached") {
+            return Err(format!(
+                "'{spec}': a fleet cannot change between lode nodes and memcached; restart the agent"
+            ));
+        }
+        self.set_nodes(nodes)
+    }
+
     /// Prometheus text for the fleet.
     pub fn render(&self, out: &mut String) {
         let m = &self.metrics;
-        for (i, node) in self.backend.nodes().iter().enumerate() {
-            m.node_latency[i].render(
+        let members = self.members();
+        for (node, st) in members.backend.nodes().iter().zip(&members.stats) {
+            st.latency.render(
                 out,
                 "lode_fleet_stripe_get_seconds",
                 &format!("node=\"{node}\""),
@@ -122,12 +206,17 @@ impl FleetTier {
             let _ = writeln!(
                 out,
                 "lode_fleet_stripe_errors_total{{node=\"{node}\"}} {}",
-                m.node_errors[i].load(Ordering::Relaxed)
+                st.errors.load(Ordering::Relaxed)
             );
             let _ = writeln!(
                 out,
                 "lode_fleet_stripe_malformed_total{{node=\"{node}\"}} {}",
-                m.node_malformed[i].load(Ordering::Relaxed)
+                st.malformed.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "lode_fleet_stripe_corrupt_total{{node=\"{node}\"}} {}",
+                st.corrupt.load(Ordering::Relaxed)
             );
         }
         for (n, v) in [
@@ -141,6 +230,12 @@ impl FleetTier {
             ("lode_fleet_repairs_total", &m.repairs),
             ("lode_fleet_stripe_bytes_total", &m.stripe_bytes),
             ("lode_fleet_chunk_bytes_total", &m.chunk_bytes),
+            ("lode_fleet_leases_won_total", &m.leases_won),
+            ("lode_fleet_lease_waits_total", &m.lease_waits),
+            ("lode_fleet_lease_served_total", &m.lease_served),
+            ("lode_fleet_lease_timeouts_total", &m.lease_timeouts),
+            ("lode_fleet_lease_rechecks_total", &m.lease_rechecks),
+            ("lode_fleet_lease_errors_total", &m.lease_errors),
         ] {
             let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
         }
@@ -160,15 +255,17 @@ impl FleetTier {
         Some(Bytes::from(ct))
     }
 
-    async fn read(&self, id: &ChunkId) -> Option<Bytes> {
-        let nodes = placement(self.backend.nodes(), &id.name);
+    pub(crate) async fn read(&self, id: &ChunkId) -> Option<Bytes> {
+        let members = self.members();
+        let (backend, stats) = (&members.backend, &members.stats);
+        let nodes = placement(backend.nodes(), &id.name);
         let mut gets: FuturesUnordered<_> = (0..stripe::TOTAL)
             .map(|j| {
                 let k = key(&id.name, j);
                 let node = nodes[j];
                 async move {
                     let t = Instant::now();
-                    let r = tokio::time::timeout(self.timeout, self.backend.get(node, &k)).await;
+                    let r = tokio::time::timeout(self.timeout, backend.get(node, &k)).await;
                     (j, node, r, t.elapsed())
                 }
             })
@@ -180,16 +277,16 @@ impl FleetTier {
         while let Some((j, node, r, took)) = gets.next().await {
             match r {
                 Ok(Ok(Some(b))) if stripe::header(&b).is_some_and(|(i, _)| i == j) => {
-                    self.metrics.node_latency[node].observe(took);
+                    stats[node].latency.observe(took);
                     got.push((j, b));
                 }
                 Ok(Ok(Some(_))) => {
-                    self.metrics.node_malformed[node].fetch_add(1, Ordering::Relaxed);
+                    stats[node].malformed.fetch_add(1, Ordering::Relaxed);
                     missing.push(j);
                 }
                 Ok(Ok(None)) => missing.push(j),
                 _ => {
-                    self.metrics.node_errors[node].fetch_add(1, Ordering::Relaxed);
+                    stats[node].errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
             if got.len() == stripe::DATA {
@@ -212,6 +309,9 @@ impl FleetTier {
                     if let Some(ct) = Self::try_decode(&subset, &id.name, &self.metrics) {
                         // The stripe left out was the bad one.
                         missing.push(got[skip].0);
+                        stats[nodes[got[skip].0]]
+                            .corrupt
+                            .fetch_add(1, Ordering::Relaxed);
                         self.repair(id.name, &ct, missing);
                         return Some(ct);
                     }
@@ -229,7 +329,13 @@ impl ChunkTier for FleetTier {
 
     fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
         Box::pin(async move {
-            match self.read(id).await {
+            let mut got = self.read(id).await;
+            if got.is_none() {
+                if let Some(cfg) = &self.lease {
+                    got = self.coordinate(id, cfg).await;
+                }
+            }
+            match got {
                 Some(b) => Ok(b),
                 None => {
                     self.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -247,7 +353,27 @@ impl ChunkTier for FleetTier {
     /// dropped), one fill per chunk at a time, never blocking the read that
     /// triggered it.
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
-        self.put_stripes(id.name, ciphertext, None);
+        let held = self.held.take(&id.name);
+        self.put_stripes(id.name, ciphertext, None, held);
+    }
+
+    /// Releases this host's fill lease on a chunk no tier could fetch, so
+    /// the hosts waiting for it stop waiting.
+    fn abandon(&self, id: &ChunkId) {
+        if let Some(h) = self.held.take(&id.name) {
+            crate::lease::release(&id.name, h, self.timeout);
+        }
+    }
+
+    /// Waits until no fill or repair is queued or running (at most 4 stripe
+    /// timeouts per fill slot round, 30 s in all).
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let until = Instant::now() + Duration::from_secs(30);
+            while self.queued.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
     }
 }
 
@@ -256,18 +382,31 @@ impl FleetTier {
     /// in the background and under the same bounds as fills.
     fn repair(&self, name: ChunkName, ciphertext: &Bytes, which: Vec<usize>) {
         if !which.is_empty() {
-            self.put_stripes(name, ciphertext.clone(), Some(which));
+            self.put_stripes(name, ciphertext.clone(), Some(which), None);
         }
     }
 
     /// Writes all stripes of a chunk (a fill, `only` = `None`) or some of them
     /// (a repair). Bounded: at most [`MAX_FILLS`] running and
     /// [`MAX_QUEUED_FILLS`] waiting, beyond that dropped; one write per chunk
-    /// at a time.
-    fn put_stripes(&self, name: ChunkName, ciphertext: Bytes, only: Option<Vec<usize>>) {
+    /// at a time. A fill lease `held` is released once the stripes are
+    /// stored (at once if the write is dropped).
+    fn put_stripes(
+        &self,
+        name: ChunkName,
+        ciphertext: Bytes,
+        only: Option<Vec<usize>>,
+        held: Option<HeldLease>,
+    ) {
+        let give_up = |held: Option<HeldLease>| {
+            if let Some(h) = held {
+                crate::lease::release(&name, h, self.timeout);
+            }
+        };
         if self.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED_FILLS {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             self.metrics.fills_dropped.fetch_add(1, Ordering::Relaxed);
+            give_up(held);
             return;
         }
         if !self
@@ -277,10 +416,11 @@ impl FleetTier {
             .insert(name)
         {
             self.queued.fetch_sub(1, Ordering::SeqCst);
+            give_up(held);
             return;
         }
         let (backend, filling, metrics, timeout) = (
-            self.backend.clone(),
+            self.members().backend.clone(),
             self.filling.clone(),
             self.metrics.clone(),
             self.timeout,
@@ -290,6 +430,7 @@ impl FleetTier {
             let Ok(permit) = slots.acquire_owned().await else {
                 return;
             };
+            let release_after = held.map(|h| (h, timeout));
             let nodes = placement(backend.nodes(), &name);
             let stripes = stripe::encode(&ciphertext);
             let wanted = |j: &usize| only.as_ref().is_none_or(|w| w.contains(j));
@@ -330,6 +471,11 @@ impl FleetTier {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&name);
+            // Inline, before the fill counts as done: a process that exits
+            // after `settle` must not leave the waiters to the lease's TTL.
+            if let Some((h, timeout)) = release_after {
+                crate::lease::release_now(&name, h, timeout).await;
+            }
             queued.fetch_sub(1, Ordering::SeqCst);
             drop(permit);
         });

@@ -5,27 +5,36 @@
 //! * [`stripe`]: the 4-of-5 code (4 data stripes + XOR parity);
 //! * [`client`]: [`FleetTier`], the agent's tier that reads the first 4 of 5
 //!   stripes and fills the fleet after a miss;
-//! * [`backend`]: the node protocols — lode nodes over HTTP/2, or memcached.
+//! * [`auth`]: the write key: nodes accept writes only with its MAC;
+//! * [`backend`]: the node protocols — lode nodes over HTTP/2, or memcached;
+//! * [`lease`]: fill leases, so a herd of hosts missing one chunk costs one
+//!   store GET.
 
+pub mod auth;
 pub mod backend;
 pub mod client;
+pub mod lease;
 pub mod lru2;
+pub mod members;
 pub mod node;
 pub mod stripe;
 
-pub use backend::{Http2Nodes, Memcached, StripeBackend};
+pub use backend::{Http2Nodes, Lease, Memcached, StripeBackend};
 pub use client::{placement, FleetTier};
+pub use lease::LeaseConfig;
+pub use members::Change;
 pub use node::NodeStore;
 
-/// Builds the fleet tier from `--cache-nodes`: `HOST:PORT,...` (lode nodes)
-/// or `memcached://HOST:PORT,...`.
-pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, String> {
+/// Parses a fleet spec: `HOST:PORT,...` or `memcached://HOST:PORT,...` (commas
+/// or newlines between nodes) into (is memcached, node list).
+pub fn parse_spec(spec: &str) -> Result<(bool, Vec<String>), String> {
+    let spec = spec.trim();
     let (mc, list) = match spec.strip_prefix("memcached://") {
         Some(rest) => (true, rest),
         None => (false, spec),
     };
     let nodes: Vec<String> = list
-        .split(',')
+        .split([',', '\n'])
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
@@ -43,13 +52,40 @@ pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, 
     if distinct.len() != nodes.len() {
         return Err("--cache-nodes lists a node twice".into());
     }
-    let backend: std::sync::Arc<dyn StripeBackend> = if mc {
-        std::sync::Arc::new(Memcached::new(nodes))
-    } else {
-        std::sync::Arc::new(Http2Nodes::new(nodes))
-    };
-    Ok(FleetTier::new(
-        backend,
+    Ok((mc, nodes))
+}
+
+/// Builds the fleet tier from `--cache-nodes`: `HOST:PORT,...` (lode nodes)
+/// or `memcached://HOST:PORT,...`.
+pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, String> {
+    from_spec_with_key(spec, timeout, None)
+}
+
+/// [`from_spec`], signing every write to lode nodes with `key` (memcached has
+/// no authentication: a key with a `memcached://` spec is an error).
+pub fn from_spec_with_key(
+    spec: &str,
+    timeout: std::time::Duration,
+    key: Option<auth::WriteKey>,
+) -> Result<FleetTier, String> {
+    let (mc, nodes) = parse_spec(spec)?;
+    if mc && key.is_some() {
+        return Err(
+            "memcached has no authentication: a fleet write key applies to lode cache nodes only"
+                .into(),
+        );
+    }
+    let rebuild: members::Rebuild = std::sync::Arc::new(move |nodes: Vec<String>| {
+        let b: std::sync::Arc<dyn StripeBackend> = match (mc, &key) {
+            (true, _) => std::sync::Arc::new(Memcached::new(nodes)),
+            (false, None) => std::sync::Arc::new(Http2Nodes::new(nodes)),
+            (false, Some(k)) => std::sync::Arc::new(Http2Nodes::new(nodes).with_key(k.clone())),
+        };
+        b
+    });
+    Ok(FleetTier::with_rebuild(
+        rebuild(nodes),
+        Some(rebuild),
         timeout,
         if mc { "fleet-memcached" } else { "fleet" },
     ))

@@ -185,6 +185,10 @@ pub fn client_read(data: &[u8]) {
 /// up, and every file the disk tier wrote is a valid key directly in its
 /// directory. Also: every valid key is one plain path component.
 pub fn node_request(data: &[u8]) {
+    // The write MAC header a node parses: never accepted without the key's MAC.
+    let key = lode_fleet::auth::WriteKey::from_bytes(&[7u8; 32]).expect("key");
+    let header = String::from_utf8_lossy(data);
+    assert!(key.verify(Some(&header), "PUT", "/s/k.0", data).is_err());
     node_exchange(data);
 }
 
@@ -278,5 +282,13 @@ pub fn memcached_reply(data: &[u8]) {
     let mut r: &[u8] = data;
     if rt.block_on(read_set_reply(&mut r)).is_ok() {
         assert!(data.starts_with(b"HD") && data.contains(&b'\n'));
+    }
+    // A fill-lease reply (`mg KEY N<ttl> c`): won only with `HD`, a `W` flag
+    // and a CAS token.
+    let line = String::from_utf8_lossy(data);
+    if let Ok(lode_fleet::Lease::Won(_)) = lode_fleet::backend::parse_lease_reply(&line) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.first(), Some(&"HD"));
+        assert!(words.contains(&"W") && words.iter().any(|w| w.starts_with('c')));
     }
 }

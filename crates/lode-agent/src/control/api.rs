@@ -8,6 +8,11 @@
 //! | `POST /v1/volumes` | [`AttachRequest`] | 201 [`Attached`] |
 //! | `GET /v1/volumes/ID` | | 200 [`VolumeInfo`] |
 //! | `DELETE /v1/volumes/ID` | | 200 [`VolumeInfo`] (final counters) |
+//! | `GET /v1/fleet` | | 200 [`FleetInfo`] (409 without a fleet) |
+//! | `PUT /v1/fleet` | [`FleetRequest`] | 200 [`FleetInfo`]: the membership changed |
+//!
+//! `PUT /v1/fleet` is for the agent's own user and root only (403 for other
+//! peers); it changes the running membership, not `--cache-nodes-file`.
 //!
 //! Errors are `{"error": "reason"}` with a 4xx status for the caller's
 //! mistakes (400 malformed, 403 owner not allowed, 404 unknown image or
@@ -158,6 +163,30 @@ pub struct Health {
     pub tasks: usize,
 }
 
+/// `PUT /v1/fleet`: the new node list, as `--cache-nodes` takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetRequest {
+    /// `HOST:PORT,...` or `memcached://HOST:PORT,...`.
+    pub nodes: String,
+}
+
+/// The fleet membership (and what the last change did).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct FleetInfo {
+    /// The nodes now.
+    pub nodes: Vec<String>,
+    /// Nodes the change added.
+    #[serde(default)]
+    pub added: Vec<String>,
+    /// Nodes the change removed.
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+/// Reads (`None`) or changes (`Some(spec)`) the agent's fleet membership.
+pub type FleetHook = Arc<dyn Fn(Option<&str>) -> Result<FleetInfo, String> + Send + Sync>;
+
 /// An error answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApiError {
@@ -275,9 +304,43 @@ pub async fn handle(
             Ok(v) => json(StatusCode::OK, &v),
             Err(e) => registry_error(e),
         },
-        (_, ["v1", "health"]) | (_, ["v1", "volumes"]) | (_, ["v1", "volumes", _]) => {
-            error(405, format!("method {method} not allowed on {path}"))
+        (Method::GET, ["v1", "fleet"]) | (Method::PUT, ["v1", "fleet"]) => {
+            let Some(hook) = registry.fleet_hook() else {
+                return error(409, "the agent has no cache fleet (--cache-nodes)");
+            };
+            if method == Method::GET {
+                return match hook(None) {
+                    Ok(f) => json(StatusCode::OK, &f),
+                    Err(e) => error(500, e),
+                };
+            }
+            let me = nix::unistd::geteuid().as_raw();
+            if peer.0 != 0 && peer.0 != me {
+                return error(
+                    403,
+                    format!(
+                        "uid {} may not change the fleet (the agent's user or root only)",
+                        peer.0
+                    ),
+                );
+            }
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return error(400, format!("reading the request body: {e}")),
+            };
+            let want: FleetRequest = match serde_json::from_slice(&body) {
+                Ok(f) => f,
+                Err(e) => return error(400, format!("malformed fleet request: {e}")),
+            };
+            match hook(Some(&want.nodes)) {
+                Ok(f) => json(StatusCode::OK, &f),
+                Err(e) => error(400, e),
+            }
         }
+        (_, ["v1", "health"])
+        | (_, ["v1", "volumes"])
+        | (_, ["v1", "volumes", _])
+        | (_, ["v1", "fleet"]) => error(405, format!("method {method} not allowed on {path}")),
         _ => error(404, format!("no endpoint {path} (the API is under /v1/)")),
     }
 }

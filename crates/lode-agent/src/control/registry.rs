@@ -113,6 +113,7 @@ pub struct Registry {
     volumes: Mutex<BTreeMap<String, Entry>>,
     started: std::time::Instant,
     stopping: watch::Sender<bool>,
+    fleet: std::sync::OnceLock<super::api::FleetHook>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -216,7 +217,18 @@ impl Registry {
             volumes: Mutex::new(BTreeMap::new()),
             started: std::time::Instant::now(),
             stopping: watch::channel(false).0,
+            fleet: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets `/v1/fleet` read and change the fleet membership (set once).
+    pub fn set_fleet_hook(&self, hook: super::api::FleetHook) {
+        let _ = self.fleet.set(hook);
+    }
+
+    /// The fleet hook, if the agent has a fleet.
+    pub fn fleet_hook(&self) -> Option<&super::api::FleetHook> {
+        self.fleet.get()
     }
 
     /// What the transports share.

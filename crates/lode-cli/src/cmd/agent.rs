@@ -170,6 +170,30 @@ where
     })
 }
 
+/// On every SIGHUP, re-reads the fleet spec from `file` and changes the
+/// fleet's membership (a bad file is reported and the old list kept).
+async fn reload_on_sighup(fleet: Arc<lode_fleet::FleetTier>, file: std::path::PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        eprintln!("lode agent: cannot install the SIGHUP handler; fleet reload disabled");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let r = std::fs::read_to_string(&file)
+            .map_err(|e| format!("reading {}: {e}", file.display()))
+            .and_then(|spec| fleet.set_spec(&spec));
+        match r {
+            Ok(c) => eprintln!(
+                "lode agent: SIGHUP: fleet now {} node(s); added {:?}, removed {:?}",
+                fleet.members().backend.nodes().len(),
+                c.added,
+                c.removed
+            ),
+            Err(e) => eprintln!("lode agent: SIGHUP: fleet unchanged: {e}"),
+        }
+    }
+}
+
 /// Waits for SIGTERM or SIGINT.
 async fn terminated() -> Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -236,6 +260,21 @@ pub fn run(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("opening the state directory {}", state_dir.display()))?;
         let registry = Arc::new(Registry::new(exports.clone(), state));
+        if let Some(f) = &fleet {
+            let f = f.clone();
+            registry.set_fleet_hook(Arc::new(move |spec: Option<&str>| {
+                let change = match spec {
+                    Some(s) => Some(f.set_spec(s)?),
+                    None => None,
+                };
+                let (added, removed) = change.map(|c| (c.added, c.removed)).unwrap_or_default();
+                Ok(lode_agent::control::api::FleetInfo {
+                    nodes: f.members().backend.nodes().to_vec(),
+                    added,
+                    removed,
+                })
+            }));
+        }
         // Every volume is back at its socket before anything else serves.
         let restored = registry.restore().await?;
         tokio::spawn(registry.clone().retry_failed());
@@ -257,6 +296,7 @@ pub fn run(args: Args) -> Result<()> {
                 .await
                 .with_context(|| format!("binding metrics {addr}"))?;
             // The fleet's metrics, if any, and the store's alarm counters.
+            let fleet = fleet.clone();
             let extra: lode_agent::metrics::Extra = Arc::new(move |out: &mut String| {
                 if let Some(f) = &fleet {
                     f.render(out);
@@ -334,7 +374,14 @@ pub fn run(args: Args) -> Result<()> {
             control.display(),
             state_dir.display()
         );
+        let reload = match (&fleet, &args.cache.cache_nodes_file) {
+            (Some(f), Some(file)) => Some(tokio::spawn(reload_on_sighup(f.clone(), file.clone()))),
+            _ => None,
+        };
         let why = terminated().await?;
+        if let Some(r) = reload {
+            r.abort();
+        }
         tracing::info!("{why}: stopping");
         eprintln!("lode agent: {why}: stopping (clients' requests complete, sockets removed)");
         stop_tx.send_replace(true);

@@ -33,11 +33,31 @@ pub struct CacheArgs {
     pub store_retries: u32,
     /// AZ cache fleet: `HOST:PORT,...` (lode cache nodes) or `memcached://HOST:PORT,...`.
     /// Chunks are read from it before the store, as 4-of-5 erasure-coded stripes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cache_nodes_file")]
     pub cache_nodes: Option<String>,
+    /// The fleet as a file holding a `--cache-nodes` spec (nodes separated by
+    /// commas or lines). `lode agent` re-reads it on SIGHUP and changes its
+    /// fleet membership without a restart.
+    #[arg(long)]
+    pub cache_nodes_file: Option<PathBuf>,
+    /// Sign every write to lode cache nodes with the key in this file (the nodes'
+    /// `--write-key`).
+    #[arg(long)]
+    pub fleet_key: Option<PathBuf>,
     /// Time limit of one stripe request to a cache node, milliseconds.
     #[arg(long, default_value_t = 500)]
     pub fleet_timeout_ms: u64,
+    /// Fill leases: after a fleet miss, one host per chunk fetches it from the
+    /// store and fills the fleet while the others wait for that fill. The
+    /// lease's time to live in milliseconds (what a dead holder costs the
+    /// waiters; memcached rounds it up to whole seconds); 0 turns fill
+    /// coordination off (every host that misses goes to the store).
+    #[arg(long, default_value_t = 2000)]
+    pub fleet_lease_ms: u64,
+    /// Longest a host waits for other hosts' fill of a chunk before it
+    /// fetches the chunk from the store itself, milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    pub fleet_lease_wait_ms: u64,
     /// Read only from the fleet, never from the store (tests of fleet-only reads).
     #[arg(long, hide = true)]
     pub no_store: bool,
@@ -50,6 +70,17 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
+    /// The fleet spec: `--cache-nodes`, or the contents of `--cache-nodes-file`.
+    pub fn fleet_spec(&self) -> Result<Option<String>> {
+        match (&self.cache_nodes, &self.cache_nodes_file) {
+            (Some(s), _) => Ok(Some(s.clone())),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| Some(s.trim().to_string()))
+                .with_context(|| format!("reading --cache-nodes-file {}", f.display())),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Builds the reader: memory → disk → fleet (if any) → store.
     pub fn reader(&self) -> Result<(lode_store::Store, Arc<ChunkReader>)> {
         let (store, reader, _) = self.reader_with_fleet()?;
@@ -80,11 +111,25 @@ impl CacheArgs {
         ));
         let mut tiers: Vec<Arc<dyn ChunkTier>> = Vec::new();
         let mut fleet = None;
-        if let Some(spec) = &self.cache_nodes {
-            let f = Arc::new(
-                lode_fleet::from_spec(spec, Duration::from_millis(self.fleet_timeout_ms))
-                    .map_err(|e| anyhow::anyhow!(e))?,
-            );
+        if let Some(spec) = &self.fleet_spec()? {
+            let key = self
+                .fleet_key
+                .as_deref()
+                .map(lode_fleet::auth::WriteKey::load)
+                .transpose()?;
+            let mut f = lode_fleet::from_spec_with_key(
+                spec,
+                Duration::from_millis(self.fleet_timeout_ms),
+                key,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            if self.fleet_lease_ms > 0 {
+                f = f.with_leases(lode_fleet::LeaseConfig {
+                    ttl: Duration::from_millis(self.fleet_lease_ms),
+                    wait: Duration::from_millis(self.fleet_lease_wait_ms),
+                });
+            }
+            let f = Arc::new(f);
             let n = spec
                 .trim_start_matches("memcached://")
                 .split(',')

@@ -1,4 +1,4 @@
-//! `lode cache-node --listen HOST:PORT --memory BYTES [--disk DIR --disk-size BYTES]`
+//! `lode cache-node --listen HOST:PORT --memory BYTES [--disk DIR --disk-size BYTES] [--write-key FILE]`
 
 use super::common::runtime;
 use crate::shutdown::Shutdown;
@@ -41,6 +41,11 @@ pub struct Args {
     /// Milliseconds a request body may take to arrive.
     #[arg(long, default_value_t = 10_000)]
     body_timeout_ms: u64,
+    /// Accept writes (stripe PUTs, fill leases) only with a MAC made with the key
+    /// in this file (at least 32 bytes; agents use the same file as `--fleet-key`).
+    /// Without it any client that reaches the node may write.
+    #[arg(long)]
+    write_key: Option<PathBuf>,
     /// Bytes of unfinished request bodies held at most, all connections together.
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     body_memory: u64,
@@ -61,7 +66,15 @@ pub fn run(args: Args) -> Result<()> {
         body_timeout: Duration::from_millis(args.body_timeout_ms),
         body_memory: usize::try_from(args.body_memory).unwrap_or(usize::MAX),
     };
-    let node = Node::new(store.clone(), limits);
+    let key = args
+        .write_key
+        .as_deref()
+        .map(lode_fleet::auth::WriteKey::load)
+        .transpose()?;
+    if key.is_none() {
+        eprintln!("lode cache-node: warning: no --write-key: any client that reaches the node can write stripes");
+    }
+    let node = Node::with_write_key(store.clone(), limits, key);
     let rt = runtime()?;
     let result: Result<()> = rt.block_on(async {
         let l = tokio::net::TcpListener::bind(&args.listen)

@@ -3,7 +3,7 @@
 //! HTTP/2 (and HTTP/1.1 for tools like curl) over TCP:
 //! `GET /s/<key>` → 200 with the stripe or 404; `HEAD /s/<key>`; `PUT /s/<key>`
 //! (body ≤ 1 MiB) → 204; `GET /health` → 200 `ok`; `GET /metrics` →
-//! Prometheus text. Keys are 1–128 of `[0-9a-z.:_-]`, not starting with `.`.
+//! Prometheus text; fill leases on `/l/<key>` ([`lease`]). Keys are 1–128 of `[0-9a-z.:_-]`, not starting with `.`.
 //! Memory evictions move stripes to the disk tier; disk hits move them back.
 //! Both tiers are bounded and evict by LRU-2 ([`store`]).
 //!
@@ -14,6 +14,7 @@
 //! [`Limits`].
 
 pub mod body;
+pub mod lease;
 pub mod serve;
 pub mod store;
 
@@ -118,7 +119,13 @@ pub struct Node {
     budget: BodyBudget,
     conns: Registry,
     metrics: ServerMetrics,
+    leases: lease::Leases,
+    write_key: Option<crate::auth::WriteKey>,
+    /// Writes refused for a missing or bad MAC, by reason.
+    auth_refused: [AtomicU64; 4],
 }
+
+const AUTH_REASONS: [&str; 4] = ["missing", "malformed", "stale", "bad_mac"];
 
 type Body = Full<Bytes>;
 
@@ -131,12 +138,25 @@ fn respond(status: StatusCode, body: Bytes) -> Response<Body> {
 impl Node {
     /// A node serving `store` within `limits`.
     pub fn new(store: Arc<NodeStore>, limits: Limits) -> Arc<Node> {
+        Self::with_write_key(store, limits, None)
+    }
+
+    /// A node that accepts writes (stripe PUTs, leases) only with a MAC made
+    /// with `key` ([`crate::auth`]); `None` accepts any write.
+    pub fn with_write_key(
+        store: Arc<NodeStore>,
+        limits: Limits,
+        key: Option<crate::auth::WriteKey>,
+    ) -> Arc<Node> {
         Arc::new(Node {
+            write_key: key,
+            auth_refused: Default::default(),
             store,
             budget: BodyBudget::new(limits.body_memory),
             limits,
             conns: Registry::new(),
             metrics: ServerMetrics::default(),
+            leases: lease::Leases::default(),
         })
     }
 
@@ -172,6 +192,23 @@ impl Node {
                 v.load(Ordering::Relaxed)
             );
         }
+        let l = &self.leases;
+        for (n, v) in [
+            ("lode_node_leases_granted_total", &l.granted),
+            ("lode_node_leases_contended_total", &l.contended),
+            ("lode_node_leases_refused_full_total", &l.full),
+            ("lode_node_leases_expired_total", &l.expired),
+        ] {
+            let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(out, "lode_node_leases {}", l.len());
+        for (why, v) in AUTH_REASONS.iter().zip(&self.auth_refused) {
+            let _ = writeln!(
+                out,
+                "lode_node_writes_unauthenticated_total{{reason=\"{why}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(out, "lode_node_connections {}", self.conns.len());
         let _ = writeln!(out, "lode_node_body_bytes {}", self.budget.in_use());
         out
@@ -189,6 +226,23 @@ impl Node {
         }
         if path == "/metrics" {
             return Ok(respond(StatusCode::OK, Bytes::from(self.render())));
+        }
+        let auth = req
+            .headers()
+            .get(crate::auth::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or(path.clone(), |p| p.as_str().to_string());
+        if let Some(key) = path.strip_prefix("/l/") {
+            if method != Method::GET {
+                if let Some(r) = self.refuse_unauthenticated(auth.as_deref(), &method, &pq, b"") {
+                    return Ok(r);
+                }
+            }
+            return Ok(self.handle_lease(&method, key, req.uri().query()).await);
         }
         let Some(key) = path.strip_prefix("/s/").filter(|k| valid_key(k)) else {
             self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
@@ -220,6 +274,11 @@ impl Node {
                     .await
                 {
                     Ok(b) => {
+                        if let Some(r) =
+                            self.refuse_unauthenticated(auth.as_deref(), &method, &pq, &b.bytes)
+                        {
+                            return Ok(r);
+                        }
                         self.store.put(key, b.bytes.clone());
                         respond(StatusCode::NO_CONTENT, Bytes::new())
                     }
@@ -239,6 +298,90 @@ impl Node {
             }
             _ => respond(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
         })
+    }
+}
+
+/// The value of `name=` in a query string, as a number.
+fn query_num(query: Option<&str>, name: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+impl Node {
+    /// With a write key: `Some(401)` unless the request carries a valid MAC.
+    fn refuse_unauthenticated(
+        &self,
+        header: Option<&str>,
+        method: &Method,
+        pq: &str,
+        body: &[u8],
+    ) -> Option<Response<Body>> {
+        let key = self.write_key.as_ref()?;
+        let e = key.verify(header, method.as_str(), pq, body).err()?;
+        if let Some(i) = AUTH_REASONS.iter().position(|&r| r == e.label()) {
+            self.auth_refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(error = %e, pq, "unauthenticated write refused");
+        Some(respond(
+            StatusCode::UNAUTHORIZED,
+            Bytes::from(format!("{e}\n")),
+        ))
+    }
+
+    /// `POST /l/<key>?ttl_ms=N`, `GET /l/<key>?wait_ms=N`,
+    /// `DELETE /l/<key>?token=T` (see [`lease`]).
+    async fn handle_lease(
+        &self,
+        method: &Method,
+        key: &str,
+        query: Option<&str>,
+    ) -> Response<Body> {
+        let bad = |what: &'static str| {
+            self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            respond(StatusCode::BAD_REQUEST, Bytes::from_static(what.as_bytes()))
+        };
+        if !valid_key(key) {
+            return bad("bad key\n");
+        }
+        let ms = |n: &str| query_num(query, n).map(Duration::from_millis);
+        match *method {
+            Method::POST => {
+                let Some(ttl) = ms("ttl_ms").filter(|t| !t.is_zero()) else {
+                    return bad("ttl_ms missing\n");
+                };
+                match self.leases.acquire(key, ttl) {
+                    lease::Grant::Won(t) => {
+                        respond(StatusCode::CREATED, Bytes::from(format!("{t}\n")))
+                    }
+                    lease::Grant::Held => respond(StatusCode::CONFLICT, Bytes::new()),
+                    lease::Grant::Full => respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Bytes::from_static(b"lease table full\n"),
+                    ),
+                }
+            }
+            Method::GET => {
+                let wait = ms("wait_ms").unwrap_or_default();
+                if self.leases.wait(key, wait).await {
+                    respond(StatusCode::NOT_FOUND, Bytes::new())
+                } else {
+                    respond(StatusCode::OK, Bytes::new())
+                }
+            }
+            Method::DELETE => {
+                let Some(token) = query_num(query, "token") else {
+                    return bad("token missing\n");
+                };
+                if self.leases.release(key, token) {
+                    respond(StatusCode::NO_CONTENT, Bytes::new())
+                } else {
+                    respond(StatusCode::NOT_FOUND, Bytes::new())
+                }
+            }
+            _ => respond(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
+        }
     }
 }
 
