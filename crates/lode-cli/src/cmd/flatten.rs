@@ -1,6 +1,6 @@
 //! `lode flatten SOURCE -o OUT`
 
-use super::common::{flatten_error, LimitArgs};
+use super::common::{flatten_error, LimitArgs, SourceArgs};
 use crate::shutdown::Shutdown;
 use crate::units::{human, parse_size};
 use anyhow::{Context, Result};
@@ -13,7 +13,8 @@ use std::time::Instant;
 /// Arguments of `lode flatten`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image to flatten: `oci:DIR[:REF]` or `docker-archive:FILE[:REF]`.
+    /// Image to flatten: `oci:DIR[:REF]`, `docker-archive:FILE[:REF]` or
+    /// `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]`.
     source: String,
     /// Output ext4 image (written atomically).
     #[arg(short, long)]
@@ -23,12 +24,15 @@ pub struct Args {
     size: Option<u64>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    from: SourceArgs,
 }
 
 /// Runs `lode flatten`.
 pub fn run(args: Args) -> Result<()> {
     let shutdown = Shutdown::install()?;
     let source: Source = args.source.parse()?;
+    let open = args.from.open_options()?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("{spinner} layer {msg} {bytes} read ({bytes_per_sec})")
@@ -47,6 +51,7 @@ pub fn run(args: Args) -> Result<()> {
             progress: Some(&on_progress),
             limits: args.limits.limits(),
             cancel: Some(shutdown.flag()),
+            open,
         },
     )
     .map_err(|e| flatten_error(e, &shutdown))?;

@@ -1,7 +1,7 @@
 //! `lode push SOURCE --tenant T --name NAME [--store URL]`
 
 use super::common::{
-    flatten_error, key_provider, lode_home, open_store, runtime, LimitArgs, StoreArgs,
+    flatten_error, key_provider, lode_home, open_store, runtime, LimitArgs, SourceArgs, StoreArgs,
 };
 use crate::shutdown::Shutdown;
 use crate::units::human;
@@ -18,7 +18,8 @@ use std::time::Duration;
 /// Arguments of `lode push`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// `oci:DIR[:REF]`, `docker-archive:FILE[:REF]`, or `ext4:FILE` (already flattened).
+    /// `oci:DIR[:REF]`, `docker-archive:FILE[:REF]`,
+    /// `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]`, or `ext4:FILE` (already flattened).
     source: String,
     /// Tenant that owns the image.
     #[arg(long)]
@@ -33,6 +34,8 @@ pub struct Args {
     concurrency: usize,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    from: SourceArgs,
 }
 
 /// Prefix of the images `push` flattens into `$LODE_HOME/tmp`.
@@ -57,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         lode_common::temp::sweep(&dir, TEMP_PREFIX, lode_common::temp::TEMP_SUFFIX);
         let t = LockedTemp::create_in(&dir, TEMP_PREFIX)
             .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-        let image = Image::open(&source)?;
+        let image = Image::open_with(&source, &args.from.open_options()?)?;
         let file = t.file().try_clone().context("opening the temp file")?;
         let opts = FlattenOptions {
             limits: args.limits.limits(),
