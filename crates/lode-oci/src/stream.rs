@@ -259,6 +259,9 @@ impl Read for LayerReader {
                 Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            // The source's own error (a registry download that failed)
+            // passes through: it names the URL, not the decompressor.
+            Err(e) if e.get_ref().is_some_and(|i| i.is::<OciError>()) => Err(e),
             Err(e) => {
                 let kind = e.kind();
                 Err(io::Error::new(kind, self.decompress_err(e)))

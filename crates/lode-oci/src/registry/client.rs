@@ -179,6 +179,13 @@ impl Client {
                     tracing::debug!(url, error = %e, attempt, "registry request failed, retrying");
                     backoff(attempt)
                 }
+                Err(e) if e.is_timeout() => {
+                    return Err(RegistryError::Stalled {
+                        url: url.to_owned(),
+                        secs: self.read_timeout.as_secs(),
+                        attempts: attempt,
+                    })
+                }
                 Err(e) => return Err(RegistryError::transport("GET", url, e)),
             };
             tokio::time::sleep(delay).await;

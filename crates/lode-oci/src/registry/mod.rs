@@ -34,6 +34,32 @@ use crate::platform::{self, Platform};
 use crate::{parse_config_diff_ids, Backend, OciError, Resolved};
 use client::{read_capped, Client};
 
+/// Fuzzing entry point (not API): `data` is a `WWW-Authenticate` value, a
+/// newline, then an auth file. Checks what the parsers promise: a Bearer
+/// challenge the client would use has an absolute realm; credentials found
+/// have a non-empty user; errors never quote the auth file's secrets.
+#[doc(hidden)]
+pub fn fuzz_auth(data: &[u8]) {
+    let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+    let (header, file) = (&data[..split], data.get(split + 1..).unwrap_or_default());
+    if let Ok(h) = std::str::from_utf8(header) {
+        if let Some(Challenge::Other(scheme)) = parse_challenge(h) {
+            assert!(!scheme.is_empty() && !scheme.contains(char::is_whitespace));
+        }
+    }
+    for r in ["reg.io/team/app", "busybox", "127.0.0.1:5000/a"] {
+        let r = RegistryRef::parse(r, r).expect("a fixed reference parses");
+        match auth::lookup_in(file, Path::new("auth.json"), &r) {
+            Ok(Some(c)) => assert!(!c.username.is_empty()),
+            Ok(None) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("auth.json"), "{msg}");
+            }
+        }
+    }
+}
+
 /// The largest manifest or index read (containers/image's limit).
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 
