@@ -10,8 +10,8 @@
 # The registry is Debian's docker-registry on loopback with TLS (a test CA)
 # and htpasswd basic auth. Without an argument the image is the corpus's
 # `big` image if scripts/corpus.sh built it, else three layers made from
-# this machine's /usr/bin (gzip), /usr/lib/x86_64-linux-gnu (gzip) and
-# /usr/share (zstd) with scripts/ocilayout.py.
+# this machine's /usr/bin (gzip), /usr/lib/x86_64-linux-gnu (zstd) and
+# /usr/share/doc (plain tar) with scripts/ocilayout.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -33,8 +33,8 @@ elif [ -d "$CORPUS/big" ]; then
 else
   O=$REPO/scripts/ocilayout.py
   python3 "$O" layer --src /usr/bin --out "$W/l1" --compress gzip >/dev/null
-  python3 "$O" layer --src /usr/lib/x86_64-linux-gnu --out "$W/l2" --compress gzip >/dev/null
-  python3 "$O" layer --src /usr/share --out "$W/l3" --compress zstd >/dev/null
+  python3 "$O" layer --src /usr/lib/x86_64-linux-gnu --out "$W/l2" --compress zstd >/dev/null
+  python3 "$O" layer --src /usr/share/doc --out "$W/l3" --compress none >/dev/null
   python3 "$O" image --out "$W/src" --name bench --ref latest "$W/l1.json" "$W/l2.json" "$W/l3.json" >/dev/null
   rm -f "$W"/l?.blob
   SRC="$W/src:latest"

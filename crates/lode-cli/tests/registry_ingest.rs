@@ -12,7 +12,7 @@ mod common_registry;
 #[path = "store_support/store_util.rs"]
 mod util;
 
-use common_registry::{Fault, FaultProxy, Registry, PASSWORD, USER};
+use common_registry::{Fault, FaultProxy, Registry, TokenServer, PASSWORD, USER};
 use lode_testkit::fixtures::{rich_stack, RichOptions};
 use lode_testkit::image::sha256_digest;
 use lode_testkit::{Compression, Content, Entry, LayerSpec};
@@ -301,6 +301,51 @@ fn registry_faults_mid_download() {
         "a pointer was written"
     );
     assert_eq!(names_in(&w.home.join("tmp")).iter().filter(|n| !n.ends_with(".lock")).count(), 0);
+}
+
+/// Bearer tokens (the Docker token flow): the registry runs `auth: token`
+/// with a realm served by a token endpoint in the test (RS256 JWTs signed by
+/// a key the registry trusts). Tokens live 3 s, less than the client's 5 s
+/// refresh margin, so every request after the first fetches a fresh one.
+#[test]
+fn registry_bearer_token() {
+    let w = World::local();
+    let work = w.work();
+    let token = TokenServer::start(&work.join("token"), 3);
+    let reg = Registry::start_with(&work.join("registry"), Some(&token));
+    let layout = work.join("rich");
+    rich_layout(&layout);
+    reg.put(&format!("oci:{}:latest", layout.display()), "team/rich:v1", false);
+    let want = work.join("want.ext4");
+    flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
+    let args = tls_args(&reg);
+    let args = strs(&args);
+    let before = token.issued.load(std::sync::atomic::Ordering::Relaxed);
+    let got = work.join("got.ext4");
+    flatten(&w, &reg.source("team/rich:v1"), &got, &args).ok();
+    assert!(same_file(&want, &got), "bearer flatten differs");
+    let issued = token.issued.load(std::sync::atomic::Ordering::Relaxed) - before;
+    // manifest, config, three layers: each request found its token expired.
+    assert!(issued >= 5, "tokens issued: {issued}");
+
+    let out_dir = work.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let cd = reg.cert_dir.display().to_string();
+    let line = flatten(
+        &w,
+        &reg.source("team/rich:v1"),
+        &out_dir.join("x.ext4"),
+        &["--cert-dir", &cd, "--creds", "alice:wrong"],
+    )
+    .err();
+    assert!(line.contains(&token.realm) && line.contains("401"), "{line}");
+    assert!(line.contains("scope=repository%3Ateam%2Frich%3Apull"), "{line}");
+    assert!(!line.contains("wrong"), "{line}");
+    assert!(token.refused.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // Anonymous: the endpoint refuses without credentials too.
+    let line = flatten(&w, &reg.source("team/rich:v1"), &out_dir.join("x.ext4"), &["--cert-dir", &cd]).err();
+    assert!(line.contains("401"), "{line}");
+    assert_eq!(names_in(&out_dir), Vec::<String>::new());
 }
 
 /// An OCI layout whose `index.json` names (ref `latest`) an image index of

@@ -50,6 +50,12 @@ fn wait_listening(addr: &str) {
 impl Registry {
     /// Starts a registry storing under `dir`, with TLS and basic auth.
     pub fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, None)
+    }
+
+    /// Starts a registry storing under `dir`, with TLS and, with `token`,
+    /// bearer-token auth from that endpoint instead of basic auth.
+    pub fn start_with(dir: &Path, token: Option<&TokenServer>) -> Registry {
         require_tool("docker-registry", "docker-registry");
         require_tool("htpasswd", "apache2-utils");
         require_tool("skopeo", "skopeo");
@@ -65,12 +71,22 @@ impl Registry {
             .unwrap();
         assert!(o.status.success(), "htpasswd: {o:?}");
         let addr = format!("127.0.0.1:{}", free_port());
+        let auth = match token {
+            None => format!(
+                "  htpasswd:\n    realm: lode-test\n    path: {}\n",
+                htpasswd.display()
+            ),
+            Some(t) => format!(
+                "  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                t.realm,
+                t.cert.display()
+            ),
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: lode-test\n    path: {}\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\nauth:\n{auth}",
             dir.join("data").display(),
             tls.server_cert.display(),
             tls.server_key.display(),
-            htpasswd.display()
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
@@ -265,4 +281,160 @@ fn pump(mut from: TcpStream, mut to: TcpStream, counted: Option<Counted>) {
     }
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
+}
+
+/// A token endpoint for the registry's `auth: token` (the Docker token
+/// flow): checks basic credentials, grants the scope asked for, and issues
+/// RS256 JWTs signed (by `openssl dgst`) with a test key whose self-signed
+/// certificate the registry trusts (`rootcertbundle`; the certificate rides
+/// in the `x5c` header). Tokens live `life_secs`.
+pub struct TokenServer {
+    /// `http://127.0.0.1:PORT/token`.
+    pub realm: String,
+    /// The certificate the registry must trust.
+    pub cert: PathBuf,
+    /// Tokens issued.
+    pub issued: Arc<AtomicU64>,
+    /// Requests refused for bad or missing credentials.
+    pub refused: Arc<AtomicU64>,
+}
+
+/// The `service` and `issuer` the registry is configured with.
+pub const TOKEN_SERVICE: &str = "lode-test-registry";
+const TOKEN_ISSUER: &str = "lode-test-issuer";
+
+fn b64url(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn b64std(b: &[u8]) -> String {
+    b64url(b).replace('-', "+").replace('_', "/")
+        + match b.len() % 3 {
+            1 => "==",
+            2 => "=",
+            _ => "",
+        }
+}
+
+impl TokenServer {
+    /// Starts the endpoint; keys and certificate go to `dir`.
+    pub fn start(dir: &Path, life_secs: u64) -> TokenServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let key = dir.join("token-key.pem");
+        let cert = dir.join("token-cert.pem");
+        let o = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=lode test token issuer"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "openssl: {o:?}");
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap()
+            .stdout;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let issued = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let (iss, refd) = (issued.clone(), refused.clone());
+        let want_auth = format!("Basic {}", b64std(format!("{USER}:{PASSWORD}").as_bytes()));
+        let dir = dir.to_owned();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).into_owned();
+                let target = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let authorized = text.lines().any(|l| {
+                    l.split_once(':').is_some_and(|(k, v)| {
+                        k.eq_ignore_ascii_case("authorization") && v.trim() == want_auth
+                    })
+                });
+                if !authorized {
+                    refd.fetch_add(1, Ordering::Relaxed);
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 24\r\nConnection: close\r\n\r\n{\"details\":\"bad creds\"}\n",
+                    );
+                    continue;
+                }
+                // Grant every repository scope asked for.
+                let mut access = Vec::new();
+                for pair in target.split_once('?').map_or("", |(_, q)| q).split('&') {
+                    if let Some(scope) = pair.strip_prefix("scope=") {
+                        let scope = scope.replace("%3A", ":").replace("%2F", "/").replace("%2C", ",");
+                        let parts: Vec<&str> = scope.splitn(3, ':').collect();
+                        if let [kind, name, actions] = parts[..] {
+                            access.push(format!(
+                                r#"{{"type":"{kind}","name":"{name}","actions":[{}]}}"#,
+                                actions.split(',').map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(",")
+                            ));
+                        }
+                    }
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let n = iss.fetch_add(1, Ordering::Relaxed);
+                let header = format!(r#"{{"typ":"JWT","alg":"RS256","x5c":["{}"]}}"#, b64std(&der));
+                let claims = format!(
+                    r#"{{"iss":"{TOKEN_ISSUER}","sub":"{USER}","aud":"{TOKEN_SERVICE}","exp":{},"nbf":{},"iat":{now},"jti":"lode-{n}","access":[{}]}}"#,
+                    now + life_secs,
+                    now - 10,
+                    access.join(",")
+                );
+                let signing_input = format!("{}.{}", b64url(header.as_bytes()), b64url(claims.as_bytes()));
+                let input_file = dir.join(format!("input-{n}"));
+                std::fs::write(&input_file, &signing_input).unwrap();
+                let sig = Command::new("openssl")
+                    .args(["dgst", "-sha256", "-sign"])
+                    .arg(dir.join("token-key.pem"))
+                    .arg(&input_file)
+                    .output()
+                    .unwrap()
+                    .stdout;
+                let _ = std::fs::remove_file(&input_file);
+                let body = format!(
+                    r#"{{"token":"{signing_input}.{}","expires_in":{life_secs}}}"#,
+                    b64url(&sig)
+                );
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        TokenServer {
+            realm,
+            cert,
+            issued,
+            refused,
+        }
+    }
 }

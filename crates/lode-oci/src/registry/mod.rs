@@ -105,6 +105,8 @@ struct Fetched {
     bytes: Vec<u8>,
     media_type: String,
     url: String,
+    /// The registry's `Docker-Content-Digest`, if it sent a sha256 one.
+    content_digest: Option<String>,
 }
 
 /// Resolves `r` to one image for `platform`.
@@ -125,6 +127,14 @@ pub(crate) fn open(
                 &doc.bytes,
                 digest,
                 *size,
+            )?;
+        } else if let Some(digest) = &doc.content_digest {
+            // A tag: the registry's digest header, when given, must match.
+            verify_bytes(
+                &format!("manifest at {}", doc.url),
+                &doc.bytes,
+                digest,
+                None,
             )?;
         }
         let digest = expect
@@ -199,7 +209,7 @@ fn fetch_manifest(client: &Arc<Client>, reference: &str) -> Result<Fetched, OciE
     let url = client.url("manifests", reference);
     let c = client.clone();
     let u = url.clone();
-    let (bytes, content_type) = client.run(async move {
+    let (bytes, content_type, content_digest) = client.run(async move {
         let resp = c.get(&u, Some(MANIFEST_ACCEPT), None).await?;
         if let Some(len) = resp.content_length() {
             if len > MAX_MANIFEST_SIZE {
@@ -214,8 +224,14 @@ fn fetch_manifest(client: &Arc<Client>, reference: &str) -> Result<Fetched, OciE
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+        let cd = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .filter(|d| crate::digest::parse_sha256(d).is_ok())
+            .map(str::to_owned);
         let bytes = read_capped(resp, MAX_MANIFEST_SIZE as usize, &u).await?;
-        Ok((bytes, ct))
+        Ok((bytes, ct, cd))
     })?;
     let known = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
     let media_type = match content_type {
@@ -236,5 +252,6 @@ fn fetch_manifest(client: &Arc<Client>, reference: &str) -> Result<Fetched, OciE
         bytes,
         media_type,
         url,
+        content_digest,
     })
 }
