@@ -76,9 +76,10 @@ skopeo copy --quiet --dest-cert-dir "$W/certs.d" --dest-creds bench:benchpw "oci
 REF="docker://127.0.0.1:$PORT/bench:1"
 AUTH=(--cert-dir "$W/certs.d" --creds bench:benchpw)
 
-# Runs "$@" measuring wall time, peak RSS and the peak size of directory $1.
+# measure KEY NAME DIR CMD...: runs CMD measuring wall time, peak RSS and
+# the peak size of DIR; the wall time is kept in $W/secs.KEY.
 measure() {
-  local name=$1 watch=$2; shift 2
+  local key=$1 name=$2 watch=$3; shift 3
   local peak=0 pid
   /usr/bin/time -f "%e %M" -o "$W/time" "$@" >"$W/out" 2>"$W/err" &
   pid=$!
@@ -90,7 +91,7 @@ measure() {
   wait "$pid" || { echo "$name failed:"; cat "$W/err"; exit 1; }
   read -r secs kib < <(tail -1 "$W/time")
   printf "| %-46s | %8.2f | %9d | %10d |\n" "$name" "$secs" "$((kib / 1024))" "$((peak / 1048576))"
-  echo "$secs" > "$W/secs.$name"
+  echo "$secs" > "$W/secs.$key"
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
@@ -100,17 +101,22 @@ echo "| command | wall s | peak RSS MiB | peak extra disk MiB |"
 echo "|---|---:|---:|---:|"
 mkdir -p "$W/dl" "$W/flat" "$W/home"
 sync
-measure "skopeo copy docker:// oci:DIR (download only)" "$W/dl" \
+measure skopeo "skopeo copy docker:// oci:DIR (download only)" "$W/dl" \
   skopeo copy --quiet --src-cert-dir "$W/certs.d" --src-creds bench:benchpw "$REF" "oci:$W/dl/img:latest"
 rm -rf "$W/dl"
-measure "lode flatten docker:// -o FILE" "$W/flat" \
+measure flatten "lode flatten docker:// -o FILE" "$W/flat" \
   "$L" flatten "$REF" -o "$W/flat/img.ext4" "${AUTH[@]}"
 rm -rf "$W/flat"
-measure "lode push docker:// (to manifest + pointer stored)" "$W/home" \
+mkdir -p "$W/flat"
+measure local "lode flatten oci:DIR -o FILE (same image, local)" "$W/flat" \
+  "$L" flatten "oci:$SRC" -o "$W/flat/img.ext4"
+rm -rf "$W/flat"
+measure push "lode push docker:// (to manifest + pointer stored)" "$W/home" \
   env LODE_HOME="$W/home" "$L" push "$REF" --tenant bench --name img --store "file://$W/store" "${AUTH[@]}"
 echo
-s=$(cat "$W/secs.skopeo copy docker:// oci:DIR (download only)")
-p=$(cat "$W/secs.lode push docker:// (to manifest + pointer stored)")
-f=$(cat "$W/secs.lode flatten docker:// -o FILE")
-python3 -c "print(f'lode push / skopeo download = {$p/$s:.2f}x; lode flatten / skopeo download = {$f/$s:.2f}x (goal <= 1.2x)')"
+s=$(cat "$W/secs.skopeo")
+p=$(cat "$W/secs.push")
+f=$(cat "$W/secs.flatten")
+o=$(cat "$W/secs.local")
+python3 -c "print(f'lode push / skopeo download = {$p/$s:.2f}x; lode flatten docker:// / skopeo download = {$f/$s:.2f}x (goal <= 1.2x); lode flatten docker:// / lode flatten oci: = {$f/$o:.2f}x')"
 echo "(peak extra disk of lode push = its flattened image under \$LODE_HOME/tmp, allocated blocks; the store is not counted)"

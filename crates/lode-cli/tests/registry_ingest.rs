@@ -62,7 +62,10 @@ fn flatten(w: &World, source: &str, out: &Path, args: &[&str]) -> Run {
 /// The names in `dir`, sorted (none if it does not exist).
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -88,7 +91,11 @@ fn registry_flatten_push_pull_and_failures() {
     let reg = Registry::start(&work.join("registry"));
     let layout = work.join("rich");
     rich_layout(&layout);
-    reg.put(&format!("oci:{}:latest", layout.display()), "team/rich:v1", false);
+    reg.put(
+        &format!("oci:{}:latest", layout.display()),
+        "team/rich:v1",
+        false,
+    );
     let args = tls_args(&reg);
     let args = strs(&args);
 
@@ -97,7 +104,10 @@ fn registry_flatten_push_pull_and_failures() {
     flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
     let got = work.join("got.ext4");
     flatten(&w, &reg.source("team/rich:v1"), &got, &args).ok();
-    assert!(same_file(&want, &got), "docker:// flatten differs from oci:");
+    assert!(
+        same_file(&want, &got),
+        "docker:// flatten differs from oci:"
+    );
 
     // Credentials from an auth file (containers-auth.json) instead of --creds.
     let authfile = work.join("auth.json");
@@ -122,11 +132,24 @@ fn registry_flatten_push_pull_and_failures() {
     // By digest, as skopeo reports it.
     let digest = skopeo_digest(&reg, "team/rich:v1");
     let by_digest = work.join("bydigest.ext4");
-    flatten(&w, &reg.source(&format!("team/rich@{digest}")), &by_digest, &args).ok();
+    flatten(
+        &w,
+        &reg.source(&format!("team/rich@{digest}")),
+        &by_digest,
+        &args,
+    )
+    .ok();
     assert!(same_file(&want, &by_digest));
 
     // push docker:// then pull equals the flatten.
-    let mut push = vec!["push", &*reg.source("team/rich:v1").leak(), "--tenant", "t", "--name", "rich"];
+    let mut push = vec![
+        "push",
+        &*reg.source("team/rich:v1").leak(),
+        "--tenant",
+        "t",
+        "--name",
+        "rich",
+    ];
     push.extend_from_slice(&args);
     w.run(&push).ok();
     let pulled = work.join("pulled.ext4");
@@ -142,7 +165,12 @@ fn registry_flatten_push_pull_and_failures() {
         (
             "wrong password",
             reg.source("team/rich:v1"),
-            vec!["--cert-dir".into(), cd.clone(), "--creds".into(), "alice:wrong".into()],
+            vec![
+                "--cert-dir".into(),
+                cd.clone(),
+                "--creds".into(),
+                "alice:wrong".into(),
+            ],
             vec!["401", "/v2/team/rich/manifests/v1"],
         ),
         (
@@ -166,7 +194,12 @@ fn registry_flatten_push_pull_and_failures() {
         (
             "certificate of another CA",
             reg.source("team/rich:v1"),
-            vec!["--cert-dir".into(), other_ca_dir(&reg), "--creds".into(), CREDS.into()],
+            vec![
+                "--cert-dir".into(),
+                other_ca_dir(&reg),
+                "--creds".into(),
+                CREDS.into(),
+            ],
             vec!["https://", "/v2/", "certificate"],
         ),
     ];
@@ -176,22 +209,54 @@ fn registry_flatten_push_pull_and_failures() {
         for m in mention {
             assert!(line.contains(m), "{what}: {m:?} not in {line}");
         }
-        assert!(!line.contains("correct horse") && !line.contains("wrong"), "{what}: secret in {line}");
-        assert_eq!(names_in(&out_dir), Vec::<String>::new(), "{what}: left behind");
-        let mut p = vec!["push".to_owned(), source.clone(), "--tenant".into(), "t".into(), "--name".into(), "bad".into()];
+        assert!(
+            !line.contains("correct horse") && !line.contains("wrong"),
+            "{what}: secret in {line}"
+        );
+        assert_eq!(
+            names_in(&out_dir),
+            Vec::<String>::new(),
+            "{what}: left behind"
+        );
+        let mut p = vec![
+            "push".to_owned(),
+            source.clone(),
+            "--tenant".into(),
+            "t".into(),
+            "--name".into(),
+            "bad".into(),
+        ];
         p.extend(extra);
         w.run(&strs(&p)).err();
-        assert_eq!(w.store_files(), stored_before, "{what}: push stored something");
+        assert_eq!(
+            w.store_files(),
+            stored_before,
+            "{what}: push stored something"
+        );
     }
     // The password never reaches the logs either.
-    let mut noisy = w.command(&["flatten", &reg.source("team/rich:v1"), "-o", out.to_str().unwrap()]);
-    noisy.args(&args).env("LODE_LOG", "trace").env("RUST_LOG", "trace");
+    let mut noisy = w.command(&[
+        "flatten",
+        &reg.source("team/rich:v1"),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    noisy
+        .args(&args)
+        .env("LODE_LOG", "trace")
+        .env("RUST_LOG", "trace");
     let o = noisy.output().unwrap();
     assert!(o.status.success());
     let all = [o.stdout, o.stderr].concat();
-    assert!(Windows::new(PASSWORD.as_bytes()).find_in(&all).is_none(), "password in the logs");
+    assert!(
+        Windows::new(PASSWORD.as_bytes()).find_in(&all).is_none(),
+        "password in the logs"
+    );
     let b64 = base64_encode(format!("{USER}:{PASSWORD}").as_bytes());
-    assert!(Windows::new(b64.as_bytes()).find_in(&all).is_none(), "basic auth header in the logs");
+    assert!(
+        Windows::new(b64.as_bytes()).find_in(&all).is_none(),
+        "basic auth header in the logs"
+    );
 }
 
 /// A multi-platform index (amd64 + arm64/v8) pushed with `skopeo copy --all`:
@@ -210,12 +275,19 @@ fn registry_index_by_platform() {
     l.add(Entry::file("arm/hello", "arm64 image\n"));
     lode_testkit::write_oci_layout(&arm, &[l], &[Compression::Gzip], Some("latest")).unwrap();
     let multi = work.join("multi");
-    index_layout(&multi, &[(&amd, "amd64", None), (&arm, "arm64", Some("v8"))]);
+    index_layout(
+        &multi,
+        &[(&amd, "amd64", None), (&arm, "arm64", Some("v8"))],
+    );
     reg.put(&format!("oci:{}:latest", multi.display()), "multi:1", true);
     let args = tls_args(&reg);
     let args = strs(&args);
 
-    for (platform, layout) in [("linux/amd64", &amd), ("linux/arm64", &arm), ("linux/arm64/v8", &arm)] {
+    for (platform, layout) in [
+        ("linux/amd64", &amd),
+        ("linux/arm64", &arm),
+        ("linux/arm64/v8", &arm),
+    ] {
         let want = work.join("want.ext4");
         flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
         let got = work.join("got.ext4");
@@ -225,7 +297,13 @@ fn registry_index_by_platform() {
         assert!(same_file(&want, &got), "{platform}");
         // oci: of the index itself picks the same.
         let local = work.join("local.ext4");
-        flatten(&w, &format!("oci:{}:latest", multi.display()), &local, &["--platform", platform]).ok();
+        flatten(
+            &w,
+            &format!("oci:{}:latest", multi.display()),
+            &local,
+            &["--platform", platform],
+        )
+        .ok();
         assert!(same_file(&want, &local), "oci: index {platform}");
     }
     #[cfg(target_arch = "x86_64")]
@@ -267,7 +345,10 @@ fn registry_faults_mid_download() {
     let proxy = FaultProxy::start(&reg.addr, 8 << 20, Fault::CutOnce, || {});
     let got = work.join("resumed.ext4");
     flatten(&w, &proxy.source("big:1"), &got, &args).ok();
-    assert!(proxy.fired.load(std::sync::atomic::Ordering::Relaxed), "the cut happened");
+    assert!(
+        proxy.fired.load(std::sync::atomic::Ordering::Relaxed),
+        "the cut happened"
+    );
     assert!(same_file(&want, &got), "resumed download differs");
     drop(proxy);
 
@@ -290,17 +371,33 @@ fn registry_faults_mid_download() {
 
     // Killed after 8 MiB: retried, then one line; push stores nothing.
     let proxy = FaultProxy::start(&reg.addr, 8 << 20, Fault::KillRegistry, reg.killer());
-    let mut p = vec!["push", &*proxy.source("big:1").leak(), "--tenant", "t", "--name", "big"];
+    let mut p = vec![
+        "push",
+        &*proxy.source("big:1").leak(),
+        "--tenant",
+        "t",
+        "--name",
+        "big",
+    ];
     p.extend_from_slice(&args);
     let line = w.run(&p).err();
     eprintln!("killed: {line}");
     assert!(line.contains("/v2/big/blobs/sha256:"), "{line}");
     assert!(proxy.fired.load(std::sync::atomic::Ordering::Relaxed));
     assert!(
-        w.store_dir.as_ref().is_none_or(|d| !d.exists() || files_under(d).iter().all(|f| !f.to_string_lossy().contains("big"))),
+        w.store_dir.as_ref().is_none_or(|d| !d.exists()
+            || files_under(d)
+                .iter()
+                .all(|f| !f.to_string_lossy().contains("big"))),
         "a pointer was written"
     );
-    assert_eq!(names_in(&w.home.join("tmp")).iter().filter(|n| !n.ends_with(".lock")).count(), 0);
+    assert_eq!(
+        names_in(&w.home.join("tmp"))
+            .iter()
+            .filter(|n| !n.ends_with(".lock"))
+            .count(),
+        0
+    );
 }
 
 /// Bearer tokens (the Docker token flow): the registry runs `auth: token`
@@ -315,7 +412,11 @@ fn registry_bearer_token() {
     let reg = Registry::start_with(&work.join("registry"), Some(&token));
     let layout = work.join("rich");
     rich_layout(&layout);
-    reg.put(&format!("oci:{}:latest", layout.display()), "team/rich:v1", false);
+    reg.put(
+        &format!("oci:{}:latest", layout.display()),
+        "team/rich:v1",
+        false,
+    );
     let want = work.join("want.ext4");
     flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
     let args = tls_args(&reg);
@@ -338,12 +439,24 @@ fn registry_bearer_token() {
         &["--cert-dir", &cd, "--creds", "alice:wrong"],
     )
     .err();
-    assert!(line.contains(&token.realm) && line.contains("401"), "{line}");
-    assert!(line.contains("scope=repository%3Ateam%2Frich%3Apull"), "{line}");
+    assert!(
+        line.contains(&token.realm) && line.contains("401"),
+        "{line}"
+    );
+    assert!(
+        line.contains("scope=repository%3Ateam%2Frich%3Apull"),
+        "{line}"
+    );
     assert!(!line.contains("wrong"), "{line}");
     assert!(token.refused.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     // Anonymous: the endpoint refuses without credentials too.
-    let line = flatten(&w, &reg.source("team/rich:v1"), &out_dir.join("x.ext4"), &["--cert-dir", &cd]).err();
+    let line = flatten(
+        &w,
+        &reg.source("team/rich:v1"),
+        &out_dir.join("x.ext4"),
+        &["--cert-dir", &cd],
+    )
+    .err();
     assert!(line.contains("401"), "{line}");
     assert_eq!(names_in(&out_dir), Vec::<String>::new());
 }
@@ -380,7 +493,11 @@ fn index_layout(dir: &Path, images: &[(&Path, &str, Option<&str>)]) {
     }))
     .unwrap();
     let digest = sha256_digest(&index);
-    std::fs::write(dir.join("blobs/sha256").join(&digest["sha256:".len()..]), &index).unwrap();
+    std::fs::write(
+        dir.join("blobs/sha256").join(&digest["sha256:".len()..]),
+        &index,
+    )
+    .unwrap();
     let top = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{

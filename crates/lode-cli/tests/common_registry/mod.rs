@@ -42,7 +42,10 @@ fn free_port() -> u16 {
 fn wait_listening(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "registry at {addr} did not start");
+        assert!(
+            Instant::now() < deadline,
+            "registry at {addr} did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -333,7 +336,9 @@ impl TokenServer {
         let key = dir.join("token-key.pem");
         let cert = dir.join("token-cert.pem");
         let o = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
             .args(["-subj", "/CN=lode test token issuer"])
             .arg("-keyout")
             .arg(&key)
@@ -384,12 +389,19 @@ impl TokenServer {
                 let mut access = Vec::new();
                 for pair in target.split_once('?').map_or("", |(_, q)| q).split('&') {
                     if let Some(scope) = pair.strip_prefix("scope=") {
-                        let scope = scope.replace("%3A", ":").replace("%2F", "/").replace("%2C", ",");
+                        let scope = scope
+                            .replace("%3A", ":")
+                            .replace("%2F", "/")
+                            .replace("%2C", ",");
                         let parts: Vec<&str> = scope.splitn(3, ':').collect();
                         if let [kind, name, actions] = parts[..] {
                             access.push(format!(
                                 r#"{{"type":"{kind}","name":"{name}","actions":[{}]}}"#,
-                                actions.split(',').map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(",")
+                                actions
+                                    .split(',')
+                                    .map(|a| format!("\"{a}\""))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
                             ));
                         }
                     }
@@ -399,14 +411,21 @@ impl TokenServer {
                     .unwrap()
                     .as_secs();
                 let n = iss.fetch_add(1, Ordering::Relaxed);
-                let header = format!(r#"{{"typ":"JWT","alg":"RS256","x5c":["{}"]}}"#, b64std(&der));
+                let header = format!(
+                    r#"{{"typ":"JWT","alg":"RS256","x5c":["{}"]}}"#,
+                    b64std(&der)
+                );
                 let claims = format!(
                     r#"{{"iss":"{TOKEN_ISSUER}","sub":"{USER}","aud":"{TOKEN_SERVICE}","exp":{},"nbf":{},"iat":{now},"jti":"lode-{n}","access":[{}]}}"#,
                     now + life_secs,
                     now - 10,
                     access.join(",")
                 );
-                let signing_input = format!("{}.{}", b64url(header.as_bytes()), b64url(claims.as_bytes()));
+                let signing_input = format!(
+                    "{}.{}",
+                    b64url(header.as_bytes()),
+                    b64url(claims.as_bytes())
+                );
                 let input_file = dir.join(format!("input-{n}"));
                 std::fs::write(&input_file, &signing_input).unwrap();
                 let sig = Command::new("openssl")
