@@ -461,6 +461,77 @@ fn registry_bearer_token() {
     assert_eq!(names_in(&out_dir), Vec::<String>::new());
 }
 
+/// `lode push docker://` SIGKILLed once chunks are being uploaded, then run
+/// again: the rerun completes, finds what the first run stored and uploads
+/// only the rest; the pulled image equals the flatten.
+#[test]
+fn registry_push_killed_and_rerun() {
+    let w = World::local();
+    let work = w.work();
+    let reg = Registry::start(&work.join("registry"));
+    let layout = work.join("big");
+    big_layout(&layout);
+    reg.put(&format!("oci:{}:latest", layout.display()), "big:1", false);
+    let want = work.join("want.ext4");
+    flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
+    let args = tls_args(&reg);
+    let source = reg.source("big:1");
+    let mut push: Vec<&str> = vec![
+        "push",
+        &source,
+        "--tenant",
+        "t",
+        "--name",
+        "big",
+        "--concurrency",
+        "1",
+    ];
+    push.extend(strs(&args));
+    push.extend(["--store", &w.store]);
+    let mut child = w.command(&push).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let killed_with = loop {
+        let n = if w.store_dir().exists() {
+            w.chunk_files().len()
+        } else {
+            0
+        };
+        if n >= 4 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break n;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("push finished ({status}) before it could be killed mid-upload");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "push uploaded nothing"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let stored = w.chunk_files().len();
+    assert!(stored >= killed_with);
+    let listed = w.run(&["images", "--tenant", "t"]);
+    assert!(
+        !listed.stdout.contains("big"),
+        "a pointer was written by the killed push: {}",
+        listed.stdout
+    );
+    let mut again: Vec<&str> = vec!["push", &source, "--tenant", "t", "--name", "big"];
+    again.extend(strs(&args));
+    let s = w.run(&again).ok().summary();
+    assert!(
+        s.already >= stored as u64,
+        "rerun found only {} of {stored} chunks: {s:?}",
+        s.already
+    );
+    assert!(s.uploaded > 0, "{s:?}");
+    let pulled = work.join("pulled.ext4");
+    w.pull("t", "big", &pulled);
+    assert_same(&want, &pulled);
+}
+
 /// An OCI layout whose `index.json` names (ref `latest`) an image index of
 /// the given single-image layouts, one per platform; blobs copied over.
 fn index_layout(dir: &Path, images: &[(&Path, &str, Option<&str>)]) {
