@@ -12,7 +12,9 @@ mod common_registry;
 #[path = "store_support/store_util.rs"]
 mod util;
 
-use common_registry::{Fault, FaultProxy, Registry, TokenServer, PASSWORD, USER};
+use common_registry::{
+    Answer, Fault, FaultProxy, HostileRegistry, Registry, TokenServer, PASSWORD, USER,
+};
 use lode_testkit::fixtures::{rich_stack, RichOptions};
 use lode_testkit::image::sha256_digest;
 use lode_testkit::{Compression, Content, Entry, LayerSpec};
@@ -530,6 +532,173 @@ fn registry_push_killed_and_rerun() {
     let pulled = work.join("pulled.ext4");
     w.pull("t", "big", &pulled);
     assert_same(&want, &pulled);
+}
+
+/// A registry that misbehaves (failure injection over plain HTTP on
+/// loopback): each answer gives one line naming the URL and what is wrong,
+/// and nothing is written.
+#[test]
+fn registry_hostile_answers() {
+    let w = World::local();
+    let work = w.work();
+    let layout = work.join("one");
+    let mut l = LayerSpec::new();
+    l.add(Entry::dir("etc"));
+    l.add(Entry::file(
+        "etc/data",
+        Content::Pattern {
+            size: 256 << 10,
+            seed: 3,
+        },
+    ));
+    lode_testkit::write_oci_layout(&layout, &[l], &[Compression::None], Some("latest")).unwrap();
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let blob =
+        |d: &str| std::fs::read(layout.join("blobs/sha256").join(&d["sha256:".len()..])).unwrap();
+    let mdigest = idx["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let manifest = blob(&mdigest);
+    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let cdigest = m["config"]["digest"].as_str().unwrap().to_owned();
+    let ldigest = m["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let layer = blob(&ldigest);
+    let mt = [("Content-Type", "application/vnd.oci.image.manifest.v1+json")];
+    let mut bad_layer = layer.clone();
+    let mid = bad_layer.len() / 2;
+    bad_layer[mid] ^= 1;
+    let answers = vec![
+        (
+            "/v2/ok/manifests/1".to_owned(),
+            Answer::new(200, &mt, manifest.clone()),
+        ),
+        (
+            format!("/v2/ok/blobs/{cdigest}"),
+            Answer::new(200, &[], blob(&cdigest)),
+        ),
+        (
+            format!("/v2/ok/blobs/{ldigest}"),
+            Answer::new(200, &[], layer.clone()),
+        ),
+        (
+            "/v2/baddigest/manifests/1".to_owned(),
+            Answer::new(200, &mt, manifest.clone()),
+        ),
+        (
+            format!("/v2/baddigest/blobs/{cdigest}"),
+            Answer::new(200, &[], blob(&cdigest)),
+        ),
+        (
+            format!("/v2/baddigest/blobs/{ldigest}"),
+            Answer::new(200, &[], bad_layer),
+        ),
+        (
+            "/v2/short/manifests/1".to_owned(),
+            Answer::new(200, &mt, manifest.clone()),
+        ),
+        (
+            format!("/v2/short/blobs/{cdigest}"),
+            Answer::new(200, &[], blob(&cdigest)),
+        ),
+        (
+            format!("/v2/short/blobs/{ldigest}"),
+            Answer::new(200, &[], layer[..mid].to_vec()),
+        ),
+        (
+            "/v2/denied/manifests/1".to_owned(),
+            Answer::new(
+                403,
+                &[],
+                r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+            ),
+        ),
+        (
+            "/v2/busy/manifests/1".to_owned(),
+            Answer::new(429, &[("Retry-After", "1")], "{}"),
+        ),
+        (
+            "/v2/broken/manifests/1".to_owned(),
+            Answer::new(503, &[], "{}"),
+        ),
+        (
+            "/v2/huge/manifests/1".to_owned(),
+            Answer::new(200, &mt, vec![b' '; 5 << 20]),
+        ),
+        (
+            "/v2/weird/manifests/1".to_owned(),
+            Answer::new(
+                200,
+                &[("Content-Type", "application/x-weird")],
+                r#"{"schemaVersion":2}"#,
+            ),
+        ),
+        (
+            "/v2/loop/manifests/1".to_owned(),
+            Answer::new(302, &[("Location", "/v2/loop/manifests/1")], ""),
+        ),
+        (
+            "/v2/tagged/manifests/1".to_owned(),
+            Answer::new(
+                200,
+                &[
+                    mt[0],
+                    (
+                        "Docker-Content-Digest",
+                        &format!("sha256:{}", "0".repeat(64)),
+                    ),
+                ],
+                manifest.clone(),
+            ),
+        ),
+    ];
+    let reg = HostileRegistry::start(answers);
+
+    // The well-behaved path works over plain HTTP on loopback and matches oci:.
+    let want = work.join("want.ext4");
+    flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
+    let got = work.join("got.ext4");
+    flatten(&w, &reg.source("ok:1"), &got, &[]).ok();
+    assert!(same_file(&want, &got));
+
+    let out_dir = work.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join("x.ext4");
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "baddigest:1",
+            &[
+                "digest mismatch",
+                "layer 0 blob at http://",
+                "/v2/baddigest/blobs/",
+            ],
+        ),
+        ("short:1", &["truncated", "/v2/short/blobs/", "5 attempts"]),
+        ("denied:1", &["403", "/v2/denied/manifests/1", "DENIED"]),
+        ("busy:1", &["429", "/v2/busy/manifests/1"]),
+        ("broken:1", &["503", "/v2/broken/manifests/1"]),
+        ("huge:1", &["/v2/huge/manifests/1", "larger than 4194304"]),
+        ("weird:1", &["application/x-weird", "/v2/weird/manifests/1"]),
+        ("loop:1", &["redirect", "/v2/loop/manifests/1"]),
+        ("tagged:1", &["digest mismatch", "/v2/tagged/manifests/1"]),
+    ];
+    for (repo_tag, mention) in cases {
+        let line = flatten(&w, &reg.source(repo_tag), &out, &[]).err();
+        eprintln!("{repo_tag}: {line}");
+        for m in *mention {
+            assert!(line.contains(m), "{repo_tag}: {m:?} not in {line}");
+        }
+        assert_eq!(
+            names_in(&out_dir),
+            Vec::<String>::new(),
+            "{repo_tag}: left behind"
+        );
+    }
+    // Retry-After was honoured: five requests for the busy manifest.
+    let seen = reg.seen.lock().unwrap();
+    let busy = seen
+        .iter()
+        .filter(|r| r.ends_with("/v2/busy/manifests/1"))
+        .count();
+    assert_eq!(busy, 5, "{seen:?}");
 }
 
 /// An OCI layout whose `index.json` names (ref `latest`) an image index of

@@ -457,3 +457,99 @@ impl TokenServer {
         }
     }
 }
+
+/// One scripted answer of [`HostileRegistry`].
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// `status` with `body` and headers.
+    pub fn new(status: u16, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> Answer {
+        Answer {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: body.into(),
+        }
+    }
+}
+
+/// A misbehaving registry for failure injection: plain HTTP on loopback,
+/// answering each path with a scripted [`Answer`] (404 otherwise), one
+/// request per connection.
+pub struct HostileRegistry {
+    pub addr: String,
+    /// Requests seen, as `METHOD PATH`.
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl HostileRegistry {
+    /// Serves `answers` (path → answer); `/v2/` answers 200.
+    pub fn start(answers: Vec<(String, Answer)>) -> HostileRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let answers = answers.clone();
+                let seen = s2.clone();
+                std::thread::spawn(move || {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 65536 {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                        if !req.first().is_some_and(u8::is_ascii_uppercase) {
+                            return; // not HTTP (a TLS hello): close at once
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req).into_owned();
+                    let mut first = text.lines().next().unwrap_or("").split_whitespace();
+                    let (Some(method), Some(path)) = (first.next(), first.next()) else {
+                        return; // not HTTP (e.g. a TLS hello): close
+                    };
+                    seen.lock().unwrap().push(format!("{method} {path}"));
+                    let answer = if path == "/v2/" {
+                        Answer::new(200, &[], "{}")
+                    } else {
+                        answers
+                            .iter()
+                            .find(|(p, _)| p == path)
+                            .map(|(_, a)| a.clone())
+                            .unwrap_or_else(|| Answer::new(404, &[], "{}"))
+                    };
+                    let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", answer.status);
+                    let mut has_len = false;
+                    for (k, v) in &answer.headers {
+                        has_len |= k.eq_ignore_ascii_case("content-length");
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    if !has_len {
+                        head.push_str(&format!("Content-Length: {}\r\n", answer.body.len()));
+                    }
+                    head.push_str("\r\n");
+                    let _ = conn.write_all(head.as_bytes());
+                    if method != "HEAD" {
+                        let _ = conn.write_all(&answer.body);
+                    }
+                });
+            }
+        });
+        HostileRegistry { addr, seen }
+    }
+
+    /// `docker://127.0.0.1:PORT/REPO_TAG`.
+    pub fn source(&self, repo_tag: &str) -> String {
+        format!("docker://{}/{repo_tag}", self.addr)
+    }
+}

@@ -236,7 +236,7 @@ fn fetch_manifest(client: &Arc<Client>, reference: &str) -> Result<Fetched, OciE
     let known = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
     let media_type = match content_type {
         Some(ct) if known.contains(&ct.as_str()) || ct.starts_with("application/vnd.") => ct,
-        _ => {
+        other => {
             #[derive(serde::Deserialize)]
             struct MediaType {
                 #[serde(rename = "mediaType")]
@@ -245,6 +245,7 @@ fn fetch_manifest(client: &Arc<Client>, reference: &str) -> Result<Fetched, OciE
             serde_json::from_slice::<MediaType>(&bytes)
                 .ok()
                 .and_then(|m| m.media_type)
+                .or(other)
                 .unwrap_or_default()
         }
     };
