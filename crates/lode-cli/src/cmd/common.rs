@@ -197,6 +197,26 @@ impl SourceArgs {
     }
 }
 
+/// The spinner `lode flatten` and `lode push` show while layers are read
+/// (downloaded, for a registry): layer N/M, bytes read, rate. Hidden when
+/// stderr is not a terminal.
+pub fn layer_progress() -> Result<indicatif::ProgressBar> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} layer {msg} {bytes} read ({bytes_per_sec})",
+        )
+        .context("progress style")?,
+    );
+    Ok(bar)
+}
+
+/// Moves `bar` (from [`layer_progress`]) to `p`.
+pub fn show_layer_progress(bar: &indicatif::ProgressBar, p: lode_flatten::Progress) {
+    bar.set_message(format!("{}/{}", p.layer + 1, p.layers));
+    bar.set_position(p.total_bytes);
+}
+
 /// A flatten error as the CLI reports it: a cancel is [`Interrupted`], a
 /// limit names the option that raises it.
 pub fn flatten_error(e: lode_flatten::FlattenError, shutdown: &Shutdown) -> anyhow::Error {

@@ -1,10 +1,9 @@
 //! `lode flatten SOURCE -o OUT`
 
-use super::common::{flatten_error, LimitArgs, SourceArgs};
+use super::common::{flatten_error, layer_progress, show_layer_progress, LimitArgs, SourceArgs};
 use crate::shutdown::Shutdown;
 use crate::units::{human, parse_size};
-use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::Result;
 use lode_flatten::{flatten, FlattenOptions, Progress};
 use lode_oci::Source;
 use std::path::PathBuf;
@@ -33,15 +32,8 @@ pub fn run(args: Args) -> Result<()> {
     let shutdown = Shutdown::install()?;
     let source: Source = args.source.parse()?;
     let open = args.from.open_options()?;
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} layer {msg} {bytes} read ({bytes_per_sec})")
-            .context("progress style")?,
-    );
-    let on_progress = |p: Progress| {
-        bar.set_message(format!("{}/{}", p.layer + 1, p.layers));
-        bar.set_position(p.total_bytes);
-    };
+    let bar = layer_progress()?;
+    let on_progress = |p: Progress| show_layer_progress(&bar, p);
     let start = Instant::now();
     let report = flatten(
         &source,

@@ -1,7 +1,8 @@
 //! `lode push SOURCE --tenant T --name NAME [--store URL]`
 
 use super::common::{
-    flatten_error, key_provider, lode_home, open_store, runtime, LimitArgs, SourceArgs, StoreArgs,
+    flatten_error, key_provider, layer_progress, lode_home, open_store, runtime,
+    show_layer_progress, LimitArgs, SourceArgs, StoreArgs,
 };
 use crate::shutdown::Shutdown;
 use crate::units::human;
@@ -62,12 +63,16 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("creating a temp file in {}", dir.display()))?;
         let image = Image::open_with(&source, &args.from.open_options()?)?;
         let file = t.file().try_clone().context("opening the temp file")?;
+        let bar = layer_progress()?;
+        let on_progress = |p| show_layer_progress(&bar, p);
         let opts = FlattenOptions {
             limits: args.limits.limits(),
             cancel: Some(shutdown.flag()),
+            progress: Some(&on_progress),
             ..FlattenOptions::default()
         };
         let r = flatten_image(&image, file, &opts).map_err(|e| flatten_error(e, &shutdown))?;
+        bar.finish_and_clear();
         eprintln!(
             "flattened {} layers into {} image",
             r.layers,
