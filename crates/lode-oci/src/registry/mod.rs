@@ -13,6 +13,7 @@ mod blob;
 mod client;
 mod error;
 mod reference;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
