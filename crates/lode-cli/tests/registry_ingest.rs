@@ -131,6 +131,29 @@ fn registry_flatten_push_pull_and_failures() {
     .ok();
     assert!(same_file(&want, &by_file));
 
+    // `--creds -` reads them from stdin (not on the command line).
+    let by_stdin = work.join("bystdin.ext4");
+    let mut c = w.command(&[
+        "flatten",
+        &reg.source("team/rich:v1"),
+        "-o",
+        by_stdin.to_str().unwrap(),
+        "--cert-dir",
+        &cd,
+        "--creds",
+        "-",
+    ]);
+    c.stdin(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{USER}:{PASSWORD}").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(same_file(&want, &by_stdin));
+
     // By digest, as skopeo reports it.
     let digest = skopeo_digest(&reg, "team/rich:v1");
     let by_digest = work.join("bydigest.ext4");
