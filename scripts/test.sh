@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 need_apt=()
 # openssl: test certificates for NBD over TLS; setpriv/prlimit: socket
 # isolation under other uids and fd-limit tests of the agent; fio: the
-# agent's benchmarks (crates/lode-cli/benches/service).
-for pair in time:time e2fsck:e2fsprogs skopeo:skopeo umoci:umoci qemu-img:qemu-utils qemu-io:qemu-utils nbdinfo:libnbd-bin nbdfuse:libnbd-bin fusermount3:fuse3 bsdtar:libarchive-tools openssl:openssl setpriv:util-linux prlimit:util-linux fio:fio; do
+# agent's benchmarks (crates/lode-cli/benches/service); docker-registry and
+# htpasswd: the registry (docker://) ingest tests, a real distribution
+# registry on loopback with TLS and basic auth.
+for pair in time:time e2fsck:e2fsprogs skopeo:skopeo umoci:umoci qemu-img:qemu-utils qemu-io:qemu-utils nbdinfo:libnbd-bin nbdfuse:libnbd-bin fusermount3:fuse3 bsdtar:libarchive-tools openssl:openssl setpriv:util-linux prlimit:util-linux fio:fio docker-registry:docker-registry htpasswd:apache2-utils; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   # `time` is a shell keyword: the tests need the program /usr/bin/time.
   [ "$cmd" = time ] && cmd=/usr/bin/time

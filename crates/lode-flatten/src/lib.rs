@@ -101,6 +101,9 @@ pub struct FlattenOptions<'a> {
     /// When set, the flatten stops soon with [`FlattenError::Interrupted`]
     /// and leaves nothing behind (how the CLI handles SIGTERM and SIGINT).
     pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
+    /// How the source is opened: the platform picked from an index, and how
+    /// a registry (`docker://`) is reached.
+    pub open: lode_oci::OpenOptions,
 }
 
 /// What a flatten produced.
@@ -142,7 +145,7 @@ pub fn flatten(
     out: &Path,
     opts: &FlattenOptions<'_>,
 ) -> Result<FlattenReport, FlattenError> {
-    let image = Image::open(source)?;
+    let image = Image::open_with(source, &opts.open)?;
     check_layers(&image, &opts.limits)?;
     let out_err = |source| FlattenError::Output {
         path: out.display().to_string(),

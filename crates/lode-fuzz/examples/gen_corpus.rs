@@ -504,6 +504,20 @@ fn oci_seeds(s: &mut Seeds) {
             "docker-archive:x.tar:@2",
             "docker-archive:a.tar:registry.example/x/y:1.2",
             "oci:d:",
+            "docker://127.0.0.1:5000/team/app:v1",
+            "docker://busybox",
+            "docker://ghcr.io/org/img@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ]
+        .iter()
+        .map(|x| x.as_bytes().to_vec())
+        .collect(),
+    );
+    s.insert(
+        "oci_registry_auth",
+        [
+            "Bearer realm=\"https://auth.example/token\",service=\"reg.io\",scope=\"repository:team/app:pull\"\n{\"auths\":{\"reg.io\":{\"auth\":\"dXNlcjpwYXNz\"}}}",
+            "Basic realm=\"x\"\n{\"auths\":{\"https://index.docker.io/v1/\":{\"auth\":\"aHViOnB3\"},\"reg.io/team\":{\"auth\":\"bm9jb2xvbg==\"}}}",
+            "Negotiate\n{\"auths\":{}}",
         ]
         .iter()
         .map(|x| x.as_bytes().to_vec())

@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("fleet_node_request", fleet::node_request),
     ("fleet_memcached_reply", fleet::memcached_reply),
     ("oci_source", oci::source),
+    ("oci_registry_auth", oci::registry_auth),
     ("oci_docker_manifest", oci::docker_manifest),
     ("oci_layout", oci::layout),
     ("oci_docker_archive", oci::docker_archive),

@@ -18,13 +18,21 @@ pub fn source(data: &[u8]) {
     let Ok(src) = s.parse::<Source>() else {
         return;
     };
-    assert!(!src.path().as_os_str().is_empty());
+    if let Some(p) = src.path() {
+        assert!(!p.as_os_str().is_empty());
+    }
     assert_ne!(src.reference(), Some(""));
     let printed = src.to_string();
     assert_eq!(
         printed.parse::<Source>().expect("a printed source parses"),
         src
     );
+}
+
+/// A registry's `WWW-Authenticate` challenge and an auth file (see
+/// [`lode_oci::registry::fuzz_auth`]).
+pub fn registry_auth(data: &[u8]) {
+    lode_oci::registry::fuzz_auth(data);
 }
 
 /// A docker-archive's `manifest.json`: what parses lists at least one image,

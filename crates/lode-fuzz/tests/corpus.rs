@@ -171,6 +171,7 @@ targets!(
     fleet_node_request,
     fleet_memcached_reply,
     oci_source,
+    oci_registry_auth,
     oci_docker_manifest,
     oci_layout,
     oci_docker_archive,

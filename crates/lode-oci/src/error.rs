@@ -180,6 +180,17 @@ pub enum OciError {
         count: usize,
     },
 
+    /// A `--platform` value is not `OS/ARCH[/VARIANT]`.
+    #[error("invalid platform {input:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8")]
+    BadPlatform {
+        /// The string as given.
+        input: String,
+    },
+
+    /// Talking to a registry (`docker://`) failed.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+
     /// The image uses a format/schema this crate does not support
     /// (e.g. docker schema1 manifest, unknown layout version, artifact manifest).
     #[error("unsupported image format: {0}")]

@@ -3,25 +3,16 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, OciLayout, Os, Platform};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, OciLayout};
 
 use crate::digest::{parse_json, parse_sha256, read_capped, verify_bytes, MAX_JSON_SIZE};
+use crate::manifest::{self, Kind, MAX_INDEX_DEPTH};
+use crate::platform::{self, Platform};
 use crate::source::parse_index_ref;
-use crate::{
-    check_layer_count, parse_config_diff_ids, Backend, Compression, LayerDesc, OciError, Resolved,
-    WANTED_PLATFORM,
-};
+use crate::{parse_config_diff_ids, Backend, OciError, Resolved};
 
 /// Annotation holding the reference name of a top-level descriptor.
 pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-/// How deep image indexes may nest below `index.json`.
-const MAX_INDEX_DEPTH: usize = 4;
 
 /// `DIR/blobs/sha256/<hex>`; the digest is validated first, so the result
 /// always stays inside `DIR/blobs`.
@@ -66,46 +57,22 @@ fn check_layout_version(dir: &Path) -> Result<(), OciError> {
 }
 
 /// Resolves an OCI layout to one image.
-pub(crate) fn open(dir: &Path, reference: Option<&str>) -> Result<Resolved, OciError> {
+pub(crate) fn open(
+    dir: &Path,
+    reference: Option<&str>,
+    platform: &Platform,
+) -> Result<Resolved, OciError> {
     check_layout_version(dir)?;
     let index_path = dir.join("index.json");
     let bytes = read_file_capped(&index_path, "index.json")?;
     let index: ImageIndex = parse_json(&bytes, "index.json", &index_path)?;
-    let top = select_top(&index, reference)?;
-    let manifest = resolve_manifest(dir, top, 0)?;
+    let top = select_top(&index, reference, platform)?;
+    let manifest = resolve_manifest(dir, top, platform, 0)?;
 
     let cdesc = manifest.config();
-    let cmt = cdesc.media_type().to_string();
-    if cmt != OCI_CONFIG && cmt != DOCKER_CONFIG {
-        return Err(OciError::UnsupportedSchema(format!(
-            "config {} has media type {cmt:?}, not an image config (not a container image?)",
-            cdesc.digest()
-        )));
-    }
     let (config_json, config_path) = read_blob(dir, cdesc, "config")?;
     let diff_ids = parse_config_diff_ids(&config_json, &config_path)?;
-    check_layer_count(manifest.layers().len(), &diff_ids)?;
-
-    let mut layers = Vec::with_capacity(diff_ids.len());
-    for (index, (l, diff_id)) in manifest.layers().iter().zip(&diff_ids).enumerate() {
-        let media_type = l.media_type().to_string();
-        let compression = Compression::from_media_type(&media_type).ok_or_else(|| {
-            OciError::UnsupportedMediaType {
-                layer: index,
-                media_type: media_type.clone(),
-            }
-        })?;
-        let digest = l.digest().to_string();
-        parse_sha256(&digest)?;
-        layers.push(LayerDesc {
-            index,
-            digest,
-            diff_id: diff_id.clone(),
-            media_type,
-            compression,
-            size: l.size(),
-        });
-    }
+    let layers = manifest::layer_descs(manifest.layers(), &diff_ids)?;
     Ok(Resolved {
         layers,
         config_digest: cdesc.digest().to_string(),
@@ -137,6 +104,7 @@ fn available_refs(manifests: &[Descriptor]) -> Vec<String> {
 fn select_top<'a>(
     index: &'a ImageIndex,
     reference: Option<&str>,
+    platform: &Platform,
 ) -> Result<&'a Descriptor, OciError> {
     let manifests = index.manifests();
     if manifests.is_empty() {
@@ -158,7 +126,7 @@ fn select_top<'a>(
             match candidates.as_slice() {
                 [] => Err(not_found(r)),
                 [one] => Ok(one),
-                _ => pick_platform(candidates.into_iter()),
+                _ => platform::pick(candidates.into_iter(), platform),
             }
         }
         None => {
@@ -169,7 +137,7 @@ fn select_top<'a>(
                 .iter()
                 .all(|d| d.platform().is_some() && ref_name(d).is_none());
             if all_platform_only {
-                pick_platform(manifests.iter())
+                platform::pick(manifests.iter(), platform)
             } else {
                 Err(OciError::AmbiguousRef {
                     available: available_refs(manifests),
@@ -179,41 +147,17 @@ fn select_top<'a>(
     }
 }
 
-fn platform_string(p: &Platform) -> String {
-    match p.variant() {
-        Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
-        None => format!("{}/{}", p.os(), p.architecture()),
-    }
-}
-
-/// Picks the first linux/amd64 descriptor.
-fn pick_platform<'a>(
-    descs: impl Iterator<Item = &'a Descriptor>,
-) -> Result<&'a Descriptor, OciError> {
-    let mut available = Vec::new();
-    for d in descs {
-        match d.platform() {
-            Some(p) if *p.os() == Os::Linux && *p.architecture() == Arch::Amd64 => return Ok(d),
-            Some(p) => available.push(platform_string(p)),
-            None => available.push(format!("(no platform: {})", d.digest())),
-        }
-    }
-    Err(OciError::NoPlatform {
-        wanted: WANTED_PLATFORM.to_owned(),
-        available,
-    })
-}
-
 /// Follows image indexes (choosing linux/amd64) down to an image manifest.
 fn resolve_manifest(
     dir: &Path,
     desc: &Descriptor,
+    platform: &Platform,
     depth: usize,
 ) -> Result<ImageManifest, OciError> {
     let media_type = desc.media_type().to_string();
     let digest = desc.digest().to_string();
-    match media_type.as_str() {
-        OCI_INDEX | DOCKER_LIST => {
+    match manifest::kind(&media_type, &digest, "")? {
+        Kind::Index => {
             if depth >= MAX_INDEX_DEPTH {
                 return Err(OciError::UnsupportedSchema(format!(
                     "image index {digest} is nested more than {MAX_INDEX_DEPTH} levels deep"
@@ -221,27 +165,14 @@ fn resolve_manifest(
             }
             let (bytes, path) = read_blob(dir, desc, "image index")?;
             let index: ImageIndex = parse_json(&bytes, &format!("image index {digest}"), &path)?;
-            let child = pick_platform(index.manifests().iter())?;
-            resolve_manifest(dir, child, depth + 1)
+            let child = platform::pick(index.manifests().iter(), platform)?;
+            resolve_manifest(dir, child, platform, depth + 1)
         }
-        OCI_MANIFEST | DOCKER_MANIFEST => {
+        Kind::Manifest => {
             let (bytes, path) = read_blob(dir, desc, "manifest")?;
             let manifest: ImageManifest = parse_json(&bytes, &format!("manifest {digest}"), &path)?;
-            if manifest.schema_version() != 2 {
-                return Err(OciError::UnsupportedSchema(format!(
-                    "manifest {digest} has schemaVersion {}, expected 2",
-                    manifest.schema_version()
-                )));
-            }
+            manifest::check(&manifest, &digest)?;
             Ok(manifest)
         }
-        other if other.starts_with("application/vnd.docker.distribution.manifest.v1") => {
-            Err(OciError::UnsupportedSchema(format!(
-                "manifest {digest} is a docker schema1 manifest ({other}); convert it to schema2/OCI first"
-            )))
-        }
-        other => Err(OciError::UnsupportedSchema(format!(
-            "descriptor {digest} has media type {other:?}, which is not an image manifest or index"
-        ))),
     }
 }

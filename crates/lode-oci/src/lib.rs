@@ -3,9 +3,12 @@
 //! Supported sources (see [`Source`]):
 //!
 //! * `oci:DIR[:REF]` — an [OCI image layout](https://github.com/opencontainers/image-spec/blob/main/image-layout.md);
-//! * `docker-archive:FILE[:REF]` — a `docker save` / `skopeo copy … docker-archive:` tar.
+//! * `docker-archive:FILE[:REF]` — a `docker save` / `skopeo copy … docker-archive:` tar;
+//! * `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]` — an image in a registry
+//!   (see [`RegistryOptions`]), its layers streamed from the network.
 //!
-//! [`Image::open`] resolves the source to one linux/amd64 image, reading and
+//! [`Image::open_with`] resolves the source to one image for the wanted
+//! [`Platform`] (default: the host's), reading and
 //! verifying (sha256 and size) every index, manifest and config it touches.
 //! [`Image::open_layer`] returns a [`LayerReader`] yielding the uncompressed
 //! tar bytes of a layer while hashing both the stored and the uncompressed
@@ -29,6 +32,9 @@ mod digest;
 mod docker_archive;
 mod error;
 mod layout;
+mod manifest;
+mod platform;
+pub mod registry;
 mod source;
 mod stream;
 
@@ -38,17 +44,17 @@ mod tests;
 mod testutil;
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use digest::parse_sha256;
 pub use docker_archive::{parse_docker_manifest, DockerManifestEntry};
 pub use error::OciError;
+pub use platform::Platform;
+pub use registry::{Credentials, RegistryError, RegistryOptions, RegistryRef};
 pub use source::{Source, SUPPORTED_TRANSPORTS};
 pub use stream::LayerReader;
-
-/// The only platform this crate selects from image indexes.
-pub const WANTED_PLATFORM: &str = "linux/amd64";
 
 /// Layer compression.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +136,17 @@ enum Backend {
     Oci { dir: PathBuf },
     /// A docker-archive tar; `offsets[i]` is the data offset of layer `i`.
     DockerArchive { file: PathBuf, offsets: Vec<u64> },
+    /// A registry; layers are downloaded by the fetcher.
+    Registry { fetcher: Arc<registry::Fetcher> },
+}
+
+/// How [`Image::open_with`] selects and reaches an image.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// The platform picked from an image index (default: the host's).
+    pub platform: Platform,
+    /// How to reach a registry (`docker://` sources only).
+    pub registry: RegistryOptions,
 }
 
 /// What the transport-specific resolvers produce.
@@ -153,14 +170,23 @@ pub struct Image {
 }
 
 impl Image {
-    /// Resolves `source` to a single linux/amd64 image and reads and verifies
-    /// its manifest and config. Layers are not read until [`Image::open_layer`].
+    /// [`Image::open_with`] with the default options (the host's platform).
     pub fn open(source: &Source) -> Result<Image, OciError> {
+        Image::open_with(source, &OpenOptions::default())
+    }
+
+    /// Resolves `source` to a single image for `opts.platform` and reads and
+    /// verifies its manifest and config. Layers are not read until
+    /// [`Image::open_layer`].
+    pub fn open_with(source: &Source, opts: &OpenOptions) -> Result<Image, OciError> {
         let resolved = match source {
-            Source::OciLayout { dir, reference } => layout::open(dir, reference.as_deref())?,
+            Source::OciLayout { dir, reference } => {
+                layout::open(dir, reference.as_deref(), &opts.platform)?
+            }
             Source::DockerArchive { file, reference } => {
                 docker_archive::open(file, reference.as_deref())?
             }
+            Source::Registry(r) => registry::open(r, &opts.platform, &opts.registry)?,
         };
         Ok(Image {
             source: source.clone(),
@@ -213,39 +239,59 @@ impl Image {
             index,
             count: self.layers.len(),
         })?;
-        let (path, offset) = match &self.backend {
-            Backend::Oci { dir } => (layout::blob_path(dir, &desc.digest)?, None),
+        let at = match &self.backend {
+            Backend::Oci { dir } => BlobAt::File {
+                path: layout::blob_path(dir, &desc.digest)?,
+                offset: None,
+            },
             Backend::DockerArchive { file, offsets } => {
                 let offset = offsets.get(index).copied().ok_or(OciError::LayerIndex {
                     index,
                     count: offsets.len(),
                 })?;
-                (file.clone(), Some(offset))
+                BlobAt::File {
+                    path: file.clone(),
+                    offset: Some(offset),
+                }
             }
+            Backend::Registry { fetcher } => BlobAt::Registry(fetcher.clone()),
         };
         Ok(LayerBlob {
             desc: desc.clone(),
-            path,
-            offset,
+            at,
         })
     }
+}
+
+/// Where a layer blob's bytes come from.
+#[derive(Clone, Debug)]
+enum BlobAt {
+    /// A file: a blob of its own (`offset: None`) or a member of a docker archive.
+    File { path: PathBuf, offset: Option<u64> },
+    /// A registry download.
+    Registry(Arc<registry::Fetcher>),
 }
 
 /// One layer's blob, ready to open (see [`Image::layer_blob`]).
 #[derive(Clone, Debug)]
 pub struct LayerBlob {
     desc: LayerDesc,
-    path: PathBuf,
-    /// Offset in a docker archive; `None` for a blob file of its own.
-    offset: Option<u64>,
+    at: BlobAt,
 }
 
 impl LayerBlob {
     /// Opens the blob for streaming (see [`LayerReader`]).
     pub fn open(self) -> Result<LayerReader, OciError> {
-        let (desc, path) = (&self.desc, &self.path);
+        let desc = &self.desc;
         let index = desc.index;
-        match self.offset {
+        let (path, offset) = match &self.at {
+            BlobAt::File { path, offset } => (path, *offset),
+            BlobAt::Registry(fetcher) => {
+                let origin = fetcher.url(index);
+                return LayerReader::new(Box::new(fetcher.take(index)), desc, Some(origin));
+            }
+        };
+        match offset {
             None => {
                 let file = File::open(path).map_err(|e| OciError::io(path, e))?;
                 let actual = file.metadata().map_err(|e| OciError::io(path, e))?.len();
@@ -256,13 +302,13 @@ impl LayerBlob {
                         actual,
                     });
                 }
-                LayerReader::new(file, u64::MAX, desc)
+                LayerReader::new(Box::new(file), desc, None)
             }
             Some(offset) => {
                 let mut f = File::open(path).map_err(|e| OciError::io(path, e))?;
                 f.seek(SeekFrom::Start(offset))
                     .map_err(|e| OciError::io(path, e))?;
-                LayerReader::new(f, desc.size, desc)
+                LayerReader::new(Box::new(f.take(desc.size)), desc, None)
             }
         }
     }

@@ -4,10 +4,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::OciError;
+use crate::{OciError, RegistryRef};
 
 /// The transports understood by [`Source::from_str`].
-pub const SUPPORTED_TRANSPORTS: &[&str] = &["oci", "docker-archive"];
+pub const SUPPORTED_TRANSPORTS: &[&str] = &["oci", "docker-archive", "docker"];
 
 /// Where an image comes from, in skopeo's transport syntax.
 ///
@@ -33,23 +33,28 @@ pub enum Source {
         /// The RepoTag or `@N`, if any.
         reference: Option<String>,
     },
+    /// `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]` — an image in a
+    /// registry (skopeo's `docker` transport).
+    Registry(RegistryRef),
 }
 
 impl Source {
-    /// The reference part (`REF`), if any.
+    /// The reference part (`REF`; a registry's tag or digest), if any.
     pub fn reference(&self) -> Option<&str> {
         match self {
             Source::OciLayout { reference, .. } | Source::DockerArchive { reference, .. } => {
                 reference.as_deref()
             }
+            Source::Registry(r) => Some(r.manifest_ref()),
         }
     }
 
-    /// The path part (`DIR` or `FILE`).
-    pub fn path(&self) -> &std::path::Path {
+    /// The path part (`DIR` or `FILE`); `None` for a registry.
+    pub fn path(&self) -> Option<&std::path::Path> {
         match self {
-            Source::OciLayout { dir, .. } => dir,
-            Source::DockerArchive { file, .. } => file,
+            Source::OciLayout { dir, .. } => Some(dir),
+            Source::DockerArchive { file, .. } => Some(file),
+            Source::Registry(_) => None,
         }
     }
 }
@@ -75,6 +80,9 @@ impl FromStr for Source {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let supported = SUPPORTED_TRANSPORTS.join(", ");
+        if let Some(rest) = input.strip_prefix("docker://") {
+            return RegistryRef::parse(input, rest).map(Source::Registry);
+        }
         let Some((transport, rest)) = input.split_once(':') else {
             return Err(bad(
                 input,
@@ -105,6 +113,10 @@ impl FromStr for Source {
                 file: PathBuf::from(path),
                 reference,
             }),
+            "docker" => Err(bad(
+                input,
+                "the docker transport is docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]",
+            )),
             other => Err(bad(
                 input,
                 format!("unknown transport {other:?}; supported transports: {supported}"),
@@ -118,6 +130,7 @@ impl fmt::Display for Source {
         let (transport, path, reference) = match self {
             Source::OciLayout { dir, reference } => ("oci", dir, reference),
             Source::DockerArchive { file, reference } => ("docker-archive", file, reference),
+            Source::Registry(r) => return r.fmt(f),
         };
         write!(f, "{transport}:{}", path.display())?;
         if let Some(r) = reference {
@@ -208,14 +221,25 @@ mod tests {
                 "{input}"
             );
         }
-        match parse("docker://busybox") {
+        match parse("dockr:busybox") {
             Err(e @ OciError::BadSource { .. }) => {
                 let msg = e.to_string();
                 assert!(
                     msg.contains("oci") && msg.contains("docker-archive"),
                     "{msg}"
                 );
-                assert!(msg.contains("\"docker\""), "{msg}");
+                assert!(msg.contains("\"dockr\""), "{msg}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            parse("docker:busybox"),
+            Err(OciError::BadSource { .. })
+        ));
+        match parse("docker://127.0.0.1:5000/a/b:t") {
+            Ok(s @ Source::Registry(_)) => {
+                assert_eq!(s.to_string(), "docker://127.0.0.1:5000/a/b:t");
+                assert_eq!(s.reference(), Some("t"));
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -5,8 +5,7 @@
 //! Memory use is bounded by the buffers and the decompressor state,
 //! independent of the layer size.
 
-use std::fs::File;
-use std::io::{self, BufReader, Read, Take};
+use std::io::{self, BufReader, Read};
 
 use sha2::{Digest as _, Sha256};
 
@@ -33,7 +32,7 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-type Stored = BufReader<Hashing<Take<File>>>;
+type Stored = BufReader<Hashing<Box<dyn Read + Send>>>;
 
 enum Decoder {
     Plain(Stored),
@@ -52,7 +51,7 @@ impl Decoder {
 
     /// The hashing reader below the buffer. Bytes sitting in the buffer have
     /// already been hashed.
-    fn stored_mut(&mut self) -> &mut Hashing<Take<File>> {
+    fn stored_mut(&mut self) -> &mut Hashing<Box<dyn Read + Send>> {
         match self {
             Decoder::Plain(r) => r.get_mut(),
             Decoder::Gzip(r) => r.get_mut().get_mut(),
@@ -88,16 +87,22 @@ pub struct LayerReader {
     hasher: Sha256,
     count: u64,
     outcome: Option<Outcome>,
+    /// Where the blob comes from (a registry URL), for errors.
+    origin: Option<String>,
 }
 
 impl LayerReader {
-    /// `file` must be positioned at the start of the stored blob; at most
-    /// `limit` bytes are read from it.
-    pub(crate) fn new(file: File, limit: u64, desc: &LayerDesc) -> Result<LayerReader, OciError> {
+    /// `stored` yields the stored blob from its start (and ends at its end);
+    /// `origin` (a URL) is named in verification errors.
+    pub(crate) fn new(
+        stored: Box<dyn Read + Send>,
+        desc: &LayerDesc,
+        origin: Option<String>,
+    ) -> Result<LayerReader, OciError> {
         let stored = BufReader::with_capacity(
             STORED_BUF,
             Hashing {
-                inner: file.take(limit),
+                inner: stored,
                 hasher: Sha256::new(),
                 count: 0,
             },
@@ -124,6 +129,7 @@ impl LayerReader {
             hasher: Sha256::new(),
             count: 0,
             outcome: None,
+            origin,
         })
     }
 
@@ -190,6 +196,14 @@ impl LayerReader {
         self.check()
     }
 
+    /// `layer N blob` (and where it came from).
+    fn blob_what(&self) -> String {
+        match &self.origin {
+            Some(o) => format!("layer {} blob at {o}", self.layer),
+            None => format!("layer {} blob", self.layer),
+        }
+    }
+
     fn check(&self) -> Result<(), OciError> {
         let Some(o) = &self.outcome else {
             return Ok(());
@@ -197,14 +211,14 @@ impl LayerReader {
         let layer = self.layer;
         if o.stored_size != self.expected_size {
             return Err(OciError::SizeMismatch {
-                what: format!("layer {layer} blob"),
+                what: self.blob_what(),
                 expected: self.expected_size,
                 actual: o.stored_size,
             });
         }
         if o.stored_digest != self.expected_digest {
             return Err(OciError::DigestMismatch {
-                what: format!("layer {layer} blob"),
+                what: self.blob_what(),
                 expected: self.expected_digest.clone(),
                 actual: o.stored_digest.clone(),
             });
@@ -245,6 +259,9 @@ impl Read for LayerReader {
                 Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            // The source's own error (a registry download that failed)
+            // passes through: it names the URL, not the decompressor.
+            Err(e) if e.get_ref().is_some_and(|i| i.is::<OciError>()) => Err(e),
             Err(e) => {
                 let kind = e.kind();
                 Err(io::Error::new(kind, self.decompress_err(e)))

@@ -134,6 +134,91 @@ impl LimitArgs {
     }
 }
 
+/// How a source is selected and reached: `--platform` for image indexes, and
+/// the registry options of `docker://` sources (skopeo's flags).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SourceArgs {
+    /// Platform to pick from an image index / manifest list: `OS/ARCH[/VARIANT]` (default: the host's).
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Registry credentials `USER:PASSWORD` (docker:// sources); wins over auth files.
+    /// `-` reads them from the first line of stdin (kept out of the process list).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
+    /// Auth file (containers-auth.json / docker config.json); default: $REGISTRY_AUTH_FILE,
+    /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json, ~/.docker/config.json.
+    #[arg(long)]
+    pub authfile: Option<PathBuf>,
+    /// Directory of `*.crt` CA certificates and `NAME.cert`/`NAME.key` client certificates
+    /// (default: /etc/containers/certs.d/HOST[:PORT], /etc/docker/certs.d/HOST[:PORT]).
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+    /// Verify the registry's TLS certificate; `false` also allows plain HTTP (loopback
+    /// registries may always fall back to plain HTTP).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tls_verify: bool,
+    /// Registry blobs downloaded at once.
+    #[arg(long, default_value_t = lode_oci::RegistryOptions::default().parallel)]
+    pub parallel_downloads: usize,
+    /// Seconds without an answer after which a registry has stopped answering.
+    #[arg(long, default_value_t = lode_oci::RegistryOptions::default().timeout.as_secs())]
+    pub registry_timeout: u64,
+}
+
+impl SourceArgs {
+    /// The options to open a source with.
+    pub fn open_options(&self) -> Result<lode_oci::OpenOptions> {
+        let platform = match &self.platform {
+            Some(p) => p.parse()?,
+            None => lode_oci::Platform::host(),
+        };
+        let creds = match self.creds.as_deref() {
+            Some("-") => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading --creds from stdin")?;
+                Some(lode_oci::Credentials::parse(
+                    line.trim_end_matches(['\r', '\n']),
+                )?)
+            }
+            Some(c) => Some(lode_oci::Credentials::parse(c)?),
+            None => None,
+        };
+        Ok(lode_oci::OpenOptions {
+            platform,
+            registry: lode_oci::RegistryOptions {
+                creds,
+                authfile: self.authfile.clone(),
+                cert_dir: self.cert_dir.clone(),
+                tls_verify: self.tls_verify,
+                parallel: self.parallel_downloads.max(1),
+                timeout: std::time::Duration::from_secs(self.registry_timeout.max(1)),
+            },
+        })
+    }
+}
+
+/// The spinner `lode flatten` and `lode push` show while layers are read
+/// (downloaded, for a registry): layer N/M, bytes read, rate. Hidden when
+/// stderr is not a terminal.
+pub fn layer_progress() -> Result<indicatif::ProgressBar> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} layer {msg} {bytes} read ({bytes_per_sec})",
+        )
+        .context("progress style")?,
+    );
+    Ok(bar)
+}
+
+/// Moves `bar` (from [`layer_progress`]) to `p`.
+pub fn show_layer_progress(bar: &indicatif::ProgressBar, p: lode_flatten::Progress) {
+    bar.set_message(format!("{}/{}", p.layer + 1, p.layers));
+    bar.set_position(p.total_bytes);
+}
+
 /// A flatten error as the CLI reports it: a cancel is [`Interrupted`], a
 /// limit names the option that raises it.
 pub fn flatten_error(e: lode_flatten::FlattenError, shutdown: &Shutdown) -> anyhow::Error {

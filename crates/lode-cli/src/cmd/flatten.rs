@@ -1,10 +1,9 @@
 //! `lode flatten SOURCE -o OUT`
 
-use super::common::{flatten_error, LimitArgs};
+use super::common::{flatten_error, layer_progress, show_layer_progress, LimitArgs, SourceArgs};
 use crate::shutdown::Shutdown;
 use crate::units::{human, parse_size};
-use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::Result;
 use lode_flatten::{flatten, FlattenOptions, Progress};
 use lode_oci::Source;
 use std::path::PathBuf;
@@ -13,7 +12,8 @@ use std::time::Instant;
 /// Arguments of `lode flatten`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Image to flatten: `oci:DIR[:REF]` or `docker-archive:FILE[:REF]`.
+    /// Image to flatten: `oci:DIR[:REF]`, `docker-archive:FILE[:REF]` or
+    /// `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]`.
     source: String,
     /// Output ext4 image (written atomically).
     #[arg(short, long)]
@@ -23,21 +23,17 @@ pub struct Args {
     size: Option<u64>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    from: SourceArgs,
 }
 
 /// Runs `lode flatten`.
 pub fn run(args: Args) -> Result<()> {
     let shutdown = Shutdown::install()?;
     let source: Source = args.source.parse()?;
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} layer {msg} {bytes} read ({bytes_per_sec})")
-            .context("progress style")?,
-    );
-    let on_progress = |p: Progress| {
-        bar.set_message(format!("{}/{}", p.layer + 1, p.layers));
-        bar.set_position(p.total_bytes);
-    };
+    let open = args.from.open_options()?;
+    let bar = layer_progress()?;
+    let on_progress = |p: Progress| show_layer_progress(&bar, p);
     let start = Instant::now();
     let report = flatten(
         &source,
@@ -47,6 +43,7 @@ pub fn run(args: Args) -> Result<()> {
             progress: Some(&on_progress),
             limits: args.limits.limits(),
             cancel: Some(shutdown.flag()),
+            open,
         },
     )
     .map_err(|e| flatten_error(e, &shutdown))?;

@@ -1,7 +1,8 @@
 //! `lode push SOURCE --tenant T --name NAME [--store URL]`
 
 use super::common::{
-    flatten_error, key_provider, lode_home, open_store, runtime, LimitArgs, StoreArgs,
+    flatten_error, key_provider, layer_progress, lode_home, open_store, runtime,
+    show_layer_progress, LimitArgs, SourceArgs, StoreArgs,
 };
 use crate::shutdown::Shutdown;
 use crate::units::human;
@@ -18,7 +19,8 @@ use std::time::Duration;
 /// Arguments of `lode push`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// `oci:DIR[:REF]`, `docker-archive:FILE[:REF]`, or `ext4:FILE` (already flattened).
+    /// `oci:DIR[:REF]`, `docker-archive:FILE[:REF]`,
+    /// `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]`, or `ext4:FILE` (already flattened).
     source: String,
     /// Tenant that owns the image.
     #[arg(long)]
@@ -33,6 +35,8 @@ pub struct Args {
     concurrency: usize,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    from: SourceArgs,
 }
 
 /// Prefix of the images `push` flattens into `$LODE_HOME/tmp`.
@@ -57,14 +61,18 @@ pub fn run(args: Args) -> Result<()> {
         lode_common::temp::sweep(&dir, TEMP_PREFIX, lode_common::temp::TEMP_SUFFIX);
         let t = LockedTemp::create_in(&dir, TEMP_PREFIX)
             .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-        let image = Image::open(&source)?;
+        let image = Image::open_with(&source, &args.from.open_options()?)?;
         let file = t.file().try_clone().context("opening the temp file")?;
+        let bar = layer_progress()?;
+        let on_progress = |p| show_layer_progress(&bar, p);
         let opts = FlattenOptions {
             limits: args.limits.limits(),
             cancel: Some(shutdown.flag()),
+            progress: Some(&on_progress),
             ..FlattenOptions::default()
         };
         let r = flatten_image(&image, file, &opts).map_err(|e| flatten_error(e, &shutdown))?;
+        bar.finish_and_clear();
         eprintln!(
             "flattened {} layers into {} image",
             r.layers,

@@ -153,7 +153,7 @@ fn layer_size_mismatch() -> Result<(), OciError> {
     let mut desc2 = img.layers()[0].clone();
     desc2.size += 7;
     let f = fs::File::open(dir.join("blobs/sha256").join(&l.digest()[7..])).unwrap();
-    let r = LayerReader::new(f, u64::MAX, &desc2)?;
+    let r = LayerReader::new(Box::new(f), &desc2, None)?;
     assert!(matches!(r.finish(), Err(OciError::SizeMismatch { .. })));
     Ok(())
 }
