@@ -69,6 +69,11 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The store the baseline agent serves (pushed by the baseline itself).
+    fn old_store(&self) -> PathBuf {
+        self.dir.join("store-old")
+    }
+
     fn lode(&self, bin: &Path) -> Command {
         let mut c = Command::new(bin);
         c.env("LODE_HOME", &self.home).env("LODE_LOG", "warn");
@@ -477,7 +482,7 @@ fn servers(ctx: &Ctx) -> Result<Vec<Server>> {
                 .arg("--vhost-user")
                 .arg(format!("{}=bench/img,ro", vsock.display()))
                 .arg("--store")
-                .arg(&ctx.store)
+                .arg(ctx.old_store())
                 .arg("--cache-dir")
                 .arg(ctx.dir.join("old.cache"))
                 .args(["--prefetch", "none"])
@@ -574,6 +579,26 @@ fn main() -> Result<()> {
         .output()?;
     if !o.status.success() {
         bail!("push: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    if let Some(old) = &ctx.baseline {
+        // The baseline reads only the formats of its time (manifest and
+        // pointer v1): it serves the same image pushed by itself.
+        let o = ctx
+            .lode(old)
+            .args([
+                "push",
+                &format!("ext4:{}", ctx.raw.display()),
+                "--tenant",
+                "bench",
+                "--name",
+                "img",
+                "--store",
+            ])
+            .arg(ctx.old_store())
+            .output()?;
+        if !o.status.success() {
+            bail!("baseline push: {}", String::from_utf8_lossy(&o.stderr));
+        }
     }
     println!("# lode agent as a host service (issue 11)\n");
     println!("Image: {} MiB of random bytes (every chunk stored); local file store; memory-warm caches for throughput.\n", IMAGE / MIB);
