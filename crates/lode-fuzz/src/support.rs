@@ -104,14 +104,31 @@ pub fn scratch(name: &str) -> PathBuf {
         root.join(format!("lode-fuzz-{}", std::process::id()))
     });
     let d = base.join(name);
-    std::fs::create_dir_all(&d).expect("cannot create a scratch directory");
+    create_dir_retrying(&d);
     d
+}
+
+/// `create_dir_all` that rides out a concurrent [`reset_dir`] of the same
+/// directory by another test thread (its remove between our create and our
+/// check reads as "already exists").
+fn create_dir_retrying(d: &Path) {
+    let mut tries = 0;
+    loop {
+        match std::fs::create_dir_all(d) {
+            Ok(()) => return,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => panic!("cannot create the scratch directory {}: {e}", d.display()),
+        }
+    }
 }
 
 /// Empties (and recreates) `dir`.
 pub fn reset_dir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).expect("cannot recreate a scratch directory");
+    create_dir_retrying(dir);
 }
 
 /// A fresh single-threaded runtime (tasks from one input never leak into the next).
