@@ -229,6 +229,16 @@ impl Exports {
         m.len()
     }
 
+    /// The handle of `image` (`TENANT/NAME`) at manifest `digest`, if some
+    /// user still holds it open.
+    fn open_handle(&self, image: &str, digest: &str) -> Option<Arc<ImageHandle>> {
+        self.images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&handle_key(image, digest))
+            .and_then(Weak::upgrade)
+    }
+
     /// The handle of an opened image, shared with every user of the same
     /// image and manifest.
     fn handle(&self, export: String, image: OpenedImage) -> Arc<ImageHandle> {
@@ -270,13 +280,7 @@ impl Exports {
                 })
             }
         };
-        if let Some(h) = self
-            .images
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&handle_key(&name.image(), &digest))
-            .and_then(Weak::upgrade)
-        {
+        if let Some(h) = self.open_handle(&name.image(), &digest) {
             return Ok((name, h));
         }
         let image =
@@ -321,13 +325,7 @@ impl Exports {
                 actual: Manifest::digest_of(sealed),
             }));
         }
-        if let Some(h) = self
-            .images
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&handle_key(&export, digest))
-            .and_then(Weak::upgrade)
-        {
+        if let Some(h) = self.open_handle(&export, digest) {
             return Ok(h);
         }
         let manifest = Manifest::decode(sealed).map_err(|e| failed(e.into()))?;
