@@ -39,6 +39,20 @@ fn rich_layout(dir: &Path) {
     .unwrap();
 }
 
+/// A world and a registry holding `big:1` ([`big_layout`]), with what
+/// `lode flatten` makes of the same image from the local layout.
+fn big_in_registry() -> (World, Registry, std::path::PathBuf) {
+    let w = World::local();
+    let work = w.work();
+    let reg = Registry::start(&work.join("registry"));
+    let layout = work.join("big");
+    big_layout(&layout);
+    reg.put(&format!("oci:{}:latest", layout.display()), "big:1", false);
+    let want = work.join("want.ext4");
+    flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
+    (w, reg, want)
+}
+
 /// One layer with a 48 MiB incompressible file (for faults mid-download).
 fn big_layout(dir: &Path) {
     let mut l = LayerSpec::new();
@@ -355,14 +369,8 @@ fn registry_index_by_platform() {
 /// registry that stops answering each give one line and store nothing.
 #[test]
 fn registry_faults_mid_download() {
-    let w = World::local();
+    let (w, reg, want) = big_in_registry();
     let work = w.work();
-    let reg = Registry::start(&work.join("registry"));
-    let layout = work.join("big");
-    big_layout(&layout);
-    reg.put(&format!("oci:{}:latest", layout.display()), "big:1", false);
-    let want = work.join("want.ext4");
-    flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
     let args = tls_args(&reg);
     let args = strs(&args);
 
@@ -491,14 +499,8 @@ fn registry_bearer_token() {
 /// only the rest; the pulled image equals the flatten.
 #[test]
 fn registry_push_killed_and_rerun() {
-    let w = World::local();
+    let (w, reg, want) = big_in_registry();
     let work = w.work();
-    let reg = Registry::start(&work.join("registry"));
-    let layout = work.join("big");
-    big_layout(&layout);
-    reg.put(&format!("oci:{}:latest", layout.display()), "big:1", false);
-    let want = work.join("want.ext4");
-    flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
     let args = tls_args(&reg);
     let source = reg.source("big:1");
     let mut push: Vec<&str> = vec![

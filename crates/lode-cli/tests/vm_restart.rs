@@ -34,11 +34,8 @@ busybox dmesg | busybox grep -iE 'i/o error|blk_update|virtio_blk|buffer i/o' ||
 echo ioerrors=$(busybox dmesg | busybox grep -ciE 'i/o error|blk_update_request|buffer i/o')
 echo errs=$errs";
 
-#[test]
-fn vhost_user_guest_rides_out_three_agent_restarts() {
-    for tool in ["qemu-system-x86_64", "xz"] {
-        require_tool(tool, "qemu-system-x86 / xz-utils (scripts/vm-deps.sh)");
-    }
+/// An environment holding `t/img` (the test image, pushed) and a prepared VM directory.
+fn pushed_and_prepared() -> Env {
     let env = Env::new();
     write_image(&env.path("oci"));
     env.lode_ok(&[
@@ -56,6 +53,15 @@ fn vhost_user_guest_rides_out_three_agent_restarts() {
         Duration::from_secs(600),
     );
     assert!(prep.status.success(), "vm prepare: {prep:?}");
+    env
+}
+
+#[test]
+fn vhost_user_guest_rides_out_three_agent_restarts() {
+    for tool in ["qemu-system-x86_64", "xz"] {
+        require_tool(tool, "qemu-system-x86 / xz-utils (scripts/vm-deps.sh)");
+    }
+    let env = pushed_and_prepared();
     let assets = lode_vm::Assets::find(&vm_dir()).unwrap();
     let mut svc = Service::new(&env, "vm");
     svc.start();
@@ -188,23 +194,7 @@ fn vhost_user_guest_rides_out_three_agent_restarts() {
 #[test]
 fn lode_run_attaches_through_a_running_agent() {
     require_tool("qemu-system-x86_64", "qemu-system-x86 (scripts/vm-deps.sh)");
-    let env = Env::new();
-    write_image(&env.path("oci"));
-    env.lode_ok(&[
-        "push",
-        &format!("oci:{}:latest", env.path("oci").display()),
-        "--tenant",
-        "t",
-        "--name",
-        "img",
-        "--store",
-        env.store.to_str().unwrap(),
-    ]);
-    let prep = run_timeout(
-        env.lode().args(["vm", "prepare", "--dir"]).arg(vm_dir()),
-        Duration::from_secs(600),
-    );
-    assert!(prep.status.success(), "vm prepare: {prep:?}");
+    let env = pushed_and_prepared();
     let mut svc = Service::new(&env, "run");
     svc.start();
     for via in ["nbd", "vhost-user"] {
