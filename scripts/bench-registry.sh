@@ -6,6 +6,7 @@
 # and peak extra disk (sampled every 0.1 s) for each.
 #
 #   scripts/bench-registry.sh [OCI_LAYOUT[:REF]]
+#   LODE_BASELINE=/path/to/older/lode scripts/bench-registry.sh   # adds its rows
 #
 # The registry is Debian's docker-registry on loopback with TLS (a test CA)
 # and htpasswd basic auth. Without an argument the image is the corpus's
@@ -113,10 +114,22 @@ measure local "lode flatten oci:DIR -o FILE (same image, local)" "$W/flat" \
 rm -rf "$W/flat"
 measure push "lode push docker:// (to manifest + pointer stored)" "$W/home" \
   env LODE_HOME="$W/home" "$L" push "$REF" --tenant bench --name img --store "file://$W/store" "${AUTH[@]}"
+if [ -n "${LODE_BASELINE:-}" ]; then
+  mkdir -p "$W/flat" "$W/home0"
+  measure base_flatten "baseline: lode flatten docker:// -o FILE" "$W/flat" \
+    "$LODE_BASELINE" flatten "$REF" -o "$W/flat/img.ext4" "${AUTH[@]}"
+  rm -rf "$W/flat"
+  measure base_push "baseline: lode push docker://" "$W/home0" \
+    env LODE_HOME="$W/home0" "$LODE_BASELINE" push "$REF" --tenant bench --name img --store "file://$W/store0" "${AUTH[@]}"
+fi
 echo
 s=$(cat "$W/secs.skopeo")
 p=$(cat "$W/secs.push")
 f=$(cat "$W/secs.flatten")
 o=$(cat "$W/secs.local")
 python3 -c "print(f'lode push / skopeo download = {$p/$s:.2f}x; lode flatten docker:// / skopeo download = {$f/$s:.2f}x (goal <= 1.2x); lode flatten docker:// / lode flatten oci: = {$f/$o:.2f}x')"
+if [ -n "${LODE_BASELINE:-}" ]; then
+  b=$(cat "$W/secs.base_push")
+  python3 -c "print(f'lode push / baseline lode push = {$p/$b:.2f}x; baseline push / skopeo download = {$b/$s:.2f}x')"
+fi
 echo "(peak extra disk of lode push = its flattened image under \$LODE_HOME/tmp, allocated blocks; the store is not counted)"

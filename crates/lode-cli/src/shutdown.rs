@@ -65,6 +65,13 @@ impl Shutdown {
         &self.flag
     }
 
+    /// Raises the flag without a signal: the command's other work stops as
+    /// if interrupted (when one half of a command failed, the other half
+    /// has no reason to go on).
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
     /// True once a signal arrived.
     pub fn requested(&self) -> bool {
         self.flag.load(Ordering::Relaxed)

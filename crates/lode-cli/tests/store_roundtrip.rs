@@ -271,3 +271,99 @@ fn no_plaintext_in_store() {
     }
     assert!(scanned > 17 * MIB as u64, "scanned only {scanned} bytes");
 }
+
+/// Three layers of 12 MiB of noise and many small files each: `push oci:`
+/// uploads most chunks while the image is still being written (streamed),
+/// and what it stores is chunk for chunk what a push of the finished
+/// `lode flatten` output stores (that push finds every chunk already
+/// there) and pulls back byte for byte.
+#[test]
+fn streamed_push_equals_push_of_the_flattened_file() {
+    let w = World::local();
+    let mut layers = Vec::new();
+    let mut bufs: Vec<(String, Vec<u8>)> = Vec::new();
+    for l in 0..3u64 {
+        bufs.clear();
+        bufs.push((format!("l{l}/big.bin"), noise(10 + l, 12 * MIB + 777)));
+        for f in 0..200u64 {
+            bufs.push((
+                format!("l{l}/small/{f}"),
+                noise(100 * l + f, 3000 + f as usize * 37),
+            ));
+        }
+        let mut entries = vec![
+            TarEntry::Dir("l0"),
+            TarEntry::Dir("l1"),
+            TarEntry::Dir("l2"),
+        ];
+        entries.push(TarEntry::Dir(Box::leak(
+            format!("l{l}/small").into_boxed_str(),
+        )));
+        entries.extend(bufs.iter().map(|(p, d)| TarEntry::File(p, d)));
+        layers.push(tar(&entries));
+    }
+    let layout = w.work().join("layout");
+    write_oci_layout(&layout, &layers, "v1");
+    let source = format!("oci:{}:v1", layout.display());
+    let s = w
+        .run(&["push", &source, "--tenant", "t", "--name", "streamed"])
+        .ok()
+        .summary();
+    assert!(
+        s.streamed * 2 >= s.chunks - s.holes,
+        "most chunks should be uploaded while the image is written: {s:?}"
+    );
+    let flat = w.work().join("flat.ext4");
+    w.run_limit(
+        &["flatten", &source, "-o", flat.to_str().unwrap()],
+        false,
+        std::time::Duration::from_secs(120),
+    )
+    .ok();
+    let again = w.push(&flat, "t", "file");
+    assert_eq!(
+        again.uploaded, 0,
+        "every chunk was stored by the streamed push: {again:?}"
+    );
+    assert_eq!((again.chunks, again.holes), (s.chunks, s.holes));
+    assert_eq!(again.streamed, 0);
+    assert!(files_under(&w.home.join("tmp")).is_empty());
+    let out = w.work().join("pulled.ext4");
+    w.pull("t", "streamed", &out);
+    assert_same(&flat, &out);
+}
+
+/// A push whose last layer turns out corrupt (its digest is checked at its
+/// end, after the layers below were streamed to the store) fails naming the
+/// layer, publishes nothing and leaves no temp file.
+#[test]
+fn streamed_push_of_a_corrupt_last_layer_publishes_nothing() {
+    let w = World::local();
+    let big = noise(7, 20 * MIB);
+    let l1 = tar(&[TarEntry::Dir("opt"), TarEntry::File("opt/big", &big)]);
+    let l2 = tar(&[TarEntry::File("opt/last", &noise(8, 3 * MIB))]);
+    let layout = w.work().join("layout");
+    write_oci_layout(&layout, &[l1, l2.clone()], "v1");
+    // Flip one byte of the last layer's blob (found by its digest).
+    let digest = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(&l2))
+    };
+    let blob = layout.join("blobs/sha256").join(&digest);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let at = bytes.len() - 5000;
+    bytes[at] ^= 0x55;
+    std::fs::write(&blob, bytes).unwrap();
+    let source = format!("oci:{}:v1", layout.display());
+    let r = w.run(&["push", &source, "--tenant", "t", "--name", "bad"]);
+    let err = r.err();
+    assert!(
+        err.contains(&digest[..12]),
+        "the error names the layer: {err}"
+    );
+    assert!(
+        !w.store_dir().join("tenants/t/images/bad").exists(),
+        "no pointer for a failed push"
+    );
+    assert!(files_under(&w.home.join("tmp")).is_empty());
+}

@@ -139,6 +139,37 @@ impl Builder {
         &self.tree
     }
 
+    /// Bytes of the image below which writing is over, except in the ranges
+    /// [`Builder::is_settled`] excludes. Grows as file data is flushed and
+    /// as layers end.
+    pub fn settled_below(&self) -> u64 {
+        self.pending_start * BLOCK_SIZE
+    }
+
+    /// True if the bytes `range` of the image hold their final content now:
+    /// the range lies below [`Builder::settled_below`] and outside what
+    /// [`Builder::finish`] writes (the header chunk and the inode tables,
+    /// reserved at each layer's end). Everything else is written once, in
+    /// cursor order, and never again: data and the blocks of symlinks,
+    /// xattrs, extent trees and directories. This is what lets a consumer
+    /// take chunks away (upload them, drop them) while the image is still
+    /// being built.
+    pub fn is_settled(&self, range: std::ops::Range<u64>) -> bool {
+        if range.is_empty() {
+            return true;
+        }
+        if range.start < HEADER_BLOCKS * BLOCK_SIZE || range.end > self.settled_below() {
+            return false;
+        }
+        let (first, last) = (range.start / BLOCK_SIZE, (range.end - 1) / BLOCK_SIZE);
+        // Tables are handed out in ascending order: the first one ending
+        // after `first` is the only one that may overlap.
+        let i = self
+            .tables
+            .partition_point(|&t| t + INODE_TABLE_BLOCKS <= first);
+        self.tables.get(i).is_none_or(|&t| t > last)
+    }
+
     /// Starts the next layer.
     pub fn begin_layer(&mut self) -> Result<()> {
         if self.in_layer {

@@ -3,6 +3,7 @@
 use crate::error::{EntryError, FlattenError};
 use crate::limits::{Budget, Limit, RATIO_FLOOR};
 use crate::pipe::{Bounds, Piped, Stop};
+use crate::settle::Settling;
 use crate::tarball::{Header, TarReader};
 use lode_ext4::{Builder, FileData, Meta, Special, Timestamp};
 use lode_oci::{Image, LayerDesc};
@@ -141,6 +142,7 @@ pub(crate) fn apply_layer(
     desc: &LayerDesc,
     b: &mut Builder,
     budget: &mut Budget<'_>,
+    settling: &mut Settling<'_>,
     progress: impl Fn(u64),
 ) -> Result<(u64, u64), FlattenError> {
     let layer = desc.index;
@@ -208,6 +210,7 @@ pub(crate) fn apply_layer(
             );
         }
         n += 1;
+        settling.advance(b);
         last = header.path;
         if budget.cancelled() {
             return Err(FlattenError::Interrupted);
@@ -226,6 +229,7 @@ pub(crate) fn apply_layer(
     })?;
     budget.bytes += bytes;
     b.end_layer().map_err(|e| ext4_error(layer, &digest, e))?;
+    settling.advance(b);
     progress(bytes);
     Ok((bytes, n))
 }

@@ -16,10 +16,12 @@ mod entry;
 mod error;
 mod limits;
 mod pipe;
+mod settle;
 mod tarball;
 
 pub use error::{EntryError, FlattenError};
 pub use limits::{Limit, Limits, RATIO_FLOOR};
+pub use settle::Settle;
 pub use tarball::TarError;
 
 /// Fuzzing entry (not API): reads a tar stream with lode's layer tar reader,
@@ -104,6 +106,9 @@ pub struct FlattenOptions<'a> {
     /// How the source is opened: the platform picked from an index, and how
     /// a registry (`docker://`) is reached.
     pub open: lode_oci::OpenOptions,
+    /// When set, told of each chunk as it becomes final, while the image is
+    /// still being written (a streaming consumer such as `lode push`).
+    pub settle: Option<Settle<'a>>,
 }
 
 /// What a flatten produced.
@@ -190,6 +195,7 @@ pub fn flatten_image(
     };
     check_layers(image, &opts.limits)?;
     let mut builder = Builder::new(file, options);
+    let mut settling = settle::Settling::new(opts.settle);
     let mut total = 0u64;
     let mut entries = 0u64;
     let layers = image.layers().len();
@@ -200,8 +206,13 @@ pub fn flatten_image(
         cancel: opts.cancel,
     };
     for desc in image.layers() {
-        let (bytes, n) =
-            entry::apply_layer(image, desc, &mut builder, &mut budget, |layer_bytes| {
+        let (bytes, n) = entry::apply_layer(
+            image,
+            desc,
+            &mut builder,
+            &mut budget,
+            &mut settling,
+            |layer_bytes| {
                 if let Some(p) = opts.progress {
                     p(Progress {
                         layer: desc.index,
@@ -210,7 +221,8 @@ pub fn flatten_image(
                         total_bytes: total + layer_bytes,
                     });
                 }
-            })?;
+            },
+        )?;
         total += bytes;
         entries += n;
     }

@@ -187,10 +187,15 @@ impl LayerReader {
             let stored = self.decoder.stored_mut();
             let stored_hasher = std::mem::take(&mut stored.hasher);
             let stored_size = stored.count;
+            let stored_digest = finish_hex(stored_hasher);
+            let diff_id = match self.decoder {
+                Decoder::Plain(_) => stored_digest.clone(),
+                _ => finish_hex(std::mem::take(&mut self.hasher)),
+            };
             self.outcome = Some(Outcome {
-                stored_digest: finish_hex(stored_hasher),
+                stored_digest,
                 stored_size,
-                diff_id: finish_hex(std::mem::take(&mut self.hasher)),
+                diff_id,
             });
         }
         self.check()
@@ -253,8 +258,12 @@ impl Read for LayerReader {
         match self.decoder.read(buf) {
             Ok(0) => self.on_eof().map(|()| 0).map_err(verification_io),
             Ok(n) => {
-                let data = buf.get(..n).unwrap_or_default();
-                self.hasher.update(data);
+                // An uncompressed blob's bytes are its tar bytes: the stored
+                // digest is its diff_id, and one hash pass serves both.
+                if !matches!(self.decoder, Decoder::Plain(_)) {
+                    let data = buf.get(..n).unwrap_or_default();
+                    self.hasher.update(data);
+                }
                 self.count += n as u64;
                 Ok(n)
             }

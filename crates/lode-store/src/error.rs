@@ -205,6 +205,18 @@ pub enum StoreError {
     /// A background task failed.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// A streamed image ended before its producer said it was complete
+    /// (the flatten feeding a push failed or stopped): nothing is published.
+    #[error("the image being pushed ended before it was complete: nothing was published")]
+    Incomplete,
+    /// A streamed image's producer told a chunk past the image's end.
+    #[error("chunk {index} was told ready, past the streamed image's {count} chunks")]
+    ChunkPastEnd {
+        /// The chunk told.
+        index: u64,
+        /// Chunks in the complete image.
+        count: u64,
+    },
 }
 
 /// Result alias.

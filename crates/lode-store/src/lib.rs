@@ -61,6 +61,6 @@ pub use lifecycle::{list_tenant_images, remove_image, ImageEntry, Removed};
 pub use open::open_url;
 pub use pointer::{ImagePointer, PointerState, ResolvedImage};
 pub use pull::{open_image, pull_to_file, OpenedImage, PullReport};
-pub use push::{push_file, PushOptions, PushProgress, PushReport};
+pub use push::{push_file, push_stream, PushOptions, PushProgress, PushReport, Ready};
 pub use roots::{RootInfo, RootState};
 pub use store::{check_name, Store};

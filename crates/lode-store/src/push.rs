@@ -22,6 +22,9 @@ pub struct PushProgress {
     pub done: AtomicU64,
     /// Bytes uploaded.
     pub uploaded_bytes: AtomicU64,
+    /// Chunks in the image, once known (0 before: a streamed image's size is
+    /// known only when it is complete).
+    pub total: AtomicU64,
 }
 
 /// Options of [`push_file`].
@@ -65,6 +68,9 @@ pub struct PushReport {
     pub bytes_uploaded: u64,
     /// Image size in bytes.
     pub image_bytes: u64,
+    /// Chunks taken while the image was still being written (streamed push;
+    /// 0 for a push of a finished file).
+    pub streamed: u64,
     /// Wall time.
     pub seconds: f64,
     /// Digest of the manifest written.
@@ -75,6 +81,16 @@ pub struct PushReport {
     pub version: u64,
     /// Times the push moved to a newer root because its root retired.
     pub retargets: u32,
+}
+
+/// What the producer of a streamed image tells [`push_stream`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// Chunk `i` (a whole chunk) holds its final bytes in the file.
+    Chunk(u64),
+    /// The image is complete and this many bytes long: every chunk not told
+    /// yet is final now.
+    Complete(u64),
 }
 
 enum ChunkOutcome {
@@ -106,25 +122,46 @@ fn seek_data(fd: i32, off: u64) -> Option<u64> {
     }
 }
 
-/// Reads chunk `i` and seals it; `None` for an all-zero chunk.
+/// Reads the chunk of `len` bytes at `off` and seals it; `None` for an
+/// all-zero chunk. With `punch`, the chunk's bytes are then released from the
+/// file (a hole punched), so a streamed image never sits whole on disk.
 fn read_and_seal(
     file: &std::fs::File,
-    size: u64,
-    i: u64,
-    chunk_size: u32,
+    off: u64,
+    len: u64,
     salt: &Salt,
+    punch: bool,
 ) -> std::io::Result<Option<lode_chunk::SealedChunk>> {
-    let off = i * u64::from(chunk_size);
-    let len = (size - off).min(u64::from(chunk_size));
     if is_hole(file, off, len) {
         return Ok(None);
     }
     let mut buf = vec![0u8; len as usize];
     file.read_exact_at(&mut buf, off)?;
+    if punch {
+        punch_hole(file, off, len);
+    }
     if buf.iter().all(|&b| b == 0) {
         return Ok(None);
     }
     Ok(Some(seal_chunk(salt, &buf)))
+}
+
+/// Frees `len` bytes at `off` of `file` (its size stays). Where the file
+/// system cannot, the bytes stay: a cost in disk, never in correctness.
+#[allow(unsafe_code)]
+fn punch_hole(file: &std::fs::File, off: u64, len: u64) {
+    // SAFETY: fallocate only changes the file's allocation; fd is owned by a live File.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(off, len, error = %std::io::Error::last_os_error(), "cannot punch a hole in the streamed image");
+    }
 }
 
 /// Pushes the ext4 image at `image` as `tenant/name`. Only chunks the store
@@ -143,8 +180,6 @@ pub async fn push_file(
     opts: &PushOptions,
 ) -> Result<PushReport> {
     let start = Instant::now();
-    lode_chunk::keys::check_tenant(tenant)?;
-    check_name(name)?;
     let io = |source| StoreError::Io {
         path: image.display().to_string(),
         source,
@@ -152,26 +187,93 @@ pub async fn push_file(
     let file = Arc::new(std::fs::File::open(image).map_err(io)?);
     let size = file.metadata().map_err(io)?.len();
     for retargets in 0..MAX_RETARGETS {
-        let root = store.active_root(keys.as_ref()).await?;
-        let read = store.read_pointer(tenant, name).await?;
-        let intent = store.write_intent(&root.id, tenant, name, "push").await?;
-        let attempt = push_into(store, &keys, &file, size, &root, (tenant, name), read, opts).await;
-        // The intent goes whatever happened (a crash leaves it to GC's fence).
-        let cleaned = store.delete(&intent).await;
-        let Some(mut report) = attempt? else {
-            tracing::info!(tenant, name, root = %root.id, "root retired during the push: moving to the new root");
+        let chunks = futures::stream::iter([Ok(Ready::Complete(size))]);
+        let Some(mut report) =
+            push_attempt(store, &keys, &file, chunks, (tenant, name), opts, false).await?
+        else {
             continue;
         };
-        cleaned?;
         report.retargets = retargets;
         report.seconds = start.elapsed().as_secs_f64();
-        store.record_seen(tenant, name, report.version).await?;
-        tracing::info!(tenant, name, manifest = %report.manifest, version = report.version, "pushed");
         return Ok(report);
     }
     Err(StoreError::Roots(format!(
         "the active root was retired {MAX_RETARGETS} times while {tenant}/{name} was pushed"
     )))
+}
+
+/// Pushes an image while it is being written into `file`: each chunk told
+/// by `ready` is read, sealed and uploaded at once, and its bytes are freed
+/// from `file` (so the image never needs a full local copy); the chunks left
+/// are pushed when [`Ready::Complete`] arrives, then the manifest and the
+/// pointer, as [`push_file`] does. If `ready` closes before `Complete`,
+/// nothing is published ([`StoreError::Incomplete`]). `Ok(None)`: the root
+/// was retired during the push and the chunks freed cannot be re-encrypted
+/// for the new one: the caller produces the image again and retries.
+pub async fn push_stream(
+    store: &Store,
+    keys: Arc<dyn KeyProvider>,
+    file: Arc<std::fs::File>,
+    ready: tokio::sync::mpsc::Receiver<Ready>,
+    tenant: &str,
+    name: &str,
+    opts: &PushOptions,
+) -> Result<Option<PushReport>> {
+    let start = Instant::now();
+    let chunks = futures::stream::unfold((ready, false), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        match rx.recv().await {
+            Some(r) => Some((Ok(r), (rx, matches!(r, Ready::Complete(_))))),
+            None => Some((Err(StoreError::Incomplete), (rx, true))),
+        }
+    });
+    let report = push_attempt(store, &keys, &file, chunks, (tenant, name), opts, true).await?;
+    Ok(report.map(|mut r| {
+        r.seconds = start.elapsed().as_secs_f64();
+        r
+    }))
+}
+
+/// One push of the chunks `chunks` tells, under a write intent, into the
+/// active root: `Ok(None)` when that root retired meanwhile.
+async fn push_attempt(
+    store: &Store,
+    keys: &Arc<dyn KeyProvider>,
+    file: &Arc<std::fs::File>,
+    chunks: impl futures::Stream<Item = Result<Ready>>,
+    (tenant, name): (&str, &str),
+    opts: &PushOptions,
+    punch: bool,
+) -> Result<Option<PushReport>> {
+    lode_chunk::keys::check_tenant(tenant)?;
+    check_name(name)?;
+    let root = store.active_root(keys.as_ref()).await?;
+    let read = store.read_pointer(tenant, name).await?;
+    let intent = store.write_intent(&root.id, tenant, name, "push").await?;
+    let attempt = push_into(
+        store,
+        keys,
+        file,
+        chunks,
+        &root,
+        (tenant, name),
+        read,
+        opts,
+        punch,
+    )
+    .await;
+    // The intent goes whatever happened (a crash leaves it to GC's fence).
+    let cleaned = store.delete(&intent).await;
+    let Some(report) = attempt? else {
+        tracing::info!(tenant, name, root = %root.id, "root retired during the push: moving to the new root");
+        return Ok(None);
+    };
+    cleaned?;
+    store.record_seen(tenant, name, report.version).await?;
+    tracing::info!(tenant, name, manifest = %report.manifest, version = report.version, "pushed");
+    Ok(Some(report))
 }
 
 /// One attempt of a push into `root`: `Ok(None)` when the root stopped
@@ -181,26 +283,57 @@ async fn push_into(
     store: &Store,
     keys: &Arc<dyn KeyProvider>,
     file: &Arc<std::fs::File>,
-    size: u64,
+    chunks: impl futures::Stream<Item = Result<Ready>>,
     root: &RootInfo,
     (tenant, name): (&str, &str),
     read: crate::publish::PointerRead,
     opts: &PushOptions,
+    punch: bool,
 ) -> Result<Option<PushReport>> {
     if !store.root_takes_pushes(&root.id).await? {
         return Ok(None);
     }
-    let chunk_size = opts.chunk_size;
+    let chunk_size = u64::from(opts.chunk_size);
     let salt = Arc::new(keys.salt(&root.salt_id)?);
-    let count = chunk_count(size, chunk_size);
     opts.progress.done.store(0, Ordering::Relaxed);
-    let results: Vec<(u64, ChunkOutcome)> = futures::stream::iter(0..count)
-        .map(|i| {
+    // Chunks told one by one, then, at `Complete`, every chunk not told yet
+    // (the last one possibly short): `(index, offset, length)`.
+    let size = Arc::new(AtomicU64::new(u64::MAX));
+    let streamed = Arc::new(AtomicU64::new(0));
+    let streamed_in = streamed.clone();
+    let mut told = std::collections::HashSet::new();
+    let (size_in, progress) = (size.clone(), opts.progress.clone());
+    let work = chunks.flat_map(move |r| {
+        let items: Vec<Result<(u64, u64, u64)>> = match r {
+            Ok(Ready::Chunk(i)) => {
+                told.insert(i);
+                vec![Ok((i, i * chunk_size, chunk_size))]
+            }
+            Ok(Ready::Complete(n)) => {
+                size_in.store(n, Ordering::Relaxed);
+                streamed_in.store(told.len() as u64, Ordering::Relaxed);
+                let count = chunk_count(n, opts.chunk_size);
+                progress.total.store(count, Ordering::Relaxed);
+                (0..count)
+                    .filter(|i| !told.contains(i))
+                    .map(|i| {
+                        let off = i * chunk_size;
+                        Ok((i, off, (n - off).min(chunk_size)))
+                    })
+                    .collect()
+            }
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(items)
+    });
+    let results: Vec<(u64, ChunkOutcome)> = work
+        .map(|item| {
             let (file, salt, root_id) = (file.clone(), salt.clone(), root.id.clone());
             let progress = opts.progress.clone();
             async move {
+                let (i, off, len) = item?;
                 let sealed = tokio::task::spawn_blocking(move || {
-                    read_and_seal(&file, size, i, chunk_size, &salt)
+                    read_and_seal(&file, off, len, &salt, punch)
                 })
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?
@@ -234,6 +367,14 @@ async fn push_into(
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect()
         .await?;
+    let size = size.load(Ordering::Relaxed);
+    if size == u64::MAX {
+        return Err(StoreError::Incomplete);
+    }
+    let count = chunk_count(size, opts.chunk_size);
+    if let Some((i, _)) = results.iter().find(|(i, _)| *i >= count) {
+        return Err(StoreError::ChunkPastEnd { index: *i, count });
+    }
     let mut names = vec![None; count as usize];
     let mut secrets = vec![None; count as usize];
     let mut report = PushReport {
@@ -243,6 +384,7 @@ async fn push_into(
         uploaded: 0,
         bytes_uploaded: 0,
         image_bytes: size,
+        streamed: streamed.load(Ordering::Relaxed),
         seconds: 0.0,
         manifest: String::new(),
         root: root.id.clone(),
@@ -271,7 +413,7 @@ async fn push_into(
         name,
         root: &root.id,
         image_size: size,
-        chunk_size,
+        chunk_size: opts.chunk_size,
         names: &names,
         secrets: &secrets,
     };

@@ -44,6 +44,7 @@ pub fn run(args: Args) -> Result<()> {
             limits: args.limits.limits(),
             cancel: Some(shutdown.flag()),
             open,
+            settle: None,
         },
     )
     .map_err(|e| flatten_error(e, &shutdown))?;

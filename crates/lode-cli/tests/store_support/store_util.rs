@@ -363,6 +363,8 @@ pub struct Summary {
     pub uploaded: u64,
     /// `bytes uploaded`.
     pub bytes_uploaded: u64,
+    /// `streamed`: chunks uploaded while the image was still being written.
+    pub streamed: u64,
     /// `sha256:...`.
     pub manifest: String,
 }
@@ -405,6 +407,7 @@ impl Summary {
             already: number_after(line, "already stored"),
             uploaded: number_after(line, "/ uploaded"),
             bytes_uploaded: number_after(line, "bytes uploaded"),
+            streamed: number_after(line, "MB/s, streamed"),
             manifest,
         }
     }
