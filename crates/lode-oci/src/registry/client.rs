@@ -22,7 +22,7 @@ pub(crate) const ATTEMPTS: u32 = 5;
 const BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// The longest `Retry-After` honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Refresh a token this long before it expires.
 const TOKEN_SLACK: Duration = Duration::from_secs(5);
 /// The largest error body read to quote the registry's error code.
@@ -380,7 +380,7 @@ pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
 }
 
 /// [`retry_after`] of the header's value, at `now`.
-fn retry_after_at(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn retry_after_at(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     let wait = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),

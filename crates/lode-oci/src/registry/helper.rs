@@ -58,9 +58,18 @@ pub enum HelperFailure {
         /// The bound.
         limit: u64,
     },
-    /// What it printed is not the credentials JSON (not quoted: it may hold a secret).
-    #[error("its output is not {{\"Username\",\"Secret\"}} JSON: {0}")]
-    Json(#[source] serde_json::Error),
+    /// What it printed is not the credentials JSON. Neither the output nor
+    /// the parser's message is kept (that quotes strings of the output, which
+    /// may be a secret): only where and what kind of error it was.
+    #[error("its output is not {{\"Username\",\"Secret\"}} JSON ({kind} error at line {line}, column {column})")]
+    Json {
+        /// `syntax`, `data` (wrong shape) or `end of input`.
+        kind: &'static str,
+        /// The line of the error (1-based).
+        line: usize,
+        /// The column of the error (1-based).
+        column: usize,
+    },
     /// It answered with an empty username or secret.
     #[error("it printed an empty Username or Secret")]
     Empty,
@@ -238,7 +247,7 @@ fn run(name: &str, server: &str, timeout: Duration) -> Result<Option<Login>, Hel
 }
 
 /// Parses a helper's answer.
-fn parse(out: &[u8]) -> Result<Login, HelperFailure> {
+pub(crate) fn parse(out: &[u8]) -> Result<Login, HelperFailure> {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(rename = "Username")]
@@ -246,7 +255,16 @@ fn parse(out: &[u8]) -> Result<Login, HelperFailure> {
         #[serde(rename = "Secret")]
         secret: String,
     }
-    let a: Answer = serde_json::from_slice(out).map_err(HelperFailure::Json)?;
+    let a: Answer = serde_json::from_slice(out).map_err(|e| HelperFailure::Json {
+        kind: match e.classify() {
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "data",
+            serde_json::error::Category::Eof => "end of input",
+            serde_json::error::Category::Io => "read",
+        },
+        line: e.line(),
+        column: e.column(),
+    })?;
     if a.username.is_empty() || a.secret.is_empty() {
         return Err(HelperFailure::Empty);
     }
@@ -280,6 +298,8 @@ mod tests {
             br#"{"Username":"u"}"#,
             br#"{"Username":"u","Secret":""}"#,
             br#"{"Username":1,"Secret":"hunter2"}"#,
+            br#""hunter2""#,
+            br#"["hunter2"]"#,
         ] {
             let e = parse(bad).map(|_| ()).expect_err("refused");
             assert!(!e.to_string().contains("hunter2"), "{e}");

@@ -67,6 +67,47 @@ pub fn fuzz_auth(data: &[u8]) {
     }
 }
 
+/// Fuzzing entry point (not API): `data` is a `Retry-After` value, a
+/// newline, then a body read both as a token endpoint's answer and as a
+/// credential helper's output. Checks what the parsers promise: a wait
+/// within the bound, a token non-empty and living 1 s to a day, helper
+/// credentials with a user and a secret, and helper errors that are fixed
+/// texts and numbers, quoting nothing of the output (it may hold a secret).
+#[doc(hidden)]
+pub fn fuzz_answers(data: &[u8]) {
+    let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+    let (header, body) = (&data[..split], data.get(split + 1..).unwrap_or_default());
+    if let Ok(h) = std::str::from_utf8(header) {
+        if let Some(wait) = client::retry_after_at(h, std::time::SystemTime::now()) {
+            assert!(wait <= client::MAX_RETRY_AFTER);
+        }
+    }
+    if let Ok((token, life)) = token::parse(body) {
+        assert!(!token.is_empty());
+        assert!(life >= Duration::from_secs(1) && life <= Duration::from_secs(86_400));
+    }
+    match helper::parse(body) {
+        Ok(auth::Login::Basic(c)) => assert!(!c.username.is_empty() && !c.password.is_empty()),
+        Ok(auth::Login::IdentityToken(t)) => assert!(!t.0.is_empty()),
+        Err(e) => {
+            // Digits aside, the message is one of a few fixed texts: nothing
+            // of the output can be in it.
+            let shape: String = e
+                .to_string()
+                .chars()
+                .filter(|c| !c.is_ascii_digit())
+                .collect();
+            let fixed = ["syntax", "data", "end of input", "read"].map(|kind| {
+                format!("its output is not {{\"Username\",\"Secret\"}} JSON ({kind} error at line , column )")
+            });
+            assert!(
+                fixed.contains(&shape) || shape == helper::HelperFailure::Empty.to_string(),
+                "{shape}"
+            );
+        }
+    }
+}
+
 /// The largest manifest or index read (containers/image's limit).
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 

@@ -108,7 +108,7 @@ pub(crate) async fn fetch(
 
 /// Reads a token answer: the token and how long it lives (`expires_in`,
 /// within 1 s and a day).
-fn parse(body: &[u8]) -> Result<(String, Duration), serde_json::Error> {
+pub(crate) fn parse(body: &[u8]) -> Result<(String, Duration), serde_json::Error> {
     #[derive(serde::Deserialize)]
     struct Token {
         token: Option<String>,
