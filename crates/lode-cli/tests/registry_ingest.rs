@@ -139,11 +139,35 @@ fn registry_flatten_push_pull_and_failures() {
 
     // The registry flatten is byte-identical to the oci: flatten.
     let got = work.join("got.ext4");
-    flatten(&w, &reg.source("team/rich:v1"), &got, &args).ok();
+    let run = flatten(&w, &reg.source("team/rich:v1"), &got, &args).ok();
     assert!(
         same_file(&want, &got),
         "docker:// flatten differs from oci:"
     );
+    assert!(!run.stderr.contains("download"), "{}", run.stderr);
+
+    // On a terminal (script(1) gives it one) a download bar shows the layer
+    // blobs' bytes; without one (every other run here) stderr has no bar.
+    common_agent::require_tool("script", "util-linux");
+    let on_tty = work.join("tty.ext4");
+    let cmdline = [lode_bin(), "flatten", &reg.source("team/rich:v1"), "-o"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([on_tty.display().to_string()])
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .env("LODE_HOME", &w.home)
+        .env("COLUMNS", "120")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{shown}");
+    assert!(shown.contains("download"), "no download bar: {shown}");
+    assert!(same_file(&want, &on_tty));
 
     // Credentials from an auth file (containers-auth.json) instead of --creds.
     let authfile = work.join("auth.json");
