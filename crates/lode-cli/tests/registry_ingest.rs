@@ -13,7 +13,8 @@ mod common_registry;
 mod util;
 
 use common_registry::{
-    Answer, Fault, FaultProxy, HostileRegistry, Registry, TokenServer, PASSWORD, USER,
+    Answer, Fault, FaultProxy, HostileRegistry, Registry, TokenServer, PASSWORD, REFRESH_TOKEN,
+    USER,
 };
 use lode_testkit::fixtures::{rich_stack, RichOptions};
 use lode_testkit::image::sha256_digest;
@@ -37,6 +38,24 @@ fn rich_layout(dir: &Path) {
         Some("latest"),
     )
     .unwrap();
+}
+
+/// A registry (bearer-token auth from `token`, else basic) holding
+/// `team/rich:v1` ([`rich_layout`]), with what `lode flatten` makes of the
+/// same image from the local layout.
+fn rich_in_registry(w: &World, token: Option<&TokenServer>) -> (Registry, std::path::PathBuf) {
+    let work = w.work();
+    let reg = Registry::start_with(&work.join("registry"), token);
+    let layout = work.join("rich");
+    rich_layout(&layout);
+    reg.put(
+        &format!("oci:{}:latest", layout.display()),
+        "team/rich:v1",
+        false,
+    );
+    let want = work.join("want.ext4");
+    flatten(w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
+    (reg, want)
 }
 
 /// A world and a registry holding `big:1` ([`big_layout`]), with what
@@ -75,6 +94,16 @@ fn flatten(w: &World, source: &str, out: &Path, args: &[&str]) -> Run {
     w.run_limit(&a, false, Duration::from_secs(300))
 }
 
+/// `lode flatten` of `team/rich:v1` in `reg`, trusting its CA and logging
+/// in as `authfile` says, with `extra` arguments.
+fn flatten_authfile(w: &World, reg: &Registry, out: &Path, authfile: &Path, extra: &[&str]) -> Run {
+    let cd = reg.cert_dir.display().to_string();
+    let af = authfile.display().to_string();
+    let mut a = vec!["--cert-dir", &cd, "--authfile", &af];
+    a.extend_from_slice(extra);
+    flatten(w, &reg.source("team/rich:v1"), out, &a)
+}
+
 /// The names in `dir`, sorted (none if it does not exist).
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -104,26 +133,41 @@ fn strs(v: &[String]) -> Vec<&str> {
 fn registry_flatten_push_pull_and_failures() {
     let w = World::local();
     let work = w.work();
-    let reg = Registry::start(&work.join("registry"));
-    let layout = work.join("rich");
-    rich_layout(&layout);
-    reg.put(
-        &format!("oci:{}:latest", layout.display()),
-        "team/rich:v1",
-        false,
-    );
+    let (reg, want) = rich_in_registry(&w, None);
     let args = tls_args(&reg);
     let args = strs(&args);
 
     // The registry flatten is byte-identical to the oci: flatten.
-    let want = work.join("want.ext4");
-    flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
     let got = work.join("got.ext4");
-    flatten(&w, &reg.source("team/rich:v1"), &got, &args).ok();
+    let run = flatten(&w, &reg.source("team/rich:v1"), &got, &args).ok();
     assert!(
         same_file(&want, &got),
         "docker:// flatten differs from oci:"
     );
+    assert!(!run.stderr.contains("download"), "{}", run.stderr);
+
+    // On a terminal (script(1) gives it one) a download bar shows the layer
+    // blobs' bytes; without one (every other run here) stderr has no bar.
+    common_agent::require_tool("script", "util-linux");
+    let on_tty = work.join("tty.ext4");
+    let cmdline = [lode_bin(), "flatten", &reg.source("team/rich:v1"), "-o"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([on_tty.display().to_string()])
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .env("LODE_HOME", &w.home)
+        .env("COLUMNS", "120")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{shown}");
+    assert!(shown.contains("download"), "no download bar: {shown}");
+    assert!(same_file(&want, &on_tty));
 
     // Credentials from an auth file (containers-auth.json) instead of --creds.
     let authfile = work.join("auth.json");
@@ -135,14 +179,7 @@ fn registry_flatten_push_pull_and_failures() {
     .unwrap();
     let by_file = work.join("byfile.ext4");
     let cd = reg.cert_dir.display().to_string();
-    let af = authfile.display().to_string();
-    flatten(
-        &w,
-        &reg.source("team/rich:v1"),
-        &by_file,
-        &["--cert-dir", &cd, "--authfile", &af],
-    )
-    .ok();
+    flatten_authfile(&w, &reg, &by_file, &authfile, &[]).ok();
     assert!(same_file(&want, &by_file));
 
     // `--creds -` reads them from stdin (not on the command line).
@@ -398,7 +435,13 @@ fn registry_faults_mid_download() {
     eprintln!("stall: {line} after {:?}", start.elapsed());
     assert!(line.contains("/v2/big/blobs/sha256:"), "{line}");
     assert!(line.contains("stopped answering"), "{line}");
-    assert!(start.elapsed() < Duration::from_secs(120));
+    // The timeout bounds the whole silence, not each of the retries and
+    // resumptions (which would take 5 × 5 attempts of 1 s and backoffs).
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(names_in(&out_dir), Vec::<String>::new());
     drop(proxy);
 
@@ -442,16 +485,7 @@ fn registry_bearer_token() {
     let w = World::local();
     let work = w.work();
     let token = TokenServer::start(&work.join("token"), 3);
-    let reg = Registry::start_with(&work.join("registry"), Some(&token));
-    let layout = work.join("rich");
-    rich_layout(&layout);
-    reg.put(
-        &format!("oci:{}:latest", layout.display()),
-        "team/rich:v1",
-        false,
-    );
-    let want = work.join("want.ext4");
-    flatten(&w, &format!("oci:{}:latest", layout.display()), &want, &[]).ok();
+    let (reg, want) = rich_in_registry(&w, Some(&token));
     let args = tls_args(&reg);
     let args = strs(&args);
     let before = token.issued.load(std::sync::atomic::Ordering::Relaxed);
@@ -492,6 +526,203 @@ fn registry_bearer_token() {
     .err();
     assert!(line.contains("401"), "{line}");
     assert_eq!(names_in(&out_dir), Vec::<String>::new());
+
+    // An auth file's identitytoken is an OAuth2 refresh token: POST to the
+    // realm with grant_type=refresh_token (no password involved).
+    let authfile = work.join("identity.json");
+    let write_identity = |t: &str| {
+        std::fs::write(
+            &authfile,
+            format!(
+                r#"{{"auths":{{"{}":{{"auth":"{}","identitytoken":"{t}"}}}}}}"#,
+                reg.addr,
+                base64_encode(b"<token>:")
+            ),
+        )
+        .unwrap()
+    };
+    write_identity(REFRESH_TOKEN);
+    let by_token = work.join("bytoken.ext4");
+    flatten_authfile(&w, &reg, &by_token, &authfile, &[]).ok();
+    assert!(
+        same_file(&want, &by_token),
+        "identity-token flatten differs"
+    );
+    assert!(token.refreshed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    write_identity("revoked-refresh-token");
+    let line = flatten_authfile(&w, &reg, &out_dir.join("x.ext4"), &authfile, &[]).err();
+    assert!(
+        line.contains("POST") && line.contains(&token.realm) && line.contains("401"),
+        "{line}"
+    );
+    assert!(!line.contains("revoked"), "{line}");
+    assert_eq!(names_in(&out_dir), Vec::<String>::new());
+}
+
+/// A pull outliving its token: tokens live 8 s (the client reuses one for
+/// 3 s, refreshing 5 s before expiry), and a proxy slows the transfer to a
+/// drip for 8 s, longer than `--registry-timeout 3` too. The drip is
+/// progress, not a stall, and the requests after it (one layer at a time)
+/// need a fresh token: the pull succeeds, identical, and the realm was asked
+/// again.
+#[test]
+fn registry_token_refresh_mid_pull() {
+    let w = World::local();
+    let work = w.work();
+    let token = TokenServer::start(&work.join("token"), 8);
+    let (reg, want) = rich_in_registry(&w, Some(&token));
+    let proxy = FaultProxy::start(&reg.addr, 32 << 10, Fault::Slow(8), || {});
+    let before = token.issued.load(std::sync::atomic::Ordering::Relaxed);
+    let start = std::time::Instant::now();
+    let mut args = tls_args(&reg);
+    args.extend(
+        ["--registry-timeout", "3", "--parallel-downloads", "1"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let got = work.join("got.ext4");
+    flatten(&w, &proxy.source("team/rich:v1"), &got, &strs(&args)).ok();
+    let took = start.elapsed();
+    assert!(
+        proxy.fired.load(std::sync::atomic::Ordering::Relaxed),
+        "no drip"
+    );
+    assert!(
+        took >= Duration::from_secs(8),
+        "the drip did not slow the pull: {took:?}"
+    );
+    assert!(same_file(&want, &got), "slowed bearer flatten differs");
+    let issued = token.issued.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(issued >= 2, "tokens issued: {issued}");
+}
+
+/// The docker-credential-helpers protocol: an auth file's `credHelpers`
+/// (per registry) or `credsStore` names `docker-credential-NAME`, run with
+/// the server on stdin. A real helper script on the PATH of the spawned
+/// lode answers from the mode the test writes: credentials (the flatten is
+/// identical), "not found" (anonymous: 401), a failure, junk, too much
+/// output, or a hang (killed after --registry-timeout, with what it
+/// started): one line naming the helper and the registry, never the secret.
+#[test]
+fn registry_credential_helpers() {
+    let mut w = World::local();
+    let work = w.work();
+    let (reg, want) = rich_in_registry(&w, None);
+
+    let bin = work.join("helper-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("docker-credential-test");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+dir=$(dirname "$0")
+[ "$1" = get ] || exit 9
+server=$(cat)
+printf '%s' "$server" > "$dir/asked"
+case $(cat "$dir/mode") in
+good) printf '{{"ServerURL":"%s","Username":"{USER}","Secret":"{PASSWORD}"}}
+' "$server" ;;
+notfound) echo "credentials not found in native keychain"; exit 1 ;;
+fail) echo "helper exploded: keyring locked" >&2; exit 3 ;;
+junk) echo 'Username={USER} Secret={PASSWORD}' ;;
+big) yes '{PASSWORD}' | head -c 200000 ;;
+hang) sleep 300 & echo $! > "$dir/sleeper"; wait ;;
+esac
+"#
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    w.env
+        .push(("PATH".into(), format!("{}:{path}", bin.display())));
+    let mode = |m: &str| std::fs::write(bin.join("mode"), m).unwrap();
+    let by_helpers = work.join("helpers.json");
+    std::fs::write(
+        &by_helpers,
+        format!(
+            r#"{{"auths":{{}},"credHelpers":{{"{}":"test"}}}}"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let by_store = work.join("store.json");
+    std::fs::write(
+        &by_store,
+        format!(r#"{{"auths":{{"{}":{{}}}},"credsStore":"test"}}"#, reg.addr),
+    )
+    .unwrap();
+
+    mode("good");
+    for (what, file) in [("credHelpers", &by_helpers), ("credsStore", &by_store)] {
+        let _ = std::fs::remove_file(bin.join("asked"));
+        let got = work.join(format!("{what}.ext4"));
+        flatten_authfile(&w, &reg, &got, file, &[]).ok();
+        assert!(same_file(&want, &got), "{what}: flatten differs");
+        assert_eq!(
+            std::fs::read_to_string(bin.join("asked")).unwrap(),
+            reg.addr,
+            "{what}: the helper was asked about another server"
+        );
+    }
+
+    let out_dir = work.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let cases = [
+        ("notfound", vec!["401", "/v2/team/rich/manifests/v1"]),
+        (
+            "fail",
+            vec!["docker-credential-test", &reg.addr, "keyring locked"],
+        ),
+        ("junk", vec!["docker-credential-test", &reg.addr, "JSON"]),
+        (
+            "big",
+            vec!["docker-credential-test", &reg.addr, "more than"],
+        ),
+        (
+            "hang",
+            vec!["docker-credential-test", &reg.addr, "no answer within 2 s"],
+        ),
+    ];
+    for (m, mention) in cases {
+        mode(m);
+        let start = std::time::Instant::now();
+        let out = out_dir.join("x.ext4");
+        let line =
+            flatten_authfile(&w, &reg, &out, &by_helpers, &["--registry-timeout", "2"]).err();
+        eprintln!("{m}: {line} after {:?}", start.elapsed());
+        for want in mention {
+            assert!(line.contains(want), "{m}: {want:?} not in {line}");
+        }
+        assert!(!line.contains(PASSWORD), "{m}: secret in {line}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{m}: not bounded"
+        );
+        assert_eq!(names_in(&out_dir), Vec::<String>::new(), "{m}: left behind");
+    }
+    // The hung helper's own child was killed with it.
+    let sleeper: i32 = std::fs::read_to_string(bin.join("sleeper"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{sleeper}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the helper's child {sleeper} outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `lode push docker://` SIGKILLed once chunks are being uploaded, then run

@@ -4,7 +4,7 @@ use crate::error::{EntryError, FlattenError};
 use crate::limits::{Budget, Limit, RATIO_FLOOR};
 use crate::pipe::{Bounds, Piped, Stop};
 use crate::settle::Settling;
-use crate::tarball::{Header, TarReader};
+use crate::tar::{Header, TarReader};
 use lode_ext4::{Builder, FileData, Meta, Special, Timestamp};
 use lode_oci::{Image, LayerDesc};
 

@@ -17,12 +17,12 @@ mod error;
 mod limits;
 mod pipe;
 mod settle;
-mod tarball;
+mod tar;
 
 pub use error::{EntryError, FlattenError};
 pub use limits::{Limit, Limits, RATIO_FLOOR};
 pub use settle::Settle;
-pub use tarball::TarError;
+pub use tar::TarError;
 
 /// Fuzzing entry (not API): reads a tar stream with lode's layer tar reader,
 /// every entry's data included (capped at 1 MiB read per entry), skipping
@@ -34,7 +34,7 @@ pub use tarball::TarError;
 pub fn fuzz_tar(data: &[u8]) -> usize {
     use lode_ext4::FileData;
     use std::io::Read;
-    let mut r = tarball::TarReader::new(data);
+    let mut r = tar::TarReader::new(data);
     let mut n = 0;
     while let Ok(Some(h)) = r.next_header() {
         let mut d = r.data();

@@ -523,6 +523,18 @@ fn oci_seeds(s: &mut Seeds) {
         .map(|x| x.as_bytes().to_vec())
         .collect(),
     );
+    s.insert(
+        "oci_registry_answers",
+        [
+            "30\n{\"token\":\"eyJhbGciOiJSUzI1NiJ9.e30.c2ln\",\"expires_in\":300}",
+            "Wed, 21 Oct 2015 07:28:00 GMT\n{\"access_token\":\"a\",\"refresh_token\":\"r\",\"expires_in\":60}",
+            "Wednesday, 21-Oct-15 07:28:00 GMT\n{\"ServerURL\":\"reg.io\",\"Username\":\"user\",\"Secret\":\"pass\"}",
+            "Wed Oct 21 07:28:00 2015\n{\"Username\":\"<token>\",\"Secret\":\"refresh\"}",
+        ]
+        .iter()
+        .map(|x| x.as_bytes().to_vec())
+        .collect(),
+    );
     let d = layout_docs();
     let docs = [
         &d.oci_layout,

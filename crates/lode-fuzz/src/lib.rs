@@ -43,6 +43,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("fleet_memcached_reply", fleet::memcached_reply),
     ("oci_source", oci::source),
     ("oci_registry_auth", oci::registry_auth),
+    ("oci_registry_answers", oci::registry_answers),
     ("oci_docker_manifest", oci::docker_manifest),
     ("oci_layout", oci::layout),
     ("oci_docker_archive", oci::docker_archive),

@@ -35,6 +35,12 @@ pub fn registry_auth(data: &[u8]) {
     lode_oci::registry::fuzz_auth(data);
 }
 
+/// A `Retry-After` value and a token endpoint answer / credential helper
+/// output (see [`lode_oci::registry::fuzz_answers`]).
+pub fn registry_answers(data: &[u8]) {
+    lode_oci::registry::fuzz_answers(data);
+}
+
 /// A docker-archive's `manifest.json`: what parses lists at least one image,
 /// each with a config member.
 pub fn docker_manifest(data: &[u8]) {

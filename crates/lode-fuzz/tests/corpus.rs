@@ -172,6 +172,7 @@ targets!(
     fleet_memcached_reply,
     oci_source,
     oci_registry_auth,
+    oci_registry_answers,
     oci_docker_manifest,
     oci_layout,
     oci_docker_archive,

@@ -52,7 +52,10 @@ pub use digest::parse_sha256;
 pub use docker_archive::{parse_docker_manifest, DockerManifestEntry};
 pub use error::OciError;
 pub use platform::Platform;
-pub use registry::{Credentials, RegistryError, RegistryOptions, RegistryRef};
+pub use registry::{
+    Credentials, DownloadProgress, HelperFailure, ProgressHook, RegistryError, RegistryOptions,
+    RegistryRef,
+};
 pub use source::{Source, SUPPORTED_TRANSPORTS};
 pub use stream::LayerReader;
 

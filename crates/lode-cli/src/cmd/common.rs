@@ -160,7 +160,8 @@ pub struct SourceArgs {
     /// Registry blobs downloaded at once.
     #[arg(long, default_value_t = lode_oci::RegistryOptions::default().parallel)]
     pub parallel_downloads: usize,
-    /// Seconds without an answer after which a registry has stopped answering.
+    /// Seconds a registry may stay silent (no answer, no byte of a blob; retries
+    /// included) before it has stopped answering; also bounds a credential helper's run.
     #[arg(long, default_value_t = lode_oci::RegistryOptions::default().timeout.as_secs())]
     pub registry_timeout: u64,
 }
@@ -194,8 +195,47 @@ impl SourceArgs {
                 tls_verify: self.tls_verify,
                 parallel: self.parallel_downloads.max(1),
                 timeout: std::time::Duration::from_secs(self.registry_timeout.max(1)),
+                progress: Some(lode_oci::ProgressHook(std::sync::Arc::new(
+                    DownloadBar::default(),
+                ))),
             },
         })
+    }
+}
+
+/// The progress bars of a command, drawn together on stderr; hidden when
+/// stderr is not a terminal.
+pub fn bars() -> &'static indicatif::MultiProgress {
+    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(indicatif::MultiProgress::new)
+}
+
+/// The download bar of a `docker://` source: bytes of all layer blobs
+/// received of the total the manifest gives, and the rate. It appears when
+/// the registry source is resolved and goes when the last byte arrived.
+#[derive(Default)]
+struct DownloadBar(std::sync::OnceLock<indicatif::ProgressBar>);
+
+impl lode_oci::DownloadProgress for DownloadBar {
+    fn start(&self, bytes: u64) {
+        let bar = indicatif::ProgressBar::new(bytes);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "download {bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        ) {
+            bar.set_style(style);
+        }
+        if self.0.set(bars().insert(0, bar)).is_err() {
+            tracing::debug!("a second image resolved for one download bar");
+        }
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(bar) = self.0.get() {
+            bar.inc(bytes);
+            if bar.length().is_some_and(|len| bar.position() >= len) {
+                bar.finish_and_clear();
+            }
+        }
     }
 }
 
@@ -203,7 +243,7 @@ impl SourceArgs {
 /// (downloaded, for a registry): layer N/M, bytes read, rate. Hidden when
 /// stderr is not a terminal.
 pub fn layer_progress() -> Result<indicatif::ProgressBar> {
-    let bar = indicatif::ProgressBar::new_spinner();
+    let bar = bars().add(indicatif::ProgressBar::new_spinner());
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} layer {msg} {bytes} read ({bytes_per_sec})",

@@ -1,13 +1,13 @@
 //! `lode push SOURCE --tenant T --name NAME [--store URL]`
 
 use super::common::{
-    flatten_error, key_provider, layer_progress, lode_home, open_store, runtime,
+    bars, flatten_error, key_provider, layer_progress, lode_home, open_store, runtime,
     show_layer_progress, LimitArgs, SourceArgs, StoreArgs,
 };
 use crate::shutdown::Shutdown;
 use crate::units::human;
 use anyhow::{Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use lode_chunk::KeyProvider;
 use lode_common::LockedTemp;
 use lode_flatten::{flatten_image, FlattenOptions, Settle};
@@ -65,8 +65,7 @@ pub fn run(args: Args) -> Result<()> {
         ..PushOptions::default()
     };
     let rt = runtime()?;
-    let bars = MultiProgress::new();
-    let bar = bars.add(ProgressBar::new(0));
+    let bar = bars().add(ProgressBar::new(0));
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} chunks {msg}")
             .context("progress style")?,
@@ -91,7 +90,7 @@ pub fn run(args: Args) -> Result<()> {
             Ok(push_file(&store, keys, &image, &args.tenant, &args.name, &opts).await?)
         }))
     } else {
-        push_source(&args, &store, keys, &opts, &shutdown, &rt, &bars)
+        push_source(&args, &store, keys, &opts, &shutdown, &rt)
     };
     ticker.abort();
     bar.finish_and_clear();
@@ -124,7 +123,6 @@ fn push_source(
     opts: &PushOptions,
     shutdown: &Shutdown,
     rt: &tokio::runtime::Runtime,
-    bars: &MultiProgress,
 ) -> Result<PushReport> {
     let start = Instant::now();
     let source: Source = args.source.parse()?;
@@ -140,7 +138,7 @@ fn push_source(
         let image = Image::open_with(&source, &args.from.open_options()?)?;
         let file = t.file().try_clone().context("opening the temp file")?;
         let reader = Arc::new(t.file().try_clone().context("opening the temp file")?);
-        let layers = bars.add(layer_progress()?);
+        let layers = layer_progress()?;
         let (tx, rx) = tokio::sync::mpsc::channel(SETTLE_WINDOW);
         let (flat, pushed) = std::thread::scope(|s| {
             let flat = s.spawn(|| {

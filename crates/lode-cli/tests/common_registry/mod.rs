@@ -166,7 +166,15 @@ pub enum Fault {
     /// Stop forwarding on that connection and every later one (the
     /// connections stay open: the registry "stops answering").
     Stall,
+    /// Slow that connection to a drip of [`DRIP`] bytes a second for this
+    /// many seconds (once), then pass at full speed. TLS passes through, so
+    /// a drip must carry a whole TLS record for the client to see a byte.
+    Slow(u64),
 }
+
+/// Bytes a [`Fault::Slow`] connection forwards per second: more than one
+/// TLS record (16 KiB of data and its framing).
+pub const DRIP: usize = 20 << 10;
 
 /// A TCP proxy on loopback in front of the registry (TLS passes through).
 pub struct FaultProxy {
@@ -254,7 +262,8 @@ struct Counted {
 /// Copies `from` to `to` until EOF; with `counted`, injects its fault.
 fn pump(mut from: TcpStream, mut to: TcpStream, counted: Option<Counted>) {
     let mut buf = vec![0u8; 64 << 10];
-    loop {
+    let mut slow_until: Option<Instant> = None;
+    'copy: loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
@@ -265,7 +274,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, counted: Option<Counted>) {
             let due = seen > c.after && (first || matches!(c.fault, Fault::Stall));
             if due {
                 c.fired.store(true, Ordering::Relaxed);
+                if let Fault::Slow(secs) = c.fault {
+                    slow_until = Some(Instant::now() + Duration::from_secs(secs));
+                }
                 match c.fault {
+                    Fault::Slow(_) => {}
                     Fault::CutOnce => break,
                     Fault::KillRegistry => {
                         (c.kill)();
@@ -278,7 +291,18 @@ fn pump(mut from: TcpStream, mut to: TcpStream, counted: Option<Counted>) {
                 }
             }
         }
-        if to.write_all(&buf[..n]).is_err() {
+        let mut rest = &buf[..n];
+        while let Some(until) = slow_until.filter(|u| Instant::now() < *u && !rest.is_empty()) {
+            let k = rest.len().min(DRIP);
+            if to.write_all(&rest[..k]).is_err() {
+                break 'copy;
+            }
+            rest = &rest[k..];
+            std::thread::sleep(
+                Duration::from_secs(1).min(until.saturating_duration_since(Instant::now())),
+            );
+        }
+        if to.write_all(rest).is_err() {
             break;
         }
     }
@@ -287,7 +311,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, counted: Option<Counted>) {
 }
 
 /// A token endpoint for the registry's `auth: token` (the Docker token
-/// flow): checks basic credentials, grants the scope asked for, and issues
+/// flow): checks basic credentials on a GET, or on a POST the OAuth2
+/// `grant_type=refresh_token` form with [`REFRESH_TOKEN`], grants the scope
+/// asked for, and issues
 /// RS256 JWTs signed (by `openssl dgst`) with a test key whose self-signed
 /// certificate the registry trusts (`rootcertbundle`; the certificate rides
 /// in the `x5c` header). Tokens live `life_secs`.
@@ -300,7 +326,12 @@ pub struct TokenServer {
     pub issued: Arc<AtomicU64>,
     /// Requests refused for bad or missing credentials.
     pub refused: Arc<AtomicU64>,
+    /// Tokens issued for a refresh token (OAuth2 POST).
+    pub refreshed: Arc<AtomicU64>,
 }
+
+/// The refresh token (an auth file's `identitytoken`) the endpoint accepts.
+pub const REFRESH_TOKEN: &str = "lode-test-refresh-token-7f3a";
 
 /// The `service` and `issuer` the registry is configured with.
 pub const TOKEN_SERVICE: &str = "lode-test-registry";
@@ -357,7 +388,8 @@ impl TokenServer {
         let realm = format!("http://{}/token", listener.local_addr().unwrap());
         let issued = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
-        let (iss, refd) = (issued.clone(), refused.clone());
+        let refreshed = Arc::new(AtomicU64::new(0));
+        let (iss, refd, refr) = (issued.clone(), refused.clone(), refreshed.clone());
         let want_auth = format!("Basic {}", b64std(format!("{USER}:{PASSWORD}").as_bytes()));
         let dir = dir.to_owned();
         std::thread::spawn(move || {
@@ -371,13 +403,47 @@ impl TokenServer {
                         Ok(n) => req.extend_from_slice(&buf[..n]),
                     }
                 }
-                let text = String::from_utf8_lossy(&req).into_owned();
-                let target = text.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let authorized = text.lines().any(|l| {
-                    l.split_once(':').is_some_and(|(k, v)| {
-                        k.eq_ignore_ascii_case("authorization") && v.trim() == want_auth
+                let head_len = req
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(req.len(), |i| i + 4);
+                let text = String::from_utf8_lossy(&req[..head_len]).into_owned();
+                let body_len: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
                     })
-                });
+                    .unwrap_or(0);
+                let mut body = req[head_len..].to_vec();
+                while body.len() < body_len.min(1 << 16) {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let post = text.starts_with("POST ");
+                let target = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                // The parameters: the query of a GET, the form of a POST.
+                let params = if post {
+                    body.clone()
+                } else {
+                    target.split_once('?').map_or("", |(_, q)| q).to_owned()
+                };
+                let authorized = if post {
+                    let form: Vec<&str> = params.split('&').collect();
+                    form.contains(&"grant_type=refresh_token")
+                        && form.contains(&format!("refresh_token={REFRESH_TOKEN}").as_str())
+                        && form.iter().any(|p| p.starts_with("client_id="))
+                } else {
+                    text.lines().any(|l| {
+                        l.split_once(':').is_some_and(|(k, v)| {
+                            k.eq_ignore_ascii_case("authorization") && v.trim() == want_auth
+                        })
+                    })
+                };
                 if !authorized {
                     refd.fetch_add(1, Ordering::Relaxed);
                     let _ = conn.write_all(
@@ -387,7 +453,7 @@ impl TokenServer {
                 }
                 // Grant every repository scope asked for.
                 let mut access = Vec::new();
-                for pair in target.split_once('?').map_or("", |(_, q)| q).split('&') {
+                for pair in params.split('&') {
                     if let Some(scope) = pair.strip_prefix("scope=") {
                         let scope = scope
                             .replace("%3A", ":")
@@ -411,6 +477,9 @@ impl TokenServer {
                     .unwrap()
                     .as_secs();
                 let n = iss.fetch_add(1, Ordering::Relaxed);
+                if post {
+                    refr.fetch_add(1, Ordering::Relaxed);
+                }
                 let header = format!(
                     r#"{{"typ":"JWT","alg":"RS256","x5c":["{}"]}}"#,
                     b64std(&der)
@@ -436,8 +505,10 @@ impl TokenServer {
                     .unwrap()
                     .stdout;
                 let _ = std::fs::remove_file(&input_file);
+                // The OAuth2 answer names it access_token.
+                let field = if post { "access_token" } else { "token" };
                 let body = format!(
-                    r#"{{"token":"{signing_input}.{}","expires_in":{life_secs}}}"#,
+                    r#"{{"{field}":"{signing_input}.{}","expires_in":{life_secs}}}"#,
                     b64url(&sig)
                 );
                 let _ = conn.write_all(
@@ -454,6 +525,7 @@ impl TokenServer {
             cert,
             issued,
             refused,
+            refreshed,
         }
     }
 }

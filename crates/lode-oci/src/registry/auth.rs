@@ -1,9 +1,11 @@
 //! Credentials (`--creds`, auth files in the containers-auth.json / docker
-//! config.json format) and `WWW-Authenticate` challenges.
+//! config.json format: `auths` entries with `auth` or `identitytoken`,
+//! `credHelpers` and `credsStore`) and `WWW-Authenticate` challenges.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine as _;
 
@@ -41,17 +43,55 @@ impl Credentials {
     }
 }
 
+/// An OAuth2 refresh token (an auth file's `identitytoken`, or a credential
+/// helper's secret for the user `<token>`). `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct IdentityToken(pub(crate) String);
+
+impl fmt::Debug for IdentityToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdentityToken(<redacted>)")
+    }
+}
+
+/// What the client logs in with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Login {
+    /// A user and password: HTTP Basic, or the token endpoint's GET with them.
+    Basic(Credentials),
+    /// A refresh token for the token endpoint's OAuth2 POST
+    /// (`grant_type=refresh_token`); nothing for a Basic registry.
+    IdentityToken(IdentityToken),
+}
+
+/// What an auth file says about a registry.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// Credentials written in the file.
+    Login(Login),
+    /// Ask the credential helper `docker-credential-NAME`.
+    Helper(String),
+}
+
 /// The part of an auth file this crate reads.
 #[derive(serde::Deserialize)]
 struct AuthFile {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
+    /// Registry host → credential helper name.
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
+    /// The credential helper of every registry without its own.
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
 struct AuthEntry {
     #[serde(default)]
     auth: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
 }
 
 /// The auth files searched when `--authfile` is not given, in
@@ -120,21 +160,45 @@ fn normalize_key(key: &str) -> &str {
     }
 }
 
-/// Parses an auth file's text and returns the credentials for `r`, if any.
+/// The hosts `r`'s registry is known by in `credHelpers` (Docker Hub's
+/// several names included).
+fn helper_hosts(r: &RegistryRef) -> Vec<&str> {
+    let mut hosts = vec![r.host.as_str()];
+    if r.host == DOCKER_HUB {
+        hosts.extend(["index.docker.io", "registry-1.docker.io"]);
+    }
+    hosts
+}
+
+/// Parses an auth file's text and says what it holds for `r`, in the docker
+/// CLI's order: a `credHelpers` entry for the registry, else the most
+/// specific `auths` entry with an `identitytoken` or `auth`, else
+/// `credsStore`.
 pub(crate) fn lookup_in(
     text: &[u8],
     path: &Path,
     r: &RegistryRef,
-) -> Result<Option<Credentials>, RegistryError> {
+) -> Result<Option<Found>, RegistryError> {
     let file: AuthFile =
         serde_json::from_slice(text).map_err(|source| RegistryError::AuthfileJson {
             path: path.to_owned(),
             source,
         })?;
+    let hosts = helper_hosts(r);
+    for (k, helper) in &file.cred_helpers {
+        if hosts.contains(&normalize_key(k)) && !helper.is_empty() {
+            return Ok(Some(Found::Helper(helper.clone())));
+        }
+    }
     for key in keys_for(r) {
         for (k, entry) in &file.auths {
             if normalize_key(k) != key {
                 continue;
+            }
+            if let Some(t) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+                return Ok(Some(Found::Login(Login::IdentityToken(IdentityToken(
+                    t.to_owned(),
+                )))));
             }
             let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) else {
                 continue;
@@ -147,33 +211,48 @@ pub(crate) fn lookup_in(
                 .decode(auth.trim())
                 .map_err(|_| bad())?;
             let text = String::from_utf8(decoded).map_err(|_| bad())?;
-            return Credentials::parse(&text).map(Some).map_err(|_| bad());
+            return Credentials::parse(&text)
+                .map(|c| Some(Found::Login(Login::Basic(c))))
+                .map_err(|_| bad());
         }
     }
-    Ok(None)
+    Ok(file
+        .creds_store
+        .filter(|s| !s.is_empty())
+        .map(Found::Helper))
 }
 
-/// The credentials for `r` from `explicit` (must exist) or else the first
-/// default auth file that has an entry for it.
+/// The login for `r` from `explicit` (must exist) or else the first
+/// default auth file that has one for it; credential helpers are run
+/// (bounded by `timeout`), and one holding nothing for `r` passes on to the
+/// next file.
 pub(crate) fn lookup(
     explicit: Option<&Path>,
     r: &RegistryRef,
-) -> Result<Option<Credentials>, RegistryError> {
+    timeout: Duration,
+) -> Result<Option<Login>, RegistryError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| RegistryError::AuthfileIo {
             path: p.to_owned(),
             source,
         })
     };
+    let resolve = |found: Option<Found>| match found {
+        None => Ok(None),
+        Some(Found::Login(l)) => Ok(Some(l)),
+        Some(Found::Helper(name)) => {
+            super::helper::get(&name, &super::helper::server_url(&r.host), timeout)
+        }
+    };
     if let Some(p) = explicit {
-        return lookup_in(&read(p)?, p, r);
+        return resolve(lookup_in(&read(p)?, p, r)?);
     }
     for p in default_authfiles() {
         if !p.is_file() {
             continue;
         }
-        if let Some(c) = lookup_in(&read(&p)?, &p, r)? {
-            return Ok(Some(c));
+        if let Some(l) = resolve(lookup_in(&read(&p)?, &p, r)?)? {
+            return Ok(Some(l));
         }
     }
     Ok(None)
@@ -310,13 +389,26 @@ mod tests {
             b64("hub:pw")
         );
         let p = Path::new("auth.json");
-        let c = lookup_in(text.as_bytes(), p, &r("reg.io/team/app:1"))?.expect("creds");
+        let basic = |found: Option<Found>| match found {
+            Some(Found::Login(Login::Basic(c))) => c,
+            other => panic!("basic credentials expected, got {other:?}"),
+        };
+        let c = basic(lookup_in(text.as_bytes(), p, &r("reg.io/team/app:1"))?);
         assert_eq!((c.username.as_str(), c.password.as_str()), ("team", "p:w"));
-        let c = lookup_in(text.as_bytes(), p, &r("reg.io/other"))?.expect("creds");
+        let c = basic(lookup_in(text.as_bytes(), p, &r("reg.io/other"))?);
         assert_eq!(c.username, "host");
-        let c = lookup_in(text.as_bytes(), p, &r("busybox"))?.expect("creds");
+        let c = basic(lookup_in(text.as_bytes(), p, &r("busybox"))?);
         assert_eq!(c.username, "hub");
-        assert!(lookup_in(text.as_bytes(), p, &r("elsewhere.io/x"))?.is_none());
+        // No entry: the file's credsStore.
+        assert_eq!(
+            lookup_in(text.as_bytes(), p, &r("elsewhere.io/x"))?,
+            Some(Found::Helper("x".into()))
+        );
+        let plain = format!(
+            r#"{{"auths":{{"reg.io":{{"auth":"{}"}}}}}}"#,
+            b64("host:pw")
+        );
+        assert!(lookup_in(plain.as_bytes(), p, &r("elsewhere.io/x"))?.is_none());
         let bad = format!(
             r#"{{"auths":{{"reg.io":{{"auth":"{}"}}}}}}"#,
             b64("nocolon")
@@ -324,6 +416,42 @@ mod tests {
         let e = lookup_in(bad.as_bytes(), p, &r("reg.io/x")).expect_err("bad entry");
         assert!(!e.to_string().contains("nocolon"), "{e}");
         assert!(lookup_in(b"[", p, &r("reg.io/x")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn helpers_and_identity_tokens() -> Result<(), RegistryError> {
+        let text = r#"{
+            "auths": {
+                "reg.io": {"auth": "PHRva2VuPjo=", "identitytoken": "refresh-me"},
+                "helped.io": {"auth": "dTpw"},
+                "https://index.docker.io/v1/": {}
+            },
+            "credHelpers": {"helped.io": "secretservice", "index.docker.io": "desktop"},
+            "credsStore": "pass"
+        }"#;
+        let p = Path::new("config.json");
+        let found = lookup_in(text.as_bytes(), p, &r("reg.io/app"))?;
+        assert_eq!(
+            found,
+            Some(Found::Login(Login::IdentityToken(IdentityToken(
+                "refresh-me".into()
+            ))))
+        );
+        assert!(!format!("{found:?}").contains("refresh-me"));
+        // credHelpers wins over an inline entry; Docker Hub by its index name.
+        assert_eq!(
+            lookup_in(text.as_bytes(), p, &r("helped.io/app"))?,
+            Some(Found::Helper("secretservice".into()))
+        );
+        assert_eq!(
+            lookup_in(text.as_bytes(), p, &r("busybox"))?,
+            Some(Found::Helper("desktop".into()))
+        );
+        assert_eq!(
+            lookup_in(text.as_bytes(), p, &r("other.io/app"))?,
+            Some(Found::Helper("pass".into()))
+        );
         Ok(())
     }
 

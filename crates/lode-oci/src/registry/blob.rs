@@ -5,6 +5,7 @@
 
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use reqwest::header::CONTENT_RANGE;
@@ -12,7 +13,7 @@ use reqwest::StatusCode;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::client::{backoff, Client, ATTEMPTS};
-use super::RegistryError;
+use super::{ProgressHook, RegistryError};
 use crate::{LayerDesc, OciError};
 
 /// Bytes handed over per message.
@@ -35,6 +36,7 @@ pub(crate) struct Fetcher {
     slots: Mutex<Vec<Slot>>,
     permits: Arc<Semaphore>,
     window: usize,
+    progress: Option<ProgressHook>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -48,10 +50,20 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher for `layers`, downloading up to `parallel` at once.
-    pub(crate) fn new(client: Arc<Client>, layers: &[LayerDesc], parallel: usize) -> Fetcher {
+    /// A fetcher for `layers`, downloading up to `parallel` at once,
+    /// reporting to `progress` (told the layers' total size now).
+    pub(crate) fn new(
+        client: Arc<Client>,
+        layers: &[LayerDesc],
+        parallel: usize,
+        progress: Option<ProgressHook>,
+    ) -> Fetcher {
         let parallel = parallel.max(1);
+        if let Some(p) = &progress {
+            p.0.start(layers.iter().map(|l| l.size).sum());
+        }
         Fetcher {
+            progress,
             client,
             layers: layers.iter().map(|l| (l.digest.clone(), l.size)).collect(),
             slots: Mutex::new(layers.iter().map(|_| Slot::Idle).collect()),
@@ -99,12 +111,13 @@ impl Fetcher {
         let (digest, size) = self.layers.get(index).cloned().unwrap_or_default();
         let client = self.client.clone();
         let permits = self.permits.clone();
+        let progress = self.progress.clone();
         self.client.rt.handle().spawn(async move {
             let _permit = match windowed {
                 true => permits.acquire_owned().await.ok(),
                 false => None,
             };
-            if let Err(e) = download(&client, &digest, size, &tx).await {
+            if let Err(e) = download(&client, &digest, size, &tx, progress.as_ref()).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -112,21 +125,38 @@ impl Fetcher {
     }
 }
 
+/// Why one attempt at a blob's body ended early.
+enum Broken {
+    /// The body ended before the blob's size.
+    Short,
+    /// Nothing arrived for the timeout.
+    Silent,
+    /// The connection failed.
+    Transport(reqwest::Error),
+}
+
 /// Streams one blob into `tx`, resuming with `Range` after a dropped
-/// connection, a stall or a short body, up to [`ATTEMPTS`] times.
+/// connection or a short body, up to [`ATTEMPTS`] times. The registry's
+/// silence is bounded as a whole: once nothing has arrived for the timeout
+/// (waits for a slow reader of `tx` aside), retries included, the download
+/// fails as [`RegistryError::Stalled`].
 async fn download(
     client: &Client,
     digest: &str,
     size: u64,
     tx: &mpsc::Sender<Result<Bytes, RegistryError>>,
+    progress: Option<&ProgressHook>,
 ) -> Result<(), RegistryError> {
     let url = client.url("blobs", digest);
     let mut got = 0u64;
     let mut attempt = 0u32;
     let mut buf = BytesMut::with_capacity(PIECE);
+    // The registry's last sign of life.
+    let mut since = Instant::now();
     loop {
         attempt += 1;
-        let mut resp = client.get(&url, None, Some(got)).await?;
+        let mut resp = client.get_since(&url, None, Some(got), since).await?;
+        since = Instant::now();
         // How many leading bytes of this answer we already have.
         let mut skip = 0u64;
         if got > 0 {
@@ -148,20 +178,32 @@ async fn download(
                 skip = got; // the whole blob again: drop what we have
             }
         }
-        let failure = loop {
-            match resp.chunk().await {
+        let broken = loop {
+            let left = (since + client.read_timeout).saturating_duration_since(Instant::now());
+            let Ok(next) = tokio::time::timeout(left, resp.chunk()).await else {
+                break Some(Broken::Silent);
+            };
+            match next {
                 Ok(Some(mut chunk)) => {
+                    if !chunk.is_empty() {
+                        since = Instant::now();
+                    }
                     if skip > 0 {
                         let n = skip.min(chunk.len() as u64) as usize;
                         skip -= n as u64;
                         let _ = chunk.split_to(n);
                     }
                     got += chunk.len() as u64;
+                    if let Some(p) = progress {
+                        p.0.advance(chunk.len() as u64);
+                    }
                     buf.extend_from_slice(&chunk);
                     if buf.len() >= PIECE {
                         if tx.send(Ok(buf.split().freeze())).await.is_err() {
                             return Ok(()); // the reader is gone
                         }
+                        // Time spent waiting for the reader is not silence.
+                        since = Instant::now();
                         buf.reserve(PIECE);
                     }
                     if got > size {
@@ -171,18 +213,23 @@ async fn download(
                     }
                 }
                 Ok(None) if got >= size => break None,
-                Ok(None) => break Some(None),
-                Err(e) => break Some(Some(e)),
+                Ok(None) => break Some(Broken::Short),
+                Err(e) => break Some(Broken::Transport(e)),
             }
         };
-        match failure {
+        let silent_for_long = Instant::now() + backoff(attempt) >= since + client.read_timeout;
+        match broken {
             None => {
                 if !buf.is_empty() {
                     let _ = tx.send(Ok(buf.split().freeze())).await;
                 }
                 return Ok(());
             }
-            Some(_) if attempt < ATTEMPTS => {
+            Some(Broken::Silent) => return Err(client.stalled(&url, attempt)),
+            Some(Broken::Transport(e)) if e.is_timeout() && silent_for_long => {
+                return Err(client.stalled(&url, attempt))
+            }
+            Some(_) if attempt < ATTEMPTS && !silent_for_long => {
                 tracing::debug!(
                     url,
                     got,
@@ -192,7 +239,7 @@ async fn download(
                 );
                 tokio::time::sleep(backoff(attempt)).await;
             }
-            Some(None) => {
+            Some(Broken::Short) => {
                 return Err(RegistryError::Truncated {
                     url,
                     got,
@@ -200,14 +247,10 @@ async fn download(
                     attempts: attempt,
                 })
             }
-            Some(Some(e)) if e.is_timeout() => {
-                return Err(RegistryError::Stalled {
-                    url,
-                    secs: client.read_timeout.as_secs(),
-                    attempts: attempt,
-                })
+            Some(Broken::Transport(e)) if e.is_timeout() => {
+                return Err(client.stalled(&url, attempt))
             }
-            Some(Some(e)) => return Err(RegistryError::transport("GET", &url, e)),
+            Some(Broken::Transport(e)) => return Err(RegistryError::transport("GET", &url, e)),
         }
     }
 }

@@ -4,13 +4,14 @@
 //! retries with backoff for 429, 5xx and dropped connections.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, ACCEPT, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Response, StatusCode};
 use tokio::sync::Mutex;
 
-use super::auth::{self, Challenge, Credentials};
+use super::auth::{self, Challenge, Login};
+use super::token::{self, TokenRequest};
 use super::{RegistryError, RegistryOptions, RegistryRef};
 
 /// Redirects followed per request (registries redirect blobs to storage).
@@ -21,9 +22,7 @@ pub(crate) const ATTEMPTS: u32 = 5;
 const BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// The longest `Retry-After` honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-/// A token without `expires_in` lives this long (the token spec's default).
-const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(60);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Refresh a token this long before it expires.
 const TOKEN_SLACK: Duration = Duration::from_secs(5);
 /// The largest error body read to quote the registry's error code.
@@ -78,7 +77,7 @@ pub(crate) struct Client {
     /// `https://HOST/v2/REPO/` (or `http://` on loopback / `--tls-verify=false`).
     base: String,
     pub(crate) reference: RegistryRef,
-    creds: Option<Credentials>,
+    login: Option<Login>,
     auth: Mutex<AuthMode>,
     pub(crate) read_timeout: Duration,
 }
@@ -91,9 +90,9 @@ impl Client {
     ) -> Result<Arc<Client>, RegistryError> {
         let rt = Runtime::new()?;
         let http = super::tls::http_client(reference, opts)?;
-        let creds = match &opts.creds {
-            Some(c) => Some(c.clone()),
-            None => auth::lookup(opts.authfile.as_deref(), reference)?,
+        let login = match &opts.creds {
+            Some(c) => Some(Login::Basic(c.clone())),
+            None => auth::lookup(opts.authfile.as_deref(), reference, opts.timeout)?,
         };
         let host = reference.api_host().to_owned();
         let plain_ok = reference.is_loopback() || !opts.tls_verify;
@@ -121,7 +120,7 @@ impl Client {
             http,
             base,
             reference: reference.clone(),
-            creds,
+            login,
             auth: Mutex::new(mode),
             read_timeout: opts.timeout,
         }))
@@ -143,13 +142,29 @@ impl Client {
 
     /// GETs `url` with auth, retrying 429/5xx/transport errors with backoff
     /// (honouring `Retry-After`) and a 401 once with a fresh token.
-    /// `range_from` asks for the bytes from that offset on.
+    /// `range_from` asks for the bytes from that offset on. A registry
+    /// silent for the timeout is [`RegistryError::Stalled`].
     pub(crate) async fn get(
         &self,
         url: &str,
         accept: Option<&str>,
         range_from: Option<u64>,
     ) -> Result<Response, RegistryError> {
+        self.get_since(url, accept, range_from, Instant::now())
+            .await
+    }
+
+    /// [`Client::get`], the registry's last sign of life (an answer, a byte)
+    /// having been at `since`: it has until `since` + the timeout to answer,
+    /// retries included; any answer, even one retried, renews that.
+    pub(crate) async fn get_since(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        range_from: Option<u64>,
+        since: Instant,
+    ) -> Result<Response, RegistryError> {
+        let mut deadline = since + self.read_timeout;
         let mut attempt = 0u32;
         let mut reauthed = false;
         loop {
@@ -162,7 +177,14 @@ impl Client {
                 req = req.header(RANGE, format!("bytes={from}-"));
             }
             req = self.authorize(req).await?;
-            let delay = match req.send().await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(sent) = tokio::time::timeout(left, req.send()).await else {
+                return Err(self.stalled(url, attempt));
+            };
+            if sent.is_ok() {
+                deadline = Instant::now() + self.read_timeout;
+            }
+            let delay = match sent {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
@@ -171,23 +193,34 @@ impl Client {
                     continue;
                 }
                 Ok(resp) if retryable(resp.status()) && attempt < ATTEMPTS => {
-                    retry_after(resp.headers()).unwrap_or_else(|| backoff(attempt))
+                    let d = retry_after(resp.headers()).unwrap_or_else(|| backoff(attempt));
+                    // The registry asked for this wait: it is not silence.
+                    deadline += d;
+                    d
                 }
                 Ok(resp) => return Err(status_error("GET", url, resp).await),
-                Err(e) if !e.is_redirect() && !e.is_builder() && attempt < ATTEMPTS => {
+                Err(e)
+                    if !e.is_redirect()
+                        && !e.is_builder()
+                        && attempt < ATTEMPTS
+                        && Instant::now() + backoff(attempt) < deadline =>
+                {
                     tracing::debug!(url, error = %e, attempt, "registry request failed, retrying");
                     backoff(attempt)
                 }
-                Err(e) if e.is_timeout() => {
-                    return Err(RegistryError::Stalled {
-                        url: url.to_owned(),
-                        secs: self.read_timeout.as_secs(),
-                        attempts: attempt,
-                    })
-                }
+                Err(e) if e.is_timeout() => return Err(self.stalled(url, attempt)),
                 Err(e) => return Err(RegistryError::transport("GET", url, e)),
             };
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The error for a registry silent for the timeout.
+    pub(crate) fn stalled(&self, url: &str, attempts: u32) -> RegistryError {
+        RegistryError::Stalled {
+            url: url.to_owned(),
+            secs: self.read_timeout.as_secs(),
+            attempts,
         }
     }
 
@@ -199,9 +232,10 @@ impl Client {
         let mut mode = self.auth.lock().await;
         match &mut *mode {
             AuthMode::Anonymous => Ok(req),
-            AuthMode::Basic => Ok(match &self.creds {
-                Some(c) => req.basic_auth(&c.username, Some(&c.password)),
-                None => req,
+            AuthMode::Basic => Ok(match &self.login {
+                Some(Login::Basic(c)) => req.basic_auth(&c.username, Some(&c.password)),
+                // An identity token is for token endpoints only.
+                Some(Login::IdentityToken(_)) | None => req,
             }),
             AuthMode::Bearer {
                 realm,
@@ -215,8 +249,14 @@ impl Client {
                     Some((t, _)) => t.clone(),
                     None => {
                         let scope = format!("repository:{}:pull", self.reference.repo);
+                        let request = TokenRequest {
+                            realm,
+                            service: service.as_deref(),
+                            scope: &scope,
+                            base: &self.base,
+                        };
                         let (t, until) =
-                            self.fetch_token(realm, service.as_deref(), &scope).await?;
+                            token::fetch(&self.http, self.login.as_ref(), &request).await?;
                         *token = Some((t.clone(), until));
                         t
                     }
@@ -231,70 +271,6 @@ impl Client {
         let mut mode = self.auth.lock().await;
         *mode = mode_from_challenge(url, headers)?;
         Ok(())
-    }
-
-    /// The Docker token flow: GET realm?service=S&scope=repository:REPO:pull,
-    /// with basic credentials if there are any.
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-    ) -> Result<(String, Instant), RegistryError> {
-        let mut url = reqwest::Url::parse(realm).map_err(|_| RegistryError::BadChallenge {
-            url: self.base.clone(),
-        })?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            q.append_pair("scope", scope);
-        }
-        let shown = url.to_string();
-        let mut attempt = 0;
-        let resp = loop {
-            attempt += 1;
-            let mut req = self.http.get(url.clone());
-            if let Some(c) = &self.creds {
-                req = req.basic_auth(&c.username, Some(&c.password));
-            }
-            match req.send().await {
-                Ok(r) if r.status().is_success() => break r,
-                Ok(r) if retryable(r.status()) && attempt < ATTEMPTS => {
-                    let d = retry_after(r.headers()).unwrap_or_else(|| backoff(attempt));
-                    tokio::time::sleep(d).await;
-                }
-                Ok(r) => return Err(status_error("GET", &shown, r).await),
-                Err(e) if attempt < ATTEMPTS && !e.is_redirect() => {
-                    tokio::time::sleep(backoff(attempt)).await
-                }
-                Err(e) => return Err(RegistryError::transport("GET", &shown, e)),
-            }
-        };
-        let body = read_capped(resp, MAX_ERROR_BODY * 4, &shown).await?;
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
-        }
-        let t: Token =
-            serde_json::from_slice(&body).map_err(|source| RegistryError::TokenJson {
-                url: shown.clone(),
-                source,
-            })?;
-        let life = t.expires_in.map_or(DEFAULT_TOKEN_LIFE, |s| {
-            Duration::from_secs(s.clamp(1, 86_400))
-        });
-        let token = t.token.or(t.access_token).unwrap_or_default();
-        if token.is_empty() {
-            return Err(RegistryError::TokenJson {
-                url: shown,
-                source: serde::de::Error::custom("neither \"token\" nor \"access_token\""),
-            });
-        }
-        Ok((token, Instant::now() + life))
     }
 }
 
@@ -383,20 +359,37 @@ fn mode_from_challenge(url: &str, headers: &HeaderMap) -> Result<AuthMode, Regis
     }
 }
 
-fn retryable(s: StatusCode) -> bool {
+/// Whether a status is worth retrying: 429 and 5xx.
+pub(crate) fn retryable(s: StatusCode) -> bool {
     s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
 }
 
+/// The delay before retry `attempt + 1`.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     BACKOFF
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(MAX_BACKOFF)
 }
 
-/// `Retry-After: SECONDS` (the HTTP-date form is treated as the backoff).
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = h.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+/// The wait a `Retry-After` asks for (RFC 9110 §10.2.3: delay-seconds or
+/// an HTTP-date; a date in the past is no wait), at most
+/// [`MAX_RETRY_AFTER`]. `None` without the header or with a value of
+/// neither form (the caller then backs off as usual).
+pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    retry_after_at(h.get(RETRY_AFTER)?.to_str().ok()?, SystemTime::now())
+}
+
+/// [`retry_after`] of the header's value, at `now`.
+pub(crate) fn retry_after_at(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// The error for a non-success answer, quoting the registry's error code and
@@ -454,4 +447,33 @@ pub(crate) async fn read_capped(
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        let at = |v: &str| retry_after_at(v, now);
+        assert_eq!(at("7"), Some(Duration::from_secs(7)));
+        assert_eq!(at(" 120 "), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            at("Wed, 21 Oct 2015 07:28:09 GMT"),
+            Some(Duration::from_secs(9))
+        );
+        // The obsolete forms RFC 9110 still asks recipients to accept.
+        assert_eq!(
+            at("Wednesday, 21-Oct-15 07:28:30 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(at("Wed Oct 21 07:28:02 2015"), Some(Duration::from_secs(2)));
+        // In the past: no wait; far ahead: the bound.
+        assert_eq!(at("Wed, 21 Oct 2015 07:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(at("Thu, 22 Oct 2015 07:28:00 GMT"), Some(MAX_RETRY_AFTER));
+        for bad in ["", "-1", "soon", "1.5", "Wed, 32 Oct 2015 07:28:00 GMT"] {
+            assert_eq!(at(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -104,8 +104,10 @@ pub enum RegistryError {
     },
 
     /// The token endpoint's answer is not a token.
-    #[error("GET {url}: invalid token response: {source}")]
+    #[error("{method} {url}: invalid token response: {source}")]
     TokenJson {
+        /// `GET` (the token flow) or `POST` (the OAuth2 refresh-token flow).
+        method: &'static str,
         /// The token endpoint (no credentials in it).
         url: String,
         /// The parse error.
@@ -141,6 +143,18 @@ pub enum RegistryError {
         path: PathBuf,
         /// The registry key of the entry.
         key: String,
+    },
+
+    /// A credential helper (`credHelpers`, `credsStore`) gave no credentials.
+    #[error("credential helper {helper} for {registry}: {reason}")]
+    CredHelper {
+        /// The program, `docker-credential-NAME`.
+        helper: String,
+        /// The server URL it was asked about.
+        registry: String,
+        /// What went wrong.
+        #[source]
+        reason: super::helper::HelperFailure,
     },
 
     /// A certificate directory could not be read.

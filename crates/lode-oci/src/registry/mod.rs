@@ -12,8 +12,10 @@ mod auth;
 mod blob;
 mod client;
 mod error;
+mod helper;
 mod reference;
 mod tls;
+mod token;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use reqwest::header::CONTENT_TYPE;
 pub use auth::{default_authfiles, parse_challenge, Challenge, Credentials};
 pub(crate) use blob::Fetcher;
 pub use error::RegistryError;
+pub use helper::HelperFailure;
 pub use reference::RegistryRef;
 
 use crate::digest::{parse_json, sha256_of, verify_bytes, MAX_JSON_SIZE};
@@ -38,7 +41,8 @@ use client::{read_capped, Client};
 /// Fuzzing entry point (not API): `data` is a `WWW-Authenticate` value, a
 /// newline, then an auth file. Checks what the parsers promise: a Bearer
 /// challenge the client would use has an absolute realm; credentials found
-/// have a non-empty user; errors never quote the auth file's secrets.
+/// have a non-empty user, tokens and helper names are non-empty; errors
+/// never quote the auth file's secrets.
 #[doc(hidden)]
 pub fn fuzz_auth(data: &[u8]) {
     let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
@@ -51,12 +55,55 @@ pub fn fuzz_auth(data: &[u8]) {
     for r in ["reg.io/team/app", "busybox", "127.0.0.1:5000/a"] {
         let r = RegistryRef::parse(r, r).expect("a fixed reference parses");
         match auth::lookup_in(file, Path::new("auth.json"), &r) {
-            Ok(Some(c)) => assert!(!c.username.is_empty()),
+            Ok(Some(auth::Found::Login(auth::Login::Basic(c)))) => assert!(!c.username.is_empty()),
+            Ok(Some(auth::Found::Login(auth::Login::IdentityToken(t)))) => assert!(!t.0.is_empty()),
+            Ok(Some(auth::Found::Helper(name))) => assert!(!name.is_empty()),
             Ok(None) => {}
             Err(e) => {
                 let msg = e.to_string();
                 assert!(msg.contains("auth.json"), "{msg}");
             }
+        }
+    }
+}
+
+/// Fuzzing entry point (not API): `data` is a `Retry-After` value, a
+/// newline, then a body read both as a token endpoint's answer and as a
+/// credential helper's output. Checks what the parsers promise: a wait
+/// within the bound, a token non-empty and living 1 s to a day, helper
+/// credentials with a user and a secret, and helper errors that are fixed
+/// texts and numbers, quoting nothing of the output (it may hold a secret).
+#[doc(hidden)]
+pub fn fuzz_answers(data: &[u8]) {
+    let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+    let (header, body) = (&data[..split], data.get(split + 1..).unwrap_or_default());
+    if let Ok(h) = std::str::from_utf8(header) {
+        if let Some(wait) = client::retry_after_at(h, std::time::SystemTime::now()) {
+            assert!(wait <= client::MAX_RETRY_AFTER);
+        }
+    }
+    if let Ok((token, life)) = token::parse(body) {
+        assert!(!token.is_empty());
+        assert!(life >= Duration::from_secs(1) && life <= Duration::from_secs(86_400));
+    }
+    match helper::parse(body) {
+        Ok(auth::Login::Basic(c)) => assert!(!c.username.is_empty() && !c.password.is_empty()),
+        Ok(auth::Login::IdentityToken(t)) => assert!(!t.0.is_empty()),
+        Err(e) => {
+            // Digits aside, the message is one of a few fixed texts: nothing
+            // of the output can be in it.
+            let shape: String = e
+                .to_string()
+                .chars()
+                .filter(|c| !c.is_ascii_digit())
+                .collect();
+            let fixed = ["syntax", "data", "end of input", "read"].map(|kind| {
+                format!("its output is not {{\"Username\",\"Secret\"}} JSON ({kind} error at line , column )")
+            });
+            assert!(
+                fixed.contains(&shape) || shape == helper::HelperFailure::Empty.to_string(),
+                "{shape}"
+            );
         }
     }
 }
@@ -81,8 +128,34 @@ pub struct RegistryOptions {
     pub tls_verify: bool,
     /// Blobs downloaded at once (ahead of the layer being read).
     pub parallel: usize,
-    /// Connect and read timeout: a registry silent this long has stopped answering.
+    /// How long the registry may stay silent: it bounds each connect and
+    /// read, a credential helper's run, and the whole wait for the next byte
+    /// of a blob, retries included (a registry silent this long has stopped
+    /// answering).
     pub timeout: Duration,
+    /// Told the total size of an image's layer blobs and each piece that
+    /// arrives (a download progress bar).
+    pub progress: Option<ProgressHook>,
+}
+
+/// Observes the downloads of an image's layer blobs (for a progress bar).
+pub trait DownloadProgress: Send + Sync {
+    /// The layer blobs to download total `bytes` (the sizes the manifest
+    /// gives); called once the image is resolved.
+    fn start(&self, bytes: u64);
+    /// `bytes` more arrived (bytes received again after a resumption that
+    /// had to restart from the beginning are not counted twice).
+    fn advance(&self, bytes: u64);
+}
+
+/// A shared [`DownloadProgress`].
+#[derive(Clone)]
+pub struct ProgressHook(pub Arc<dyn DownloadProgress>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook")
+    }
 }
 
 impl Default for RegistryOptions {
@@ -94,6 +167,7 @@ impl Default for RegistryOptions {
             tls_verify: true,
             parallel: 3,
             timeout: Duration::from_secs(30),
+            progress: None,
         }
     }
 }
@@ -192,7 +266,7 @@ pub(crate) fn open(
     )?;
     let diff_ids = parse_config_diff_ids(&config_json, Path::new(&config_url))?;
     let layers = manifest::layer_descs(manifest.layers(), &diff_ids)?;
-    let fetcher = Fetcher::new(client, &layers, opts.parallel);
+    let fetcher = Fetcher::new(client, &layers, opts.parallel, opts.progress.clone());
     Ok(Resolved {
         layers,
         config_digest,
