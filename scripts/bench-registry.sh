@@ -82,7 +82,7 @@ AUTH=(--cert-dir "$W/certs.d" --creds bench:benchpw)
 measure() {
   local key=$1 name=$2 watch=$3; shift 3
   local peak=0 pid
-  /usr/bin/time -f "%e %M" -o "$W/time" "$@" >"$W/out" 2>"$W/err" &
+  /usr/bin/time -f "%e %M %U %S" -o "$W/time" "$@" >"$W/out" 2>"$W/err" &
   pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     local d; d=$(du -sB1 "$watch" 2>/dev/null | cut -f1); d=${d:-0}
@@ -90,16 +90,16 @@ measure() {
     sleep 0.1
   done
   wait "$pid" || { echo "$name failed:"; cat "$W/err"; exit 1; }
-  read -r secs kib < <(tail -1 "$W/time")
-  printf "| %-46s | %8.2f | %9d | %10d |\n" "$name" "$secs" "$((kib / 1024))" "$((peak / 1048576))"
+  read -r secs kib usr sys < <(tail -1 "$W/time")
+  printf "| %-46s | %8.2f | %8.2f | %9d | %10d |\n" "$name" "$secs" "$(awk "BEGIN{print $usr + $sys}")" "$((kib / 1024))" "$((peak / 1048576))"
   echo "$secs" > "$W/secs.$key"
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "image: $SRC ($(du -sh "${SRC%%:*}" | cut -f1) stored), registry 127.0.0.1:$PORT (TLS, basic auth)"
 echo
-echo "| command | wall s | peak RSS MiB | peak extra disk MiB |"
-echo "|---|---:|---:|---:|"
+echo "| command | wall s | CPU s | peak RSS MiB | peak extra disk MiB |"
+echo "|---|---:|---:|---:|---:|"
 mkdir -p "$W/dl" "$W/flat" "$W/home"
 sync
 measure skopeo "skopeo copy docker:// oci:DIR (download only)" "$W/dl" \

@@ -32,7 +32,7 @@ mod geometry;
 pub mod layout;
 pub mod tree;
 
-pub use builder::{Builder, Limits, Options, Special, Summary};
+pub use builder::{Builder, Limits, Options, SettleHook, Settled, Special, Summary};
 pub use data::{Dense, FileData};
 pub use error::{Ext4Error, Result};
 pub use format::inode::Timestamp;

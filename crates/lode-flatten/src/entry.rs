@@ -3,7 +3,6 @@
 use crate::error::{EntryError, FlattenError};
 use crate::limits::{Budget, Limit, RATIO_FLOOR};
 use crate::pipe::{Bounds, Piped, Stop};
-use crate::settle::Settling;
 use crate::tar::{Header, TarReader};
 use lode_ext4::{Builder, FileData, Meta, Special, Timestamp};
 use lode_oci::{Image, LayerDesc};
@@ -142,7 +141,6 @@ pub(crate) fn apply_layer(
     desc: &LayerDesc,
     b: &mut Builder,
     budget: &mut Budget<'_>,
-    settling: &mut Settling<'_>,
     progress: impl Fn(u64),
 ) -> Result<(u64, u64), FlattenError> {
     let layer = desc.index;
@@ -210,7 +208,6 @@ pub(crate) fn apply_layer(
             );
         }
         n += 1;
-        settling.advance(b);
         last = header.path;
         if budget.cancelled() {
             return Err(FlattenError::Interrupted);
@@ -229,7 +226,6 @@ pub(crate) fn apply_layer(
     })?;
     budget.bytes += bytes;
     b.end_layer().map_err(|e| ext4_error(layer, &digest, e))?;
-    settling.advance(b);
     progress(bytes);
     Ok((bytes, n))
 }

@@ -108,7 +108,7 @@ pub struct FlattenOptions<'a> {
     pub open: lode_oci::OpenOptions,
     /// When set, told of each chunk as it becomes final, while the image is
     /// still being written (a streaming consumer such as `lode push`).
-    pub settle: Option<Settle<'a>>,
+    pub settle: Option<Settle>,
 }
 
 /// What a flatten produced.
@@ -195,7 +195,9 @@ pub fn flatten_image(
     };
     check_layers(image, &opts.limits)?;
     let mut builder = Builder::new(file, options);
-    let mut settling = settle::Settling::new(opts.settle);
+    if let Some(to) = &opts.settle {
+        builder.on_settle(settle::hook(to.clone()));
+    }
     let mut total = 0u64;
     let mut entries = 0u64;
     let layers = image.layers().len();
@@ -206,13 +208,8 @@ pub fn flatten_image(
         cancel: opts.cancel,
     };
     for desc in image.layers() {
-        let (bytes, n) = entry::apply_layer(
-            image,
-            desc,
-            &mut builder,
-            &mut budget,
-            &mut settling,
-            |layer_bytes| {
+        let (bytes, n) =
+            entry::apply_layer(image, desc, &mut builder, &mut budget, |layer_bytes| {
                 if let Some(p) = opts.progress {
                     p(Progress {
                         layer: desc.index,
@@ -221,8 +218,7 @@ pub fn flatten_image(
                         total_bytes: total + layer_bytes,
                     });
                 }
-            },
-        )?;
+            })?;
         total += bytes;
         entries += n;
     }

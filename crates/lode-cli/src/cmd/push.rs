@@ -146,16 +146,17 @@ fn push_source(
                 let on_progress = |p| show_layer_progress(&layers, p);
                 // A closed channel means the push failed: it stops the
                 // flatten through the shutdown flag.
-                let tell = |i| {
-                    let _ = tx.blocking_send(Ready::Chunk(i));
-                };
+                let to = tx.clone();
+                let tell = Arc::new(move |i| {
+                    let _ = to.blocking_send(Ready::Chunk(i));
+                });
                 let fopts = FlattenOptions {
                     limits: args.limits.limits(),
                     cancel: Some(shutdown.flag()),
                     progress: Some(&on_progress),
                     settle: Some(Settle {
                         chunk_size: u64::from(opts.chunk_size),
-                        chunk: &tell,
+                        chunk: tell,
                     }),
                     ..FlattenOptions::default()
                 };

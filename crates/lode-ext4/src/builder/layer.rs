@@ -84,6 +84,7 @@ impl Builder {
         self.pending_start = self.cursor;
         self.in_layer = false;
         self.layers += 1;
+        self.tell_settled();
         Ok(())
     }
 

@@ -34,6 +34,9 @@ use std::fs::File;
 mod finish;
 mod inode;
 mod layer;
+mod settled;
+
+pub use settled::{SettleHook, Settled};
 use std::os::unix::fs::FileExt;
 
 /// Data is buffered up to this many bytes before it is written.
@@ -101,6 +104,8 @@ pub struct Builder {
     data_bytes: u64,
     /// Read buffer of `add_file`, allocated once, on the first file with data.
     buf: Vec<u8>,
+    /// Told as bytes settle ([`Builder::on_settle`]).
+    hook: Option<SettleHook>,
 }
 
 /// Bytes `add_file` reads at once.
@@ -128,6 +133,7 @@ impl Builder {
             max_mtime: 0,
             data_bytes: 0,
             buf: Vec::new(),
+            hook: None,
         }
     }
 
@@ -136,35 +142,40 @@ impl Builder {
         &self.tree
     }
 
-    /// Bytes of the image below which writing is over, except in the ranges
-    /// [`Builder::is_settled`] excludes. Grows as file data is flushed and
-    /// as layers end.
-    pub fn settled_below(&self) -> u64 {
-        self.pending_start * BLOCK_SIZE
+    /// Which bytes of the image are final now (see [`Settled`]).
+    pub fn settled(&self) -> Settled<'_> {
+        Settled {
+            below: self.pending_start,
+            tables: &self.tables,
+        }
     }
 
-    /// True if the bytes `range` of the image hold their final content now:
-    /// the range lies below [`Builder::settled_below`] and outside what
-    /// [`Builder::finish`] writes (the header chunk and the inode tables,
-    /// reserved at each layer's end). Everything else is written once, in
-    /// cursor order, and never again: data and the blocks of symlinks,
-    /// xattrs, extent trees and directories. This is what lets a consumer
-    /// take chunks away (upload them, drop them) while the image is still
-    /// being built.
+    /// Bytes below which writing is over, except in the ranges
+    /// [`Settled::contains`] excludes.
+    pub fn settled_below(&self) -> u64 {
+        self.settled().below()
+    }
+
+    /// True if the bytes `range` hold their final content now.
     pub fn is_settled(&self, range: std::ops::Range<u64>) -> bool {
-        if range.is_empty() {
-            return true;
+        self.settled().contains(range)
+    }
+
+    /// Calls `hook` after every write that settles bytes: each flush of file
+    /// data (every 8 MiB, inside large files too) and each layer's end. A
+    /// consumer can take settled chunks away (upload them, drop them) while
+    /// the image is still being written.
+    pub fn on_settle(&mut self, hook: SettleHook) {
+        self.hook = Some(hook);
+    }
+
+    fn tell_settled(&mut self) {
+        if let Some(h) = self.hook.as_mut() {
+            h(&Settled {
+                below: self.pending_start,
+                tables: &self.tables,
+            });
         }
-        if range.start < HEADER_BLOCKS * BLOCK_SIZE || range.end > self.settled_below() {
-            return false;
-        }
-        let (first, last) = (range.start / BLOCK_SIZE, (range.end - 1) / BLOCK_SIZE);
-        // Tables are handed out in ascending order: the first one ending
-        // after `first` is the only one that may overlap.
-        let i = self
-            .tables
-            .partition_point(|&t| t + INODE_TABLE_BLOCKS <= first);
-        self.tables.get(i).is_none_or(|&t| t > last)
     }
 
     /// Starts the next layer.
@@ -348,6 +359,8 @@ impl Builder {
                 .map_err(io_err("writing file data to the image"))?;
             self.pending_start += (self.pending.len() / BLOCK_SIZE as usize) as u64;
             self.pending.clear();
+            self.pending_start = self.cursor;
+            self.tell_settled();
         }
         self.pending_start = self.cursor;
         Ok(())
