@@ -36,7 +36,7 @@ type Stored = BufReader<Hashing<Box<dyn Read + Send>>>;
 
 enum Decoder {
     Plain(Stored),
-    Gzip(flate2::bufread::MultiGzDecoder<Stored>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<Stored>>),
     Zstd(zstd::stream::read::Decoder<'static, Stored>),
 }
 
@@ -109,7 +109,9 @@ impl LayerReader {
         );
         let decoder = match desc.compression {
             Compression::None => Decoder::Plain(stored),
-            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(stored)),
+            Compression::Gzip => {
+                Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(stored)))
+            }
             Compression::Zstd => {
                 Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(stored).map_err(
                     |source| OciError::Decompress {
