@@ -204,9 +204,7 @@ fn push_source(
             (Ok(_), Err(e)) => return Err(e),
             // A flatten that failed on its own explains the push's
             // "incomplete"; one stopped because the push failed does not.
-            (Err(fe), Err(pe)) if matches!(fe, lode_flatten::FlattenError::Interrupted) => {
-                return Err(pe)
-            }
+            (Err(lode_flatten::FlattenError::Interrupted), Err(pe)) => return Err(pe),
             (Err(fe), _) => return Err(flatten_error(fe, shutdown)),
         }
     }
