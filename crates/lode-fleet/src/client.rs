@@ -1,26 +1,22 @@
 //! The fleet as a chunk tier: 5 stripes on 5 nodes, first 4 answers win.
 
 use crate::backend::StripeBackend;
-use crate::lease::{HeldLease, HeldLeases, LeaseConfig};
+use crate::lease::{HeldLeases, LeaseConfig};
 use crate::members::{Change, Members, Membership, Rebuild};
 use crate::stripe;
+use crate::write::{classify, Answer, StripeGets, Writer};
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::StreamExt;
 use lode_cache::{ChunkId, ChunkTier, TierError};
 use lode_chunk::ChunkName;
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Fills (stripe writes after a miss) running at once.
-pub const MAX_FILLS: usize = 8;
-/// Fills waiting for a slot; beyond this, new fills are dropped (a later miss
-/// retries them), so a burst of misses never queues without bound.
-pub const MAX_QUEUED_FILLS: usize = 512;
+pub use crate::write::{MAX_FILLS, MAX_LATE, MAX_QUEUED_FILLS};
 
 /// The nodes holding stripes 0..5 of `name`: rendezvous (highest random
 /// weight) hashing per stripe. Each node gets a weight per (chunk, stripe);
@@ -77,7 +73,8 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn key(name: &ChunkName, j: usize) -> String {
+/// The key of stripe `j` of a chunk on its node.
+pub(crate) fn key(name: &ChunkName, j: usize) -> String {
     format!("{}.{j}", name.to_hex())
 }
 
@@ -117,6 +114,12 @@ pub struct FleetMetrics {
     pub lease_rechecks: AtomicU64,
     /// Lease requests or waits that failed (node down, error, timeout).
     pub lease_errors: AtomicU64,
+    /// Stripe answers that arrived after their read was served by the first
+    /// 4, and were checked for read repair.
+    pub late_checked: AtomicU64,
+    /// Reads whose outstanding stripe request was cancelled instead of
+    /// followed ([`MAX_LATE`] followers were running).
+    pub late_dropped: AtomicU64,
 }
 
 /// The AZ cache fleet as a [`ChunkTier`].
@@ -126,9 +129,7 @@ pub struct FleetTier {
     pub(crate) timeout: Duration,
     lease: Option<LeaseConfig>,
     pub(crate) held: Arc<HeldLeases>,
-    fills: Arc<tokio::sync::Semaphore>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
-    filling: Arc<Mutex<HashSet<ChunkName>>>,
+    writer: Arc<Writer>,
     /// Counters.
     pub metrics: Arc<FleetMetrics>,
     label: &'static str,
@@ -148,16 +149,14 @@ impl FleetTier {
         timeout: Duration,
         label: &'static str,
     ) -> Self {
-        let metrics = FleetMetrics::default();
+        let metrics = Arc::new(FleetMetrics::default());
         FleetTier {
             members: Membership::new(backend, rebuild),
             timeout,
             lease: None,
             held: Arc::new(HeldLeases::default()),
-            fills: Arc::new(tokio::sync::Semaphore::new(MAX_FILLS)),
-            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            filling: Arc::new(Mutex::new(HashSet::new())),
-            metrics: Arc::new(metrics),
+            writer: Arc::new(Writer::new(metrics.clone(), timeout)),
+            metrics,
             label,
         }
     }
@@ -236,6 +235,8 @@ impl FleetTier {
             ("lode_fleet_lease_timeouts_total", &m.lease_timeouts),
             ("lode_fleet_lease_rechecks_total", &m.lease_rechecks),
             ("lode_fleet_lease_errors_total", &m.lease_errors),
+            ("lode_fleet_late_stripes_checked_total", &m.late_checked),
+            ("lode_fleet_late_stripes_dropped_total", &m.late_dropped),
         ] {
             let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
         }
@@ -255,45 +256,43 @@ impl FleetTier {
         Some(Bytes::from(ct))
     }
 
+    /// Reads a chunk from the first 4 good stripes (all 5 when one is bad).
+    /// Stripes a live node does not have, or sent malformed or corrupt, are
+    /// rewritten by read repair; a stripe request still outstanding when
+    /// the first 4 rebuilt the chunk is followed in the background
+    /// ([`Writer::follow_late`]) so that a node restarted empty is refilled
+    /// even when it answers last.
     pub(crate) async fn read(&self, id: &ChunkId) -> Option<Bytes> {
         let members = self.members();
-        let (backend, stats) = (&members.backend, &members.stats);
-        let nodes = placement(backend.nodes(), &id.name);
-        let mut gets: FuturesUnordered<_> = (0..stripe::TOTAL)
+        let nodes = placement(members.backend.nodes(), &id.name);
+        let timeout = self.timeout;
+        let mut gets: StripeGets = (0..stripe::TOTAL)
             .map(|j| {
-                let k = key(&id.name, j);
-                let node = nodes[j];
+                let (m, k, node) = (members.clone(), key(&id.name, j), nodes[j]);
                 async move {
                     let t = Instant::now();
-                    let r = tokio::time::timeout(self.timeout, backend.get(node, &k)).await;
+                    let r = tokio::time::timeout(timeout, m.backend.get(node, &k)).await;
                     (j, node, r, t.elapsed())
                 }
+                .boxed()
             })
             .collect();
         let mut got: Vec<(usize, Bytes)> = Vec::new();
         // Stripes a live node does not have (or sent malformed): rewritten by
         // read repair once the chunk is rebuilt from the others.
         let mut missing: Vec<usize> = Vec::new();
-        while let Some((j, node, r, took)) = gets.next().await {
-            match r {
-                Ok(Ok(Some(b))) if stripe::header(&b).is_some_and(|(i, _)| i == j) => {
-                    stats[node].latency.observe(took);
-                    got.push((j, b));
-                }
-                Ok(Ok(Some(_))) => {
-                    stats[node].malformed.fetch_add(1, Ordering::Relaxed);
-                    missing.push(j);
-                }
-                Ok(Ok(None)) => missing.push(j),
-                _ => {
-                    stats[node].errors.fetch_add(1, Ordering::Relaxed);
-                }
+        while let Some(answer) = gets.next().await {
+            match classify(&members, answer) {
+                (j, Answer::Stripe(b)) => got.push((j, b)),
+                (j, Answer::Missing) => missing.push(j),
+                (_, Answer::Failed) => {}
             }
             if got.len() == stripe::DATA {
                 if let Some(ct) = Self::try_decode(&got, &id.name, &self.metrics) {
-                    // Dropping `gets` cancels the 5th request.
                     self.metrics.first4.fetch_add(1, Ordering::Relaxed);
-                    self.repair(id.name, &ct, missing);
+                    self.repair(&members, id.name, &ct, missing);
+                    self.writer
+                        .follow_late(members.clone(), gets, id.name, ct.clone());
                     return Some(ct);
                 }
             }
@@ -309,10 +308,10 @@ impl FleetTier {
                     if let Some(ct) = Self::try_decode(&subset, &id.name, &self.metrics) {
                         // The stripe left out was the bad one.
                         missing.push(got[skip].0);
-                        stats[nodes[got[skip].0]]
+                        members.stats[nodes[got[skip].0]]
                             .corrupt
                             .fetch_add(1, Ordering::Relaxed);
-                        self.repair(id.name, &ct, missing);
+                        self.repair(&members, id.name, &ct, missing);
                         return Some(ct);
                     }
                 }
@@ -354,7 +353,9 @@ impl ChunkTier for FleetTier {
     /// triggered it.
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
         let held = self.held.take(&id.name);
-        self.put_stripes(id.name, ciphertext, None, held);
+        let backend = self.members().backend.clone();
+        self.writer
+            .put_stripes(backend, id.name, ciphertext, None, held);
     }
 
     /// Releases this host's fill lease on a chunk no tier could fetch, so
@@ -365,126 +366,114 @@ impl ChunkTier for FleetTier {
         }
     }
 
-    /// Waits until no fill or repair is queued or running (at most 4 stripe
-    /// timeouts per fill slot round, 30 s in all).
+    /// Waits until no fill or repair is queued or running and no late
+    /// stripe is being followed (30 s at most).
     fn settle(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let until = Instant::now() + Duration::from_secs(30);
-            while self.queued.load(Ordering::SeqCst) > 0 && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
+        Box::pin(self.writer.settle(Duration::from_secs(30)))
     }
 }
 
 impl FleetTier {
     /// Read repair: rewrites the stripes in `which` of a chunk just rebuilt,
     /// in the background and under the same bounds as fills.
-    fn repair(&self, name: ChunkName, ciphertext: &Bytes, which: Vec<usize>) {
+    fn repair(&self, members: &Members, name: ChunkName, ciphertext: &Bytes, which: Vec<usize>) {
         if !which.is_empty() {
-            self.put_stripes(name, ciphertext.clone(), Some(which), None);
+            let backend = members.backend.clone();
+            self.writer
+                .put_stripes(backend, name, ciphertext.clone(), Some(which), None);
         }
-    }
-
-    /// Writes all stripes of a chunk (a fill, `only` = `None`) or some of them
-    /// (a repair). Bounded: at most [`MAX_FILLS`] running and
-    /// [`MAX_QUEUED_FILLS`] waiting, beyond that dropped; one write per chunk
-    /// at a time. A fill lease `held` is released once the stripes are
-    /// stored (at once if the write is dropped).
-    fn put_stripes(
-        &self,
-        name: ChunkName,
-        ciphertext: Bytes,
-        only: Option<Vec<usize>>,
-        held: Option<HeldLease>,
-    ) {
-        let give_up = |held: Option<HeldLease>| {
-            if let Some(h) = held {
-                crate::lease::release(&name, h, self.timeout);
-            }
-        };
-        if self.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED_FILLS {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            self.metrics.fills_dropped.fetch_add(1, Ordering::Relaxed);
-            give_up(held);
-            return;
-        }
-        if !self
-            .filling
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name)
-        {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            give_up(held);
-            return;
-        }
-        let (backend, filling, metrics, timeout) = (
-            self.members().backend.clone(),
-            self.filling.clone(),
-            self.metrics.clone(),
-            self.timeout,
-        );
-        let (slots, queued) = (self.fills.clone(), self.queued.clone());
-        tokio::spawn(async move {
-            let Ok(permit) = slots.acquire_owned().await else {
-                return;
-            };
-            let release_after = held.map(|h| (h, timeout));
-            let nodes = placement(backend.nodes(), &name);
-            let stripes = stripe::encode(&ciphertext);
-            let wanted = |j: &usize| only.as_ref().is_none_or(|w| w.contains(j));
-            let puts = stripes
-                .into_iter()
-                .enumerate()
-                .filter(|(j, _)| wanted(j))
-                .map(|(j, s)| {
-                    let backend = backend.clone();
-                    let k = key(&name, j);
-                    let node = nodes[j];
-                    let n = (s.len() - stripe::HEADER) as u64;
-                    async move {
-                        let ok = matches!(
-                            tokio::time::timeout(
-                                timeout * 4,
-                                backend.put(node, &k, Bytes::from(s))
-                            )
-                            .await,
-                            Ok(Ok(()))
-                        );
-                        (ok, n)
-                    }
-                });
-            let results = futures::future::join_all(puts).await;
-            if only.is_some() {
-                let ok = results.iter().filter(|(ok, _)| *ok).count() as u64;
-                metrics.repairs.fetch_add(ok, Ordering::Relaxed);
-            } else {
-                let stored: u64 = results.iter().filter(|(ok, _)| *ok).map(|(_, n)| n).sum();
-                metrics.fills.fetch_add(1, Ordering::Relaxed);
-                metrics.stripe_bytes.fetch_add(stored, Ordering::Relaxed);
-                metrics
-                    .chunk_bytes
-                    .fetch_add(ciphertext.len() as u64, Ordering::Relaxed);
-            }
-            filling
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
-            // Inline, before the fill counts as done: a process that exits
-            // after `settle` must not leave the waiters to the lease's TTL.
-            if let Some((h, timeout)) = release_after {
-                crate::lease::release_now(&name, h, timeout).await;
-            }
-            queued.fetch_sub(1, Ordering::SeqCst);
-            drop(permit);
-        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+
+    /// Nodes in memory; each answers after its own delay.
+    #[derive(Debug)]
+    struct SlowNodes {
+        nodes: Vec<String>,
+        delay: Vec<Duration>,
+        held: Vec<Mutex<HashMap<String, Bytes>>>,
+    }
+
+    impl SlowNodes {
+        fn has(&self, node: usize, key: &str) -> bool {
+            self.held[node].lock().unwrap().contains_key(key)
+        }
+    }
+
+    impl StripeBackend for SlowNodes {
+        fn nodes(&self) -> &[String] {
+            &self.nodes
+        }
+        fn get<'a>(
+            &'a self,
+            node: usize,
+            key: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+            Box::pin(async move {
+                tokio::time::sleep(self.delay[node]).await;
+                Ok(self.held[node].lock().unwrap().get(key).cloned())
+            })
+        }
+        fn put<'a>(
+            &'a self,
+            node: usize,
+            key: &'a str,
+            value: Bytes,
+        ) -> BoxFuture<'a, Result<(), String>> {
+            self.held[node].lock().unwrap().insert(key.into(), value);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// A node restarted empty answers "not found" after the other 4 served
+    /// the read: its stripe is still rewritten (before, the late answer was
+    /// cancelled and the node stayed empty until it was not the slowest).
+    /// A late stripe that is well-formed but wrong is rewritten as well.
+    #[tokio::test]
+    async fn late_missing_or_corrupt_stripe_is_repaired() {
+        let nodes: Vec<String> = (0..5).map(|i| format!("127.0.2.{i}:7000")).collect();
+        let mut delay = vec![Duration::ZERO; 5];
+        let ct = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let name = ChunkName::of(&ct);
+        let slow = placement(&nodes, &name)[2];
+        delay[slow] = Duration::from_millis(100);
+        let backend = Arc::new(SlowNodes {
+            nodes,
+            delay,
+            held: (0..5).map(|_| Mutex::new(HashMap::new())).collect(),
+        });
+        let tier = FleetTier::new(backend.clone(), Duration::from_secs(5), "fleet");
+        let id = ChunkId {
+            root: "r".into(),
+            name,
+        };
+        tier.fill(&id, ct.clone());
+        tier.settle().await;
+        let k = key(&name, 2);
+        // The slow node restarts empty.
+        backend.held[slow].lock().unwrap().clear();
+        assert_eq!(tier.read(&id).await.as_deref(), Some(&ct[..]));
+        assert!(!backend.has(slow, &k), "the read waited for the 5th stripe");
+        tier.settle().await;
+        assert!(backend.has(slow, &k), "the late 'not found' was not repaired");
+        assert_eq!(tier.metrics.repairs.load(Ordering::Relaxed), 1);
+        // Now it holds a wrong (well-formed) stripe.
+        let mut bad = stripe::encode(&ct).swap_remove(2);
+        *bad.last_mut().unwrap() ^= 1;
+        backend.held[slow].lock().unwrap().insert(k.clone(), bad.into());
+        assert_eq!(tier.read(&id).await.as_deref(), Some(&ct[..]));
+        tier.settle().await;
+        let good = Bytes::from(stripe::encode(&ct).swap_remove(2));
+        assert_eq!(backend.held[slow].lock().unwrap().get(&k), Some(&good));
+        assert_eq!(tier.metrics.repairs.load(Ordering::Relaxed), 2);
+        assert_eq!(tier.members().stats[slow].corrupt.load(Ordering::Relaxed), 1);
+        assert_eq!(tier.metrics.late_checked.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn placement_is_distinct_and_stable() {

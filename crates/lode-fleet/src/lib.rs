@@ -18,6 +18,7 @@ pub mod lru2;
 pub mod members;
 pub mod node;
 pub mod stripe;
+mod write;
 
 pub use backend::{Http2Nodes, Lease, Memcached, StripeBackend};
 pub use client::{placement, FleetTier};
