@@ -154,18 +154,20 @@ settled() { # settled K: waits until host K's fills are done (fills + dropped >=
     sleep 0.05
   done
 }
-read_image() { # read_image K: host K reads image $IMG through its agent -> "$W/h$K/time"
-  local k=$1 d=$W/h$1 t0 t1 a sock exp id ok=1
-  t0=$(date +%s%N)
+read_image() { # read_image K: host K reads image $IMG through its agent
+  # -> "$W/hK/time": "ATTACH_MS READ_MS OK" (read: nbdcopy of the whole export)
+  local k=$1 d=$W/h$1 t0 t1 t2 a sock exp id ok=1
+  t0=$(date +%s%N); t1=$t0
   if a=$("$LODE" attach "bed/img$IMG" --agent "$d/agent.sock" 2>"$d/attach.err"); then
     read -r sock exp id < <(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); print(a["socket"], a["export"], a["id"])' "$a")
+    t1=$(date +%s%N)
     nbdcopy "nbd+unix:///$exp?socket=$sock" "$d/out.raw" 2>"$d/read.err" && cmp -s "$d/out.raw" "$W/want$IMG" || ok=0
     "$LODE" detach "$id" --agent "$d/agent.sock" 2>/dev/null || true
   else
     ok=0
   fi
-  t1=$(date +%s%N)
-  echo "$(( (t1 - t0) / 1000000 )) $ok" >"$d/time"
+  t2=$(date +%s%N)
+  echo "$(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 )) $ok" >"$d/time"
   rm -f "$d/out.raw"
 }
 
@@ -194,15 +196,15 @@ herd() {
   wait
   t1=$(date +%s%N)
   local gets=0 fleet=0 err=0 g f
-  : >"$W/times"
+  : >"$W/times"; : >"$W/attach-times"
   for ((i = 1; i <= K; i++)); do
-    read -r ms ok <"$W/h$i/time"
-    echo "$ms" >>"$W/times"
+    read -r am ms ok <"$W/h$i/time"
+    echo "$ms" >>"$W/times"; echo "$am" >>"$W/attach-times"
     [ "$ok" = 1 ] || err=$((err + 1))
     g=$(metric $i 'lode_tier_hits_total{tier="store"}'); gets=$((gets + ${g%.*}))
     f=$(metric $i "lode_tier_hits_total{tier=\"$([ $MC -eq 1 ] && echo fleet-memcached || echo fleet)\"}"); fleet=$((fleet + ${f%.*}))
   done
-  RES="$gets $fleet $(pct 50 <"$W/times") $(pct 99 <"$W/times") $err $(( (t1 - t0) / 1000000 ))"
+  RES="$gets $fleet $(pct 50 <"$W/times") $(pct 99 <"$W/times") $err $(( (t1 - t0) / 1000000 )) $(pct 50 <"$W/attach-times")"
 }
 pct() { sort -n | awk -v q="$1" '{v[NR] = $1} END {i = int(q / 100 * NR); if (i >= NR) i = NR - 1; print NR ? v[i + 1] : 0}'; }
 
@@ -219,13 +221,13 @@ if [ "$BENCH" -eq 0 ]; then
   echo "# lode test bed"
   echo
   header
-  echo "- store GETs / fleet chunks: chunks the hosts' agents fetched from S3 / from the cache nodes; host time: attach + read of the whole image"
+  echo "- store GETs / fleet chunks: chunks the hosts' agents fetched from S3 / from the cache nodes; attach: \`lode attach\` (opens the manifest); read: \`nbdcopy\` of the whole export"
   echo
-  echo "| scenario | hosts | store GETs | fleet chunks | host time p50 / p99 (ms) | failed hosts | wall (ms) |"
-  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "| scenario | hosts | store GETs | fleet chunks | read p50 / p99 (ms) | attach p50 (ms) | failed hosts | wall (ms) |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   row() { # row SCENARIO: the last herd's result
-    read -r gets fleet p50 p99 err wall <<<"$RES"
-    echo "| $1 | $K | $gets | $fleet | $p50 / $p99 | $err | $wall |"
+    read -r gets fleet p50 p99 err wall attach <<<"$RES"
+    echo "| $1 | $K | $gets | $fleet | $p50 / $p99 | $attach | $err | $wall |"
   }
   new_image; hosts 1 2 3 4 5; herd; row herd
   new_image; hosts 1 2 3 4 5; herd kill3; row "node-kill (node 3 killed at 200 ms, restarted empty)"
@@ -275,11 +277,11 @@ done
 echo "# Cold reads during fleet churn"
 echo
 header
-echo "- $BENCH rounds; each scenario: 5 fresh nodes, a new image warmed into the fleet by one host, then all $K hosts restarted cold read it at once; host time: attach + read of the whole image through the agent (fleet hits, 4 of 5 stripes); order rotated per round"
+echo "- $BENCH rounds; each scenario: 5 fresh nodes, a new image warmed into the fleet by one host, then all $K hosts restarted cold read it at once; read time: \`nbdcopy\` of the whole export through the host's agent (fleet hits, 4 of 5 stripes), after \`lode attach\`; order rotated per round"
 echo "- node-kill: node 3 SIGKILLed 200 ms into the reads, restarted empty; node-add: node 6 added to every host's fleet with \`lode fleet set\` as the reads start"
 echo "- failed host reads over all rounds: $FAILED"
 echo
-echo "| scenario | reads | host time p50 (ms) | p99 (ms) | p50 / quiet | p99 / quiet |"
+echo "| scenario | reads | read p50 (ms) | read p99 (ms) | p50 / quiet | p99 / quiet |"
 echo "|---|---:|---:|---:|---:|---:|"
 q50=$(pct 50 <"$W/bench-quiet"); q99=$(pct 99 <"$W/bench-quiet")
 for s in quiet node-kill node-add; do

@@ -4,9 +4,9 @@ use crate::backend::StripeBackend;
 use crate::lease::{HeldLeases, LeaseConfig};
 use crate::members::{Change, Members, Membership, Rebuild};
 use crate::stripe;
-use crate::write::{classify, Answer, StripeGets, Writer};
+use crate::write::{classify, stripe_get, Answer, StripeGets, Writer};
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt};
+use futures::future::BoxFuture;
 use futures::stream::StreamExt;
 use lode_cache::{ChunkId, ChunkTier, TierError};
 use lode_chunk::ChunkName;
@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use crate::write::{MAX_FILLS, MAX_LATE, MAX_QUEUED_FILLS};
 
@@ -120,6 +120,9 @@ pub struct FleetMetrics {
     /// Reads whose outstanding stripe request was cancelled instead of
     /// followed ([`MAX_LATE`] followers were running).
     pub late_dropped: AtomicU64,
+    /// Stripes missing on their node after a membership change and asked of
+    /// the node that held them before (see [`crate::members`]).
+    pub handoffs: AtomicU64,
 }
 
 /// The AZ cache fleet as a [`ChunkTier`].
@@ -237,6 +240,7 @@ impl FleetTier {
             ("lode_fleet_lease_errors_total", &m.lease_errors),
             ("lode_fleet_late_stripes_checked_total", &m.late_checked),
             ("lode_fleet_late_stripes_dropped_total", &m.late_dropped),
+            ("lode_fleet_handoffs_total", &m.handoffs),
         ] {
             let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
         }
@@ -261,31 +265,43 @@ impl FleetTier {
     /// rewritten by read repair; a stripe request still outstanding when
     /// the first 4 rebuilt the chunk is followed in the background
     /// ([`Writer::follow_late`]) so that a node restarted empty is refilled
-    /// even when it answers last.
+    /// even when it answers last. After a membership change, a stripe its
+    /// new node does not have is asked of the node that held it before.
     pub(crate) async fn read(&self, id: &ChunkId) -> Option<Bytes> {
         let members = self.members();
         let nodes = placement(members.backend.nodes(), &id.name);
+        let before = members
+            .previous
+            .as_ref()
+            .map(|p| (p.clone(), placement(p.backend.nodes(), &id.name)));
         let timeout = self.timeout;
         let mut gets: StripeGets = (0..stripe::TOTAL)
-            .map(|j| {
-                let (m, k, node) = (members.clone(), key(&id.name, j), nodes[j]);
-                async move {
-                    let t = Instant::now();
-                    let r = tokio::time::timeout(timeout, m.backend.get(node, &k)).await;
-                    (j, node, r, t.elapsed())
-                }
-                .boxed()
-            })
+            .map(|j| stripe_get(members.clone(), nodes[j], &id.name, j, timeout, false))
             .collect();
+        // Good stripes, and the counters of the nodes that sent them.
         let mut got: Vec<(usize, Bytes)> = Vec::new();
+        let mut from = Vec::new();
         // Stripes a live node does not have (or sent malformed): rewritten by
         // read repair once the chunk is rebuilt from the others.
         let mut missing: Vec<usize> = Vec::new();
         while let Some(answer) = gets.next().await {
-            match classify(&members, answer) {
-                (j, Answer::Stripe(b)) => got.push((j, b)),
-                (j, Answer::Missing) => missing.push(j),
-                (_, Answer::Failed) => {}
+            let (stats, handoff) = (answer.stats.clone(), answer.handoff);
+            match classify(answer) {
+                (j, Answer::Stripe(b)) => {
+                    got.push((j, b));
+                    from.push(stats);
+                }
+                (j, Answer::Missing) if !handoff => {
+                    missing.push(j);
+                    if let Some((p, was)) = &before {
+                        let now = &members.backend.nodes()[nodes[j]];
+                        if p.backend.nodes()[was[j]] != *now {
+                            self.metrics.handoffs.fetch_add(1, Ordering::Relaxed);
+                            gets.push(stripe_get(p.clone(), was[j], &id.name, j, timeout, true));
+                        }
+                    }
+                }
+                _ => {}
             }
             if got.len() == stripe::DATA {
                 if let Some(ct) = Self::try_decode(&got, &id.name, &self.metrics) {
@@ -308,9 +324,7 @@ impl FleetTier {
                     if let Some(ct) = Self::try_decode(&subset, &id.name, &self.metrics) {
                         // The stripe left out was the bad one.
                         missing.push(got[skip].0);
-                        members.stats[nodes[got[skip].0]]
-                            .corrupt
-                            .fetch_add(1, Ordering::Relaxed);
+                        from[skip].corrupt.fetch_add(1, Ordering::Relaxed);
                         self.repair(&members, id.name, &ct, missing);
                         return Some(ct);
                     }
@@ -391,21 +405,38 @@ mod tests {
     use std::collections::{HashMap, HashSet};
     use std::sync::Mutex;
 
-    /// Nodes in memory; each answers after its own delay.
-    #[derive(Debug)]
-    struct SlowNodes {
-        nodes: Vec<String>,
-        delay: Vec<Duration>,
-        held: Vec<Mutex<HashMap<String, Bytes>>>,
+    /// Stripes of in-memory nodes, by (node address, key); one node may be slow.
+    #[derive(Debug, Default)]
+    struct Disks {
+        held: Mutex<HashMap<(String, String), Bytes>>,
+        slow: Mutex<Option<String>>,
     }
 
-    impl SlowNodes {
-        fn has(&self, node: usize, key: &str) -> bool {
-            self.held[node].lock().unwrap().contains_key(key)
+    /// A node list over shared [`Disks`].
+    #[derive(Debug)]
+    struct MemNodes {
+        nodes: Vec<String>,
+        disks: Arc<Disks>,
+    }
+
+    impl Disks {
+        fn has(&self, node: &str, key: &str) -> bool {
+            self.held
+                .lock()
+                .unwrap()
+                .contains_key(&(node.into(), key.into()))
+        }
+        fn stripes_on(&self, node: &str) -> usize {
+            self.held
+                .lock()
+                .unwrap()
+                .keys()
+                .filter(|(n, _)| n == node)
+                .count()
         }
     }
 
-    impl StripeBackend for SlowNodes {
+    impl StripeBackend for MemNodes {
         fn nodes(&self) -> &[String] {
             &self.nodes
         }
@@ -414,9 +445,13 @@ mod tests {
             node: usize,
             key: &'a str,
         ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+            let addr = self.nodes[node].clone();
             Box::pin(async move {
-                tokio::time::sleep(self.delay[node]).await;
-                Ok(self.held[node].lock().unwrap().get(key).cloned())
+                if self.disks.slow.lock().unwrap().as_ref() == Some(&addr) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let held = self.disks.held.lock().unwrap();
+                Ok(held.get(&(addr, key.to_string())).cloned())
             })
         }
         fn put<'a>(
@@ -425,9 +460,44 @@ mod tests {
             key: &'a str,
             value: Bytes,
         ) -> BoxFuture<'a, Result<(), String>> {
-            self.held[node].lock().unwrap().insert(key.into(), value);
+            let k = (self.nodes[node].clone(), key.to_string());
+            self.disks.held.lock().unwrap().insert(k, value);
             Box::pin(async { Ok(()) })
         }
+    }
+
+    fn addrs(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("127.0.2.{i}:7000")).collect()
+    }
+
+    /// A tier over `nodes` of `disks` whose membership can change.
+    fn tier(disks: &Arc<Disks>, nodes: Vec<String>) -> FleetTier {
+        let d = disks.clone();
+        let rebuild: Rebuild = Arc::new(move |nodes| {
+            Arc::new(MemNodes {
+                nodes,
+                disks: d.clone(),
+            }) as Arc<dyn StripeBackend>
+        });
+        FleetTier::with_rebuild(
+            rebuild(nodes),
+            Some(rebuild.clone()),
+            Duration::from_secs(5),
+            "fleet",
+        )
+    }
+
+    fn chunk(i: u32) -> (ChunkId, Bytes) {
+        let ct = Bytes::from(
+            (0..50_000u32)
+                .map(|b| (b ^ i) as u8 ^ (i >> 8) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let id = ChunkId {
+            root: "r".into(),
+            name: ChunkName::of(&ct),
+        };
+        (id, ct)
     }
 
     /// A node restarted empty answers "not found" after the other 4 served
@@ -436,43 +506,98 @@ mod tests {
     /// A late stripe that is well-formed but wrong is rewritten as well.
     #[tokio::test]
     async fn late_missing_or_corrupt_stripe_is_repaired() {
-        let nodes: Vec<String> = (0..5).map(|i| format!("127.0.2.{i}:7000")).collect();
-        let mut delay = vec![Duration::ZERO; 5];
-        let ct = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
-        let name = ChunkName::of(&ct);
-        let slow = placement(&nodes, &name)[2];
-        delay[slow] = Duration::from_millis(100);
-        let backend = Arc::new(SlowNodes {
-            nodes,
-            delay,
-            held: (0..5).map(|_| Mutex::new(HashMap::new())).collect(),
-        });
-        let tier = FleetTier::new(backend.clone(), Duration::from_secs(5), "fleet");
-        let id = ChunkId {
-            root: "r".into(),
-            name,
-        };
+        let disks = Arc::new(Disks::default());
+        let nodes = addrs(5);
+        let tier = tier(&disks, nodes.clone());
+        let (id, ct) = chunk(7);
+        let slow = nodes[placement(&nodes, &id.name)[2]].clone();
+        *disks.slow.lock().unwrap() = Some(slow.clone());
         tier.fill(&id, ct.clone());
         tier.settle().await;
-        let k = key(&name, 2);
+        let k = key(&id.name, 2);
         // The slow node restarts empty.
-        backend.held[slow].lock().unwrap().clear();
+        disks.held.lock().unwrap().retain(|(n, _), _| *n != slow);
         assert_eq!(tier.read(&id).await.as_deref(), Some(&ct[..]));
-        assert!(!backend.has(slow, &k), "the read waited for the 5th stripe");
+        assert!(!disks.has(&slow, &k), "the read waited for the 5th stripe");
         tier.settle().await;
-        assert!(backend.has(slow, &k), "the late 'not found' was not repaired");
+        assert!(
+            disks.has(&slow, &k),
+            "the late 'not found' was not repaired"
+        );
         assert_eq!(tier.metrics.repairs.load(Ordering::Relaxed), 1);
         // Now it holds a wrong (well-formed) stripe.
         let mut bad = stripe::encode(&ct).swap_remove(2);
         *bad.last_mut().unwrap() ^= 1;
-        backend.held[slow].lock().unwrap().insert(k.clone(), bad.into());
+        let at = (slow.clone(), k.clone());
+        disks.held.lock().unwrap().insert(at.clone(), bad.into());
         assert_eq!(tier.read(&id).await.as_deref(), Some(&ct[..]));
         tier.settle().await;
         let good = Bytes::from(stripe::encode(&ct).swap_remove(2));
-        assert_eq!(backend.held[slow].lock().unwrap().get(&k), Some(&good));
+        assert_eq!(disks.held.lock().unwrap().get(&at), Some(&good));
         assert_eq!(tier.metrics.repairs.load(Ordering::Relaxed), 2);
-        assert_eq!(tier.members().stats[slow].corrupt.load(Ordering::Relaxed), 1);
+        let slow_i = nodes.iter().position(|n| *n == slow).unwrap();
+        let corrupt = &tier.members().stats[slow_i].corrupt;
+        assert_eq!(corrupt.load(Ordering::Relaxed), 1);
         assert_eq!(tier.metrics.late_checked.load(Ordering::Relaxed), 2);
+    }
+
+    /// A 6th node joins 5: about 28 % of the chunks have 2 or more stripes
+    /// on new nodes, yet every chunk is still read from the fleet (the
+    /// previous holders answer for them), and read repair moves the stripes:
+    /// afterwards every chunk reads from its new placement alone.
+    #[tokio::test]
+    async fn a_node_added_misses_no_chunk() {
+        let disks = Arc::new(Disks::default());
+        let tier = tier(&disks, addrs(5));
+        let chunks: Vec<(ChunkId, Bytes)> = (0..200).map(chunk).collect();
+        for (id, ct) in &chunks {
+            tier.fill(id, ct.clone());
+            tier.settle().await;
+        }
+        tier.set_nodes(addrs(6)).unwrap();
+        let six = addrs(6);
+        let two_moved = chunks
+            .iter()
+            .filter(|(id, _)| {
+                let (a, b) = (placement(&six[..5], &id.name), placement(&six, &id.name));
+                (0..5).filter(|&j| six[a[j]] != six[b[j]]).count() >= 2
+            })
+            .count();
+        assert!(
+            two_moved > 20,
+            "only {two_moved} chunks with 2 stripes moved"
+        );
+        for (id, ct) in &chunks {
+            assert_eq!(
+                tier.read(id).await.as_deref(),
+                Some(&ct[..]),
+                "after the join"
+            );
+        }
+        tier.settle().await;
+        assert!(tier.metrics.handoffs.load(Ordering::Relaxed) >= two_moved as u64);
+        let on6 = disks.stripes_on(&six[5]);
+        eprintln!("{two_moved} of 200 chunks had 2+ stripes moved; node 6 holds {on6} stripes");
+        assert!(on6 > 100 && on6 < 250, "node 6 holds {on6} of 1000 stripes");
+        // A second change drops the first generation: the new placement
+        // alone serves every chunk now.
+        tier.set_nodes(addrs(6)).unwrap();
+        disks
+            .held
+            .lock()
+            .unwrap()
+            .retain(|(n, _), _| six.contains(n));
+        let served = chunks.len() as u64;
+        let h = tier.metrics.handoffs.load(Ordering::Relaxed);
+        for (id, ct) in &chunks {
+            assert_eq!(
+                tier.read(id).await.as_deref(),
+                Some(&ct[..]),
+                "after repair"
+            );
+        }
+        assert_eq!(tier.metrics.handoffs.load(Ordering::Relaxed), h);
+        assert_eq!(tier.metrics.first4.load(Ordering::Relaxed), 2 * served);
     }
 
     #[test]

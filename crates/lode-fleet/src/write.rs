@@ -10,7 +10,7 @@
 use crate::backend::StripeBackend;
 use crate::client::{key, placement, FleetMetrics};
 use crate::lease::HeldLease;
-use crate::members::Members;
+use crate::members::{Members, NodeStats};
 use crate::stripe;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -31,13 +31,40 @@ pub const MAX_QUEUED_FILLS: usize = 512;
 /// request is cancelled, as it would be without read repair.
 pub const MAX_LATE: usize = 64;
 
-/// One stripe GET's outcome: (stripe index, node, result, time taken).
-pub(crate) type StripeGot = (
-    usize,
-    usize,
-    Result<Result<Option<Bytes>, String>, tokio::time::error::Elapsed>,
-    Duration,
-);
+/// One stripe GET's outcome.
+pub(crate) struct StripeGot {
+    /// Stripe index.
+    pub j: usize,
+    /// The counters of the node asked.
+    pub stats: Arc<NodeStats>,
+    r: Result<Result<Option<Bytes>, String>, tokio::time::error::Elapsed>,
+    took: Duration,
+    /// Asked of the node that held the stripe before a membership change.
+    pub handoff: bool,
+}
+
+/// GETs stripe `j` of `name` from `node` of generation `m`, bounded by `timeout`.
+pub(crate) fn stripe_get(
+    m: Arc<Members>,
+    node: usize,
+    name: &ChunkName,
+    j: usize,
+    timeout: Duration,
+    handoff: bool,
+) -> BoxFuture<'static, StripeGot> {
+    let k = key(name, j);
+    Box::pin(async move {
+        let t = Instant::now();
+        let r = tokio::time::timeout(timeout, m.backend.get(node, &k)).await;
+        StripeGot {
+            j,
+            stats: m.stats[node].clone(),
+            r,
+            took: t.elapsed(),
+            handoff,
+        }
+    })
+}
 
 /// The stripe GETs of one read, in flight.
 pub(crate) type StripeGets = FuturesUnordered<BoxFuture<'static, StripeGot>>;
@@ -54,9 +81,14 @@ pub(crate) enum Answer {
 }
 
 /// Classifies one answer and updates the node's counters.
-pub(crate) fn classify(members: &Members, got: StripeGot) -> (usize, Answer) {
-    let (j, node, r, took) = got;
-    let st = &members.stats[node];
+pub(crate) fn classify(got: StripeGot) -> (usize, Answer) {
+    let StripeGot {
+        j,
+        stats: st,
+        r,
+        took,
+        ..
+    } = got;
     let a = match r {
         Ok(Ok(Some(b))) if stripe::header(&b).is_some_and(|(i, _)| i == j) => {
             st.latency.observe(took);
@@ -138,18 +170,21 @@ impl Writer {
             let mut want: Option<Vec<Vec<u8>>> = None;
             let _ = tokio::time::timeout(limit, async {
                 while let Some(got) = gets.next().await {
-                    let node = got.1;
+                    let (stats, handoff) = (got.stats.clone(), got.handoff);
                     this.metrics.late_checked.fetch_add(1, Ordering::Relaxed);
-                    match classify(&members, got) {
+                    match classify(got) {
                         (j, Answer::Stripe(b)) => {
                             let want = want.get_or_insert_with(|| stripe::encode(&ciphertext));
                             if b[..] != want[j][..] {
-                                members.stats[node].corrupt.fetch_add(1, Ordering::Relaxed);
-                                redo.push(j);
+                                stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                                // A handoff node is not where the stripe lives now.
+                                if !handoff {
+                                    redo.push(j);
+                                }
                             }
                         }
-                        (j, Answer::Missing) => redo.push(j),
-                        (_, Answer::Failed) => {}
+                        (j, Answer::Missing) if !handoff => redo.push(j),
+                        _ => {}
                     }
                 }
             })

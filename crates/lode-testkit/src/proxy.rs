@@ -225,7 +225,11 @@ mod tests {
             let mut got = [0u8; 100];
             c.read_exact(&mut got).unwrap();
             assert_eq!(got, [i; 100]);
-            assert!(t.elapsed() >= Duration::from_millis(60), "{:?}", t.elapsed());
+            assert!(
+                t.elapsed() >= Duration::from_millis(60),
+                "{:?}",
+                t.elapsed()
+            );
         }
     }
 }

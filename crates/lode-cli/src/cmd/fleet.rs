@@ -52,11 +52,7 @@ pub fn run(args: Args) -> Result<()> {
                 .context("reading the agent's fleet")?;
             (info, json, false)
         }
-        What::Set {
-            nodes,
-            agent,
-            json,
-        } => {
+        What::Set { nodes, agent, json } => {
             let client = Client::new(control_path(agent.as_deref()));
             let info = rt
                 .block_on(client.set_fleet(&nodes))
