@@ -17,7 +17,9 @@
 #                 through 127.0.1.K:700N and the store through 127.0.1.K:9000:
 #                 `lode-linkproxy` processes (lode-testkit) that delay every
 #                 byte of each direction by D ms (node links, default 1) or S ms
-#                 (the store link, default 10). The kernel's netem would do
+#                 (the store link, default 10); its --cache-nodes name each
+#                 node by its own address (`127.0.2.N:7000=127.0.1.K:700N`),
+#                 so all hosts place stripes alike. The kernel's netem would do
 #                 this in network namespaces, but it is not built on the
 #                 machines this runs on; the proxies need nothing but loopback.
 #                 A host reads an image through its agent: `lode attach`, then
@@ -116,8 +118,9 @@ links() { # links K STORE_DELAY: host K's delayed links to the 6 nodes and the s
 }
 for ((i = 1; i <= K; i++)); do links $i "$SD"; done
 spec() { # spec K N...: host K's --cache-nodes for nodes N...
+  # Named by their own address (placement hashes names), reached through host K's link.
   local k=$1 l=() n s; shift
-  for n in "$@"; do l+=("127.0.1.$k:700$n"); done
+  for n in "$@"; do l+=("127.0.2.$n:7000=127.0.1.$k:700$n"); done
   s=$(IFS=,; echo "${l[*]}"); [ $MC -eq 1 ] && s="memcached://$s"; echo "$s"
 }
 
@@ -161,12 +164,13 @@ read_image() { # read_image K: host K reads image $IMG through its agent
   if a=$("$LODE" attach "bed/img$IMG" --agent "$d/agent.sock" 2>"$d/attach.err"); then
     read -r sock exp id < <(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); print(a["socket"], a["export"], a["id"])' "$a")
     t1=$(date +%s%N)
-    nbdcopy "nbd+unix:///$exp?socket=$sock" "$d/out.raw" 2>"$d/read.err" && cmp -s "$d/out.raw" "$W/want$IMG" || ok=0
+    nbdcopy "nbd+unix:///$exp?socket=$sock" "$d/out.raw" 2>"$d/read.err" || ok=0
+    t2=$(date +%s%N)
+    cmp -s "$d/out.raw" "$W/want$IMG" || ok=0
     "$LODE" detach "$id" --agent "$d/agent.sock" 2>/dev/null || true
   else
-    ok=0
+    ok=0; t2=$(date +%s%N)
   fi
-  t2=$(date +%s%N)
   echo "$(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 )) $ok" >"$d/time"
   rm -f "$d/out.raw"
 }

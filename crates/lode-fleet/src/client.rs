@@ -19,7 +19,8 @@ use std::time::Duration;
 pub use crate::write::{MAX_FILLS, MAX_LATE, MAX_QUEUED_FILLS};
 
 /// The nodes holding stripes 0..5 of `name`: rendezvous (highest random
-/// weight) hashing per stripe. Each node gets a weight per (chunk, stripe);
+/// weight) hashing per stripe, over the nodes' names ([`crate::node_name`]:
+/// the same for every host, whatever address a host reaches a node at). Each node gets a weight per (chunk, stripe);
 /// stripe 0 goes to the heaviest node, stripe 1 to the heaviest of the
 /// others, and so on. Adding or removing one of N nodes moves about 1/N of
 /// all stripes (a stripe moves when the new node outweighs its holder, or its
@@ -32,7 +33,7 @@ pub fn placement(nodes: &[String], name: &ChunkName) -> [usize; stripe::TOTAL] {
         .iter()
         .map(|n| {
             let mut h = Sha256::new();
-            h.update(n.as_bytes());
+            h.update(crate::node_name(n).as_bytes());
             h.update(name.0);
             let d = h.finalize();
             u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
