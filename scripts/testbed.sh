@@ -70,8 +70,12 @@ W=$(mktemp -d /tmp/lode-testbed.XXXXXX)
 # Copies, so a rebuild during the run does not change the binaries under it.
 cp "$LODE" "$W/lode"; cp "$PROXY" "$W/lode-linkproxy"; LODE_SRC=$LODE; LODE=$W/lode; PROXY=$W/lode-linkproxy
 declare -A PGID
-stop() { # stop NAME: SIGKILL its process group
-  [ -n "${PGID[$1]:-}" ] && kill -KILL -- "-${PGID[$1]}" 2>/dev/null || true
+stop() { # stop NAME: SIGKILL its process group, and wait until it is gone
+  local g=${PGID[$1]:-}
+  if [ -n "$g" ]; then
+    kill -KILL -- "-$g" 2>/dev/null || true
+    for _ in $(seq 200); do kill -0 -- "-$g" 2>/dev/null || break; sleep 0.01; done
+  fi
   unset "PGID[$1]"
 }
 cleanup() { for n in "${!PGID[@]}"; do stop "$n"; done; rm -rf "$W"; }
@@ -100,7 +104,7 @@ node() { # node N: start cache node N on 127.0.2.N:7000 (empty)
   wait_tcp "127.0.2.$1" 7000
 }
 node_stripes() { # node_stripes N: stripes node N holds (lode nodes)
-  curl -sf "http://127.0.2.$1:7000/metrics" | awk '/^lode_node_stripes\{/ {s += $2} END {print s + 0}'
+  { curl -sf "http://127.0.2.$1:7000/metrics" || true; } | awk '/^lode_node_stripes\{/ {s += $2} END {print s + 0}'
 }
 head -c 32 /dev/urandom | base64 >"$W/fleet.key"
 for n in 1 2 3 4 5; do node $n; done
@@ -140,13 +144,14 @@ hosts_up() { # waits until every agent answers on its control socket
   for ((i = 1; i <= K; i++)); do
     for _ in $(seq 400); do "$LODE" volumes --agent "$W/h$i/agent.sock" >/dev/null 2>&1 && break; sleep 0.05; done
     "$LODE" volumes --agent "$W/h$i/agent.sock" >/dev/null || { echo "host $i did not start:" >&2; cat "$W/host$i.log" >&2; exit 1; }
+    wait_tcp "127.0.1.$i" 9100
   done
 }
 hosts() { # hosts N...: every host restarted cold with fleet nodes N...
   local i; for ((i = 1; i <= K; i++)); do host $i "$@"; done; hosts_up
 }
 metric() { # metric K NAME: a counter of host K's agent (0 if absent)
-  curl -sf "http://127.0.1.$1:9100/metrics" | awk -v n="$2" '$1 == n {print $2; f = 1} END {if (!f) print 0}'
+  { curl -sf "http://127.0.1.$1:9100/metrics" || true; } | awk -v n="$2" '$1 == n {print $2; f = 1} END {if (!f) print 0}'
 }
 settled() { # settled K: waits until host K's fills are done (fills + dropped >= store chunks)
   for _ in $(seq 400); do
