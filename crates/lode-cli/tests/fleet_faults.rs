@@ -208,6 +208,57 @@ fn node_killed_during_read_storm_then_second_node_then_store() {
 }
 
 /// Files of a node's disk tier, sorted (stripe keys `<chunk hex>.<j>`).
+/// Damages stripe files of a node's disk tier: swaps one for another
+/// chunk's stripe with the same index, truncates one, flips a payload byte
+/// in the rest. Returns how many were damaged (all but the swap's source).
+fn damage(files: &[std::path::PathBuf]) -> usize {
+    let idx = |p: &Path| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .rsplit('.')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let mut swapped = None;
+    'outer: for a in files {
+        for b in files {
+            if a != b
+                && idx(a) == idx(b)
+                && fs::metadata(a).unwrap().len() == fs::metadata(b).unwrap().len()
+            {
+                swapped = Some((a.clone(), b.clone()));
+                break 'outer;
+            }
+        }
+    }
+    let (sa, sb) = swapped.expect("two full-size stripes with the same index on node 0");
+    fs::copy(&sb, &sa).unwrap();
+    let mut truncated = None;
+    for f in files {
+        if *f == sa || *f == sb {
+            continue;
+        }
+        if truncated.is_none() {
+            let len = fs::metadata(f).unwrap().len();
+            fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_len(len - 1000)
+                .unwrap();
+            truncated = Some(f.clone());
+            continue;
+        }
+        let mut b = fs::read(f).unwrap();
+        let mid = 8 + (b.len() - 8) / 2;
+        b[mid] ^= 0x40;
+        fs::write(f, b).unwrap();
+    }
+    files.len() - 1
+}
+
 fn disk_stripes(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = fs::read_dir(dir)
         .unwrap()
@@ -223,8 +274,10 @@ fn disk_stripes(dir: &Path) -> Vec<std::path::PathBuf> {
 /// swapped for another chunk's stripe of the same index (valid header, wrong
 /// content), one truncated. A fleet-only agent still reads every byte
 /// right: damaged sets fail the chunk-name check and the 5th stripe rebuilds
-/// the chunk. With a second node down, damaged chunks cannot be rebuilt and
-/// fail with EIO — never wrong bytes.
+/// the chunk. Read repair rewrites every damaged stripe in that one pass
+/// (those node 0 sends after the first 4 served a read included): a second
+/// agent finds no damaged set. Damaged again and with a second node down,
+/// damaged chunks cannot be rebuilt and fail with EIO — never wrong bytes.
 #[test]
 fn corrupt_stripes_on_a_node_are_detected_never_served() {
     let _serial = serial();
@@ -255,52 +308,8 @@ fn corrupt_stripes_on_a_node_are_detected_never_served() {
         0.0,
         "node 0 kept stripes in memory"
     );
-    // Damage: flip a payload byte in most; swap one stripe for another
-    // chunk's stripe with the same index; truncate one.
-    let idx = |p: &Path| {
-        p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .rsplit('.')
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let mut swapped = None;
-    'outer: for a in &files {
-        for b in &files {
-            if a != b
-                && idx(a) == idx(b)
-                && fs::metadata(a).unwrap().len() == fs::metadata(b).unwrap().len()
-            {
-                swapped = Some((a.clone(), b.clone()));
-                break 'outer;
-            }
-        }
-    }
-    let (sa, sb) = swapped.expect("two full-size stripes with the same index on node 0");
-    fs::copy(&sb, &sa).unwrap();
-    let mut truncated = None;
-    for f in &files {
-        if *f == sa || *f == sb {
-            continue;
-        }
-        if truncated.is_none() {
-            let len = fs::metadata(f).unwrap().len();
-            fs::OpenOptions::new()
-                .write(true)
-                .open(f)
-                .unwrap()
-                .set_len(len - 1000)
-                .unwrap();
-            truncated = Some(f.clone());
-            continue;
-        }
-        let mut b = fs::read(f).unwrap();
-        let mid = 8 + (b.len() - 8) / 2;
-        b[mid] ^= 0x40;
-        fs::write(f, b).unwrap();
-    }
+    let damaged = damage(&files);
+    assert_eq!(damaged, files.len() - 1);
 
     let fo = fleet_only_env(&env);
     let a = fo.agent("a", &fleet_args(&spec));
@@ -342,10 +351,37 @@ fn corrupt_stripes_on_a_node_are_detected_never_served() {
         p.unique,
         get(&m, FLEET_CORRUPT)
     );
+    // Read repair rewrote every damaged stripe: those in a set that needed
+    // the 5th, and those node 0 sent after the first 4 had served the read
+    // (checked against the chunk's re-encoding).
+    let t0 = Instant::now();
+    while get(&a.metrics(), REPAIRS) < damaged as f64 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = a.metrics();
+    assert_eq!(
+        get(&m, REPAIRS),
+        damaged as f64,
+        "damaged stripes rewritten by read repair\n{}",
+        fleet_summary(&m)
+    );
     drop(a);
+    let a2 = fo.agent("a2", &fleet_args(&spec));
+    qemu_img_convert(&a2.uri(EXPORT), &out).ok();
+    assert_file_is(&out, &p.pulled, "fleet-only read after read repair");
+    fs::remove_file(&out).unwrap();
+    let m = a2.metrics();
+    assert_eq!(
+        (get(&m, NEEDED_FIFTH), get(&m, FLEET_CORRUPT)),
+        (0.0, 0.0),
+        "after read repair no stripe set is damaged\n{}",
+        fleet_summary(&m)
+    );
+    drop(a2);
 
-    // A second node down: only 4 stripes left per chunk, one of them
-    // damaged (except for the stripe node 0 now holds intact, if any).
+    // Damaged again, and a second node down: only 4 stripes left per chunk,
+    // one of them damaged.
+    damage(&disk_stripes(&disk));
     nodes[4].kill();
     let b = fo.agent("b", &fleet_args(&spec));
     let (ok, failed) = read_chunks_checked(&b.sock, EXPORT, &p.pulled);
