@@ -39,6 +39,7 @@
 # the stripes moved to node 6 by read repair over all stripes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg) STARTED=$(date -u +%Y-%m-%dT%H:%MZ)
 K=8 ND=1 SD=10 MC=0 MIB=6 BENCH=0
 while [ $# -gt 0 ]; do
   case $1 in
@@ -221,8 +222,8 @@ kill3() { sleep 0.2; stop node3; node 3; }
 add6() { local i; for ((i = 1; i <= K; i++)); do "$LODE" fleet set "$(spec $i 1 2 3 4 5 6)" --agent "$W/h$i/agent.sock" >/dev/null 2>&1; done; }
 
 header() {
-  echo "- $(date -u +%Y-%m-%dT%H:%MZ), lode $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)'), binary $LODE_SRC"
-  echo "- machine: $(nproc) CPUs, load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- $STARTED, lode $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)'), binary $LODE_SRC"
+  echo "- machine: $(nproc) CPUs, load average at start $LOAD0, at the end $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- $K hosts (\`lode agent\` each, reading through \`lode attach\` + \`nbdcopy\`), 5 cache nodes ($([ $MC -eq 1 ] && echo memcached || echo 'lode cache-node, write key')), moto S3; one-way delay per link: host→node $ND ms, host→store $SD ms; image: one $MIB MiB random file"
 }
 
