@@ -33,6 +33,8 @@ enum Command {
     Detach(cmd::volumes::DetachArgs),
     /// List a running agent's volumes with their counters.
     Volumes(cmd::volumes::VolumesArgs),
+    /// Show or change a running agent's cache-fleet membership.
+    Fleet(cmd::fleet::Args),
     /// Write one file of an image to stdout, loading only the chunks it needs.
     Cat(cmd::cat::Args),
     /// Run an AZ cache-fleet node that stores erasure-coded stripes.
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Attach(_) => "attach",
         Command::Detach(_) => "detach",
         Command::Volumes(_) => "volumes",
+        Command::Fleet(_) => "fleet",
     });
     let filter = tracing_subscriber::EnvFilter::try_from_env("LODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => cmd::volumes::attach(args),
         Command::Detach(args) => cmd::volumes::detach(args),
         Command::Volumes(args) => cmd::volumes::volumes(args),
+        Command::Fleet(args) => cmd::fleet::run(args),
         Command::CacheNode(args) => cmd::cache_node::run(args),
         Command::Vm(args) => cmd::vm::run(args),
         Command::Run(args) => match cmd::run::run(args) {

@@ -208,6 +208,57 @@ fn node_killed_during_read_storm_then_second_node_then_store() {
 }
 
 /// Files of a node's disk tier, sorted (stripe keys `<chunk hex>.<j>`).
+/// Damages stripe files of a node's disk tier: swaps one for another
+/// chunk's stripe with the same index, truncates one, flips a payload byte
+/// in the rest. Returns how many were damaged (all but the swap's source).
+fn damage(files: &[std::path::PathBuf]) -> usize {
+    let idx = |p: &Path| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .rsplit('.')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let mut swapped = None;
+    'outer: for a in files {
+        for b in files {
+            if a != b
+                && idx(a) == idx(b)
+                && fs::metadata(a).unwrap().len() == fs::metadata(b).unwrap().len()
+            {
+                swapped = Some((a.clone(), b.clone()));
+                break 'outer;
+            }
+        }
+    }
+    let (sa, sb) = swapped.expect("two full-size stripes with the same index on node 0");
+    fs::copy(&sb, &sa).unwrap();
+    let mut truncated = None;
+    for f in files {
+        if *f == sa || *f == sb {
+            continue;
+        }
+        if truncated.is_none() {
+            let len = fs::metadata(f).unwrap().len();
+            fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_len(len - 1000)
+                .unwrap();
+            truncated = Some(f.clone());
+            continue;
+        }
+        let mut b = fs::read(f).unwrap();
+        let mid = 8 + (b.len() - 8) / 2;
+        b[mid] ^= 0x40;
+        fs::write(f, b).unwrap();
+    }
+    files.len() - 1
+}
+
 fn disk_stripes(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = fs::read_dir(dir)
         .unwrap()
@@ -223,8 +274,10 @@ fn disk_stripes(dir: &Path) -> Vec<std::path::PathBuf> {
 /// swapped for another chunk's stripe of the same index (valid header, wrong
 /// content), one truncated. A fleet-only agent still reads every byte
 /// right: damaged sets fail the chunk-name check and the 5th stripe rebuilds
-/// the chunk. With a second node down, damaged chunks cannot be rebuilt and
-/// fail with EIO — never wrong bytes.
+/// the chunk. Read repair rewrites every damaged stripe in that one pass
+/// (those node 0 sends after the first 4 served a read included): a second
+/// agent finds no damaged set. Damaged again and with a second node down,
+/// damaged chunks cannot be rebuilt and fail with EIO — never wrong bytes.
 #[test]
 fn corrupt_stripes_on_a_node_are_detected_never_served() {
     let _serial = serial();
@@ -255,52 +308,8 @@ fn corrupt_stripes_on_a_node_are_detected_never_served() {
         0.0,
         "node 0 kept stripes in memory"
     );
-    // Damage: flip a payload byte in most; swap one stripe for another
-    // chunk's stripe with the same index; truncate one.
-    let idx = |p: &Path| {
-        p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .rsplit('.')
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let mut swapped = None;
-    'outer: for a in &files {
-        for b in &files {
-            if a != b
-                && idx(a) == idx(b)
-                && fs::metadata(a).unwrap().len() == fs::metadata(b).unwrap().len()
-            {
-                swapped = Some((a.clone(), b.clone()));
-                break 'outer;
-            }
-        }
-    }
-    let (sa, sb) = swapped.expect("two full-size stripes with the same index on node 0");
-    fs::copy(&sb, &sa).unwrap();
-    let mut truncated = None;
-    for f in &files {
-        if *f == sa || *f == sb {
-            continue;
-        }
-        if truncated.is_none() {
-            let len = fs::metadata(f).unwrap().len();
-            fs::OpenOptions::new()
-                .write(true)
-                .open(f)
-                .unwrap()
-                .set_len(len - 1000)
-                .unwrap();
-            truncated = Some(f.clone());
-            continue;
-        }
-        let mut b = fs::read(f).unwrap();
-        let mid = 8 + (b.len() - 8) / 2;
-        b[mid] ^= 0x40;
-        fs::write(f, b).unwrap();
-    }
+    let damaged = damage(&files);
+    assert_eq!(damaged, files.len() - 1);
 
     let fo = fleet_only_env(&env);
     let a = fo.agent("a", &fleet_args(&spec));
@@ -342,10 +351,37 @@ fn corrupt_stripes_on_a_node_are_detected_never_served() {
         p.unique,
         get(&m, FLEET_CORRUPT)
     );
+    // Read repair rewrote every damaged stripe: those in a set that needed
+    // the 5th, and those node 0 sent after the first 4 had served the read
+    // (checked against the chunk's re-encoding).
+    let t0 = Instant::now();
+    while get(&a.metrics(), REPAIRS) < damaged as f64 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = a.metrics();
+    assert_eq!(
+        get(&m, REPAIRS),
+        damaged as f64,
+        "damaged stripes rewritten by read repair\n{}",
+        fleet_summary(&m)
+    );
     drop(a);
+    let a2 = fo.agent("a2", &fleet_args(&spec));
+    qemu_img_convert(&a2.uri(EXPORT), &out).ok();
+    assert_file_is(&out, &p.pulled, "fleet-only read after read repair");
+    fs::remove_file(&out).unwrap();
+    let m = a2.metrics();
+    assert_eq!(
+        (get(&m, NEEDED_FIFTH), get(&m, FLEET_CORRUPT)),
+        (0.0, 0.0),
+        "after read repair no stripe set is damaged\n{}",
+        fleet_summary(&m)
+    );
+    drop(a2);
 
-    // A second node down: only 4 stripes left per chunk, one of them
-    // damaged (except for the stripe node 0 now holds intact, if any).
+    // Damaged again, and a second node down: only 4 stripes left per chunk,
+    // one of them damaged.
+    damage(&disk_stripes(&disk));
     nodes[4].kill();
     let b = fo.agent("b", &fleet_args(&spec));
     let (ok, failed) = read_chunks_checked(&b.sock, EXPORT, &p.pulled);
@@ -368,10 +404,12 @@ fn corrupt_stripes_on_a_node_are_detected_never_served() {
     );
 }
 
-/// Case 5: Five nodes, warm fleet. Node 0 restarts empty: reads still come from
-/// the fleet (4 of 5 stripes, rebuilt from parity) and read repair writes
-/// node 0's stripes back (a stripe is repaired when node 0's "not found"
-/// arrives before the 4th stripe, so a few read passes converge). Nodes 1
+/// Case 5: Five nodes, warm fleet; node 0 sits behind a link with 40 ms of
+/// one-way delay, so it is always the last to answer. Node 0 restarts empty:
+/// reads still come from the fleet (4 of 5 stripes, rebuilt from parity) and
+/// one read pass writes all of node 0's stripes back: its late "not found"
+/// answers are followed after the reads completed (before, they were
+/// cancelled, and a node that answers last was never repaired). Nodes 1
 /// and 2 restart empty together: now every chunk misses (3 stripes left),
 /// comes from the store, and the fills write all 5 stripes again. Then node 3
 /// is SIGKILLed and a fleet-only agent still reads everything: node 0 was
@@ -383,7 +421,12 @@ fn nodes_restarted_empty_are_refilled_by_later_misses() {
     let env = Env::new();
     let p = push_image(&env, TENANT, NAME, 32 * MIB + 12 * KIB);
     let mut nodes = start_nodes(env.dir.path(), 5);
-    let spec = spec_of(&nodes);
+    let far = lode_testkit::proxy::LinkOptions {
+        delay: Duration::from_millis(40),
+        ..Default::default()
+    };
+    let link0 = lode_testkit::proxy::Proxy::start("127.0.0.1:0", &nodes[0].addr, far).unwrap();
+    let spec = spec_of(&nodes).replacen(&nodes[0].addr, &link0.addr, 1);
     warm_fleet(&env, &spec, EXPORT, &p.pulled, p.unique, 8);
     let u = p.unique as f64;
     let held = |n: &CacheNode| get(&n.metrics(), "lode_node_stripes{tier=\"memory\"}");
@@ -407,32 +450,21 @@ fn nodes_restarted_empty_are_refilled_by_later_misses() {
         get(&n0, "lode_node_misses_total") > 0.0,
         "node 0 saw no GET after its restart"
     );
-    let mut repairs = get(&m, REPAIRS);
-    drop(a);
-    // More read passes (fresh agents, empty local caches) until node 0 holds
-    // every stripe again; each pass repairs what it saw missing.
-    let mut passes = 1;
-    while held(&nodes[0]) < u && passes < 12 {
-        wait_until_node_holds(&nodes[0], u, Duration::from_secs(5), &held);
-        if held(&nodes[0]) >= u {
-            break;
-        }
-        passes += 1;
-        let a = env.agent(&format!("repair{passes}"), &fleet_args(&spec));
-        let out = env.path("repair.raw");
-        qemu_img_convert(&a.uri(EXPORT), &out).ok();
-        assert_file_is(&out, &p.pulled, "read-repair pass");
-        repairs += get(&a.metrics(), REPAIRS);
-    }
-    wait_until_node_holds(&nodes[0], u, Duration::from_secs(10), &held);
+    // One pass: every chunk's late "not found" from node 0 is repaired.
+    wait_until_node_holds(&nodes[0], u, Duration::from_secs(30), &held);
+    let m = a.metrics();
     assert_eq!(
         held(&nodes[0]),
         u,
-        "node 0 after {passes} read passes with read repair ({repairs} stripes repaired)"
+        "node 0 after one read pass with read repair:\n{}",
+        fleet_summary(&m)
     );
-    eprintln!(
-        "node 0 restarted empty: refilled by read repair in {passes} passes ({repairs} stripes)"
+    assert!(
+        get(&m, "lode_fleet_late_stripes_checked_total") > 0.0,
+        "node 0 never answered after the first 4:\n{}",
+        fleet_summary(&m)
     );
+    drop(a);
 
     // Two nodes restarted empty: every chunk misses (3 stripes left), comes
     // from the store, and fills write all 5 stripes again.

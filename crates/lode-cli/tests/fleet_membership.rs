@@ -1,5 +1,5 @@
 //! Fleet membership changes under a running agent: `--cache-nodes-file`
-//! re-read on SIGHUP. A node added mid-run starts receiving stripes; a bad
+//! re-read on SIGHUP, and `lode fleet show|set` (the control API). A node added mid-run starts receiving stripes; a bad
 //! file leaves the fleet as it was; reads stay byte-identical throughout.
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -103,21 +103,30 @@ fn a_node_added_on_sighup_receives_its_share_of_stripes() {
     qemu_img_convert(&a.uri(EXPORT), &out).ok();
     assert_file_is(&out, &p.pulled, "read after node 6 left");
 
-    // The control API: read the membership, add node 6 back, refuse junk.
-    let get_fleet = control(&a, "GET", None);
+    // The control API through `lode fleet`: read the membership, add node 6
+    // back, refuse junk (and leave the fleet as it was).
+    let (ok, shown, _) = fleet_cli(&a, &["show"]);
+    let five_lines: Vec<&str> = shown.lines().collect();
+    assert!(ok && five_lines == five, "lode fleet show: {shown}");
+    let (ok, set, err) = fleet_cli(&a, &["set", &six.join(","), "--json"]);
+    assert!(ok, "lode fleet set: {err}");
     assert!(
-        get_fleet.contains(&nodes[0].addr) && !get_fleet.contains(&nodes[5].addr),
-        "{get_fleet}"
+        set.contains(&format!(r#""added":["{}"]"#, nodes[5].addr)),
+        "{set}"
     );
-    let body = format!(r#"{{"nodes":"{}"}}"#, six.join(","));
-    let put = control(&a, "PUT", Some(&body));
-    assert!(
-        put.contains(&format!(r#""added":["{}"]"#, nodes[5].addr)),
-        "{put}"
-    );
-    let bad = control(&a, "PUT", Some(r#"{"nodes":"memcached://127.0.0.1:1"}"#));
-    assert!(bad.contains("cannot change between"), "{bad}");
+    let (ok, _, err) = fleet_cli(&a, &["set", "memcached://127.0.0.1:1"]);
+    assert!(!ok && err.contains("cannot change between"), "{err}");
+    let (ok, _, err) = fleet_cli(&a, &["set", "no-port"]);
+    assert!(!ok && err.contains("not HOST:PORT"), "{err}");
+    let (_, shown, _) = fleet_cli(&a, &["show", "--json"]);
+    assert!(shown.contains(&nodes[5].addr), "{shown}");
+    // The raw API answers the same (curl over the unix socket).
     assert!(control(&a, "GET", None).contains(&nodes[5].addr));
+    // An agent without a fleet says so.
+    let plain = env.agent("plain", &[]);
+    let (ok, _, err) = fleet_cli(&plain, &["show"]);
+    assert!(!ok && err.contains("no cache fleet"), "{err}");
+    drop(plain);
     fs::remove_file(&out).unwrap();
     qemu_img_convert(&a.uri(EXPORT), &out).ok();
     assert_file_is(
@@ -126,6 +135,22 @@ fn a_node_added_on_sighup_receives_its_share_of_stripes() {
         "read after node 6 joined through the control API",
     );
     a.assert_alive();
+}
+
+/// `lode fleet ARGS --agent SOCKET`: (success, stdout, stderr).
+fn fleet_cli(a: &Agent, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(lode_bin())
+        .arg("fleet")
+        .args(args)
+        .arg("--agent")
+        .arg(&a.control)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// One request to the agent's control API (curl over its unix socket).

@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 
 /// A protocol to a list of nodes that store stripes by key.
 pub trait StripeBackend: Send + Sync + fmt::Debug {
-    /// Node addresses, in configuration order.
+    /// The nodes as configured (`HOST:PORT` or `NAME=HOST:PORT`, see
+    /// [`crate::parse_spec`]), in configuration order.
     fn nodes(&self) -> &[String];
     /// Reads a stripe; `Ok(None)` when the node does not have it.
     fn get<'a>(&'a self, node: usize, key: &'a str)
@@ -118,7 +119,10 @@ impl Http2Nodes {
     ) -> Result<hyper::Request<Full<Bytes>>, String> {
         let mut b = hyper::Request::builder()
             .method(method.clone())
-            .uri(format!("http://{}{pq}", self.nodes[node]));
+            .uri(format!(
+                "http://{}{pq}",
+                crate::node_addr(&self.nodes[node])
+            ));
         if let Some(k) = self.key.as_ref().filter(|_| method != hyper::Method::GET) {
             b = b.header(crate::auth::HEADER, k.sign(method.as_str(), pq, &body));
         }
@@ -137,7 +141,7 @@ impl StripeBackend for Http2Nodes {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
         Box::pin(async move {
-            let uri = format!("http://{}/s/{key}", self.nodes[node]);
+            let uri = format!("http://{}/s/{key}", crate::node_addr(&self.nodes[node]));
             let req = hyper::Request::get(uri)
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| e.to_string())?;
@@ -305,7 +309,7 @@ impl McNodes {
         }
         let s = tokio::time::timeout(
             std::time::Duration::from_secs(1),
-            TcpStream::connect(&self.nodes[node]),
+            TcpStream::connect(crate::node_addr(&self.nodes[node])),
         )
         .await
         .map_err(|_| "connect timeout".to_string())?

@@ -1,29 +1,26 @@
 //! The fleet as a chunk tier: 5 stripes on 5 nodes, first 4 answers win.
 
 use crate::backend::StripeBackend;
-use crate::lease::{HeldLease, HeldLeases, LeaseConfig};
+use crate::lease::{HeldLeases, LeaseConfig};
 use crate::members::{Change, Members, Membership, Rebuild};
 use crate::stripe;
+use crate::write::{classify, stripe_get, Answer, StripeGets, Writer};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::StreamExt;
 use lode_cache::{ChunkId, ChunkTier, TierError};
 use lode_chunk::ChunkName;
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Fills (stripe writes after a miss) running at once.
-pub const MAX_FILLS: usize = 8;
-/// Fills waiting for a slot; beyond this, new fills are dropped (a later miss
-/// retries them), so a burst of misses never queues without bound.
-pub const MAX_QUEUED_FILLS: usize = 512;
+pub use crate::write::{MAX_FILLS, MAX_LATE, MAX_QUEUED_FILLS};
 
 /// The nodes holding stripes 0..5 of `name`: rendezvous (highest random
-/// weight) hashing per stripe. Each node gets a weight per (chunk, stripe);
+/// weight) hashing per stripe, over the nodes' names ([`crate::node_name`]:
+/// the same for every host, whatever address a host reaches a node at). Each node gets a weight per (chunk, stripe);
 /// stripe 0 goes to the heaviest node, stripe 1 to the heaviest of the
 /// others, and so on. Adding or removing one of N nodes moves about 1/N of
 /// all stripes (a stripe moves when the new node outweighs its holder, or its
@@ -36,7 +33,7 @@ pub fn placement(nodes: &[String], name: &ChunkName) -> [usize; stripe::TOTAL] {
         .iter()
         .map(|n| {
             let mut h = Sha256::new();
-            h.update(n.as_bytes());
+            h.update(crate::node_name(n).as_bytes());
             h.update(name.0);
             let d = h.finalize();
             u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
@@ -77,7 +74,8 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn key(name: &ChunkName, j: usize) -> String {
+/// The key of stripe `j` of a chunk on its node.
+pub(crate) fn key(name: &ChunkName, j: usize) -> String {
     format!("{}.{j}", name.to_hex())
 }
 
@@ -117,6 +115,15 @@ pub struct FleetMetrics {
     pub lease_rechecks: AtomicU64,
     /// Lease requests or waits that failed (node down, error, timeout).
     pub lease_errors: AtomicU64,
+    /// Stripe answers that arrived after their read was served by the first
+    /// 4, and were checked for read repair.
+    pub late_checked: AtomicU64,
+    /// Reads whose outstanding stripe request was cancelled instead of
+    /// followed ([`MAX_LATE`] followers were running).
+    pub late_dropped: AtomicU64,
+    /// Stripes missing on their node after a membership change and asked of
+    /// the node that held them before (see [`crate::members`]).
+    pub handoffs: AtomicU64,
 }
 
 /// The AZ cache fleet as a [`ChunkTier`].
@@ -126,9 +133,7 @@ pub struct FleetTier {
     pub(crate) timeout: Duration,
     lease: Option<LeaseConfig>,
     pub(crate) held: Arc<HeldLeases>,
-    fills: Arc<tokio::sync::Semaphore>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
-    filling: Arc<Mutex<HashSet<ChunkName>>>,
+    writer: Arc<Writer>,
     /// Counters.
     pub metrics: Arc<FleetMetrics>,
     label: &'static str,
@@ -148,16 +153,14 @@ impl FleetTier {
         timeout: Duration,
         label: &'static str,
     ) -> Self {
-        let metrics = FleetMetrics::default();
+        let metrics = Arc::new(FleetMetrics::default());
         FleetTier {
             members: Membership::new(backend, rebuild),
             timeout,
             lease: None,
             held: Arc::new(HeldLeases::default()),
-            fills: Arc::new(tokio::sync::Semaphore::new(MAX_FILLS)),
-            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            filling: Arc::new(Mutex::new(HashSet::new())),
-            metrics: Arc::new(metrics),
+            writer: Arc::new(Writer::new(metrics.clone(), timeout)),
+            metrics,
             label,
         }
     }
@@ -236,6 +239,9 @@ impl FleetTier {
             ("lode_fleet_lease_timeouts_total", &m.lease_timeouts),
             ("lode_fleet_lease_rechecks_total", &m.lease_rechecks),
             ("lode_fleet_lease_errors_total", &m.lease_errors),
+            ("lode_fleet_late_stripes_checked_total", &m.late_checked),
+            ("lode_fleet_late_stripes_dropped_total", &m.late_dropped),
+            ("lode_fleet_handoffs_total", &m.handoffs),
         ] {
             let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
         }
@@ -255,45 +261,55 @@ impl FleetTier {
         Some(Bytes::from(ct))
     }
 
+    /// Reads a chunk from the first 4 good stripes (all 5 when one is bad).
+    /// Stripes a live node does not have, or sent malformed or corrupt, are
+    /// rewritten by read repair; a stripe request still outstanding when
+    /// the first 4 rebuilt the chunk is followed in the background
+    /// ([`Writer::follow_late`]) so that a node restarted empty is refilled
+    /// even when it answers last. After a membership change, a stripe its
+    /// new node does not have is asked of the node that held it before.
     pub(crate) async fn read(&self, id: &ChunkId) -> Option<Bytes> {
         let members = self.members();
-        let (backend, stats) = (&members.backend, &members.stats);
-        let nodes = placement(backend.nodes(), &id.name);
-        let mut gets: FuturesUnordered<_> = (0..stripe::TOTAL)
-            .map(|j| {
-                let k = key(&id.name, j);
-                let node = nodes[j];
-                async move {
-                    let t = Instant::now();
-                    let r = tokio::time::timeout(self.timeout, backend.get(node, &k)).await;
-                    (j, node, r, t.elapsed())
-                }
-            })
+        let nodes = placement(members.backend.nodes(), &id.name);
+        let before = members
+            .previous
+            .as_ref()
+            .map(|p| (p.clone(), placement(p.backend.nodes(), &id.name)));
+        let timeout = self.timeout;
+        let mut gets: StripeGets = (0..stripe::TOTAL)
+            .map(|j| stripe_get(members.clone(), nodes[j], &id.name, j, timeout, false))
             .collect();
+        // Good stripes, and the counters of the nodes that sent them.
         let mut got: Vec<(usize, Bytes)> = Vec::new();
+        let mut from = Vec::new();
         // Stripes a live node does not have (or sent malformed): rewritten by
         // read repair once the chunk is rebuilt from the others.
         let mut missing: Vec<usize> = Vec::new();
-        while let Some((j, node, r, took)) = gets.next().await {
-            match r {
-                Ok(Ok(Some(b))) if stripe::header(&b).is_some_and(|(i, _)| i == j) => {
-                    stats[node].latency.observe(took);
+        while let Some(answer) = gets.next().await {
+            let (stats, handoff) = (answer.stats.clone(), answer.handoff);
+            match classify(answer) {
+                (j, Answer::Stripe(b)) => {
                     got.push((j, b));
+                    from.push(stats);
                 }
-                Ok(Ok(Some(_))) => {
-                    stats[node].malformed.fetch_add(1, Ordering::Relaxed);
+                (j, Answer::Missing) if !handoff => {
                     missing.push(j);
+                    if let Some((p, was)) = &before {
+                        let now = &members.backend.nodes()[nodes[j]];
+                        if p.backend.nodes()[was[j]] != *now {
+                            self.metrics.handoffs.fetch_add(1, Ordering::Relaxed);
+                            gets.push(stripe_get(p.clone(), was[j], &id.name, j, timeout, true));
+                        }
+                    }
                 }
-                Ok(Ok(None)) => missing.push(j),
-                _ => {
-                    stats[node].errors.fetch_add(1, Ordering::Relaxed);
-                }
+                _ => {}
             }
             if got.len() == stripe::DATA {
                 if let Some(ct) = Self::try_decode(&got, &id.name, &self.metrics) {
-                    // Dropping `gets` cancels the 5th request.
                     self.metrics.first4.fetch_add(1, Ordering::Relaxed);
-                    self.repair(id.name, &ct, missing);
+                    self.repair(&members, id.name, &ct, missing);
+                    self.writer
+                        .follow_late(members.clone(), gets, id.name, ct.clone());
                     return Some(ct);
                 }
             }
@@ -309,10 +325,8 @@ impl FleetTier {
                     if let Some(ct) = Self::try_decode(&subset, &id.name, &self.metrics) {
                         // The stripe left out was the bad one.
                         missing.push(got[skip].0);
-                        stats[nodes[got[skip].0]]
-                            .corrupt
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.repair(id.name, &ct, missing);
+                        from[skip].corrupt.fetch_add(1, Ordering::Relaxed);
+                        self.repair(&members, id.name, &ct, missing);
                         return Some(ct);
                     }
                 }
@@ -354,7 +368,9 @@ impl ChunkTier for FleetTier {
     /// triggered it.
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
         let held = self.held.take(&id.name);
-        self.put_stripes(id.name, ciphertext, None, held);
+        let backend = self.members().backend.clone();
+        self.writer
+            .put_stripes(backend, id.name, ciphertext, None, held);
     }
 
     /// Releases this host's fill lease on a chunk no tier could fetch, so
@@ -365,126 +381,225 @@ impl ChunkTier for FleetTier {
         }
     }
 
-    /// Waits until no fill or repair is queued or running (at most 4 stripe
-    /// timeouts per fill slot round, 30 s in all).
+    /// Waits until no fill or repair is queued or running and no late
+    /// stripe is being followed (30 s at most).
     fn settle(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let until = Instant::now() + Duration::from_secs(30);
-            while self.queued.load(Ordering::SeqCst) > 0 && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
+        Box::pin(self.writer.settle(Duration::from_secs(30)))
     }
 }
 
 impl FleetTier {
     /// Read repair: rewrites the stripes in `which` of a chunk just rebuilt,
     /// in the background and under the same bounds as fills.
-    fn repair(&self, name: ChunkName, ciphertext: &Bytes, which: Vec<usize>) {
+    fn repair(&self, members: &Members, name: ChunkName, ciphertext: &Bytes, which: Vec<usize>) {
         if !which.is_empty() {
-            self.put_stripes(name, ciphertext.clone(), Some(which), None);
+            let backend = members.backend.clone();
+            self.writer
+                .put_stripes(backend, name, ciphertext.clone(), Some(which), None);
         }
-    }
-
-    /// Writes all stripes of a chunk (a fill, `only` = `None`) or some of them
-    /// (a repair). Bounded: at most [`MAX_FILLS`] running and
-    /// [`MAX_QUEUED_FILLS`] waiting, beyond that dropped; one write per chunk
-    /// at a time. A fill lease `held` is released once the stripes are
-    /// stored (at once if the write is dropped).
-    fn put_stripes(
-        &self,
-        name: ChunkName,
-        ciphertext: Bytes,
-        only: Option<Vec<usize>>,
-        held: Option<HeldLease>,
-    ) {
-        let give_up = |held: Option<HeldLease>| {
-            if let Some(h) = held {
-                crate::lease::release(&name, h, self.timeout);
-            }
-        };
-        if self.queued.fetch_add(1, Ordering::SeqCst) >= MAX_QUEUED_FILLS {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            self.metrics.fills_dropped.fetch_add(1, Ordering::Relaxed);
-            give_up(held);
-            return;
-        }
-        if !self
-            .filling
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name)
-        {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            give_up(held);
-            return;
-        }
-        let (backend, filling, metrics, timeout) = (
-            self.members().backend.clone(),
-            self.filling.clone(),
-            self.metrics.clone(),
-            self.timeout,
-        );
-        let (slots, queued) = (self.fills.clone(), self.queued.clone());
-        tokio::spawn(async move {
-            let Ok(permit) = slots.acquire_owned().await else {
-                return;
-            };
-            let release_after = held.map(|h| (h, timeout));
-            let nodes = placement(backend.nodes(), &name);
-            let stripes = stripe::encode(&ciphertext);
-            let wanted = |j: &usize| only.as_ref().is_none_or(|w| w.contains(j));
-            let puts = stripes
-                .into_iter()
-                .enumerate()
-                .filter(|(j, _)| wanted(j))
-                .map(|(j, s)| {
-                    let backend = backend.clone();
-                    let k = key(&name, j);
-                    let node = nodes[j];
-                    let n = (s.len() - stripe::HEADER) as u64;
-                    async move {
-                        let ok = matches!(
-                            tokio::time::timeout(
-                                timeout * 4,
-                                backend.put(node, &k, Bytes::from(s))
-                            )
-                            .await,
-                            Ok(Ok(()))
-                        );
-                        (ok, n)
-                    }
-                });
-            let results = futures::future::join_all(puts).await;
-            if only.is_some() {
-                let ok = results.iter().filter(|(ok, _)| *ok).count() as u64;
-                metrics.repairs.fetch_add(ok, Ordering::Relaxed);
-            } else {
-                let stored: u64 = results.iter().filter(|(ok, _)| *ok).map(|(_, n)| n).sum();
-                metrics.fills.fetch_add(1, Ordering::Relaxed);
-                metrics.stripe_bytes.fetch_add(stored, Ordering::Relaxed);
-                metrics
-                    .chunk_bytes
-                    .fetch_add(ciphertext.len() as u64, Ordering::Relaxed);
-            }
-            filling
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
-            // Inline, before the fill counts as done: a process that exits
-            // after `settle` must not leave the waiters to the lease's TTL.
-            if let Some((h, timeout)) = release_after {
-                crate::lease::release_now(&name, h, timeout).await;
-            }
-            queued.fetch_sub(1, Ordering::SeqCst);
-            drop(permit);
-        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+
+    /// Stripes of in-memory nodes, by (node address, key); one node may be slow.
+    #[derive(Debug, Default)]
+    struct Disks {
+        held: Mutex<HashMap<(String, String), Bytes>>,
+        slow: Mutex<Option<String>>,
+    }
+
+    /// A node list over shared [`Disks`].
+    #[derive(Debug)]
+    struct MemNodes {
+        nodes: Vec<String>,
+        disks: Arc<Disks>,
+    }
+
+    impl Disks {
+        fn has(&self, node: &str, key: &str) -> bool {
+            self.held
+                .lock()
+                .unwrap()
+                .contains_key(&(node.into(), key.into()))
+        }
+        fn stripes_on(&self, node: &str) -> usize {
+            self.held
+                .lock()
+                .unwrap()
+                .keys()
+                .filter(|(n, _)| n == node)
+                .count()
+        }
+    }
+
+    impl StripeBackend for MemNodes {
+        fn nodes(&self) -> &[String] {
+            &self.nodes
+        }
+        fn get<'a>(
+            &'a self,
+            node: usize,
+            key: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+            let addr = self.nodes[node].clone();
+            Box::pin(async move {
+                if self.disks.slow.lock().unwrap().as_ref() == Some(&addr) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let held = self.disks.held.lock().unwrap();
+                Ok(held.get(&(addr, key.to_string())).cloned())
+            })
+        }
+        fn put<'a>(
+            &'a self,
+            node: usize,
+            key: &'a str,
+            value: Bytes,
+        ) -> BoxFuture<'a, Result<(), String>> {
+            let k = (self.nodes[node].clone(), key.to_string());
+            self.disks.held.lock().unwrap().insert(k, value);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn addrs(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("127.0.2.{i}:7000")).collect()
+    }
+
+    /// A tier over `nodes` of `disks` whose membership can change.
+    fn tier(disks: &Arc<Disks>, nodes: Vec<String>) -> FleetTier {
+        let d = disks.clone();
+        let rebuild: Rebuild = Arc::new(move |nodes| {
+            Arc::new(MemNodes {
+                nodes,
+                disks: d.clone(),
+            }) as Arc<dyn StripeBackend>
+        });
+        FleetTier::with_rebuild(
+            rebuild(nodes),
+            Some(rebuild.clone()),
+            Duration::from_secs(5),
+            "fleet",
+        )
+    }
+
+    fn chunk(i: u32) -> (ChunkId, Bytes) {
+        let ct = Bytes::from(
+            (0..50_000u32)
+                .map(|b| (b ^ i) as u8 ^ (i >> 8) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let id = ChunkId {
+            root: "r".into(),
+            name: ChunkName::of(&ct),
+        };
+        (id, ct)
+    }
+
+    /// A node restarted empty answers "not found" after the other 4 served
+    /// the read: its stripe is still rewritten (before, the late answer was
+    /// cancelled and the node stayed empty until it was not the slowest).
+    /// A late stripe that is well-formed but wrong is rewritten as well.
+    #[tokio::test]
+    async fn late_missing_or_corrupt_stripe_is_repaired() {
+        let disks = Arc::new(Disks::default());
+        let nodes = addrs(5);
+        let tier = tier(&disks, nodes.clone());
+        let (id, ct) = chunk(7);
+        let slow = nodes[placement(&nodes, &id.name)[2]].clone();
+        *disks.slow.lock().unwrap() = Some(slow.clone());
+        tier.fill(&id, ct.clone());
+        tier.settle().await;
+        let k = key(&id.name, 2);
+        // The slow node restarts empty.
+        disks.held.lock().unwrap().retain(|(n, _), _| *n != slow);
+        assert_eq!(tier.read(&id).await.as_deref(), Some(&ct[..]));
+        assert!(!disks.has(&slow, &k), "the read waited for the 5th stripe");
+        tier.settle().await;
+        assert!(
+            disks.has(&slow, &k),
+            "the late 'not found' was not repaired"
+        );
+        assert_eq!(tier.metrics.repairs.load(Ordering::Relaxed), 1);
+        // Now it holds a wrong (well-formed) stripe.
+        let mut bad = stripe::encode(&ct).swap_remove(2);
+        *bad.last_mut().unwrap() ^= 1;
+        let at = (slow.clone(), k.clone());
+        disks.held.lock().unwrap().insert(at.clone(), bad.into());
+        assert_eq!(tier.read(&id).await.as_deref(), Some(&ct[..]));
+        tier.settle().await;
+        let good = Bytes::from(stripe::encode(&ct).swap_remove(2));
+        assert_eq!(disks.held.lock().unwrap().get(&at), Some(&good));
+        assert_eq!(tier.metrics.repairs.load(Ordering::Relaxed), 2);
+        let slow_i = nodes.iter().position(|n| *n == slow).unwrap();
+        let corrupt = &tier.members().stats[slow_i].corrupt;
+        assert_eq!(corrupt.load(Ordering::Relaxed), 1);
+        assert_eq!(tier.metrics.late_checked.load(Ordering::Relaxed), 2);
+    }
+
+    /// A 6th node joins 5: about 28 % of the chunks have 2 or more stripes
+    /// on new nodes, yet every chunk is still read from the fleet (the
+    /// previous holders answer for them), and read repair moves the stripes:
+    /// afterwards every chunk reads from its new placement alone.
+    #[tokio::test]
+    async fn a_node_added_misses_no_chunk() {
+        let disks = Arc::new(Disks::default());
+        let tier = tier(&disks, addrs(5));
+        let chunks: Vec<(ChunkId, Bytes)> = (0..200).map(chunk).collect();
+        for (id, ct) in &chunks {
+            tier.fill(id, ct.clone());
+            tier.settle().await;
+        }
+        tier.set_nodes(addrs(6)).unwrap();
+        let six = addrs(6);
+        let two_moved = chunks
+            .iter()
+            .filter(|(id, _)| {
+                let (a, b) = (placement(&six[..5], &id.name), placement(&six, &id.name));
+                (0..5).filter(|&j| six[a[j]] != six[b[j]]).count() >= 2
+            })
+            .count();
+        assert!(
+            two_moved > 20,
+            "only {two_moved} chunks with 2 stripes moved"
+        );
+        for (id, ct) in &chunks {
+            assert_eq!(
+                tier.read(id).await.as_deref(),
+                Some(&ct[..]),
+                "after the join"
+            );
+        }
+        tier.settle().await;
+        assert!(tier.metrics.handoffs.load(Ordering::Relaxed) >= two_moved as u64);
+        let on6 = disks.stripes_on(&six[5]);
+        eprintln!("{two_moved} of 200 chunks had 2+ stripes moved; node 6 holds {on6} stripes");
+        assert!(on6 > 100 && on6 < 250, "node 6 holds {on6} of 1000 stripes");
+        // A second change drops the first generation: the new placement
+        // alone serves every chunk now.
+        tier.set_nodes(addrs(6)).unwrap();
+        disks
+            .held
+            .lock()
+            .unwrap()
+            .retain(|(n, _), _| six.contains(n));
+        let served = chunks.len() as u64;
+        let h = tier.metrics.handoffs.load(Ordering::Relaxed);
+        for (id, ct) in &chunks {
+            assert_eq!(
+                tier.read(id).await.as_deref(),
+                Some(&ct[..]),
+                "after repair"
+            );
+        }
+        assert_eq!(tier.metrics.handoffs.load(Ordering::Relaxed), h);
+        assert_eq!(tier.metrics.first4.load(Ordering::Relaxed), 2 * served);
+    }
 
     #[test]
     fn placement_is_distinct_and_stable() {

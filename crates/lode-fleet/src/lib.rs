@@ -8,7 +8,9 @@
 //! * [`auth`]: the write key: nodes accept writes only with its MAC;
 //! * [`backend`]: the node protocols — lode nodes over HTTP/2, or memcached;
 //! * [`lease`]: fill leases, so a herd of hosts missing one chunk costs one
-//!   store GET.
+//!   store GET;
+//! * [`members`]: the node list, changed while reads run;
+//! * `write`: fills and read repair, in the background and bounded.
 
 pub mod auth;
 pub mod backend;
@@ -18,6 +20,7 @@ pub mod lru2;
 pub mod members;
 pub mod node;
 pub mod stripe;
+mod write;
 
 pub use backend::{Http2Nodes, Lease, Memcached, StripeBackend};
 pub use client::{placement, FleetTier};
@@ -25,8 +28,11 @@ pub use lease::LeaseConfig;
 pub use members::Change;
 pub use node::NodeStore;
 
-/// Parses a fleet spec: `HOST:PORT,...` or `memcached://HOST:PORT,...` (commas
-/// or newlines between nodes) into (is memcached, node list).
+/// Parses a fleet spec: `NODE,...` or `memcached://NODE,...` (commas or
+/// newlines between nodes) into (is memcached, node list). A node is
+/// `HOST:PORT`, or `NAME=HOST:PORT` when a host reaches it at an address of
+/// its own (a proxy, NAT): placement hashes the node's name (by default its
+/// `HOST:PORT`), so every host must name a node alike.
 pub fn parse_spec(spec: &str) -> Result<(bool, Vec<String>), String> {
     let spec = spec.trim();
     let (mc, list) = match spec.strip_prefix("memcached://") {
@@ -42,21 +48,37 @@ pub fn parse_spec(spec: &str) -> Result<(bool, Vec<String>), String> {
         return Err(format!("--cache-nodes '{spec}' names no node"));
     }
     for n in &nodes {
-        if n.rsplit_once(':')
+        if node_addr(n)
+            .rsplit_once(':')
             .is_none_or(|(_, p)| p.parse::<u16>().is_err())
         {
-            return Err(format!("cache node '{n}' is not HOST:PORT"));
+            return Err(format!(
+                "cache node '{n}' is not HOST:PORT or NAME=HOST:PORT"
+            ));
+        }
+        if node_name(n).is_empty() {
+            return Err(format!("cache node '{n}' has an empty name"));
         }
     }
-    let distinct: std::collections::HashSet<&String> = nodes.iter().collect();
+    let distinct: std::collections::HashSet<&str> = nodes.iter().map(|n| node_name(n)).collect();
     if distinct.len() != nodes.len() {
         return Err("--cache-nodes lists a node twice".into());
     }
     Ok((mc, nodes))
 }
 
-/// Builds the fleet tier from `--cache-nodes`: `HOST:PORT,...` (lode nodes)
-/// or `memcached://HOST:PORT,...`.
+/// A node's name in placement: `NAME` of `NAME=HOST:PORT`, else `HOST:PORT`.
+pub fn node_name(node: &str) -> &str {
+    node.split_once('=').map_or(node, |(name, _)| name)
+}
+
+/// The address a node is reached at: `HOST:PORT` of `NAME=HOST:PORT`.
+pub fn node_addr(node: &str) -> &str {
+    node.split_once('=').map_or(node, |(_, addr)| addr)
+}
+
+/// Builds the fleet tier from `--cache-nodes`: `NODE,...` (lode nodes) or
+/// `memcached://NODE,...` (see [`parse_spec`]).
 pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, String> {
     from_spec_with_key(spec, timeout, None)
 }
@@ -89,4 +111,32 @@ pub fn from_spec_with_key(
         timeout,
         if mc { "fleet-memcached" } else { "fleet" },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_with_names() {
+        let (mc, n) = parse_spec("a=127.0.1.1:7001, 127.0.2.2:7000\n").unwrap();
+        assert!(!mc);
+        assert_eq!(n, ["a=127.0.1.1:7001", "127.0.2.2:7000"]);
+        assert_eq!(
+            (node_name(&n[0]), node_addr(&n[0])),
+            ("a", "127.0.1.1:7001")
+        );
+        assert_eq!(
+            (node_name(&n[1]), node_addr(&n[1])),
+            ("127.0.2.2:7000", "127.0.2.2:7000")
+        );
+        assert!(parse_spec("a=x").is_err());
+        assert!(parse_spec("=127.0.0.1:1").is_err());
+        assert!(parse_spec("a=127.0.0.1:1,a=127.0.0.1:2").is_err());
+        // Two hosts reaching the same nodes at different addresses place alike.
+        let name = lode_chunk::ChunkName([3; 32]);
+        let h1: Vec<String> = (1..=6).map(|i| format!("n{i}=127.0.1.1:700{i}")).collect();
+        let h2: Vec<String> = (1..=6).map(|i| format!("n{i}=127.0.1.2:700{i}")).collect();
+        assert_eq!(placement(&h1, &name), placement(&h2, &name));
+    }
 }

@@ -12,6 +12,7 @@
 //!   image back; [`compare`] diffs a read-back tree with the model.
 //! * [`chunks`]: [`unique_chunk_bytes`] for layer-stability checks.
 //! * [`cli`]: running `lode flatten`, e2fsck, failure-contract checks.
+//! * [`proxy`]: a TCP proxy that delays a link or injects faults into it.
 //! * [`gen`]: proptest strategies for valid random stacks; [`fixtures`]:
 //!   hand-written stacks.
 
@@ -23,6 +24,7 @@ pub mod fixtures;
 pub mod gen;
 pub mod image;
 pub mod model;
+pub mod proxy;
 pub mod rawtar;
 pub mod read_ext4;
 pub mod read_mount;

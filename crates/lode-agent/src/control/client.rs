@@ -1,7 +1,9 @@
 //! A client of the control API (what `lode attach`, `lode detach`,
-//! `lode volumes` and `lode run --agent` use).
+//! `lode volumes`, `lode fleet` and `lode run --agent` use).
 
-use super::api::{ApiError, AttachRequest, Attached, Health, VolumeInfo, VolumeList};
+use super::api::{
+    ApiError, AttachRequest, Attached, FleetInfo, FleetRequest, Health, VolumeInfo, VolumeList,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
@@ -153,5 +155,20 @@ impl Client {
     /// The agent's health.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.call(Method::GET, "/v1/health", None).await
+    }
+
+    /// The agent's cache-fleet membership.
+    pub async fn fleet(&self) -> Result<FleetInfo, ClientError> {
+        self.call(Method::GET, "/v1/fleet", None).await
+    }
+
+    /// Replaces the agent's cache-fleet node list (`HOST:PORT,...` or
+    /// `memcached://HOST:PORT,...`, as `--cache-nodes` takes it).
+    pub async fn set_fleet(&self, nodes: &str) -> Result<FleetInfo, ClientError> {
+        let req = FleetRequest {
+            nodes: nodes.to_string(),
+        };
+        let body = serde_json::to_vec(&req).map_err(ClientError::Decode)?;
+        self.call(Method::PUT, "/v1/fleet", Some(body)).await
     }
 }

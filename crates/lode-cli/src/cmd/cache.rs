@@ -33,6 +33,9 @@ pub struct CacheArgs {
     pub store_retries: u32,
     /// AZ cache fleet: `HOST:PORT,...` (lode cache nodes) or `memcached://HOST:PORT,...`.
     /// Chunks are read from it before the store, as 4-of-5 erasure-coded stripes.
+    /// A node reached at an address of this host's own (a proxy, NAT) is
+    /// `NAME=HOST:PORT`, NAME being how the other hosts list it (placement
+    /// hashes the name).
     #[arg(long, conflicts_with = "cache_nodes_file")]
     pub cache_nodes: Option<String>,
     /// The fleet as a file holding a `--cache-nodes` spec (nodes separated by

@@ -6,6 +6,7 @@ pub mod cache_node;
 pub mod cat;
 pub mod common;
 pub mod flatten;
+pub mod fleet;
 pub mod gc;
 pub mod images;
 pub mod inspect;

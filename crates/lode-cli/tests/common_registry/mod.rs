@@ -6,7 +6,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -155,33 +155,15 @@ impl Drop for Registry {
     }
 }
 
-/// What the proxy does once `after` bytes went from the registry to lode
-/// on one connection carrying more than that.
-#[derive(Clone, Copy, Debug)]
-pub enum Fault {
-    /// Close that connection (once); later connections pass.
-    CutOnce,
-    /// Kill the registry and close every connection.
-    KillRegistry,
-    /// Stop forwarding on that connection and every later one (the
-    /// connections stay open: the registry "stops answering").
-    Stall,
-    /// Slow that connection to a drip of [`DRIP`] bytes a second for this
-    /// many seconds (once), then pass at full speed. TLS passes through, so
-    /// a drip must carry a whole TLS record for the client to see a byte.
-    Slow(u64),
-}
+pub use lode_testkit::proxy::Fault;
 
-/// Bytes a [`Fault::Slow`] connection forwards per second: more than one
-/// TLS record (16 KiB of data and its framing).
-pub const DRIP: usize = 20 << 10;
-
-/// A TCP proxy on loopback in front of the registry (TLS passes through).
+/// A TCP proxy on loopback in front of the registry (TLS passes through):
+/// [`lode_testkit::proxy::Proxy`] with a fault.
 pub struct FaultProxy {
     pub addr: String,
-    stop: Arc<AtomicBool>,
     /// Whether the fault happened.
     pub fired: Arc<AtomicBool>,
+    _proxy: lode_testkit::proxy::Proxy,
 }
 
 impl FaultProxy {
@@ -193,121 +175,23 @@ impl FaultProxy {
         fault: Fault,
         kill: impl Fn() + Send + Sync + 'static,
     ) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let fired = Arc::new(AtomicBool::new(false));
-        let kill: Arc<dyn Fn() + Send + Sync> = Arc::new(kill);
-        let upstream = upstream.to_owned();
-        let (s, f) = (stop.clone(), fired.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let Ok((down, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                down.set_nonblocking(false).unwrap();
-                let Ok(up) = TcpStream::connect(&upstream) else {
-                    let _ = down.shutdown(Shutdown::Both);
-                    continue;
-                };
-                let stalled = matches!(fault, Fault::Stall) && f.load(Ordering::Relaxed);
-                if stalled {
-                    // Hold the connection open, answer nothing.
-                    std::thread::spawn(move || {
-                        let _keep = (down, up);
-                        std::thread::sleep(Duration::from_secs(600));
-                    });
-                    continue;
-                }
-                let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
-                std::thread::spawn(move || pump(d2, u2, None));
-                let (f2, k2) = (f.clone(), kill.clone());
-                std::thread::spawn(move || {
-                    let counted = Counted {
-                        after,
-                        fault,
-                        fired: f2,
-                        kill: k2,
-                        seen: AtomicU64::new(0),
-                    };
-                    pump(up, down, Some(counted));
-                });
-            }
-        });
-        FaultProxy { addr, stop, fired }
+        let opts = lode_testkit::proxy::LinkOptions {
+            fault: Some((after, fault)),
+            kill: Some(Arc::new(kill)),
+            ..Default::default()
+        };
+        let p = lode_testkit::proxy::Proxy::start("127.0.0.1:0", upstream, opts).unwrap();
+        FaultProxy {
+            addr: p.addr.clone(),
+            fired: p.fired.clone(),
+            _proxy: p,
+        }
     }
 
     /// `docker://PROXY/REPO:TAG`.
     pub fn source(&self, repo_tag: &str) -> String {
         format!("docker://{}/{repo_tag}", self.addr)
     }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-struct Counted {
-    after: u64,
-    fault: Fault,
-    fired: Arc<AtomicBool>,
-    kill: Arc<dyn Fn() + Send + Sync>,
-    seen: AtomicU64,
-}
-
-/// Copies `from` to `to` until EOF; with `counted`, injects its fault.
-fn pump(mut from: TcpStream, mut to: TcpStream, counted: Option<Counted>) {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut slow_until: Option<Instant> = None;
-    'copy: loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Some(c) = &counted {
-            let seen = c.seen.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-            let first = !c.fired.load(Ordering::Relaxed);
-            let due = seen > c.after && (first || matches!(c.fault, Fault::Stall));
-            if due {
-                c.fired.store(true, Ordering::Relaxed);
-                if let Fault::Slow(secs) = c.fault {
-                    slow_until = Some(Instant::now() + Duration::from_secs(secs));
-                }
-                match c.fault {
-                    Fault::Slow(_) => {}
-                    Fault::CutOnce => break,
-                    Fault::KillRegistry => {
-                        (c.kill)();
-                        break;
-                    }
-                    Fault::Stall => {
-                        std::thread::sleep(Duration::from_secs(600));
-                        break;
-                    }
-                }
-            }
-        }
-        let mut rest = &buf[..n];
-        while let Some(until) = slow_until.filter(|u| Instant::now() < *u && !rest.is_empty()) {
-            let k = rest.len().min(DRIP);
-            if to.write_all(&rest[..k]).is_err() {
-                break 'copy;
-            }
-            rest = &rest[k..];
-            std::thread::sleep(
-                Duration::from_secs(1).min(until.saturating_duration_since(Instant::now())),
-            );
-        }
-        if to.write_all(rest).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
 }
 
 /// A token endpoint for the registry's `auth: token` (the Docker token
