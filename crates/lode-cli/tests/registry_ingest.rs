@@ -161,6 +161,9 @@ fn registry_flatten_push_pull_and_failures() {
         .args(["-qec", &cmdline, "/dev/null"])
         .env("LODE_HOME", &w.home)
         .env("COLUMNS", "120")
+        // A terminal type: CI runs without one, and a terminal without a
+        // TERM is taken for a dumb one (no bars).
+        .env("TERM", "xterm")
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
