@@ -183,12 +183,7 @@ fn push_oci_source_equals_flatten() {
     let source = format!("oci:{}:v1", layout.display());
 
     let flat = w.work().join("flat.ext4");
-    w.run_limit(
-        &["flatten", &source, "-o", flat.to_str().unwrap()],
-        false,
-        std::time::Duration::from_secs(120),
-    )
-    .ok();
+    w.flatten(&source, &flat);
     let s = w
         .run(&["push", &source, "--tenant", "oci", "--name", "img:v1"])
         .ok()
@@ -314,12 +309,7 @@ fn streamed_push_equals_push_of_the_flattened_file() {
         "most chunks should be uploaded while the image is written: {s:?}"
     );
     let flat = w.work().join("flat.ext4");
-    w.run_limit(
-        &["flatten", &source, "-o", flat.to_str().unwrap()],
-        false,
-        std::time::Duration::from_secs(120),
-    )
-    .ok();
+    w.flatten(&source, &flat);
     let again = w.push(&flat, "t", "file");
     assert_eq!(
         again.uploaded, 0,

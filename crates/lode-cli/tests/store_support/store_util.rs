@@ -141,6 +141,16 @@ impl World {
             .summary()
     }
 
+    /// `lode flatten SOURCE -o OUT` (no store), which must succeed.
+    pub fn flatten(&self, source: &str, out: &Path) -> Run {
+        self.run_limit(
+            &["flatten", source, "-o", out.to_str().unwrap()],
+            false,
+            Duration::from_secs(120),
+        )
+        .ok()
+    }
+
     /// `lode pull NAME --tenant T -o OUT`, which must succeed.
     pub fn pull(&self, tenant: &str, name: &str, out: &Path) -> Run {
         self.run(&[

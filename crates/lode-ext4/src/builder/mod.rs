@@ -353,16 +353,18 @@ impl Builder {
     }
 
     pub(super) fn flush(&mut self) -> Result<()> {
-        if !self.pending.is_empty() {
+        let wrote = !self.pending.is_empty();
+        if wrote {
             self.out
                 .write_all_at(&self.pending, self.pending_start * BLOCK_SIZE)
                 .map_err(io_err("writing file data to the image"))?;
-            self.pending_start += (self.pending.len() / BLOCK_SIZE as usize) as u64;
             self.pending.clear();
-            self.pending_start = self.cursor;
+        }
+        // The buffer always ends at the cursor: everything below it is written.
+        self.pending_start = self.cursor;
+        if wrote {
             self.tell_settled();
         }
-        self.pending_start = self.cursor;
         Ok(())
     }
 
