@@ -1,0 +1,24 @@
+//! lode's function layer: what turns "invoke this function" into a micro-VM
+//! on a host.
+//!
+//! Three parts, as in the system lode follows (USENIX ATC 2023): a stateless
+//! **frontend** that speaks the Lambda API, a sticky **worker manager** that
+//! routes each invocation to a warm sandbox or a host with capacity, and
+//! **workers** that run each function in its own micro-VM started from a
+//! lazily loaded image. This crate holds what they share:
+//!
+//! - [`function`]: a function's definition ([`FunctionSpec`]) and the image
+//!   reference it pins ([`ImageRef`]);
+//! - [`wire`]: the messages between frontend, manager and workers
+//!   ([`InvokeRequest`], [`InvokeResult`], [`WorkerReport`]);
+//! - [`error`]: Lambda's error shapes ([`ErrorKind`], [`LambdaError`]).
+
+pub mod error;
+pub mod function;
+pub mod wire;
+
+pub use error::{ErrorKind, LambdaError};
+pub use function::{FunctionSpec, ImageRef, ImageRefError};
+pub use wire::{
+    InvokeOutcome, InvokeRequest, InvokeResult, SandboxReport, Timings, WorkerReport, MAX_PAYLOAD,
+};
