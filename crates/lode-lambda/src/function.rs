@@ -126,6 +126,43 @@ pub struct FunctionSpec {
     /// `ImageConfig.WorkingDirectory` (else the image's own).
     #[serde(default)]
     pub working_directory: Option<String>,
+    /// What the image itself says to run (its OCI config, read from the
+    /// pinned image when the function's code is set).
+    #[serde(default)]
+    pub image_config: ImageConfig,
+}
+
+/// The run settings of an OCI image config (`config.Entrypoint`, `Cmd`,
+/// `Env`, `WorkingDir`, `User`), as lode keeps them in the image
+/// (`/.lode/image.json`, see docs/format.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// `Entrypoint`.
+    #[serde(rename = "Entrypoint", default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// `Cmd`.
+    #[serde(rename = "Cmd", default)]
+    pub cmd: Option<Vec<String>>,
+    /// `Env`, `NAME=VALUE` each.
+    #[serde(rename = "Env", default)]
+    pub env: Option<Vec<String>>,
+    /// `WorkingDir`.
+    #[serde(rename = "WorkingDir", default)]
+    pub working_dir: Option<String>,
+    /// `User`.
+    #[serde(rename = "User", default)]
+    pub user: Option<String>,
+}
+
+/// What a sandbox runs: the function's settings over the image's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// Program and arguments: entry point followed by command.
+    pub argv: Vec<String>,
+    /// Environment: the image's, then the function's (which win).
+    pub env: BTreeMap<String, String>,
+    /// Working directory (`/` when neither sets one).
+    pub working_dir: String,
 }
 
 impl FunctionSpec {
@@ -134,11 +171,95 @@ impl FunctionSpec {
     pub fn sandbox_key(&self) -> String {
         format!("{}:{}", self.arn, self.revision)
     }
+
+    /// What a sandbox runs, as Lambda composes it: `ImageConfig` values
+    /// replace the image's (an empty list counts as set), the entry point
+    /// comes before the command, and the function's variables override the
+    /// image's.
+    pub fn launch(&self) -> Launch {
+        let ic = &self.image_config;
+        let entry = self.entry_point.clone().or(ic.entrypoint.clone());
+        // Docker's rule: a new entry point drops the image's command.
+        let cmd = match (&self.command, &self.entry_point) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(_)) => None,
+            (None, None) => ic.cmd.clone(),
+        };
+        let argv = entry
+            .into_iter()
+            .flatten()
+            .chain(cmd.into_iter().flatten())
+            .collect();
+        let mut env = BTreeMap::new();
+        for kv in ic.env.iter().flatten() {
+            if let Some((k, v)) = kv.split_once('=') {
+                env.insert(k.to_string(), v.to_string());
+            }
+        }
+        env.extend(self.environment.clone());
+        let working_dir = self
+            .working_directory
+            .clone()
+            .or(ic.working_dir.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "/".to_string());
+        Launch {
+            argv,
+            env,
+            working_dir,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(ic: ImageConfig) -> FunctionSpec {
+        FunctionSpec {
+            tenant: "t".into(),
+            name: "f".into(),
+            arn: "arn:aws:lambda:us-east-1:t:function:f".into(),
+            revision: 1,
+            image: "t/i".parse().unwrap(),
+            memory_mib: 128,
+            timeout_s: 3,
+            environment: BTreeMap::new(),
+            entry_point: None,
+            command: None,
+            working_directory: None,
+            image_config: ic,
+        }
+    }
+
+    #[test]
+    fn launch_puts_the_function_over_the_image() {
+        let ic = ImageConfig {
+            entrypoint: Some(vec!["/lambda-entrypoint.sh".into()]),
+            cmd: Some(vec!["app.handler".into()]),
+            env: Some(vec![
+                "PATH=/usr/bin".into(),
+                "A=image".into(),
+                "junk".into(),
+            ]),
+            working_dir: Some("/var/task".into()),
+            user: None,
+        };
+        let mut f = spec(ic.clone());
+        let l = f.launch();
+        assert_eq!(l.argv, ["/lambda-entrypoint.sh", "app.handler"]);
+        assert_eq!(l.working_dir, "/var/task");
+        assert_eq!(l.env.get("A").map(String::as_str), Some("image"));
+        f.command = Some(vec!["other.fn".into()]);
+        f.environment.insert("A".into(), "fn".into());
+        let l = f.launch();
+        assert_eq!(l.argv, ["/lambda-entrypoint.sh", "other.fn"]);
+        assert_eq!(l.env.get("A").map(String::as_str), Some("fn"));
+        f.command = None;
+        f.entry_point = Some(vec!["/bootstrap".into()]);
+        assert_eq!(f.launch().argv, ["/bootstrap"]);
+        assert_eq!(spec(ImageConfig::default()).launch().working_dir, "/");
+    }
 
     #[test]
     fn image_refs_parse_and_print() {

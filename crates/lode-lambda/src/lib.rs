@@ -18,7 +18,7 @@ pub mod function;
 pub mod wire;
 
 pub use error::{ErrorKind, LambdaError};
-pub use function::{FunctionSpec, ImageRef, ImageRefError};
+pub use function::{FunctionSpec, ImageConfig, ImageRef, ImageRefError, Launch};
 pub use wire::{
     InvokeOutcome, InvokeRequest, InvokeResult, SandboxReport, Timings, WorkerReport, MAX_PAYLOAD,
 };

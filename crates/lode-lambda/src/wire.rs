@@ -184,6 +184,7 @@ mod tests {
             entry_point: None,
             command: Some(vec!["app.handler".into()]),
             working_directory: None,
+            image_config: Default::default(),
         }
     }
 
