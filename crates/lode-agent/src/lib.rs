@@ -19,6 +19,7 @@
 
 pub mod control;
 pub mod exports;
+pub mod files;
 pub mod image;
 pub mod metrics;
 pub mod nbd;

@@ -51,6 +51,12 @@ enum Command {
     Images(cmd::images::Args),
     /// One garbage-collection pass: rotate, migrate live images, expire and delete old roots.
     Gc(cmd::gc::Args),
+    /// Make or revoke a tenant's access keys for the Lambda API.
+    Credentials(cmd::credentials::Args),
+    /// Serve the Lambda API (functions in the store; invocations go to the managers).
+    Frontend(cmd::frontend::Args),
+    /// Run a worker manager: place invocations on warm sandboxes and workers with room.
+    Manager(cmd::manager::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,7 +64,9 @@ fn main() -> ExitCode {
     // Servers log warnings by default; one-shot commands keep stderr to their
     // single result or error line unless LODE_LOG asks for more.
     let default = match cli.command {
-        Command::Agent(_) | Command::CacheNode(_) => "warn",
+        Command::Agent(_) | Command::CacheNode(_) | Command::Frontend(_) | Command::Manager(_) => {
+            "warn"
+        }
         _ => "off",
     };
     cmd::common::set_command(match &cli.command {
@@ -79,6 +87,9 @@ fn main() -> ExitCode {
         Command::Detach(_) => "detach",
         Command::Volumes(_) => "volumes",
         Command::Fleet(_) => "fleet",
+        Command::Credentials(_) => "credentials",
+        Command::Frontend(_) => "frontend",
+        Command::Manager(_) => "manager",
     });
     let filter = tracing_subscriber::EnvFilter::try_from_env("LODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -96,6 +107,9 @@ fn main() -> ExitCode {
         Command::Rm(args) => cmd::rm::run(args),
         Command::Images(args) => cmd::images::run(args),
         Command::Gc(args) => cmd::gc::run(args),
+        Command::Credentials(args) => cmd::credentials::run(args),
+        Command::Frontend(args) => cmd::frontend::run(args),
+        Command::Manager(args) => cmd::manager::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Cat(args) => cmd::cat::run(args),
         Command::Attach(args) => cmd::volumes::attach(args),

@@ -177,6 +177,8 @@ fn kernel_mounts_the_export_through_nbdfuse() {
     read_tree(&loop_mnt, &loop_mnt, &mut listed);
     listed.sort();
     let mut want: Vec<String> = img.files.iter().map(|(p, _)| p.clone()).collect();
+    // The flatten adds the image's run settings (lode_flatten::runconfig).
+    want.push(".lode/image.json".to_string());
     want.sort();
     assert_eq!(listed, want, "files in the mounted image");
     for (p, data) in &img.files {

@@ -59,6 +59,9 @@ pub enum FlattenError {
         #[source]
         source: Ext4Error,
     },
+    /// The image config's run settings could not be read or written.
+    #[error("reading the image config's run settings: {0}")]
+    RunSettings(#[source] serde_json::Error),
     /// Finishing the filesystem failed.
     #[error("finishing the image: {0}")]
     Finish(#[source] Ext4Error),

@@ -16,6 +16,7 @@ mod entry;
 mod error;
 mod limits;
 mod pipe;
+pub mod runconfig;
 mod settle;
 mod tar;
 
@@ -222,6 +223,7 @@ pub fn flatten_image(
         total += bytes;
         entries += n;
     }
+    runconfig::write(&mut builder, image.config_json())?;
     let summary = builder.finish().map_err(FlattenError::Finish)?;
     Ok(FlattenReport {
         summary,

@@ -11,14 +11,17 @@
 //!   reference it pins ([`ImageRef`]);
 //! - [`wire`]: the messages between frontend, manager and workers
 //!   ([`InvokeRequest`], [`InvokeResult`], [`WorkerReport`]);
-//! - [`error`]: Lambda's error shapes ([`ErrorKind`], [`LambdaError`]).
+//! - [`error`]: Lambda's error shapes ([`ErrorKind`], [`LambdaError`]);
+//! - [`http`]: the HTTP server loop, replies and JSON client they share.
 
 pub mod error;
 pub mod function;
+pub mod http;
 pub mod wire;
 
 pub use error::{ErrorKind, LambdaError};
 pub use function::{FunctionSpec, ImageConfig, ImageRef, ImageRefError, Launch};
 pub use wire::{
-    InvokeOutcome, InvokeRequest, InvokeResult, SandboxReport, Timings, WorkerReport, MAX_PAYLOAD,
+    InvokeOutcome, InvokeRequest, InvokeResult, PlaceRequest, Placement, Release, SandboxReport,
+    Timings, WorkerReport, MAX_PAYLOAD,
 };

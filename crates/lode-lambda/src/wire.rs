@@ -1,10 +1,16 @@
 //! The messages between frontend, worker manager and workers (JSON over
 //! HTTP/1.1).
 //!
-//! - frontend → manager, and manager → worker: `POST /v1/invoke` with an
-//!   [`InvokeRequest`]; the answer is `200` with an [`InvokeResult`], or an
-//!   error status with a [`LambdaError`](crate::LambdaError) body and the
-//!   `X-Amzn-ErrorType` header.
+//! - frontend → manager: `POST /v1/place` with a [`PlaceRequest`]; the
+//!   answer is a [`Placement`]: a worker, maybe a warm sandbox there, and a
+//!   lease on that capacity. As in the published design, the frontend then
+//!   sends the invocation to the worker itself, so a manager that restarts
+//!   loses no running invocation, and `POST /v1/release` with a [`Release`]
+//!   gives the capacity back.
+//! - frontend → worker: `POST /v1/invoke` with an [`InvokeRequest`]; the
+//!   answer is `200` with an [`InvokeResult`].
+//! - Every refusal is an error status with a [`LambdaError`](crate::LambdaError)
+//!   body and the `X-Amzn-ErrorType` header.
 //! - worker → manager: `POST /v1/workers` with a [`WorkerReport`] about once
 //!   a second (the heartbeat from which a restarted manager rebuilds its
 //!   state); a worker also answers `GET /v1/report` with the same.
@@ -49,6 +55,49 @@ pub struct InvokeRequest {
     /// gone or busy starts another one.
     #[serde(default)]
     pub sandbox: Option<String>,
+}
+
+/// A frontend's request for somewhere to run one invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceRequest {
+    /// The invocation's request id.
+    pub request_id: String,
+    /// The function.
+    pub function: FunctionSpec,
+}
+
+/// Where to run an invocation: the manager's answer to a [`PlaceRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The capacity held for the invocation; give it back with a [`Release`].
+    pub lease: String,
+    /// Worker id.
+    pub worker: String,
+    /// The worker's base URL.
+    pub url: String,
+    /// The idle warm sandbox chosen there, if any (else a cold start).
+    #[serde(default)]
+    pub sandbox: Option<String>,
+    /// Whether the worker's host cache holds the function's image.
+    #[serde(default)]
+    pub cached: bool,
+    /// Time the manager took, waiting for capacity included, microseconds.
+    #[serde(default)]
+    pub placement_us: u64,
+}
+
+/// Gives a [`Placement`]'s capacity back (the invocation ended, or never
+/// reached the worker: then `unreachable` says so and the manager stops
+/// placing on that worker until it reports again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// The lease.
+    pub lease: String,
+    /// The worker could not be reached.
+    #[serde(default)]
+    pub unreachable: bool,
 }
 
 /// How an invocation ended.

@@ -35,6 +35,9 @@ pub const ROOT_LIMIT: u64 = 4 << 10;
 /// Largest protocol document: the GC lease, a publish intent, an alarm
 /// (each a few hundred bytes of JSON).
 pub const DOCUMENT_LIMIT: u64 = 16 << 10;
+/// Largest sealed function document (its variables, at most 4 KB in
+/// Lambda, and its image's run settings, base64 inside JSON).
+pub const FUNCTION_LIMIT: u64 = 256 << 10;
 /// Fixed part of a sealed working set beyond its indexes: header with a
 /// wrapped key of up to 65,535 bytes, nonce, count and tag.
 const WORKING_SET_OVERHEAD: u64 = 14 + u16::MAX as u64 + 12 + 4 + 16;
@@ -54,6 +57,9 @@ pub enum ObjectKind {
     /// A manifest: at most what 2^25 chunks take; [`Store::read_manifest`]
     /// then holds it to exactly what its header implies.
     Manifest,
+    /// A sealed function definition or access key (lode-frontend): its
+    /// environment, image settings and seal.
+    Function,
     /// The sealed working set of an image of `chunks` chunks: one 4-byte
     /// index per chunk at most, plus its header.
     WorkingSet {
@@ -70,6 +76,7 @@ impl ObjectKind {
             ObjectKind::Pointer => POINTER_LIMIT,
             ObjectKind::Root => ROOT_LIMIT,
             ObjectKind::Document => DOCUMENT_LIMIT,
+            ObjectKind::Function => FUNCTION_LIMIT,
             ObjectKind::Manifest => MAX_HEADER_LEN as u64 + 20 + MAX_CHUNKS * 96,
             ObjectKind::WorkingSet { chunks } => {
                 WORKING_SET_OVERHEAD + 4 * chunks.min(lode_chunk::workingset::MAX_ENTRIES as u64)
@@ -84,6 +91,7 @@ impl ObjectKind {
             ObjectKind::Pointer => "image pointer",
             ObjectKind::Root => "root",
             ObjectKind::Document => "store document",
+            ObjectKind::Function => "function document",
             ObjectKind::Manifest => "manifest",
             ObjectKind::WorkingSet { .. } => "working set",
         }

@@ -60,7 +60,7 @@ pub use gc::{gc_pass, GcOptions, GcReport};
 pub use lifecycle::{list_tenant_images, remove_image, ImageEntry, Removed};
 pub use open::open_url;
 pub use pointer::{ImagePointer, PointerState, ResolvedImage};
-pub use pull::{open_image, pull_to_file, OpenedImage, PullReport};
+pub use pull::{open_image, open_image_at, pull_to_file, OpenedImage, PullReport};
 pub use push::{push_file, push_stream, PushOptions, PushProgress, PushReport, Ready};
 pub use roots::{RootInfo, RootState};
 pub use store::{check_name, Store};

@@ -43,8 +43,62 @@ pub async fn open_image(
 ) -> Result<OpenedImage> {
     let resolved = store.resolve_image(keys, tenant, name).await?;
     let digest = resolved.digest.clone();
+    let (manifest, table) = open_manifest(store, keys, tenant, name, &digest).await?;
+    // The name and version once the header is authenticated.
+    let version = check_binding(tenant, name, &resolved, &manifest)?;
+    store.check_fresh(tenant, name, version).await?;
+    store
+        .watch_read(&manifest.root, ReadOf::Image { tenant, name })
+        .await;
+    store.record_seen(tenant, name, version).await?;
+    Ok(OpenedImage {
+        digest,
+        manifest,
+        keys: table,
+    })
+}
+
+/// Opens `tenant/name` pinned at the manifest `digest` (`sha256:<hex>`),
+/// whatever its pointer says now: a function keeps running the image it was
+/// created with after the name moves on. The manifest must be the tenant's,
+/// open with the tenant's key, and be bound to `name` (a format-1 manifest
+/// binds no name; its digest and seal vouch for it).
+pub async fn open_image_at(
+    store: &Store,
+    keys: &dyn KeyProvider,
+    tenant: &str,
+    name: &str,
+    digest: &str,
+) -> Result<OpenedImage> {
+    let (manifest, table) = open_manifest(store, keys, tenant, name, digest).await?;
+    if let Some(b) = manifest.binding.as_ref().filter(|b| b.name != name) {
+        return Err(StoreError::Binding {
+            tenant: tenant.into(),
+            name: name.into(),
+            reason: format!("manifest {digest} is image '{tenant}/{}'", b.name),
+        });
+    }
+    store
+        .watch_read(&manifest.root, ReadOf::Image { tenant, name })
+        .await;
+    Ok(OpenedImage {
+        digest: digest.to_string(),
+        manifest,
+        keys: table,
+    })
+}
+
+/// Reads the manifest `digest` of `tenant`, checks it is the tenant's and
+/// opens its key table with the tenant's key.
+async fn open_manifest(
+    store: &Store,
+    keys: &dyn KeyProvider,
+    tenant: &str,
+    name: &str,
+    digest: &str,
+) -> Result<(Manifest, KeyTable)> {
     let (bytes, data_key) = store
-        .read_manifest(tenant, &digest, |h| {
+        .read_manifest(tenant, digest, |h| {
             // The tenant first: opening another tenant's manifest would use its key.
             if h.tenant != tenant {
                 return Err(StoreError::Binding {
@@ -59,18 +113,7 @@ pub async fn open_image(
     let manifest = Manifest::decode(&bytes)?;
     drop(bytes);
     let table = manifest.open_with_key(&data_key)?;
-    // The name and version once the header is authenticated.
-    let version = check_binding(tenant, name, &resolved, &manifest)?;
-    store.check_fresh(tenant, name, version).await?;
-    store
-        .watch_read(&manifest.root, ReadOf::Image { tenant, name })
-        .await;
-    store.record_seen(tenant, name, version).await?;
-    Ok(OpenedImage {
-        digest,
-        manifest,
-        keys: table,
-    })
+    Ok((manifest, table))
 }
 
 /// Checks that `manifest` is the image `tenant/name` the pointer promised;

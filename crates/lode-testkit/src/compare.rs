@@ -15,8 +15,19 @@ pub fn show(p: &[u8]) -> String {
     }
 }
 
+/// The directory of the image's run settings, which the flatten adds
+/// after the layers (`lode_flatten::runconfig`).
+pub const RUN_SETTINGS_DIR: &[u8] = b"/.lode";
+/// The run settings file itself.
+pub const RUN_SETTINGS: &[u8] = b"/.lode/image.json";
+
 fn in_lost_found(p: &[u8]) -> bool {
     p == LOST_FOUND || (p.starts_with(LOST_FOUND) && p.get(LOST_FOUND.len()) == Some(&b'/'))
+}
+
+/// Paths lode adds to every image: `/lost+found` and the run settings.
+fn lode_made(p: &[u8]) -> bool {
+    in_lost_found(p) || p == RUN_SETTINGS_DIR || p == RUN_SETTINGS
 }
 
 /// What to compare.
@@ -43,7 +54,13 @@ impl Default for CompareOptions {
 pub fn diff_trees(expected: &Tree, actual: &Tree, opts: CompareOptions) -> Vec<String> {
     let mut diffs = Vec::new();
     let has_lf = actual.contains_key(LOST_FOUND);
+    // The run settings' directory, unless the layers brought one.
+    let has_run = actual.contains_key(RUN_SETTINGS_DIR) && !expected.contains_key(RUN_SETTINGS_DIR);
     if opts.expect_lost_found {
+        match actual.get(RUN_SETTINGS) {
+            Some(n) if n.kind == NodeKind::File => {}
+            _ => diffs.push("/.lode/image.json: missing (the image's run settings)".to_string()),
+        }
         match actual.get(LOST_FOUND) {
             None => diffs.push("/lost+found: missing".to_string()),
             Some(n) => {
@@ -131,7 +148,11 @@ pub fn diff_trees(expected: &Tree, actual: &Tree, opts: CompareOptions) -> Vec<S
             }
         }
         if let (Some(en), Some(an)) = (e.nlink, a.nlink) {
-            let en = if p == b"/" && has_lf { en + 1 } else { en };
+            let en = if p == b"/" {
+                en + u32::from(has_lf) + u32::from(has_run)
+            } else {
+                en
+            };
             if en != an {
                 diffs.push(format!("{s}: nlink: expected {en}, got {an}"));
             }
@@ -158,7 +179,7 @@ pub fn diff_trees(expected: &Tree, actual: &Tree, opts: CompareOptions) -> Vec<S
         }
     }
     for (p, a) in actual {
-        let ignored = opts.expect_lost_found && in_lost_found(p);
+        let ignored = opts.expect_lost_found && lode_made(p);
         if !expected.contains_key(p) && !ignored {
             diffs.push(format!(
                 "{}: unexpected {:?} (mode {:06o})",

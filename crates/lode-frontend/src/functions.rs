@@ -1,0 +1,164 @@
+//! Function definitions in the store: one sealed document per function at
+//! `tenants/<TENANT>/functions/<NAME>` (see [`crate::seal`]), written with
+//! conditional puts so that concurrent frontends never lose an update.
+
+use crate::error::{refuse, FrontendError, Result};
+use crate::seal;
+use bytes::Bytes;
+use lode_chunk::KeyProvider;
+use lode_lambda::{ErrorKind, FunctionSpec};
+use lode_store::{Expect, ObjectKind, Store};
+use object_store::path::Path;
+use object_store::UpdateVersion;
+use serde::{Deserialize, Serialize};
+
+/// A function as stored: what workers need ([`FunctionSpec`]) and what
+/// only the API shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionRecord {
+    /// What a worker runs.
+    pub spec: FunctionSpec,
+    /// `Role` as given (lode does not assume roles; kept for clients).
+    #[serde(default)]
+    pub role: String,
+    /// `Description`.
+    #[serde(default)]
+    pub description: String,
+    /// `Code.ImageUri` as given (the pinned image is `spec.image`).
+    pub image_uri: String,
+    /// `LastModified`, Lambda's format (`2026-12-06T02:00:00.000+0000`).
+    pub last_modified: String,
+    /// `RevisionId`: changes with every change of the function.
+    pub revision_id: String,
+}
+
+/// Whether `s` is a function name Lambda accepts (1-64 of `[A-Za-z0-9_-]`).
+pub fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn path(tenant: &str, name: &str) -> Path {
+    Path::from(format!("tenants/{tenant}/functions/{name}"))
+}
+
+fn encode(keys: &dyn KeyProvider, rec: &FunctionRecord) -> Result<Bytes> {
+    let body = serde_json::to_vec(rec).expect("a record serializes");
+    Ok(Bytes::from(seal::seal(
+        keys,
+        "function",
+        &rec.spec.tenant,
+        &rec.spec.name,
+        &body,
+    )?))
+}
+
+fn decode(keys: &dyn KeyProvider, tenant: &str, name: &str, doc: &[u8]) -> Result<FunctionRecord> {
+    let body = seal::open(keys, "function", tenant, name, doc)?;
+    let rec: FunctionRecord =
+        serde_json::from_slice(&body).map_err(|source| FrontendError::Document {
+            what: "function definition",
+            path: path(tenant, name).to_string(),
+            source,
+        })?;
+    if rec.spec.tenant != tenant || rec.spec.name != name {
+        return Err(seal::SealError::Corrupt {
+            what: "function",
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            reason: "the record names another function",
+        }
+        .into());
+    }
+    Ok(rec)
+}
+
+/// Stores a new function; `ResourceConflictException` when it exists.
+pub async fn create(store: &Store, keys: &dyn KeyProvider, rec: &FunctionRecord) -> Result<()> {
+    let (t, n) = (&rec.spec.tenant, &rec.spec.name);
+    if !store
+        .put_if(&path(t, n), encode(keys, rec)?, &Expect::Absent)
+        .await?
+    {
+        return Err(refuse(
+            ErrorKind::ResourceConflictException,
+            format!("Function already exist: {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A function and the version of its document, `None` when there is none.
+pub async fn get(
+    store: &Store,
+    keys: &dyn KeyProvider,
+    tenant: &str,
+    name: &str,
+) -> Result<Option<(FunctionRecord, UpdateVersion)>> {
+    if !valid_name(name) {
+        return Ok(None);
+    }
+    match store
+        .get_versioned(&path(tenant, name), ObjectKind::Function)
+        .await?
+    {
+        Some((doc, v)) => Ok(Some((decode(keys, tenant, name, &doc)?, v))),
+        None => Ok(None),
+    }
+}
+
+/// Replaces a function read at `version`; `false` when another writer
+/// changed it first (read it again and retry).
+pub async fn replace(
+    store: &Store,
+    keys: &dyn KeyProvider,
+    rec: &FunctionRecord,
+    version: &UpdateVersion,
+) -> Result<bool> {
+    let p = path(&rec.spec.tenant, &rec.spec.name);
+    Ok(store
+        .put_if(&p, encode(keys, rec)?, &Expect::Version(version.clone()))
+        .await?)
+}
+
+/// Removes a function; `false` when it did not exist.
+pub async fn delete(store: &Store, tenant: &str, name: &str) -> Result<bool> {
+    if !valid_name(name) {
+        return Ok(false);
+    }
+    let p = path(tenant, name);
+    if !store.exists(&p).await? {
+        return Ok(false);
+    }
+    store.delete(&p).await?;
+    Ok(true)
+}
+
+/// A tenant's functions, by name. A document that does not open is
+/// skipped with a warning (one bad document does not hide the others).
+pub async fn list(
+    store: &Store,
+    keys: &dyn KeyProvider,
+    tenant: &str,
+) -> Result<Vec<FunctionRecord>> {
+    let mut out = Vec::new();
+    for m in store
+        .list_all(&format!("tenants/{tenant}/functions"))
+        .await?
+    {
+        let Some(name) = m.location.filename() else {
+            continue;
+        };
+        match get(store, keys, tenant, name).await {
+            Ok(Some((rec, _))) => out.push(rec),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(tenant, function = name, error = %e, "skipping a function that does not open")
+            }
+        }
+    }
+    out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    Ok(out)
+}
