@@ -17,15 +17,16 @@ for pair in time:time e2fsck:e2fsprogs skopeo:skopeo umoci:umoci qemu-img:qemu-u
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 
-# moto, the S3-compatible server the chunk-store tests run against
-# (crates/lode-store/tests/store_support/store_s3.rs finds it on PATH or in
-# this venv). Installed into a venv unless some moto is already usable.
+# A Python venv with moto, the S3-compatible server the chunk-store tests run
+# against (crates/lode-store/tests/store_support/store_s3.rs), and the real
+# AWS clients the function tests drive (boto3, which moto brings, and the AWS
+# CLI; crates/lode-cli/tests/common_lambda). Installed from PyPI on first use.
 MOTO_VENV=/opt/lode-test-venv
-have_moto() {
-  command -v moto_server >/dev/null 2>&1 || [ -x "$MOTO_VENV/bin/moto_server" ] ||
-    python3 -c 'import moto.server, flask' >/dev/null 2>&1
+have_venv() {
+  [ -x "$MOTO_VENV/bin/moto_server" ] && [ -x "$MOTO_VENV/bin/aws" ] &&
+    "$MOTO_VENV/bin/python3" -c 'import boto3, moto.server' >/dev/null 2>&1
 }
-if ! have_moto; then
+if ! have_venv; then
   need_apt+=(python3 python3-venv)
 fi
 
@@ -38,14 +39,13 @@ fi
 # memcached: the AZ cache fleet tests run plain memcached servers as nodes
 # (crates/lode-cli/tests/fleet_memcached.rs, scripts/bench-fleet.sh).
 command -v memcached >/dev/null 2>&1 || { $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends memcached; }
-if ! have_moto; then
-  echo "installing moto[server] into $MOTO_VENV"
-  $SUDO python3 -m venv "$MOTO_VENV"
-  $SUDO "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6'
+if ! have_venv; then
+  echo "installing moto[server], boto3 and the AWS CLI into $MOTO_VENV (PyPI)"
+  [ -x "$MOTO_VENV/bin/pip" ] || $SUDO python3 -m venv "$MOTO_VENV"
+  $SUDO "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6' 'boto3>=1.34' 'awscli>=1.32' ||
+    { echo "scripts/test.sh: installing the test venv from PyPI failed" >&2; exit 1; }
 fi
-if [ -x "$MOTO_VENV/bin/moto_server" ]; then
-  export PATH="$MOTO_VENV/bin:$PATH"
-fi
+export PATH="$MOTO_VENV/bin:$PATH"
 
 # QEMU, busybox-static and xz for the micro-VM end-to-end tests (tests/vm_e2e.rs).
 ./scripts/vm-deps.sh
