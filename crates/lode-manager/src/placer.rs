@@ -3,7 +3,7 @@
 //! directly).
 
 use lode_lambda::{ErrorKind, FunctionSpec, LambdaError, Placement, WorkerReport};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// The manager's limits.
@@ -57,32 +57,38 @@ struct Worker {
     leases: usize,
     /// Memory held by leases for cold starts.
     cold_memory: u64,
+    /// Busy or held slots (kept current: see [`Worker::restat`]).
+    load: usize,
+    /// Memory of busy or held sandboxes plus cold starts leased since.
+    memory_used: u64,
 }
 
 impl Worker {
-    /// Memory in use or held: busy or held sandboxes, plus cold starts
-    /// leased since the report. Idle sandboxes do not count: a worker stops
-    /// an idle sandbox to make room for a new one.
-    fn memory_used(&self) -> u64 {
-        let busy: u64 = self
-            .report
-            .sandboxes
-            .iter()
-            .filter(|s| s.running.is_some() || self.held.contains(&s.id))
-            .map(|s| u64::from(s.memory_mib))
-            .sum();
-        busy + self.cold_memory
+    /// Recomputes `load` and `memory_used`. Idle sandboxes do not count: a
+    /// worker stops an idle sandbox to make room for a new one.
+    fn restat(&mut self) {
+        let (mut busy_unheld, mut mem) = (0, 0);
+        for s in &self.report.sandboxes {
+            let held = self.held.contains(&s.id);
+            if s.running.is_some() && !held {
+                busy_unheld += 1;
+            }
+            if s.running.is_some() || held {
+                mem += u64::from(s.memory_mib);
+            }
+        }
+        self.load = busy_unheld + self.leases;
+        self.memory_used = mem + self.cold_memory;
     }
 
-    /// Busy or held slots.
-    fn load(&self) -> usize {
-        let busy_unleased = self
-            .report
-            .sandboxes
-            .iter()
-            .filter(|s| s.running.is_some() && !self.held.contains(&s.id))
-            .count();
-        busy_unleased + self.leases
+    /// Load in millionths of its slots (the order of the least loaded).
+    fn load_key(&self) -> u64 {
+        self.load as u64 * 1_000_000 / u64::from(self.report.slots.max(1))
+    }
+
+    fn fits(&self, memory_mib: u64) -> bool {
+        self.load < self.report.slots as usize
+            && self.memory_used + memory_mib <= self.report.memory_mib
     }
 }
 
@@ -101,13 +107,24 @@ pub struct Counts {
     pub shed_tenant: u64,
 }
 
-/// The manager's soft state.
+/// An idle sandbox in the warm index: (idle ms, worker, sandbox).
+type Idle = (u64, String, String);
+
+/// The manager's soft state, with the indexes that keep a decision
+/// independent of the fleet's size: idle sandboxes by function revision,
+/// workers by cached image, workers by load.
 #[derive(Debug)]
 pub struct Placer {
     limits: Limits,
     workers: HashMap<String, Worker>,
     leases: HashMap<String, Lease>,
     tenants: HashMap<String, usize>,
+    /// Idle sandboxes by [`FunctionSpec::sandbox_key`], as last reported.
+    idle: HashMap<String, Vec<Idle>>,
+    /// Workers by manifest digest their cache holds.
+    cached: HashMap<String, HashSet<String>>,
+    /// Workers by (load key, id).
+    by_load: BTreeSet<(u64, String)>,
     next_lease: u64,
     nonce: u64,
     /// Decisions so far.
@@ -123,6 +140,9 @@ impl Placer {
             workers: HashMap::new(),
             leases: HashMap::new(),
             tenants: HashMap::new(),
+            idle: HashMap::new(),
+            cached: HashMap::new(),
+            by_load: BTreeSet::new(),
             next_lease: 0,
             nonce,
             counts: Counts::default(),
@@ -134,10 +154,68 @@ impl Placer {
         &self.limits
     }
 
+    /// Takes a worker out of the indexes (before its report changes).
+    fn unindex(&mut self, id: &str) {
+        let Some(w) = self.workers.get(id) else {
+            return;
+        };
+        for s in &w.report.sandboxes {
+            if let Some(v) = self.idle.get_mut(&s.key) {
+                v.retain(|(_, wid, _)| wid != id);
+                if v.is_empty() {
+                    self.idle.remove(&s.key);
+                }
+            }
+        }
+        for d in &w.report.images {
+            if let Some(set) = self.cached.get_mut(d) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.cached.remove(d);
+                }
+            }
+        }
+        self.by_load.remove(&(w.load_key(), id.to_string()));
+    }
+
+    /// Puts a worker into the indexes (after its report changed).
+    fn index(&mut self, id: &str) {
+        let Some(w) = self.workers.get_mut(id) else {
+            return;
+        };
+        w.restat();
+        for s in &w.report.sandboxes {
+            if s.running.is_none() {
+                let v = self.idle.entry(s.key.clone()).or_default();
+                v.push((s.idle_ms, id.to_string(), s.id.clone()));
+                v.sort();
+            }
+        }
+        for d in &w.report.images {
+            self.cached
+                .entry(d.clone())
+                .or_default()
+                .insert(id.to_string());
+        }
+        self.by_load.insert((w.load_key(), id.to_string()));
+    }
+
+    /// Re-files a worker by load after a lease or a release.
+    fn relevel(&mut self, id: &str, change: impl FnOnce(&mut Worker)) {
+        let Some(w) = self.workers.get_mut(id) else {
+            return;
+        };
+        self.by_load.remove(&(w.load_key(), id.to_string()));
+        change(w);
+        w.restat();
+        self.by_load.insert((w.load_key(), id.to_string()));
+    }
+
     /// Takes a worker's report. A worker that restarted (new epoch) loses
     /// the sandboxes held for it: they are gone.
     pub fn report(&mut self, report: WorkerReport, now: Instant) {
         let id = report.worker.clone();
+        self.unindex(&id);
         match self.workers.get_mut(&id) {
             Some(w) => {
                 if w.report.epoch != report.epoch {
@@ -154,17 +232,20 @@ impl Placer {
                     "worker joined"
                 );
                 self.workers.insert(
-                    id,
+                    id.clone(),
                     Worker {
                         report,
                         seen: now,
                         held: HashSet::new(),
                         leases: 0,
                         cold_memory: 0,
+                        load: 0,
+                        memory_used: 0,
                     },
                 );
             }
         }
+        self.index(&id);
     }
 
     /// Stops placing on `worker` until it reports again.
@@ -177,13 +258,17 @@ impl Placer {
     /// Forgets silent workers and expired leases.
     pub fn expire(&mut self, now: Instant) {
         let forget = self.limits.forget_after;
-        self.workers.retain(|id, w| {
-            let keep = now.duration_since(w.seen) < forget;
-            if !keep {
-                tracing::warn!(worker = id, "worker silent; forgotten");
-            }
-            keep
-        });
+        let silent: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.seen) >= forget)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in silent {
+            tracing::warn!(worker = id, "worker silent; forgotten");
+            self.unindex(&id);
+            self.workers.remove(&id);
+        }
         let expired: Vec<String> = self
             .leases
             .iter()
@@ -213,59 +298,51 @@ impl Placer {
                 ),
             ));
         }
-        let key = f.sandbox_key();
         let stale = self.limits.stale_after;
         let live = |w: &Worker| now.duration_since(w.seen) < stale;
         // 1. The most recently used idle warm sandbox of this revision.
-        let mut warm: Option<(&str, &str, u64)> = None;
-        for (id, w) in &self.workers {
-            if !live(w) {
-                continue;
-            }
-            for s in &w.report.sandboxes {
-                if s.key == key
-                    && s.running.is_none()
-                    && !w.held.contains(&s.id)
-                    && warm.is_none_or(|(_, _, idle)| s.idle_ms < idle)
-                {
-                    warm = Some((id, &s.id, s.idle_ms));
-                }
-            }
-        }
-        if let Some((wid, sid, _)) = warm {
-            let (wid, sid) = (wid.to_string(), sid.to_string());
+        let warm = self.idle.get(&f.sandbox_key()).and_then(|v| {
+            v.iter().find(|(_, wid, sid)| {
+                self.workers
+                    .get(wid)
+                    .is_some_and(|w| live(w) && !w.held.contains(sid))
+            })
+        });
+        if let Some((_, wid, sid)) = warm.cloned() {
             self.counts.warm += 1;
             return Ok(Some(self.lease(&wid, f, Some(sid), true, now)));
         }
-        // 2-3. The least loaded worker with room, cached image first.
+        // 2. The least loaded worker with room that caches the image.
         let need = u64::from(f.memory_mib);
         let digest = f.image.digest.as_deref().unwrap_or_default();
-        let best = self
-            .workers
+        let cached = self.cached.get(digest).and_then(|set| {
+            set.iter()
+                .filter_map(|id| self.workers.get(id).map(|w| (w, id)))
+                .filter(|(w, _)| live(w) && w.fits(need))
+                .map(|(w, id)| (w.load_key(), id))
+                .min()
+                .map(|(_, id)| id.clone())
+        });
+        if let Some(wid) = cached {
+            self.counts.cold_cached += 1;
+            return Ok(Some(self.lease(&wid, f, None, true, now)));
+        }
+        // 3. The least loaded worker with room.
+        let any = self
+            .by_load
             .iter()
-            .filter(|(_, w)| {
-                live(w)
-                    && w.load() < w.report.slots as usize
-                    && w.memory_used() + need <= w.report.memory_mib
+            .take_while(|(load, _)| *load < 1_000_000)
+            .find(|(_, id)| {
+                self.workers
+                    .get(id)
+                    .is_some_and(|w| live(w) && w.fits(need))
             })
-            .map(|(id, w)| {
-                let cached = !digest.is_empty() && w.report.images.iter().any(|i| i == digest);
-                // Load in millionths of the worker's slots.
-                let load = w.load() as u64 * 1_000_000 / u64::from(w.report.slots.max(1));
-                (!cached, load, id.as_str())
-            })
-            .min();
-        let Some((uncached, _, wid)) = best else {
+            .map(|(_, id)| id.clone());
+        let Some(wid) = any else {
             return Ok(None);
         };
-        let cached = !uncached;
-        let wid = wid.to_string();
-        if cached {
-            self.counts.cold_cached += 1;
-        } else {
-            self.counts.cold += 1;
-        }
-        Ok(Some(self.lease(&wid, f, None, cached, now)))
+        self.counts.cold += 1;
+        Ok(Some(self.lease(&wid, f, None, false, now)))
     }
 
     fn lease(
@@ -278,18 +355,23 @@ impl Placer {
     ) -> Placement {
         self.next_lease += 1;
         let id = format!("{:016x}-{}", self.nonce, self.next_lease);
-        let w = self.workers.get_mut(wid).expect("placed on a known worker");
         let memory_mib = if sandbox.is_none() {
             u64::from(f.memory_mib)
         } else {
             0
         };
-        w.leases += 1;
-        w.cold_memory += memory_mib;
-        if let Some(s) = &sandbox {
-            w.held.insert(s.clone());
-        }
-        let url = w.report.url.clone();
+        self.relevel(wid, |w| {
+            w.leases += 1;
+            w.cold_memory += memory_mib;
+            if let Some(s) = &sandbox {
+                w.held.insert(s.clone());
+            }
+        });
+        let url = self
+            .workers
+            .get(wid)
+            .map(|w| w.report.url.clone())
+            .unwrap_or_default();
         *self.tenants.entry(f.tenant.clone()).or_default() += 1;
         let life = Duration::from_secs(u64::from(f.timeout_s)) + self.limits.lease_slack;
         self.leases.insert(
@@ -323,13 +405,13 @@ impl Placer {
         let Some(l) = self.leases.remove(lease) else {
             return false;
         };
-        if let Some(w) = self.workers.get_mut(&l.worker) {
+        self.relevel(&l.worker, |w| {
             w.leases = w.leases.saturating_sub(1);
             w.cold_memory = w.cold_memory.saturating_sub(l.memory_mib);
             if let Some(s) = &l.sandbox {
                 w.held.remove(s);
             }
-        }
+        });
         if let Some(n) = self.tenants.get_mut(&l.tenant) {
             *n = n.saturating_sub(1);
             if *n == 0 {
