@@ -209,6 +209,15 @@ async fn terminated() -> Result<&'static str> {
 /// complete, every socket the agent made is removed, overlays are flushed,
 /// and the volume table stays for the next agent.
 pub fn run(args: Args) -> Result<()> {
+    runtime()?.block_on(serve(args, terminated()))
+}
+
+/// The agent, until `until` says why to stop (`lode agent` waits for
+/// SIGTERM or SIGINT; `lode serve` runs it beside the function services).
+pub async fn serve(
+    args: Args,
+    until: impl std::future::Future<Output = Result<&'static str>>,
+) -> Result<()> {
     if args.listen.is_some() && !args.dev_open_exports {
         bail!(
             "--listen serves every tenant's images to whoever reaches it: add --dev-open-exports to confirm (development only); \
@@ -231,8 +240,7 @@ pub fn run(args: Args) -> Result<()> {
             bail!("--tls-cert, --tls-key and --tls-client-ca apply to a TCP --listen only")
         }
     };
-    let rt = runtime()?;
-    rt.block_on(async {
+    {
         let (store, reader, fleet) = args.cache.reader_with_fleet()?;
         let prefetch = match args.prefetch.as_str() {
             "none" => Prefetch::None,
@@ -378,7 +386,7 @@ pub fn run(args: Args) -> Result<()> {
             (Some(f), Some(file)) => Some(tokio::spawn(reload_on_sighup(f.clone(), file.clone()))),
             _ => None,
         };
-        let why = terminated().await?;
+        let why = until.await?;
         if let Some(r) = reload {
             r.abort();
         }
@@ -394,5 +402,5 @@ pub fn run(args: Args) -> Result<()> {
         }
         exports.reader().settle().await;
         Ok(())
-    })
+    }
 }
