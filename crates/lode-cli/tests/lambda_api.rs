@@ -41,6 +41,18 @@ fn push_oci(env: &Env, tag: &str, tenant: &str, name: &str, text: &str) -> Strin
     d.trim_start_matches("sha256:").to_string()
 }
 
+/// A plain HTTP/1.0 GET on loopback; the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
+}
+
 fn credentials(env: &Env, tenant: &str) -> String {
     let out = env.lode_ok(&[
         "credentials",

@@ -16,6 +16,7 @@
 
 use crate::error::{refuse, Result};
 use crate::functions::{self, FunctionRecord};
+use crate::metrics::Outcome;
 use crate::shapes::{self, FunctionConfiguration};
 use crate::Frontend;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -179,7 +180,10 @@ fn now_lambda() -> String {
 impl Frontend {
     /// Answers one call (every error already a Lambda error reply).
     pub async fn call(&self, c: &Call<'_>) -> Reply {
-        match self.route(c).await {
+        let started = std::time::Instant::now();
+        let op = operation(c.method, c.path);
+        let span = tracing::info_span!("lambda", operation = op, tenant = c.tenant);
+        let reply = match tracing::Instrument::instrument(self.route(c), span).await {
             Ok(r) => r,
             Err(e) => {
                 let e = e.to_lambda();
@@ -188,7 +192,14 @@ impl Frontend {
                 }
                 Reply::error(&e)
             }
-        }
+        };
+        let outcome = match reply.status {
+            200..=299 => Outcome::Ok,
+            400..=499 => Outcome::User,
+            _ => Outcome::Service,
+        };
+        self.metrics.record(op, outcome, started.elapsed());
+        reply
     }
 
     async fn route(&self, c: &Call<'_>) -> Result<Reply> {
@@ -616,6 +627,9 @@ impl Frontend {
                     "Rate Exceeded: too many asynchronous invocations in flight on this frontend",
                 )
             })?;
+            self.metrics
+                .async_accepted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let managers = self.managers.clone();
             let id = req.request_id.clone();
             let id_for_log = id.clone();
@@ -644,6 +658,9 @@ impl Frontend {
         ];
         if let InvokeOutcome::FunctionError { .. } = &res.outcome {
             headers.push(("x-amz-function-error", "Unhandled".into()));
+            self.metrics
+                .function_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if tail {
             let from = res.log_tail.len().saturating_sub(4096);
@@ -654,6 +671,23 @@ impl Frontend {
             headers,
             body: Bytes::from(res.payload),
         })
+    }
+}
+
+/// The Lambda operation a request names (for metrics and spans).
+pub fn operation(method: &str, path: &str) -> &'static str {
+    let rest = path.strip_prefix("/2015-03-31/functions").unwrap_or("?");
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    match (method, parts.as_slice()) {
+        ("POST", []) => "CreateFunction",
+        ("GET", []) => "ListFunctions",
+        ("GET", [_]) => "GetFunction",
+        ("GET", [_, "configuration"]) => "GetFunctionConfiguration",
+        ("PUT", [_, "configuration"]) => "UpdateFunctionConfiguration",
+        ("PUT", [_, "code"]) => "UpdateFunctionCode",
+        ("DELETE", [_]) => "DeleteFunction",
+        ("POST", [_, "invocations"]) => "Invoke",
+        _ => "Unknown",
     }
 }
 

@@ -20,10 +20,11 @@ pub mod credentials;
 pub mod error;
 pub mod functions;
 pub mod managers;
+pub mod metrics;
 pub mod seal;
 pub mod server;
 pub mod shapes;
 pub mod sigv4;
 
 pub use error::{FrontendError, Result};
-pub use server::{serve, Frontend};
+pub use server::{serve, serve_metrics, Frontend};

@@ -4,6 +4,7 @@
 use crate::api::{Call, Reply};
 use crate::credentials::KeyCache;
 use crate::managers::Managers;
+use crate::metrics::Outcome;
 use crate::sigv4;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,6 +15,7 @@ use lode_lambda::{ErrorKind, LambdaError, MAX_PAYLOAD};
 use lode_store::Store;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -34,6 +36,8 @@ pub struct Frontend {
     pub(crate) managers: Managers,
     pub(crate) key_cache: KeyCache,
     pub(crate) async_slots: Arc<Semaphore>,
+    /// Requests per operation and outcome, latencies.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Frontend {
@@ -81,6 +85,7 @@ impl Frontend {
             managers: Managers::new(managers),
             key_cache: KeyCache::default(),
             async_slots: Arc::new(Semaphore::new(ASYNC_IN_FLIGHT)),
+            metrics: Default::default(),
         }
     }
 
@@ -133,6 +138,12 @@ impl Frontend {
             Ok(t) => t,
             Err(e) => {
                 tracing::info!(path, error = %e, "request refused");
+                let outcome = if e.kind.fault() == "User" {
+                    Outcome::User
+                } else {
+                    Outcome::Service
+                };
+                self.metrics.record("Auth", outcome, Duration::ZERO);
                 return respond(Reply::error(&e));
             }
         };
@@ -214,6 +225,25 @@ impl Frontend {
             .map_err(|e| LambdaError::new(ErrorKind::InvalidSignatureException, e.to_string()))?;
         Ok(tenant)
     }
+}
+
+/// Serves the frontend's Prometheus metrics on `listener` until `stop`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    frontend: Arc<Frontend>,
+    stop: watch::Receiver<bool>,
+) {
+    lode_lambda::http::serve(listener, 16, stop, move |_req| {
+        let frontend = frontend.clone();
+        async move {
+            lode_lambda::http::reply(
+                200,
+                &[("content-type", "text/plain; version=0.0.4")],
+                Bytes::from(frontend.metrics.render()),
+            )
+        }
+    })
+    .await
 }
 
 /// Serves `frontend` on `listener` until `stop` turns true, at most

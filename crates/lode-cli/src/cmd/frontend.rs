@@ -22,6 +22,9 @@ pub struct Args {
     /// Region named in ARNs (clients sign for it too).
     #[arg(long, default_value = "us-east-1")]
     region: String,
+    /// Serve Prometheus metrics on this address (requests per operation and outcome, latencies).
+    #[arg(long)]
+    metrics: Option<String>,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -44,6 +47,17 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("binding {}", args.listen))?;
         eprintln!("lode frontend listening on {}", l.local_addr()?);
         let (tx, rx) = tokio::sync::watch::channel(false);
+        if let Some(m) = &args.metrics {
+            let ml = tokio::net::TcpListener::bind(m)
+                .await
+                .with_context(|| format!("binding metrics {m}"))?;
+            eprintln!("lode frontend metrics on {}", ml.local_addr()?);
+            tokio::spawn(lode_frontend::serve_metrics(
+                ml,
+                frontend.clone(),
+                rx.clone(),
+            ));
+        }
         let server = tokio::spawn(lode_frontend::serve(l, frontend, rx));
         let i = shutdown.wait().await;
         eprintln!("lode frontend: {i}");
