@@ -100,9 +100,28 @@ fn boto3_and_the_aws_cli_drive_the_lambda_api() {
             &store,
             "--cache-dir",
             env.path("fe-cache").to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
         ],
     );
     boto("create", &frontend, &creds, &other, &d1);
+    // Its metrics count what boto3 did.
+    let log = frontend.log_text();
+    let maddr = log
+        .lines()
+        .find_map(|l| l.strip_prefix("lode frontend metrics on "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let metrics = http_get(&maddr, "/metrics");
+    for want in [
+        "lode_frontend_requests_total{operation=\"CreateFunction\",outcome=\"ok\"} 2",
+        "lode_frontend_requests_total{operation=\"CreateFunction\",outcome=\"user_error\"} 6",
+        "lode_frontend_requests_total{operation=\"Invoke\",outcome=\"ok\"} 1",
+        "lode_frontend_request_seconds_count{operation=\"GetFunction\"}",
+    ] {
+        assert!(metrics.contains(want), "no {want} in:\n{metrics}");
+    }
 
     // The function keeps the image's run settings read at create time.
     let keys = lode_chunk::Keyring::new(env.home.join("keys"));
