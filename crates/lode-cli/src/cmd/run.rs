@@ -278,6 +278,7 @@ impl Backend {
         let req = AttachRequest {
             tenant: args.tenant.clone(),
             image: args.name.clone(),
+            digest: None,
             overlay: None,
             rw: args.rw,
             via: Some(args.via.clone()),
