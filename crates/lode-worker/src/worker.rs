@@ -202,7 +202,14 @@ impl Worker {
     fn place(&self, req: &InvokeRequest) -> Result<Placed, WorkerError> {
         let key = req.function.sandbox_key();
         let mut st = self.lock();
-        let idle_of_key = |e: &Entry| e.running.is_none() && e.sandbox.key == key && e.sandbox.ended().is_none();
+        let memory = req.function.memory_mib;
+        // Same function and revision, and the memory it asks for now.
+        let idle_of_key = |e: &Entry| {
+            e.running.is_none()
+                && e.sandbox.key == key
+                && e.memory_mib == memory
+                && e.sandbox.ended().is_none()
+        };
         let named = req
             .sandbox
             .as_ref()
