@@ -132,6 +132,38 @@ fn report_sink() -> (String, Arc<Mutex<Vec<Value>>>) {
     (format!("http://{addr}"), got)
 }
 
+/// One VM test at a time: TCG is CPU-bound and the machines have 2 cores.
+static VM: Mutex<()> = Mutex::new(());
+
+/// A prepared VM directory, an agent on `env`'s store, a report sink
+/// standing in for the manager's endpoint, and `lode worker` (2 slots,
+/// 600 MiB) with its API address.
+fn stack(env: &Env) -> (Service, String, Arc<Mutex<Vec<Value>>>, Kill, String) {
+    let prep = run_timeout(env.lode().args(["vm", "prepare", "--dir"]).arg(vm_dir()), Duration::from_secs(600));
+    assert!(prep.status.success(), "vm prepare: {prep:?}");
+    let mut agent = Service::new(env, "a");
+    agent.start();
+    let ctl = agent.control.to_str().unwrap().to_string();
+    let (manager, reports) = report_sink();
+    let mut w = lode()
+        .env("LODE_HOME", &env.home)
+        .env("LODE_LOG", "info")
+        .args(["worker", "--manager", &manager, "--agent", &ctl, "--slots", "2", "--memory", "600", "--id", "w1", "--keep-alive", "60"])
+        .arg("--vm-dir")
+        .arg(vm_dir())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(env.path("worker.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(w.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let w = Kill(w);
+    let hello: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
+    let addr = hello["listen"].as_str().unwrap().to_string();
+    (agent, manager, reports, w, addr)
+}
+
+/// A function of image `t/rt`.
 fn spec(digest: &str, revision: u64, timeout_s: u32, entry: Option<Value>, probe: u16) -> Value {
     json!({
         "tenant": "t", "name": "rt",
@@ -162,6 +194,7 @@ fn log_tail(v: &Value) -> String {
 
 #[test]
 fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
+    let _one = VM.lock().unwrap_or_else(|p| p.into_inner());
     let env = Env::new();
     let oci = env.path("oci");
     write_busybox_image(
@@ -179,38 +212,18 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
         "--tenant", "t", "--name", "rt", "--store", env.store.to_str().unwrap(),
     ]);
     let digest = env.inspect("t", "rt")["manifest"].as_str().unwrap().to_string();
-    let prep = run_timeout(env.lode().args(["vm", "prepare", "--dir"]).arg(vm_dir()), Duration::from_secs(600));
-    assert!(prep.status.success(), "vm prepare: {prep:?}");
-    let mut agent = Service::new(&env, "a");
-    agent.start();
+    let (agent, _manager, reports, _w, addr) = stack(&env);
+    let ctl = agent.control.to_str().unwrap().to_string();
 
     // A pinned attach serves exactly that manifest and refuses another's.
-    let ctl = agent.control.to_str().unwrap().to_string();
     let bad = run_timeout(
         env.lode().args(["attach", &format!("t/rt@sha256:{}", "0".repeat(64)), "--agent", &ctl]),
         Duration::from_secs(60),
     );
     assert!(!bad.status.success() && bad.stderr.contains("gone"), "{bad:?}");
-
-    let (manager, reports) = report_sink();
     let probe = TcpListener::bind("127.0.0.1:0").unwrap();
     probe.set_nonblocking(true).unwrap();
     let probe_port = probe.local_addr().unwrap().port();
-    let mut w = lode()
-        .env("LODE_HOME", &env.home)
-        .env("LODE_LOG", "info")
-        .args(["worker", "--manager", &manager, "--agent", &ctl, "--slots", "2", "--memory", "600", "--id", "w1", "--keep-alive", "60"])
-        .arg("--vm-dir")
-        .arg(vm_dir())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(env.path("worker.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(w.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let _w = Kill(w);
-    let hello: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
-    let addr = hello["listen"].as_str().unwrap().to_string();
     let worker_log = || std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
 
     // Cold, then warm in the same sandbox.
@@ -318,4 +331,179 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
         assert!(t.elapsed() < Duration::from_secs(15), "volumes left: {vols}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// What a Python image needs from this host's Python: the interpreter, its
+/// standard library, and every shared library they load (`ldd`).
+fn python_files(task: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let py = Command::new("python3")
+        .args(["-c", "import sys, sysconfig, os; print(os.path.realpath(sys.executable)); print(sysconfig.get_paths()['stdlib']); print(sysconfig.get_config_var('LIBDIR') or '')"])
+        .output()
+        .expect("python3 (scripts/test.sh installs it)");
+    let out = String::from_utf8(py.stdout).unwrap();
+    let mut lines = out.lines();
+    let (exe, stdlib, libdir) = (lines.next().unwrap(), lines.next().unwrap(), lines.next().unwrap_or(""));
+    let mut files = vec![std::path::PathBuf::from(exe)];
+    let skip = ["test", "site-packages", "dist-packages", "idlelib", "tkinter", "ensurepip", "lib2to3", "turtledemo", "unittest", "pydoc_data"];
+    let mut stack = vec![std::path::PathBuf::from(stdlib)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() && !skip.contains(&name.as_str()) && !name.starts_with("config-") {
+                stack.push(p);
+            } else if ft.is_file() {
+                files.push(p);
+            }
+        }
+    }
+    // Shared objects: the interpreter's, the standard library's extension
+    // modules' and the function's (awslambdaric's runtime client).
+    let mut sos: Vec<std::path::PathBuf> = files.iter().filter(|p| p.to_string_lossy().ends_with(".so") || p.as_os_str() == exe).cloned().collect();
+    let mut st = vec![task.to_path_buf()];
+    while let Some(d) = st.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                st.push(e.path());
+            } else if e.path().to_string_lossy().contains(".so") {
+                sos.push(e.path());
+            }
+        }
+    }
+    let mut libs = std::collections::BTreeSet::new();
+    if !libdir.is_empty() {
+        for e in std::fs::read_dir(libdir).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("libpython") && n.contains(".so") {
+                libs.insert(e.path());
+            }
+        }
+    }
+    for so in sos {
+        let o = Command::new("ldd").arg(&so).output().unwrap();
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            let path = l.split("=>").nth(1).unwrap_or(l).split_whitespace().next().unwrap_or("");
+            if path.starts_with('/') && !path.starts_with(&task.display().to_string()) {
+                libs.insert(std::path::PathBuf::from(path));
+            }
+        }
+    }
+    files.extend(libs);
+    files
+}
+
+/// An OCI layout of AWS's Python runtime interface client (`awslambdaric`
+/// from PyPI) and a handler, on this host's Python, laid out as AWS's
+/// guide for images from an alternative base: the client installed with
+/// `pip install --target` in the function directory, `ENTRYPOINT [python,
+/// -m, awslambdaric]`, `CMD [handler.fn]`, `WORKDIR` the function directory.
+fn write_python_image(oci: &std::path::Path, work: &std::path::Path) -> Value {
+    let task = work.join("task");
+    std::fs::create_dir_all(&task).unwrap();
+    let pip = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--only-binary=:all:", "--target"])
+        .arg(&task)
+        .arg("awslambdaric")
+        .output()
+        .expect("python3 -m pip");
+    assert!(pip.status.success(), "pip install awslambdaric (needs pip and PyPI; scripts/test.sh installs python3-pip): {}", String::from_utf8_lossy(&pip.stderr));
+    std::fs::write(
+        task.join("handler.py"),
+        "count = 0\n\ndef fn(event, context):\n    global count\n    count += 1\n    print('handling', context.aws_request_id, flush=True)\n    return {'count': count, 'event': event, 'request_id': context.aws_request_id,\n            'function': context.function_name, 'memory': context.memory_limit_in_mb,\n            'time_left': context.get_remaining_time_in_millis() > 0}\n\ndef boom(event, context):\n    raise ValueError('boom ' + str(event))\n",
+    )
+    .unwrap();
+    let files = python_files(&task);
+    let exe = files[0].display().to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut add_dirs = |b: &mut tar::Builder<Vec<u8>>, rel: &std::path::Path| {
+        let mut cur = std::path::PathBuf::new();
+        for c in rel.parent().into_iter().flat_map(|p| p.components()) {
+            cur.push(c);
+            if dirs.insert(cur.clone()) {
+                let mut h = tar::Header::new_ustar();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_mtime(1_700_000_000);
+                b.append_data(&mut h, &cur, &[][..]).unwrap();
+            }
+        }
+    };
+    // Real modification times: the compiled modules (__pycache__) record
+    // their sources' and are used only when those match.
+    let mut add = |b: &mut tar::Builder<Vec<u8>>, rel: std::path::PathBuf, bytes: &[u8], mtime: u64| {
+        add_dirs(b, &rel);
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o755);
+        h.set_size(bytes.len() as u64);
+        h.set_mtime(mtime);
+        b.append_data(&mut h, &rel, bytes).unwrap();
+    };
+    let mtime = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().mtime() as u64
+    };
+    for d in ["proc", "sys", "dev", "tmp"] {
+        add(&mut b, std::path::PathBuf::from(d).join(".keep"), b"", 1_700_000_000);
+    }
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        add(&mut b, f.strip_prefix("/").unwrap().to_path_buf(), &bytes, mtime(f));
+    }
+    let mut st = vec![task.clone()];
+    while let Some(d) = st.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                st.push(p);
+            } else if e.file_type().unwrap().is_file() {
+                let rel = std::path::Path::new("var/task").join(p.strip_prefix(&task).unwrap());
+                add(&mut b, rel, &std::fs::read(&p).unwrap(), mtime(&p));
+            }
+        }
+    }
+    let layer = b.into_inner().unwrap();
+    let config = json!({"Entrypoint": [exe, "-m", "awslambdaric"], "Cmd": ["handler.fn"], "WorkingDir": "/var/task",
+                        "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]});
+    lode_testkit::vm_image::write_layout(oci, &layer, config.clone());
+    config
+}
+
+#[test]
+fn aws_python_runtime_interface_client_runs_unmodified() {
+    let _one = VM.lock().unwrap_or_else(|p| p.into_inner());
+    let env = Env::new();
+    let oci = env.path("oci");
+    let config = write_python_image(&oci, env.dir.path());
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}:latest", oci.display()),
+        "--tenant", "t", "--name", "py", "--store", env.store.to_str().unwrap(),
+    ]);
+    let digest = env.inspect("t", "py")["manifest"].as_str().unwrap().to_string();
+    let (_agent, _manager, _reports, _w, addr) = stack(&env);
+    let worker_log = || std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
+    // As the frontend stores it: the image's own run settings.
+    let f = json!({
+        "tenant": "t", "name": "py", "arn": "arn:aws:lambda:us-east-1:t:function:py", "revision": 1,
+        "image": format!("t/py@{digest}"), "memory_mib": 256, "timeout_s": 60, "image_config": config
+    });
+    let (status, head, r1) = invoke(&addr, "p1", &f, br#"{"hello":"python"}"#, None);
+    assert_eq!(status, 200, "{head}\n{r1}\n{}", worker_log());
+    eprintln!("python cold: {}", r1["timings"]);
+    assert_eq!(r1["outcome"], "success", "{r1}\n{}\n{}", log_tail(&r1), worker_log());
+    let p: Value = serde_json::from_str(&payload(&r1)).unwrap();
+    assert_eq!(p, json!({"count": 1, "event": {"hello": "python"}, "request_id": "p1", "function": "py", "memory": "256", "time_left": true}));
+    let (_, _, r2) = invoke(&addr, "p2", &f, b"[1,2]", r1["sandbox"].as_str());
+    assert_eq!((r2["warm"].as_bool(), r2["sandbox"].clone()), (Some(true), r1["sandbox"].clone()), "{r2}");
+    assert!(payload(&r2).contains("\"count\": 2"), "{}", payload(&r2));
+    eprintln!("python warm: {}", r2["timings"]);
+    let mut boom = f.clone();
+    boom["command"] = json!(["handler.boom"]);
+    boom["revision"] = json!(2);
+    let (_, _, r3) = invoke(&addr, "p3", &boom, b"7", None);
+    assert_eq!(r3["error_type"], "ValueError", "{r3}\n{}", log_tail(&r3));
+    assert!(payload(&r3).contains("boom 7"), "{}", payload(&r3));
 }

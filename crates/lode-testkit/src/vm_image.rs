@@ -55,14 +55,20 @@ pub fn write_busybox_image(dir: &Path, image: &BusyboxImage<'_>) {
         b.append_data(&mut h, path, *bytes).expect("tar");
     }
     let layer = b.into_inner().expect("tar");
+    write_layout(dir, &layer, image.config.clone());
+}
+
+/// Writes an OCI layout to `dir` (tag `latest`) of one uncompressed
+/// `layer` and the image config's `config` object.
+pub fn write_layout(dir: &Path, layer: &[u8], config: serde_json::Value) {
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("blob dir");
     let put = |bytes: &[u8]| {
         let d = sha(bytes);
         std::fs::write(dir.join("blobs/sha256").join(&d[7..]), bytes).expect("blob");
         d
     };
-    let ld = put(&layer);
-    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ld]}, "config": image.config});
+    let ld = put(layer);
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ld]}, "config": config});
     let config = serde_json::to_vec(&config).expect("json");
     let cd = put(&config);
     let manifest = serde_json::json!({

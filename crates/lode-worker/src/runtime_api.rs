@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `GET /2018-06-01/runtime/invocation/next` | waits for an event: 200, the payload, and `Lambda-Runtime-Aws-Request-Id`, `-Deadline-Ms`, `-Invoked-Function-Arn`, `-Trace-Id` |
 //! | `POST /2018-06-01/runtime/invocation/ID/response` | 202 `{"status":"OK"}`; 400 `InvalidRequestID` for an id that is not the current one; 403 `InvalidStateTransition` for one already answered; 413 `RequestEntityTooLarge` over 6 MB (the invocation then fails with `Function.ResponseSizeTooLarge`) |
-//! | `POST /2018-06-01/runtime/invocation/ID/error` | 202; the invocation fails with the `Lambda-Runtime-Function-Error-Type` header's type (else the body's `errorType`, else `Unhandled`) |
+//! | `POST /2018-06-01/runtime/invocation/ID/error` | 202; the invocation fails with the document's `errorType` (else the `Lambda-Runtime-Function-Error-Type` header's, else `Unhandled`) |
 //! | `POST /2018-06-01/runtime/init/error` | 202; the sandbox failed to start (403 once it has asked for an event) |
 //!
 //! Error answers are `{"errorMessage": ..., "errorType": ...}`. One event
@@ -137,21 +137,22 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, bool> 
     }
 }
 
-/// The error type of an error post: the header, else the body's
-/// `errorType`, else `default`.
+/// The error type of an error post: the document's `errorType` (what
+/// Lambda reports), else the `Lambda-Runtime-Function-Error-Type` header
+/// (Lambda's rule when no document is given), else `default`.
 fn error_type_of(header: Option<&str>, body: &[u8], default: &str) -> String {
-    let from_body = || {
-        serde_json::from_slice::<serde_json::Value>(body)
-            .ok()?
-            .get("errorType")?
-            .as_str()
-            .map(str::to_string)
-    };
-    header
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .map(|h| h.chars().take(256).collect())
-        .or_else(from_body)
+    let from_body = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("errorType")?.as_str().map(str::to_string))
+        .filter(|t| !t.trim().is_empty());
+    from_body
+        .or_else(|| {
+            header
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+        })
+        .map(|t| t.chars().take(256).collect())
         .unwrap_or_else(|| default.to_string())
 }
 

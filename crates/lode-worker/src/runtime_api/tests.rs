@@ -106,9 +106,10 @@ async fn next_waits_for_an_event_and_a_response_answers_it() {
 async fn errors_carry_their_type_and_oversized_responses_fail_the_invocation() {
     let a = start();
     for (id, header, body, want) in [
-        ("e1", Some("Custom.Boom"), br#"{"errorType":"Ignored"}"#.to_vec(), "Custom.Boom"),
+        ("e1", Some("Unhandled"), br#"{"errorType":"ValueError"}"#.to_vec(), "ValueError"),
         ("e2", None, br#"{"errorMessage":"x","errorType":"ValueError"}"#.to_vec(), "ValueError"),
-        ("e3", None, b"not json".to_vec(), "Unhandled"),
+        ("e3", Some("Custom.Boom"), b"not json".to_vec(), "Custom.Boom"),
+        ("e4", None, b"not json".to_vec(), "Unhandled"),
     ] {
         let answer = a.api.submit(inv(id));
         let got = call(&a.sock, "GET", NEXT, &[], vec![]).await;
