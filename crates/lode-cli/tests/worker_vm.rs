@@ -221,6 +221,14 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
         Duration::from_secs(60),
     );
     assert!(!bad.status.success() && bad.stderr.contains("gone"), "{bad:?}");
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}:latest", oci.display()),
+        "--tenant", "t", "--name", "other", "--store", env.store.to_str().unwrap(),
+    ]);
+    let others = env.inspect("t", "other")["manifest"].as_str().unwrap().to_string();
+    let bad = run_timeout(env.lode().args(["attach", &format!("t/rt@{others}"), "--agent", &ctl]), Duration::from_secs(60));
+    assert!(!bad.status.success() && bad.stderr.contains("is not image t/rt's"), "{bad:?}");
     let probe = TcpListener::bind("127.0.0.1:0").unwrap();
     probe.set_nonblocking(true).unwrap();
     let probe_port = probe.local_addr().unwrap().port();
@@ -283,6 +291,26 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     assert_eq!(status, 429, "{head}");
     assert!(head.to_ascii_lowercase().contains("x-amzn-errortype: toomanyrequestsexception"), "{head}");
     assert!(e["message"].as_str().unwrap().contains("no capacity"), "{e}");
+
+    // A later push of the same name changes nothing for the pinned
+    // function: the new image's bootstrap exits at once, the pinned one's
+    // sleeps into the timeout below.
+    let oci2 = env.path("oci2");
+    write_busybox_image(
+        &oci2,
+        &BusyboxImage {
+            applets: &["sh"],
+            dirs: &["var", "var/task"],
+            files: &[("var/task/bootstrap", 0o755, b"#!/bin/sh\nexit 42\n")],
+            config: json!({"Entrypoint": ["/var/task/bootstrap"]}),
+        },
+    );
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}:latest", oci2.display()),
+        "--tenant", "t", "--name", "rt", "--store", env.store.to_str().unwrap(),
+    ]);
+    assert_ne!(env.inspect("t", "rt")["manifest"].as_str(), Some(digest.as_str()));
 
     // A timeout: Lambda's error, and the sandbox is stopped (revision 2:
     // a sandbox of its own beside revision 1's idle one).
