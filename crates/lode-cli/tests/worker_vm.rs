@@ -38,6 +38,8 @@ while true; do
   echo "handling $id ($n): $event"
   case "$event" in
     *sleep*) sleep 600 ;;
+    *spam*) yes "a line of log output padded to about one hundred bytes: abcdefghijklmnopqrstuvwxyz0123456789" | head -c 10000000; body='"spammed"' ;;
+    *crash*) echo c > /proc/sysrq-trigger; sleep 60 ;;
     *fail*)
       wget -q -O /dev/null --header 'Lambda-Runtime-Function-Error-Type: Custom.Fail' \
         --post-data '{"errorMessage":"asked to fail","errorType":"Custom.Fail"}' "$API/invocation/$id/error"
@@ -200,7 +202,7 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     write_busybox_image(
         &oci,
         &BusyboxImage {
-            applets: &["sh", "cat", "echo", "wget", "grep", "tr", "cut", "sleep", "ls"],
+            applets: &["sh", "cat", "echo", "wget", "grep", "tr", "cut", "sleep", "ls", "yes", "head"],
             dirs: &["var", "var/task"],
             files: &[("var/task/bootstrap", 0o755, BOOTSTRAP.as_bytes())],
             config: json!({"Entrypoint": ["/var/task/bootstrap"], "Cmd": ["function.handler"], "WorkingDir": "/var/task"}),
@@ -235,7 +237,7 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     let worker_log = || std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
 
     // Cold, then warm in the same sandbox.
-    let f = spec(&digest, 1, 30, None, probe_port);
+    let f = spec(&digest, 1, 120, None, probe_port);
     let t = Instant::now();
     let (status, head, r1) = invoke(&addr, "r1", &f, br#"{"x":1}"#, None);
     let cold = t.elapsed();
@@ -347,13 +349,34 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     ] {
         assert!(m.contains(want), "{want} in\n{m}");
     }
-    // The agent holds only the volumes of live sandboxes: the failed and
-    // timed-out ones were detached.
+    // 10 MB of output: the log tail stays 4 KiB and the worker's memory
+    // does not grow with it.
+    let rss = || {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", _w.0.id())).unwrap();
+        let kb = st.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap();
+        kb.parse::<u64>().unwrap() * 1024
+    };
+    let before = rss();
+    let t = Instant::now();
+    let (_, _, r7) = invoke(&addr, "r7", &f, br#""spam""#, None);
+    assert_eq!(r7["outcome"], "success", "{r7}");
+    let tail = log_tail(&r7);
+    assert!(tail.len() <= 4096 && tail.contains("abcdefghijklmnopqrstuvwxyz") && tail.contains("END RequestId: r7"), "{tail}");
+    let after = rss();
+    eprintln!("10 MB of output in {:?}; worker RSS {before} -> {after} bytes", t.elapsed());
+    assert!(after < before + (8 << 20), "worker RSS grew from {before} to {after} bytes");
+
+    // The guest kernel crashing: a clear error, and the sandbox is gone.
+    let (_, _, r8) = invoke(&addr, "r8", &f, br#""crash""#, None);
+    assert_eq!(r8["error_type"], "Runtime.ExitError", "{r8}");
+    assert!(payload(&r8).contains("the guest kernel panicked"), "{}", payload(&r8));
+
+    // The agent holds no volume of a stopped sandbox.
     let t = Instant::now();
     loop {
         let vols = env.lode_ok(&["volumes", "--agent", &ctl, "--json"]);
         let vols: Value = serde_json::from_slice(&vols.stdout).unwrap();
-        if vols.as_array().unwrap().len() == 1 {
+        if vols.as_array().unwrap().is_empty() {
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(15), "volumes left: {vols}");
