@@ -373,6 +373,22 @@ fn error_header(req: &Request<Incoming>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Serves one runtime connection (HTTP/1.1) until it ends.
+pub async fn serve_connection<IO>(io: IO, api: std::sync::Arc<RuntimeApi>) -> Result<(), hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let api = api.clone();
+        async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await
+}
+
 /// Serves `api` on `listener` (the sandbox's socket, reached through the
 /// relay) until `stop` turns true.
 pub async fn serve(
@@ -384,17 +400,8 @@ pub async fn serve(
     lode_agent::serve::run(listener, CONNECTIONS, stop, stats, move |conn, mut stop| {
         let api = api.clone();
         async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(conn), svc);
-            tokio::pin!(conn);
             tokio::select! {
-                r = conn.as_mut() => {
+                r = serve_connection(conn, api) => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "runtime API connection ended");
                     }
