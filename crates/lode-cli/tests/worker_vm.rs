@@ -12,10 +12,10 @@
 mod common_agent;
 mod common_vm;
 
-use common_agent::service::Service;
-use common_agent::{run_timeout, Env};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use common_agent::service::Service;
+use common_agent::{run_timeout, Env};
 use common_vm::vm_dir;
 use lode_testkit::vm_image::{write_busybox_image, BusyboxImage};
 use serde_json::{json, Value};
@@ -141,7 +141,10 @@ static VM: Mutex<()> = Mutex::new(());
 /// standing in for the manager's endpoint, and `lode worker` (2 slots,
 /// 600 MiB) with its API address.
 fn stack(env: &Env) -> (Service, String, Arc<Mutex<Vec<Value>>>, Kill, String) {
-    let prep = run_timeout(env.lode().args(["vm", "prepare", "--dir"]).arg(vm_dir()), Duration::from_secs(600));
+    let prep = run_timeout(
+        env.lode().args(["vm", "prepare", "--dir"]).arg(vm_dir()),
+        Duration::from_secs(600),
+    );
     assert!(prep.status.success(), "vm prepare: {prep:?}");
     let mut agent = Service::new(env, "a");
     agent.start();
@@ -150,7 +153,21 @@ fn stack(env: &Env) -> (Service, String, Arc<Mutex<Vec<Value>>>, Kill, String) {
     let mut w = lode()
         .env("LODE_HOME", &env.home)
         .env("LODE_LOG", "info")
-        .args(["worker", "--manager", &manager, "--agent", &ctl, "--slots", "2", "--memory", "600", "--id", "w1", "--keep-alive", "60"])
+        .args([
+            "worker",
+            "--manager",
+            &manager,
+            "--agent",
+            &ctl,
+            "--slots",
+            "2",
+            "--memory",
+            "600",
+            "--id",
+            "w1",
+            "--keep-alive",
+            "60",
+        ])
         .arg("--vm-dir")
         .arg(vm_dir())
         .stdout(Stdio::piped())
@@ -158,7 +175,9 @@ fn stack(env: &Env) -> (Service, String, Arc<Mutex<Vec<Value>>>, Kill, String) {
         .spawn()
         .unwrap();
     let mut first = String::new();
-    std::io::BufReader::new(w.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    std::io::BufReader::new(w.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
     let w = Kill(w);
     let hello: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
     let addr = hello["listen"].as_str().unwrap().to_string();
@@ -179,10 +198,22 @@ fn spec(digest: &str, revision: u64, timeout_s: u32, entry: Option<Value>, probe
     })
 }
 
-fn invoke(worker: &str, id: &str, function: &Value, payload: &[u8], sandbox: Option<&str>) -> (u16, String, Value) {
+fn invoke(
+    worker: &str,
+    id: &str,
+    function: &Value,
+    payload: &[u8],
+    sandbox: Option<&str>,
+) -> (u16, String, Value) {
     let req = json!({"request_id": id, "function": function, "payload": B64.encode(payload), "sandbox": sandbox});
-    let (status, head, body) = http(worker, "POST", "/v1/invoke", &serde_json::to_vec(&req).unwrap());
-    let v = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {head}\n{}", String::from_utf8_lossy(&body)));
+    let (status, head, body) = http(
+        worker,
+        "POST",
+        "/v1/invoke",
+        &serde_json::to_vec(&req).unwrap(),
+    );
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {head}\n{}", String::from_utf8_lossy(&body)));
     (status, head, v)
 }
 
@@ -202,7 +233,9 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     write_busybox_image(
         &oci,
         &BusyboxImage {
-            applets: &["sh", "cat", "echo", "wget", "grep", "tr", "cut", "sleep", "ls", "yes", "head"],
+            applets: &[
+                "sh", "cat", "echo", "wget", "grep", "tr", "cut", "sleep", "ls", "yes", "head",
+            ],
             dirs: &["var", "var/task"],
             files: &[("var/task/bootstrap", 0o755, BOOTSTRAP.as_bytes())],
             config: json!({"Entrypoint": ["/var/task/bootstrap"], "Cmd": ["function.handler"], "WorkingDir": "/var/task"}),
@@ -211,26 +244,57 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     env.lode_ok(&[
         "push",
         &format!("oci:{}:latest", oci.display()),
-        "--tenant", "t", "--name", "rt", "--store", env.store.to_str().unwrap(),
+        "--tenant",
+        "t",
+        "--name",
+        "rt",
+        "--store",
+        env.store.to_str().unwrap(),
     ]);
-    let digest = env.inspect("t", "rt")["manifest"].as_str().unwrap().to_string();
+    let digest = env.inspect("t", "rt")["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (agent, _manager, reports, _w, addr) = stack(&env);
     let ctl = agent.control.to_str().unwrap().to_string();
 
     // A pinned attach serves exactly that manifest and refuses another's.
     let bad = run_timeout(
-        env.lode().args(["attach", &format!("t/rt@sha256:{}", "0".repeat(64)), "--agent", &ctl]),
+        env.lode().args([
+            "attach",
+            &format!("t/rt@sha256:{}", "0".repeat(64)),
+            "--agent",
+            &ctl,
+        ]),
         Duration::from_secs(60),
     );
-    assert!(!bad.status.success() && bad.stderr.contains("gone"), "{bad:?}");
+    assert!(
+        !bad.status.success() && bad.stderr.contains("gone"),
+        "{bad:?}"
+    );
     env.lode_ok(&[
         "push",
         &format!("oci:{}:latest", oci.display()),
-        "--tenant", "t", "--name", "other", "--store", env.store.to_str().unwrap(),
+        "--tenant",
+        "t",
+        "--name",
+        "other",
+        "--store",
+        env.store.to_str().unwrap(),
     ]);
-    let others = env.inspect("t", "other")["manifest"].as_str().unwrap().to_string();
-    let bad = run_timeout(env.lode().args(["attach", &format!("t/rt@{others}"), "--agent", &ctl]), Duration::from_secs(60));
-    assert!(!bad.status.success() && bad.stderr.contains("is not image t/rt's"), "{bad:?}");
+    let others = env.inspect("t", "other")["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bad = run_timeout(
+        env.lode()
+            .args(["attach", &format!("t/rt@{others}"), "--agent", &ctl]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !bad.status.success() && bad.stderr.contains("is not image t/rt's"),
+        "{bad:?}"
+    );
     let probe = TcpListener::bind("127.0.0.1:0").unwrap();
     probe.set_nonblocking(true).unwrap();
     let probe_port = probe.local_addr().unwrap().port();
@@ -243,28 +307,52 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     let cold = t.elapsed();
     assert_eq!(status, 200, "{head}\n{r1}\n{}", worker_log());
     assert_eq!(r1["outcome"], "success", "{r1}\n{}", log_tail(&r1));
-    let p: Value = serde_json::from_str(&payload(&r1)).unwrap_or_else(|e| panic!("{e}: {}", payload(&r1)));
-    assert_eq!(p, json!({"count": 1, "event": {"x": 1}, "cwd": "/var/task", "handler": "function.handler", "region": "eu-west-1"}));
+    let p: Value =
+        serde_json::from_str(&payload(&r1)).unwrap_or_else(|e| panic!("{e}: {}", payload(&r1)));
+    assert_eq!(
+        p,
+        json!({"count": 1, "event": {"x": 1}, "cwd": "/var/task", "handler": "function.handler", "region": "eu-west-1"})
+    );
     assert_eq!(r1["warm"], false);
     let tm = &r1["timings"];
-    assert!(tm["attach_us"].as_u64().unwrap() > 0 && tm["boot_us"].as_u64().unwrap() > 0, "{tm}");
+    assert!(
+        tm["attach_us"].as_u64().unwrap() > 0 && tm["boot_us"].as_u64().unwrap() > 0,
+        "{tm}"
+    );
     let tail = log_tail(&r1);
-    assert!(tail.contains("init: handler=function.handler task_root=/var/task pwd=/var/task memory=256"), "{tail}");
-    assert!(tail.contains("START RequestId: r1") && tail.contains("REPORT RequestId: r1"), "{tail}");
+    assert!(
+        tail.contains(
+            "init: handler=function.handler task_root=/var/task pwd=/var/task memory=256"
+        ),
+        "{tail}"
+    );
+    assert!(
+        tail.contains("START RequestId: r1") && tail.contains("REPORT RequestId: r1"),
+        "{tail}"
+    );
     let sandbox = r1["sandbox"].as_str().unwrap().to_string();
     let t = Instant::now();
     let (_, _, r2) = invoke(&addr, "r2", &f, br#"{"x":2}"#, Some(&sandbox));
     let warm = t.elapsed();
     assert_eq!(r2["outcome"], "success", "{r2}");
-    assert_eq!((r2["warm"].as_bool(), r2["sandbox"].as_str()), (Some(true), Some(sandbox.as_str())));
+    assert_eq!(
+        (r2["warm"].as_bool(), r2["sandbox"].as_str()),
+        (Some(true), Some(sandbox.as_str()))
+    );
     assert!(payload(&r2).contains("\"count\":2"), "{}", payload(&r2));
-    eprintln!("cold invoke {cold:?} ({tm}), warm invoke {warm:?} ({})", r2["timings"]);
+    eprintln!(
+        "cold invoke {cold:?} ({tm}), warm invoke {warm:?} ({})",
+        r2["timings"]
+    );
 
     // A function error keeps the sandbox.
     let (_, _, r3) = invoke(&addr, "r3", &f, br#""fail""#, None);
     assert_eq!(r3["outcome"], "function_error");
     assert_eq!(r3["error_type"], "Custom.Fail");
-    assert_eq!(payload(&r3), r#"{"errorMessage":"asked to fail","errorType":"Custom.Fail"}"#);
+    assert_eq!(
+        payload(&r3),
+        r#"{"errorMessage":"asked to fail","errorType":"Custom.Fail"}"#
+    );
     assert_eq!(r3["sandbox"].as_str(), Some(sandbox.as_str()));
 
     // The guest reaches its Runtime API and nothing else.
@@ -272,7 +360,11 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     assert_eq!(r4["outcome"], "success", "{r4}");
     let seen = payload(&r4);
     assert!(!seen.contains("reached"), "{seen}");
-    assert!(seen.contains(&format!("blocked:10.0.2.2:{probe_port}")) && seen.contains("blocked:10.0.2.3:53"), "{seen}");
+    assert!(
+        seen.contains(&format!("blocked:10.0.2.2:{probe_port}"))
+            && seen.contains("blocked:10.0.2.3:53"),
+        "{seen}"
+    );
     assert!(probe.accept().is_err(), "the guest reached a host port");
 
     // The report the manager gets, and the worker's own.
@@ -280,19 +372,34 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     let rep: Value = serde_json::from_slice(&rep).unwrap();
     assert_eq!(rep["worker"], "w1");
     assert_eq!(rep["sandboxes"][0]["id"].as_str(), Some(sandbox.as_str()));
-    assert_eq!(rep["sandboxes"][0]["key"], "arn:aws:lambda:eu-west-1:t:function:rt:1");
+    assert_eq!(
+        rep["sandboxes"][0]["key"],
+        "arn:aws:lambda:eu-west-1:t:function:rt:1"
+    );
     assert_eq!(rep["images"], json!([digest]));
     std::thread::sleep(Duration::from_millis(1500));
     let got = reports.lock().unwrap().clone();
-    assert!(got.iter().any(|r| r["worker"] == "w1" && r["sandboxes"].as_array().is_some_and(|s| !s.is_empty())), "{got:?}");
+    assert!(
+        got.iter().any(
+            |r| r["worker"] == "w1" && r["sandboxes"].as_array().is_some_and(|s| !s.is_empty())
+        ),
+        "{got:?}"
+    );
 
     // A function larger than the worker's memory is refused.
     let mut big = f.clone();
     big["memory_mib"] = json!(1024);
     let (status, head, e) = invoke(&addr, "big", &big, b"{}", None);
     assert_eq!(status, 429, "{head}");
-    assert!(head.to_ascii_lowercase().contains("x-amzn-errortype: toomanyrequestsexception"), "{head}");
-    assert!(e["message"].as_str().unwrap().contains("no capacity"), "{e}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-amzn-errortype: toomanyrequestsexception"),
+        "{head}"
+    );
+    assert!(
+        e["message"].as_str().unwrap().contains("no capacity"),
+        "{e}"
+    );
 
     // A later push of the same name changes nothing for the pinned
     // function: the new image's bootstrap exits at once, the pinned one's
@@ -310,33 +417,63 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     env.lode_ok(&[
         "push",
         &format!("oci:{}:latest", oci2.display()),
-        "--tenant", "t", "--name", "rt", "--store", env.store.to_str().unwrap(),
+        "--tenant",
+        "t",
+        "--name",
+        "rt",
+        "--store",
+        env.store.to_str().unwrap(),
     ]);
-    assert_ne!(env.inspect("t", "rt")["manifest"].as_str(), Some(digest.as_str()));
+    assert_ne!(
+        env.inspect("t", "rt")["manifest"].as_str(),
+        Some(digest.as_str())
+    );
 
     // A timeout: Lambda's error, and the sandbox is stopped (revision 2:
     // a sandbox of its own beside revision 1's idle one).
     let slow = spec(&digest, 2, 2, None, probe_port);
     let (_, _, r5) = invoke(&addr, "r5", &slow, br#""sleep""#, None);
     assert_eq!(r5["error_type"], "Sandbox.Timedout", "{r5}");
-    assert!(payload(&r5).contains("r5 Task timed out after 2.00 seconds"), "{}", payload(&r5));
+    assert!(
+        payload(&r5).contains("r5 Task timed out after 2.00 seconds"),
+        "{}",
+        payload(&r5)
+    );
     assert_ne!(r5["sandbox"].as_str(), Some(sandbox.as_str()));
     let t = Instant::now();
     loop {
         let (_, _, rep) = http(&addr, "GET", "/v1/report", b"");
         let rep: Value = serde_json::from_slice(&rep).unwrap();
-        if !rep["sandboxes"].as_array().unwrap().iter().any(|s| s["id"] == r5["sandbox"]) {
+        if !rep["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == r5["sandbox"])
+        {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "the timed-out sandbox stays: {rep}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the timed-out sandbox stays: {rep}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
     // An entry point that exits at once.
-    let gone = spec(&digest, 3, 30, Some(json!(["/bin/sh", "-c", "echo leaving; exit 3"])), probe_port);
+    let gone = spec(
+        &digest,
+        3,
+        30,
+        Some(json!(["/bin/sh", "-c", "echo leaving; exit 3"])),
+        probe_port,
+    );
     let (_, _, r6) = invoke(&addr, "r6", &gone, b"{}", None);
     assert_eq!(r6["error_type"], "Runtime.ExitError", "{r6}");
-    assert!(payload(&r6).contains("RequestId: r6 Error: Runtime exited with error: exit status 3"), "{}", payload(&r6));
+    assert!(
+        payload(&r6).contains("RequestId: r6 Error: Runtime exited with error: exit status 3"),
+        "{}",
+        payload(&r6)
+    );
     assert!(log_tail(&r6).contains("leaving"), "{}", log_tail(&r6));
 
     let (_, _, m) = http(&addr, "GET", "/metrics", b"");
@@ -353,7 +490,13 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     // does not grow with it.
     let rss = || {
         let st = std::fs::read_to_string(format!("/proc/{}/status", _w.0.id())).unwrap();
-        let kb = st.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap();
+        let kb = st
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap();
         kb.parse::<u64>().unwrap() * 1024
     };
     let before = rss();
@@ -361,15 +504,30 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     let (_, _, r7) = invoke(&addr, "r7", &f, br#""spam""#, None);
     assert_eq!(r7["outcome"], "success", "{r7}");
     let tail = log_tail(&r7);
-    assert!(tail.len() <= 4096 && tail.contains("abcdefghijklmnopqrstuvwxyz") && tail.contains("END RequestId: r7"), "{tail}");
+    assert!(
+        tail.len() <= 4096
+            && tail.contains("abcdefghijklmnopqrstuvwxyz")
+            && tail.contains("END RequestId: r7"),
+        "{tail}"
+    );
     let after = rss();
-    eprintln!("10 MB of output in {:?}; worker RSS {before} -> {after} bytes", t.elapsed());
-    assert!(after < before + (8 << 20), "worker RSS grew from {before} to {after} bytes");
+    eprintln!(
+        "10 MB of output in {:?}; worker RSS {before} -> {after} bytes",
+        t.elapsed()
+    );
+    assert!(
+        after < before + (8 << 20),
+        "worker RSS grew from {before} to {after} bytes"
+    );
 
     // The guest kernel crashing: a clear error, and the sandbox is gone.
     let (_, _, r8) = invoke(&addr, "r8", &f, br#""crash""#, None);
     assert_eq!(r8["error_type"], "Runtime.ExitError", "{r8}");
-    assert!(payload(&r8).contains("the guest kernel panicked"), "{}", payload(&r8));
+    assert!(
+        payload(&r8).contains("the guest kernel panicked"),
+        "{}",
+        payload(&r8)
+    );
 
     // The agent holds no volume of a stopped sandbox.
     let t = Instant::now();
@@ -379,7 +537,10 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
         if vols.as_array().unwrap().is_empty() {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(15), "volumes left: {vols}");
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "volumes left: {vols}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -393,9 +554,24 @@ fn python_files(task: &std::path::Path) -> Vec<std::path::PathBuf> {
         .expect("python3 (scripts/test.sh installs it)");
     let out = String::from_utf8(py.stdout).unwrap();
     let mut lines = out.lines();
-    let (exe, stdlib, libdir) = (lines.next().unwrap(), lines.next().unwrap(), lines.next().unwrap_or(""));
+    let (exe, stdlib, libdir) = (
+        lines.next().unwrap(),
+        lines.next().unwrap(),
+        lines.next().unwrap_or(""),
+    );
     let mut files = vec![std::path::PathBuf::from(exe)];
-    let skip = ["test", "site-packages", "dist-packages", "idlelib", "tkinter", "ensurepip", "lib2to3", "turtledemo", "unittest", "pydoc_data"];
+    let skip = [
+        "test",
+        "site-packages",
+        "dist-packages",
+        "idlelib",
+        "tkinter",
+        "ensurepip",
+        "lib2to3",
+        "turtledemo",
+        "unittest",
+        "pydoc_data",
+    ];
     let mut stack = vec![std::path::PathBuf::from(stdlib)];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
@@ -411,7 +587,11 @@ fn python_files(task: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     // Shared objects: the interpreter's, the standard library's extension
     // modules' and the function's (awslambdaric's runtime client).
-    let mut sos: Vec<std::path::PathBuf> = files.iter().filter(|p| p.to_string_lossy().ends_with(".so") || p.as_os_str() == exe).cloned().collect();
+    let mut sos: Vec<std::path::PathBuf> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".so") || p.as_os_str() == exe)
+        .cloned()
+        .collect();
     let mut st = vec![task.to_path_buf()];
     while let Some(d) = st.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
@@ -434,7 +614,13 @@ fn python_files(task: &std::path::Path) -> Vec<std::path::PathBuf> {
     for so in sos {
         let o = Command::new("ldd").arg(&so).output().unwrap();
         for l in String::from_utf8_lossy(&o.stdout).lines() {
-            let path = l.split("=>").nth(1).unwrap_or(l).split_whitespace().next().unwrap_or("");
+            let path = l
+                .split("=>")
+                .nth(1)
+                .unwrap_or(l)
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
             if path.starts_with('/') && !path.starts_with(&task.display().to_string()) {
                 libs.insert(std::path::PathBuf::from(path));
             }
@@ -453,12 +639,24 @@ fn write_python_image(oci: &std::path::Path, work: &std::path::Path) -> Value {
     let task = work.join("task");
     std::fs::create_dir_all(&task).unwrap();
     let pip = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--only-binary=:all:", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--target",
+        ])
         .arg(&task)
         .arg("awslambdaric")
         .output()
         .expect("python3 -m pip");
-    assert!(pip.status.success(), "pip install awslambdaric (needs pip and PyPI; scripts/test.sh installs python3-pip): {}", String::from_utf8_lossy(&pip.stderr));
+    assert!(
+        pip.status.success(),
+        "pip install awslambdaric (needs pip and PyPI; scripts/test.sh installs python3-pip): {}",
+        String::from_utf8_lossy(&pip.stderr)
+    );
     std::fs::write(
         task.join("handler.py"),
         "count = 0\n\ndef fn(event, context):\n    global count\n    count += 1\n    print('handling', context.aws_request_id, flush=True)\n    return {'count': count, 'event': event, 'request_id': context.aws_request_id,\n            'function': context.function_name, 'memory': context.memory_limit_in_mb,\n            'time_left': context.get_remaining_time_in_millis() > 0}\n\ndef boom(event, context):\n    raise ValueError('boom ' + str(event))\n",
@@ -484,24 +682,35 @@ fn write_python_image(oci: &std::path::Path, work: &std::path::Path) -> Value {
     };
     // Real modification times: the compiled modules (__pycache__) record
     // their sources' and are used only when those match.
-    let mut add = |b: &mut tar::Builder<Vec<u8>>, rel: std::path::PathBuf, bytes: &[u8], mtime: u64| {
-        add_dirs(b, &rel);
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o755);
-        h.set_size(bytes.len() as u64);
-        h.set_mtime(mtime);
-        b.append_data(&mut h, &rel, bytes).unwrap();
-    };
+    let mut add =
+        |b: &mut tar::Builder<Vec<u8>>, rel: std::path::PathBuf, bytes: &[u8], mtime: u64| {
+            add_dirs(b, &rel);
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o755);
+            h.set_size(bytes.len() as u64);
+            h.set_mtime(mtime);
+            b.append_data(&mut h, &rel, bytes).unwrap();
+        };
     let mtime = |p: &std::path::Path| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).unwrap().mtime() as u64
     };
     for d in ["proc", "sys", "dev", "tmp"] {
-        add(&mut b, std::path::PathBuf::from(d).join(".keep"), b"", 1_700_000_000);
+        add(
+            &mut b,
+            std::path::PathBuf::from(d).join(".keep"),
+            b"",
+            1_700_000_000,
+        );
     }
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
-        add(&mut b, f.strip_prefix("/").unwrap().to_path_buf(), &bytes, mtime(f));
+        add(
+            &mut b,
+            f.strip_prefix("/").unwrap().to_path_buf(),
+            &bytes,
+            mtime(f),
+        );
     }
     let mut st = vec![task.clone()];
     while let Some(d) = st.pop() {
@@ -531,9 +740,17 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
     env.lode_ok(&[
         "push",
         &format!("oci:{}:latest", oci.display()),
-        "--tenant", "t", "--name", "py", "--store", env.store.to_str().unwrap(),
+        "--tenant",
+        "t",
+        "--name",
+        "py",
+        "--store",
+        env.store.to_str().unwrap(),
     ]);
-    let digest = env.inspect("t", "py")["manifest"].as_str().unwrap().to_string();
+    let digest = env.inspect("t", "py")["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (_agent, _manager, _reports, _w, addr) = stack(&env);
     let worker_log = || std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
     // As the frontend stores it: the image's own run settings.
@@ -544,11 +761,24 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
     let (status, head, r1) = invoke(&addr, "p1", &f, br#"{"hello":"python"}"#, None);
     assert_eq!(status, 200, "{head}\n{r1}\n{}", worker_log());
     eprintln!("python cold: {}", r1["timings"]);
-    assert_eq!(r1["outcome"], "success", "{r1}\n{}\n{}", log_tail(&r1), worker_log());
+    assert_eq!(
+        r1["outcome"],
+        "success",
+        "{r1}\n{}\n{}",
+        log_tail(&r1),
+        worker_log()
+    );
     let p: Value = serde_json::from_str(&payload(&r1)).unwrap();
-    assert_eq!(p, json!({"count": 1, "event": {"hello": "python"}, "request_id": "p1", "function": "py", "memory": "256", "time_left": true}));
+    assert_eq!(
+        p,
+        json!({"count": 1, "event": {"hello": "python"}, "request_id": "p1", "function": "py", "memory": "256", "time_left": true})
+    );
     let (_, _, r2) = invoke(&addr, "p2", &f, b"[1,2]", r1["sandbox"].as_str());
-    assert_eq!((r2["warm"].as_bool(), r2["sandbox"].clone()), (Some(true), r1["sandbox"].clone()), "{r2}");
+    assert_eq!(
+        (r2["warm"].as_bool(), r2["sandbox"].clone()),
+        (Some(true), r1["sandbox"].clone()),
+        "{r2}"
+    );
     assert!(payload(&r2).contains("\"count\": 2"), "{}", payload(&r2));
     eprintln!("python warm: {}", r2["timings"]);
     let mut boom = f.clone();

@@ -45,10 +45,12 @@ pub fn write_busybox_image(dir: &Path, image: &BusyboxImage<'_>) {
         b.append_data(&mut h, d, &[][..]).expect("tar");
     }
     let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
-    b.append_data(&mut h, "bin/busybox", &busybox[..]).expect("tar");
+    b.append_data(&mut h, "bin/busybox", &busybox[..])
+        .expect("tar");
     for tool in image.applets {
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-        b.append_link(&mut h, format!("bin/{tool}"), "busybox").expect("tar");
+        b.append_link(&mut h, format!("bin/{tool}"), "busybox")
+            .expect("tar");
     }
     for (path, mode, bytes) in image.files {
         let mut h = header(tar::EntryType::Regular, *mode, bytes.len() as u64);
@@ -81,6 +83,10 @@ pub fn write_layout(dir: &Path, layer: &[u8], config: serde_json::Value) {
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
         "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("json")).expect("index");
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("json"),
+    )
+    .expect("index");
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
 }

@@ -412,11 +412,16 @@ mod tests {
     fn go(script: &str) -> (Result<Outcome, BootError>, Vec<String>, Duration) {
         let mut out = Vec::new();
         let t = Instant::now();
-        let r = watch(sh(script), &quick(), &AtomicBool::new(false), &mut |l, e| {
-            if let Event::Output(_) = e {
-                out.push(l.to_string());
-            }
-        });
+        let r = watch(
+            sh(script),
+            &quick(),
+            &AtomicBool::new(false),
+            &mut |l, e| {
+                if let Event::Output(_) = e {
+                    out.push(l.to_string());
+                }
+            },
+        );
         (r, out, t.elapsed())
     }
 
@@ -533,7 +538,11 @@ mod tests {
         });
         let e = r.unwrap_err();
         assert!(matches!(e.kind, BootErrorKind::Stopped), "{e}");
-        assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "took {:?}",
+            t.elapsed()
+        );
         assert_eq!(longest, MAX_LINE);
     }
 

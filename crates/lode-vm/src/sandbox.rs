@@ -108,7 +108,11 @@ mod tests {
     #[test]
     fn the_relay_command_survives_qemus_option_parser() {
         let n = Network {
-            relay: vec!["/usr/bin/lode".into(), "runtime-relay".into(), "/tmp/a,b c.sock".into()],
+            relay: vec![
+                "/usr/bin/lode".into(),
+                "runtime-relay".into(),
+                "/tmp/a,b c.sock".into(),
+            ],
         };
         let d = n.netdev("n0");
         assert!(d.starts_with("user,id=n0,restrict=on,"), "{d}");
@@ -127,8 +131,14 @@ mod tests {
         };
         let c = l.cpio();
         let text = String::from_utf8_lossy(&c);
-        assert!(text.contains("env -i 'A=x y' /proc/1/root/bin/busybox sh -c"), "{text}");
-        assert!(text.contains("'/var/task' '/var/task/bootstrap' 'it'\\''s'"), "{text}");
+        assert!(
+            text.contains("env -i 'A=x y' /proc/1/root/bin/busybox sh -c"),
+            "{text}"
+        );
+        assert!(
+            text.contains("'/var/task' '/var/task/bootstrap' 'it'\\''s'"),
+            "{text}"
+        );
         assert!(text.contains("LODE_GUEST_ADDR='10.0.2.15/24'"), "{text}");
         assert_eq!(l.initrd(&[1, 2, 3]).len() % crate::INITRD_ALIGN, 0);
     }

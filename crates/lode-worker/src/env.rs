@@ -51,11 +51,20 @@ pub fn lambda_env(
     let reserved = [
         ("AWS_LAMBDA_RUNTIME_API", runtime_api.to_string()),
         ("AWS_LAMBDA_FUNCTION_NAME", spec.name.clone()),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", spec.memory_mib.to_string()),
+        (
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            spec.memory_mib.to_string(),
+        ),
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_string()),
         ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_string()),
-        ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{}", spec.name)),
-        ("AWS_LAMBDA_LOG_STREAM_NAME", format!("{}/[$LATEST]{sandbox}", today())),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/aws/lambda/{}", spec.name),
+        ),
+        (
+            "AWS_LAMBDA_LOG_STREAM_NAME",
+            format!("{}/[$LATEST]{sandbox}", today()),
+        ),
         ("AWS_REGION", region.clone()),
         ("AWS_DEFAULT_REGION", region),
         ("AWS_EXECUTION_ENV", "AWS_Lambda_Image".to_string()),
@@ -146,7 +155,10 @@ mod tests {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339_ms(1_704_067_199_999), "2023-12-31T23:59:59.999Z");
-        assert_eq!(region_of("arn:aws:lambda:eu-west-1:acme:function:f"), "eu-west-1");
+        assert_eq!(
+            region_of("arn:aws:lambda:eu-west-1:acme:function:f"),
+            "eu-west-1"
+        );
         assert_eq!(region_of("nonsense"), "us-east-1");
         let t = trace_id();
         assert!(t.starts_with("Root=1-") && t.ends_with(";Sampled=0"), "{t}");
@@ -167,7 +179,13 @@ mod tests {
             ("LAMBDA_TASK_ROOT".to_string(), "/app".to_string()),
         ]
         .into();
-        let env = lambda_env(&spec, &mine, &["app.handler".into()], "10.0.2.100:9001", "s1");
+        let env = lambda_env(
+            &spec,
+            &mine,
+            &["app.handler".into()],
+            "10.0.2.100:9001",
+            "s1",
+        );
         let get = |k: &str| env.get(k).map(String::as_str);
         assert_eq!(get("AWS_REGION"), Some("eu-west-1"));
         assert_eq!(get("AWS_DEFAULT_REGION"), Some("eu-west-1"));

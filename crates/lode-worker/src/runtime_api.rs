@@ -123,6 +123,16 @@ fn refuse(status: u16, error_type: &str, message: impl std::fmt::Display) -> Res
     answer(status, b.to_string())
 }
 
+/// A refused runtime request: status, `errorType`, `errorMessage`.
+#[derive(Debug)]
+struct Refusal(u16, &'static str, String);
+
+impl Refusal {
+    fn response(self) -> Response<Body> {
+        refuse(self.0, self.1, self.2)
+    }
+}
+
 fn accepted() -> Response<Body> {
     answer(202, r#"{"status":"OK"}"#)
 }
@@ -225,7 +235,7 @@ impl RuntimeApi {
     }
 
     /// Takes the current invocation if it is `id`, or says why not.
-    fn take_current(&self, id: &str) -> Result<oneshot::Sender<Answer>, Response<Body>> {
+    fn take_current(&self, id: &str) -> Result<oneshot::Sender<Answer>, Refusal> {
         let mut m = self.lock();
         match m.current.take() {
             Some((cur, tx)) if cur == id => {
@@ -238,13 +248,13 @@ impl RuntimeApi {
             other => {
                 m.current = other;
                 if m.answered.iter().any(|a| a == id) {
-                    Err(refuse(
+                    Err(Refusal(
                         403,
                         "InvalidStateTransition",
                         format!("invocation {id} was answered already"),
                     ))
                 } else {
-                    Err(refuse(
+                    Err(Refusal(
                         400,
                         "InvalidRequestID",
                         format!("{id} is not the id of the invocation being run"),
@@ -256,12 +266,12 @@ impl RuntimeApi {
 
     async fn response(&self, id: &str, req: Request<Incoming>) -> Response<Body> {
         if let Err(r) = self.check_current(id) {
-            return r;
+            return r.response();
         }
         let body = read_body(req, MAX_PAYLOAD).await;
         let tx = match self.take_current(id) {
             Ok(tx) => tx,
-            Err(r) => return r,
+            Err(r) => return r.response(),
         };
         match body {
             Ok(b) => {
@@ -285,13 +295,17 @@ impl RuntimeApi {
                     error_type: "Runtime.InvalidResponse".into(),
                     body: Bytes::from(doc.to_string()),
                 });
-                refuse(400, "InvalidResponse", "the response body could not be read")
+                refuse(
+                    400,
+                    "InvalidResponse",
+                    "the response body could not be read",
+                )
             }
         }
     }
 
     /// Refuses early (before reading a body) an id that is not current.
-    fn check_current(&self, id: &str) -> Result<(), Response<Body>> {
+    fn check_current(&self, id: &str) -> Result<(), Refusal> {
         let m = self.lock();
         if m.current.as_ref().is_some_and(|(c, _)| c == id) {
             return Ok(());
@@ -302,17 +316,23 @@ impl RuntimeApi {
 
     async fn error(&self, id: &str, req: Request<Incoming>) -> Response<Body> {
         if let Err(r) = self.check_current(id) {
-            return r;
+            return r.response();
         }
         let header = error_header(&req);
         let body = match read_body(req, MAX_ERROR_BODY).await {
             Ok(b) => b,
-            Err(true) => return refuse(413, "RequestEntityTooLarge", format!("error documents are at most {MAX_ERROR_BODY} bytes")),
+            Err(true) => {
+                return refuse(
+                    413,
+                    "RequestEntityTooLarge",
+                    format!("error documents are at most {MAX_ERROR_BODY} bytes"),
+                )
+            }
             Err(false) => return refuse(400, "InvalidRequest", "the error body could not be read"),
         };
         let tx = match self.take_current(id) {
             Ok(tx) => tx,
-            Err(r) => return r,
+            Err(r) => return r.response(),
         };
         let error_type = error_type_of(header.as_deref(), &body, "Unhandled");
         let _ = tx.send(Answer::Error { error_type, body });
@@ -330,11 +350,18 @@ impl RuntimeApi {
         let header = error_header(&req);
         let body = match read_body(req, MAX_ERROR_BODY).await {
             Ok(b) => b,
-            Err(true) => return refuse(413, "RequestEntityTooLarge", format!("error documents are at most {MAX_ERROR_BODY} bytes")),
+            Err(true) => {
+                return refuse(
+                    413,
+                    "RequestEntityTooLarge",
+                    format!("error documents are at most {MAX_ERROR_BODY} bytes"),
+                )
+            }
             Err(false) => return refuse(400, "InvalidRequest", "the error body could not be read"),
         };
         let error_type = error_type_of(header.as_deref(), &body, "Runtime.Unknown");
-        self.ready.send_replace(Some(Ready::InitError { error_type, body }));
+        self.ready
+            .send_replace(Some(Ready::InitError { error_type, body }));
         accepted()
     }
 
@@ -342,7 +369,11 @@ impl RuntimeApi {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let Some(rest) = path.strip_prefix(PREFIX) else {
-            return refuse(404, "InvalidRequest", format!("no endpoint {path} (the API is under {PREFIX}/)"));
+            return refuse(
+                404,
+                "InvalidRequest",
+                format!("no endpoint {path} (the API is under {PREFIX}/)"),
+            );
         };
         let parts: Vec<&str> = rest.split('/').skip(1).collect();
         let method = req.method().clone();
@@ -360,7 +391,11 @@ impl RuntimeApi {
             (_, ["invocation", "next"])
             | (_, ["invocation", _, "response"])
             | (_, ["invocation", _, "error"])
-            | (_, ["init", "error"]) => refuse(405, "InvalidRequest", format!("method {} not allowed on {path}", req.method())),
+            | (_, ["init", "error"]) => refuse(
+                405,
+                "InvalidRequest",
+                format!("method {} not allowed on {path}", req.method()),
+            ),
             _ => refuse(404, "InvalidRequest", format!("no endpoint {path}")),
         }
     }
@@ -374,7 +409,10 @@ fn error_header(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// Serves one runtime connection (HTTP/1.1) until it ends.
-pub async fn serve_connection<IO>(io: IO, api: std::sync::Arc<RuntimeApi>) -> Result<(), hyper::Error>
+pub async fn serve_connection<IO>(
+    io: IO,
+    api: std::sync::Arc<RuntimeApi>,
+) -> Result<(), hyper::Error>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -230,7 +230,13 @@ impl Sandbox {
             (None, Some(_)) => Vec::new(),
             (None, None) => spec.image_config.cmd.clone().unwrap_or_default(),
         };
-        let env = lambda_env(spec, &launch.env, &command, lode_vm::sandbox::RUNTIME_API, &id);
+        let env = lambda_env(
+            spec,
+            &launch.env,
+            &command,
+            lode_vm::sandbox::RUNTIME_API,
+            &id,
+        );
         let guest = SandboxLaunch {
             argv: launch.argv,
             env,
@@ -283,7 +289,8 @@ impl Sandbox {
                     Ok(o) => VmEnd::Exited(o.status),
                     Err(e) => {
                         let details = e.details();
-                        if !details.is_empty() && !matches!(e.kind, lode_vm::BootErrorKind::Stopped) {
+                        if !details.is_empty() && !matches!(e.kind, lode_vm::BootErrorKind::Stopped)
+                        {
                             tracing::warn!(sandbox = %sid, "{details}");
                         }
                         VmEnd::Failed {
@@ -348,7 +355,10 @@ impl Sandbox {
                 body.to_vec(),
             ))),
             None => match self.ended() {
-                Some(VmEnd::Failed { started: false, message }) => Err(Err(StartError::Boot(message))),
+                Some(VmEnd::Failed {
+                    started: false,
+                    message,
+                }) => Err(Err(StartError::Boot(message))),
                 Some(e) => Err(Ok(vm_end_error(request_id, &e))),
                 None => Err(Err(StartError::Boot("the VM thread ended".into()))),
             },
@@ -472,7 +482,13 @@ mod tests {
         assert_eq!(r.0.len(), LOG_TAIL);
         assert_eq!(r.0.back(), Some(&b'\n'));
         let (o, p) = vm_end_error("r1", &VmEnd::Exited(3));
-        assert_eq!(o, InvokeOutcome::FunctionError { error_type: "Runtime.ExitError".into() });
-        assert!(String::from_utf8_lossy(&p).contains("RequestId: r1 Error: Runtime exited with error: exit status 3"));
+        assert_eq!(
+            o,
+            InvokeOutcome::FunctionError {
+                error_type: "Runtime.ExitError".into()
+            }
+        );
+        assert!(String::from_utf8_lossy(&p)
+            .contains("RequestId: r1 Error: Runtime exited with error: exit status 3"));
     }
 }

@@ -61,12 +61,18 @@ pub async fn handle(worker: &Arc<Worker>, req: Request<Incoming>) -> Response<Bo
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
-                    let kind = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    let kind = if e
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
                         ErrorKind::RequestEntityTooLargeException
                     } else {
                         ErrorKind::InvalidRequestContentException
                     };
-                    return lambda_error(&LambdaError::new(kind, format!("reading the invoke request: {e}")));
+                    return lambda_error(&LambdaError::new(
+                        kind,
+                        format!("reading the invoke request: {e}"),
+                    ));
                 }
             };
             let inv: InvokeRequest = match serde_json::from_slice(&body) {
@@ -89,7 +95,10 @@ pub async fn handle(worker: &Arc<Worker>, req: Request<Incoming>) -> Response<Bo
                 }
             }
         }
-        (Method::GET, "/v1/report") => json(200, serde_json::to_vec(&worker.report()).unwrap_or_default()),
+        (Method::GET, "/v1/report") => json(
+            200,
+            serde_json::to_vec(&worker.report()).unwrap_or_default(),
+        ),
         (Method::GET, "/metrics") => {
             let mut out = String::new();
             worker.render_metrics(&mut out);
@@ -110,7 +119,11 @@ pub async fn handle(worker: &Arc<Worker>, req: Request<Incoming>) -> Response<Bo
 }
 
 /// Serves the worker's API on `listener` until `stop` turns true.
-pub async fn serve(listener: tokio::net::TcpListener, worker: Arc<Worker>, stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    worker: Arc<Worker>,
+    stop: watch::Receiver<bool>,
+) {
     let stats = Arc::new(lode_agent::serve::LoopStats::default());
     lode_agent::serve::run(listener, CONNECTIONS, stop, stats, move |conn, mut stop| {
         let worker = worker.clone();
@@ -177,7 +190,12 @@ pub fn split_url(url: &str) -> Result<(String, String), ReportError> {
     if host.is_empty() || !host.contains(':') {
         return Err(ReportError::BadUrl(url.to_string()));
     }
-    Ok((host.to_string(), format!("/{}", path.trim_end_matches('/')).trim_end_matches('/').to_string()))
+    Ok((
+        host.to_string(),
+        format!("/{}", path.trim_end_matches('/'))
+            .trim_end_matches('/')
+            .to_string(),
+    ))
 }
 
 /// Posts `body` (JSON) to `url` + `path`.
@@ -188,10 +206,13 @@ pub async fn post_json(url: &str, path: &str, body: Vec<u8>) -> Result<(), Repor
         source: e,
     };
     let exchange = async {
-        let s = tokio::net::TcpStream::connect(&host).await.map_err(|e| http(e.into()))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        let s = tokio::net::TcpStream::connect(&host)
             .await
             .map_err(|e| http(e.into()))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                .await
+                .map_err(|e| http(e.into()))?;
         tokio::spawn(conn);
         let req = Request::builder()
             .method(Method::POST)
@@ -206,7 +227,10 @@ pub async fn post_json(url: &str, path: &str, body: Vec<u8>) -> Result<(), Repor
         if (200..300).contains(&status) {
             Ok(())
         } else {
-            Err(ReportError::Status { url: url.to_string(), status })
+            Err(ReportError::Status {
+                url: url.to_string(),
+                status,
+            })
         }
     };
     tokio::time::timeout(REPORT_TIMEOUT, exchange)
@@ -251,8 +275,14 @@ mod tests {
 
     #[test]
     fn manager_urls() {
-        assert_eq!(split_url("http://127.0.0.1:9000").unwrap(), ("127.0.0.1:9000".into(), "".into()));
-        assert_eq!(split_url("http://m:1/x/").unwrap(), ("m:1".into(), "/x".into()));
+        assert_eq!(
+            split_url("http://127.0.0.1:9000").unwrap(),
+            ("127.0.0.1:9000".into(), "".into())
+        );
+        assert_eq!(
+            split_url("http://m:1/x/").unwrap(),
+            ("m:1".into(), "/x".into())
+        );
         assert!(split_url("https://m:1").is_err());
         assert!(split_url("http://m").is_err());
     }
@@ -277,10 +307,21 @@ mod tests {
                 .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                 .await;
         });
-        post_json(&format!("http://{addr}"), "/v1/workers", b"{}".to_vec()).await.unwrap();
-        assert_eq!(rx.recv().await.unwrap(), ("/v1/workers".to_string(), b"{}".to_vec()));
-        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        let e = post_json(&format!("http://{dead}"), "/v1/workers", vec![]).await.unwrap_err();
+        post_json(&format!("http://{addr}"), "/v1/workers", b"{}".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            ("/v1/workers".to_string(), b"{}".to_vec())
+        );
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let e = post_json(&format!("http://{dead}"), "/v1/workers", vec![])
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains(&dead.to_string()), "{e}");
     }
 }

@@ -122,8 +122,15 @@ struct State {
 
 impl State {
     fn used(&self) -> (u32, u64) {
-        let mem: u64 = self.sandboxes.values().map(|e| u64::from(e.memory_mib)).sum();
-        (self.sandboxes.len() as u32 + self.starting.0, mem + self.starting.1)
+        let mem: u64 = self
+            .sandboxes
+            .values()
+            .map(|e| u64::from(e.memory_mib))
+            .sum();
+        (
+            self.sandboxes.len() as u32 + self.starting.0,
+            mem + self.starting.1,
+        )
     }
 }
 
@@ -162,7 +169,9 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("id", &self.config.id).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("id", &self.config.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -299,11 +308,15 @@ impl Worker {
 
     /// Runs one invocation.
     pub async fn invoke(self: &Arc<Self>, req: InvokeRequest) -> Result<InvokeResult, WorkerError> {
-        let span = tracing::info_span!("invoke", request = %req.request_id, function = %req.function.arn);
+        let span =
+            tracing::info_span!("invoke", request = %req.request_id, function = %req.function.arn);
         self.invoke_inner(req).instrument(span).await
     }
 
-    async fn invoke_inner(self: &Arc<Self>, req: InvokeRequest) -> Result<InvokeResult, WorkerError> {
+    async fn invoke_inner(
+        self: &Arc<Self>,
+        req: InvokeRequest,
+    ) -> Result<InvokeResult, WorkerError> {
         if req.payload.len() > MAX_PAYLOAD {
             return Err(WorkerError::TooLarge(req.payload.len()));
         }
@@ -327,11 +340,19 @@ impl Worker {
             }
         };
         self.changed.notify_one();
-        sandbox.log_line(&format!("START RequestId: {} Version: $LATEST", req.request_id));
+        sandbox.log_line(&format!(
+            "START RequestId: {} Version: $LATEST",
+            req.request_id
+        ));
         let t = Instant::now();
         let timeout = Duration::from_secs(u64::from(req.function.timeout_s.max(1)));
         let ended = sandbox
-            .invoke(&req.request_id, &req.function.arn, Bytes::from(req.payload), timeout)
+            .invoke(
+                &req.request_id,
+                &req.function.arn,
+                Bytes::from(req.payload),
+                timeout,
+            )
             .await;
         timings.invoke_us = t.elapsed().as_micros() as u64;
         sandbox.log_line(&format!("END RequestId: {}", req.request_id));
@@ -349,7 +370,11 @@ impl Worker {
                 )
             }
         ));
-        let Ended { outcome, payload, reusable } = ended;
+        let Ended {
+            outcome,
+            payload,
+            reusable,
+        } = ended;
         {
             let mut st = self.lock();
             if reusable && sandbox.ended().is_none() {
@@ -436,14 +461,18 @@ impl Worker {
         }
         self.changed.notify_one();
         timings.attach_us = t.attach_us;
-        let ready = sandbox.wait_ready(self.host.init_timeout, &req.request_id).await;
+        let ready = sandbox
+            .wait_ready(self.host.init_timeout, &req.request_id)
+            .await;
         let fail = |w: &Arc<Self>| {
             w.lock().sandboxes.remove(&id);
             w.stop_all(vec![sandbox.clone()]);
             w.changed.notify_one();
         };
         match ready {
-            Ok(StartTimings { boot_us, init_us, .. }) => {
+            Ok(StartTimings {
+                boot_us, init_us, ..
+            }) => {
                 timings.boot_us = boot_us;
                 timings.init_us = init_us;
                 tracing::info!(sandbox = %id, attach_us = timings.attach_us, boot_us, init_us, "sandbox ready");
@@ -451,7 +480,14 @@ impl Worker {
             }
             Err(Ok((outcome, payload))) => {
                 fail(self);
-                Ok(Err(self.result(&req.request_id, outcome, payload, &sandbox, false, timings.clone())))
+                Ok(Err(self.result(
+                    &req.request_id,
+                    outcome,
+                    payload,
+                    &sandbox,
+                    false,
+                    timings.clone(),
+                )))
             }
             Err(Err(source)) => {
                 fail(self);
@@ -548,16 +584,52 @@ impl Worker {
         use std::fmt::Write;
         let m = &self.metrics;
         for (name, help, v) in [
-            ("lode_worker_invocations_total", "Invocations answered.", &m.invocations),
-            ("lode_worker_cold_starts_total", "Invocations that started a sandbox.", &m.cold_starts),
-            ("lode_worker_warm_starts_total", "Invocations served by a warm sandbox.", &m.warm_starts),
-            ("lode_worker_timeouts_total", "Invocations that timed out.", &m.timeouts),
-            ("lode_worker_function_errors_total", "Invocations that ended with a function error.", &m.function_errors),
-            ("lode_worker_throttles_total", "Invocations refused for want of capacity.", &m.throttles),
-            ("lode_worker_start_failures_total", "Sandboxes that could not start.", &m.start_failures),
-            ("lode_worker_sandboxes_stopped_total", "Sandboxes stopped.", &m.stopped),
+            (
+                "lode_worker_invocations_total",
+                "Invocations answered.",
+                &m.invocations,
+            ),
+            (
+                "lode_worker_cold_starts_total",
+                "Invocations that started a sandbox.",
+                &m.cold_starts,
+            ),
+            (
+                "lode_worker_warm_starts_total",
+                "Invocations served by a warm sandbox.",
+                &m.warm_starts,
+            ),
+            (
+                "lode_worker_timeouts_total",
+                "Invocations that timed out.",
+                &m.timeouts,
+            ),
+            (
+                "lode_worker_function_errors_total",
+                "Invocations that ended with a function error.",
+                &m.function_errors,
+            ),
+            (
+                "lode_worker_throttles_total",
+                "Invocations refused for want of capacity.",
+                &m.throttles,
+            ),
+            (
+                "lode_worker_start_failures_total",
+                "Sandboxes that could not start.",
+                &m.start_failures,
+            ),
+            (
+                "lode_worker_sandboxes_stopped_total",
+                "Sandboxes stopped.",
+                &m.stopped,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         let r = self.report();
         for (name, v) in [

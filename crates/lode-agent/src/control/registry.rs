@@ -533,8 +533,8 @@ impl Registry {
             digest: digest.to_string(),
             reason,
         };
-        let manifest = lode_chunk::Manifest::decode(&sealed)
-            .map_err(|e| store_err(StoreError::from(e)))?;
+        let manifest =
+            lode_chunk::Manifest::decode(&sealed).map_err(|e| store_err(StoreError::from(e)))?;
         match &manifest.binding {
             Some(b) if b.name == req.image && manifest.tenant == req.tenant => {}
             Some(b) => {

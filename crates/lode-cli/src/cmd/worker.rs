@@ -121,7 +121,11 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("reaching the agent at {}", args.agent))?;
         let worker = Arc::new(Worker::new(config.clone(), host));
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(lode_worker::server::serve(listener, worker.clone(), stop_rx));
+        let server = tokio::spawn(lode_worker::server::serve(
+            listener,
+            worker.clone(),
+            stop_rx,
+        ));
         let reaper = tokio::spawn(worker.clone().reaper());
         let reporter = tokio::spawn(lode_worker::server::report_loop(
             worker.clone(),
@@ -133,7 +137,10 @@ pub fn run(args: Args) -> Result<()> {
         );
         let _ = std::io::stdout().flush();
         let signal = super::agent::terminated().await?;
-        tracing::info!(signal, "stopping: sandboxes are stopped and their volumes detached");
+        tracing::info!(
+            signal,
+            "stopping: sandboxes are stopped and their volumes detached"
+        );
         stop.send_replace(true);
         reaper.abort();
         let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
@@ -172,7 +179,11 @@ pub fn relay(args: RelayArgs) -> Result<()> {
         match down.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if stdout.write_all(&buf[..n]).and_then(|_| stdout.flush()).is_err() {
+                if stdout
+                    .write_all(&buf[..n])
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+                {
                     break;
                 }
             }
