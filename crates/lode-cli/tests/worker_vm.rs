@@ -222,6 +222,7 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     // An image that does not exist, a function with nothing to run.
     let mut nope = f.clone();
     nope["image"] = json!(format!("t/nope@sha256:{}", "1".repeat(64)));
+    nope["revision"] = json!(8);
     let (status, head, e) = invoke(&addr, "nope", &nope, b"{}", None);
     assert_eq!(status, 502, "{head}");
     assert_eq!(e["__type"], "InvalidImageException", "{e}");
@@ -286,7 +287,8 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     let (_, _, m) = http(&addr, "GET", "/metrics", b"");
     let m = String::from_utf8_lossy(&m);
     for want in [
-        "lode_worker_cold_starts_total 3",
+        "lode_worker_cold_starts_total 4",
+        "lode_worker_start_failures_total 1",
         "lode_worker_warm_starts_total 3",
         "lode_worker_timeouts_total 1",
         "lode_worker_throttles_total 1",
