@@ -560,7 +560,7 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
         .as_str()
         .unwrap()
         .to_string();
-    let (_agent, _manager, _reports, _w, addr) = stack(&env);
+    let (agent, _manager, _reports, mut w, addr) = stack(&env);
     let worker_log = || std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
     // As the frontend stores it: the image's own run settings.
     let f = json!({
@@ -596,4 +596,35 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
     let (_, _, r3) = invoke(&addr, "p3", &boom, b"7", None);
     assert_eq!(r3["error_type"], "ValueError", "{r3}\n{}", log_tail(&r3));
     assert!(payload(&r3).contains("boom 7"), "{}", payload(&r3));
+
+    // SIGTERM: the worker stops its sandboxes and detaches their volumes.
+    let ctl = agent.control.to_str().unwrap().to_string();
+    let vols = |env: &Env| -> usize {
+        let o = env.lode_ok(&["volumes", "--agent", &ctl, "--json"]);
+        serde_json::from_slice::<Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(vols(&env), 2, "two warm sandboxes");
+    let st = Command::new("kill")
+        .args(["-TERM", &w.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    while w.0.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the worker did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        vols(&env),
+        0,
+        "volumes left after the worker stopped:\n{}",
+        worker_log()
+    );
 }
