@@ -560,7 +560,7 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
         .as_str()
         .unwrap()
         .to_string();
-    let (agent, _manager, _reports, mut w, addr) = stack(&env);
+    let (agent, _manager, _reports, w, addr) = stack(&env);
     let worker_log = || std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
     // As the frontend stores it: the image's own run settings.
     let f = json!({
@@ -597,7 +597,8 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
     assert_eq!(r3["error_type"], "ValueError", "{r3}\n{}", log_tail(&r3));
     assert!(payload(&r3).contains("boom 7"), "{}", payload(&r3));
 
-    // SIGTERM: the worker stops its sandboxes and detaches their volumes.
+    // SIGKILL: the VMs die with the worker (no QEMU left), and the next
+    // worker of that id detaches the volumes it left.
     let ctl = agent.control.to_str().unwrap().to_string();
     let vols = |env: &Env| -> usize {
         let o = env.lode_ok(&["volumes", "--agent", &ctl, "--json"]);
@@ -608,6 +609,52 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
             .len()
     };
     assert_eq!(vols(&env), 2, "two warm sandboxes");
+    let ids = [
+        r1["sandbox"].as_str().unwrap(),
+        r3["sandbox"].as_str().unwrap(),
+    ];
+    let qemus = || -> usize {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with("qemu-system") && ids.iter().any(|i| c.contains(i))
+            })
+            .count()
+    };
+    assert_eq!(qemus(), 2, "one QEMU per sandbox");
+    drop(w);
+    let t = Instant::now();
+    while qemus() > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "QEMU outlived the SIGKILLed worker"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        vols(&env),
+        2,
+        "the killed worker's volumes stay until a successor"
+    );
+    let (mut w, addr) = spawn_worker(&env, &ctl, &_manager);
+    assert_eq!(
+        vols(&env),
+        0,
+        "the successor detaches them:\n{}",
+        worker_log()
+    );
+
+    // SIGTERM: the worker stops its sandboxes and detaches their volumes.
+    let (_, _, r4) = invoke(&addr, "p4", &f, b"4", None);
+    assert_eq!(
+        (r4["outcome"].as_str(), r4["warm"].as_bool()),
+        (Some("success"), Some(false)),
+        "{r4}"
+    );
+    assert_eq!(vols(&env), 1);
     let st = Command::new("kill")
         .args(["-TERM", &w.0.id().to_string()])
         .status()

@@ -223,14 +223,19 @@ pub fn run_stoppable(
     on_line: &mut dyn FnMut(&str, &Event),
 ) -> Result<Outcome, BootError> {
     match spec.command() {
-        Ok(cmd) => watch(cmd, limits, stop, on_line).map_err(|mut e| {
-            if matches!(e.kind, BootErrorKind::Exited(_)) {
-                if let Some(log) = &spec.reset_log {
-                    e.last_reset = last_reset(log);
+        Ok(mut cmd) => {
+            // QEMU dies with the thread that watches it (a SIGKILLed `lode
+            // run` or worker leaves no VM running).
+            crate::prepare::tied_to_us(&mut cmd);
+            watch(cmd, limits, stop, on_line).map_err(|mut e| {
+                if matches!(e.kind, BootErrorKind::Exited(_)) {
+                    if let Some(log) = &spec.reset_log {
+                        e.last_reset = last_reset(log);
+                    }
                 }
-            }
-            e
-        }),
+                e
+            })
+        }
         Err(e) => Err(BootError {
             kind: BootErrorKind::Start(Box::new(e)),
             stage: Stage::Firmware,

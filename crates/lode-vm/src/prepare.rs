@@ -311,7 +311,7 @@ fn io(p: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
 /// preparer must not leave `dpkg-deb` or `xz` writing into a directory the
 /// next preparer cleans.
 #[allow(unsafe_code)]
-fn tied_to_us(cmd: &mut Command) -> &mut Command {
+pub(crate) fn tied_to_us(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: between fork and exec the closure calls only prctl and
     // getppid, both async-signal-safe, and allocates nothing.

@@ -15,9 +15,11 @@
 //! - [`worker`]: slots and memory, warm sandboxes and keep-alive, the
 //!   report to the manager, metrics;
 //! - [`server`]: the worker's HTTP API and its heartbeat to the manager;
-//! - [`env`]: the environment Lambda gives a function.
+//! - [`env`]: the environment Lambda gives a function;
+//! - [`ledger`]: the volumes attached, for a killed worker's successor.
 
 pub mod env;
+pub mod ledger;
 pub mod runtime_api;
 pub mod sandbox;
 pub mod server;

@@ -35,6 +35,8 @@ pub struct Host {
     pub dir: PathBuf,
     /// Longest time from a cold start to the runtime's first `next`.
     pub init_timeout: Duration,
+    /// The volumes attached (for a successor after a crash).
+    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 /// Why a sandbox could not be started.
@@ -139,6 +141,7 @@ pub struct Sandbox {
     server_stop: watch::Sender<bool>,
     dir: PathBuf,
     agent: Client,
+    ledger: Arc<crate::ledger::Ledger>,
 }
 
 fn exit_error(request_id: &str, what: &str) -> (InvokeOutcome, Vec<u8>) {
@@ -191,6 +194,7 @@ impl Sandbox {
             })
             .await
             .map_err(|source| StartError::Attach { image, source })?;
+        host.ledger.add(&attached.id);
         let timings = StartTimings {
             attach_us: t0.elapsed().as_micros() as u64,
             ..StartTimings::default()
@@ -198,8 +202,11 @@ impl Sandbox {
         match Self::boot(host, id, spec, &attached).await {
             Ok(sb) => Ok((sb, timings)),
             Err(e) => {
-                if let Err(d) = host.agent.detach(&attached.id).await {
-                    tracing::warn!(volume = %attached.id, error = %d, "cannot detach the volume of a sandbox that did not start");
+                match host.agent.detach(&attached.id).await {
+                    Ok(_) => host.ledger.remove(&attached.id),
+                    Err(d) => {
+                        tracing::warn!(volume = %attached.id, error = %d, "cannot detach the volume of a sandbox that did not start")
+                    }
                 }
                 Err(e)
             }
@@ -315,6 +322,7 @@ impl Sandbox {
             server_stop,
             dir,
             agent: host.agent.clone(),
+            ledger: host.ledger.clone(),
         })
     }
 
@@ -456,8 +464,11 @@ impl Sandbox {
             tracing::warn!(sandbox = %self.id, "the VM did not stop in {STOP_WAIT:?}");
         }
         self.server_stop.send_replace(true);
-        if let Err(e) = self.agent.detach(&self.volume).await {
-            tracing::warn!(sandbox = %self.id, volume = %self.volume, error = %e, "cannot detach the sandbox's volume");
+        match self.agent.detach(&self.volume).await {
+            Ok(_) => self.ledger.remove(&self.volume),
+            Err(e) => {
+                tracing::warn!(sandbox = %self.id, volume = %self.volume, error = %e, "cannot detach the sandbox's volume")
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         tracing::info!(sandbox = %self.id, "sandbox stopped");

@@ -36,7 +36,9 @@ pub struct Args {
     /// listening address).
     #[arg(long, value_name = "URL")]
     url: Option<String>,
-    /// Worker id (default: the host name).
+    /// Worker id (default: the host name). The volumes it attaches are
+    /// listed in `$LODE_HOME/worker/ID.volumes`: a worker started after one
+    /// of the same id was killed detaches what that one left.
     #[arg(long)]
     id: Option<String>,
     /// Seconds an idle sandbox stays warm for its function's next
@@ -92,6 +94,21 @@ pub fn run(args: Args) -> Result<()> {
         .prefix("lode-worker-")
         .tempdir()
         .context("creating the sandboxes' directory")?;
+    let id = args.id.clone().unwrap_or_else(host_name);
+    if id.is_empty()
+        || id.len() > 128
+        || id.starts_with('.')
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        bail!("--id {id:?}: 1-128 of [A-Za-z0-9._-], not starting with '.'");
+    }
+    let state = super::common::lode_home().join("worker");
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let ledger = Arc::new(lode_worker::ledger::Ledger::new(Some(
+        state.join(format!("{id}.volumes")),
+    )));
     let rt = runtime()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -99,7 +116,7 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr().context("listening address")?;
         let config = Config {
-            id: args.id.clone().unwrap_or_else(host_name),
+            id: id.clone(),
             url: args.url.clone().unwrap_or_else(|| format!("http://{addr}")),
             slots: args.slots,
             memory_mib: args.memory,
@@ -114,11 +131,21 @@ pub fn run(args: Args) -> Result<()> {
             relay: vec![exe.display().to_string(), "runtime-relay".into()],
             dir: work.path().to_path_buf(),
             init_timeout: Duration::from_secs(args.init_timeout),
+            ledger: ledger.clone(),
         };
         host.agent
             .health()
             .await
             .with_context(|| format!("reaching the agent at {}", args.agent))?;
+        // Volumes a killed predecessor left attached.
+        for id in ledger.leftovers() {
+            match host.agent.detach(&id).await {
+                Ok(_) => tracing::info!(volume = %id, "detached a volume a previous worker left"),
+                Err(lode_agent::control::ClientError::Refused { status: 404, .. }) => {}
+                Err(e) => tracing::warn!(volume = %id, error = %e, "cannot detach a volume a previous worker left"),
+            }
+        }
+        ledger.reset();
         let worker = Arc::new(Worker::new(config.clone(), host));
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(lode_worker::server::serve(

@@ -137,15 +137,27 @@ pub fn stack(env: &Env) -> (Service, String, Arc<Mutex<Vec<Value>>>, Kill, Strin
     agent.start();
     let ctl = agent.control.to_str().unwrap().to_string();
     let (manager, reports) = report_sink();
+    let (w, addr) = spawn_worker(env, &ctl, &manager);
+    (agent, manager, reports, w, addr)
+}
+
+/// Starts `lode worker` (id `w1`, 2 slots, 600 MiB) on agent `ctl`; returns
+/// it and its API address.
+pub fn spawn_worker(env: &Env, ctl: &str, manager: &str) -> (Kill, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.path("worker.log"))
+        .unwrap();
     let mut w = lode()
         .env("LODE_HOME", &env.home)
         .env("LODE_LOG", "info")
         .args([
             "worker",
             "--manager",
-            &manager,
+            manager,
             "--agent",
-            &ctl,
+            ctl,
             "--slots",
             "2",
             "--memory",
@@ -158,7 +170,7 @@ pub fn stack(env: &Env) -> (Service, String, Arc<Mutex<Vec<Value>>>, Kill, Strin
         .arg("--vm-dir")
         .arg(vm_dir())
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(env.path("worker.log")).unwrap())
+        .stderr(log)
         .spawn()
         .unwrap();
     let mut first = String::new();
@@ -167,8 +179,7 @@ pub fn stack(env: &Env) -> (Service, String, Arc<Mutex<Vec<Value>>>, Kill, Strin
         .unwrap();
     let w = Kill(w);
     let hello: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
-    let addr = hello["listen"].as_str().unwrap().to_string();
-    (agent, manager, reports, w, addr)
+    (w, hello["listen"].as_str().unwrap().to_string())
 }
 
 /// A function of image `t/rt`.
