@@ -29,6 +29,10 @@ have_venv() {
 if ! have_venv; then
   need_apt+=(python3 python3-venv)
 fi
+# pip: the worker's Python runtime test (crates/lode-cli/tests/worker_vm.rs)
+# installs AWS's runtime interface client (awslambdaric) from PyPI with
+# `pip install --target` and boots it on this host's Python.
+python3 -m pip --version >/dev/null 2>&1 || [ -x "$MOTO_VENV/bin/pip" ] || need_apt+=(python3-pip)
 
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -57,6 +57,11 @@ enum Command {
     Frontend(cmd::frontend::Args),
     /// Run a worker manager: place invocations on warm sandboxes and workers with room.
     Manager(cmd::manager::Args),
+    /// Run function invocations in micro-VM sandboxes on this host (for a worker manager).
+    Worker(cmd::worker::Args),
+    /// Relay one guest connection to a sandbox's Runtime API (started by QEMU).
+    #[command(hide = true)]
+    RuntimeRelay(cmd::worker::RelayArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,9 +69,11 @@ fn main() -> ExitCode {
     // Servers log warnings by default; one-shot commands keep stderr to their
     // single result or error line unless LODE_LOG asks for more.
     let default = match cli.command {
-        Command::Agent(_) | Command::CacheNode(_) | Command::Frontend(_) | Command::Manager(_) => {
-            "warn"
-        }
+        Command::Agent(_)
+        | Command::CacheNode(_)
+        | Command::Frontend(_)
+        | Command::Manager(_)
+        | Command::Worker(_) => "warn",
         _ => "off",
     };
     cmd::common::set_command(match &cli.command {
@@ -90,6 +97,8 @@ fn main() -> ExitCode {
         Command::Credentials(_) => "credentials",
         Command::Frontend(_) => "frontend",
         Command::Manager(_) => "manager",
+        Command::Worker(_) => "worker",
+        Command::RuntimeRelay(_) => "runtime-relay",
     });
     let filter = tracing_subscriber::EnvFilter::try_from_env("LODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -118,6 +127,8 @@ fn main() -> ExitCode {
         Command::Fleet(args) => cmd::fleet::run(args),
         Command::CacheNode(args) => cmd::cache_node::run(args),
         Command::Vm(args) => cmd::vm::run(args),
+        Command::Worker(args) => cmd::worker::run(args),
+        Command::RuntimeRelay(args) => cmd::worker::relay(args),
         Command::Run(args) => match cmd::run::run(args) {
             Ok(status) => return ExitCode::from(status.clamp(0, 255) as u8),
             Err(e) => Err(e),

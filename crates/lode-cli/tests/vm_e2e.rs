@@ -398,6 +398,7 @@ fn boot_on_socket(work: &Path, sock: &Path, rw: bool, script: &str) -> String {
         quiet: true,
         reset_log: None,
         reconnect: None,
+        network: None,
     };
     let mut child = spec
         .command()

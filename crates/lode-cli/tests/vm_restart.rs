@@ -82,6 +82,7 @@ fn vhost_user_guest_rides_out_three_agent_restarts() {
         quiet: true,
         reset_log: Some(env.path("qemu-resets.log")),
         reconnect: Some(lode_vm::Reconnect::default()),
+        network: None,
     };
     let (tx, rx) = mpsc::channel::<(usize, Instant)>();
     let vm = std::thread::spawn(move || {

@@ -27,6 +27,7 @@ fn main() -> anyhow_free::Result {
     oci_seeds(&mut seeds);
     store_seeds(&mut seeds);
     flatten_seeds(&mut seeds);
+    worker_seeds(&mut seeds);
     for (name, _) in lode_fuzz::TARGETS {
         assert!(seeds.contains_key(name), "no seeds for {name}");
     }
@@ -630,6 +631,25 @@ fn store_seeds(s: &mut Seeds) {
 
 /// Layer tars written by the test kit's writer (PAX xattrs with newlines,
 /// long names, links, whiteouts).
+/// Runtime API conversations: an event answered, an error in chunks, an
+/// init error, strangers and wrong methods.
+fn worker_seeds(s: &mut Seeds) {
+    let id = lode_fuzz::worker::REQUEST_ID;
+    let next = "GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nhost: 10.0.2.100:9001\r\n\r\n";
+    s.insert(
+        "worker_runtime_api",
+        vec![
+            format!("{next}POST /2018-06-01/runtime/invocation/{id}/response HTTP/1.1\r\nhost: 10.0.2.100:9001\r\ncontent-length: 11\r\n\r\n{{\"ok\":true}}"),
+            format!("{next}POST /2018-06-01/runtime/invocation/{id}/error HTTP/1.1\r\nhost: x\r\nlambda-runtime-function-error-type: Unhandled\r\ntransfer-encoding: chunked\r\n\r\n2d\r\n{{\"errorMessage\":\"boom\",\"errorType\":\"ValueErr\r\n4\r\nor\"}}\r\n0\r\n\r\n"),
+            format!("POST /2018-06-01/runtime/init/error HTTP/1.1\r\nhost: x\r\ncontent-length: 54\r\n\r\n{{\"errorMessage\":\"no module\",\"errorType\":\"Runtime.Init\"}}{next}"),
+            "POST /2018-06-01/runtime/invocation/other/response HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}DELETE /2018-06-01/runtime/invocation/next HTTP/1.1\r\nhost: x\r\n\r\nGET /nope HTTP/1.1\r\nhost: x\r\n\r\n".to_string(),
+        ]
+        .into_iter()
+        .map(String::into_bytes)
+        .collect(),
+    );
+}
+
 fn flatten_seeds(s: &mut Seeds) {
     use lode_testkit::spec::{Entry, LayerSpec};
     use lode_testkit::tarw::layer_tar_bytes;

@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod oci;
 pub mod store;
 pub mod support;
+pub mod worker;
 
 /// A fuzz target body.
 pub type Body = fn(&[u8]);
@@ -49,6 +50,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("oci_docker_archive", oci::docker_archive),
     ("store_documents", store::documents),
     ("flatten_tar", flatten::tar),
+    ("worker_runtime_api", worker::runtime_api),
 ];
 
 /// The body of the target named `name`.

@@ -131,6 +131,16 @@ pub fn reset_dir(dir: &Path) {
     create_dir_retrying(dir);
 }
 
+/// A fresh single-threaded runtime whose clock is paused: timers fire as
+/// soon as every task waits (a wait that would never end, ends).
+pub fn runtime_paused() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("tokio runtime")
+}
+
 /// A fresh single-threaded runtime (tasks from one input never leak into the next).
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -178,7 +178,41 @@ targets!(
     oci_docker_archive,
     store_documents,
     flatten_tar,
+    worker_runtime_api,
 );
+
+/// The Runtime API seeds reach the handlers: the event is handed out and
+/// answered.
+#[test]
+fn runtime_api_seeds_reach_the_handlers() {
+    let out = String::from_utf8_lossy(&lode_fuzz::worker::runtime_exchange(&seed(
+        "worker_runtime_api",
+        0,
+    )))
+    .into_owned();
+    assert!(
+        out.contains("HTTP/1.1 200") && out.contains("HTTP/1.1 202"),
+        "{out}"
+    );
+    assert!(
+        out.to_ascii_lowercase().contains(&format!(
+            "lambda-runtime-aws-request-id: {}",
+            lode_fuzz::worker::REQUEST_ID
+        )),
+        "{out}"
+    );
+    let out = String::from_utf8_lossy(&lode_fuzz::worker::runtime_exchange(&seed(
+        "worker_runtime_api",
+        3,
+    )))
+    .into_owned();
+    assert!(
+        out.contains("HTTP/1.1 400")
+            && out.contains("HTTP/1.1 405")
+            && out.contains("HTTP/1.1 404"),
+        "{out}"
+    );
+}
 
 /// The seeds reach past the handshakes: the NBD server answers requests
 /// (simple reply magic) and the cache node answers HTTP/1.1 and HTTP/2.

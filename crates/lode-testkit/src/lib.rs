@@ -13,6 +13,7 @@
 //! * [`chunks`]: [`unique_chunk_bytes`] for layer-stability checks.
 //! * [`cli`]: running `lode flatten`, e2fsck, failure-contract checks.
 //! * [`proxy`]: a TCP proxy that delays a link or injects faults into it.
+//! * [`vm_image`]: busybox images for the micro-VM tests.
 //! * [`gen`]: proptest strategies for valid random stacks; [`fixtures`]:
 //!   hand-written stacks.
 
@@ -30,6 +31,7 @@ pub mod read_ext4;
 pub mod read_mount;
 pub mod spec;
 pub mod tarw;
+pub mod vm_image;
 
 pub use chunks::unique_chunk_bytes;
 pub use cli::{

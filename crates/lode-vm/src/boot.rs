@@ -8,8 +8,16 @@ use crate::qemu::RunSpec;
 use std::fmt;
 use std::io::{BufRead, Read};
 use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+/// How often [`run_stoppable`] looks at its stop flag.
+pub const STOP_POLL: Duration = Duration::from_millis(50);
+/// Longest console line passed on whole: a longer one (a program printing
+/// megabytes without a newline) is cut into pieces of this size, so
+/// following a console takes bounded memory.
+pub const MAX_LINE: usize = 16 << 10;
 
 /// Bounds on one run.
 #[derive(Clone, Debug)]
@@ -83,6 +91,8 @@ pub enum BootErrorKind {
     Timeout(Duration),
     /// QEMU exited before the command did.
     Exited(Option<ExitStatus>),
+    /// The caller stopped the VM ([`run_stoppable`]).
+    Stopped,
 }
 
 impl fmt::Display for BootError {
@@ -103,6 +113,7 @@ impl fmt::Display for BootError {
             BootErrorKind::Timeout(d) => {
                 write!(f, "the VM did not finish within {} s; stopped", d.as_secs())?
             }
+            BootErrorKind::Stopped => write!(f, "the VM was stopped")?,
             BootErrorKind::Exited(s) => {
                 let s = s.map(|s| s.to_string()).unwrap_or_else(|| "?".into());
                 if self.tail.is_empty() {
@@ -200,15 +211,31 @@ pub fn run(
     limits: &Limits,
     on_line: &mut dyn FnMut(&str, &Event),
 ) -> Result<Outcome, BootError> {
+    run_stoppable(spec, limits, &AtomicBool::new(false), on_line)
+}
+
+/// [`run`], and QEMU is killed (the run ends with
+/// [`BootErrorKind::Stopped`]) within [`STOP_POLL`] of `stop` turning true.
+pub fn run_stoppable(
+    spec: &RunSpec,
+    limits: &Limits,
+    stop: &AtomicBool,
+    on_line: &mut dyn FnMut(&str, &Event),
+) -> Result<Outcome, BootError> {
     match spec.command() {
-        Ok(cmd) => watch(cmd, limits, on_line).map_err(|mut e| {
-            if matches!(e.kind, BootErrorKind::Exited(_)) {
-                if let Some(log) = &spec.reset_log {
-                    e.last_reset = last_reset(log);
+        Ok(mut cmd) => {
+            // QEMU dies with the thread that watches it (a SIGKILLed `lode
+            // run` or worker leaves no VM running).
+            crate::prepare::tied_to_us(&mut cmd);
+            watch(cmd, limits, stop, on_line).map_err(|mut e| {
+                if matches!(e.kind, BootErrorKind::Exited(_)) {
+                    if let Some(log) = &spec.reset_log {
+                        e.last_reset = last_reset(log);
+                    }
                 }
-            }
-            e
-        }),
+                e
+            })
+        }
         Err(e) => Err(BootError {
             kind: BootErrorKind::Start(Box::new(e)),
             stage: Stage::Firmware,
@@ -243,6 +270,7 @@ fn fail(kind: BootErrorKind, console: &Console, stderr: String) -> BootError {
 fn watch(
     mut cmd: std::process::Command,
     limits: &Limits,
+    stop_flag: &AtomicBool,
     on_line: &mut dyn FnMut(&str, &Event),
 ) -> Result<Outcome, BootError> {
     let mut console = Console::default();
@@ -268,7 +296,7 @@ fn watch(
         let mut line = Vec::new();
         loop {
             line.clear();
-            match r.read_until(b'\n', &mut line) {
+            match (&mut r).take(MAX_LINE as u64).read_until(b'\n', &mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -301,7 +329,10 @@ fn watch(
                 .min(vm_started + limits.boot)
                 .min(last_line + limits.silence);
         }
-        match rx.recv_timeout(due.saturating_duration_since(now)) {
+        if stop_flag.load(Ordering::Relaxed) {
+            return end_with(&mut child, BootErrorKind::Stopped, &console, stderr);
+        }
+        match rx.recv_timeout(due.saturating_duration_since(now).min(STOP_POLL)) {
             Ok(line) => {
                 last_line = Instant::now();
                 let ev = console.feed(&line);
@@ -386,11 +417,16 @@ mod tests {
     fn go(script: &str) -> (Result<Outcome, BootError>, Vec<String>, Duration) {
         let mut out = Vec::new();
         let t = Instant::now();
-        let r = watch(sh(script), &quick(), &mut |l, e| {
-            if let Event::Output(_) = e {
-                out.push(l.to_string());
-            }
-        });
+        let r = watch(
+            sh(script),
+            &quick(),
+            &AtomicBool::new(false),
+            &mut |l, e| {
+                if let Event::Output(_) = e {
+                    out.push(l.to_string());
+                }
+            },
+        );
         (r, out, t.elapsed())
     }
 
@@ -486,6 +522,33 @@ mod tests {
         let r = last_reset(&log).unwrap();
         assert!(r.contains("EIP=ffffffff81000123"), "{r}");
         assert_eq!(last_reset(&t.path().join("none")), None);
+    }
+
+    #[test]
+    fn a_stop_ends_the_run_and_long_lines_are_cut() {
+        let stop = AtomicBool::new(false);
+        let mut longest = 0;
+        let t = Instant::now();
+        let r = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(1500));
+                stop.store(true, Ordering::Relaxed);
+            });
+            watch(
+                sh("echo LODE-CMD-START; head -c 300000 /dev/zero | tr '\\0' x; echo; sleep 30"),
+                &quick(),
+                &stop,
+                &mut |l, _| longest = longest.max(l.len()),
+            )
+        });
+        let e = r.unwrap_err();
+        assert!(matches!(e.kind, BootErrorKind::Stopped), "{e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(longest, MAX_LINE);
     }
 
     #[test]

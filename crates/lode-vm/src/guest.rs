@@ -13,7 +13,7 @@ use std::fmt;
 
 /// Revision of [`INIT`] and of the initramfs layout; part of the prepared
 /// record, so a directory prepared with an older `/init` is prepared again.
-pub const INIT_REVISION: u32 = 6;
+pub const INIT_REVISION: u32 = 7;
 
 /// Modules the guest needs, in load order (dependencies first).
 pub const MODULES: &[&str] = &[
@@ -31,7 +31,12 @@ pub const MODULES: &[&str] = &[
     "ext4",
 ];
 
-/// The guest's `/init` ([`init_script`] fills in [`MODULES`]).
+/// Modules of the guest's network device, in load order: loaded only by a
+/// sandbox (a run's initramfs with `/lode/net`, see [`crate::sandbox`]).
+pub const NET_MODULES: &[&str] = &["failover", "net_failover", "virtio_net"];
+
+/// The guest's `/init` ([`init_script`] fills in [`MODULES`] and
+/// [`NET_MODULES`]).
 ///
 /// Every way out is `reboot -f`: the kernel runs with `reboot=t` and QEMU
 /// with `-no-reboot`, so a reboot ends QEMU whether or not the guest's ACPI
@@ -60,6 +65,17 @@ done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
 [ -b /dev/vda ] || fail "no virtio block device appeared in 10 s (virtio devices: [$(listing /sys/bus/virtio/devices)]; ACPI tables: [$(listing /sys/firmware/acpi/tables)]; modules: [$(cut -d' ' -f1 /proc/modules | tr '\n' ' ')])"
+if [ -f /lode/net ]; then
+  . /lode/net
+  for m in @NET_MODULES@; do
+    [ -f /lib/modules/$m.ko ] && { insmod /lib/modules/$m.ko || echo "LODE-WARN insmod $m failed"; }
+  done
+  i=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+  [ -e /sys/class/net/eth0 ] || fail "no virtio network device appeared in 10 s (virtio devices: [$(listing /sys/bus/virtio/devices)])"
+  ip link set lo up
+  ip addr add "$LODE_GUEST_ADDR" dev eth0 && ip link set eth0 up || fail "cannot configure eth0 as $LODE_GUEST_ADDR"
+fi
 echo "LODE-STAGE mount"
 MODE=ro
 [ -f /lode/rw ] && MODE=rw
@@ -77,6 +93,7 @@ reboot -f
 /// The guest's `/init` script.
 pub fn init_script() -> String {
     INIT.replace("@MODULES@", &MODULES.join(" "))
+        .replace("@NET_MODULES@", &NET_MODULES.join(" "))
 }
 
 /// How far a boot got.

@@ -15,8 +15,10 @@ pub mod cpio;
 pub mod guest;
 pub mod prepare;
 pub mod qemu;
+pub mod sandbox;
 
-pub use boot::{BootError, BootErrorKind, Limits, Outcome};
+pub use boot::{run_stoppable, BootError, BootErrorKind, Limits, Outcome};
 pub use guest::{Console, Event, Failure, Stage};
 pub use prepare::{prepare, prepare_with, Assets, Options, Record, VmError};
-pub use qemu::{command_cpio, run_initrd, Disk, Reconnect, RunSpec, INITRD_ALIGN};
+pub use qemu::{append_initrd, command_cpio, run_initrd, Disk, Reconnect, RunSpec, INITRD_ALIGN};
+pub use sandbox::{Network, SandboxLaunch};

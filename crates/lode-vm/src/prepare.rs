@@ -21,7 +21,7 @@
 //! release makes it reproducible.
 
 use crate::cpio::{archive, Member};
-use crate::guest::{init_script, INIT_REVISION, MODULES};
+use crate::guest::{init_script, INIT_REVISION, MODULES, NET_MODULES};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -311,7 +311,7 @@ fn io(p: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
 /// preparer must not leave `dpkg-deb` or `xz` writing into a directory the
 /// next preparer cleans.
 #[allow(unsafe_code)]
-fn tied_to_us(cmd: &mut Command) -> &mut Command {
+pub(crate) fn tied_to_us(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: between fork and exec the closure calls only prctl and
     // getppid, both async-signal-safe, and allocates nothing.
@@ -590,7 +590,7 @@ fn base_initrd(x: &Path, dir: &Path) -> Result<Vec<u8>, VmError> {
         Member::File("init".into(), 0o755, init_script().into_bytes()),
     ];
     let modroot = x.join("lib/modules");
-    for m in MODULES {
+    for m in MODULES.iter().chain(NET_MODULES) {
         if let Some(p) = find_file(&modroot, &format!("{m}.ko")) {
             members.push(Member::File(
                 format!("lib/modules/{m}.ko"),

@@ -68,6 +68,8 @@ pub struct RunSpec {
     /// Reconnect to the agent when it restarts (`None`: a restart of the
     /// agent fails the disk).
     pub reconnect: Option<Reconnect>,
+    /// The guest's one network service (`None`: no network device at all).
+    pub network: Option<crate::sandbox::Network>,
 }
 
 /// Quotes `s` for a POSIX shell.
@@ -111,10 +113,16 @@ pub fn command_cpio(cmd: &[String], rw: bool) -> Vec<u8> {
 /// firmware keeps its whole last page. The kernel skips zero padding between
 /// and after archives.
 pub fn run_initrd(base: &[u8], cmd: &[String], rw: bool) -> Vec<u8> {
+    append_initrd(base, &command_cpio(cmd, rw))
+}
+
+/// `base`, then the archive `part` (4-byte aligned), zero-padded to a
+/// multiple of [`INITRD_ALIGN`] (see [`run_initrd`] for why).
+pub fn append_initrd(base: &[u8], part: &[u8]) -> Vec<u8> {
     let mut initrd = base.to_vec();
     // A following archive must start 4-byte aligned.
     initrd.resize(initrd.len().next_multiple_of(4), 0);
-    initrd.extend_from_slice(&command_cpio(cmd, rw));
+    initrd.extend_from_slice(part);
     initrd.resize(initrd.len().next_multiple_of(INITRD_ALIGN), 0);
     initrd
 }
@@ -198,6 +206,11 @@ impl RunSpec {
             .arg(&self.initrd)
             .arg("-append")
             .arg(append);
+        // Without a network, -nodefaults leaves the guest no NIC at all.
+        if let Some(n) = &self.network {
+            c.arg("-netdev").arg(n.netdev("n0"));
+            c.args(["-device", "virtio-net-device,netdev=n0"]);
+        }
         match &self.disk {
             Disk::Nbd {
                 socket,
@@ -289,6 +302,7 @@ mod tests {
             quiet: true,
             reset_log: None,
             reconnect: None,
+            network: None,
         };
         std::fs::write(&initrd, vec![0u8; 4097]).unwrap();
         let e = spec.command().unwrap_err();
@@ -314,6 +328,7 @@ mod tests {
             quiet: true,
             reset_log: None,
             reconnect: Some(Reconnect::default()),
+            network: None,
         };
         let args = |s: &RunSpec| -> String {
             let c = s.command().unwrap();

@@ -15,8 +15,8 @@
 //! peers); it changes the running membership, not `--cache-nodes-file`.
 //!
 //! Errors are `{"error": "reason"}` with a 4xx status for the caller's
-//! mistakes (400 malformed, 403 owner not allowed, 404 unknown image or
-//! volume, 405 method, 409 overlay in use, 411/413/415 body) and 5xx for
+//! mistakes (400 malformed, 403 owner not allowed, 404 unknown image,
+//! digest or volume, 409 a pinned digest of another image, 405 method, 409 overlay in use, 411/413/415 body) and 5xx for
 //! the agent's (500, 503 store unavailable or shutting down). A request
 //! that fails changes nothing. Bodies are at most [`MAX_BODY`] bytes.
 
@@ -46,6 +46,12 @@ pub struct AttachRequest {
     pub tenant: String,
     /// Image name.
     pub image: String,
+    /// Pin the volume to this manifest digest (`sha256:<64 hex>`) instead
+    /// of the image's current one: the agent serves exactly that manifest,
+    /// and refuses when it is not this image's or is gone. A function keeps
+    /// running the code it was created with whatever is pushed later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// Named overlay (kept after detach), if any.
     #[serde(default)]
     pub overlay: Option<String>,

@@ -50,6 +50,28 @@ pub enum RegistryError {
         /// Image.
         image: String,
     },
+    /// A pinned manifest digest that the store no longer holds.
+    #[error("image {tenant}/{image} has no manifest {digest} (removed or collected): it is gone")]
+    DigestGone {
+        /// Tenant.
+        tenant: String,
+        /// Image.
+        image: String,
+        /// The pinned digest.
+        digest: String,
+    },
+    /// A pinned manifest digest that belongs to another image.
+    #[error("manifest {digest} is not image {tenant}/{image}'s: {reason}")]
+    NotThisImage {
+        /// Tenant.
+        tenant: String,
+        /// Image.
+        image: String,
+        /// The pinned digest.
+        digest: String,
+        /// What it belongs to instead.
+        reason: String,
+    },
     /// The store could not be read.
     #[error("image {export}: the store is unavailable: {source}")]
     Store {
@@ -81,7 +103,10 @@ impl RegistryError {
     pub fn status(&self) -> u16 {
         match self {
             RegistryError::Invalid { .. } => 400,
-            RegistryError::UnknownImage { .. } | RegistryError::NoSuchVolume(_) => 404,
+            RegistryError::UnknownImage { .. }
+            | RegistryError::NoSuchVolume(_)
+            | RegistryError::DigestGone { .. } => 404,
+            RegistryError::NotThisImage { .. } => 409,
             RegistryError::Volume(VolumeError::OverlayInUse(_)) => 409,
             RegistryError::Socket(SocketError::Chown { .. }) => 403,
             RegistryError::Store { .. } | RegistryError::ShuttingDown => 503,
@@ -188,6 +213,20 @@ pub fn check_request(req: &AttachRequest, peer: (u32, u32)) -> Result<Checked, R
             "an image name (no '/', '..' or control characters)",
         )
     })?;
+    if let Some(d) = &req.digest {
+        let hex = d.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(invalid(
+                "digest",
+                d,
+                "a manifest digest, sha256: and 64 lowercase hex digits",
+            ));
+        }
+    }
     if let Some(o) = &req.overlay {
         lode_store::check_name(o).map_err(|_| {
             invalid(
@@ -340,16 +379,25 @@ impl Registry {
         }
         let Checked { via, uid, gid } = check_request(&req, peer)?;
         let export = format!("{}/{}", req.tenant, req.image);
-        let (_, image) = self.exports.open(&export).await.map_err(|e| match e {
-            ExportError::Unknown(_) => RegistryError::UnknownImage {
-                tenant: req.tenant.clone(),
-                image: req.image.clone(),
-            },
-            ExportError::Failed { source, .. } => RegistryError::Store {
-                export: export.clone(),
-                source,
-            },
-        })?;
+        let image = match &req.digest {
+            Some(d) => self.open_pinned(&req, d).await?,
+            None => {
+                self.exports
+                    .open(&export)
+                    .await
+                    .map_err(|e| match e {
+                        ExportError::Unknown(_) => RegistryError::UnknownImage {
+                            tenant: req.tenant.clone(),
+                            image: req.image.clone(),
+                        },
+                        ExportError::Failed { source, .. } => RegistryError::Store {
+                            export: export.clone(),
+                            source,
+                        },
+                    })?
+                    .1
+            }
+        };
         let digest = image.image.digest.clone();
         if self.manifests.get(&req.tenant, &digest).is_none() {
             let sealed = self
@@ -431,6 +479,86 @@ impl Registry {
             export: name.to_string(),
             size,
         })
+    }
+
+    /// Opens `req`'s image pinned to manifest `digest`: the image must still
+    /// exist (not removed), and the manifest must be in the store (or this
+    /// host's manifest cache) and bound to this tenant and image name.
+    async fn open_pinned(
+        &self,
+        req: &AttachRequest,
+        digest: &str,
+    ) -> Result<Arc<crate::ImageHandle>, RegistryError> {
+        let export = format!("{}/{}", req.tenant, req.image);
+        let store_err = |source: StoreError| RegistryError::Store {
+            export: export.clone(),
+            source: Box::new(source),
+        };
+        let unknown = || RegistryError::UnknownImage {
+            tenant: req.tenant.clone(),
+            image: req.image.clone(),
+        };
+        match self
+            .exports
+            .store()
+            .resolve_image(self.exports.keys().as_ref(), &req.tenant, &req.image)
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::ImageNotFound { .. })
+            | Err(StoreError::ImageRemoved { .. })
+            | Err(StoreError::BadName(_))
+            | Err(StoreError::Chunk(lode_chunk::ChunkError::MissingKey { .. })) => {
+                return Err(unknown())
+            }
+            Err(e) => return Err(store_err(e)),
+        }
+        let sealed = match self.manifests.get(&req.tenant, digest) {
+            Some(b) => b,
+            None => match self.exports.store().get_manifest(&req.tenant, digest).await {
+                Ok(b) => b.to_vec(),
+                Err(StoreError::Missing { .. }) => {
+                    return Err(RegistryError::DigestGone {
+                        tenant: req.tenant.clone(),
+                        image: req.image.clone(),
+                        digest: digest.to_string(),
+                    })
+                }
+                Err(e) => return Err(store_err(e)),
+            },
+        };
+        let not_this = |reason: String| RegistryError::NotThisImage {
+            tenant: req.tenant.clone(),
+            image: req.image.clone(),
+            digest: digest.to_string(),
+            reason,
+        };
+        let manifest =
+            lode_chunk::Manifest::decode(&sealed).map_err(|e| store_err(StoreError::from(e)))?;
+        match &manifest.binding {
+            Some(b) if b.name == req.image && manifest.tenant == req.tenant => {}
+            Some(b) => {
+                return Err(not_this(format!(
+                    "it is bound to {}/{}",
+                    manifest.tenant, b.name
+                )))
+            }
+            None => {
+                return Err(not_this(
+                    "it carries no image binding (pushed by an older lode): push the image again to pin it"
+                        .into(),
+                ))
+            }
+        }
+        self.exports
+            .open_sealed(&req.tenant, &req.image, digest, &sealed)
+            .map_err(|e| match e {
+                ExportError::Unknown(_) => unknown(),
+                ExportError::Failed { source, .. } => match *source {
+                    StoreError::Binding { reason, .. } => not_this(reason),
+                    other => store_err(other),
+                },
+            })
     }
 
     /// Detaches volume `id`: its clients' requests complete, its socket goes,

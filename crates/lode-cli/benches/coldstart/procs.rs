@@ -336,6 +336,7 @@ pub fn start_vm(conf: &VmConf, disk: &NbdDisk, dir: &Path, name: &str, t0: Insta
         quiet: true,
         reset_log: None,
         reconnect: None,
+        network: None,
     };
     let qmp = dir.join(format!("{name}.qmp"));
     let _ = std::fs::remove_file(&qmp);

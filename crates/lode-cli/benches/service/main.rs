@@ -345,6 +345,7 @@ fn vhost_stall(ctx: &Ctx, n: usize) -> Result<(f64, f64, usize)> {
         quiet: true,
         reset_log: None,
         reconnect: Some(lode_vm::Reconnect::default()),
+        network: None,
     };
     let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
     let vm = std::thread::spawn(move || {

@@ -195,7 +195,7 @@ async fn reload_on_sighup(fleet: Arc<lode_fleet::FleetTier>, file: std::path::Pa
 }
 
 /// Waits for SIGTERM or SIGINT.
-async fn terminated() -> Result<&'static str> {
+pub(crate) async fn terminated() -> Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

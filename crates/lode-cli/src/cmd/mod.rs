@@ -20,3 +20,4 @@ pub mod root;
 pub mod run;
 pub mod vm;
 pub mod volumes;
+pub mod worker;

@@ -128,6 +128,7 @@ pub fn run(args: Args) -> Result<i32> {
         reset_log: Some(work.path().join("qemu-resets.log")),
         // Through a running agent the VM rides out the agent's restarts.
         reconnect: args.agent.is_some().then(Reconnect::default),
+        network: None,
     };
     let limits = Limits {
         silence: Duration::from_secs(args.stall_timeout),
@@ -278,6 +279,7 @@ impl Backend {
         let req = AttachRequest {
             tenant: args.tenant.clone(),
             image: args.name.clone(),
+            digest: None,
             overlay: None,
             rw: args.rw,
             via: Some(args.via.clone()),

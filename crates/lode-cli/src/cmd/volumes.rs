@@ -10,7 +10,8 @@ use lode_agent::control::{AttachRequest, Client};
 /// Arguments of `lode attach`.
 #[derive(clap::Args)]
 pub struct AttachArgs {
-    /// The image: `TENANT/NAME`.
+    /// The image: `TENANT/NAME[@sha256:HEX]` (with a digest: exactly that
+    /// manifest of the image, whatever was pushed since).
     image: String,
     /// Keep the volume's writes in the named overlay `ID` (it outlives the
     /// volume; attach it again to see them). Without it, writes are the
@@ -65,11 +66,16 @@ pub fn split_image(s: &str) -> Result<(String, String)> {
 
 /// Runs `lode attach`: prints `{"id", "via", "socket", "export", "size"}`.
 pub fn attach(args: AttachArgs) -> Result<()> {
-    let (tenant, image) = split_image(&args.image)?;
+    let (name, digest) = match args.image.split_once('@') {
+        Some((n, d)) => (n, Some(d.to_string())),
+        None => (args.image.as_str(), None),
+    };
+    let (tenant, image) = split_image(name)?;
     let client = Client::new(control_path(args.agent.as_deref()));
     let req = AttachRequest {
         tenant,
         image,
+        digest,
         overlay: args.overlay,
         rw: args.rw,
         via: Some(args.via),

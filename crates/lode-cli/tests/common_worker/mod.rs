@@ -1,0 +1,245 @@
+//! Shared helpers of the worker tests and benchmark: the shell-script
+//! custom runtime, a stack of agent and `lode worker`, invoking over HTTP.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use super::common_agent::service::Service;
+use super::common_agent::{run_timeout, Env};
+use super::common_vm::vm_dir;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use lode_testkit::vm_image::{write_busybox_image, BusyboxImage};
+use serde_json::{json, Value};
+use std::io::{BufRead, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// AWS's custom runtime tutorial (`bootstrap`), with busybox wget for curl.
+pub const BOOTSTRAP: &str = r#"#!/bin/sh
+API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
+echo "init: handler=$_HANDLER task_root=$LAMBDA_TASK_ROOT pwd=$(pwd) memory=$AWS_LAMBDA_FUNCTION_MEMORY_SIZE"
+n=0
+while true; do
+  wget -q -S -O /tmp/event "$API/invocation/next" 2> /tmp/headers || { echo "next failed"; cat /tmp/headers; exit 1; }
+  id=$(grep -i 'lambda-runtime-aws-request-id:' /tmp/headers | tr -d ' \r' | cut -d: -f2)
+  n=$((n+1))
+  event=$(cat /tmp/event)
+  echo "handling $id ($n): $event"
+  case "$event" in
+    *sleep*) sleep 600 ;;
+    *spam*) yes "a line of log output padded to about one hundred bytes: abcdefghijklmnopqrstuvwxyz0123456789" | head -c 10000000; body='"spammed"' ;;
+    *crash*) echo c > /proc/sysrq-trigger; sleep 60 ;;
+    *fail*)
+      wget -q -O /dev/null --header 'Lambda-Runtime-Function-Error-Type: Custom.Fail' \
+        --post-data '{"errorMessage":"asked to fail","errorType":"Custom.Fail"}' "$API/invocation/$id/error"
+      continue ;;
+    *probe*)
+      out=""
+      for a in "10.0.2.2:$PROBE_PORT" 10.0.2.3:53 10.0.2.100:80 1.1.1.1:80; do
+        if wget -q -T 3 -O /dev/null "http://$a/" 2>/dev/null; then out="$out reached:$a"; else out="$out blocked:$a"; fi
+      done
+      body="\"$out\"" ;;
+    *) body="{\"count\":$n,\"event\":$event,\"cwd\":\"$(pwd)\",\"handler\":\"$_HANDLER\",\"region\":\"$AWS_REGION\"}" ;;
+  esac
+  wget -q -O /dev/null --post-data "$body" "$API/invocation/$id/response" || echo "response failed"
+done
+"#;
+
+pub fn lode() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lode"))
+}
+
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One HTTP/1.1 exchange (connection closed after it).
+pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    let status = head[9..12].parse().unwrap();
+    (status, head, all[split + 4..].to_vec())
+}
+
+/// A stand-in for the manager's report endpoint: records every body posted
+/// to `/v1/workers`.
+pub fn report_sink() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let mut r = std::io::BufReader::new(s);
+            let mut len = 0usize;
+            let mut line = String::new();
+            let mut path = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if path.is_empty() {
+                    path = line.split(' ').nth(1).unwrap_or("").to_string();
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; len];
+            if r.read_exact(&mut body).is_err() {
+                continue;
+            }
+            if path == "/v1/workers" {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    g.lock().unwrap().push(v);
+                }
+            }
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (format!("http://{addr}"), got)
+}
+
+/// A prepared VM directory, an agent on `env`'s store, a report sink
+/// standing in for the manager's endpoint, and `lode worker` (2 slots,
+/// 600 MiB) with its API address.
+pub fn stack(env: &Env) -> (Service, String, Arc<Mutex<Vec<Value>>>, Kill, String) {
+    let prep = run_timeout(
+        env.lode().args(["vm", "prepare", "--dir"]).arg(vm_dir()),
+        Duration::from_secs(600),
+    );
+    assert!(prep.status.success(), "vm prepare: {prep:?}");
+    let mut agent = Service::new(env, "a");
+    agent.start();
+    let ctl = agent.control.to_str().unwrap().to_string();
+    let (manager, reports) = report_sink();
+    let (w, addr) = spawn_worker(env, &ctl, &manager);
+    (agent, manager, reports, w, addr)
+}
+
+/// Starts `lode worker` (id `w1`, 2 slots, 600 MiB) on agent `ctl`; returns
+/// it and its API address.
+pub fn spawn_worker(env: &Env, ctl: &str, manager: &str) -> (Kill, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.path("worker.log"))
+        .unwrap();
+    let mut w = lode()
+        .env("LODE_HOME", &env.home)
+        .env("LODE_LOG", "info")
+        .args([
+            "worker",
+            "--manager",
+            manager,
+            "--agent",
+            ctl,
+            "--slots",
+            "2",
+            "--memory",
+            "600",
+            "--id",
+            "w1",
+            "--keep-alive",
+            "60",
+        ])
+        .arg("--vm-dir")
+        .arg(vm_dir())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(w.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let w = Kill(w);
+    let hello: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
+    (w, hello["listen"].as_str().unwrap().to_string())
+}
+
+/// A function of image `t/rt`.
+pub fn spec(
+    digest: &str,
+    revision: u64,
+    timeout_s: u32,
+    entry: Option<Value>,
+    probe: u16,
+) -> Value {
+    json!({
+        "tenant": "t", "name": "rt",
+        "arn": "arn:aws:lambda:eu-west-1:t:function:rt",
+        "revision": revision,
+        "image": format!("t/rt@{digest}"),
+        "memory_mib": 256, "timeout_s": timeout_s,
+        "environment": {"PROBE_PORT": probe.to_string()},
+        "entry_point": entry,
+        "image_config": {"Entrypoint": ["/var/task/bootstrap"], "Cmd": ["function.handler"], "WorkingDir": "/var/task"}
+    })
+}
+
+pub fn invoke(
+    worker: &str,
+    id: &str,
+    function: &Value,
+    payload: &[u8],
+    sandbox: Option<&str>,
+) -> (u16, String, Value) {
+    let req = json!({"request_id": id, "function": function, "payload": B64.encode(payload), "sandbox": sandbox});
+    let (status, head, body) = http(
+        worker,
+        "POST",
+        "/v1/invoke",
+        &serde_json::to_vec(&req).unwrap(),
+    );
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{e}: {head}\n{}", String::from_utf8_lossy(&body)));
+    (status, head, v)
+}
+
+pub fn payload(v: &Value) -> String {
+    String::from_utf8_lossy(&B64.decode(v["payload"].as_str().unwrap()).unwrap()).into_owned()
+}
+
+pub fn log_tail(v: &Value) -> String {
+    String::from_utf8_lossy(&B64.decode(v["log_tail"].as_str().unwrap_or("")).unwrap()).into_owned()
+}
+
+/// Writes the custom-runtime image (busybox, `/var/task/bootstrap`) to `oci`.
+pub fn write_runtime_image(oci: &std::path::Path) {
+    write_busybox_image(
+        oci,
+        &BusyboxImage {
+            applets: &[
+                "sh", "cat", "echo", "wget", "grep", "tr", "cut", "sleep", "ls", "yes", "head",
+            ],
+            dirs: &["var", "var/task"],
+            files: &[("var/task/bootstrap", 0o755, BOOTSTRAP.as_bytes())],
+            config: json!({"Entrypoint": ["/var/task/bootstrap"], "Cmd": ["function.handler"], "WorkingDir": "/var/task"}),
+        },
+    );
+}

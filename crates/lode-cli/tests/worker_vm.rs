@@ -1,0 +1,677 @@
+//! `lode worker` end to end: a real agent, real micro-VMs (QEMU, TCG) and a
+//! custom runtime no one here wrote — AWS's custom-runtime tutorial: a
+//! shell-script `bootstrap` looping on `invocation/next` and `response`
+//! with the image's own (busybox) wget. Invoked cold then warm in the same
+//! sandbox; a function error; the guest's network reaches the Runtime API
+//! and nothing else; a timeout (Lambda's message, the sandbox replaced); an
+//! entry point that exits at once (`Runtime.ExitError`); capacity refusals;
+//! the report the manager receives; the metrics. Needs what vm_e2e.rs
+//! needs (scripts/test.sh installs it).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common_agent;
+mod common_vm;
+mod common_worker;
+
+use common_agent::{run_timeout, Env};
+use common_worker::*;
+use lode_testkit::vm_image::{write_busybox_image, BusyboxImage};
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One VM test at a time: TCG is CPU-bound and the machines have 2 cores.
+static VM: Mutex<()> = Mutex::new(());
+
+#[test]
+fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
+    let _one = VM.lock().unwrap_or_else(|p| p.into_inner());
+    let env = Env::new();
+    let oci = env.path("oci");
+    write_runtime_image(&oci);
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}:latest", oci.display()),
+        "--tenant",
+        "t",
+        "--name",
+        "rt",
+        "--store",
+        env.store.to_str().unwrap(),
+    ]);
+    let digest = env.inspect("t", "rt")["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (agent, _manager, reports, _w, addr) = stack(&env);
+    let ctl = agent.control.to_str().unwrap().to_string();
+
+    // A pinned attach serves exactly that manifest and refuses another's.
+    let bad = run_timeout(
+        env.lode().args([
+            "attach",
+            &format!("t/rt@sha256:{}", "0".repeat(64)),
+            "--agent",
+            &ctl,
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !bad.status.success() && bad.stderr.contains("gone"),
+        "{bad:?}"
+    );
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}:latest", oci.display()),
+        "--tenant",
+        "t",
+        "--name",
+        "other",
+        "--store",
+        env.store.to_str().unwrap(),
+    ]);
+    let others = env.inspect("t", "other")["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bad = run_timeout(
+        env.lode()
+            .args(["attach", &format!("t/rt@{others}"), "--agent", &ctl]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !bad.status.success() && bad.stderr.contains("is not image t/rt's"),
+        "{bad:?}"
+    );
+    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.set_nonblocking(true).unwrap();
+    let probe_port = probe.local_addr().unwrap().port();
+    let worker_log = || std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
+
+    // Cold, then warm in the same sandbox.
+    let f = spec(&digest, 1, 120, None, probe_port);
+    let t = Instant::now();
+    let (status, head, r1) = invoke(&addr, "r1", &f, br#"{"x":1}"#, None);
+    let cold = t.elapsed();
+    assert_eq!(status, 200, "{head}\n{r1}\n{}", worker_log());
+    assert_eq!(r1["outcome"], "success", "{r1}\n{}", log_tail(&r1));
+    let p: Value =
+        serde_json::from_str(&payload(&r1)).unwrap_or_else(|e| panic!("{e}: {}", payload(&r1)));
+    assert_eq!(
+        p,
+        json!({"count": 1, "event": {"x": 1}, "cwd": "/var/task", "handler": "function.handler", "region": "eu-west-1"})
+    );
+    assert_eq!(r1["warm"], false);
+    let tm = &r1["timings"];
+    assert!(
+        tm["attach_us"].as_u64().unwrap() > 0 && tm["boot_us"].as_u64().unwrap() > 0,
+        "{tm}"
+    );
+    let tail = log_tail(&r1);
+    assert!(
+        tail.contains(
+            "init: handler=function.handler task_root=/var/task pwd=/var/task memory=256"
+        ),
+        "{tail}"
+    );
+    assert!(
+        tail.contains("START RequestId: r1") && tail.contains("REPORT RequestId: r1"),
+        "{tail}"
+    );
+    let sandbox = r1["sandbox"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    let (_, _, r2) = invoke(&addr, "r2", &f, br#"{"x":2}"#, Some(&sandbox));
+    let warm = t.elapsed();
+    assert_eq!(r2["outcome"], "success", "{r2}");
+    assert_eq!(
+        (r2["warm"].as_bool(), r2["sandbox"].as_str()),
+        (Some(true), Some(sandbox.as_str()))
+    );
+    assert!(payload(&r2).contains("\"count\":2"), "{}", payload(&r2));
+    eprintln!(
+        "cold invoke {cold:?} ({tm}), warm invoke {warm:?} ({})",
+        r2["timings"]
+    );
+
+    // A function error keeps the sandbox.
+    let (_, _, r3) = invoke(&addr, "r3", &f, br#""fail""#, None);
+    assert_eq!(r3["outcome"], "function_error");
+    assert_eq!(r3["error_type"], "Custom.Fail");
+    assert_eq!(
+        payload(&r3),
+        r#"{"errorMessage":"asked to fail","errorType":"Custom.Fail"}"#
+    );
+    assert_eq!(r3["sandbox"].as_str(), Some(sandbox.as_str()));
+
+    // The guest reaches its Runtime API and nothing else.
+    let (_, _, r4) = invoke(&addr, "r4", &f, br#""probe""#, None);
+    assert_eq!(r4["outcome"], "success", "{r4}");
+    let seen = payload(&r4);
+    assert!(!seen.contains("reached"), "{seen}");
+    assert!(
+        seen.contains(&format!("blocked:10.0.2.2:{probe_port}"))
+            && seen.contains("blocked:10.0.2.3:53"),
+        "{seen}"
+    );
+    assert!(probe.accept().is_err(), "the guest reached a host port");
+
+    // The report the manager gets, and the worker's own.
+    let (_, _, rep) = http(&addr, "GET", "/v1/report", b"");
+    let rep: Value = serde_json::from_slice(&rep).unwrap();
+    assert_eq!(rep["worker"], "w1");
+    assert_eq!(rep["sandboxes"][0]["id"].as_str(), Some(sandbox.as_str()));
+    assert_eq!(
+        rep["sandboxes"][0]["key"],
+        "arn:aws:lambda:eu-west-1:t:function:rt:1"
+    );
+    assert_eq!(rep["images"], json!([digest]));
+    std::thread::sleep(Duration::from_millis(1500));
+    let got = reports.lock().unwrap().clone();
+    assert!(
+        got.iter().any(
+            |r| r["worker"] == "w1" && r["sandboxes"].as_array().is_some_and(|s| !s.is_empty())
+        ),
+        "{got:?}"
+    );
+
+    // A function larger than the worker's memory is refused.
+    let mut big = f.clone();
+    big["memory_mib"] = json!(1024);
+    let (status, head, e) = invoke(&addr, "big", &big, b"{}", None);
+    assert_eq!(status, 429, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-amzn-errortype: toomanyrequestsexception"),
+        "{head}"
+    );
+    assert!(
+        e["message"].as_str().unwrap().contains("no capacity"),
+        "{e}"
+    );
+
+    // A later push of the same name changes nothing for the pinned
+    // function: the new image's bootstrap exits at once, the pinned one's
+    // sleeps into the timeout below.
+    let oci2 = env.path("oci2");
+    write_busybox_image(
+        &oci2,
+        &BusyboxImage {
+            applets: &["sh"],
+            dirs: &["var", "var/task"],
+            files: &[("var/task/bootstrap", 0o755, b"#!/bin/sh\nexit 42\n")],
+            config: json!({"Entrypoint": ["/var/task/bootstrap"]}),
+        },
+    );
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}:latest", oci2.display()),
+        "--tenant",
+        "t",
+        "--name",
+        "rt",
+        "--store",
+        env.store.to_str().unwrap(),
+    ]);
+    assert_ne!(
+        env.inspect("t", "rt")["manifest"].as_str(),
+        Some(digest.as_str())
+    );
+
+    // An image that does not exist, a function with nothing to run.
+    let mut nope = f.clone();
+    nope["image"] = json!(format!("t/nope@sha256:{}", "1".repeat(64)));
+    nope["revision"] = json!(8);
+    let (status, head, e) = invoke(&addr, "nope", &nope, b"{}", None);
+    assert_eq!(status, 502, "{head}");
+    assert_eq!(e["__type"], "InvalidImageException", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("t/nope"), "{e}");
+    let mut empty = f.clone();
+    empty["image_config"] = json!({});
+    empty["revision"] = json!(9);
+    let (status, _, e) = invoke(&addr, "empty", &empty, b"{}", None);
+    assert_eq!(
+        (status, e["__type"].as_str()),
+        (400, Some("InvalidParameterValueException")),
+        "{e}"
+    );
+
+    // A timeout: Lambda's error, and the sandbox is stopped (revision 2:
+    // a sandbox of its own beside revision 1's idle one).
+    let slow = spec(&digest, 2, 2, None, probe_port);
+    let (_, _, r5) = invoke(&addr, "r5", &slow, br#""sleep""#, None);
+    assert_eq!(r5["error_type"], "Sandbox.Timedout", "{r5}");
+    assert!(
+        payload(&r5).contains("r5 Task timed out after 2.00 seconds"),
+        "{}",
+        payload(&r5)
+    );
+    assert_ne!(r5["sandbox"].as_str(), Some(sandbox.as_str()));
+    let t = Instant::now();
+    loop {
+        let (_, _, rep) = http(&addr, "GET", "/v1/report", b"");
+        let rep: Value = serde_json::from_slice(&rep).unwrap();
+        if !rep["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == r5["sandbox"])
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the timed-out sandbox stays: {rep}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // An entry point that exits at once.
+    let gone = spec(
+        &digest,
+        3,
+        30,
+        Some(json!(["/bin/sh", "-c", "echo leaving; exit 3"])),
+        probe_port,
+    );
+    let (_, _, r6) = invoke(&addr, "r6", &gone, b"{}", None);
+    assert_eq!(r6["error_type"], "Runtime.ExitError", "{r6}");
+    assert!(
+        payload(&r6).contains("RequestId: r6 Error: Runtime exited with error: exit status 3"),
+        "{}",
+        payload(&r6)
+    );
+    assert!(log_tail(&r6).contains("leaving"), "{}", log_tail(&r6));
+
+    let (_, _, m) = http(&addr, "GET", "/metrics", b"");
+    let m = String::from_utf8_lossy(&m);
+    for want in [
+        "lode_worker_cold_starts_total 4",
+        "lode_worker_start_failures_total 1",
+        "lode_worker_warm_starts_total 3",
+        "lode_worker_timeouts_total 1",
+        "lode_worker_throttles_total 1",
+    ] {
+        assert!(m.contains(want), "{want} in\n{m}");
+    }
+    // 10 MB of output: the log tail stays 4 KiB and the worker's memory
+    // does not grow with it.
+    let rss = || {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", _w.0.id())).unwrap();
+        let kb = st
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap();
+        kb.parse::<u64>().unwrap() * 1024
+    };
+    let before = rss();
+    let t = Instant::now();
+    let (_, _, r7) = invoke(&addr, "r7", &f, br#""spam""#, None);
+    assert_eq!(r7["outcome"], "success", "{r7}");
+    let tail = log_tail(&r7);
+    assert!(
+        tail.len() <= 4096
+            && tail.contains("abcdefghijklmnopqrstuvwxyz")
+            && tail.contains("END RequestId: r7"),
+        "{tail}"
+    );
+    let after = rss();
+    eprintln!(
+        "10 MB of output in {:?}; worker RSS {before} -> {after} bytes",
+        t.elapsed()
+    );
+    assert!(
+        after < before + (8 << 20),
+        "worker RSS grew from {before} to {after} bytes"
+    );
+
+    // The guest kernel crashing: a clear error, and the sandbox is gone.
+    let (_, _, r8) = invoke(&addr, "r8", &f, br#""crash""#, None);
+    assert_eq!(r8["error_type"], "Runtime.ExitError", "{r8}");
+    assert!(
+        payload(&r8).contains("the guest kernel panicked"),
+        "{}",
+        payload(&r8)
+    );
+
+    // The agent holds no volume of a stopped sandbox.
+    let t = Instant::now();
+    loop {
+        let vols = env.lode_ok(&["volumes", "--agent", &ctl, "--json"]);
+        let vols: Value = serde_json::from_slice(&vols.stdout).unwrap();
+        if vols.as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "volumes left: {vols}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What a Python image needs from this host's Python: the interpreter, its
+/// standard library, and every shared library they load (`ldd`).
+fn python_files(task: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let py = Command::new("python3")
+        .args(["-c", "import sys, sysconfig, os; print(os.path.realpath(sys.executable)); print(sysconfig.get_paths()['stdlib']); print(sysconfig.get_config_var('LIBDIR') or '')"])
+        .output()
+        .expect("python3 (scripts/test.sh installs it)");
+    let out = String::from_utf8(py.stdout).unwrap();
+    let mut lines = out.lines();
+    let (exe, stdlib, libdir) = (
+        lines.next().unwrap(),
+        lines.next().unwrap(),
+        lines.next().unwrap_or(""),
+    );
+    let mut files = vec![std::path::PathBuf::from(exe)];
+    let skip = [
+        "test",
+        "site-packages",
+        "dist-packages",
+        "idlelib",
+        "tkinter",
+        "ensurepip",
+        "lib2to3",
+        "turtledemo",
+        "unittest",
+        "pydoc_data",
+    ];
+    let mut stack = vec![std::path::PathBuf::from(stdlib)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() && !skip.contains(&name.as_str()) && !name.starts_with("config-") {
+                stack.push(p);
+            } else if ft.is_file() {
+                files.push(p);
+            }
+        }
+    }
+    // Shared objects: the interpreter's, the standard library's extension
+    // modules' and the function's (awslambdaric's runtime client).
+    let mut sos: Vec<std::path::PathBuf> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".so") || p.as_os_str() == exe)
+        .cloned()
+        .collect();
+    let mut st = vec![task.to_path_buf()];
+    while let Some(d) = st.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                st.push(e.path());
+            } else if e.path().to_string_lossy().contains(".so") {
+                sos.push(e.path());
+            }
+        }
+    }
+    let mut libs = std::collections::BTreeSet::new();
+    if !libdir.is_empty() {
+        for e in std::fs::read_dir(libdir).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("libpython") && n.contains(".so") {
+                libs.insert(e.path());
+            }
+        }
+    }
+    for so in sos {
+        let o = Command::new("ldd").arg(&so).output().unwrap();
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            let path = l
+                .split("=>")
+                .nth(1)
+                .unwrap_or(l)
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            if path.starts_with('/') && !path.starts_with(&task.display().to_string()) {
+                libs.insert(std::path::PathBuf::from(path));
+            }
+        }
+    }
+    files.extend(libs);
+    files
+}
+
+/// An OCI layout of AWS's Python runtime interface client (`awslambdaric`
+/// from PyPI) and a handler, on this host's Python, laid out as AWS's
+/// guide for images from an alternative base: the client installed with
+/// `pip install --target` in the function directory, `ENTRYPOINT [python,
+/// -m, awslambdaric]`, `CMD [handler.fn]`, `WORKDIR` the function directory.
+fn write_python_image(oci: &std::path::Path, work: &std::path::Path) -> Value {
+    let task = work.join("task");
+    std::fs::create_dir_all(&task).unwrap();
+    let pip = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--target",
+        ])
+        .arg(&task)
+        .arg("awslambdaric")
+        .output()
+        .expect("python3 -m pip");
+    assert!(
+        pip.status.success(),
+        "pip install awslambdaric (needs pip and PyPI; scripts/test.sh installs python3-pip): {}",
+        String::from_utf8_lossy(&pip.stderr)
+    );
+    std::fs::write(
+        task.join("handler.py"),
+        "count = 0\n\ndef fn(event, context):\n    global count\n    count += 1\n    print('handling', context.aws_request_id, flush=True)\n    return {'count': count, 'event': event, 'request_id': context.aws_request_id,\n            'function': context.function_name, 'memory': context.memory_limit_in_mb,\n            'time_left': context.get_remaining_time_in_millis() > 0}\n\ndef boom(event, context):\n    raise ValueError('boom ' + str(event))\n",
+    )
+    .unwrap();
+    let files = python_files(&task);
+    let exe = files[0].display().to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut add_dirs = |b: &mut tar::Builder<Vec<u8>>, rel: &std::path::Path| {
+        let mut cur = std::path::PathBuf::new();
+        for c in rel.parent().into_iter().flat_map(|p| p.components()) {
+            cur.push(c);
+            if dirs.insert(cur.clone()) {
+                let mut h = tar::Header::new_ustar();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_mtime(1_700_000_000);
+                b.append_data(&mut h, &cur, &[][..]).unwrap();
+            }
+        }
+    };
+    // Real modification times: the compiled modules (__pycache__) record
+    // their sources' and are used only when those match.
+    let mut add =
+        |b: &mut tar::Builder<Vec<u8>>, rel: std::path::PathBuf, bytes: &[u8], mtime: u64| {
+            add_dirs(b, &rel);
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o755);
+            h.set_size(bytes.len() as u64);
+            h.set_mtime(mtime);
+            b.append_data(&mut h, &rel, bytes).unwrap();
+        };
+    let mtime = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().mtime() as u64
+    };
+    for d in ["proc", "sys", "dev", "tmp"] {
+        add(
+            &mut b,
+            std::path::PathBuf::from(d).join(".keep"),
+            b"",
+            1_700_000_000,
+        );
+    }
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        add(
+            &mut b,
+            f.strip_prefix("/").unwrap().to_path_buf(),
+            &bytes,
+            mtime(f),
+        );
+    }
+    let mut st = vec![task.clone()];
+    while let Some(d) = st.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                st.push(p);
+            } else if e.file_type().unwrap().is_file() {
+                let rel = std::path::Path::new("var/task").join(p.strip_prefix(&task).unwrap());
+                add(&mut b, rel, &std::fs::read(&p).unwrap(), mtime(&p));
+            }
+        }
+    }
+    let layer = b.into_inner().unwrap();
+    let config = json!({"Entrypoint": [exe, "-m", "awslambdaric"], "Cmd": ["handler.fn"], "WorkingDir": "/var/task",
+                        "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]});
+    lode_testkit::vm_image::write_layout(oci, &layer, config.clone());
+    config
+}
+
+#[test]
+fn aws_python_runtime_interface_client_runs_unmodified() {
+    let _one = VM.lock().unwrap_or_else(|p| p.into_inner());
+    let env = Env::new();
+    let oci = env.path("oci");
+    let config = write_python_image(&oci, env.dir.path());
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}:latest", oci.display()),
+        "--tenant",
+        "t",
+        "--name",
+        "py",
+        "--store",
+        env.store.to_str().unwrap(),
+    ]);
+    let digest = env.inspect("t", "py")["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (agent, _manager, _reports, w, addr) = stack(&env);
+    let worker_log = || std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
+    // As the frontend stores it: the image's own run settings.
+    let f = json!({
+        "tenant": "t", "name": "py", "arn": "arn:aws:lambda:us-east-1:t:function:py", "revision": 1,
+        "image": format!("t/py@{digest}"), "memory_mib": 256, "timeout_s": 60, "image_config": config
+    });
+    let (status, head, r1) = invoke(&addr, "p1", &f, br#"{"hello":"python"}"#, None);
+    assert_eq!(status, 200, "{head}\n{r1}\n{}", worker_log());
+    eprintln!("python cold: {}", r1["timings"]);
+    assert_eq!(
+        r1["outcome"],
+        "success",
+        "{r1}\n{}\n{}",
+        log_tail(&r1),
+        worker_log()
+    );
+    let p: Value = serde_json::from_str(&payload(&r1)).unwrap();
+    assert_eq!(
+        p,
+        json!({"count": 1, "event": {"hello": "python"}, "request_id": "p1", "function": "py", "memory": "256", "time_left": true})
+    );
+    let (_, _, r2) = invoke(&addr, "p2", &f, b"[1,2]", r1["sandbox"].as_str());
+    assert_eq!(
+        (r2["warm"].as_bool(), r2["sandbox"].clone()),
+        (Some(true), r1["sandbox"].clone()),
+        "{r2}"
+    );
+    assert!(payload(&r2).contains("\"count\": 2"), "{}", payload(&r2));
+    eprintln!("python warm: {}", r2["timings"]);
+    let mut boom = f.clone();
+    boom["command"] = json!(["handler.boom"]);
+    boom["revision"] = json!(2);
+    let (_, _, r3) = invoke(&addr, "p3", &boom, b"7", None);
+    assert_eq!(r3["error_type"], "ValueError", "{r3}\n{}", log_tail(&r3));
+    assert!(payload(&r3).contains("boom 7"), "{}", payload(&r3));
+
+    // SIGKILL: the VMs die with the worker (no QEMU left), and the next
+    // worker of that id detaches the volumes it left.
+    let ctl = agent.control.to_str().unwrap().to_string();
+    let vols = |env: &Env| -> usize {
+        let o = env.lode_ok(&["volumes", "--agent", &ctl, "--json"]);
+        serde_json::from_slice::<Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(vols(&env), 2, "two warm sandboxes");
+    let ids = [
+        r1["sandbox"].as_str().unwrap(),
+        r3["sandbox"].as_str().unwrap(),
+    ];
+    let qemus = || -> usize {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with("qemu-system") && ids.iter().any(|i| c.contains(i))
+            })
+            .count()
+    };
+    assert_eq!(qemus(), 2, "one QEMU per sandbox");
+    drop(w);
+    let t = Instant::now();
+    while qemus() > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "QEMU outlived the SIGKILLed worker"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        vols(&env),
+        2,
+        "the killed worker's volumes stay until a successor"
+    );
+    let (mut w, addr) = spawn_worker(&env, &ctl, &_manager);
+    assert_eq!(
+        vols(&env),
+        0,
+        "the successor detaches them:\n{}",
+        worker_log()
+    );
+
+    // SIGTERM: the worker stops its sandboxes and detaches their volumes.
+    let (_, _, r4) = invoke(&addr, "p4", &f, b"4", None);
+    assert_eq!(
+        (r4["outcome"].as_str(), r4["warm"].as_bool()),
+        (Some("success"), Some(false)),
+        "{r4}"
+    );
+    assert_eq!(vols(&env), 1);
+    let st = Command::new("kill")
+        .args(["-TERM", &w.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    while w.0.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the worker did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        vols(&env),
+        0,
+        "volumes left after the worker stopped:\n{}",
+        worker_log()
+    );
+}
