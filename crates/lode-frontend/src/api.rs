@@ -651,10 +651,22 @@ impl Frontend {
             });
         }
         let res = self.managers.invoke(req, wait).await?;
+        let t = &res.timings;
         let mut headers = vec![
             ("content-type", "application/json".to_string()),
             ("x-amz-executed-version", "$LATEST".to_string()),
             ("x-amzn-requestid", res.request_id.clone()),
+            // lode's own: where it ran and where the time went (µs).
+            ("x-lode-worker", res.worker.clone()),
+            ("x-lode-sandbox", res.sandbox.clone()),
+            ("x-lode-warm", res.warm.to_string()),
+            (
+                "x-lode-timings",
+                format!(
+                    "placement={} attach={} boot={} init={} invoke={}",
+                    t.placement_us, t.attach_us, t.boot_us, t.init_us, t.invoke_us
+                ),
+            ),
         ];
         if let InvokeOutcome::FunctionError { .. } = &res.outcome {
             headers.push(("x-amz-function-error", "Unhandled".into()));

@@ -28,6 +28,7 @@ while true; do
   echo "handling $id ($n): $event"
   case "$event" in
     *sleep*) sleep 600 ;;
+    *nap*) sleep 4; body='"rested"' ;;
     *spam*) yes "a line of log output padded to about one hundred bytes: abcdefghijklmnopqrstuvwxyz0123456789" | head -c 10000000; body='"spammed"' ;;
     *crash*) echo c > /proc/sysrq-trigger; sleep 60 ;;
     *fail*)
@@ -144,10 +145,20 @@ pub fn stack(env: &Env) -> (Service, String, Arc<Mutex<Vec<Value>>>, Kill, Strin
 /// Starts `lode worker` (id `w1`, 2 slots, 600 MiB) on agent `ctl`; returns
 /// it and its API address.
 pub fn spawn_worker(env: &Env, ctl: &str, manager: &str) -> (Kill, String) {
+    spawn_worker_as(env, ctl, manager, "w1")
+}
+
+/// [`spawn_worker`] with worker id `id` (its log: `ID.log` in `env`).
+pub fn spawn_worker_as(env: &Env, ctl: &str, manager: &str, id: &str) -> (Kill, String) {
+    let name = if id == "w1" {
+        "worker.log".to_string()
+    } else {
+        format!("{id}.log")
+    };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(env.path("worker.log"))
+        .open(env.path(&name))
         .unwrap();
     let mut w = lode()
         .env("LODE_HOME", &env.home)
@@ -163,7 +174,7 @@ pub fn spawn_worker(env: &Env, ctl: &str, manager: &str) -> (Kill, String) {
             "--memory",
             "600",
             "--id",
-            "w1",
+            id,
             "--keep-alive",
             "60",
         ])

@@ -1,0 +1,297 @@
+//! The whole function stack with real processes: `lode frontend`, `lode
+//! manager` and two `lode worker`s (each on its own `lode agent`, so each
+//! has its own host cache) running the invocations in QEMU micro-VMs.
+//!
+//! * boto3 creates, invokes (sync, async, dry run, log tail), updates,
+//!   lists and deletes functions; the second invocation lands in the same
+//!   sandbox; a function whose image is cached on one worker starts there.
+//! * A worker SIGKILLed during an invocation: that invocation fails with a
+//!   clear error, the next one succeeds on the other worker.
+//! * The manager SIGKILLed and restarted under load: the invocation that was
+//!   running completes (frontends call workers directly), and the new
+//!   manager rebuilds its state from the workers' reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common_agent;
+mod common_lambda;
+mod common_vm;
+mod common_worker;
+
+use common_agent::{run_timeout, Env};
+use common_lambda::{python, run_ok, Service};
+use common_worker::{spawn_worker_as, write_runtime_image};
+use lode_frontend::sigv4;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A SigV4-signed Lambda API request from Rust (for the fault sequences
+/// that need exact timing); returns (status, headers, body).
+fn signed(
+    addr: &str,
+    akid: &str,
+    secret: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let date = {
+        let out = Command::new("date")
+            .args(["-u", "+%Y%m%dT%H%M%SZ"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let headers = vec![
+        ("host".to_string(), addr.to_string()),
+        ("x-amz-date".to_string(), date.clone()),
+    ];
+    let req = sigv4::Request {
+        method,
+        path,
+        query: "",
+        headers: &headers,
+        body,
+    };
+    let auth = sigv4::sign(akid, secret, "us-east-1", &req).unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nx-amz-date: {date}\r\nauthorization: {auth}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head, out[split + 4..].to_vec())
+}
+
+fn manager_state(url: &str) -> serde_json::Value {
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /v1/state HTTP/1.0\r\nhost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn functions_run_on_a_stack_of_frontend_manager_and_two_workers() {
+    let env = Env::new();
+    let prep = run_timeout(
+        env.lode()
+            .args(["vm", "prepare", "--dir"])
+            .arg(common_vm::vm_dir()),
+        Duration::from_secs(600),
+    );
+    assert!(prep.status.success(), "vm prepare: {prep:?}");
+    let oci = env.path("rt-oci");
+    write_runtime_image(&oci);
+    let store = env.store.to_str().unwrap().to_string();
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}", oci.display()),
+        "--tenant",
+        "acme",
+        "--name",
+        "rt",
+        "--store",
+        &store,
+    ]);
+    let creds = {
+        let o = env.lode_ok(&["credentials", "add", "--tenant", "acme", "--store", &store]);
+        o.stdout_str().trim().to_string()
+    };
+    let c: serde_json::Value = serde_json::from_str(&creds).unwrap();
+    let (akid, secret) = (
+        c["AccessKeyId"].as_str().unwrap(),
+        c["SecretAccessKey"].as_str().unwrap(),
+    );
+
+    let mport = free_port();
+    let maddr = format!("127.0.0.1:{mport}");
+    let mut manager = Service::start(&env, "manager", &["manager", "--listen", &maddr]);
+    let mut agent_a = common_agent::service::Service::new(&env, "a");
+    agent_a.start();
+    let mut agent_b = common_agent::service::Service::new(&env, "b");
+    agent_b.start();
+    let (mut w1, _) = spawn_worker_as(
+        &env,
+        agent_a.control.to_str().unwrap(),
+        &manager.url(),
+        "w1",
+    );
+    let (w2, _) = spawn_worker_as(
+        &env,
+        agent_b.control.to_str().unwrap(),
+        &manager.url(),
+        "w2",
+    );
+    let frontend = Service::start(
+        &env,
+        "frontend",
+        &[
+            "frontend",
+            "--listen",
+            "127.0.0.1:0",
+            "--manager",
+            &manager.url(),
+            "--store",
+            &store,
+            "--cache-dir",
+            env.path("fe-cache").to_str().unwrap(),
+        ],
+    );
+    let started = Instant::now();
+    while manager_state(&manager.url())["workers_live"] != 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "workers did not report: {}",
+            manager_state(&manager.url())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // boto3: the operations, warm reuse, cache affinity.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lambda/stack.py");
+    let out = run_ok(
+        Command::new(python()).args([script, &frontend.url(), &creds, &manager.url()]),
+        Duration::from_secs(900),
+    );
+    assert!(out.contains("stack ok"), "{out}");
+    eprintln!("{out}");
+
+    // The manager SIGKILLed and restarted while an invocation runs.
+    let create = br#"{"FunctionName":"nap","Role":"r","PackageType":"Image","Code":{"ImageUri":"acme/rt"},"Timeout":60}"#;
+    let (st, _, b) = signed(
+        &frontend.addr,
+        akid,
+        secret,
+        "POST",
+        "/2015-03-31/functions",
+        create,
+    );
+    assert_eq!(st, 201, "{}", String::from_utf8_lossy(&b));
+    let fe = frontend.addr.clone();
+    let (k1, s1) = (akid.to_string(), secret.to_string());
+    let running = std::thread::spawn(move || {
+        signed(
+            &fe,
+            &k1,
+            &s1,
+            "POST",
+            "/2015-03-31/functions/nap/invocations",
+            br#"{"nap": true}"#,
+        )
+    });
+    let started = Instant::now();
+    while manager_state(&manager.url())["leases"] == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the nap was never placed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    manager.kill();
+    manager = Service::start(&env, "manager2", &["manager", "--listen", &maddr]);
+    let (st, head, body) = running.join().unwrap();
+    assert_eq!(
+        (st, String::from_utf8_lossy(&body).as_ref()),
+        (200, "\"rested\""),
+        "{head}"
+    );
+    let started = Instant::now();
+    while manager_state(&manager.url())["workers_live"] != 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "state not rebuilt: {}",
+            manager_state(&manager.url())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (st, head, body) = signed(
+        &frontend.addr,
+        akid,
+        secret,
+        "POST",
+        "/2015-03-31/functions/nap/invocations",
+        br#"{"n": 1}"#,
+    );
+    assert_eq!(st, 200, "{head} {}", String::from_utf8_lossy(&body));
+    assert!(
+        head.to_ascii_lowercase().contains("x-lode-warm: true"),
+        "the rebuilt manager knows the warm sandbox: {head}"
+    );
+
+    // A worker SIGKILLed during an invocation.
+    let fe = frontend.addr.clone();
+    let (k1, s1) = (akid.to_string(), secret.to_string());
+    let doomed = std::thread::spawn(move || {
+        signed(
+            &fe,
+            &k1,
+            &s1,
+            "POST",
+            "/2015-03-31/functions/nap/invocations",
+            br#"{"sleep": true}"#,
+        )
+    });
+    let started = Instant::now();
+    let victim = loop {
+        let s = manager_state(&manager.url());
+        let busy = s["workers"].as_array().unwrap().iter().find(|w| {
+            w["sandboxes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| !s["running"].is_null())
+        });
+        if let Some(w) = busy {
+            break w["worker"].as_str().unwrap().to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the sleep never ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut w2 = Some(w2);
+    if victim == "w1" {
+        let _ = w1.0.kill();
+        let _ = w1.0.wait();
+    } else {
+        drop(w2.take());
+    }
+    let (st, head, body) = doomed.join().unwrap();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(st, 500, "{head} {body}");
+    assert!(body.contains("lost during invocation"), "{body}");
+    // Capacity recovers on the other worker.
+    let (st, head, body) = signed(
+        &frontend.addr,
+        akid,
+        secret,
+        "POST",
+        "/2015-03-31/functions/nap/invocations",
+        br#"{"n": 2}"#,
+    );
+    assert_eq!(st, 200, "{head} {}", String::from_utf8_lossy(&body));
+    assert!(
+        !head.contains(&format!("x-lode-worker: {victim}")),
+        "{head}"
+    );
+    drop(w2);
+}
