@@ -225,7 +225,7 @@ impl ChunkReader {
         // `ct` comes from `load`, which checked it against the chunk name
         // (the disk tier on read, or `load_inner` for every other tier).
         let pt = tokio::task::spawn_blocking(move || {
-            open_named_chunk(index, &secret.key, &secret.plain_sha, ct.to_vec())
+            open_named_chunk(index, &secret, ct.to_vec())
         })
         .await
         .map_err(|e| ReadError::Verify {

@@ -344,10 +344,7 @@ async fn push_into(
                 let out = match sealed {
                     None => ChunkOutcome::Hole,
                     Some(s) => {
-                        let secret = ChunkSecret {
-                            key: s.key,
-                            plain_sha: s.plain_sha,
-                        };
+                        let secret = s.secret;
                         if store.has_chunk(&root_id, &s.name).await? {
                             ChunkOutcome::Already(s.name, secret)
                         } else {
