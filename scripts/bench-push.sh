@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
-# Chunk-store benchmarks (issue 3): push throughput vs the CPU's single-pass
-# limit, measured in the same run; bytes uploaded by a second push of an image
-# differing only in its top layer; manifest size per GiB.
+# Chunk-store benchmarks (issues 3 and 14): push throughput against the CPU
+# limit of the per-chunk work (SHA-256, zstd attempt, AES-256-CTR, SHA-256),
+# measured in the same run, with openssl's numbers beside it; bytes uploaded
+# by a second push of an image differing only in its top layer; manifest
+# size per GiB.
 #
 #   scripts/bench-push.sh            (needs the corpus for the dedup row: scripts/corpus.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+T=${CARGO_TARGET_DIR:-target}
 cargo build --release -q -p lode-cli
 cargo build --release -q -p lode-chunk --example seal_limit
-L=target/release/lode
+L=$T/release/lode
 W=$(mktemp -d "${TMPDIR:-/var/tmp}/lode-bench-push.XXXX")
 trap 'rm -rf "$W"' EXIT
 export LODE_HOME="$W/home"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo
-echo "## CPU limit (same run)"
-target/release/examples/seal_limit 1024
+echo "## openssl speed, 16 KiB blocks, $(nproc) processes (same run)"
+for alg in "-evp aes-256-ctr" "-evp sha256"; do
+  # shellcheck disable=SC2086
+  openssl speed -multi "$(nproc)" -seconds 2 -bytes 16384 $alg 2>/dev/null | tail -1
+done
+echo
+echo "## CPU limit of the per-chunk work (same run)"
+"$T/release/examples/seal_limit" 1024 | tee "$W/limit.txt"
+limit=$(sed -n 's/^| limit: .* | [0-9]* | \([0-9]*\) |$/\1/p' "$W/limit.txt")
 echo
 echo "## Push of a 1 GiB image of random data to a file:// store (no holes, nothing stored yet)"
 head -c $((1024 * 1024 * 1024)) /dev/urandom > "$W/random.img"
@@ -28,7 +38,7 @@ for i in 1 2 3; do
   echo "run $i: $out"
   if [ -z "$best" ] || [ "${mbs%.*}" -gt "${best%.*}" ]; then best=$mbs; fi
 done
-echo "best push: $best MB/s"
+echo "best push: $best MB/s = $(python3 -c "print(f'{$best / $limit:.2f}')") of the limit ($limit MB/s on $(nproc) cores)"
 echo
 CORPUS=${LODE_CORPUS:-target/corpus}
 if [ -d "$CORPUS/app-a" ] && [ -d "$CORPUS/app-b" ]; then

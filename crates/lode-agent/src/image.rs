@@ -196,10 +196,7 @@ mod tests {
             names: vec![Some(c.name), None],
             sealed: Vec::new(),
         };
-        let keys = KeyTable(vec![
-            Some(c.secret),
-            None,
-        ]);
+        let keys = KeyTable(vec![Some(c.secret), None]);
         let tier: Arc<dyn ChunkTier> = Arc::new(StoreTier::new(store));
         let reader = Arc::new(ChunkReader::new(1 << 20, None, vec![tier]));
         let image = OpenedImage {

@@ -224,18 +224,16 @@ impl ChunkReader {
         let secret = *secret;
         // `ct` comes from `load`, which checked it against the chunk name
         // (the disk tier on read, or `load_inner` for every other tier).
-        let pt = tokio::task::spawn_blocking(move || {
-            open_named_chunk(index, &secret, ct.to_vec())
-        })
-        .await
-        .map_err(|e| ReadError::Verify {
-            index,
-            reason: e.to_string(),
-        })?
-        .map_err(|e| ReadError::Verify {
-            index,
-            reason: e.to_string(),
-        })?;
+        let pt = tokio::task::spawn_blocking(move || open_named_chunk(index, &secret, ct.to_vec()))
+            .await
+            .map_err(|e| ReadError::Verify {
+                index,
+                reason: e.to_string(),
+            })?
+            .map_err(|e| ReadError::Verify {
+                index,
+                reason: e.to_string(),
+            })?;
         Ok(Bytes::from(pt))
     }
 

@@ -101,13 +101,28 @@ fn corrupt(index: u64, reason: &'static str) -> ChunkError {
 pub fn decompress(index: u64, stored: &[u8], plain_len: usize) -> Result<Vec<u8>, ChunkError> {
     match zstd::zstd_safe::get_frame_content_size(stored) {
         Ok(Some(n)) if n == plain_len as u64 => {}
-        Ok(Some(_)) => return Err(corrupt(index, "the frame's content size is not the chunk's length")),
-        Ok(None) => return Err(corrupt(index, "the frame does not declare its content size")),
+        Ok(Some(_)) => {
+            return Err(corrupt(
+                index,
+                "the frame's content size is not the chunk's length",
+            ))
+        }
+        Ok(None) => {
+            return Err(corrupt(
+                index,
+                "the frame does not declare its content size",
+            ))
+        }
         Err(_) => return Err(corrupt(index, "not a zstd frame")),
     }
     match zstd::zstd_safe::find_frame_compressed_size(stored) {
         Ok(n) if n == stored.len() => {}
-        _ => return Err(corrupt(index, "the frame does not span the stored bytes exactly")),
+        _ => {
+            return Err(corrupt(
+                index,
+                "the frame does not span the stored bytes exactly",
+            ))
+        }
     }
     DECOMPRESSOR.with(|d| {
         let mut slot = d.borrow_mut();
@@ -138,7 +153,10 @@ mod tests {
     fn zeros_compress_and_noise_does_not() {
         let z = compress(&[0u8; 512 * 1024]).expect("zeros compress");
         assert!(z.len() < 1024);
-        assert_eq!(decompress(0, &z, 512 * 1024).unwrap(), vec![0u8; 512 * 1024]);
+        assert_eq!(
+            decompress(0, &z, 512 * 1024).unwrap(),
+            vec![0u8; 512 * 1024]
+        );
         let mut noise = vec![0u8; 512 * 1024];
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for b in noise.iter_mut() {

@@ -124,6 +124,20 @@ fn ctr_apply(key: &ChunkKey, codec: Codec, data: &mut [u8]) {
 /// AES-256-CTR from the codec's counter block, the name SHA-256 of the
 /// result. One SHA-256 pass over the plaintext, one over the stored bytes.
 pub fn seal_chunk(salt: &Salt, plaintext: &[u8]) -> SealedChunk {
+    seal(salt, plaintext, None)
+}
+
+/// [`seal_chunk`] of a plaintext the caller no longer needs: a chunk stored
+/// raw is encrypted in `plaintext`'s own buffer (no copy).
+pub fn seal_chunk_buf(salt: &Salt, plaintext: Vec<u8>) -> SealedChunk {
+    seal(salt, &[], Some(plaintext))
+}
+
+/// Seals `owned` if given (its buffer becomes a raw chunk's ciphertext),
+/// else `borrowed`.
+fn seal(salt: &Salt, borrowed: &[u8], owned: Option<Vec<u8>>) -> SealedChunk {
+    let plaintext = owned.as_deref().unwrap_or(borrowed);
+    let plain_len = plaintext.len() as u32;
     let plain_sha: [u8; 32] = Sha256::digest(plaintext).into();
     let mut h = Sha256::new();
     h.update(salt.0);
@@ -131,7 +145,7 @@ pub fn seal_chunk(salt: &Salt, plaintext: &[u8]) -> SealedChunk {
     let key = ChunkKey(h.finalize().into());
     let (codec, mut ciphertext) = match codec::compress(plaintext) {
         Some(z) => (Codec::Zstd, z),
-        None => (Codec::Raw, plaintext.to_vec()),
+        None => (Codec::Raw, owned.unwrap_or_else(|| borrowed.to_vec())),
     };
     let name = encrypt_and_name(&key, codec, &mut ciphertext);
     SealedChunk {
@@ -141,7 +155,7 @@ pub fn seal_chunk(salt: &Salt, plaintext: &[u8]) -> SealedChunk {
             plain_sha,
             codec,
             stored_len: ciphertext.len() as u32,
-            plain_len: plaintext.len() as u32,
+            plain_len,
         },
         ciphertext,
     }
@@ -271,6 +285,8 @@ mod tests {
         let random = seal_chunk(&salt, &noise(cs, 9));
         assert_eq!(random.secret.codec, Codec::Raw);
         assert_eq!(random.ciphertext.len(), cs);
+        let owned = seal_chunk_buf(&salt, noise(cs, 9));
+        assert_eq!((owned.name, owned.secret), (random.name, random.secret));
         for s in [&zeros, &text, &random] {
             assert_eq!(s.secret.stored_len as usize, s.ciphertext.len());
             assert_eq!(s.name, ChunkName::of(&s.ciphertext));
@@ -280,7 +296,10 @@ mod tests {
         // v1 chunks still open (raw, counter from 0, the old key).
         let v1 = seal_chunk_v1(&salt, b"old chunk");
         assert_eq!(v1.secret.codec, Codec::Raw);
-        assert_eq!(open_chunk(0, &v1.name, &v1.secret, v1.ciphertext.clone()).unwrap(), b"old chunk");
+        assert_eq!(
+            open_chunk(0, &v1.name, &v1.secret, v1.ciphertext.clone()).unwrap(),
+            b"old chunk"
+        );
     }
 
     #[test]
@@ -324,7 +343,9 @@ mod tests {
             open_named_chunk(5, &short, s.ciphertext.clone()),
             Err(ChunkError::StoredLength { index: 5, .. })
         ));
-        assert!(open_named_chunk(5, &short, s.ciphertext[..s.ciphertext.len() - 1].to_vec()).is_err());
+        assert!(
+            open_named_chunk(5, &short, s.ciphertext[..s.ciphertext.len() - 1].to_vec()).is_err()
+        );
         let mut raw = s.secret;
         raw.codec = Codec::Raw;
         assert!(open_named_chunk(6, &raw, s.ciphertext.clone()).is_err());

@@ -23,16 +23,16 @@ pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod pointer;
+pub mod sizes;
 pub mod workingset;
 
-pub use crypto::{
-    open_chunk, open_named_chunk, seal_chunk, seal_chunk_v1, ChunkKey, ChunkName, ChunkSecret,
-    SealedChunk, CHUNK_SIZE,
-};
 pub use codec::Codec;
+pub use crypto::{
+    open_chunk, open_named_chunk, seal_chunk, seal_chunk_buf, seal_chunk_v1, ChunkKey, ChunkName,
+    ChunkSecret, SealedChunk, CHUNK_SIZE,
+};
 pub use error::ChunkError;
 pub use keys::{DataKey, KeyProvider, Keyring, Salt};
-pub use manifest::{
-    ImageBinding, KeyTable, Manifest, ManifestHeader, SealSpec, MAX_CHUNK_SIZE,
-};
+pub use manifest::{ImageBinding, KeyTable, Manifest, ManifestHeader, SealSpec, MAX_CHUNK_SIZE};
 pub use pointer::{open_pointer, seal_pointer, PointerClaim};
+pub use sizes::ChunkSizes;

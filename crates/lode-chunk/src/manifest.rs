@@ -563,7 +563,10 @@ impl Manifest {
                 let byte = e[64];
                 let codec = Codec::from_byte(byte)
                     .ok_or_else(|| bad(format!("chunk {i}: unknown codec byte {byte}")))?;
-                (codec, u32::from_le_bytes(e[65..69].try_into().expect("4 bytes")))
+                (
+                    codec,
+                    u32::from_le_bytes(e[65..69].try_into().expect("4 bytes")),
+                )
             } else {
                 (Codec::Raw, plain_len)
             };
@@ -709,7 +712,11 @@ mod tests {
             let names = vec![Some(ChunkName([3; 32])), None, Some(ChunkName([4; 32]))];
             let m = sample_with(names, &k, binding, format);
             let bytes = m.encode();
-            assert_eq!(&bytes[8..10], &format.to_le_bytes(), "written as format {format}");
+            assert_eq!(
+                &bytes[8..10],
+                &format.to_le_bytes(),
+                "written as format {format}"
+            );
             let h = ManifestHeader::parse(&bytes).unwrap();
             assert_eq!(h.encoded_len(), bytes.len() as u64);
             let back = Manifest::decode(&bytes).unwrap();
@@ -718,7 +725,10 @@ mod tests {
             assert_eq!(back.encode(), bytes, "re-encodes byte for byte");
             let table = back.open(&k).unwrap();
             let s = table.0[2].unwrap();
-            assert_eq!((s.codec, s.stored_len, s.plain_len), (Codec::Raw, 4096, 4096));
+            assert_eq!(
+                (s.codec, s.stored_len, s.plain_len),
+                (Codec::Raw, 4096, 4096)
+            );
             for i in 0..bytes.len() {
                 let mut b = bytes.clone();
                 b[i] ^= 0x40;
@@ -746,9 +756,15 @@ mod tests {
         };
         let names = vec![Some(ChunkName([1; 32])), None];
         assert!(Manifest::seal(&spec, names.clone(), &[Some(z), None], &k).is_err());
-        let spec = SealSpec { format: VERSION, ..spec };
+        let spec = SealSpec {
+            format: VERSION,
+            ..spec
+        };
         assert!(Manifest::seal(&spec, names.clone(), &[Some(z), None], &k).is_ok());
-        let spec = SealSpec { binding: None, ..spec };
+        let spec = SealSpec {
+            binding: None,
+            ..spec
+        };
         assert!(Manifest::seal(&spec, names, &[Some(z), None], &k).is_err());
     }
 
@@ -782,13 +798,28 @@ mod tests {
         let mut bytes = m.encode();
         // Forge an unknown codec byte under a fresh seal: open refuses it.
         let header = m.header_bytes();
-        let key = ManifestHeader::parse(&bytes).unwrap().unwrap_key(&k).unwrap();
+        let key = ManifestHeader::parse(&bytes)
+            .unwrap()
+            .unwrap_key(&k)
+            .unwrap();
         let mut table = Aes256Gcm::new(&key.0.into())
-            .decrypt(&m.nonce.into(), Payload { msg: &m.sealed, aad: &header })
+            .decrypt(
+                &m.nonce.into(),
+                Payload {
+                    msg: &m.sealed,
+                    aad: &header,
+                },
+            )
             .unwrap();
         table[64] = 7;
         let resealed = Aes256Gcm::new(&key.0.into())
-            .encrypt(&m.nonce.into(), Payload { msg: &table, aad: &header })
+            .encrypt(
+                &m.nonce.into(),
+                Payload {
+                    msg: &table,
+                    aad: &header,
+                },
+            )
             .unwrap();
         let at = bytes.len() - resealed.len();
         bytes[at..].copy_from_slice(&resealed);

@@ -5,8 +5,8 @@
 use crate::support::{scratch, FixedKeys, Input, DIGEST, KEK};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
-use lode_chunk::keys::{unwrap_with, wrap_with};
 use lode_chunk::codec::{self, Codec};
+use lode_chunk::keys::{unwrap_with, wrap_with};
 use lode_chunk::manifest::{chunk_count, entry_len, plain_len, MAX_CHUNKS, MAX_HEADER_LEN};
 use lode_chunk::workingset;
 use lode_chunk::{
@@ -244,7 +244,11 @@ pub fn chunk_open(data: &[u8]) {
     longer.stored_len += 1;
     assert!(open_named_chunk(2, &longer, sealed.ciphertext.clone()).is_err());
     let mut other = s;
-    other.codec = if s.codec == Codec::Raw { Codec::Zstd } else { Codec::Raw };
+    other.codec = if s.codec == Codec::Raw {
+        Codec::Zstd
+    } else {
+        Codec::Raw
+    };
     if let Ok(pt) = open_named_chunk(2, &other, sealed.ciphertext) {
         assert_eq!(pt, stored, "another codec gave other bytes");
     }

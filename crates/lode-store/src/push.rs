@@ -7,7 +7,7 @@ use crate::roots::RootInfo;
 use crate::store::{check_name, Store};
 use futures::{StreamExt, TryStreamExt};
 use lode_chunk::manifest::chunk_count;
-use lode_chunk::{seal_chunk, ChunkName, ChunkSecret, KeyProvider, Salt, CHUNK_SIZE};
+use lode_chunk::{seal_chunk_buf, ChunkName, ChunkSecret, KeyProvider, Salt, CHUNK_SIZE};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -143,7 +143,7 @@ fn read_and_seal(
     if buf.iter().all(|&b| b == 0) {
         return Ok(None);
     }
-    Ok(Some(seal_chunk(salt, &buf)))
+    Ok(Some(seal_chunk_buf(salt, buf)))
 }
 
 /// Frees `len` bytes at `off` of `file` (its size stays). Where the file

@@ -605,9 +605,8 @@ async fn converge(w: &World, checker: &mut Checker, log: &Log) -> Result<(), Str
                     .get_chunk(&m.root, name)
                     .await
                     .map_err(|e| e.to_string())?;
-                let pt =
-                    lode_chunk::open_chunk(i as u64, name, &sec, ct.to_vec())
-                        .map_err(|e| e.to_string())?;
+                let pt = lode_chunk::open_chunk(i as u64, name, &sec, ct.to_vec())
+                    .map_err(|e| e.to_string())?;
                 bytes[i * CS..i * CS + pt.len()].copy_from_slice(&pt);
             }
         }
