@@ -54,6 +54,10 @@ impl Codec {
 thread_local! {
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    /// The compressor's output buffer, kept per thread: most attempts on
+    /// incompressible chunks fill most of it and are dropped, and a fresh
+    /// buffer each time would cost its page faults every chunk.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The largest stored length that counts as worth compressing: the
@@ -81,11 +85,18 @@ pub fn compress(plain: &[u8]) -> Option<Vec<u8>> {
             *slot = Some(z);
         }
         let z = slot.as_mut()?;
-        let mut out = Vec::with_capacity(limit);
-        match z.compress_to_buffer(plain, &mut out) {
-            Ok(n) if n <= limit => Some(out),
-            _ => None,
-        }
+        SCRATCH.with(|scratch| {
+            let mut out = scratch.borrow_mut();
+            if out.len() < limit {
+                out.resize(limit, 0);
+            }
+            // Exactly `limit` bytes of room: the encoder stops (with an
+            // error) as soon as its output would not fit.
+            match z.compress_to_buffer(plain, &mut out[..limit]) {
+                Ok(n) if n <= limit => Some(out[..n].to_vec()),
+                _ => None,
+            }
+        })
     })
 }
 
