@@ -13,23 +13,24 @@ use lode_chunk::{codec, seal_chunk_buf, Salt, CHUNK_SIZE};
 use sha2::{Digest, Sha256};
 use std::time::Instant;
 
-type Pass = fn(&mut Vec<u8>);
+type Pass = fn(Vec<u8>);
 
-fn sha(b: &mut Vec<u8>) {
-    std::hint::black_box(Sha256::digest(&b[..]));
+fn sha(b: Vec<u8>) {
+    std::hint::black_box(Sha256::digest(&b));
 }
 
-fn aes(b: &mut Vec<u8>) {
+fn aes(mut b: Vec<u8>) {
     let mut c = ctr::Ctr128BE::<aes::Aes256>::new(&[7u8; 32].into(), &[0u8; 16].into());
-    c.apply_keystream(b);
+    c.apply_keystream(&mut b);
+    std::hint::black_box(b);
 }
 
-fn zstd_attempt(b: &mut Vec<u8>) {
-    std::hint::black_box(codec::compress(b));
+fn zstd_attempt(b: Vec<u8>) {
+    std::hint::black_box(codec::compress(&b));
 }
 
-fn seal(b: &mut Vec<u8>) {
-    std::hint::black_box(seal_chunk_buf(&Salt([3; 32]), std::mem::take(b)));
+fn seal(b: Vec<u8>) {
+    std::hint::black_box(seal_chunk_buf(&Salt([3; 32]), b));
 }
 
 /// MB/s of `f` over `chunks` (cycled to `mib` MiB per thread group).
@@ -40,8 +41,7 @@ fn rate(chunks: &[Vec<u8>], mib: usize, threads: usize, f: Pass) -> f64 {
         for th in 0..threads {
             s.spawn(move || {
                 for i in 0..per {
-                    let mut buf = chunks[(i * threads + th) % chunks.len()].clone();
-                    f(&mut buf);
+                    f(chunks[(i * threads + th) % chunks.len()].clone());
                 }
             });
         }

@@ -240,7 +240,7 @@ mod tests {
                 if b % 3 == 0 {
                     for _ in 0..n { x ^= x << 13; x ^= x >> 7; x ^= x << 17; plain.push(x as u8); }
                 } else {
-                    plain.extend(std::iter::repeat(b).take(n));
+                    plain.extend(std::iter::repeat_n(b, n));
                 }
             }
             match compress(&plain) {

@@ -236,7 +236,7 @@ pub fn open_named_chunk(
         Codec::Zstd => codec::decompress(index, &ciphertext, secret.plain_len as usize)?,
     };
     let sha: [u8; 32] = Sha256::digest(&plain).into();
-    if &sha != &secret.plain_sha {
+    if sha != secret.plain_sha {
         return Err(ChunkError::PlaintextMismatch { index });
     }
     Ok(plain)
