@@ -9,7 +9,8 @@
 //!          disk cache     → ciphertext, re-hashed against the name
 //!          tiers in order → ciphertext, hashed against the name; fills the
 //!                           disk cache and the tiers above it
-//!        decrypt + verify → plaintext SHA-256 from the tenant's sealed manifest
+//!        decrypt + verify → stored length, bounded zstd decoding for compressed
+//!                           chunks, plaintext SHA-256 from the tenant's sealed manifest
 //! ```
 //! No byte reaches a client before both the name check and the plaintext
 //! check pass.
