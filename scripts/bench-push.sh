@@ -1,34 +1,55 @@
 #!/usr/bin/env bash
-# Chunk-store benchmarks (issue 3): push throughput vs the CPU's single-pass
-# limit, measured in the same run; bytes uploaded by a second push of an image
-# differing only in its top layer; manifest size per GiB.
+# Chunk-store benchmarks (issues 3 and 14): push throughput against the CPU
+# limit of the per-chunk work (SHA-256, zstd attempt, AES-256-CTR, SHA-256:
+# lode's seal_chunk_buf on every core with no I/O, and the sum of the passes
+# measured alone), measured in the same run on the same data, with
+# openssl's numbers beside it; bytes uploaded
+# by a second push of an image differing only in its top layer; manifest
+# size per GiB.
 #
 #   scripts/bench-push.sh            (needs the corpus for the dedup row: scripts/corpus.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+T=${CARGO_TARGET_DIR:-target}
 cargo build --release -q -p lode-cli
 cargo build --release -q -p lode-chunk --example seal_limit
-L=target/release/lode
+L=$T/release/lode
 W=$(mktemp -d "${TMPDIR:-/var/tmp}/lode-bench-push.XXXX")
 trap 'rm -rf "$W"' EXIT
 export LODE_HOME="$W/home"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo
-echo "## CPU limit (same run)"
-target/release/examples/seal_limit 1024
+echo "## openssl speed, 16 KiB blocks, $(nproc) processes (same run)"
+for alg in "-evp aes-256-ctr" "-evp sha256"; do
+  # shellcheck disable=SC2086
+  openssl speed -multi "$(nproc)" -seconds 2 -bytes 16384 $alg 2>/dev/null | tail -1
+done
 echo
-echo "## Push of a 1 GiB image of random data to a file:// store (no holes, nothing stored yet)"
+echo "## CPU limit of the per-chunk work (same run)"
 head -c $((1024 * 1024 * 1024)) /dev/urandom > "$W/random.img"
 sync
-best=""
+"$T/release/examples/seal_limit" 256 "$W/random.img" | tee "$W/limit.txt"
+sed -n 's/^| lode seal_chunk_buf .* | [0-9]* | \([0-9]*\) |$/limit \1/p' "$W/limit.txt" > "$W/limits.txt"
+echo
+echo "## Push of a 1 GiB image of random data to a file:// store (no holes, nothing stored yet)"
+# LODE_BASELINE=PATH: another lode binary (e.g. a build of main) pushed in
+# the same rounds, interleaved, for a before/after in one run.
+declare -A best
 for i in 1 2 3; do
-  rm -rf "$W/store"
-  out=$($L push "ext4:$W/random.img" --tenant bench --name r --store "file://$W/store")
-  mbs=$(echo "$out" | sed -n 's/.*, \([0-9.]*\) MB\/s.*/\1/p')
-  echo "run $i: $out"
-  if [ -z "$best" ] || [ "${mbs%.*}" -gt "${best%.*}" ]; then best=$mbs; fi
+  for bin in ${LODE_BASELINE:+"$LODE_BASELINE"} "$L"; do
+    rm -rf "$W/store"
+    out=$("$bin" push "ext4:$W/random.img" --tenant bench --name r --store "file://$W/store")
+    mbs=$(echo "$out" | sed -n 's/.*, \([0-9.]*\) MB\/s.*/\1/p')
+    echo "run $i, $bin: ${out%% (manifest*}"
+    if [ -z "${best[$bin]:-}" ] || [ "${mbs%.*}" -gt "${best[$bin]%.*}" ]; then best[$bin]=$mbs; fi
+  done
+  "$T/release/examples/seal_limit" 256 "$W/random.img" | sed -n "s/^| lode seal_chunk_buf .* | [0-9]* | \([0-9]*\) |$/limit \1/p" >> "$W/limits.txt"
 done
-echo "best push: $best MB/s"
+limit=$(sort -n -k2 "$W/limits.txt" | tail -1 | cut -d' ' -f2)
+echo "limit: the whole per-chunk work (seal_chunk_buf) on every core, no I/O, best of 4 measurements on the same data: $limit MB/s"
+for bin in "$L" ${LODE_BASELINE:+"$LODE_BASELINE"}; do
+  echo "best push, $bin: ${best[$bin]} MB/s = $(python3 -c "print(f'{${best[$bin]} / $limit:.2f}')") of the limit"
+done
 echo
 CORPUS=${LODE_CORPUS:-target/corpus}
 if [ -d "$CORPUS/app-a" ] && [ -d "$CORPUS/app-b" ]; then

@@ -170,7 +170,7 @@ impl ImageHandle {
 mod tests {
     use super::*;
     use lode_cache::{ChunkTier, StoreTier};
-    use lode_chunk::{seal_chunk, ChunkSecret, KeyTable, Manifest, Salt};
+    use lode_chunk::{seal_chunk, KeyTable, Manifest, Salt};
 
     /// Found by review while fuzzing the NBD server: a manifest whose chunk
     /// decrypts (name and hash check out) to fewer bytes than the chunk
@@ -196,13 +196,7 @@ mod tests {
             names: vec![Some(c.name), None],
             sealed: Vec::new(),
         };
-        let keys = KeyTable(vec![
-            Some(ChunkSecret {
-                key: c.key,
-                plain_sha: c.plain_sha,
-            }),
-            None,
-        ]);
+        let keys = KeyTable(vec![Some(c.secret), None]);
         let tier: Arc<dyn ChunkTier> = Arc::new(StoreTier::new(store));
         let reader = Arc::new(ChunkReader::new(1 << 20, None, vec![tier]));
         let image = OpenedImage {

@@ -9,7 +9,8 @@
 //!          disk cache     → ciphertext, re-hashed against the name
 //!          tiers in order → ciphertext, hashed against the name; fills the
 //!                           disk cache and the tiers above it
-//!        decrypt + verify → plaintext SHA-256 from the tenant's sealed manifest
+//!        decrypt + verify → stored length, bounded zstd decoding for compressed
+//!                           chunks, plaintext SHA-256 from the tenant's sealed manifest
 //! ```
 //! No byte reaches a client before both the name check and the plaintext
 //! check pass.
@@ -224,18 +225,16 @@ impl ChunkReader {
         let secret = *secret;
         // `ct` comes from `load`, which checked it against the chunk name
         // (the disk tier on read, or `load_inner` for every other tier).
-        let pt = tokio::task::spawn_blocking(move || {
-            open_named_chunk(index, &secret.key, &secret.plain_sha, ct.to_vec())
-        })
-        .await
-        .map_err(|e| ReadError::Verify {
-            index,
-            reason: e.to_string(),
-        })?
-        .map_err(|e| ReadError::Verify {
-            index,
-            reason: e.to_string(),
-        })?;
+        let pt = tokio::task::spawn_blocking(move || open_named_chunk(index, &secret, ct.to_vec()))
+            .await
+            .map_err(|e| ReadError::Verify {
+                index,
+                reason: e.to_string(),
+            })?
+            .map_err(|e| ReadError::Verify {
+                index,
+                reason: e.to_string(),
+            })?;
         Ok(Bytes::from(pt))
     }
 

@@ -20,6 +20,27 @@ pub enum ChunkError {
         /// Chunk index in the image.
         index: u64,
     },
+    /// A stored chunk of another length than its key-table entry records
+    /// (a truncated or padded object, or a tampered stored length).
+    #[error("chunk {index}: {actual} stored bytes where the manifest records {expected}: corrupt or tampered chunk")]
+    StoredLength {
+        /// Chunk index in the image.
+        index: u64,
+        /// Stored length recorded in the manifest.
+        expected: u64,
+        /// Length of the bytes received.
+        actual: u64,
+    },
+    /// A compressed chunk whose zstd frame is refused (bounded decoding:
+    /// wrong content size, trailing bytes, or a frame that does not decode
+    /// to exactly the chunk's length).
+    #[error("chunk {index}: compressed frame refused: {reason}: corrupt or tampered chunk")]
+    BadFrame {
+        /// Chunk index in the image.
+        index: u64,
+        /// What is wrong with the frame.
+        reason: &'static str,
+    },
     /// A manifest that cannot be parsed.
     #[error("manifest: {0}")]
     BadManifest(String),

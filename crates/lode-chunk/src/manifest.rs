@@ -1,9 +1,9 @@
-//! The per-image manifest, format version 2 (version 1 is still read; see
-//! `docs/format.md`).
+//! The per-image manifest, format version 3 (versions 1 and 2 are still
+//! read; see `docs/format.md`).
 //!
 //! ```text
 //! "LODEMANI"  magic                      8 bytes
-//! version     u16 = 2, reserved u16 = 0
+//! version     u16 = 3, reserved u16 = 0
 //! image_size  u64      chunk_size u32    chunk_count u32
 //! tenant      u16 length + bytes
 //! name        u16 length + bytes         (v2: the image name it was pushed as)
@@ -13,7 +13,9 @@
 //! nonce       12 bytes                   (AES-256-GCM nonce of the sealed table)
 //! names       chunk_count × 32 bytes     (SHA-256 of ciphertext; all-zero = hole)
 //! sealed      u32 length + AES-256-GCM(data key, nonce, table, aad = every byte above)
-//!             table = chunk_count × (key 32 bytes ‖ plaintext SHA-256 32 bytes)
+//!             table = chunk_count × entry
+//!             v3 entry: key 32 ‖ plaintext SHA-256 32 ‖ codec u8 ‖ stored length u32
+//!             v1, v2 entry: key 32 ‖ plaintext SHA-256 32 (every chunk raw)
 //! ```
 //! All integers little-endian. Nothing may follow the sealed table. Because
 //! every byte before the table is the GCM associated data and the table ends
@@ -21,8 +23,12 @@
 //! Version 2 puts the image's name and version number in that authenticated
 //! header ([`ImageBinding`]), so a manifest cannot be passed off as another
 //! image of its tenant, or as a newer version of its own image; version 1
-//! has neither field.
+//! has neither field. Version 3 records per chunk how it is stored (chunk
+//! format v2: raw or one zstd frame, see [`crate::codec`]) and the stored
+//! object's length; versions 1 and 2 describe chunk format v1 only.
 
+use crate::codec::Codec;
+pub use crate::crypto::ChunkSecret;
 use crate::crypto::{ChunkKey, ChunkName};
 use crate::error::ChunkError;
 use crate::keys::{check_tenant, DataKey, KeyProvider};
@@ -31,11 +37,27 @@ use aes_gcm::Aes256Gcm;
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 8] = b"LODEMANI";
-/// Manifest format version written by [`Manifest::seal`] with a binding.
-pub const VERSION: u16 = 2;
-/// The first format: no image binding. Still read; written only when
-/// [`SealSpec::binding`] is `None`.
+/// Manifest format version lode writes: bound, with codec and stored length
+/// per chunk (chunk format v2).
+pub const VERSION: u16 = 3;
+/// The bound format of chunk format v1 (every chunk raw). Still read;
+/// written only on request ([`SealSpec::format`]: compatibility tests, tools).
+pub const VERSION_V2: u16 = 2;
+/// The first format: no image binding. Still read; written only on request.
 pub const VERSION_V1: u16 = 1;
+
+/// Bytes of one key-table entry in a manifest of format `format`.
+pub fn entry_len(format: u16) -> usize {
+    if format >= VERSION {
+        69
+    } else {
+        64
+    }
+}
+
+fn known_format(format: u16) -> bool {
+    (VERSION_V1..=VERSION).contains(&format)
+}
 /// Largest manifest lode will parse (a 16 TiB image at 512 KiB chunks is 1 GiB
 /// of table; anything larger is refused before allocation).
 pub const MAX_CHUNKS: u64 = 1 << 25;
@@ -56,15 +78,6 @@ pub const MAX_HEADER_LEN: usize = 28 + 4 * (2 + u16::MAX as usize) + 8 + 12;
 /// what [`Manifest::peek_root`] needs.
 pub const HEADER_PEEK: usize = 1024;
 
-/// Secret part of one chunk's entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChunkSecret {
-    /// Decryption key.
-    pub key: ChunkKey,
-    /// SHA-256 of the plaintext.
-    pub plain_sha: [u8; 32],
-}
-
 /// The opened key table: one entry per chunk, `None` for holes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyTable(pub Vec<Option<ChunkSecret>>);
@@ -84,10 +97,14 @@ pub struct ImageBinding {
 /// What [`Manifest::seal`] writes besides the chunk tables.
 #[derive(Clone, Copy, Debug)]
 pub struct SealSpec<'a> {
+    /// Format version to write: [`VERSION`]; [`VERSION_V2`] or
+    /// [`VERSION_V1`] only for compatibility tests and tools (their chunks
+    /// must all be raw).
+    pub format: u16,
     /// Tenant that owns the image.
     pub tenant: &'a str,
-    /// Name and version the manifest is bound to; `None` writes the legacy
-    /// unbound format v1 (compatibility tests and tools only).
+    /// Name and version the manifest is bound to: `Some` for versions 2
+    /// and 3, `None` for the unbound version 1.
     pub binding: Option<&'a ImageBinding>,
     /// Image size in bytes.
     pub image_size: u64,
@@ -102,7 +119,7 @@ pub struct SealSpec<'a> {
 /// checks both before it buffers (or allocates for) a single chunk entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestHeader {
-    /// Format version ([`VERSION`] or [`VERSION_V1`]).
+    /// Format version ([`VERSION_V1`] to [`VERSION`]).
     pub format: u16,
     /// Tenant that owns the image.
     pub tenant: String,
@@ -127,7 +144,7 @@ pub struct ManifestHeader {
 /// A parsed manifest. Names are readable by anyone; keys need the tenant's key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
-    /// Format version of these bytes ([`VERSION`] or [`VERSION_V1`]).
+    /// Format version of these bytes ([`VERSION_V1`] to [`VERSION`]).
     pub format: u16,
     /// Tenant that owns the image.
     pub tenant: String,
@@ -202,9 +219,9 @@ impl ManifestHeader {
             return Err(bad("not a lode manifest (bad magic)"));
         }
         let format = r.u16("version")?;
-        if format != VERSION && format != VERSION_V1 {
+        if !known_format(format) {
             return Err(bad(format!(
-                "unsupported version {format} (this lode reads {VERSION_V1} and {VERSION})"
+                "unsupported version {format} (this lode reads {VERSION_V1} to {VERSION})"
             )));
         }
         if r.u16("reserved")? != 0 {
@@ -234,7 +251,7 @@ impl ManifestHeader {
         }
         let tenant = r.str16("tenant")?;
         check_tenant(&tenant)?;
-        let binding = if format >= VERSION {
+        let binding = if format >= VERSION_V2 {
             let name = r.str16("image name")?;
             check_image_name(&name)?;
             let version = r.u64("image version")?;
@@ -263,7 +280,7 @@ impl ManifestHeader {
     /// The size in bytes of the whole manifest this header begins:
     /// header, names, table length, sealed table and tag.
     pub fn encoded_len(&self) -> u64 {
-        self.len as u64 + 4 + 16 + self.chunk_count * (32 + 64)
+        self.len as u64 + 4 + 16 + self.chunk_count * (32 + entry_len(self.format) as u64)
     }
 
     /// Opens the data key with the tenant's key: the check a reader makes
@@ -288,6 +305,24 @@ pub fn check_image_name(n: &str) -> Result<(), ChunkError> {
     }
 }
 
+/// Plaintext length of chunk `index` of an image: the chunk size, or what
+/// is left of the image for its last chunk.
+pub fn plain_len(image_size: u64, chunk_size: u32, index: usize) -> u32 {
+    let cs = u64::from(chunk_size);
+    image_size.saturating_sub(index as u64 * cs).min(cs) as u32
+}
+
+/// Whether a chunk stored with `codec` in `stored_len` bytes for
+/// `plain_len` plaintext bytes may appear in a manifest of `format`: raw
+/// chunks are stored at their length; zstd frames (version 3 only) are
+/// non-empty and shorter than the plaintext.
+fn form_ok(format: u16, codec: Codec, stored_len: u32, plain_len: u32) -> bool {
+    match codec {
+        Codec::Raw => stored_len == plain_len,
+        Codec::Zstd => format >= VERSION && stored_len > 0 && stored_len < plain_len,
+    }
+}
+
 /// Number of chunks of an image.
 pub fn chunk_count(image_size: u64, chunk_size: u32) -> u64 {
     image_size.div_ceil(u64::from(chunk_size))
@@ -303,6 +338,7 @@ impl Manifest {
         provider: &dyn KeyProvider,
     ) -> Result<Manifest, ChunkError> {
         let SealSpec {
+            format,
             tenant,
             binding,
             image_size,
@@ -310,9 +346,27 @@ impl Manifest {
             root,
         } = *spec;
         check_tenant(tenant)?;
+        if !known_format(format) || binding.is_some() != (format >= VERSION_V2) {
+            return Err(bad(format!(
+                "cannot write version {format} with{} a binding",
+                if binding.is_some() { "" } else { "out" }
+            )));
+        }
         if names.len() != secrets.len() || names.len() as u64 != chunk_count(image_size, chunk_size)
         {
             return Err(bad("chunk table does not match the image size"));
+        }
+        for (i, s) in secrets.iter().enumerate() {
+            let Some(s) = s else { continue };
+            let plain_len = plain_len(image_size, chunk_size, i);
+            if s.plain_len != plain_len || !form_ok(format, s.codec, s.stored_len, plain_len) {
+                return Err(bad(format!(
+                    "chunk {i}: a {} chunk of {} stored bytes for {} plaintext bytes cannot be written as version {format}",
+                    s.codec.as_str(),
+                    s.stored_len,
+                    s.plain_len
+                )));
+            }
         }
         if let Some(b) = binding {
             check_image_name(&b.name)?;
@@ -324,11 +378,7 @@ impl Manifest {
         let wrapped_key = provider.wrap(tenant, &data_key)?;
         let nonce: [u8; 12] = provider.random()?[..12].try_into().expect("12 of 32");
         let mut m = Manifest {
-            format: if binding.is_some() {
-                VERSION
-            } else {
-                VERSION_V1
-            },
+            format,
             tenant: tenant.to_string(),
             binding: binding.cloned(),
             image_size,
@@ -339,14 +389,19 @@ impl Manifest {
             names,
             sealed: Vec::new(),
         };
-        let mut table = Vec::with_capacity(secrets.len() * 64);
+        let entry = entry_len(format);
+        let mut table = Vec::with_capacity(secrets.len() * entry);
         for s in secrets {
             match s {
                 Some(s) => {
                     table.extend_from_slice(&s.key.0);
                     table.extend_from_slice(&s.plain_sha);
+                    if format >= VERSION {
+                        table.push(s.codec as u8);
+                        table.extend_from_slice(&s.stored_len.to_le_bytes());
+                    }
                 }
-                None => table.extend_from_slice(&[0u8; 64]),
+                None => table.resize(table.len() + entry, 0),
             }
         }
         let aad = m.header_bytes();
@@ -376,7 +431,7 @@ impl Manifest {
         b.extend_from_slice(&self.chunk_size.to_le_bytes());
         b.extend_from_slice(&(self.names.len() as u32).to_le_bytes());
         str16(&mut b, self.tenant.as_bytes());
-        if self.format >= VERSION {
+        if self.format >= VERSION_V2 {
             let (name, version) = self
                 .binding
                 .as_ref()
@@ -430,7 +485,7 @@ impl Manifest {
             })
             .collect();
         let sealed_len = r.u32("sealed table length")? as usize;
-        if sealed_len != count as usize * 64 + 16 {
+        if sealed_len != count as usize * entry_len(format) + 16 {
             return Err(bad("sealed table has the wrong length"));
         }
         let sealed = r.take(sealed_len, "sealed table")?.to_vec();
@@ -461,12 +516,12 @@ impl Manifest {
             return Err(bad("not a lode manifest (bad magic)"));
         }
         let format = r.u16("version")?;
-        if format != VERSION && format != VERSION_V1 {
+        if !known_format(format) {
             return Err(bad(format!("unsupported version {format}")));
         }
         r.take(2 + 8 + 4 + 4, "sizes")?;
         r.str16("tenant")?;
-        if format >= VERSION {
+        if format >= VERSION_V2 {
             r.str16("image name")?;
             r.u64("image version")?;
         }
@@ -494,16 +549,40 @@ impl Manifest {
                 tenant: self.tenant.clone(),
             })?;
         let mut out = Vec::with_capacity(self.names.len());
-        for (i, e) in table.chunks(64).enumerate() {
-            let secret = ChunkSecret {
-                key: ChunkKey(e[..32].try_into().expect("32 bytes")),
-                plain_sha: e[32..].try_into().expect("32 bytes"),
-            };
-            match (self.names[i].is_some(), e == [0u8; 64]) {
-                (true, false) => out.push(Some(secret)),
-                (false, true) => out.push(None),
-                _ => return Err(bad(format!("chunk {i}: key table and name table disagree"))),
+        for (i, e) in table.chunks(entry_len(self.format)).enumerate() {
+            let hole = e.iter().all(|&b| b == 0);
+            if self.names[i].is_none() {
+                if !hole {
+                    return Err(bad(format!("chunk {i}: key table and name table disagree")));
+                }
+                out.push(None);
+                continue;
             }
+            let plain_len = plain_len(self.image_size, self.chunk_size, i);
+            let (codec, stored_len) = if self.format >= VERSION {
+                let byte = e[64];
+                let codec = Codec::from_byte(byte)
+                    .ok_or_else(|| bad(format!("chunk {i}: unknown codec byte {byte}")))?;
+                (
+                    codec,
+                    u32::from_le_bytes(e[65..69].try_into().expect("4 bytes")),
+                )
+            } else {
+                (Codec::Raw, plain_len)
+            };
+            if hole || !form_ok(self.format, codec, stored_len, plain_len) {
+                return Err(bad(format!(
+                    "chunk {i}: entry ({} codec, {stored_len} stored bytes) does not fit its {plain_len} bytes",
+                    codec.as_str()
+                )));
+            }
+            out.push(Some(ChunkSecret {
+                key: ChunkKey(e[..32].try_into().expect("32 bytes")),
+                plain_sha: e[32..64].try_into().expect("32 bytes"),
+                codec,
+                stored_len,
+                plain_len,
+            }));
         }
         Ok(KeyTable(out))
     }
@@ -526,25 +605,34 @@ mod tests {
             name: "app:v1".into(),
             version: 7,
         };
-        sample_with(names, k, Some(&binding))
+        sample_with(names, k, Some(&binding), VERSION)
     }
 
+    /// Chunks of 4096 bytes; in version 3, odd chunks are zstd frames of
+    /// 1000 + i bytes.
     fn sample_with(
         names: Vec<Option<ChunkName>>,
         k: &Keyring,
         binding: Option<&ImageBinding>,
+        format: u16,
     ) -> Manifest {
         let secrets: Vec<Option<ChunkSecret>> = names
             .iter()
-            .map(|n| {
+            .enumerate()
+            .map(|(i, n)| {
+                let zstd = format >= VERSION && i % 2 == 1;
                 n.map(|n| ChunkSecret {
                     key: ChunkKey(n.0),
                     plain_sha: [9; 32],
+                    codec: if zstd { Codec::Zstd } else { Codec::Raw },
+                    stored_len: if zstd { 1000 + i as u32 } else { 4096 },
+                    plain_len: 4096,
                 })
             })
             .collect();
         let size = names.len() as u64 * 4096;
         let spec = SealSpec {
+            format,
             tenant: "t1",
             binding,
             image_size: size,
@@ -590,6 +678,7 @@ mod tests {
             version: 1,
         };
         let spec = SealSpec {
+            format: VERSION,
             tenant: "t1",
             binding: Some(&bad),
             image_size: 0,
@@ -604,7 +693,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let k = Keyring::new(d.path());
         let v2 = sample(vec![Some(ChunkName([1; 32]))], &k).encode();
-        let v1 = sample_with(vec![None], &k, None).encode();
+        let v1 = sample_with(vec![None], &k, None, VERSION_V1).encode();
         assert_eq!(Manifest::peek_root(&v2[..200]).unwrap(), "root-1");
         assert_eq!(Manifest::peek_root(&v1).unwrap(), "root-1");
         assert!(Manifest::peek_root(&v2[..20]).is_err());
@@ -615,21 +704,137 @@ mod tests {
     fn v1_manifests_stay_readable() {
         let d = tempfile::tempdir().unwrap();
         let k = Keyring::new(d.path());
-        let m = sample_with(vec![Some(ChunkName([3; 32])), None], &k, None);
-        let bytes = m.encode();
-        assert_eq!(&bytes[8..10], &1u16.to_le_bytes(), "written as format 1");
-        let back = Manifest::decode(&bytes).unwrap();
-        assert_eq!(back.format, VERSION_V1);
-        assert_eq!(back.binding, None);
-        assert_eq!(back.encode(), bytes, "re-encodes byte for byte");
-        assert!(back.open(&k).is_ok());
-        for i in 0..bytes.len() {
-            let mut b = bytes.clone();
-            b[i] ^= 0x40;
-            assert!(
-                Manifest::decode(&b).and_then(|m| m.open(&k)).is_err(),
-                "v1 byte {i}"
+        let binding = ImageBinding {
+            name: "app".into(),
+            version: 2,
+        };
+        for (format, binding) in [(VERSION_V1, None), (VERSION_V2, Some(&binding))] {
+            let names = vec![Some(ChunkName([3; 32])), None, Some(ChunkName([4; 32]))];
+            let m = sample_with(names, &k, binding, format);
+            let bytes = m.encode();
+            assert_eq!(
+                &bytes[8..10],
+                &format.to_le_bytes(),
+                "written as format {format}"
             );
+            let h = ManifestHeader::parse(&bytes).unwrap();
+            assert_eq!(h.encoded_len(), bytes.len() as u64);
+            let back = Manifest::decode(&bytes).unwrap();
+            assert_eq!(back.format, format);
+            assert_eq!(back.binding.as_ref(), binding);
+            assert_eq!(back.encode(), bytes, "re-encodes byte for byte");
+            let table = back.open(&k).unwrap();
+            let s = table.0[2].unwrap();
+            assert_eq!(
+                (s.codec, s.stored_len, s.plain_len),
+                (Codec::Raw, 4096, 4096)
+            );
+            for i in 0..bytes.len() {
+                let mut b = bytes.clone();
+                b[i] ^= 0x40;
+                assert!(
+                    Manifest::decode(&b).and_then(|m| m.open(&k)).is_err(),
+                    "v{format} byte {i}"
+                );
+            }
+        }
+        // Compressed chunks only fit version 3.
+        let spec = SealSpec {
+            format: VERSION_V2,
+            tenant: "t1",
+            binding: Some(&binding),
+            image_size: 8192,
+            chunk_size: 4096,
+            root: "r",
+        };
+        let z = ChunkSecret {
+            key: ChunkKey([1; 32]),
+            plain_sha: [2; 32],
+            codec: Codec::Zstd,
+            stored_len: 100,
+            plain_len: 4096,
+        };
+        let names = vec![Some(ChunkName([1; 32])), None];
+        assert!(Manifest::seal(&spec, names.clone(), &[Some(z), None], &k).is_err());
+        let spec = SealSpec {
+            format: VERSION,
+            ..spec
+        };
+        assert!(Manifest::seal(&spec, names.clone(), &[Some(z), None], &k).is_ok());
+        let spec = SealSpec {
+            binding: None,
+            ..spec
+        };
+        assert!(Manifest::seal(&spec, names, &[Some(z), None], &k).is_err());
+    }
+
+    /// Version 3's codec byte and stored length are sealed: changing them
+    /// breaks the manifest, and a table entry that does not fit its chunk
+    /// (unknown codec, a raw chunk of another length, a "compressed" chunk
+    /// not shorter than its plaintext) is refused even when sealed.
+    #[test]
+    fn v3_entries_are_sealed_and_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Keyring::new(d.path());
+        let names = vec![Some(ChunkName([1; 32])), Some(ChunkName([2; 32])), None];
+        let m = sample(names.clone(), &k);
+        let t = m.open(&k).unwrap();
+        assert_eq!(t.0[1].unwrap().codec, Codec::Zstd);
+        assert_eq!(t.0[1].unwrap().stored_len, 1001);
+        // Sealed with a bad entry: refused on open.
+        let bad_entries = [
+            (Codec::Raw, 4000),
+            (Codec::Zstd, 4096),
+            (Codec::Zstd, 0),
+            (Codec::Zstd, 5000),
+        ];
+        for (codec, stored_len) in bad_entries {
+            let mut secrets: Vec<Option<ChunkSecret>> = t.0.clone();
+            let s = secrets[0].as_mut().unwrap();
+            s.codec = codec;
+            s.stored_len = stored_len;
+            assert!(Manifest::seal(&spec_of(&m), names.clone(), &secrets, &k).is_err());
+        }
+        let mut bytes = m.encode();
+        // Forge an unknown codec byte under a fresh seal: open refuses it.
+        let header = m.header_bytes();
+        let key = ManifestHeader::parse(&bytes)
+            .unwrap()
+            .unwrap_key(&k)
+            .unwrap();
+        let mut table = Aes256Gcm::new(&key.0.into())
+            .decrypt(
+                &m.nonce.into(),
+                Payload {
+                    msg: &m.sealed,
+                    aad: &header,
+                },
+            )
+            .unwrap();
+        table[64] = 7;
+        let resealed = Aes256Gcm::new(&key.0.into())
+            .encrypt(
+                &m.nonce.into(),
+                Payload {
+                    msg: &table,
+                    aad: &header,
+                },
+            )
+            .unwrap();
+        let at = bytes.len() - resealed.len();
+        bytes[at..].copy_from_slice(&resealed);
+        let err = Manifest::decode(&bytes).unwrap().open(&k).unwrap_err();
+        assert!(err.to_string().contains("unknown codec byte 7"), "{err}");
+    }
+
+    fn spec_of(m: &Manifest) -> SealSpec<'_> {
+        SealSpec {
+            format: m.format,
+            tenant: &m.tenant,
+            binding: m.binding.as_ref(),
+            image_size: m.image_size,
+            chunk_size: m.chunk_size,
+            root: &m.root,
         }
     }
 
@@ -677,7 +882,7 @@ mod tests {
         header.truncate(h.len);
         header[24..28].copy_from_slice(&(MAX_CHUNKS as u32).to_le_bytes());
         let h = ManifestHeader::parse(&header).unwrap();
-        assert_eq!(h.encoded_len(), h.len as u64 + 20 + MAX_CHUNKS * 96);
+        assert_eq!(h.encoded_len(), h.len as u64 + 20 + MAX_CHUNKS * 101);
         let other = Keyring::new(d.path().join("other"));
         other.wrap("t1", &DataKey::random().unwrap()).unwrap();
         assert!(matches!(

@@ -28,11 +28,15 @@ fn roundtrip_local_holes_repeats_partial_tail() {
         "every data chunk is either uploaded or found: {s:?}"
     );
     assert!(s.uploaded >= unique, "{s:?}");
-    assert!(s.bytes_uploaded >= (unique - 1) * CS as u64 + 777, "{s:?}");
+    // Random chunks are stored raw; the two chunks the canary text fills
+    // (40 and 41) compress (chunk format v2).
+    assert!(s.bytes_uploaded >= (unique - 3) * CS as u64 + 777, "{s:?}");
+    assert!(s.bytes_uploaded < (unique - 1) * CS as u64, "{s:?}");
 
     // The store holds each distinct chunk once, named by the SHA-256 of its bytes.
     let chunk_files = w.chunk_files();
     assert_eq!(chunk_files.len() as u64, unique, "{chunk_files:?}");
+    let mut compressed = 0;
     for f in &chunk_files {
         let bytes = std::fs::read(w.store_dir().join(f)).unwrap();
         let name = f.file_name().unwrap().to_str().unwrap();
@@ -45,12 +49,20 @@ fn roundtrip_local_holes_repeats_partial_tail() {
             f.parent().unwrap().file_name().unwrap().to_str().unwrap(),
             &name[..2]
         );
-        assert!(
-            bytes.len() == CS || bytes.len() == 777,
-            "chunk of {} bytes",
-            bytes.len()
-        );
+        if bytes.len() <= CS - CS / 8 && bytes.len() != 777 {
+            compressed += 1;
+        } else {
+            assert!(
+                bytes.len() == CS || bytes.len() == 777,
+                "chunk of {} bytes",
+                bytes.len()
+            );
+        }
     }
+    assert_eq!(
+        compressed, 2,
+        "the canary's two chunks are stored compressed"
+    );
     // Manifest and pointer are where the layout says.
     let (mpath, _) = manifest_of(w.store_dir(), "alice", "app");
     assert_eq!(
@@ -88,6 +100,21 @@ fn roundtrip_local_holes_repeats_partial_tail() {
     assert_eq!(j["unique_chunks"], unique);
     assert_eq!(j["root_state"], "active");
     assert_eq!(j["authenticated"], true);
+    // Sizes: logical bytes of the distinct chunks, what the store holds for
+    // them (the chunk files' bytes), and the compressed share.
+    let on_disk: u64 = chunk_files
+        .iter()
+        .map(|f| std::fs::metadata(w.store_dir().join(f)).unwrap().len())
+        .sum();
+    assert_eq!(j["logical_bytes"], (unique - 1) * CS as u64 + 777);
+    assert_eq!(j["stored_bytes"], on_disk);
+    assert_eq!(j["compressed_chunks"], 2);
+    assert_eq!(j["raw_chunks"], unique - 2);
+    assert_eq!(j["compressed_logical_bytes"], 2 * CS as u64);
+    assert!(
+        j["compressed_stored_bytes"].as_u64().unwrap() < CS as u64 / 2,
+        "{j}"
+    );
     assert_eq!(
         j["manifest_bytes"],
         std::fs::metadata(&mpath).unwrap().len()
@@ -98,6 +125,8 @@ fn roundtrip_local_holes_repeats_partial_tail() {
         text.contains(&format!("{stored} stored ({unique} unique), {holes} holes")),
         "{text}"
     );
+    assert!(text.contains("2 zstd ("), "{text}");
+    assert!(text.contains(&format!(", {} raw", unique - 2)), "{text}");
 
     // Pushing again uploads nothing.
     let again = w.push(&src, "alice", "app");
@@ -264,7 +293,8 @@ fn no_plaintext_in_store() {
             "plaintext of chunk 7 found in store file {f:?}"
         );
     }
-    assert!(scanned > 17 * MIB as u64, "scanned only {scanned} bytes");
+    // 34 random chunks raw, the canary's two compressed.
+    assert!(scanned > 16 * MIB as u64, "scanned only {scanned} bytes");
 }
 
 /// Three layers of 12 MiB of noise and many small files each: `push oci:`

@@ -122,6 +122,24 @@ mod tests {
         }
     }
 
+    /// A chunk stored compressed (chunk format v2) is striped at its stored
+    /// length: five small stripes, not five quarters of 512 KiB.
+    #[test]
+    fn stripes_follow_the_stored_length() {
+        let text = b"compressible chunk ".repeat(512 * 1024 / 19);
+        let sealed = lode_chunk::seal_chunk(&lode_chunk::Salt([1; 32]), &text);
+        assert_eq!(sealed.secret.codec, lode_chunk::Codec::Zstd);
+        let ct = &sealed.ciphertext;
+        assert_eq!(ct.len(), sealed.secret.stored_len as usize);
+        let s = encode(ct);
+        for x in &s {
+            assert_eq!(x.len(), HEADER + ct.len().div_ceil(DATA));
+            assert_eq!(header(x).map(|(_, l)| l), Some(ct.len()));
+        }
+        let four: Vec<&[u8]> = s[1..].iter().map(Vec::as_slice).collect();
+        assert_eq!(decode(&four).as_ref(), Some(ct));
+    }
+
     #[test]
     fn overhead_is_a_quarter() {
         let s = encode(&vec![1u8; 512 * 1024]);

@@ -4,7 +4,7 @@
 //! Seeds are valid (or nearly valid) inputs so fuzzing starts deep in each
 //! parser. Some seeds embed random nonces, so re-running changes their bytes.
 
-use lode_chunk::{ChunkKey, ChunkName, ChunkSecret, Manifest};
+use lode_chunk::{ChunkKey, ChunkName, ChunkSecret, Codec, Manifest};
 use lode_fuzz::agent::NBD_IMAGE_SIZE;
 use lode_fuzz::oci::{layout_docs, LAYOUT_SLOTS};
 use lode_fuzz::support::{FixedKeys, DIGEST, KEK};
@@ -57,10 +57,15 @@ mod anyhow_free {
 fn sealed_manifest(names: Vec<Option<ChunkName>>, size: u64, chunk_size: u32) -> Vec<u8> {
     let secrets: Vec<Option<ChunkSecret>> = names
         .iter()
-        .map(|n| {
+        .enumerate()
+        .map(|(i, n)| {
+            let plain_len = lode_chunk::manifest::plain_len(size, chunk_size, i);
             n.map(|n| ChunkSecret {
                 key: ChunkKey(n.0),
                 plain_sha: [7; 32],
+                codec: if i == 0 { Codec::Zstd } else { Codec::Raw },
+                stored_len: if i == 0 { plain_len / 3 } else { plain_len },
+                plain_len,
             })
         })
         .collect();
@@ -69,6 +74,7 @@ fn sealed_manifest(names: Vec<Option<ChunkName>>, size: u64, chunk_size: u32) ->
         version: 1,
     };
     let spec = lode_chunk::SealSpec {
+        format: lode_chunk::manifest::VERSION,
         tenant: "t",
         binding: Some(&binding),
         image_size: size,
@@ -104,8 +110,9 @@ fn chunk_seeds(s: &mut Seeds) {
         vec![m3.clone(), m3[..header_len].to_vec(), huge],
     );
     s.insert("store_documents", vec![[&[3u8][..], &m3].concat()]);
-    // n, tail (u16), holes, names (31 bytes each, non-holes), len_delta, flip (u16), table.
-    let mut body = vec![3u8, 100, 0, 0b010];
+    // format << 4 | n, tail (u16), holes, names (31 bytes each, non-holes),
+    // len_delta, flip (u16), table (v1/v2: 64-byte entries).
+    let mut body = vec![0x13u8, 100, 0, 0b010];
     body.extend_from_slice(&[0xaa; 31]);
     body.extend_from_slice(&[0xbb; 31]);
     body.extend_from_slice(&[0, 0, 0]);
@@ -114,10 +121,41 @@ fn chunk_seeds(s: &mut Seeds) {
     body.extend_from_slice(&[0x22; 64]);
     let mut disagree = body.clone();
     disagree[4 + 62 + 3 + 64] = 1;
+    // Version 3 (69-byte entries): a zstd chunk of 1000 bytes, a hole, a
+    // raw last chunk of 3996 bytes.
+    let mut v3 = vec![0x23u8, 100, 0, 0b010];
+    v3.extend_from_slice(&[0xaa; 31]);
+    v3.extend_from_slice(&[0xbb; 31]);
+    v3.extend_from_slice(&[0, 0, 0]);
+    v3.extend_from_slice(&[0x11; 64]);
+    v3.push(1);
+    v3.extend_from_slice(&1000u32.to_le_bytes());
+    v3.extend_from_slice(&[0; 69]);
+    v3.extend_from_slice(&[0x22; 64]);
+    v3.push(0);
+    v3.extend_from_slice(&3996u32.to_le_bytes());
+    let mut bad_codec = v3.clone();
+    bad_codec[4 + 62 + 3 + 64] = 2;
     s.insert(
         "chunk_manifest_body",
-        vec![body, disagree, vec![0], vec![1, 0, 0, 0]],
+        vec![body, disagree, v3, bad_codec, vec![0], vec![1, 0, 0, 0]],
     );
+    // plaintext length (u16), codec byte, stored bytes.
+    let text = b"#!/bin/sh\nexec python3 -m app\n".repeat(200);
+    let frame = lode_chunk::codec::compress(&text).expect("text compresses");
+    let mut open_seeds = Vec::new();
+    for (len, codec, stored) in [
+        (text.len(), 1u8, frame.as_slice()),
+        (text.len() + 1, 1, &frame),
+        (64, 0, &text[..64]),
+        (4096, 1, &frame[..frame.len() / 2]),
+    ] {
+        let mut seed = (len as u16).to_le_bytes().to_vec();
+        seed.push(codec);
+        seed.extend_from_slice(stored);
+        open_seeds.push(seed);
+    }
+    s.insert("chunk_open", open_seeds);
     let ws = lode_chunk::workingset::seal("t", DIGEST, &[0, 5, 2], &FixedKeys).expect("seal");
     s.insert("chunk_workingset_open", vec![ws]);
     let mut order = 3u32.to_le_bytes().to_vec();

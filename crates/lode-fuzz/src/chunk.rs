@@ -1,15 +1,19 @@
 //! lode-chunk: sealed manifests, working sets, wrapped keys and key files,
-//! all read back from the (untrusted) store or the local key directory.
+//! all read back from the (untrusted) store or the local key directory, and
+//! stored chunks (zstd frames after decryption).
 
 use crate::support::{scratch, FixedKeys, Input, DIGEST, KEK};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
+use lode_chunk::codec::{self, Codec};
 use lode_chunk::keys::{unwrap_with, wrap_with};
-use lode_chunk::manifest::{chunk_count, MAX_CHUNKS, MAX_HEADER_LEN};
+use lode_chunk::manifest::{chunk_count, entry_len, plain_len, MAX_CHUNKS, MAX_HEADER_LEN};
 use lode_chunk::workingset;
 use lode_chunk::{
-    ChunkKey, ChunkName, ChunkSecret, DataKey, KeyProvider, Keyring, Manifest, ManifestHeader,
+    open_chunk, open_named_chunk, seal_chunk, ChunkKey, ChunkName, ChunkSecret, DataKey,
+    KeyProvider, Keyring, Manifest, ManifestHeader, Salt,
 };
+use sha2::{Digest, Sha256};
 
 /// Outer framing of a manifest as read from the store: `decode` either
 /// refuses the bytes or returns a manifest that encodes to exactly them;
@@ -24,7 +28,7 @@ pub fn manifest_decode(data: &[u8]) {
         m.names.len() as u64,
         chunk_count(m.image_size, m.chunk_size)
     );
-    assert_eq!(m.sealed.len(), m.names.len() * 64 + 16);
+    assert_eq!(m.sealed.len(), m.names.len() * entry_len(m.format) + 16);
     if let Ok(table) = m.open(&FixedKeys) {
         assert_eq!(table.0.len(), m.names.len());
         for (n, s) in m.names.iter().zip(&table.0) {
@@ -53,7 +57,10 @@ pub fn manifest_header(data: &[u8]) {
     );
     assert!(h.chunk_count <= MAX_CHUNKS);
     assert_eq!(h.chunk_count, chunk_count(h.image_size, h.chunk_size));
-    assert_eq!(h.encoded_len(), h.len as u64 + 20 + h.chunk_count * 96);
+    assert_eq!(
+        h.encoded_len(),
+        h.len as u64 + 20 + h.chunk_count * (32 + entry_len(h.format) as u64)
+    );
     if let Ok(m) = Manifest::decode(data) {
         assert_eq!(h.encoded_len(), data.len() as u64);
         assert_eq!(
@@ -68,13 +75,18 @@ pub fn manifest_header(data: &[u8]) {
 }
 
 /// The decrypted body of a manifest, with a known key: the fuzz input
-/// chooses the chunk names (and holes) and the plaintext key table, which is
-/// sealed properly; `open` must return exactly the table when it agrees with
-/// the names and refuse it otherwise. A sealed table of the wrong length
-/// must be refused by `decode`, and any flipped byte by `decode` or `open`.
+/// chooses the format version (1 to 3), the chunk names (and holes) and the
+/// plaintext key table, which is sealed properly; `open` must return
+/// exactly the table when it agrees with the names (and, in version 3, each
+/// entry's codec byte and stored length fit its chunk) and refuse it
+/// otherwise. A sealed table of the wrong length must be refused by
+/// `decode`, and any flipped byte by `decode` or `open`.
 pub fn manifest_body(data: &[u8]) {
     let mut u = Input::new(data);
-    let n = usize::from(u.u8() % 9);
+    let first = u.u8();
+    let format = u16::from(first >> 4) % 3 + 1;
+    let entry = entry_len(format);
+    let n = usize::from(first % 9);
     let tail = u64::from(u.u16()) % 4096;
     let image_size = if n == 0 { 0 } else { n as u64 * 4096 - tail };
     let holes = u.u8();
@@ -91,7 +103,7 @@ pub fn manifest_body(data: &[u8]) {
         .collect();
     let len_delta = u.u8();
     let flip = u.u16();
-    let mut table = u.padded(n * 64);
+    let mut table = u.padded(n * entry);
     if len_delta >= 240 {
         let extra = usize::from(len_delta - 239);
         if len_delta.is_multiple_of(2) && table.len() >= extra {
@@ -102,9 +114,9 @@ pub fn manifest_body(data: &[u8]) {
     }
     let data_key = DataKey([0x44; 32]);
     let mut m = Manifest {
-        format: lode_chunk::manifest::VERSION,
+        format,
         tenant: "t".into(),
-        binding: Some(lode_chunk::ImageBinding {
+        binding: (format >= 2).then(|| lode_chunk::ImageBinding {
             name: "x".into(),
             version: 1,
         }),
@@ -129,7 +141,7 @@ pub fn manifest_body(data: &[u8]) {
         .expect("seal");
     let bytes = m.encode();
     let decoded = Manifest::decode(&bytes);
-    if table.len() != n * 64 {
+    if table.len() != n * entry {
         assert!(
             decoded.is_err(),
             "a sealed table of the wrong length was accepted"
@@ -140,18 +152,16 @@ pub fn manifest_body(data: &[u8]) {
     assert_eq!(decoded, m);
     let mut want = Some(Vec::new());
     for (i, name) in m.names.iter().enumerate() {
-        let e = &table[i * 64..(i + 1) * 64];
+        let e = &table[i * entry..(i + 1) * entry];
         let zero = e.iter().all(|b| *b == 0);
         let entry = match (name.is_some(), zero) {
-            (true, false) => Some(ChunkSecret {
-                key: ChunkKey(e[..32].try_into().expect("32")),
-                plain_sha: e[32..].try_into().expect("32"),
-            }),
-            (false, true) => None,
-            _ => {
-                want = None;
-                break;
-            }
+            (true, false) => expected_entry(format, e, plain_len(image_size, 4096, i)),
+            (false, true) => Some(None),
+            _ => None,
+        };
+        let Some(entry) = entry else {
+            want = None;
+            break;
         };
         if let Some(w) = want.as_mut() {
             w.push(entry);
@@ -172,6 +182,75 @@ pub fn manifest_body(data: &[u8]) {
                 .is_err(),
             "flipping byte {p} went unnoticed"
         );
+    }
+}
+
+/// What `open` must make of a non-hole key-table entry `e` of chunk
+/// format `format` for a chunk of `plain` bytes: `None` = refused. Written
+/// from docs/format.md, independently of lode-chunk's parser.
+fn expected_entry(format: u16, e: &[u8], plain: u32) -> Option<Option<ChunkSecret>> {
+    let (codec, stored_len) = if format >= 3 {
+        let stored = u32::from_le_bytes(e[65..69].try_into().expect("4"));
+        match e[64] {
+            0 if stored == plain => (Codec::Raw, stored),
+            1 if stored > 0 && stored < plain => (Codec::Zstd, stored),
+            _ => return None,
+        }
+    } else {
+        (Codec::Raw, plain)
+    };
+    Some(Some(ChunkSecret {
+        key: ChunkKey(e[..32].try_into().expect("32")),
+        plain_sha: e[32..64].try_into().expect("32"),
+        codec,
+        stored_len,
+        plain_len: plain,
+    }))
+}
+
+/// A stored chunk as a tier returns it (chunk format v2): the input picks
+/// the expected plaintext length, the codec and the stored bytes. The
+/// bounded zstd decoder never panics and yields exactly the length asked
+/// for or an error; `open_named_chunk` under any entry never yields bytes
+/// that fail the plaintext hash; sealing the input and opening it again
+/// gives it back, and a tampered stored length or codec is refused.
+pub fn chunk_open(data: &[u8]) {
+    let mut u = Input::new(data);
+    let plain = usize::from(u.u16() % 20_000);
+    let codec_byte = u.u8();
+    let stored = u.rest();
+    if let Ok(out) = codec::decompress(0, stored, plain) {
+        assert_eq!(out.len(), plain, "decoded past or short of the cap");
+    }
+    let want_sha: [u8; 32] = Sha256::digest(stored).into();
+    let secret = ChunkSecret {
+        key: ChunkKey([0x5a; 32]),
+        plain_sha: want_sha,
+        codec: Codec::from_byte(codec_byte % 3).unwrap_or(Codec::Zstd),
+        stored_len: stored.len() as u32,
+        plain_len: plain as u32,
+    };
+    if let Ok(pt) = open_named_chunk(1, &secret, stored.to_vec()) {
+        assert_eq!(<[u8; 32]>::from(Sha256::digest(&pt)), want_sha);
+        assert_eq!(pt.len(), plain);
+    }
+    let sealed = seal_chunk(&Salt([0x33; 32]), stored);
+    let s = sealed.secret;
+    assert_eq!(s.stored_len as usize, sealed.ciphertext.len());
+    assert!(s.codec == Codec::Raw || s.stored_len as usize <= codec::worth_limit(stored.len()));
+    let back = open_chunk(2, &sealed.name, &s, sealed.ciphertext.clone()).expect("own chunk");
+    assert_eq!(back, stored);
+    let mut longer = s;
+    longer.stored_len += 1;
+    assert!(open_named_chunk(2, &longer, sealed.ciphertext.clone()).is_err());
+    let mut other = s;
+    other.codec = if s.codec == Codec::Raw {
+        Codec::Zstd
+    } else {
+        Codec::Raw
+    };
+    if let Ok(pt) = open_named_chunk(2, &other, sealed.ciphertext) {
+        assert_eq!(pt, stored, "another codec gave other bytes");
     }
 }
 

@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("chunk_workingset_open", chunk::workingset_open),
     ("chunk_workingset_body", chunk::workingset_body),
     ("chunk_keyring", chunk::keyring),
+    ("chunk_open", chunk::chunk_open),
     ("agent_export_name", agent::export_name),
     ("agent_nbd_info", agent::nbd_info),
     ("agent_nbd_meta_context", agent::nbd_meta_context),

@@ -158,6 +158,7 @@ targets!(
     chunk_workingset_open,
     chunk_workingset_body,
     chunk_keyring,
+    chunk_open,
     agent_export_name,
     agent_nbd_info,
     agent_nbd_meta_context,

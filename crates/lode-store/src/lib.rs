@@ -29,6 +29,7 @@ pub mod pull;
 pub mod push;
 pub mod roots;
 pub mod scan;
+mod sealer;
 pub mod store;
 pub mod sweep;
 

@@ -14,7 +14,6 @@ use crate::store::Store;
 use futures::{StreamExt, TryStreamExt};
 use lode_chunk::KeyProvider;
 use serde::Serialize;
-use std::collections::BTreeSet;
 
 /// What `lode rm` removed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -34,7 +33,8 @@ pub struct ImageEntry {
     pub version: u64,
     /// Image size in bytes.
     pub size: u64,
-    /// Bytes of its distinct stored chunks (holes and repeats count once).
+    /// Bytes the store holds for its distinct chunks (stored, so compressed,
+    /// lengths; holes and repeats count once).
     pub stored_bytes: u64,
     /// Chunks (holes included).
     pub chunks: u64,
@@ -146,15 +146,7 @@ async fn entry(
             e.version = m.binding.as_ref().map_or(0, |b| b.version);
             e.size = m.image_size;
             e.chunks = m.names.len() as u64;
-            let cs = u64::from(m.chunk_size);
-            let mut distinct = BTreeSet::new();
-            for (i, n) in m.names.iter().enumerate() {
-                if let Some(n) = n {
-                    if distinct.insert(*n) {
-                        e.stored_bytes += (m.image_size - i as u64 * cs).min(cs);
-                    }
-                }
-            }
+            e.stored_bytes = lode_chunk::ChunkSizes::of(&m.names, &img.keys).stored_bytes;
             e.root_state = store.root_versioned(&m.root).await?.map(|(r, _)| r.state);
             e.root = m.root.clone();
             e.manifest = img.digest;

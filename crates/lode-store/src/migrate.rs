@@ -185,7 +185,7 @@ impl<'a> Migrator<'a> {
         // whether the bytes are right, as on the agent's read path: a
         // corrupt or substituted ciphertext fails it. No separate name pass.
         let sealed = tokio::task::spawn_blocking(move || {
-            let pt = open_named_chunk(index as u64, &secret.key, &secret.plain_sha, ct.to_vec())?;
+            let pt = open_named_chunk(index as u64, &secret, ct.to_vec())?;
             Ok::<_, lode_chunk::ChunkError>(seal_chunk(&salt, &pt))
         })
         .await
@@ -196,11 +196,7 @@ impl<'a> Migrator<'a> {
                 .put_chunk(&self.target.id, &sealed.name, sealed.ciphertext.into())
                 .await?;
         }
-        let new_secret = ChunkSecret {
-            key: sealed.key,
-            plain_sha: sealed.plain_sha,
-        };
-        Ok((name, sealed.name, new_secret, n))
+        Ok((name, sealed.name, sealed.secret, n))
     }
 
     /// The image's start-up working set, re-read for re-sealing (a missing

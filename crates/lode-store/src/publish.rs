@@ -152,6 +152,7 @@ impl Store {
             version,
         };
         let spec = SealSpec {
+            format: lode_chunk::manifest::VERSION,
             tenant: p.tenant,
             binding: Some(&binding),
             image_size: p.image_size,

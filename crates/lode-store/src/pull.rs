@@ -207,8 +207,7 @@ pub async fn pull_to_file(
                 let n = ct.len() as u64;
                 let secret = secret.ok_or(StoreError::Task(format!("chunk {i} has no key")))?;
                 tokio::task::spawn_blocking(move || {
-                    let pt =
-                        open_chunk(i as u64, &name, &secret.key, &secret.plain_sha, ct.to_vec())?;
+                    let pt = open_chunk(i as u64, &name, &secret, ct.to_vec())?;
                     file.write_all_at(&pt, i as u64 * chunk_size)
                         .map_err(|source| StoreError::Io {
                             path: "output".into(),

@@ -4,10 +4,11 @@
 use crate::error::{Result, StoreError};
 use crate::publish::{Outcome, Publication};
 use crate::roots::RootInfo;
+use crate::sealer::Sealer;
 use crate::store::{check_name, Store};
 use futures::{StreamExt, TryStreamExt};
 use lode_chunk::manifest::chunk_count;
-use lode_chunk::{seal_chunk, ChunkName, ChunkSecret, KeyProvider, Salt, CHUNK_SIZE};
+use lode_chunk::{ChunkName, ChunkSecret, KeyProvider, CHUNK_SIZE};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -122,16 +123,15 @@ fn seek_data(fd: i32, off: u64) -> Option<u64> {
     }
 }
 
-/// Reads the chunk of `len` bytes at `off` and seals it; `None` for an
-/// all-zero chunk. With `punch`, the chunk's bytes are then released from the
-/// file (a hole punched), so a streamed image never sits whole on disk.
-fn read_and_seal(
+/// Reads the chunk of `len` bytes at `off`; `None` for an all-zero chunk.
+/// With `punch`, the chunk's bytes are then released from the file (a hole
+/// punched), so a streamed image never sits whole on disk.
+fn read_chunk(
     file: &std::fs::File,
     off: u64,
     len: u64,
-    salt: &Salt,
     punch: bool,
-) -> std::io::Result<Option<lode_chunk::SealedChunk>> {
+) -> std::io::Result<Option<Vec<u8>>> {
     if is_hole(file, off, len) {
         return Ok(None);
     }
@@ -143,7 +143,7 @@ fn read_and_seal(
     if buf.iter().all(|&b| b == 0) {
         return Ok(None);
     }
-    Ok(Some(seal_chunk(salt, &buf)))
+    Ok(Some(buf))
 }
 
 /// Frees `len` bytes at `off` of `file` (its size stays). Where the file
@@ -295,6 +295,7 @@ async fn push_into(
     }
     let chunk_size = u64::from(opts.chunk_size);
     let salt = Arc::new(keys.salt(&root.salt_id)?);
+    let sealer = Sealer::start(opts.concurrency)?;
     opts.progress.done.store(0, Ordering::Relaxed);
     // Chunks told one by one, then, at `Complete`, every chunk not told yet
     // (the last one possibly short): `(index, offset, length)`.
@@ -329,25 +330,21 @@ async fn push_into(
     let results: Vec<(u64, ChunkOutcome)> = work
         .map(|item| {
             let (file, salt, root_id) = (file.clone(), salt.clone(), root.id.clone());
-            let progress = opts.progress.clone();
+            let (progress, sealer) = (opts.progress.clone(), &sealer);
             async move {
                 let (i, off, len) = item?;
-                let sealed = tokio::task::spawn_blocking(move || {
-                    read_and_seal(&file, off, len, &salt, punch)
-                })
-                .await
-                .map_err(|e| StoreError::Task(e.to_string()))?
-                .map_err(|source| StoreError::Io {
-                    path: format!("chunk {i} of the image"),
-                    source,
-                })?;
-                let out = match sealed {
+                let plain = tokio::task::spawn_blocking(move || read_chunk(&file, off, len, punch))
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))?
+                    .map_err(|source| StoreError::Io {
+                        path: format!("chunk {i} of the image"),
+                        source,
+                    })?;
+                let out = match plain {
                     None => ChunkOutcome::Hole,
-                    Some(s) => {
-                        let secret = ChunkSecret {
-                            key: s.key,
-                            plain_sha: s.plain_sha,
-                        };
+                    Some(plain) => {
+                        let s = sealer.seal(salt, plain).await?;
+                        let secret = s.secret;
                         if store.has_chunk(&root_id, &s.name).await? {
                             ChunkOutcome::Already(s.name, secret)
                         } else {

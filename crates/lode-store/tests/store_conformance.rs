@@ -158,7 +158,7 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
     let salt1 = keys.salt(&r1.salt_id).unwrap();
 
     // --- Chunks: stored under roots/<root>/chunks/<2 hex>/<name>, name = SHA-256(ciphertext).
-    let pt = noise(5, 100_000);
+    let pt = noise(5, 128 << 10);
     let sealed = seal_chunk(&salt1, &pt);
     assert!(!store.has_chunk(&r1.id, &sealed.name).await.unwrap());
     match store.get_chunk(&r1.id, &sealed.name).await {
@@ -198,24 +198,20 @@ async fn conformance(label: &str, store: &Store, keys_dir: &Path) {
     );
 
     // --- Manifests: named by digest, checked on read.
+    // One chunk of 128 KiB, then a hole.
     let names: Vec<Option<lode_chunk::ChunkName>> = vec![Some(sealed.name), None];
-    let secrets = [
-        Some(lode_chunk::ChunkSecret {
-            key: sealed.key,
-            plain_sha: sealed.plain_sha,
-        }),
-        None,
-    ];
+    let secrets = [Some(sealed.secret), None];
     let mbytes = Bytes::from(
         Manifest::seal(
             &lode_chunk::SealSpec {
+                format: lode_chunk::manifest::VERSION,
                 tenant: "alice",
                 binding: Some(&lode_chunk::ImageBinding {
                     name: "app".into(),
                     version: 1,
                 }),
-                image_size: 2 * 4096,
-                chunk_size: 4096,
+                image_size: (128 << 10) + 4096,
+                chunk_size: 128 << 10,
                 root: &r1.id,
             },
             names,

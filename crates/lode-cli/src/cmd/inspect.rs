@@ -34,6 +34,7 @@ pub fn run(args: Args) -> Result<()> {
     let m = &img.manifest;
     let stored = m.stored_chunks();
     let unique: HashSet<_> = m.names.iter().flatten().collect();
+    let sizes = lode_chunk::ChunkSizes::of(&m.names, &img.keys);
     let v = serde_json::json!({
         "tenant": m.tenant,
         "name": args.name,
@@ -47,6 +48,12 @@ pub fn run(args: Args) -> Result<()> {
         "holes": m.names.len() - stored,
         "stored_chunks": stored,
         "unique_chunks": unique.len(),
+        "logical_bytes": sizes.logical_bytes,
+        "stored_bytes": sizes.stored_bytes,
+        "compressed_chunks": sizes.compressed_chunks,
+        "raw_chunks": sizes.raw_chunks,
+        "compressed_logical_bytes": sizes.compressed_logical_bytes,
+        "compressed_stored_bytes": sizes.compressed_stored_bytes,
         "root": m.root,
         "root_state": root.state,
         "authenticated": true,
@@ -77,6 +84,20 @@ pub fn run(args: Args) -> Result<()> {
             stored,
             unique.len(),
             m.names.len() - stored
+        );
+        println!(
+            "bytes      {} logical in the {} unique chunks, {} stored ({:.2}x)",
+            human(sizes.logical_bytes),
+            sizes.chunks,
+            human(sizes.stored_bytes),
+            sizes.logical_bytes as f64 / sizes.stored_bytes.max(1) as f64
+        );
+        println!(
+            "codecs     {} zstd ({} logical in {} stored), {} raw",
+            sizes.compressed_chunks,
+            human(sizes.compressed_logical_bytes),
+            human(sizes.compressed_stored_bytes),
+            sizes.raw_chunks
         );
         println!("root       {} ({:?})", m.root, root.state);
         println!("sealed     key table opened with the tenant's key: manifest authentic");

@@ -263,14 +263,8 @@ async fn act(w: Arc<World>, id: usize, a: Action, log: Arc<Mutex<Log>>, file: Pa
                 };
                 let at = w.env.now_ms();
                 let got = s.get_chunk(&m.root, &n).await.and_then(|ct| {
-                    lode_chunk::open_chunk(
-                        i as u64,
-                        &n,
-                        &secret.key,
-                        &secret.plain_sha,
-                        ct.to_vec(),
-                    )
-                    .map_err(StoreError::from)
+                    lode_chunk::open_chunk(i as u64, &n, &secret, ct.to_vec())
+                        .map_err(StoreError::from)
                 });
                 if let Err(e) = got {
                     if !e.to_string().contains("injected failure") {
@@ -611,9 +605,8 @@ async fn converge(w: &World, checker: &mut Checker, log: &Log) -> Result<(), Str
                     .get_chunk(&m.root, name)
                     .await
                     .map_err(|e| e.to_string())?;
-                let pt =
-                    lode_chunk::open_chunk(i as u64, name, &sec.key, &sec.plain_sha, ct.to_vec())
-                        .map_err(|e| e.to_string())?;
+                let pt = lode_chunk::open_chunk(i as u64, name, &sec, ct.to_vec())
+                    .map_err(|e| e.to_string())?;
                 bytes[i * CS..i * CS + pt.len()].copy_from_slice(&pt);
             }
         }
