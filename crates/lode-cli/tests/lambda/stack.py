@@ -78,7 +78,7 @@ assert ha["x-lode-worker"] == h1["x-lode-worker"], ("not on the worker caching t
 s = state()
 assert s["placements"]["cold_cached"] >= 1, s["placements"]
 # A configuration change is a new revision: a new sandbox.
-lam.update_function_configuration(FunctionName="rt", Environment={"Variables": {"V": "2"}})
+lam.update_function_configuration(FunctionName="rt", Environment={"Variables": {"VER": "2"}})
 r4, p4, h4 = invoke("rt", {"n": 4})
 assert p4["count"] == 1 and h4["x-lode-warm"] == "false", (p4, h4)
 names = sorted(f["FunctionName"] for f in lam.list_functions()["Functions"])
