@@ -57,6 +57,8 @@ enum Command {
     Frontend(cmd::frontend::Args),
     /// Run a worker manager: place invocations on warm sandboxes and workers with room.
     Manager(cmd::manager::Args),
+    /// Run agent, manager, one worker and the Lambda API frontend in one process.
+    Serve(cmd::serve::Args),
     /// Run function invocations in micro-VM sandboxes on this host (for a worker manager).
     Worker(cmd::worker::Args),
     /// Relay one guest connection to a sandbox's Runtime API (started by QEMU).
@@ -73,7 +75,8 @@ fn main() -> ExitCode {
         | Command::CacheNode(_)
         | Command::Frontend(_)
         | Command::Manager(_)
-        | Command::Worker(_) => "warn",
+        | Command::Worker(_)
+        | Command::Serve(_) => "warn",
         _ => "off",
     };
     cmd::common::set_command(match &cli.command {
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Credentials(_) => "credentials",
         Command::Frontend(_) => "frontend",
         Command::Manager(_) => "manager",
+        Command::Serve(_) => "serve",
         Command::Worker(_) => "worker",
         Command::RuntimeRelay(_) => "runtime-relay",
     });
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
         Command::Credentials(args) => cmd::credentials::run(args),
         Command::Frontend(args) => cmd::frontend::run(args),
         Command::Manager(args) => cmd::manager::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Cat(args) => cmd::cat::run(args),
         Command::Attach(args) => cmd::volumes::attach(args),

@@ -295,3 +295,125 @@ fn functions_run_on_a_stack_of_frontend_manager_and_two_workers() {
     );
     drop(w2);
 }
+
+/// `lode serve`: the four parts in one process on the embedded defaults;
+/// the AWS CLI creates a function and invokes it cold, then warm; SIGTERM
+/// stops it cleanly.
+#[test]
+fn lode_serve_runs_a_function_in_one_process() {
+    let env = Env::new();
+    let prep = run_timeout(
+        env.lode()
+            .args(["vm", "prepare", "--dir"])
+            .arg(common_vm::vm_dir()),
+        Duration::from_secs(600),
+    );
+    assert!(prep.status.success(), "vm prepare: {prep:?}");
+    let oci = env.path("rt-oci");
+    write_runtime_image(&oci);
+    // The embedded default store ($LODE_HOME/store), as a user's first run.
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}", oci.display()),
+        "--tenant",
+        "acme",
+        "--name",
+        "rt",
+    ]);
+    let creds = env
+        .lode_ok(&["credentials", "add", "--tenant", "acme"])
+        .stdout_str();
+    let c: serde_json::Value = serde_json::from_str(creds.trim()).unwrap();
+    // vm prepare's directory is the worker's default only through LODE_HOME:
+    // link it where `lode serve` looks.
+    std::os::unix::fs::symlink(common_vm::vm_dir(), env.home.join("vm")).unwrap();
+    let mut serve = Service::start(
+        &env,
+        "serve",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--slots",
+            "2",
+            "--memory",
+            "600",
+        ],
+    );
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(common_lambda::aws());
+        cmd.args([
+            "lambda",
+            "--endpoint-url",
+            &serve.url(),
+            "--region",
+            "us-east-1",
+            "--output",
+            "json",
+            "--cli-read-timeout",
+            "300",
+        ])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", c["AccessKeyId"].as_str().unwrap())
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            c["SecretAccessKey"].as_str().unwrap(),
+        )
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_MAX_ATTEMPTS", "1");
+        run_ok(&mut cmd, Duration::from_secs(300))
+    };
+    cli(&[
+        "create-function",
+        "--function-name",
+        "hello",
+        "--package-type",
+        "Image",
+        "--code",
+        "ImageUri=acme/rt",
+        "--role",
+        "r",
+    ]);
+    let out = env.path("out.json");
+    for n in 1..=2 {
+        let meta = cli(&[
+            "invoke",
+            "--function-name",
+            "hello",
+            "--payload",
+            &format!("{{\"n\": {n}}}"),
+            out.to_str().unwrap(),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        assert_eq!(v["StatusCode"], 200, "{meta}");
+        let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(
+            p["count"], n,
+            "the second invocation reuses the sandbox: {p}"
+        );
+    }
+    // SIGTERM: sandboxes stopped, volumes detached, exit 0.
+    let term = Command::new("kill")
+        .args(["-TERM", &serve.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = serve.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "lode serve did not stop:\n{}",
+            serve.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}: {}", serve.log_text());
+    assert!(
+        !env.home.join("serve/agent.sock").exists(),
+        "the agent's socket stayed"
+    );
+}

@@ -18,6 +18,7 @@ pub mod push;
 pub mod rm;
 pub mod root;
 pub mod run;
+pub mod serve;
 pub mod vm;
 pub mod volumes;
 pub mod worker;

@@ -66,6 +66,16 @@ fn host_name() -> String {
 /// Runs `lode worker` until SIGTERM or SIGINT; then every sandbox is
 /// stopped and its volume detached.
 pub fn run(args: Args) -> Result<()> {
+    runtime()?.block_on(serve(args, super::agent::terminated(), true))
+}
+
+/// The worker until `until` says why to stop (`lode serve` runs it beside
+/// the agent, manager and frontend); `announce` prints its JSON line.
+pub async fn serve(
+    args: Args,
+    until: impl std::future::Future<Output = Result<&'static str>>,
+    announce: bool,
+) -> Result<()> {
     if args.slots == 0 || args.memory < 128 {
         bail!("--slots must be at least 1 and --memory at least 128 (MiB)");
     }
@@ -109,8 +119,7 @@ pub fn run(args: Args) -> Result<()> {
     let ledger = Arc::new(lode_worker::ledger::Ledger::new(Some(
         state.join(format!("{id}.volumes")),
     )));
-    let rt = runtime()?;
-    rt.block_on(async {
+    {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
@@ -142,7 +151,9 @@ pub fn run(args: Args) -> Result<()> {
             match host.agent.detach(&id).await {
                 Ok(_) => tracing::info!(volume = %id, "detached a volume a previous worker left"),
                 Err(lode_agent::control::ClientError::Refused { status: 404, .. }) => {}
-                Err(e) => tracing::warn!(volume = %id, error = %e, "cannot detach a volume a previous worker left"),
+                Err(e) => {
+                    tracing::warn!(volume = %id, error = %e, "cannot detach a volume a previous worker left")
+                }
             }
         }
         ledger.reset();
@@ -158,12 +169,14 @@ pub fn run(args: Args) -> Result<()> {
             worker.clone(),
             args.manager.clone(),
         ));
-        println!(
-            "{}",
-            serde_json::json!({"worker": config.id, "url": config.url, "listen": addr.to_string()})
-        );
-        let _ = std::io::stdout().flush();
-        let signal = super::agent::terminated().await?;
+        if announce {
+            println!(
+                "{}",
+                serde_json::json!({"worker": config.id, "url": config.url, "listen": addr.to_string()})
+            );
+            let _ = std::io::stdout().flush();
+        }
+        let signal = until.await?;
         tracing::info!(
             signal,
             "stopping: sandboxes are stopped and their volumes detached"
@@ -174,7 +187,7 @@ pub fn run(args: Args) -> Result<()> {
         reporter.abort();
         worker.shutdown().await;
         Ok(())
-    })
+    }
 }
 
 /// Arguments of `lode runtime-relay`.
