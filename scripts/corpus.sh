@@ -5,7 +5,7 @@
 #   scripts/corpus.sh [--verify] [IMAGE...]     (default: all images)
 #
 # IMAGE is one of: debian python app-a app-b big docker (app-a as a
-# docker-archive). Output goes to ${LODE_CORPUS:-target/corpus}:
+# docker-archive), or fn (a Lambda function image; built only when named). Output goes to ${LODE_CORPUS:-target/corpus}:
 #
 #   debian/ python/ app-a/ app-b/ big/   OCI image layouts, ref "latest"
 #   app-a.docker.tar                     docker-archive of app-a (skopeo)
@@ -19,6 +19,7 @@
 #   app-a  = python + [app-a]             pip: requests + app.py                   (gzip)
 #   app-b  = python + [app-b]             pip: flask + app.py                      (plain tar)
 #   big    = python + [toolchain] + [sci] apt: gcc/g++/gfortran/clang/llvm (zstd); pip: numpy/scipy/pandas/scikit-learn (gzip)
+#   fn     = app-a + [fn]                 pip: awslambdaric + a handler as app.py; CMD python3 -m awslambdaric app.handler, WORKDIR /app
 #
 # Apt layers are made the way a container build makes them: an overlayfs
 # over the lower layers' trees, apt-get in a chroot of the merged view, and
@@ -37,7 +38,7 @@ for a in "$@"; do
   case $a in
     --verify) VERIFY=1 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-    debian|python|app-a|app-b|big|docker) IMAGES+=("$a") ;;
+    debian|python|app-a|app-b|big|docker|fn) IMAGES+=("$a") ;;
     *) echo "corpus.sh: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -199,6 +200,10 @@ layer_app_b() {
   pip_layer app-b none "$APPS/app-b.py" \
     flask==3.0.3 werkzeug==3.0.6 jinja2==3.1.4 markupsafe==3.0.2 itsdangerous==2.2.0 click==8.1.7 blinker==1.8.2
 }
+layer_fn() {
+  pip_layer fn gzip "$APPS/fn.py" \
+    awslambdaric==4.2.2 simplejson==3.20.1 snapshot-restore-py==1.0.0
+}
 layer_toolchain() {
   layer_python
   apt_layer toolchain zstd "debian.rootfs python.upper" \
@@ -220,7 +225,7 @@ make_image() {
   have_image "$name" && { log "image $name: exists"; return; }
   local jsons=() l
   for l in "$@"; do jsons+=("$LAYERS/$l.json"); done
-  $OCI image --out "$CORPUS/$name" --name "lode-corpus/$name" --cmd "$cmd" "${jsons[@]}"
+  $OCI image --out "$CORPUS/$name" --name "lode-corpus/$name" --cmd "$cmd" ${WORKDIR:+--workdir "$WORKDIR"} "${jsons[@]}"
   skopeo inspect "oci:$CORPUS/$name:latest" >"$BUILD/$name.inspect.json"
   echo "$*" >"$STAMPS/image-$name"
 }
@@ -229,6 +234,10 @@ image_debian() { layer_debian; make_image debian "/bin/bash" debian; }
 image_python() { layer_python; make_image python "python3" debian python; }
 image_app_a() { layer_python; layer_app_a; make_image app-a "python3 /app/app.py" debian python app-a; }
 image_app_b() { layer_python; layer_app_b; make_image app-b "python3 /app/app.py" debian python app-b; }
+image_fn() {
+  layer_python; layer_app_a; layer_fn
+  WORKDIR=/app make_image fn "python3 -m awslambdaric app.handler" debian python app-a fn
+}
 image_big() { layer_toolchain; layer_sci; make_image big "python3 /app/app.py" debian python toolchain sci; }
 image_docker() {
   image_app_a
@@ -265,6 +274,7 @@ verify() {
       python) verify_image "oci:$CORPUS/python:latest" /usr/bin/python3 -c 'print(1)' ;;
       app-a|app-b|big) verify_image "oci:$CORPUS/$i:latest" /usr/bin/python3 -B /app/app.py ;;
       docker) verify_image "docker-archive:$CORPUS/app-a.docker.tar" /usr/bin/python3 -B /app/app.py ;;
+      fn) verify_image "oci:$CORPUS/fn:latest" /bin/sh -c 'cd /app && /usr/bin/python3 -B -c "import awslambdaric, app"' ;;
     esac
   done
 }

@@ -16,6 +16,10 @@
 #            lazily over NBD and runs the image's program; prints the
 #            start-up timings and chunks per tier. A boot that fails says
 #            which stage it reached, with the guest console's last lines.
+#   function lode serve (agent, manager, one worker, the Lambda API in one
+#            process); boto3 creates a function from the `fn` corpus image
+#            (app-a + AWS's runtime client awslambdaric) and invokes it cold,
+#            then warm, printing where the time went.
 #
 # Prints the time and the sizes of every step. Steps are functions run in
 # order by main(); later issues add push / serve / boot steps the same way.
@@ -53,6 +57,7 @@ step() {
 }
 
 FLEET_PIDS=""
+SERVE_PID=""
 FLEET_PORTS="7301 7302 7303 7304 7305"
 FLEET=$(for p in $FLEET_PORTS; do printf '127.0.0.1:%s,' "$p"; done | sed 's/,$//')
 
@@ -60,6 +65,7 @@ cleanup() {
   local m
   for m in $MOUNTED; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
   for p in $FLEET_PIDS; do kill "$p" 2>/dev/null || true; done
+  [ -z "$SERVE_PID" ] || kill "$SERVE_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -76,6 +82,8 @@ step_deps() {
     cmd=${pair%%:*}; pkg=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
   done
+  # python3-venv: the function step's boto3 (PyPI) lives in a venv.
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
   if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
@@ -210,6 +218,34 @@ step_boot() {
   NOTE="$(sed -n 's/^lode run: //p' "$DEMO/run.err"); guest kernel $kernel"
 }
 
+step_function() {
+  if [ ! -f "$CORPUS/stamps/image-fn" ]; then
+    [ "$IS_ROOT" -eq 1 ] || { echo "building the fn image needs root: run sudo scripts/corpus.sh fn" >&2; exit 1; }
+    "$REPO/scripts/corpus.sh" fn
+  fi
+  "$LODE" push "oci:$CORPUS/fn:latest" --tenant demo --name fn | tail -n 1
+  local venv=$DEMO/venv
+  if ! "$venv/bin/python3" -c 'import boto3' >/dev/null 2>&1; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'boto3>=1.34'
+  fi
+  local creds addr=""
+  creds=$("$LODE" credentials add --tenant demo)
+  "$LODE" serve --listen 127.0.0.1:0 >"$DEMO/serve.log" 2>&1 &
+  SERVE_PID=$!
+  for _ in $(seq 600); do
+    addr=$(sed -n 's/^lode serve listening on //p' "$DEMO/serve.log")
+    [ -n "$addr" ] && break
+    kill -0 "$SERVE_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { echo "lode serve did not start:" >&2; cat "$DEMO/serve.log" >&2; exit 1; }
+  sed -n 's/^lode serve: //p' "$DEMO/serve.log"
+  "$venv/bin/python3" "$REPO/scripts/demo-function.py" "http://$addr" "$creds" | tee "$DEMO/function.out"
+  kill -TERM "$SERVE_PID"; wait "$SERVE_PID" || true; SERVE_PID=""
+  NOTE=$(sed -n 's/^function: //p' "$DEMO/function.out")
+}
+
 summary() {
   bold "== summary ($IMAGE)"
   local s name secs note
@@ -230,6 +266,7 @@ main() {
   step fleet step_fleet
   step cat step_cat
   step boot step_boot
+  step function step_function
   summary
 }
 
