@@ -293,6 +293,64 @@ fn functions_run_on_a_stack_of_frontend_manager_and_two_workers() {
         !head.contains(&format!("x-lode-worker: {victim}")),
         "{head}"
     );
+
+    // Several managers: a frontend whose first choice for a function (by
+    // rendezvous hash of its ARN) is a manager that is down asks the next.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let managers = vec![dead.clone(), manager.url()];
+    let name = (0..64)
+        .map(|i| format!("fx{i}"))
+        .find(|n| {
+            let arn = format!(
+                "arn:aws:lambda:us-east-1:{}:function:{n}",
+                lode_frontend::api::account_of("acme")
+            );
+            lode_frontend::managers::rendezvous(&managers, &arn)[0] == dead
+        })
+        .unwrap();
+    let two = Service::start(
+        &env,
+        "frontend-two-managers",
+        &[
+            "frontend",
+            "--listen",
+            "127.0.0.1:0",
+            "--manager",
+            &dead,
+            "--manager",
+            &manager.url(),
+            "--store",
+            &store,
+            "--cache-dir",
+            env.path("fe3-cache").to_str().unwrap(),
+        ],
+    );
+    let create = format!(
+        r#"{{"FunctionName":"{name}","Role":"r","PackageType":"Image","Code":{{"ImageUri":"acme/rt"}},"Timeout":60}}"#
+    );
+    let (st, _, b) = signed(
+        &two.addr,
+        akid,
+        secret,
+        "POST",
+        "/2015-03-31/functions",
+        create.as_bytes(),
+    );
+    assert_eq!(st, 201, "{}", String::from_utf8_lossy(&b));
+    let (st, head, body) = signed(
+        &two.addr,
+        akid,
+        secret,
+        "POST",
+        &format!("/2015-03-31/functions/{name}/invocations"),
+        br#"{"n": 3}"#,
+    );
+    assert_eq!(st, 200, "{head} {}", String::from_utf8_lossy(&body));
+    assert!(
+        two.log_text().contains("manager unreachable"),
+        "{}",
+        two.log_text()
+    );
     drop(w2);
 }
 
