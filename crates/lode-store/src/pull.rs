@@ -61,8 +61,8 @@ pub async fn open_image(
 /// Opens `tenant/name` pinned at the manifest `digest` (`sha256:<hex>`),
 /// whatever its pointer says now: a function keeps running the image it was
 /// created with after the name moves on. The manifest must be the tenant's,
-/// open with the tenant's key, and be bound to `name` (a format-1 manifest
-/// binds no name; its digest and seal vouch for it).
+/// open with the tenant's key, and be bound to `name` (a format-1 manifest,
+/// which binds no name, is refused: only its pointer could vouch for it).
 pub async fn open_image_at(
     store: &Store,
     keys: &dyn KeyProvider,
@@ -71,11 +71,20 @@ pub async fn open_image_at(
     digest: &str,
 ) -> Result<OpenedImage> {
     let (manifest, table) = open_manifest(store, keys, tenant, name, digest).await?;
-    if let Some(b) = manifest.binding.as_ref().filter(|b| b.name != name) {
+    let reason = match &manifest.binding {
+        Some(b) if b.name == name => None,
+        Some(b) => Some(format!("manifest {digest} is image '{tenant}/{}'", b.name)),
+        // Nothing but a pointer vouches for an unbound manifest, and a pin
+        // bypasses the pointer: the agent's pinned attach refuses it too.
+        None => Some(format!(
+            "manifest {digest} binds no image name (manifest format 1): push the image again to pin it"
+        )),
+    };
+    if let Some(reason) = reason {
         return Err(StoreError::Binding {
             tenant: tenant.into(),
             name: name.into(),
-            reason: format!("manifest {digest} is image '{tenant}/{}'", b.name),
+            reason,
         });
     }
     store
