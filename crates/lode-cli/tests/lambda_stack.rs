@@ -236,7 +236,28 @@ fn functions_run_on_a_stack_of_frontend_manager_and_two_workers() {
         "the rebuilt manager knows the warm sandbox: {head}"
     );
 
-    // A worker SIGKILLed during an invocation.
+    // A worker SIGKILLed during an invocation. First no sandbox may be busy
+    // in the manager's view (reports lag up to a second behind), so that
+    // the busy one seen next is this invocation's.
+    let idle = |s: &serde_json::Value| {
+        s["leases"] == 0
+            && s["workers"].as_array().unwrap().iter().all(|w| {
+                w["sandboxes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|s| s["running"].is_null())
+            })
+    };
+    let started = Instant::now();
+    while !idle(&manager_state(&manager.url())) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a sandbox stays busy: {}",
+            manager_state(&manager.url())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let fe = frontend.addr.clone();
     let (k1, s1) = (akid.to_string(), secret.to_string());
     let doomed = std::thread::spawn(move || {
