@@ -25,9 +25,11 @@ fn in_lost_found(p: &[u8]) -> bool {
     p == LOST_FOUND || (p.starts_with(LOST_FOUND) && p.get(LOST_FOUND.len()) == Some(&b'/'))
 }
 
-/// Paths lode adds to every image: `/lost+found` and the run settings.
-fn lode_made(p: &[u8]) -> bool {
-    in_lost_found(p) || p == RUN_SETTINGS_DIR || p == RUN_SETTINGS
+/// Paths lode adds to every image that `opts` says to ignore:
+/// `/lost+found` and the run settings.
+fn lode_made(p: &[u8], opts: &CompareOptions) -> bool {
+    (opts.expect_lost_found && in_lost_found(p))
+        || (opts.expect_run_settings && (p == RUN_SETTINGS_DIR || p == RUN_SETTINGS))
 }
 
 /// What to compare.
@@ -38,6 +40,9 @@ pub struct CompareOptions {
     pub expect_lost_found: bool,
     /// Compare directory mtimes (implicit dirs are expected at mtime 0).
     pub dir_mtimes: bool,
+    /// Require the run settings lode's flatten adds (`/.lode/image.json`)
+    /// and ignore them otherwise (false for images other tools made).
+    pub expect_run_settings: bool,
 }
 
 impl Default for CompareOptions {
@@ -45,6 +50,7 @@ impl Default for CompareOptions {
         CompareOptions {
             expect_lost_found: true,
             dir_mtimes: true,
+            expect_run_settings: true,
         }
     }
 }
@@ -55,12 +61,16 @@ pub fn diff_trees(expected: &Tree, actual: &Tree, opts: CompareOptions) -> Vec<S
     let mut diffs = Vec::new();
     let has_lf = actual.contains_key(LOST_FOUND);
     // The run settings' directory, unless the layers brought one.
-    let has_run = actual.contains_key(RUN_SETTINGS_DIR) && !expected.contains_key(RUN_SETTINGS_DIR);
-    if opts.expect_lost_found {
+    let has_run = opts.expect_run_settings
+        && actual.contains_key(RUN_SETTINGS_DIR)
+        && !expected.contains_key(RUN_SETTINGS_DIR);
+    if opts.expect_run_settings {
         match actual.get(RUN_SETTINGS) {
             Some(n) if n.kind == NodeKind::File => {}
             _ => diffs.push("/.lode/image.json: missing (the image's run settings)".to_string()),
         }
+    }
+    if opts.expect_lost_found {
         match actual.get(LOST_FOUND) {
             None => diffs.push("/lost+found: missing".to_string()),
             Some(n) => {
@@ -179,7 +189,7 @@ pub fn diff_trees(expected: &Tree, actual: &Tree, opts: CompareOptions) -> Vec<S
         }
     }
     for (p, a) in actual {
-        let ignored = opts.expect_lost_found && lode_made(p);
+        let ignored = lode_made(p, &opts);
         if !expected.contains_key(p) && !ignored {
             diffs.push(format!(
                 "{}: unexpected {:?} (mode {:06o})",

@@ -82,6 +82,7 @@ fn umoci_unpack_matches_model(layout: &Path, reference: &str, layers: &[LayerSpe
         CompareOptions {
             expect_lost_found: false,
             dir_mtimes: false,
+            expect_run_settings: false,
         },
     );
     assert!(

@@ -85,6 +85,7 @@ fn readers_see_what_mkfs_wrote() {
     let opts = CompareOptions {
         expect_lost_found: true,
         dir_mtimes: false,
+        expect_run_settings: false,
     };
 
     let mut via_mount = read_via_mount(&img).unwrap();
