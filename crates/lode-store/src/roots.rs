@@ -222,7 +222,25 @@ impl Store {
     }
 
     pub(crate) async fn new_root(&self, keys: &dyn KeyProvider) -> Result<RootInfo> {
-        let r = self.fresh_root(keys)?;
+        let mut r = self.fresh_root(keys)?;
+        // Ids order roots by age (a rotation retires the roots whose ids
+        // sort before the new one): a root made in the same millisecond as
+        // the newest, whose random suffix could sort lower, takes the next
+        // millisecond.
+        if let Some(newest) = self.roots().await?.into_iter().map(|x| x.id).max() {
+            if r.id <= newest {
+                let ms = newest
+                    .get(1..11)
+                    .zip(newest.get(11..20))
+                    .and_then(|(s, n)| {
+                        Some(s.parse::<u64>().ok()? * 1000 + n.parse::<u64>().ok()? / 1_000_000)
+                    })
+                    .unwrap_or(0)
+                    + 1;
+                let suffix = r.id.rsplit('-').next().unwrap_or_default().to_string();
+                r.id = format!("r{:010}{:09}-{suffix}", ms / 1000, (ms % 1000) * 1_000_000);
+            }
+        }
         self.write_root(&r).await?;
         Ok(r)
     }
