@@ -5,7 +5,7 @@
 use super::agent::control_path;
 use super::cache::CacheArgs;
 use super::common::{key_provider, runtime};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lode_agent::control::{sockets, AttachRequest, Client};
 use lode_agent::overlay::Durability;
 use lode_agent::serve::Overflow;
@@ -75,22 +75,7 @@ fn ms(d: Duration) -> String {
 pub fn run(args: Args) -> Result<i32> {
     let t0 = Instant::now();
     let dir = args.vm_dir.clone().unwrap_or_else(super::vm::vm_dir);
-    let assets = lode_vm::prepare::Assets::find(&dir).with_context(|| {
-        format!(
-            "no guest kernel in {} (or one prepared by an older lode): run `lode vm prepare` first",
-            dir.display()
-        )
-    })?;
-    assets
-        .verify()
-        .with_context(|| format!("checking the guest files in {}", dir.display()))?;
-    if std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        bail!("qemu-system-x86_64 is not installed (Debian: apt-get install -t bookworm-backports qemu-system-x86; see scripts/vm-deps.sh)");
-    }
+    let assets = super::vm::guest_assets(&dir)?;
     let work = tempfile::Builder::new()
         .prefix("lode-run-")
         .tempdir()

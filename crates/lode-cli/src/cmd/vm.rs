@@ -1,8 +1,8 @@
 //! `lode vm prepare`: the guest kernel and initramfs for `lode run`.
 
 use super::common::lode_home;
-use anyhow::Result;
-use std::path::PathBuf;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
 
 /// Arguments of `lode vm`.
 #[derive(clap::Args)]
@@ -27,6 +27,28 @@ enum Action {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The prepared guest kernel and initramfs in `dir`, checked, once QEMU is
+/// known to be installed (what `lode run` and `lode worker` boot).
+pub fn guest_assets(dir: &Path) -> Result<lode_vm::prepare::Assets> {
+    let assets = lode_vm::prepare::Assets::find(dir).with_context(|| {
+        format!(
+            "no guest kernel in {} (or one prepared by an older lode): run `lode vm prepare` first",
+            dir.display()
+        )
+    })?;
+    assets
+        .verify()
+        .with_context(|| format!("checking the guest files in {}", dir.display()))?;
+    if std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        bail!("qemu-system-x86_64 is not installed (Debian: apt-get install -t bookworm-backports qemu-system-x86; see scripts/vm-deps.sh)");
+    }
+    Ok(assets)
 }
 
 /// The default VM asset directory.

@@ -80,22 +80,7 @@ pub async fn serve(
         bail!("--slots must be at least 1 and --memory at least 128 (MiB)");
     }
     let dir = args.vm_dir.clone().unwrap_or_else(super::vm::vm_dir);
-    let assets = lode_vm::prepare::Assets::find(&dir).with_context(|| {
-        format!(
-            "no guest kernel in {} (or one prepared by an older lode): run `lode vm prepare` first",
-            dir.display()
-        )
-    })?;
-    assets
-        .verify()
-        .with_context(|| format!("checking the guest files in {}", dir.display()))?;
-    if std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        bail!("qemu-system-x86_64 is not installed (Debian: apt-get install -t bookworm-backports qemu-system-x86; see scripts/vm-deps.sh)");
-    }
+    let assets = super::vm::guest_assets(&dir)?;
     let base = std::fs::read(&assets.initrd)
         .with_context(|| format!("reading {}", assets.initrd.display()))?;
     let exe = std::env::current_exe().context("finding the lode binary (for the runtime relay)")?;
