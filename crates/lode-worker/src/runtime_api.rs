@@ -318,17 +318,9 @@ impl RuntimeApi {
         if let Err(r) = self.check_current(id) {
             return r.response();
         }
-        let header = error_header(&req);
-        let body = match read_body(req, MAX_ERROR_BODY).await {
-            Ok(b) => b,
-            Err(true) => {
-                return refuse(
-                    413,
-                    "RequestEntityTooLarge",
-                    format!("error documents are at most {MAX_ERROR_BODY} bytes"),
-                )
-            }
-            Err(false) => return refuse(400, "InvalidRequest", "the error body could not be read"),
+        let (header, body) = match read_error_doc(req).await {
+            Ok(d) => d,
+            Err(r) => return r,
         };
         let tx = match self.take_current(id) {
             Ok(tx) => tx,
@@ -347,17 +339,9 @@ impl RuntimeApi {
                 "init/error after the runtime asked for an event",
             );
         }
-        let header = error_header(&req);
-        let body = match read_body(req, MAX_ERROR_BODY).await {
-            Ok(b) => b,
-            Err(true) => {
-                return refuse(
-                    413,
-                    "RequestEntityTooLarge",
-                    format!("error documents are at most {MAX_ERROR_BODY} bytes"),
-                )
-            }
-            Err(false) => return refuse(400, "InvalidRequest", "the error body could not be read"),
+        let (header, body) = match read_error_doc(req).await {
+            Ok(d) => d,
+            Err(r) => return r,
         };
         let error_type = error_type_of(header.as_deref(), &body, "Runtime.Unknown");
         self.ready
@@ -398,6 +382,25 @@ impl RuntimeApi {
             ),
             _ => refuse(404, "InvalidRequest", format!("no endpoint {path}")),
         }
+    }
+}
+
+/// An error document posted by the runtime (`invocation/ID/error`,
+/// `init/error`): its error-type header and body, or the refusal to answer.
+async fn read_error_doc(req: Request<Incoming>) -> Result<(Option<String>, Bytes), Response<Body>> {
+    let header = error_header(&req);
+    match read_body(req, MAX_ERROR_BODY).await {
+        Ok(b) => Ok((header, b)),
+        Err(true) => Err(refuse(
+            413,
+            "RequestEntityTooLarge",
+            format!("error documents are at most {MAX_ERROR_BODY} bytes"),
+        )),
+        Err(false) => Err(refuse(
+            400,
+            "InvalidRequest",
+            "the error body could not be read",
+        )),
     }
 }
 
