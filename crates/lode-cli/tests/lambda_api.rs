@@ -225,6 +225,47 @@ fn boto3_and_the_aws_cli_drive_the_lambda_api() {
         String::from_utf8_lossy(&gone.stderr)
     );
 
+    // Each function pins the version it runs, and only those: GC that
+    // rotates and collects at once keeps every pinned version readable.
+    let remaining = rt
+        .block_on(lode_frontend::functions::list(&s, &keys, "acme"))
+        .unwrap();
+    let pins = rt.block_on(s.list_pins("acme")).unwrap();
+    assert_eq!(pins.len(), remaining.len(), "{pins:?}");
+    for _ in 0..3 {
+        env.lode_ok(&[
+            "gc",
+            "--store",
+            &store,
+            "--rotate-after",
+            "0s",
+            "--retire-after",
+            "0s",
+            "--expire-after",
+            "0s",
+        ]);
+    }
+    for f in &remaining {
+        let pin = f.store_pin().expect("a new function holds a pin");
+        assert!(pins.contains(&pin), "{pin:?} in {pins:?}");
+        let img = rt
+            .block_on(lode_store::open_image_at(
+                &s,
+                &keys,
+                "acme",
+                &f.spec.image.name,
+                &pin.digest,
+            ))
+            .unwrap_or_else(|e| panic!("{}: pinned version gone after GC: {e}", f.spec.name));
+        for n in img.manifest.names.iter().flatten() {
+            assert!(
+                rt.block_on(s.has_chunk(&img.manifest.root, n)).unwrap(),
+                "{}: a chunk of the pinned version is gone",
+                f.spec.name
+            );
+        }
+    }
+
     // A revoked key stops working (frontends cache a lookup for 30 s: a new
     // frontend sees the revocation at once).
     env.lode_ok(&[

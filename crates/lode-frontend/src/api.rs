@@ -226,7 +226,7 @@ impl Frontend {
             }
             ("DELETE", [name]) => {
                 let name = self.own_name(c, name)?;
-                if !functions::delete(&self.store, c.tenant, &name).await? {
+                if !functions::delete(&self.store, self.keys.as_ref(), c.tenant, &name).await? {
                     return Err(not_found(c.tenant, &self.region, &name));
                 }
                 Ok(Reply::empty(204))
@@ -375,8 +375,15 @@ impl Frontend {
             image_uri: uri,
             last_modified: now_lambda(),
             revision_id: self.revision_id()?,
+            pin: None,
         };
-        functions::create(&self.store, self.keys.as_ref(), &rec).await?;
+        let mut rec = rec;
+        rec.pin =
+            Some(functions::pin(&self.store, self.keys.as_ref(), &rec.spec.image, &name).await?);
+        if let Err(e) = functions::create(&self.store, self.keys.as_ref(), &rec).await {
+            functions::unpin(&self.store, rec.store_pin()).await;
+            return Err(e);
+        }
         tracing::info!(tenant = c.tenant, function = name, image = %rec.spec.image, "function created");
         Ok(Reply::json(201, &FunctionConfiguration::of(&rec)))
     }
@@ -455,15 +462,37 @@ impl Frontend {
             let (rec, _) = self.find(c, raw).await?;
             return Ok(Reply::json(200, &FunctionConfiguration::of(&rec)));
         }
-        let rec = self
+        let name = self.own_name(c, raw)?;
+        let holder = functions::pin(&self.store, self.keys.as_ref(), &image, &name).await?;
+        let new_pin = lode_store::Pin {
+            tenant: image.tenant.clone(),
+            digest: image.digest.clone().unwrap_or_default(),
+            holder: holder.clone(),
+        };
+        // The pin of the version the written record replaced.
+        let replaced = std::sync::Mutex::new(None);
+        let changed = self
             .change(c, raw, req.revision_id.as_deref(), |rec| {
+                *replaced.lock().unwrap_or_else(|p| p.into_inner()) = rec.store_pin();
                 rec.spec.image = image.clone();
                 rec.spec.image_config = image_config.clone();
                 rec.spec.revision += 1;
                 rec.image_uri = uri.clone();
+                rec.pin = Some(holder.clone());
                 Ok(())
             })
-            .await?;
+            .await;
+        let rec = match changed {
+            Ok(rec) => {
+                let old = replaced.into_inner().unwrap_or_else(|p| p.into_inner());
+                functions::unpin(&self.store, old).await;
+                rec
+            }
+            Err(e) => {
+                functions::unpin(&self.store, Some(new_pin)).await;
+                return Err(e);
+            }
+        };
         tracing::info!(tenant = c.tenant, function = rec.spec.name, image = %rec.spec.image, "function code updated");
         Ok(Reply::json(200, &FunctionConfiguration::of(&rec)))
     }

@@ -31,6 +31,21 @@ pub struct FunctionRecord {
     pub last_modified: String,
     /// `RevisionId`: changes with every change of the function.
     pub revision_id: String,
+    /// Holder of the store pin that keeps `spec.image`'s version from GC
+    /// (see [`lode_store::pins`]); `None` in records written before pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+}
+
+impl FunctionRecord {
+    /// The store pin this record holds, if any.
+    pub fn store_pin(&self) -> Option<lode_store::Pin> {
+        Some(lode_store::Pin {
+            tenant: self.spec.tenant.clone(),
+            digest: self.spec.image.digest.clone()?,
+            holder: self.pin.clone()?,
+        })
+    }
 }
 
 /// Whether `s` is a function name Lambda accepts (1-64 of `[A-Za-z0-9_-]`).
@@ -123,17 +138,56 @@ pub async fn replace(
         .await?)
 }
 
-/// Removes a function; `false` when it did not exist.
-pub async fn delete(store: &Store, tenant: &str, name: &str) -> Result<bool> {
-    if !valid_name(name) {
+/// Removes a function and then the pin of the version it ran; `false`
+/// when it did not exist.
+pub async fn delete(
+    store: &Store,
+    keys: &dyn KeyProvider,
+    tenant: &str,
+    name: &str,
+) -> Result<bool> {
+    let Some((rec, _)) = get(store, keys, tenant, name).await? else {
         return Ok(false);
-    }
-    let p = path(tenant, name);
-    if !store.exists(&p).await? {
-        return Ok(false);
-    }
-    store.delete(&p).await?;
+    };
+    store.delete(&path(tenant, name)).await?;
+    unpin(store, rec.store_pin()).await;
     Ok(true)
+}
+
+/// Pins the version `image` names for a function record about to be
+/// written; the holder to record in [`FunctionRecord::pin`].
+pub async fn pin(
+    store: &Store,
+    keys: &dyn KeyProvider,
+    image: &lode_lambda::ImageRef,
+    function: &str,
+) -> Result<String> {
+    let digest = image.digest.as_deref().ok_or_else(|| {
+        refuse(
+            ErrorKind::InvalidParameterValueException,
+            format!("image {image} names no version to pin"),
+        )
+    })?;
+    let nonce = hex::encode(&keys.random()?[..8]);
+    let holder = format!("function.{function}.{nonce}");
+    match store.pin(&image.tenant, &image.name, digest, &holder).await {
+        Ok(_) => Ok(holder),
+        Err(e @ lode_store::StoreError::PinRefused { .. }) => Err(refuse(
+            ErrorKind::InvalidParameterValueException,
+            format!("Source image {image}: {e}"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Drops a pin no record holds any more. A failure only keeps the version
+/// longer, so it is logged, not returned.
+pub async fn unpin(store: &Store, pin: Option<lode_store::Pin>) {
+    if let Some(p) = pin {
+        if let Err(e) = store.unpin(&p).await {
+            tracing::warn!(tenant = p.tenant, holder = p.holder, digest = p.digest, error = %e, "a pin was not removed: its version is kept until it is");
+        }
+    }
 }
 
 /// A tenant's functions, by name. A document that does not open is

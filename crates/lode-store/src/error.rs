@@ -47,6 +47,18 @@ pub enum StoreError {
         /// Store URL.
         store: String,
     },
+    /// A pin was refused: the version cannot be held safely.
+    #[error("cannot pin image '{tenant}/{image}' at {digest}: {reason}")]
+    PinRefused {
+        /// Tenant.
+        tenant: String,
+        /// Image name.
+        image: String,
+        /// Manifest digest.
+        digest: String,
+        /// Why.
+        reason: String,
+    },
     /// A pointer leads to a manifest bound to another image or version.
     #[error("image '{tenant}/{name}': {reason}; refusing a swapped or forged pointer")]
     Binding {

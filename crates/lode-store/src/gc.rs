@@ -7,7 +7,8 @@
 //!          (or none takes pushes); retire older active roots (closing,
 //!          fence their intents, retired); fence leftover intents of
 //!          retired and expired roots
-//! scan     every pointer, every live manifest: live images per root
+//! scan     every pointer, every live manifest, then every pin: live
+//!          images and pinned versions per root
 //! migrate  every live image outside the active root into it
 //! expire   retired roots with no live image, retired for ≥ retire_after
 //! delete   (no open alarm anywhere) expired roots with no live image,
@@ -102,6 +103,10 @@ pub struct GcReport {
     pub fenced_intents: usize,
     /// Live images found.
     pub live_images: usize,
+    /// Pins found.
+    pub pins: usize,
+    /// Versions kept only by pins (they keep their root; not migrated).
+    pub pinned_versions: usize,
     /// Live images whose manifest is missing or unreadable.
     pub broken_images: Vec<ImageProblem>,
     /// Images that need migrating (outside the active root).
@@ -270,6 +275,8 @@ async fn run(
     // Scan and migrate.
     let live = s.scan_live(&keep_id, opts.concurrency).await?;
     report.live_images = live.images.len();
+    report.pins = live.pins;
+    report.pinned_versions = live.pinned.len();
     report.broken_images = live.broken.clone();
     let mut by_root = live.by_root();
     report.to_migrate = live.images.iter().filter(|i| i.root != keep_id).count();
@@ -342,9 +349,9 @@ async fn run(
                     .deleted_roots
                     .push(s.delete_root(&r.id, lease, false).await?);
             }
-            RootState::Expired if holds_live => tracing::error!(
+            RootState::Expired if holds_live => tracing::warn!(
                 root = %r.id,
-                "an expired root holds live images (migration failed): it is kept"
+                "an expired root holds live images or pinned versions: it is kept"
             ),
             _ => {}
         }

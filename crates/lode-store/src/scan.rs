@@ -1,8 +1,11 @@
-//! The live set: every image pointer, and the root of each live manifest.
+//! The live set: every image pointer, every pin, and the root of each live
+//! manifest.
 //!
 //! One pass lists `tenants/`, each tenant's `images/`, reads every pointer
-//! and every live manifest: requests grow with the live images (plus pages
-//! of listing), nothing else.
+//! and every live manifest, then lists each tenant's pins and reads the
+//! header of each pinned manifest no pointer names: requests grow with the
+//! live images and pinned versions (plus pages of listing), nothing else.
+//! Pointers are read before pins are listed (see [`crate::pins`]).
 
 use crate::error::{Result, StoreError};
 use crate::pointer::{ImagePointer, PointerState};
@@ -43,13 +46,31 @@ pub struct ImageProblem {
     pub problem: String,
 }
 
+/// A version held by pins and named by no live pointer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedVersion {
+    /// Tenant.
+    pub tenant: String,
+    /// `sha256:<hex>` of the manifest.
+    pub digest: String,
+    /// Root of its chunks.
+    pub root: String,
+    /// Pins holding it.
+    pub pins: usize,
+}
+
 /// What the scan found.
 #[derive(Debug, Default)]
 pub struct LiveSet {
     /// Live images.
     pub images: Vec<LiveImage>,
-    /// Live images whose manifest is missing or unreadable.
+    /// Live images (and pinned versions) whose manifest is missing or
+    /// unreadable.
     pub broken: Vec<ImageProblem>,
+    /// Versions kept only by pins (not migrated: they hold their root).
+    pub pinned: Vec<PinnedVersion>,
+    /// Pins seen.
+    pub pins: usize,
     /// `(tenant, manifest hex)` of every live manifest.
     pub manifests: BTreeSet<(String, String)>,
     /// Pointers that are tombstones or placeholders, per state.
@@ -59,11 +80,12 @@ pub struct LiveSet {
 }
 
 impl LiveSet {
-    /// Live images per root.
+    /// Live images and pinned versions per root.
     pub fn by_root(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
-        for i in &self.images {
-            *m.entry(i.root.clone()).or_default() += 1;
+        let roots = self.images.iter().map(|i| &i.root);
+        for r in roots.chain(self.pinned.iter().map(|p| &p.root)) {
+            *m.entry(r.clone()).or_default() += 1;
         }
         m
     }
@@ -102,6 +124,49 @@ impl Store {
                 }
                 Found::Broken(p) => set.broken.push(p),
                 Found::Dead(s) => *set.dead_pointers.entry(s).or_default() += 1,
+            }
+        }
+        // Pins after every pointer: a version whose pointer moved on while
+        // the pointers were read was pinned before that, so is listed here.
+        let mut pinned: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for t in &set.tenants {
+            for p in self.list_pins(t).await? {
+                set.pins += 1;
+                *pinned.entry((t.clone(), p.digest)).or_default() += 1;
+            }
+        }
+        pinned.retain(|(t, d), _| {
+            !set.manifests
+                .contains(&(t.clone(), d.trim_start_matches("sha256:").to_string()))
+        });
+        let found: Vec<(String, String, usize, Option<String>)> = futures::stream::iter(pinned)
+            .map(|((t, d), n)| async move {
+                let path = Store::manifest_path(&t, &d)?;
+                let root = self.manifest_root(&path).await?;
+                Ok::<_, StoreError>((t, d, n, root))
+            })
+            .buffered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        for (tenant, digest, pins, root) in found {
+            match root {
+                Some(root) => {
+                    let hex = digest.trim_start_matches("sha256:").to_string();
+                    set.manifests.insert((tenant.clone(), hex));
+                    set.pinned.push(PinnedVersion {
+                        tenant,
+                        digest,
+                        root,
+                        pins,
+                    });
+                }
+                None => set.broken.push(ImageProblem {
+                    problem: format!(
+                        "pinned {digest} by {pins} pin(s): manifest missing or unreadable"
+                    ),
+                    tenant,
+                    name: "(pin)".into(),
+                }),
             }
         }
         Ok(set)

@@ -143,7 +143,7 @@ impl Store {
 
     /// The root a stored manifest names, from its first bytes (`None`: not a
     /// manifest lode can read).
-    async fn manifest_root(&self, path: &Path) -> Result<Option<String>> {
+    pub(crate) async fn manifest_root(&self, path: &Path) -> Result<Option<String>> {
         let opts = GetOptions {
             range: Some(GetRange::Bounded(
                 0..lode_chunk::manifest::HEADER_PEEK as u64,

@@ -99,8 +99,8 @@ fn print_report(r: &GcReport) {
         );
     }
     println!(
-        "live: {} images ({} outside the active root)",
-        r.live_images, r.to_migrate
+        "live: {} images ({} outside the active root); {} pins, {} pinned versions kept in place",
+        r.live_images, r.to_migrate, r.pins, r.pinned_versions
     );
     for b in &r.broken_images {
         println!("broken: {}/{}: {}", b.tenant, b.name, b.problem);
