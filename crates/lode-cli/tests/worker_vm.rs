@@ -4,7 +4,8 @@
 //! with the image's own (busybox) wget. Invoked cold then warm in the same
 //! sandbox; a function error; the guest's network reaches the Runtime API
 //! and nothing else; a timeout (Lambda's message, the sandbox replaced); an
-//! entry point that exits at once (`Runtime.ExitError`); capacity refusals;
+//! entry point that exits at once (`Runtime.ExitError`); a runtime the
+//! guest kernel kills for memory (`Runtime.OutOfMemory`); capacity refusals;
 //! the report the manager receives; the metrics. Needs what vm_e2e.rs
 //! needs (scripts/test.sh installs it).
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -336,6 +337,21 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
         payload(&r8).contains("the guest kernel panicked"),
         "{}",
         payload(&r8)
+    );
+
+    // A runtime that outgrows the function's memory: the guest kernel's
+    // OOM killer ends it, and the error is Lambda's Runtime.OutOfMemory.
+    let (_, _, r9) = invoke(&addr, "r9", &f, br#""hog""#, None);
+    assert_eq!(
+        r9["error_type"],
+        "Runtime.OutOfMemory",
+        "{r9}\n{}",
+        log_tail(&r9)
+    );
+    assert!(
+        payload(&r9).contains("RequestId: r9 Error: Runtime exited with error: signal: killed"),
+        "{}",
+        payload(&r9)
     );
 
     // The agent holds no volume of a stopped sandbox.

@@ -73,6 +73,10 @@ pub enum StartError {
 pub enum VmEnd {
     /// The entry point exited with this status (the guest then powered off).
     Exited(i32),
+    /// The entry point exited with this status after the guest kernel's
+    /// out-of-memory killer killed a process (the function's memory size
+    /// was too small).
+    OutOfMemory(i32),
     /// The VM failed (`started`: after the entry point started).
     Failed {
         /// Whether the entry point had started.
@@ -145,16 +149,35 @@ pub struct Sandbox {
 }
 
 fn exit_error(request_id: &str, what: &str) -> (InvokeOutcome, Vec<u8>) {
+    runtime_error("Runtime.ExitError", request_id, what)
+}
+
+fn runtime_error(error_type: &str, request_id: &str, what: &str) -> (InvokeOutcome, Vec<u8>) {
     let doc = serde_json::json!({
-        "errorType": "Runtime.ExitError",
+        "errorType": error_type,
         "errorMessage": format!("RequestId: {request_id} Error: {what}"),
     });
     (
         InvokeOutcome::FunctionError {
-            error_type: "Runtime.ExitError".into(),
+            error_type: error_type.into(),
         },
         doc.to_string().into_bytes(),
     )
+}
+
+/// Lambda's words for an exit status: `signal: killed` for 128 + 9.
+fn exit_words(status: i32) -> String {
+    match status {
+        137 => "signal: killed".into(),
+        s if s > 128 && s < 160 => format!("signal {}", s - 128),
+        s => format!("exit status {s}"),
+    }
+}
+
+/// Whether a guest console line is the kernel's out-of-memory kill
+/// (`Out of memory: Killed process N (name)`, also for a memory cgroup).
+pub fn is_oom_kill(line: &str) -> bool {
+    line.contains("out of memory: Killed process") || line.contains("Out of memory: Killed process")
 }
 
 /// The function error of a VM that ended while running `request_id`.
@@ -162,7 +185,12 @@ pub fn vm_end_error(request_id: &str, end: &VmEnd) -> (InvokeOutcome, Vec<u8>) {
     match end {
         VmEnd::Exited(s) => exit_error(
             request_id,
-            &format!("Runtime exited with error: exit status {s}"),
+            &format!("Runtime exited with error: {}", exit_words(*s)),
+        ),
+        VmEnd::OutOfMemory(s) => runtime_error(
+            "Runtime.OutOfMemory",
+            request_id,
+            &format!("Runtime exited with error: {}", exit_words(*s)),
         ),
         VmEnd::Failed { message, .. } => exit_error(
             request_id,
@@ -282,17 +310,22 @@ impl Sandbox {
         std::thread::Builder::new()
             .name(format!("vm-{id}"))
             .spawn(move || {
-                let r = lode_vm::run_stoppable(&run, &limits, &stop, &mut |line, ev| match ev {
-                    Event::Output(l) => ring
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(l.as_bytes()),
-                    Event::Started => {
-                        started_tx.send_replace(Some(Instant::now()));
+                let mut oom = false;
+                let r = lode_vm::run_stoppable(&run, &limits, &stop, &mut |line, ev| {
+                    oom |= is_oom_kill(line);
+                    match ev {
+                        Event::Output(l) => ring
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(l.as_bytes()),
+                        Event::Started => {
+                            started_tx.send_replace(Some(Instant::now()));
+                        }
+                        _ => tracing::trace!(sandbox = %sid, "console: {line}"),
                     }
-                    _ => tracing::trace!(sandbox = %sid, "console: {line}"),
                 });
                 let end = match r {
+                    Ok(o) if oom => VmEnd::OutOfMemory(o.status),
                     Ok(o) => VmEnd::Exited(o.status),
                     Err(e) => {
                         let details = e.details();
@@ -501,5 +534,18 @@ mod tests {
         );
         assert!(String::from_utf8_lossy(&p)
             .contains("RequestId: r1 Error: Runtime exited with error: exit status 3"));
+        let (o, p) = vm_end_error("r2", &VmEnd::OutOfMemory(137));
+        assert_eq!(
+            o,
+            InvokeOutcome::FunctionError {
+                error_type: "Runtime.OutOfMemory".into()
+            }
+        );
+        assert!(String::from_utf8_lossy(&p)
+            .contains("RequestId: r2 Error: Runtime exited with error: signal: killed"));
+        assert!(is_oom_kill(
+            "[   12.345678] Out of memory: Killed process 87 (sort) total-vm:262144kB"
+        ));
+        assert!(!is_oom_kill("handling r3: out of memory"));
     }
 }

@@ -31,6 +31,7 @@ while true; do
     *nap*) sleep 4; body='"rested"' ;;
     *spam*) yes "a line of log output padded to about one hundred bytes: abcdefghijklmnopqrstuvwxyz0123456789" | head -c 10000000; body='"spammed"' ;;
     *crash*) echo c > /proc/sysrq-trigger; sleep 60 ;;
+    *hog*) exec sh -c 'yes "$(head -c 200 /dev/zero | tr "\0" x)" | sort' ;;
     *fail*)
       wget -q -O /dev/null --header 'Lambda-Runtime-Function-Error-Type: Custom.Fail' \
         --post-data '{"errorMessage":"asked to fail","errorType":"Custom.Fail"}' "$API/invocation/$id/error"
@@ -247,6 +248,7 @@ pub fn write_runtime_image(oci: &std::path::Path) {
         &BusyboxImage {
             applets: &[
                 "sh", "cat", "echo", "wget", "grep", "tr", "cut", "sleep", "ls", "yes", "head",
+                "sort",
             ],
             dirs: &["var", "var/task"],
             files: &[("var/task/bootstrap", 0o755, BOOTSTRAP.as_bytes())],
