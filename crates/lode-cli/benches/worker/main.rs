@@ -7,6 +7,13 @@
 //! 2. a cold start of another revision from the warm host cache;
 //! 3. `WARM` warm invocations of that sandbox.
 //!
+//! Then the warm-invoke overhead with AWS's Python runtime interface client
+//! (`python -m awslambdaric`, tests/common_worker's image): one cold start,
+//! `WARM` warm invocations of the handler, and the same handler called
+//! `DIRECT` times in a loop inside the same guest (its event
+//! `{"direct": N}`), so the overhead is the warm invocation minus the
+//! direct call, measured in one sandbox.
+//!
 //! ```sh
 //! ROUNDS=5 WARM=10 cargo bench -p lode-cli --bench worker
 //! ```
@@ -23,7 +30,8 @@ mod common_vm;
 mod common_worker;
 
 use common_agent::Env;
-use common_worker::{invoke, spec, stack, write_runtime_image};
+use common_worker::{invoke, payload, spec, stack, write_python_image, write_runtime_image};
+use serde_json::json;
 use serde_json::Value;
 use std::time::Instant;
 
@@ -135,4 +143,73 @@ fn main() {
     println!("{}", warm.row("warm"));
     let ratio = pct(&cold_cache.total, 0.5) / pct(&warm.total, 0.5);
     println!("\ncold (cold cache) / warm, p50 of the whole request: {ratio:.1}x");
+    python_overhead(&env, &addr, warm_n.max(20), env_u64("DIRECT", 200));
+}
+
+/// Warm invocations of a Python handler against the same handler called
+/// directly in the guest.
+fn python_overhead(env: &Env, addr: &str, warm_n: u64, direct_n: u64) {
+    let oci = env.path("py-oci");
+    let config = write_python_image(&oci, &env.path("py-work"));
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}:latest", oci.display()),
+        "--tenant",
+        "t",
+        "--name",
+        "py",
+        "--store",
+        env.store.to_str().unwrap(),
+    ]);
+    let digest = env.inspect("t", "py")["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let f = json!({
+        "tenant": "t", "name": "py", "arn": "arn:aws:lambda:us-east-1:t:function:py", "revision": 1,
+        "image": format!("t/py@{digest}"), "memory_mib": 256, "timeout_s": 120, "image_config": config
+    });
+    let event = br#"{"hello":"python"}"#;
+    let t = Instant::now();
+    let (status, head, r) = invoke(addr, "py-cold", &f, event, None);
+    assert!(status == 200 && r["outcome"] == "success", "{head}\n{r}");
+    let mut cold = Stages::default();
+    cold.add(&r, t.elapsed().as_secs_f64() * 1e3);
+    let sandbox = r["sandbox"].as_str().unwrap().to_string();
+    let mut warm = Stages::default();
+    for i in 0..warm_n {
+        let t = Instant::now();
+        let (_, head, r) = invoke(addr, &format!("py-w{i}"), &f, event, Some(&sandbox));
+        assert!(r["outcome"] == "success" && r["warm"] == true, "{head}\n{r}");
+        warm.add(&r, t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut direct = Vec::new();
+    for i in 0..3 {
+        let e = json!({"direct": direct_n, "event": {"hello": "python"}});
+        let (_, head, r) = invoke(
+            addr,
+            &format!("py-d{i}"),
+            &f,
+            e.to_string().as_bytes(),
+            Some(&sandbox),
+        );
+        assert!(r["outcome"] == "success", "{head}\n{r}");
+        let p: serde_json::Value = serde_json::from_str(&payload(&r)).unwrap();
+        direct.push(p["direct_us"].as_f64().unwrap() / 1e3);
+    }
+    println!("\nAWS Python runtime interface client (awslambdaric), one sandbox:\n");
+    println!("| invocation | n | attach ms p50 / p99 | VM boot | runtime init | invoke | whole request |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("{}", cold.row("cold start"));
+    println!("{}", warm.row("warm"));
+    let d = pct(&direct, 0.5);
+    println!(
+        "| handler called directly in the guest ({direct_n} calls × 3, median of the means) | {} | | | | {d:.2} | |",
+        direct.len()
+    );
+    println!(
+        "\nwarm-invoke overhead over the direct call, p50: {:.1} ms at the worker (invoke stage), {:.1} ms for the whole request",
+        pct(&warm.invoke, 0.5) - d,
+        pct(&warm.total, 0.5) - d
+    );
 }

@@ -256,3 +256,189 @@ pub fn write_runtime_image(oci: &std::path::Path) {
         },
     );
 }
+
+/// What a Python image needs from this host's Python: the interpreter, its
+/// standard library, and every shared library they load (`ldd`).
+pub fn python_files(task: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let py = Command::new("python3")
+        .args(["-c", "import sys, sysconfig, os; print(os.path.realpath(sys.executable)); print(sysconfig.get_paths()['stdlib']); print(sysconfig.get_config_var('LIBDIR') or '')"])
+        .output()
+        .expect("python3 (scripts/test.sh installs it)");
+    let out = String::from_utf8(py.stdout).unwrap();
+    let mut lines = out.lines();
+    let (exe, stdlib, libdir) = (
+        lines.next().unwrap(),
+        lines.next().unwrap(),
+        lines.next().unwrap_or(""),
+    );
+    let mut files = vec![std::path::PathBuf::from(exe)];
+    let skip = [
+        "test",
+        "site-packages",
+        "dist-packages",
+        "idlelib",
+        "tkinter",
+        "ensurepip",
+        "lib2to3",
+        "turtledemo",
+        "unittest",
+        "pydoc_data",
+    ];
+    let mut stack = vec![std::path::PathBuf::from(stdlib)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() && !skip.contains(&name.as_str()) && !name.starts_with("config-") {
+                stack.push(p);
+            } else if ft.is_file() {
+                files.push(p);
+            }
+        }
+    }
+    // Shared objects: the interpreter's, the standard library's extension
+    // modules' and the function's (awslambdaric's runtime client).
+    let mut sos: Vec<std::path::PathBuf> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".so") || p.as_os_str() == exe)
+        .cloned()
+        .collect();
+    let mut st = vec![task.to_path_buf()];
+    while let Some(d) = st.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                st.push(e.path());
+            } else if e.path().to_string_lossy().contains(".so") {
+                sos.push(e.path());
+            }
+        }
+    }
+    let mut libs = std::collections::BTreeSet::new();
+    if !libdir.is_empty() {
+        for e in std::fs::read_dir(libdir).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("libpython") && n.contains(".so") {
+                libs.insert(e.path());
+            }
+        }
+    }
+    for so in sos {
+        let o = Command::new("ldd").arg(&so).output().unwrap();
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            let path = l
+                .split("=>")
+                .nth(1)
+                .unwrap_or(l)
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            if path.starts_with('/') && !path.starts_with(&task.display().to_string()) {
+                libs.insert(std::path::PathBuf::from(path));
+            }
+        }
+    }
+    files.extend(libs);
+    files
+}
+
+/// An OCI layout of AWS's Python runtime interface client (`awslambdaric`
+/// from PyPI) and a handler, on this host's Python, laid out as AWS's
+/// guide for images from an alternative base: the client installed with
+/// `pip install --target` in the function directory, `ENTRYPOINT [python,
+/// -m, awslambdaric]`, `CMD [handler.fn]`, `WORKDIR` the function directory.
+pub fn write_python_image(oci: &std::path::Path, work: &std::path::Path) -> Value {
+    let task = work.join("task");
+    std::fs::create_dir_all(&task).unwrap();
+    let pip = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--target",
+        ])
+        .arg(&task)
+        .arg("awslambdaric")
+        .output()
+        .expect("python3 -m pip");
+    assert!(
+        pip.status.success(),
+        "pip install awslambdaric (needs pip and PyPI; scripts/test.sh installs python3-pip): {}",
+        String::from_utf8_lossy(&pip.stderr)
+    );
+    std::fs::write(
+        task.join("handler.py"),
+        "import time\n\ncount = 0\n\ndef fn(event, context):\n    global count\n    if isinstance(event, dict) and 'direct' in event:\n        # Calls itself `direct` times in the guest: the benchmark's baseline.\n        t = time.perf_counter()\n        for _ in range(event['direct']):\n            fn(event['event'], context)\n        return {'direct_us': (time.perf_counter() - t) * 1e6 / event['direct']}\n    count += 1\n    print('handling', context.aws_request_id, flush=True)\n    return {'count': count, 'event': event, 'request_id': context.aws_request_id,\n            'function': context.function_name, 'memory': context.memory_limit_in_mb,\n            'time_left': context.get_remaining_time_in_millis() > 0}\n\ndef boom(event, context):\n    raise ValueError('boom ' + str(event))\n",
+    )
+    .unwrap();
+    let files = python_files(&task);
+    let exe = files[0].display().to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut add_dirs = |b: &mut tar::Builder<Vec<u8>>, rel: &std::path::Path| {
+        let mut cur = std::path::PathBuf::new();
+        for c in rel.parent().into_iter().flat_map(|p| p.components()) {
+            cur.push(c);
+            if dirs.insert(cur.clone()) {
+                let mut h = tar::Header::new_ustar();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_mtime(1_700_000_000);
+                b.append_data(&mut h, &cur, &[][..]).unwrap();
+            }
+        }
+    };
+    // Real modification times: the compiled modules (__pycache__) record
+    // their sources' and are used only when those match.
+    let mut add =
+        |b: &mut tar::Builder<Vec<u8>>, rel: std::path::PathBuf, bytes: &[u8], mtime: u64| {
+            add_dirs(b, &rel);
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o755);
+            h.set_size(bytes.len() as u64);
+            h.set_mtime(mtime);
+            b.append_data(&mut h, &rel, bytes).unwrap();
+        };
+    let mtime = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().mtime() as u64
+    };
+    for d in ["proc", "sys", "dev", "tmp"] {
+        add(
+            &mut b,
+            std::path::PathBuf::from(d).join(".keep"),
+            b"",
+            1_700_000_000,
+        );
+    }
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        add(
+            &mut b,
+            f.strip_prefix("/").unwrap().to_path_buf(),
+            &bytes,
+            mtime(f),
+        );
+    }
+    let mut st = vec![task.clone()];
+    while let Some(d) = st.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                st.push(p);
+            } else if e.file_type().unwrap().is_file() {
+                let rel = std::path::Path::new("var/task").join(p.strip_prefix(&task).unwrap());
+                add(&mut b, rel, &std::fs::read(&p).unwrap(), mtime(&p));
+            }
+        }
+    }
+    let layer = b.into_inner().unwrap();
+    let config = json!({"Entrypoint": [exe, "-m", "awslambdaric"], "Cmd": ["handler.fn"], "WorkingDir": "/var/task",
+                        "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]});
+    lode_testkit::vm_image::write_layout(oci, &layer, config.clone());
+    config
+}
