@@ -11,7 +11,7 @@ mod common_agent;
 mod common_lambda;
 
 use common_agent::Env;
-use common_lambda::{aws, python, run_ok, Service};
+use common_lambda::{aws_lambda, python, run_ok, start_frontend, Service};
 use lode_testkit::{write_oci_layout, Compression, Entry, LayerSpec};
 use std::process::Command;
 use std::time::Duration;
@@ -87,22 +87,12 @@ fn boto3_and_the_aws_cli_drive_the_lambda_api() {
     let other = credentials(&env, "other");
     let store = env.store.to_str().unwrap().to_string();
     let manager = Service::start(&env, "manager", &["manager", "--listen", "127.0.0.1:0"]);
-    let frontend = Service::start(
+    let frontend = start_frontend(
         &env,
         "frontend",
-        &[
-            "frontend",
-            "--listen",
-            "127.0.0.1:0",
-            "--manager",
-            &manager.url(),
-            "--store",
-            &store,
-            "--cache-dir",
-            env.path("fe-cache").to_str().unwrap(),
-            "--metrics",
-            "127.0.0.1:0",
-        ],
+        &[&manager.url()],
+        &store,
+        &["--metrics", "127.0.0.1:0"],
     );
     boto("create", &frontend, &creds, &other, &d1);
     // Its metrics count what boto3 did.
@@ -152,26 +142,10 @@ fn boto3_and_the_aws_cli_drive_the_lambda_api() {
     // The AWS CLI, unmodified, for one function.
     let c: serde_json::Value = serde_json::from_str(&creds).unwrap();
     let cli = |args: &[&str]| {
-        let mut cmd = Command::new(aws());
-        cmd.args([
-            "lambda",
-            "--endpoint-url",
-            &frontend.url(),
-            "--region",
-            "us-east-1",
-            "--output",
-            "json",
-        ])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", c["AccessKeyId"].as_str().unwrap())
-        .env(
-            "AWS_SECRET_ACCESS_KEY",
-            c["SecretAccessKey"].as_str().unwrap(),
+        run_ok(
+            aws_lambda(&frontend.url(), &c).args(args),
+            Duration::from_secs(120),
         )
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_MAX_ATTEMPTS", "1");
-        run_ok(&mut cmd, Duration::from_secs(120))
     };
     let made: serde_json::Value = serde_json::from_str(&cli(&[
         "create-function",
@@ -198,24 +172,8 @@ fn boto3_and_the_aws_cli_drive_the_lambda_api() {
         serde_json::from_str(&cli(&["get-function", "--function-name", "cli-fn"])).unwrap();
     assert_eq!(got["Configuration"]["PackageType"], "Image");
     cli(&["delete-function", "--function-name", "cli-fn"]);
-    let gone = Command::new(aws())
-        .args([
-            "lambda",
-            "--endpoint-url",
-            &frontend.url(),
-            "--region",
-            "us-east-1",
-            "get-function",
-            "--function-name",
-            "cli-fn",
-        ])
-        .env("AWS_ACCESS_KEY_ID", c["AccessKeyId"].as_str().unwrap())
-        .env(
-            "AWS_SECRET_ACCESS_KEY",
-            c["SecretAccessKey"].as_str().unwrap(),
-        )
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    let gone = aws_lambda(&frontend.url(), &c)
+        .args(["get-function", "--function-name", "cli-fn"])
         .output()
         .unwrap();
     assert!(!gone.status.success());
@@ -277,38 +235,9 @@ fn boto3_and_the_aws_cli_drive_the_lambda_api() {
         "--store",
         &store,
     ]);
-    let fresh = Service::start(
-        &env,
-        "frontend2",
-        &[
-            "frontend",
-            "--listen",
-            "127.0.0.1:0",
-            "--manager",
-            &manager.url(),
-            "--store",
-            &store,
-            "--cache-dir",
-            env.path("fe2-cache").to_str().unwrap(),
-        ],
-    );
-    let revoked = Command::new(aws())
-        .args([
-            "lambda",
-            "--endpoint-url",
-            &fresh.url(),
-            "--region",
-            "us-east-1",
-            "list-functions",
-        ])
-        .env("AWS_ACCESS_KEY_ID", c["AccessKeyId"].as_str().unwrap())
-        .env(
-            "AWS_SECRET_ACCESS_KEY",
-            c["SecretAccessKey"].as_str().unwrap(),
-        )
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_MAX_ATTEMPTS", "1")
+    let fresh = start_frontend(&env, "frontend2", &[&manager.url()], &store, &[]);
+    let revoked = aws_lambda(&fresh.url(), &c)
+        .arg("list-functions")
         .output()
         .unwrap();
     assert!(

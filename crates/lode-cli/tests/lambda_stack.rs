@@ -18,7 +18,7 @@ mod common_vm;
 mod common_worker;
 
 use common_agent::{run_timeout, Env};
-use common_lambda::{python, run_ok, Service};
+use common_lambda::{aws_lambda, python, run_ok, start_frontend, Service};
 use common_worker::{spawn_worker_as, write_runtime_image};
 use lode_frontend::sigv4;
 use std::io::{Read, Write};
@@ -140,21 +140,7 @@ fn functions_run_on_a_stack_of_frontend_manager_and_two_workers() {
         &manager.url(),
         "w2",
     );
-    let frontend = Service::start(
-        &env,
-        "frontend",
-        &[
-            "frontend",
-            "--listen",
-            "127.0.0.1:0",
-            "--manager",
-            &manager.url(),
-            "--store",
-            &store,
-            "--cache-dir",
-            env.path("fe-cache").to_str().unwrap(),
-        ],
-    );
+    let frontend = start_frontend(&env, "frontend", &[&manager.url()], &store, &[]);
     let started = Instant::now();
     while manager_state(&manager.url())["workers_live"] != 2 {
         assert!(
@@ -329,22 +315,12 @@ fn functions_run_on_a_stack_of_frontend_manager_and_two_workers() {
             lode_frontend::managers::rendezvous(&managers, &arn)[0] == dead
         })
         .unwrap();
-    let two = Service::start(
+    let two = start_frontend(
         &env,
         "frontend-two-managers",
-        &[
-            "frontend",
-            "--listen",
-            "127.0.0.1:0",
-            "--manager",
-            &dead,
-            "--manager",
-            &manager.url(),
-            "--store",
-            &store,
-            "--cache-dir",
-            env.path("fe3-cache").to_str().unwrap(),
-        ],
+        &[&dead, &manager.url()],
+        &store,
+        &[],
     );
     let create = format!(
         r#"{{"FunctionName":"{name}","Role":"r","PackageType":"Image","Code":{{"ImageUri":"acme/rt"}},"Timeout":60}}"#
@@ -420,28 +396,12 @@ fn lode_serve_runs_a_function_in_one_process() {
         ],
     );
     let cli = |args: &[&str]| {
-        let mut cmd = Command::new(common_lambda::aws());
-        cmd.args([
-            "lambda",
-            "--endpoint-url",
-            &serve.url(),
-            "--region",
-            "us-east-1",
-            "--output",
-            "json",
-            "--cli-read-timeout",
-            "300",
-        ])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", c["AccessKeyId"].as_str().unwrap())
-        .env(
-            "AWS_SECRET_ACCESS_KEY",
-            c["SecretAccessKey"].as_str().unwrap(),
+        run_ok(
+            aws_lambda(&serve.url(), &c)
+                .args(["--cli-read-timeout", "300"])
+                .args(args),
+            Duration::from_secs(300),
         )
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_MAX_ATTEMPTS", "1");
-        run_ok(&mut cmd, Duration::from_secs(300))
     };
     cli(&[
         "create-function",

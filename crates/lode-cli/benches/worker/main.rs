@@ -180,7 +180,10 @@ fn python_overhead(env: &Env, addr: &str, warm_n: u64, direct_n: u64) {
     for i in 0..warm_n {
         let t = Instant::now();
         let (_, head, r) = invoke(addr, &format!("py-w{i}"), &f, event, Some(&sandbox));
-        assert!(r["outcome"] == "success" && r["warm"] == true, "{head}\n{r}");
+        assert!(
+            r["outcome"] == "success" && r["warm"] == true,
+            "{head}\n{r}"
+        );
         warm.add(&r, t.elapsed().as_secs_f64() * 1e3);
     }
     let mut direct = Vec::new();

@@ -125,3 +125,49 @@ pub fn run_ok(cmd: &mut Command, limit: Duration) -> String {
     let o = crate::common_agent::run_timeout(cmd, limit).ok();
     o.stdout_str()
 }
+
+/// `aws lambda --endpoint-url ENDPOINT --region us-east-1 --output json`
+/// with only `creds` (`{"AccessKeyId","SecretAccessKey"}` as `lode
+/// credentials add` prints them): no config files, one attempt. Append the
+/// operation's arguments.
+pub fn aws_lambda(endpoint: &str, creds: &serde_json::Value) -> Command {
+    let mut cmd = Command::new(aws());
+    cmd.args([
+        "lambda",
+        "--endpoint-url",
+        endpoint,
+        "--region",
+        "us-east-1",
+        "--output",
+        "json",
+    ])
+    .env("AWS_ACCESS_KEY_ID", creds["AccessKeyId"].as_str().unwrap())
+    .env(
+        "AWS_SECRET_ACCESS_KEY",
+        creds["SecretAccessKey"].as_str().unwrap(),
+    )
+    .env("AWS_CONFIG_FILE", "/dev/null")
+    .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    .env("AWS_MAX_ATTEMPTS", "1");
+    cmd
+}
+
+/// Starts `lode frontend` on a free loopback port over `managers` and
+/// `store`, with its own cache directory (`<what>-cache`) and `extra`
+/// arguments.
+pub fn start_frontend(
+    env: &Env,
+    what: &str,
+    managers: &[&str],
+    store: &str,
+    extra: &[&str],
+) -> Service {
+    let cache = env.path(&format!("{what}-cache"));
+    let mut args = vec!["frontend", "--listen", "127.0.0.1:0"];
+    for m in managers {
+        args.extend(["--manager", m]);
+    }
+    args.extend(["--store", store, "--cache-dir", cache.to_str().unwrap()]);
+    args.extend(extra);
+    Service::start(env, what, &args)
+}
