@@ -35,6 +35,19 @@ fn signed(
     path: &str,
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
+    signed_with(addr, akid, secret, method, path, body, "")
+}
+
+/// [`signed`] with `extra` header lines (unsigned, each ending in CRLF).
+fn signed_with(
+    addr: &str,
+    akid: &str,
+    secret: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    extra: &str,
+) -> (u16, String, Vec<u8>) {
     let date = {
         let out = Command::new("date")
             .args(["-u", "+%Y%m%dT%H%M%SZ"])
@@ -58,7 +71,7 @@ fn signed(
     s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nx-amz-date: {date}\r\nauthorization: {auth}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nx-amz-date: {date}\r\nauthorization: {auth}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -140,7 +153,7 @@ fn functions_run_on_a_stack_of_frontend_manager_and_two_workers() {
         &manager.url(),
         "w2",
     );
-    let frontend = start_frontend(&env, "frontend", &[&manager.url()], &store, &[]);
+    let mut frontend = start_frontend(&env, "frontend", &[&manager.url()], &store, &[]);
     let started = Instant::now();
     while manager_state(&manager.url())["workers_live"] != 2 {
         assert!(
@@ -348,7 +361,70 @@ fn functions_run_on_a_stack_of_frontend_manager_and_two_workers() {
         "{}",
         two.log_text()
     );
+
+    // A queued (Event) invocation outlives the frontend that took it: that
+    // frontend is SIGKILLed while the invocation runs; another takes the
+    // event over once the claim lapses, runs it again (at least once, as
+    // Lambda) and empties the queue.
+    let placed = |url: &str| -> u64 {
+        manager_state(url)["placements"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum()
+    };
+    let queued = || -> usize { walk(&env.store.join("events")) };
+    let before = placed(&manager.url());
+    let (st, head, _) = signed_with(
+        &frontend.addr,
+        akid,
+        secret,
+        "POST",
+        "/2015-03-31/functions/nap/invocations",
+        br#"{"nap": true}"#,
+        "x-amz-invocation-type: Event\r\n",
+    );
+    assert_eq!(st, 202, "{head}");
+    let started = Instant::now();
+    while placed(&manager.url()) == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the queued invocation was never placed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    frontend.kill();
+    assert_eq!(queued(), 1, "the event stays queued while it runs");
+    let takeover = start_frontend(&env, "frontend-takeover", &[&manager.url()], &store, &[]);
+    let started = Instant::now();
+    while queued() > 0 || placed(&manager.url()) < before + 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the orphaned event was not run again: {} queued, {} placements since\n{}",
+            queued(),
+            placed(&manager.url()) - before,
+            takeover.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(w2);
+}
+
+/// Regular files under `dir` (0 when it does not exist).
+fn walk(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path())
+            } else {
+                usize::from(!e.file_name().to_string_lossy().starts_with('.'))
+            }
+        })
+        .sum()
 }
 
 /// `lode serve`: the four parts in one process on the embedded defaults;

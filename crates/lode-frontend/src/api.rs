@@ -650,32 +650,26 @@ impl Frontend {
         // start and a lost manager on top of it.
         let wait = Duration::from_secs(u64::from(req.function.timeout_s) + 600);
         if kind == "Event" {
-            let permit = self.async_slots.clone().try_acquire_owned().map_err(|_| {
-                refuse(
-                    ErrorKind::TooManyRequestsException,
-                    "Rate Exceeded: too many asynchronous invocations in flight on this frontend",
-                )
-            })?;
+            if c.body.len() > crate::events::MAX_EVENT_PAYLOAD {
+                return Err(refuse(
+                    ErrorKind::RequestEntityTooLargeException,
+                    format!(
+                        "Request must be smaller than {} bytes for the Invoke operation with InvocationType Event ({} bytes sent)",
+                        crate::events::MAX_EVENT_PAYLOAD,
+                        c.body.len()
+                    ),
+                ));
+            }
+            // Durable before 202: any frontend runs it, even if this one dies.
+            self.events
+                .enqueue(c.tenant, &req.function.name, &req.request_id, c.body)
+                .await?;
             self.metrics
                 .async_accepted
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let managers = self.managers.clone();
-            let id = req.request_id.clone();
-            let id_for_log = id.clone();
-            tokio::spawn(async move {
-                match managers.invoke(req, wait).await {
-                    Ok(r) => {
-                        tracing::info!(request = r.request_id, outcome = ?r.outcome, "asynchronous invocation done")
-                    }
-                    Err(e) => {
-                        tracing::warn!(request = id_for_log, error = %e, "asynchronous invocation failed")
-                    }
-                }
-                drop(permit);
-            });
             return Ok(Reply {
                 status: 202,
-                headers: vec![("x-amzn-requestid", id)],
+                headers: vec![("x-amzn-requestid", req.request_id)],
                 body: Bytes::new(),
             });
         }

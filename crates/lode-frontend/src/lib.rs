@@ -18,6 +18,7 @@
 pub mod api;
 pub mod credentials;
 pub mod error;
+pub mod events;
 pub mod functions;
 pub mod managers;
 pub mod metrics;

@@ -64,7 +64,7 @@ impl Metrics {
     }
 
     /// Prometheus text.
-    pub fn render(&self) -> String {
+    pub fn render(&self, events: &crate::events::EventCounters) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -104,8 +104,28 @@ impl Metrics {
             ),
             (
                 "lode_frontend_async_accepted_total",
-                "Asynchronous invocations accepted.",
+                "Asynchronous invocations accepted (stored in the queue).",
                 &self.async_accepted,
+            ),
+            (
+                "lode_frontend_async_done_total",
+                "Queued invocations this frontend ran to success.",
+                &events.done,
+            ),
+            (
+                "lode_frontend_async_failed_total",
+                "Queued invocations whose every attempt ended in the function's error.",
+                &events.failed,
+            ),
+            (
+                "lode_frontend_async_retried_total",
+                "Queued invocations scheduled again after an error.",
+                &events.retried,
+            ),
+            (
+                "lode_frontend_async_dropped_total",
+                "Queued invocations dropped (function deleted, too old, unreadable).",
+                &events.dropped,
             ),
         ] {
             let _ = writeln!(

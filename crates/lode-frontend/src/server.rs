@@ -23,7 +23,7 @@ use tokio::sync::{watch, Semaphore};
 pub const MAX_REQUEST: usize = 1 << 20;
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Asynchronous (`Event`) invocations a frontend keeps in flight.
+/// Queued (`Event`) invocations a frontend runs at once.
 pub const ASYNC_IN_FLIGHT: usize = 256;
 
 /// A Lambda-compatible frontend (stateless: everything it knows is in the
@@ -36,6 +36,7 @@ pub struct Frontend {
     pub(crate) managers: Managers,
     pub(crate) key_cache: KeyCache,
     pub(crate) async_slots: Arc<Semaphore>,
+    pub(crate) events: Arc<crate::events::Queue>,
     /// Requests per operation and outcome, latencies.
     pub metrics: crate::metrics::Metrics,
 }
@@ -76,8 +77,9 @@ impl Frontend {
         reader: Arc<ChunkReader>,
         managers: Vec<String>,
         region: String,
-    ) -> Frontend {
-        Frontend {
+    ) -> crate::Result<Frontend> {
+        Ok(Frontend {
+            events: Arc::new(crate::events::Queue::new(store.clone(), keys.clone())?),
             store,
             keys,
             reader,
@@ -86,7 +88,12 @@ impl Frontend {
             key_cache: KeyCache::default(),
             async_slots: Arc::new(Semaphore::new(ASYNC_IN_FLIGHT)),
             metrics: Default::default(),
-        }
+        })
+    }
+
+    /// The queue of asynchronous invocations.
+    pub fn events(&self) -> &crate::events::Queue {
+        &self.events
     }
 
     /// Answers one HTTP request.
@@ -239,7 +246,7 @@ pub async fn serve_metrics(
             lode_lambda::http::reply(
                 200,
                 &[("content-type", "text/plain; version=0.0.4")],
-                Bytes::from(frontend.metrics.render()),
+                Bytes::from(frontend.metrics.render(&frontend.events.counters)),
             )
         }
     })
@@ -247,11 +254,18 @@ pub async fn serve_metrics(
 }
 
 /// Serves `frontend` on `listener` until `stop` turns true, at most
-/// [`MAX_CONNECTIONS`] connections at once.
+/// [`MAX_CONNECTIONS`] connections at once, and drains the queue of
+/// asynchronous invocations meanwhile.
 pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, stop: watch::Receiver<bool>) {
-    lode_lambda::http::serve(listener, MAX_CONNECTIONS, stop, move |req| {
-        let frontend = frontend.clone();
+    let events = frontend.events.clone().run(
+        frontend.managers.clone(),
+        frontend.async_slots.clone(),
+        stop.clone(),
+    );
+    let f = frontend.clone();
+    let http = lode_lambda::http::serve(listener, MAX_CONNECTIONS, stop, move |req| {
+        let frontend = f.clone();
         async move { frontend.handle(req).await }
-    })
-    .await
+    });
+    tokio::join!(http, events);
 }

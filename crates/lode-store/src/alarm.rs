@@ -139,7 +139,7 @@ pub struct RootWatch {
 }
 
 /// This host's name (for alarms and lease holders).
-pub(crate) fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

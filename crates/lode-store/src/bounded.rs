@@ -38,6 +38,9 @@ pub const DOCUMENT_LIMIT: u64 = 16 << 10;
 /// Largest sealed function document (its variables, at most 4 KB in
 /// Lambda, and its image's run settings, base64 inside JSON).
 pub const FUNCTION_LIMIT: u64 = 256 << 10;
+/// Largest queued asynchronous invocation (lode-frontend): a 1 MiB payload
+/// in base64 with its seal and claim.
+pub const EVENT_LIMIT: u64 = 2 << 20;
 /// Fixed part of a sealed working set beyond its indexes: header with a
 /// wrapped key of up to 65,535 bytes, nonce, count and tag.
 const WORKING_SET_OVERHEAD: u64 = 14 + u16::MAX as u64 + 12 + 4 + 16;
@@ -60,6 +63,9 @@ pub enum ObjectKind {
     /// A sealed function definition or access key (lode-frontend): its
     /// environment, image settings and seal.
     Function,
+    /// A queued asynchronous invocation (lode-frontend): its sealed
+    /// payload and its claim.
+    Event,
     /// The sealed working set of an image of `chunks` chunks: one 4-byte
     /// index per chunk at most, plus its header.
     WorkingSet {
@@ -77,6 +83,7 @@ impl ObjectKind {
             ObjectKind::Root => ROOT_LIMIT,
             ObjectKind::Document => DOCUMENT_LIMIT,
             ObjectKind::Function => FUNCTION_LIMIT,
+            ObjectKind::Event => EVENT_LIMIT,
             ObjectKind::Manifest => MAX_HEADER_LEN as u64 + 20 + MAX_CHUNKS * 96,
             ObjectKind::WorkingSet { chunks } => {
                 WORKING_SET_OVERHEAD + 4 * chunks.min(lode_chunk::workingset::MAX_ENTRIES as u64)
@@ -92,6 +99,7 @@ impl ObjectKind {
             ObjectKind::Root => "root",
             ObjectKind::Document => "store document",
             ObjectKind::Function => "function document",
+            ObjectKind::Event => "queued invocation",
             ObjectKind::Manifest => "manifest",
             ObjectKind::WorkingSet { .. } => "working set",
         }

@@ -40,7 +40,7 @@ pub fn run(args: Args) -> Result<()> {
         reader,
         args.managers,
         args.region,
-    ));
+    )?);
     rt.block_on(async {
         let l = tokio::net::TcpListener::bind(&args.listen)
             .await

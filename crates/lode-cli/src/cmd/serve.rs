@@ -140,7 +140,7 @@ pub fn run(args: Args) -> Result<()> {
             reader,
             vec![manager_url.clone()],
             args.region.clone(),
-        ));
+        )?);
         let fl = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
