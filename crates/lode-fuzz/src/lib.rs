@@ -14,6 +14,7 @@ pub mod agent_host;
 pub mod chunk;
 pub mod flatten;
 pub mod fleet;
+pub mod frontend;
 pub mod oci;
 pub mod store;
 pub mod support;
@@ -52,6 +53,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("store_documents", store::documents),
     ("flatten_tar", flatten::tar),
     ("worker_runtime_api", worker::runtime_api),
+    ("frontend_sigv4", frontend::sigv4),
+    ("frontend_sealed_document", frontend::sealed_document),
 ];
 
 /// The body of the target named `name`.

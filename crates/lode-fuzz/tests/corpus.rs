@@ -180,6 +180,8 @@ targets!(
     store_documents,
     flatten_tar,
     worker_runtime_api,
+    frontend_sigv4,
+    frontend_sealed_document,
 );
 
 /// The Runtime API seeds reach the handlers: the event is handed out and
