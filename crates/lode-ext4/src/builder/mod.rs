@@ -2,24 +2,30 @@
 //! end (`builder/layer.rs`), and the filesystem's global structures last (`finish.rs`,
 //! with each inode's record from `inode.rs`).
 //!
-//! Image layout (block numbers; a chunk is 512 KiB = 128 blocks):
+//! Image layout, version 3 (block numbers; a chunk is 512 KiB = 128 blocks):
 //!
 //! ```text
 //! chunk 0      superblock, group descriptors, bitmaps (when they fit), group
 //!              0's inode table (when it fits), lost+found
-//! section 0    layer 0: file data | symlink, xattr, extent-tree and directory
-//!              blocks | inode tables of the groups layer 0 owns (group 0's
-//!              slot stays free when its table is in chunk 0)   (chunk aligned)
+//! section 0    layer 0 [+ packed layers]: file data | symlink, xattr,
+//!              extent-tree and directory blocks | (the same for each packed
+//!              layer) | inode tables of the groups these layers own (layer 0's
+//!              first is group 0's slot, free when its table is in chunk 0)
+//!                                                              (chunk aligned)
 //! section 1    layer 1: the same, for what layer 1 adds or changes
 //! ...
 //! tail         bitmaps (large images), spare inode tables, free space
 //! ```
 //!
-//! A section depends only on its layer and the layers below it, so images that
+//! Group 0 is the directory pool: every layer's new directories take its
+//! inode numbers while it has room (the rest of a layer's nodes, and
+//! directories past the pool, take whole groups the layer owns). A section
+//! depends only on its layers and the layers below them, so images that
 //! share their first N layers share the chunks of those N sections, except
-//! chunks holding inodes that upper layers change (directories they add to,
-//! files they delete or re-link). Blocks of content that upper layers delete
-//! or replace keep their bytes and are marked free.
+//! chunks holding inodes that upper layers change (lower directories out of
+//! the pool that they add to, files they delete or re-link). Blocks of
+//! content that upper layers delete or replace keep their bytes and are
+//! marked free.
 
 use crate::data::FileData;
 use crate::error::{show_path, Ext4Error, Result};
