@@ -4,10 +4,10 @@
 #
 #   scripts/corpus.sh [--verify] [IMAGE...]     (default: all images)
 #
-# IMAGE is one of: debian python app-a app-b big docker (app-a as a
+# IMAGE is one of: debian python app-a app-b app-c big docker (app-a as a
 # docker-archive), or fn (a Lambda function image; built only when named). Output goes to ${LODE_CORPUS:-target/corpus}:
 #
-#   debian/ python/ app-a/ app-b/ big/   OCI image layouts, ref "latest"
+#   debian/ python/ app-a/ app-b/ app-c/ big/   OCI image layouts, ref "latest"
 #   app-a.docker.tar                     docker-archive of app-a (skopeo)
 #   layers/NAME.{blob,json}              each layer built ONCE; images hard-link these blobs
 #   build/                               rootfs trees and overlay upper dirs the layers come from
@@ -18,6 +18,7 @@
 #   python = debian + [python]            apt-get install python3                  (gzip)
 #   app-a  = python + [app-a]             pip: requests + app.py                   (gzip)
 #   app-b  = python + [app-b]             pip: flask + app.py                      (plain tar)
+#   app-c  = python + [app-c]             pip: flask boto3 + app.py                (gzip; ~2,460 files)
 #   big    = python + [toolchain] + [sci] apt: gcc/g++/gfortran/clang/llvm (zstd); pip: numpy/scipy/pandas/scikit-learn (gzip)
 #   fn     = app-a + [fn]                 pip: awslambdaric + a handler as app.py; CMD python3 -m awslambdaric app.handler, WORKDIR /app
 #
@@ -38,7 +39,7 @@ for a in "$@"; do
   case $a in
     --verify) VERIFY=1 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-    debian|python|app-a|app-b|big|docker|fn) IMAGES+=("$a") ;;
+    debian|python|app-a|app-b|app-c|big|docker|fn) IMAGES+=("$a") ;;
     *) echo "corpus.sh: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -200,6 +201,12 @@ layer_app_b() {
   pip_layer app-b none "$APPS/app-b.py" \
     flask==3.0.3 werkzeug==3.0.6 jinja2==3.1.4 markupsafe==3.0.2 itsdangerous==2.2.0 click==8.1.7 blinker==1.8.2
 }
+layer_app_c() {
+  pip_layer app-c gzip "$APPS/app-c.py" \
+    flask==3.0.3 werkzeug==3.0.6 jinja2==3.1.4 markupsafe==3.0.2 itsdangerous==2.2.0 click==8.1.7 blinker==1.8.2 \
+    boto3==1.35.36 botocore==1.35.36 s3transfer==0.10.3 jmespath==1.0.1 python-dateutil==2.9.0.post0 six==1.16.0 \
+    urllib3==2.2.3
+}
 layer_fn() {
   pip_layer fn gzip "$APPS/fn.py" \
     awslambdaric==4.2.2 simplejson==3.20.1 snapshot-restore-py==1.0.0
@@ -234,6 +241,7 @@ image_debian() { layer_debian; make_image debian "/bin/bash" debian; }
 image_python() { layer_python; make_image python "python3" debian python; }
 image_app_a() { layer_python; layer_app_a; make_image app-a "python3 /app/app.py" debian python app-a; }
 image_app_b() { layer_python; layer_app_b; make_image app-b "python3 /app/app.py" debian python app-b; }
+image_app_c() { layer_python; layer_app_c; make_image app-c "python3 /app/app.py" debian python app-c; }
 image_fn() {
   layer_python; layer_app_a; layer_fn
   WORKDIR=/app make_image fn "python3 -m awslambdaric app.handler" debian python app-a fn
@@ -272,7 +280,7 @@ verify() {
     case $i in
       debian) verify_image "oci:$CORPUS/debian:latest" /bin/sh -c 'cat /etc/debian_version' ;;
       python) verify_image "oci:$CORPUS/python:latest" /usr/bin/python3 -c 'print(1)' ;;
-      app-a|app-b|big) verify_image "oci:$CORPUS/$i:latest" /usr/bin/python3 -B /app/app.py ;;
+      app-a|app-b|app-c|big) verify_image "oci:$CORPUS/$i:latest" /usr/bin/python3 -B /app/app.py ;;
       docker) verify_image "docker-archive:$CORPUS/app-a.docker.tar" /usr/bin/python3 -B /app/app.py ;;
       fn) verify_image "oci:$CORPUS/fn:latest" /bin/sh -c 'cd /app && /usr/bin/python3 -B -c "import awslambdaric, app"' ;;
     esac
@@ -287,4 +295,4 @@ for i in "${IMAGES[@]}"; do
 done
 [ "$VERIFY" -eq 0 ] || verify
 log "corpus in $CORPUS"
-du -shl --apparent-size "$CORPUS"/{debian,python,app-a,app-b,big} "$CORPUS/app-a.docker.tar" 2>/dev/null || true
+du -shl --apparent-size "$CORPUS"/{debian,python,app-a,app-b,app-c,big} "$CORPUS/app-a.docker.tar" 2>/dev/null || true

@@ -294,3 +294,211 @@ fn layer_stability_with_big_directories() {
     let b = vec![base, top(2)];
     stability_check(&a, &b, &b[1..], "shared big directories");
 }
+
+/// Deterministic pseudo-random sizes for synthetic layers (splitmix64).
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A file size drawn like those of a pip-installed package: mostly small
+/// (a third under 1 KiB), some tens of KiB, a few hundred KiB.
+fn package_file_size(seed: u64) -> u64 {
+    let r = mix(seed);
+    match r % 100 {
+        0..=9 => r % 61,              // empty and tiny: INSTALLER, REQUESTED, py.typed
+        10..=34 => 61 + r % 1000,     // short modules and metadata
+        35..=84 => 1024 + r % 24_000, // modules and their .pyc
+        85..=97 => 25_000 + r % 100_000,
+        _ => 125_000 + r % 400_000,
+    }
+}
+
+/// A Debian-like base and a Python-like layer that creates (among much
+/// else) the empty `usr/local/lib/python3.11/dist-packages`, as the corpus
+/// images' lower layers do: many directories in both.
+fn python_like_base() -> Vec<LayerSpec> {
+    let mut debian = LayerSpec::new();
+    for d in 0..120u64 {
+        debian.add(Entry::dir(format!("usr/share/doc/pkg{d:03}")));
+        for f in 0..6u64 {
+            let seed = d * 10 + f;
+            debian.add(Entry::file(
+                format!("usr/share/doc/pkg{d:03}/f{f}"),
+                Content::Pattern {
+                    size: package_file_size(seed),
+                    seed,
+                },
+            ));
+        }
+    }
+    let mut python = LayerSpec::new();
+    for d in [
+        "usr/local",
+        "usr/local/lib",
+        "usr/local/lib/python3.11",
+        "usr/local/lib/python3.11/dist-packages",
+        "usr/lib/python3.11",
+    ] {
+        python.add(Entry::dir(d));
+    }
+    for d in 0..60u64 {
+        python.add(Entry::dir(format!("usr/lib/python3.11/mod{d:02}")));
+        python.add(Entry::dir(format!(
+            "usr/lib/python3.11/mod{d:02}/__pycache__"
+        )));
+        for f in 0..8u64 {
+            let seed = 100_000 + d * 10 + f;
+            let size = package_file_size(seed);
+            python.add(Entry::file(
+                format!("usr/lib/python3.11/mod{d:02}/m{f}.py"),
+                Content::Pattern { size, seed },
+            ));
+            python.add(Entry::file(
+                format!("usr/lib/python3.11/mod{d:02}/__pycache__/m{f}.pyc"),
+                Content::Pattern {
+                    size: size + 300,
+                    seed: seed + 7,
+                },
+            ));
+        }
+    }
+    vec![debian, python]
+}
+
+/// A top layer as `pip install --target dist-packages` makes it, plus
+/// `app/app.py`: `packages` packages of `modules` modules each (with their
+/// `__pycache__` and `.dist-info`), and, like botocore's data, `services`
+/// directories each holding one dated directory of four small files.
+fn pip_like_layer(seed: u64, packages: u64, modules: u64, services: u64) -> LayerSpec {
+    const SITE: &str = "usr/local/lib/python3.11/dist-packages";
+    let mut l = LayerSpec::new();
+    l.add(Entry::dir("app"));
+    l.add(Entry::file("app/app.py", format!("print('app {seed}')\n")));
+    let file = |l: &mut LayerSpec, path: String, s: u64| {
+        let size = package_file_size(s);
+        l.add(Entry::file(path, Content::Pattern { size, seed: s }));
+    };
+    for p in 0..packages {
+        let pkg = format!("{SITE}/pkg{seed}_{p:02}");
+        let info = format!("{SITE}/pkg{seed}_{p:02}-1.0.dist-info");
+        for d in [&pkg, &format!("{pkg}/__pycache__"), &info] {
+            l.add(Entry::dir(d));
+        }
+        for m in 0..modules {
+            let s = seed * 1_000_000 + p * 1000 + m;
+            file(&mut l, format!("{pkg}/m{m:02}.py"), s);
+            file(
+                &mut l,
+                format!("{pkg}/__pycache__/m{m:02}.cpython-311.pyc"),
+                s + 500,
+            );
+        }
+        for (i, name) in ["INSTALLER", "METADATA", "RECORD", "WHEEL", "top_level.txt"]
+            .iter()
+            .enumerate()
+        {
+            file(
+                &mut l,
+                format!("{info}/{name}"),
+                seed * 1_000_000 + p * 1000 + 900 + i as u64,
+            );
+        }
+    }
+    if services > 0 {
+        let data = format!("{SITE}/pkg{seed}_00/data");
+        l.add(Entry::dir(&data));
+        for s in 0..services {
+            let svc = format!("{data}/service{s:03}");
+            let dated = format!("{svc}/2024-{:02}-{:02}", 1 + s % 12, 1 + s % 28);
+            l.add(Entry::dir(&svc));
+            l.add(Entry::dir(&dated));
+            for (i, name) in [
+                "service-2.json.gz",
+                "paginators-1.json",
+                "waiters-2.json",
+                "examples-1.json",
+            ]
+            .iter()
+            .enumerate()
+            {
+                file(
+                    &mut l,
+                    format!("{dated}/{name}"),
+                    seed * 1_000_000 + 500_000 + s * 10 + i as u64,
+                );
+            }
+        }
+    }
+    l
+}
+
+/// Layer stability on a realistic app layer (issue 14, item 4): two images
+/// share a Debian-like base and a Python-like layer and differ in a
+/// pip-installed top layer of many small files. B's new 512 KiB chunks over
+/// A must be B's top layer's own bytes, in whole chunks, and nothing more
+/// than chunk 0 (which holds counts and bitmaps, and so differs per image):
+/// its files in whole 4 KiB blocks, one block per directory and 256 bytes
+/// per inode (ext4's least without inline data), 64 KiB for the lower
+/// directories it adds to and the run settings. Nothing of the lower
+/// layers' sections may change (the directory it adds to has its inode in
+/// group 0, in chunk 0) and the run settings cost no chunk of their own. A,
+/// whose top layer has few directories, stays within its files' 4 KiB-
+/// rounded bytes + 2 MiB over B.
+#[test]
+fn layer_stability_many_small_files_top_layer() {
+    let base = python_like_base();
+    let top_a = pip_like_layer(1, 5, 12, 0);
+    let top_b = pip_like_layer(2, 14, 25, 300);
+    let mut a = base.clone();
+    a.push(top_a.clone());
+    let mut b = base;
+    b.push(top_b.clone());
+    let d = tmp();
+    let (la, lb) = (d.path().join("a"), d.path().join("b"));
+    write_oci_layout(&la, &a, &[Compression::Gzip], Some("a")).unwrap();
+    write_oci_layout(&lb, &b, &[Compression::Gzip], Some("b")).unwrap();
+    let (ia, ib) = (d.path().join("a.ext4"), d.path().join("b.ext4"));
+    flatten(oci_source(&la, Some("a")), &ia);
+    flatten(oci_source(&lb, Some("b")), &ib);
+    verify_image(&ia, &Model::apply_all(&a).unwrap(), "pip-like app a");
+    verify_image(&ib, &Model::apply_all(&b).unwrap(), "pip-like app b");
+
+    let block = 4096u64;
+    let files = top_b.file_bytes_rounded(block) / block;
+    let count = |dir: bool| {
+        top_b
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::Dir) == dir)
+            .count() as u64
+    };
+    let (dirs, others) = (count(true), count(false));
+    assert!(
+        dirs > 600 && others > 1900,
+        "{dirs} directories, {others} files"
+    );
+    let own_blocks = files + dirs + ((dirs + others) * 256).div_ceil(block) + 16;
+    let chunk_blocks = CHUNK as u64 / block;
+    let bound_b = (own_blocks.div_ceil(chunk_blocks) + 1) * CHUNK as u64;
+    let unique_b = unique_chunk_bytes(&ia, &ib, CHUNK).unwrap();
+    eprintln!(
+        "pip-like b: {unique_b} new bytes over a; {files} file blocks, {dirs} directories, \
+         {others} other inodes; bound {bound_b}"
+    );
+    assert!(
+        unique_b <= bound_b,
+        "b: {unique_b} bytes of 512 KiB chunks not in a; allowed {bound_b} (the top layer's \
+         {own_blocks} blocks in whole chunks, plus chunk 0)"
+    );
+    let bound_a = top_a.file_bytes_rounded(block) + SLACK;
+    let unique_a = unique_chunk_bytes(&ib, &ia, CHUNK).unwrap();
+    eprintln!("pip-like a: {unique_a} new bytes over b; bound {bound_a}");
+    assert!(
+        unique_a <= bound_a,
+        "a: {unique_a} bytes of 512 KiB chunks not in b; allowed {bound_a} (top layer files, \
+         4 KiB-rounded, + {SLACK})"
+    );
+}

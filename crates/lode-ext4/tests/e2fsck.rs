@@ -275,3 +275,113 @@ fn group_zero_table_placement_at_every_image_size() {
         }
     }
 }
+
+/// Inode numbers of `paths`, read back with debugfs.
+fn inos(img: &std::path::Path, paths: &[&str]) -> Vec<u32> {
+    paths
+        .iter()
+        .map(|path| {
+            let out = Command::new("debugfs")
+                .args(["-R", &format!("stat {path}")])
+                .arg(img)
+                .output()
+                .expect("debugfs runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let at = text
+                .find("Inode: ")
+                .unwrap_or_else(|| panic!("{path}: {text}"));
+            text[at + 7..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Three layers: 1100 directories (1013 take group 0's inodes after the 11
+/// reserved ones, 87 group 1) and 937 files that fill group 1 exactly; then
+/// a layer that replaces and hides what the first brought and adds a
+/// directory and a file; then one more file. `packed`: the upper two are
+/// packed layers.
+fn pool_and_packed(img: &std::path::Path, packed: bool) -> lode_ext4::Summary {
+    let mut b = Builder::new(std::fs::File::create(img).unwrap(), Options::default());
+    let begin = |b: &mut Builder| {
+        if packed {
+            b.begin_layer_packed().unwrap();
+        } else {
+            b.begin_layer().unwrap();
+        }
+    };
+    begin(&mut b); // the first layer is a section of its own anyway
+    b.add_dir(&p(""), meta(0o755)).unwrap();
+    for d in 0..1100 {
+        b.add_dir(&p(&format!("d{d:04}")), meta(0o755)).unwrap();
+    }
+    for f in 0..937 {
+        let data = format!("file {f}\n");
+        b.add_file(
+            &p(&format!("d{:04}/f", f % 1100)),
+            meta(0o644),
+            data.len() as u64,
+            &mut data.as_bytes(),
+        )
+        .unwrap();
+    }
+    b.end_layer().unwrap();
+    begin(&mut b);
+    b.add_dir(&p("packed"), meta(0o755)).unwrap();
+    b.add_file(&p("packed/one"), meta(0o644), 4, &mut &b"one\n"[..])
+        .unwrap();
+    b.add_file(&p("d0000/f"), meta(0o600), 8, &mut &b"replaced"[..])
+        .unwrap();
+    b.whiteout(&p("d0001"), b"f").unwrap();
+    b.end_layer().unwrap();
+    begin(&mut b);
+    b.add_file(&p("packed/two"), meta(0o644), 4, &mut &b"two\n"[..])
+        .unwrap();
+    b.end_layer().unwrap();
+    b.finish().unwrap()
+}
+
+/// Directories take group 0's inodes (the directory pool) while it has
+/// room and spill into the layer's own groups; a packed layer continues the
+/// previous layer's last group and section, takes a new group when that is
+/// full, and may replace and hide what the layer below brought. All of it
+/// passes e2fsck.
+#[test]
+fn the_directory_pool_and_packed_layers_are_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, apart) = (dir.path().join("img"), dir.path().join("apart"));
+    let s = pool_and_packed(&img, true);
+    fsck(&img);
+    let paths = [
+        "/d0000",
+        "/d1012",
+        "/d1013",
+        "/d1099",
+        "/d0002/f",
+        "/d0936/f",
+        "/packed",
+        "/d0000/f",
+        "/packed/one",
+        "/packed/two",
+    ];
+    assert_eq!(
+        inos(&img, &paths),
+        [12, 1024, 1025, 1111, 1114, 2048, 2049, 2051, 2050, 2052]
+    );
+    // Layers of their own: each starts a section and owns whole groups.
+    let t = pool_and_packed(&apart, false);
+    fsck(&apart);
+    assert_eq!(
+        inos(&apart, &paths),
+        [12, 1024, 1025, 1111, 1114, 2048, 2049, 2051, 2050, 3073]
+    );
+    assert_eq!((s.groups, t.groups), (4, 5));
+    assert!(
+        s.sections_end_block + 128 <= t.sections_end_block,
+        "packed: {s:?}; apart: {t:?}"
+    );
+}

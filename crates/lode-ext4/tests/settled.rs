@@ -26,6 +26,8 @@ enum Op {
     Remove { dir: u8, name: u8 },
     /// Ends the layer and starts the next one.
     NextLayer,
+    /// Ends the layer and starts the next one in the same section.
+    PackedLayer,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -35,6 +37,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, 0u8..40).prop_map(|(dir, name)| Op::LongLink { dir, name }),
         1 => (0u8..4, 0u8..40).prop_map(|(dir, name)| Op::Remove { dir, name }),
         1 => Just(Op::NextLayer),
+        1 => Just(Op::PackedLayer),
     ]
 }
 
@@ -125,10 +128,14 @@ fn run(ops: &[Op]) {
                 // Removing what no lower layer has is fine for the builder.
                 let _ = b.whiteout(&path[..1], &path[1]);
             }
-            Op::NextLayer => {
+            Op::NextLayer | Op::PackedLayer => {
                 b.end_layer().unwrap();
                 w.look(&b);
-                b.begin_layer().unwrap();
+                if matches!(op, Op::PackedLayer) {
+                    b.begin_layer_packed().unwrap();
+                } else {
+                    b.begin_layer().unwrap();
+                }
                 layer_names.clear();
             }
         }

@@ -40,8 +40,10 @@ fn sorted(v: serde_json::Value) -> serde_json::Value {
 }
 
 /// Writes [`PATH`] as one more layer on top of the image's (it replaces a
-/// file of that name that a layer may have brought). Root-owned, read-only,
-/// dated at the epoch: the same config gives the same bytes.
+/// file of that name that a layer may have brought), packed into the last
+/// layer's section ([`Builder::begin_layer_packed`]): it costs no chunk or
+/// inode group of its own. Root-owned, read-only, dated at the epoch: the
+/// same config gives the same bytes.
 pub(crate) fn write(b: &mut Builder, config_json: &[u8]) -> Result<(), FlattenError> {
     let bytes = run_settings(config_json)?;
     let dir = vec![b".lode".to_vec()];
@@ -51,7 +53,7 @@ pub(crate) fn write(b: &mut Builder, config_json: &[u8]) -> Result<(), FlattenEr
         ..Meta::default()
     };
     let step = |r: lode_ext4::Result<()>| r.map_err(FlattenError::Finish);
-    step(b.begin_layer())?;
+    step(b.begin_layer_packed())?;
     step(b.add_dir(&dir, meta(0o755)))?;
     step(b.add_file(
         &file,

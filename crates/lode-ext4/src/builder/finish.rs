@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 
 impl Builder {
     /// Writes the global structures and returns what the image holds.
-    pub fn finish(self) -> Result<Summary> {
+    pub fn finish(mut self) -> Result<Summary> {
         if self.in_layer {
             return Err(Ext4Error::Misuse("finish inside a layer"));
         }
@@ -22,21 +22,25 @@ impl Builder {
         }
         // Any directory whose entries changed after its last write (only
         // possible for lost+found edits in later layers) was rewritten there.
-        let geo = Geometry::plan(self.cursor, self.next_group, self.opts.size, self.max_mtime)?;
+        self.close_section()?;
+        let sections_end = self.cursor;
+        let next_group = self.next_group;
+        let geo = Geometry::plan(sections_end, next_group, self.opts.size, self.max_mtime)?;
         let mut used = Bitmap::new(geo.blocks);
         used.set_range(0, 1 + geo.gdt_blocks);
         used.set_range(geo.block_bitmaps, geo.groups);
         used.set_range(geo.inode_bitmaps, geo.groups);
         let mut tables = self.tables.clone();
         if let Some(t) = geo.table0 {
-            // Group 0 holds layer 0's directories, `/` first: the inodes upper
-            // layers change most. In chunk 0, which differs per image anyway,
-            // their changes cost no chunk of layer 0's section; the slot
-            // reserved there stays free (zeros).
+            // Group 0 holds the directories of every layer (as far as they
+            // fit), `/` first: the inodes upper layers change most. In chunk
+            // 0, which differs per image anyway, their changes cost no chunk
+            // of a lower layer's section; the slot reserved in layer 0's
+            // section stays free (zeros).
             tables[0] = t;
         }
-        for g in self.next_group..geo.groups {
-            tables.push(geo.spare_tables + (g - self.next_group) * INODE_TABLE_BLOCKS);
+        for g in next_group..geo.groups {
+            tables.push(geo.spare_tables + (g - next_group) * INODE_TABLE_BLOCKS);
         }
         for &t in &tables {
             used.set_range(t, INODE_TABLE_BLOCKS);
@@ -124,7 +128,7 @@ impl Builder {
             inodes_used,
             blocks_used,
             data_bytes: self.data_bytes,
-            sections_end_block: self.cursor,
+            sections_end_block: sections_end,
         })
     }
 }

@@ -1,6 +1,8 @@
-//! The end of a layer: inode numbers for the nodes it added, then the blocks
-//! of its symlinks, xattrs, extent trees and changed directories, then the
-//! inode tables of the groups it owns, all in cursor order.
+//! The end of a layer: inode numbers for the nodes it added (directories in
+//! group 0, the directory pool, while it has room), then the blocks of its
+//! symlinks, xattrs, extent trees and changed directories, all in cursor
+//! order; and the end of a section: the inode tables of the groups its
+//! layers own.
 
 use super::{contiguous_extents, Builder};
 use crate::error::{Ext4Error, Result};
@@ -14,38 +16,51 @@ use crate::tree::{Kind, NodeId, LOST_FOUND, ROOT};
 
 impl Builder {
     /// Ends the layer: numbers its new inodes and writes its symlink, xattr,
-    /// extent-tree and directory blocks, then reserves its inode tables.
+    /// extent-tree and directory blocks. The inode tables of the groups it
+    /// owns are reserved when its section ends (the next `begin_layer`, or
+    /// `finish`).
     pub fn end_layer(&mut self) -> Result<()> {
         if !self.in_layer {
             return Err(Ext4Error::Misuse("end_layer outside a layer"));
         }
         self.flush()?;
         let layer = self.layers;
-        // 1. Inode numbers: whole groups per layer, directories first.
+        // 1. Inode numbers: directories first, in group 0 (the directory
+        // pool) while it has room; the rest in whole groups the layer owns,
+        // or, for a packed layer, after the previous layer's.
         let fresh = self.tree.new_in_layer();
-        let (first_ino, count) = if layer == 0 {
-            (
-                u64::from(FIRST_INO) + 1,
-                u64::from(FIRST_INO) + fresh.len() as u64,
-            )
+        let dirs = fresh
+            .iter()
+            .take_while(|&&id| self.tree.nodes[id].kind.is_dir())
+            .count();
+        let ipg = u64::from(INODES_PER_GROUP);
+        let pooled = dirs.min(ipg.saturating_sub(self.pool_next - 1) as usize);
+        for (i, &id) in fresh[..pooled].iter().enumerate() {
+            self.tree.nodes[id].ino = (self.pool_next + i as u64) as u32;
+        }
+        self.pool_next += pooled as u64;
+        let own = &fresh[pooled..];
+        // Group 0 is the pool: a layer's own groups start at group 1.
+        let first_group = self.next_group.max(1);
+        let first_ino = if self.packed {
+            self.next_ino
         } else {
-            (
-                self.next_group * u64::from(INODES_PER_GROUP) + 1,
-                fresh.len() as u64,
-            )
+            first_group * ipg + 1
         };
-        let groups = count.div_ceil(u64::from(INODES_PER_GROUP));
-        if self.next_group + groups > MAX_GROUPS {
+        let end_ino = first_ino + own.len() as u64;
+        let groups = (end_ino - 1).div_ceil(ipg).saturating_sub(first_group);
+        if first_group + groups > MAX_GROUPS {
             return Err(Ext4Error::TooLarge {
                 what: format!(
                     "{} inode groups, over the limit of {MAX_GROUPS} groups whose descriptors fit in the header",
-                    self.next_group + groups
+                    first_group + groups
                 ),
             });
         }
-        for (i, &id) in fresh.iter().enumerate() {
+        for (i, &id) in own.iter().enumerate() {
             self.tree.nodes[id].ino = (first_ino + i as u64) as u32;
         }
+        self.next_ino = end_ino;
         // 2. Blocks that belong to single nodes, in node order.
         for id in 0..self.tree.nodes.len() {
             self.alloc_node_blocks(id, layer)?;
@@ -61,12 +76,41 @@ impl Builder {
         if layer == 0 {
             self.write_lost_found()?;
         }
-        // 4. Inode tables of the groups this layer owns.
-        for _ in 0..groups {
+        // 4. The groups this layer owns; layer 0 also gets group 0 (the
+        // pool). Their inode tables go at the section's end, after any packed
+        // layer's blocks (see `close_section`).
+        self.next_group = first_group + groups;
+        // The device this content implies so far (groups of inodes included).
+        let end = round_up(
+            self.cursor + (self.next_group - self.tables.len() as u64) * INODE_TABLE_BLOCKS,
+            SECTION_ALIGN_BLOCKS,
+        );
+        if end >= MAX_BLOCKS {
+            return Err(Ext4Error::TooLarge {
+                what: format!("{end} blocks, over the limit of {MAX_BLOCKS} blocks (16 TiB)"),
+            });
+        }
+        if self.opts.size.is_none() {
+            let geo = Geometry::plan(end, self.next_group, None, 0)?;
+            self.opts.limits.check_device(geo.blocks)?;
+        }
+        self.pending_start = self.cursor;
+        self.in_layer = false;
+        self.packed = false;
+        self.layers += 1;
+        self.tell_settled();
+        Ok(())
+    }
+
+    /// Ends the current section: reserves the inode tables of the groups
+    /// numbered since the last section ended, in group order (layer 0's
+    /// first is group 0's slot, used when chunk 0 has no room for it: see
+    /// `Geometry::table0`), then moves to the next chunk boundary.
+    pub(super) fn close_section(&mut self) -> Result<()> {
+        while (self.tables.len() as u64) < self.next_group {
             let t = self.alloc(INODE_TABLE_BLOCKS);
             self.tables.push(t);
         }
-        self.next_group += groups;
         self.cursor = round_up(self.cursor, SECTION_ALIGN_BLOCKS);
         if self.cursor >= MAX_BLOCKS {
             return Err(Ext4Error::TooLarge {
@@ -76,15 +120,7 @@ impl Builder {
                 ),
             });
         }
-        // The device this content implies so far (groups of inodes included).
-        if self.opts.size.is_none() {
-            let geo = Geometry::plan(self.cursor, self.next_group, None, 0)?;
-            self.opts.limits.check_device(geo.blocks)?;
-        }
         self.pending_start = self.cursor;
-        self.in_layer = false;
-        self.layers += 1;
-        self.tell_settled();
         Ok(())
     }
 

@@ -2,24 +2,30 @@
 //! end (`builder/layer.rs`), and the filesystem's global structures last (`finish.rs`,
 //! with each inode's record from `inode.rs`).
 //!
-//! Image layout (block numbers; a chunk is 512 KiB = 128 blocks):
+//! Image layout, version 3 (block numbers; a chunk is 512 KiB = 128 blocks):
 //!
 //! ```text
 //! chunk 0      superblock, group descriptors, bitmaps (when they fit), group
 //!              0's inode table (when it fits), lost+found
-//! section 0    layer 0: file data | symlink, xattr, extent-tree and directory
-//!              blocks | inode tables of the groups layer 0 owns (group 0's
-//!              slot stays free when its table is in chunk 0)   (chunk aligned)
+//! section 0    layer 0 [+ packed layers]: file data | symlink, xattr,
+//!              extent-tree and directory blocks | (the same for each packed
+//!              layer) | inode tables of the groups these layers own (layer 0's
+//!              first is group 0's slot, free when its table is in chunk 0)
+//!                                                              (chunk aligned)
 //! section 1    layer 1: the same, for what layer 1 adds or changes
 //! ...
 //! tail         bitmaps (large images), spare inode tables, free space
 //! ```
 //!
-//! A section depends only on its layer and the layers below it, so images that
+//! Group 0 is the directory pool: every layer's new directories take its
+//! inode numbers while it has room (the rest of a layer's nodes, and
+//! directories past the pool, take whole groups the layer owns). A section
+//! depends only on its layers and the layers below them, so images that
 //! share their first N layers share the chunks of those N sections, except
-//! chunks holding inodes that upper layers change (directories they add to,
-//! files they delete or re-link). Blocks of content that upper layers delete
-//! or replace keep their bytes and are marked free.
+//! chunks holding inodes that upper layers change (lower directories out of
+//! the pool that they add to, files they delete or re-link). Blocks of
+//! content that upper layers delete or replace keep their bytes and are
+//! marked free.
 
 use crate::data::FileData;
 use crate::error::{show_path, Ext4Error, Result};
@@ -94,8 +100,18 @@ pub struct Builder {
     layers: usize,
     /// Next free block.
     cursor: u64,
-    /// Next inode group to hand to a layer.
+    /// Next inode group to hand to a layer (group 0 is the directory pool).
     next_group: u64,
+    /// Next free inode number of group 0, the directory pool: every layer's
+    /// new directories take numbers here while it has room, so that the
+    /// inodes upper layers change most (directories they add to) sit in
+    /// group 0's table, in chunk 0, rather than in a lower layer's section.
+    pool_next: u64,
+    /// Next inode number after the last layer's own inodes: where a packed
+    /// layer ([`Builder::begin_layer_packed`]) continues numbering.
+    next_ino: u64,
+    /// The current layer continues the previous layer's section.
+    packed: bool,
     /// First block of each group's inode table, for groups handed out so far.
     tables: Vec<u64>,
     pending: Vec<u8>,
@@ -127,6 +143,9 @@ impl Builder {
             layers: 0,
             cursor: HEADER_BLOCKS,
             next_group: 0,
+            pool_next: u64::from(FIRST_INO) + 1,
+            next_ino: u64::from(INODES_PER_GROUP) + 1,
+            packed: false,
             tables: Vec::new(),
             pending: Vec::with_capacity(WRITE_BUFFER),
             pending_start: HEADER_BLOCKS,
@@ -178,15 +197,44 @@ impl Builder {
         }
     }
 
-    /// Starts the next layer.
+    /// Starts the next layer in a section of its own, on the next chunk
+    /// boundary.
     pub fn begin_layer(&mut self) -> Result<()> {
         if self.in_layer {
             return Err(Ext4Error::Misuse("begin_layer inside a layer"));
         }
+        self.close_section()?;
+        self.start_layer(false);
+        // The previous section is final now: nothing else goes there.
+        self.tell_settled();
+        Ok(())
+    }
+
+    /// Starts the next layer in the previous layer's section: its blocks
+    /// follow the previous layer's without a chunk boundary between them,
+    /// and its new inodes continue the previous layer's numbering (in its
+    /// last inode group while that has room). The layer rules are those of
+    /// any layer (it may replace or hide what the layers below brought).
+    /// For small layers on top (the flatten's run settings), which would
+    /// otherwise cost a chunk and an inode group of their own; the section
+    /// they join then depends on them too. The first layer of an image is
+    /// always a section of its own.
+    pub fn begin_layer_packed(&mut self) -> Result<()> {
+        if self.layers == 0 {
+            return self.begin_layer();
+        }
+        if self.in_layer {
+            return Err(Ext4Error::Misuse("begin_layer_packed inside a layer"));
+        }
+        self.start_layer(true);
+        Ok(())
+    }
+
+    fn start_layer(&mut self, packed: bool) {
         self.tree.begin_layer(self.layers);
         self.in_layer = true;
+        self.packed = packed;
         self.pending_start = self.cursor;
-        Ok(())
     }
 
     fn check_layer(&mut self, meta: Option<&Meta>) -> Result<()> {

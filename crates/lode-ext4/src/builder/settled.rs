@@ -3,8 +3,10 @@
 //! The builder allocates with one cursor and writes every block once, except
 //! what [`Builder::finish`](super::Builder::finish) writes: the header chunk
 //! (superblock, descriptors, bitmaps when they fit, group 0's table), the
-//! inode tables reserved at each layer's end, and the tail past the last
-//! section. So bytes below the flushed cursor that hold no reserved table
+//! inode tables reserved at each section's end, and the tail past the last
+//! section. The blocks between a layer's end and the next chunk boundary
+//! settle only when the next section starts (a packed layer may still use
+//! them). So bytes below the flushed cursor that hold no reserved table
 //! never change again: data, and the blocks of symlinks, xattrs, extent
 //! trees and directories (an upper layer that changes a directory writes it
 //! anew in its own section).
