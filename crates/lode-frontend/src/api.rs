@@ -62,10 +62,10 @@ impl Reply {
     pub fn error(e: &LambdaError) -> Reply {
         Reply {
             status: e.status(),
-            headers: vec![
-                ("content-type", "application/json".into()),
-                ("x-amzn-errortype", e.kind.name().into()),
-            ],
+            headers: lode_lambda::http::error_headers(e)
+                .iter()
+                .map(|(k, v)| (*k, v.to_string()))
+                .collect(),
             body: Bytes::from(e.body()),
         }
     }

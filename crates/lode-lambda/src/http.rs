@@ -44,17 +44,18 @@ pub fn reply(status: u16, headers: &[(&str, &str)], body: Bytes) -> Response {
     })
 }
 
+/// The headers of a refusal: JSON, and Lambda's `X-Amzn-ErrorType`.
+pub fn error_headers(e: &LambdaError) -> [(&'static str, &'static str); 2] {
+    [
+        ("content-type", "application/json"),
+        ("x-amzn-errortype", e.kind.name()),
+    ]
+}
+
 /// The answer to a refused request: Lambda's status, `X-Amzn-ErrorType`
 /// and JSON body.
 pub fn error(e: &LambdaError) -> Response {
-    reply(
-        e.status(),
-        &[
-            ("content-type", "application/json"),
-            ("x-amzn-errortype", e.kind.name()),
-        ],
-        Bytes::from(e.body()),
-    )
+    reply(e.status(), &error_headers(e), Bytes::from(e.body()))
 }
 
 /// Reads a request body of at most `max` bytes

@@ -13,9 +13,9 @@
 
 use crate::worker::Worker;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request};
+use lode_lambda::http::{self, CallError, Client, Response};
 use lode_lambda::{ErrorKind, InvokeRequest, LambdaError, MAX_PAYLOAD};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +23,6 @@ use tokio::sync::watch;
 
 /// Largest `/v1/invoke` body: a 6 MB payload in base64 and the function.
 pub const MAX_BODY: usize = MAX_PAYLOAD / 3 * 4 + (1 << 20);
-/// Time a client has to send a request's head.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once.
 pub const CONNECTIONS: usize = 256;
 /// How often the worker reports to the manager.
@@ -34,84 +32,54 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest a report may take.
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Body = Full<Bytes>;
-
-fn json(status: u16, body: Vec<u8>) -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
-}
-
-/// The answer carrying `e`.
-pub fn lambda_error(e: &LambdaError) -> Response<Body> {
-    let mut r = json(e.status(), e.body());
-    if let Ok(v) = hyper::header::HeaderValue::from_str(e.kind.name()) {
-        r.headers_mut().insert("x-amzn-errortype", v);
-    }
-    r
+fn json(body: Vec<u8>) -> Response {
+    http::reply(
+        200,
+        &[("content-type", "application/json")],
+        Bytes::from(body),
+    )
 }
 
 /// Answers one request.
-pub async fn handle(worker: &Arc<Worker>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(worker: &Arc<Worker>, req: Request<Incoming>) -> Response {
     let path = req.uri().path().trim_end_matches('/').to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/v1/invoke") => {
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    let kind = if e
-                        .downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        ErrorKind::RequestEntityTooLargeException
-                    } else {
-                        ErrorKind::InvalidRequestContentException
-                    };
-                    return lambda_error(&LambdaError::new(
-                        kind,
-                        format!("reading the invoke request: {e}"),
-                    ));
-                }
-            };
-            let inv: InvokeRequest = match serde_json::from_slice(&body) {
-                Ok(i) => i,
-                Err(e) => {
-                    return lambda_error(&LambdaError::new(
-                        ErrorKind::InvalidRequestContentException,
-                        format!("malformed invoke request: {e}"),
-                    ))
-                }
+            let inv: InvokeRequest = match http::body(req.into_body(), MAX_BODY).await {
+                Ok(b) => match http::parse(&b) {
+                    Ok(i) => i,
+                    Err(e) => return http::error(&e),
+                },
+                Err(e) => return http::error(&e),
             };
             match worker.invoke(inv).await {
-                Ok(r) => json(200, serde_json::to_vec(&r).unwrap_or_default()),
+                Ok(r) => json(serde_json::to_vec(&r).unwrap_or_default()),
                 Err(e) => {
                     let le = e.to_lambda();
                     if le.status() >= 500 {
                         tracing::warn!(error = %e, "invocation failed");
                     }
-                    lambda_error(&le)
+                    http::error(&le)
                 }
             }
         }
-        (Method::GET, "/v1/report") => json(
-            200,
-            serde_json::to_vec(&worker.report()).unwrap_or_default(),
-        ),
+        (Method::GET, "/v1/report") => {
+            json(serde_json::to_vec(&worker.report()).unwrap_or_default())
+        }
         (Method::GET, "/metrics") => {
             let mut out = String::new();
             worker.render_metrics(&mut out);
-            Response::builder()
-                .header("content-type", "text/plain; version=0.0.4")
-                .body(Full::new(Bytes::from(out)))
-                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+            http::reply(
+                200,
+                &[("content-type", "text/plain; version=0.0.4")],
+                Bytes::from(out),
+            )
         }
-        (_, "/v1/invoke") | (_, "/v1/report") | (_, "/metrics") => lambda_error(&LambdaError::new(
+        (_, "/v1/invoke") | (_, "/v1/report") | (_, "/metrics") => http::error(&LambdaError::new(
             ErrorKind::InvalidRequestContentException,
             format!("method {} not allowed on {path}", req.method()),
         )),
-        _ => lambda_error(&LambdaError::new(
+        _ => http::error(&LambdaError::new(
             ErrorKind::ResourceNotFoundException,
             format!("no endpoint {path}"),
         )),
@@ -124,71 +92,26 @@ pub async fn serve(
     worker: Arc<Worker>,
     stop: watch::Receiver<bool>,
 ) {
-    let stats = Arc::new(lode_agent::serve::LoopStats::default());
-    lode_agent::serve::run(listener, CONNECTIONS, stop, stats, move |conn, mut stop| {
+    http::serve(listener, CONNECTIONS, stop, move |req| {
         let worker = worker.clone();
-        async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let worker = worker.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&worker, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(conn), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "worker connection ended");
-                    }
-                }
-                _ = lode_agent::serve::stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-                }
-            }
-        }
+        async move { handle(&worker, req).await }
     })
     .await;
 }
 
-/// Why a report did not reach the manager.
+/// Why a manager URL is refused.
 #[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    /// The manager URL is not `http://HOST:PORT[/PATH]`.
-    #[error("manager URL {0:?} is not http://HOST:PORT")]
-    BadUrl(String),
-    /// Connecting or the HTTP exchange failed.
-    #[error("reporting to {url}: {source}")]
-    Http {
-        /// Manager URL.
-        url: String,
-        /// What failed.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The manager answered with an error.
-    #[error("the manager at {url} answered {status}")]
-    Status {
-        /// Manager URL.
-        url: String,
-        /// Its status.
-        status: u16,
-    },
-    /// No answer in time.
-    #[error("the manager at {0} did not answer within {REPORT_TIMEOUT:?}")]
-    Timeout(String),
-}
+#[error("manager URL {0:?} is not http://HOST:PORT")]
+pub struct BadUrl(pub String);
 
 /// `http://HOST:PORT[/PATH]` → (`HOST:PORT`, path prefix without a trailing `/`).
-pub fn split_url(url: &str) -> Result<(String, String), ReportError> {
+pub fn split_url(url: &str) -> Result<(String, String), BadUrl> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| ReportError::BadUrl(url.to_string()))?;
+        .ok_or_else(|| BadUrl(url.to_string()))?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     if host.is_empty() || !host.contains(':') {
-        return Err(ReportError::BadUrl(url.to_string()));
+        return Err(BadUrl(url.to_string()));
     }
     Ok((
         host.to_string(),
@@ -198,53 +121,26 @@ pub fn split_url(url: &str) -> Result<(String, String), ReportError> {
     ))
 }
 
-/// Posts `body` (JSON) to `url` + `path`.
-pub async fn post_json(url: &str, path: &str, body: Vec<u8>) -> Result<(), ReportError> {
-    let (host, prefix) = split_url(url)?;
-    let http = |e: Box<dyn std::error::Error + Send + Sync>| ReportError::Http {
-        url: url.to_string(),
-        source: e,
-    };
-    let exchange = async {
-        let s = tokio::net::TcpStream::connect(&host)
-            .await
-            .map_err(|e| http(e.into()))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-                .await
-                .map_err(|e| http(e.into()))?;
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{prefix}{path}"))
-            .header("host", &host)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| http(e.into()))?;
-        let resp = send.send_request(req).await.map_err(|e| http(e.into()))?;
-        let status = resp.status().as_u16();
-        let _ = resp.into_body().collect().await;
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(ReportError::Status {
-                url: url.to_string(),
-                status,
-            })
-        }
-    };
-    tokio::time::timeout(REPORT_TIMEOUT, exchange)
+/// Posts the worker's report (JSON) to `{manager}/v1/workers`.
+pub async fn post_report<B: serde::Serialize>(
+    client: &Client,
+    manager: &str,
+    report: &B,
+) -> Result<(), CallError> {
+    let url = format!("{}/v1/workers", manager.trim_end_matches('/'));
+    client
+        .post::<_, serde::de::IgnoredAny>(&url, report, 64 << 10, REPORT_TIMEOUT)
         .await
-        .unwrap_or_else(|_| Err(ReportError::Timeout(url.to_string())))
+        .map(|_| ())
 }
 
 /// Reports to `manager` until the task is dropped.
 pub async fn report_loop(worker: Arc<Worker>, manager: String) {
     let mut backoff = REPORT_EVERY;
     let mut failing = false;
+    let client = Client::new();
     loop {
-        let body = serde_json::to_vec(&worker.report()).unwrap_or_default();
-        match post_json(&manager, "/v1/workers", body).await {
+        match post_report(&client, &manager, &worker.report()).await {
             Ok(()) => {
                 if failing {
                     tracing::info!(manager = %manager, "reporting to the manager again");
@@ -292,22 +188,18 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(4);
-        tokio::spawn(async move {
-            let (s, _) = l.accept().await.unwrap();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let tx = tx.clone();
-                async move {
-                    let p = req.uri().path().to_string();
-                    let b = req.into_body().collect().await.unwrap().to_bytes().to_vec();
-                    tx.send((p, b)).await.unwrap();
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                .await;
-        });
-        post_json(&format!("http://{addr}"), "/v1/workers", b"{}".to_vec())
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(http::serve(l, 4, stop, move |req: Request<Incoming>| {
+            let tx = tx.clone();
+            async move {
+                let p = req.uri().path().to_string();
+                let b = http::body(req.into_body(), 1024).await.unwrap().to_vec();
+                tx.send((p, b)).await.unwrap();
+                http::reply(200, &[], Bytes::new())
+            }
+        }));
+        let client = Client::new();
+        post_report(&client, &format!("http://{addr}"), &serde_json::json!({}))
             .await
             .unwrap();
         assert_eq!(
@@ -319,7 +211,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let e = post_json(&format!("http://{dead}"), "/v1/workers", vec![])
+        let e = post_report(&client, &format!("http://{dead}"), &serde_json::json!({}))
             .await
             .unwrap_err();
         assert!(e.to_string().contains(&dead.to_string()), "{e}");
