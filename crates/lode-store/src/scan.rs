@@ -129,7 +129,11 @@ impl Store {
         // Pins after every pointer: a version whose pointer moved on while
         // the pointers were read was pinned before that, so is listed here.
         let mut pinned: BTreeMap<(String, String), usize> = BTreeMap::new();
-        for t in &set.tenants {
+        for t in set
+            .tenants
+            .iter()
+            .filter(|_| !crate::rule_broken("ignore-pins"))
+        {
             for p in self.list_pins(t).await? {
                 set.pins += 1;
                 *pinned.entry((t.clone(), p.digest)).or_default() += 1;

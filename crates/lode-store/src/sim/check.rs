@@ -100,7 +100,12 @@ impl Checker {
 
     /// After a step that changed the store: roots move one way; every live
     /// image's manifest and chunks exist, in a root that is not expired.
-    pub async fn check_state(&mut self, inner: &InMemory, now: u64) -> Result<(), String> {
+    pub async fn check_state(
+        &mut self,
+        inner: &InMemory,
+        now: u64,
+        accepted_pins: &BTreeSet<String>,
+    ) -> Result<(), String> {
         let roots = Self::roots_now(inner).await;
         for (id, last) in self.roots.iter_mut() {
             match (roots.get(id), *last) {
@@ -149,7 +154,44 @@ impl Checker {
                 }
             }
         }
+        // A pin Store::pin accepted holds its version for as long as it
+        // exists: manifest, root and chunks.
+        for (pin, mp) in Self::pins(inner).await {
+            if !accepted_pins.contains(&pin) {
+                continue;
+            }
+            let Some(m) = self.manifest(inner, &mp).await else {
+                return Err(format!("pinned version {mp} ({pin}) is missing"));
+            };
+            if !roots.contains_key(&m.root) {
+                return Err(format!(
+                    "pinned version {mp}: its root {} is deleted",
+                    m.root
+                ));
+            }
+            for name in m.names.iter().flatten() {
+                let cp = crate::Store::chunk_path(&m.root, name);
+                if inner.head(&cp).await.is_err() {
+                    return Err(format!("pinned version {mp} misses chunk {cp}"));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Every pin in the store: (its path, the manifest it names).
+    pub async fn pins(inner: &InMemory) -> Vec<(String, Path)> {
+        let mut out = Vec::new();
+        for p in keys_under(inner, "tenants").await {
+            let parts: Vec<&str> = p.as_ref().split('/').collect();
+            if let [_, t, "pins", hex, _] = parts.as_slice() {
+                out.push((
+                    p.to_string(),
+                    Path::from(format!("tenants/{t}/manifests/{hex}")),
+                ));
+            }
+        }
+        out
     }
 
     /// Before a delete by `actor` (a collector holding lease `holder`, if
@@ -298,6 +340,20 @@ impl Checker {
                 want_chunks.insert(crate::Store::chunk_path(&m.root, name).to_string());
             }
         }
+        // Pinned versions are live too (a pin left by a crash whose
+        // version is gone holds nothing). A pinned version is not migrated:
+        // its root is kept whole, with chunks no live manifest names.
+        let mut pinned_roots = BTreeSet::new();
+        for (_, mp) in Self::pins(inner).await {
+            if let Some(m) = self.manifest(inner, &mp).await {
+                want_manifests.insert(mp.to_string());
+                want_roots.insert(m.root.clone());
+                pinned_roots.insert(format!("roots/{}/", m.root));
+                for name in m.names.iter().flatten() {
+                    want_chunks.insert(crate::Store::chunk_path(&m.root, name).to_string());
+                }
+            }
+        }
         let have: BTreeSet<String> = keys_under(inner, "roots")
             .await
             .into_iter()
@@ -306,6 +362,9 @@ impl Checker {
         let have_chunks: BTreeSet<String> = have
             .iter()
             .filter(|p| p.contains("/chunks/"))
+            .filter(|p| {
+                want_chunks.contains(*p) || !pinned_roots.iter().any(|r| p.starts_with(r.as_str()))
+            })
             .cloned()
             .collect();
         if have_chunks != want_chunks {

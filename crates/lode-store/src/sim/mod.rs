@@ -16,12 +16,16 @@
 //! * a chunk is deleted only from an expired (or document-less) root, with
 //!   no alarm open, by a collector holding a valid lease; a root document
 //!   only after all its chunks; a manifest only if no live image uses it;
+//! * a pin that `Store::pin` accepted keeps its version's manifest, root
+//!   and chunks for as long as the pin exists (functions pin the current
+//!   version or an older one they name by digest, read it, unpin or not);
 //! * an agent's read succeeds within the expiry grace of its open, and a
 //!   read from a root expired for longer than the watch's cache time has
 //!   an alarm recorded;
 //!
 //! and at the end, once the store is quiet, that GC reaches exactly the
-//! live set within [`sched::CONVERGE_PASSES`] passes and every live image
+//! live set (pointers' and pins' versions; a root held by a pin is kept
+//! whole) within [`sched::CONVERGE_PASSES`] passes and every live image
 //! reads back as content pushed to it.
 
 mod check;
@@ -68,6 +72,8 @@ fn run_many(first: u64, count: u64, rule: Option<&'static str>) -> (Vec<String>,
                                 total.live += st.live;
                                 total.roots_deleted += st.roots_deleted;
                                 total.alarms += st.alarms;
+                                total.pins.0 += st.pins.0;
+                                total.pins.1 += st.pins.1;
                             }
                             Err(e) => bad.push(e),
                         }
@@ -90,6 +96,8 @@ fn run_many(first: u64, count: u64, rule: Option<&'static str>) -> (Vec<String>,
         total.live += t.live;
         total.roots_deleted += t.roots_deleted;
         total.alarms += t.alarms;
+        total.pins.0 += t.pins.0;
+        total.pins.1 += t.pins.1;
     }
     bad.sort();
     (bad, total)
@@ -108,8 +116,8 @@ fn the_protocol_keeps_its_invariants_over_ten_thousand_schedules() {
     let n = schedules();
     let (bad, total) = run_many(0, n, None);
     eprintln!(
-        "{n} schedules: {} steps, {} crashes, {} roots deleted, {} alarms, {} images live at the ends",
-        total.steps, total.crashes, total.roots_deleted, total.alarms, total.live
+        "{n} schedules: {} steps, {} crashes, {} roots deleted, {} alarms, {} images live at the ends, {} pins accepted, {} refused",
+        total.steps, total.crashes, total.roots_deleted, total.alarms, total.live, total.pins.0, total.pins.1
     );
     assert!(
         bad.is_empty(),
@@ -175,4 +183,9 @@ fn breaking_the_fence_at_retirement_is_caught() {
 #[test]
 fn ignoring_alarms_is_caught() {
     must_catch("ignore-alarms", "alarm is open");
+}
+
+#[test]
+fn ignoring_pins_is_caught() {
+    must_catch("ignore-pins", "pinned version");
 }

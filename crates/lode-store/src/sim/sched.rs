@@ -53,6 +53,14 @@ enum Action {
         name: usize,
         reads: usize,
     },
+    /// A function: pins the image's current version, reads it, and (if
+    /// `unpin`) lets it go.
+    Pin {
+        tenant: usize,
+        name: usize,
+        reads: usize,
+        unpin: bool,
+    },
 }
 
 /// What the actors report.
@@ -64,6 +72,14 @@ struct Log {
     read_failures: Vec<(u64, u64, String)>,
     /// Errors no fault explains.
     unexpected: Vec<String>,
+    /// Pins that `Store::pin` accepted (their object paths).
+    pinned: BTreeSet<String>,
+    /// Pins accepted and refused.
+    pin_outcomes: (usize, usize),
+    /// Manifests pushes published, per image.
+    published: BTreeMap<(usize, usize), Vec<String>>,
+    /// Reads of a pinned version that failed (no fault explains them).
+    pin_read_failures: Vec<String>,
 }
 
 /// What a schedule did.
@@ -79,6 +95,8 @@ pub struct Stats {
     pub roots_deleted: usize,
     /// Alarms recorded during the schedule.
     pub alarms: usize,
+    /// Pins accepted, and refused as unsafe.
+    pub pins: (usize, usize),
     /// Hash of every object's path and bytes at the end (replay check).
     pub fingerprint: u64,
 }
@@ -125,6 +143,7 @@ fn tolerable(e: &StoreError) -> bool {
                 | StoreError::Contended { .. }
                 | StoreError::Roots(_)
                 | StoreError::ChunkMissing { .. }
+                | StoreError::PinRefused { .. }
         )
 }
 
@@ -171,7 +190,7 @@ async fn act(w: Arc<World>, id: usize, a: Action, log: Arc<Mutex<Log>>, file: Pa
                 ..PushOptions::default()
             };
             let s = w.store("push");
-            if let Err(e) = crate::push_file(
+            match crate::push_file(
                 &s,
                 w.keys.clone(),
                 &file,
@@ -181,7 +200,14 @@ async fn act(w: Arc<World>, id: usize, a: Action, log: Arc<Mutex<Log>>, file: Pa
             )
             .await
             {
-                note(e, "push");
+                Ok(r) => log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .published
+                    .entry((tenant, name))
+                    .or_default()
+                    .push(r.manifest),
+                Err(e) => note(e, "push"),
             }
         }
         Action::Rm { tenant, name } => {
@@ -238,6 +264,78 @@ async fn act(w: Arc<World>, id: usize, a: Action, log: Arc<Mutex<Log>>, file: Pa
                             );
                         }
                     }
+                }
+            }
+        }
+        Action::Pin {
+            tenant,
+            name,
+            reads,
+            unpin,
+        } => {
+            let s = w.store("function");
+            let (t, n) = (TENANTS[tenant], NAMES[name]);
+            // The current version, or (as `T/NAME@DIGEST` names it) an
+            // older one that a push published.
+            let mut r = Rng(id as u64 + 91);
+            let older = log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .published
+                .get(&(tenant, name))
+                .filter(|v| !v.is_empty() && r.chance(500))
+                .map(|v| v[r.below(v.len() as u64) as usize].clone());
+            let digest = match older {
+                Some(d) => d,
+                None => match crate::open_image(&s, w.keys.as_ref(), t, n).await {
+                    Ok(i) => i.digest,
+                    Err(e) => return note(e, "open to pin"),
+                },
+            };
+            let pin = match s.pin(t, n, &digest, &format!("sim.{id}")).await {
+                Ok(p) => p,
+                Err(e) => {
+                    if matches!(e, StoreError::PinRefused { .. }) {
+                        log.lock().unwrap_or_else(|p| p.into_inner()).pin_outcomes.1 += 1;
+                    }
+                    return note(e, "pin");
+                }
+            };
+            log.lock().unwrap_or_else(|p| p.into_inner()).pin_outcomes.0 += 1;
+            if let Ok(path) = pin.path() {
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pinned
+                    .insert(path.to_string());
+            }
+            // While pinned, the version opens and every chunk reads.
+            for _ in 0..reads {
+                let got = async {
+                    let img = crate::open_image_at(&s, w.keys.as_ref(), t, n, &pin.digest).await?;
+                    let m = &img.manifest;
+                    let i = r.below(m.names.len() as u64) as usize;
+                    if let (Some(c), Some(secret)) = (m.names[i], img.keys.0[i]) {
+                        let ct = s.get_chunk(&m.root, &c).await?;
+                        lode_chunk::open_chunk(i as u64, &c, &secret, ct.to_vec())?;
+                    }
+                    Ok::<(), StoreError>(())
+                }
+                .await;
+                if let Err(e) = got {
+                    if !e.to_string().contains("injected failure") {
+                        log.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .pin_read_failures
+                            .push(format!(
+                                "actor {id} read of pinned {t}/{n}@{}: {e}",
+                                pin.digest
+                            ));
+                    }
+                }
+            }
+            if unpin {
+                if let Err(e) = s.unpin(&pin).await {
+                    note(e, "unpin");
                 }
             }
         }
@@ -302,6 +400,12 @@ fn plan(r: &mut Rng) -> Vec<(usize, Action)> {
                     2 => Some(10_000),
                     _ => Some(60_000),
                 },
+            },
+            80..=89 => Action::Pin {
+                tenant,
+                name,
+                reads: 2 + r.below(8) as usize,
+                unpin: r.chance(500),
             },
             _ => Action::Read {
                 tenant,
@@ -505,12 +609,14 @@ async fn schedule(seed: u64, dir: &FsPath) -> Result<Stats, String> {
                         return err(step, e);
                     }
                 }
-                if let Err(e) = checker.check_state(&w.sim.inner, now).await {
+                let pins = log.lock().unwrap_or_else(|p| p.into_inner()).pinned.clone();
+                if let Err(e) = checker.check_state(&w.sim.inner, now, &pins).await {
                     return err(step, e);
                 }
             }
             Op::Delete(_) | Op::Copy(..) => {
-                if let Err(e) = checker.check_state(&w.sim.inner, now).await {
+                let pins = log.lock().unwrap_or_else(|p| p.into_inner()).pinned.clone();
+                if let Err(e) = checker.check_state(&w.sim.inner, now, &pins).await {
                     return err(step, e);
                 }
             }
@@ -522,8 +628,12 @@ async fn schedule(seed: u64, dir: &FsPath) -> Result<Stats, String> {
         let _ = h.await;
     }
     let log = std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()));
+    let log_pins = log.pin_outcomes;
     if let Some(u) = log.unexpected.first() {
         return err(step, format!("unexpected error: {u}"));
+    }
+    if let Some(u) = log.pin_read_failures.first() {
+        return err(step, u.clone());
     }
     for (opened, at, e) in &log.read_failures {
         if at.saturating_sub(*opened) <= w.expire_ms {
@@ -541,6 +651,7 @@ async fn schedule(seed: u64, dir: &FsPath) -> Result<Stats, String> {
         .await
         .map_err(|e| format!("seed {seed} after the schedule: {e}"))?;
     stats.live = Checker::live_pointers(&w.sim.inner).await.len();
+    stats.pins = log_pins;
     stats.fingerprint = fingerprint(&w.sim.inner).await;
     Ok(stats)
 }
@@ -586,7 +697,9 @@ async fn converge(w: &World, checker: &mut Checker, log: &Log) -> Result<(), Str
         gc_pass(&s, w.keys.clone(), &opts)
             .await
             .map_err(|e| format!("quiet GC pass {pass}: {e}"))?;
-        checker.check_state(&w.sim.inner, w.env.now_ms()).await?;
+        checker
+            .check_state(&w.sim.inner, w.env.now_ms(), &log.pinned)
+            .await?;
     }
     checker.check_converged(&w.sim.inner).await?;
     for (t, n) in s.list_images().await.map_err(|e| e.to_string())? {
