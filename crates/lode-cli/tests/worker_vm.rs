@@ -32,20 +32,7 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     let env = Env::new();
     let oci = env.path("oci");
     write_runtime_image(&oci);
-    env.lode_ok(&[
-        "push",
-        &format!("oci:{}:latest", oci.display()),
-        "--tenant",
-        "t",
-        "--name",
-        "rt",
-        "--store",
-        env.store.to_str().unwrap(),
-    ]);
-    let digest = env.inspect("t", "rt")["manifest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let digest = push_layout(&env, &oci, "rt");
     let (agent, _manager, reports, _w, addr) = stack(&env);
     let ctl = agent.control.to_str().unwrap().to_string();
 
@@ -63,20 +50,7 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
         !bad.status.success() && bad.stderr.contains("gone"),
         "{bad:?}"
     );
-    env.lode_ok(&[
-        "push",
-        &format!("oci:{}:latest", oci.display()),
-        "--tenant",
-        "t",
-        "--name",
-        "other",
-        "--store",
-        env.store.to_str().unwrap(),
-    ]);
-    let others = env.inspect("t", "other")["manifest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let others = push_layout(&env, &oci, "other");
     let bad = run_timeout(
         env.lode()
             .args(["attach", &format!("t/rt@{others}"), "--agent", &ctl]),
@@ -205,20 +179,7 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
             config: json!({"Entrypoint": ["/var/task/bootstrap"]}),
         },
     );
-    env.lode_ok(&[
-        "push",
-        &format!("oci:{}:latest", oci2.display()),
-        "--tenant",
-        "t",
-        "--name",
-        "rt",
-        "--store",
-        env.store.to_str().unwrap(),
-    ]);
-    assert_ne!(
-        env.inspect("t", "rt")["manifest"].as_str(),
-        Some(digest.as_str())
-    );
+    assert_ne!(push_layout(&env, &oci2, "rt"), digest);
 
     // An image that does not exist, a function with nothing to run.
     let mut nope = f.clone();
@@ -376,20 +337,7 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
     let env = Env::new();
     let oci = env.path("oci");
     let config = write_python_image(&oci, env.dir.path());
-    env.lode_ok(&[
-        "push",
-        &format!("oci:{}:latest", oci.display()),
-        "--tenant",
-        "t",
-        "--name",
-        "py",
-        "--store",
-        env.store.to_str().unwrap(),
-    ]);
-    let digest = env.inspect("t", "py")["manifest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let digest = push_layout(&env, &oci, "py");
     let (agent, _manager, _reports, w, addr) = stack(&env);
     let worker_log = || std::fs::read_to_string(env.path("worker.log")).unwrap_or_default();
     // As the frontend stores it: the image's own run settings.

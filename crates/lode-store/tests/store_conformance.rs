@@ -8,6 +8,10 @@
 //! manifests, root life cycle, and a small push/pull through the library.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "store_support/noise.rs"]
+mod noise;
+use noise::noise;
+
 #[path = "store_support/store_s3.rs"]
 mod store_s3;
 
@@ -22,20 +26,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 const CS: usize = CHUNK_SIZE as usize;
-
-/// Deterministic bytes (xorshift64*), distinct per seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// An image of 6 chunks + 1234 bytes: data, hole, data, repeat of chunk 0,
 /// hole, data, partial tail.

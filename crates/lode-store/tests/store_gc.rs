@@ -5,6 +5,10 @@
 //! objects), alarms that halt deletion until acknowledged, and the lease.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "store_support/noise.rs"]
+mod noise;
+use noise::noise;
+
 #[path = "store_support/store_s3.rs"]
 mod store_s3;
 
@@ -18,20 +22,6 @@ use object_store::path::Path as OPath;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Deterministic bytes (xorshift64*), distinct per seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 const CS: usize = 4096;
 

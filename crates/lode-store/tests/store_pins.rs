@@ -3,25 +3,16 @@
 //! of a version GC may already be collecting is refused and leaves nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "store_support/noise.rs"]
+mod noise;
+use noise::noise;
+
 use lode_chunk::{open_chunk, KeyProvider, Keyring};
 use lode_store::{gc_pass, open_image_at, push_file, GcOptions, PushOptions, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
 const CS: usize = 4096;
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn gc(rotate: bool) -> GcOptions {
     GcOptions {

@@ -30,7 +30,9 @@ mod common_vm;
 mod common_worker;
 
 use common_agent::Env;
-use common_worker::{invoke, payload, spec, stack, write_python_image, write_runtime_image};
+use common_worker::{
+    invoke, payload, push_layout, spec, stack, write_python_image, write_runtime_image,
+};
 use serde_json::json;
 use serde_json::Value;
 use std::time::Instant;
@@ -95,20 +97,7 @@ fn main() {
     let env = Env::new();
     let oci = env.path("oci");
     write_runtime_image(&oci);
-    env.lode_ok(&[
-        "push",
-        &format!("oci:{}:latest", oci.display()),
-        "--tenant",
-        "t",
-        "--name",
-        "rt",
-        "--store",
-        env.store.to_str().unwrap(),
-    ]);
-    let digest = env.inspect("t", "rt")["manifest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let digest = push_layout(&env, &oci, "rt");
     let (mut agent, _manager, _reports, _w, addr) = stack(&env);
     let (mut cold_cache, mut warm_cache, mut warm) =
         (Stages::default(), Stages::default(), Stages::default());
@@ -151,20 +140,7 @@ fn main() {
 fn python_overhead(env: &Env, addr: &str, warm_n: u64, direct_n: u64) {
     let oci = env.path("py-oci");
     let config = write_python_image(&oci, &env.path("py-work"));
-    env.lode_ok(&[
-        "push",
-        &format!("oci:{}:latest", oci.display()),
-        "--tenant",
-        "t",
-        "--name",
-        "py",
-        "--store",
-        env.store.to_str().unwrap(),
-    ]);
-    let digest = env.inspect("t", "py")["manifest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let digest = push_layout(&env, &oci, "py");
     let f = json!({
         "tenant": "t", "name": "py", "arn": "arn:aws:lambda:us-east-1:t:function:py", "revision": 1,
         "image": format!("t/py@{digest}"), "memory_mib": 256, "timeout_s": 120, "image_config": config

@@ -442,3 +442,22 @@ pub fn write_python_image(oci: &std::path::Path, work: &std::path::Path) -> Valu
     lode_testkit::vm_image::write_layout(oci, &layer, config.clone());
     config
 }
+
+/// Pushes the OCI layout at `oci` (ref `latest`) as `t/NAME` to `env`'s
+/// store; returns its manifest digest.
+pub fn push_layout(env: &Env, oci: &std::path::Path, name: &str) -> String {
+    env.lode_ok(&[
+        "push",
+        &format!("oci:{}:latest", oci.display()),
+        "--tenant",
+        "t",
+        "--name",
+        name,
+        "--store",
+        env.store.to_str().unwrap(),
+    ]);
+    env.inspect("t", name)["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
