@@ -171,8 +171,7 @@ impl DiskCache {
     }
 
     fn path(&self, id: &FileId) -> PathBuf {
-        let h = hex::encode(id);
-        self.dir.join(&h[..2]).join(format!("{h}{SUFFIX}"))
+        id_path(&self.dir, id)
     }
 
     /// Plaintext bytes `range` of the chunk `name` whose plaintext hashes to
@@ -283,11 +282,18 @@ impl DiskCache {
     pub fn corrupt_discarded(&self) -> u64 {
         self.corrupt.load(Ordering::Relaxed)
     }
+}
 
-    /// The file holding a chunk's pages (tests that tamper with it).
-    pub fn file_of(&self, name: &ChunkName, plain_sha: &[u8; 32]) -> PathBuf {
-        self.path(&self.key.file_id(&name.0, plain_sha))
-    }
+fn id_path(dir: &Path, id: &FileId) -> PathBuf {
+    let h = hex::encode(id);
+    dir.join(&h[..2]).join(format!("{h}{SUFFIX}"))
+}
+
+/// Where a disk cache in `dir` keeps the pages of chunk `name` with
+/// plaintext hash `plain_sha` under `key` (tools and tests that inspect or
+/// tamper with the files).
+pub fn file_path(dir: &Path, key: &HostKey, name: &ChunkName, plain_sha: &[u8; 32]) -> PathBuf {
+    id_path(dir, &key.file_id(&name.0, plain_sha))
 }
 
 /// Reads the header and the records covering `range`: three system calls
@@ -378,7 +384,7 @@ mod tests {
             pt.slice(last)
         );
         // A changed byte in page 2: refused, deleted, counted.
-        let f = c.file_of(&name, &sha);
+        let f = file_path(d.path(), &key(1), &name, &sha);
         let mut b = std::fs::read(&f).unwrap();
         b[pagefile::record_offset(2) as usize + 7] ^= 1;
         std::fs::write(&f, &b).unwrap();
