@@ -190,3 +190,24 @@ fn open_disk(dir: &Path, key_path: &Path, size: u64) -> Result<DiskCache> {
         .with_context(|| format!("loading the disk tier's host key {}", key_path.display()))?;
     DiskCache::open(dir, size, key).with_context(|| format!("opening cache {}", dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host key inside the cache directory is refused (a writer of the
+    /// cache could read or replace it); outside, it is created once and the
+    /// cache opens.
+    #[test]
+    fn host_key_must_live_outside_the_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("cache");
+        let err = open_disk(&cache, &cache.join("sub/k.key"), 1 << 20).unwrap_err();
+        assert!(format!("{err:#}").contains("inside the cache directory"), "{err:#}");
+        assert!(!cache.join("sub/k.key").exists());
+        let key = d.path().join("state/disk-tier.key");
+        let c = open_disk(&cache, &key, 1 << 20).unwrap();
+        assert!(key.exists() && c.is_empty());
+        assert!(cache.join(lode_cache::disk::MARKER).exists());
+    }
+}
