@@ -113,7 +113,7 @@ PORT_BASE=$((20000 + RANDOM % 20000))
 start_agent() { # NAME SOCK CACHEDIR PORT extra-args... ; sets AGENT (binary: $AGENT_BIN, default $L)
   local name=$1 sock=$2 cache=$3 port=$4; shift 4
   rm -f "$sock"
-  "${AGENT_BIN:-$L}" agent --listen "unix:$sock" --store "$STORE" --cache-dir "$cache" --overlay-dir "$W/overlays" \
+  "${AGENT_BIN:-$L}" agent --listen "unix:$sock" --dev-open-exports --state-dir "$W/state-$name" --control "unix:$W/ctl-$name.sock" --store "$STORE" --cache-dir "$cache" --overlay-dir "$W/overlays" \
     --metrics "127.0.0.1:$port" "$@" >"$W/$name.log" 2>&1 &
   AGENT=$!
   PIDS+=("$AGENT")
@@ -383,7 +383,7 @@ else
   rm -rf "$W/tree"; mkdir -p "$W/tree"
   cp -a /usr/share /usr/bin "$W/tree/"
   tree_kib=$(du -sk "$W/tree" | cut -f1)
-  mke2fs -q -F -t ext4 -d "$W/tree" "$DIMG" "$(( tree_kib * 23 / 20 / 1024 + 64 ))M"
+  mke2fs -q -F -t ext4 -d "$W/tree" "$DIMG" "$(( tree_kib * 23 / 20 / 1024 + 64 ))M" >/dev/null
   rm -rf "$W/tree"
   what="ext4 (mke2fs -d) of this machine's /usr/share and /usr/bin"
 fi

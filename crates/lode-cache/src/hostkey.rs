@@ -7,13 +7,13 @@
 //! plaintext hash)` into a file name, and the 8-byte key id (the "epoch")
 //! written into every page file and the directory's marker.
 
-use aes_gcm::aead::KeyInit;
-use aes_gcm::Aes256Gcm;
+use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why the host key could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub enum HostKeyError {
 /// The disk tier's host key and the keys derived from it.
 #[derive(Clone)]
 pub struct HostKey {
-    pub(crate) cipher: Aes256Gcm,
+    pub(crate) cipher: Arc<LessSafeKey>,
     file_id_key: [u8; 32],
     id: [u8; 8],
 }
@@ -75,7 +75,9 @@ impl HostKey {
         let aes = derive(secret, b"lode disk tier v1: page sealing key");
         let id = derive(secret, b"lode disk tier v1: key id");
         HostKey {
-            cipher: Aes256Gcm::new(&aes.into()),
+            cipher: Arc::new(LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, &aes).expect("a 32-byte AES-256 key"),
+            )),
             file_id_key: derive(secret, b"lode disk tier v1: file id key"),
             id: id[..8].try_into().expect("8 of 32 bytes"),
         }

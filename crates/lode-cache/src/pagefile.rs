@@ -20,8 +20,7 @@
 //! host key it was sealed for.
 
 use crate::hostkey::HostKey;
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Nonce, Tag};
+use aws_lc_rs::aead::{Aad, Nonce};
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"LODEPAGE";
@@ -141,11 +140,13 @@ pub fn page_span(start: usize, end: usize) -> std::ops::Range<usize> {
     start / PAGE_SIZE..end.div_ceil(PAGE_SIZE)
 }
 
-fn nonce(file: &[u8; 8], index: u32) -> Nonce<aes_gcm::aes::cipher::consts::U12> {
+fn nonce(file: &[u8; 8], index: u32) -> Nonce {
     let mut n = [0u8; 12];
     n[..8].copy_from_slice(file);
     n[8..].copy_from_slice(&index.to_be_bytes());
-    n.into()
+    // Unique per (file nonce, index) under one key: file nonces are random
+    // per write, and a file's pages and header use distinct indexes.
+    Nonce::assume_unique_for_key(n)
 }
 
 fn aad(raw: &[u8; AUTH_LEN], name: &[u8; 32], plain_sha: &[u8; 32], index: u32) -> [u8; 116] {
@@ -179,27 +180,22 @@ pub fn seal(
     raw[26..34].copy_from_slice(&file_nonce);
     let mut out = Vec::with_capacity(file_len(len) as usize);
     out.extend_from_slice(&raw);
-    let tag = key
-        .cipher
-        .encrypt_in_place_detached(
-            &nonce(&file_nonce, HEADER_INDEX),
-            &aad(&raw, name, plain_sha, HEADER_INDEX),
-            &mut [],
-        )
-        .expect("AES-GCM seals any length below 64 GiB");
-    out.extend_from_slice(&tag);
-    for (i, page) in plaintext.chunks(PAGE_SIZE).enumerate() {
-        let at = out.len();
-        out.extend_from_slice(page);
+    let seal_at = |out: &mut Vec<u8>, at: usize, index: u32| {
         let tag = key
             .cipher
-            .encrypt_in_place_detached(
-                &nonce(&file_nonce, i as u32),
-                &aad(&raw, name, plain_sha, i as u32),
+            .seal_in_place_separate_tag(
+                nonce(&file_nonce, index),
+                Aad::from(aad(&raw, name, plain_sha, index)),
                 &mut out[at..],
             )
             .expect("AES-GCM seals any length below 64 GiB");
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(tag.as_ref());
+    };
+    seal_at(&mut out, AUTH_LEN, HEADER_INDEX);
+    for (i, page) in plaintext.chunks(PAGE_SIZE).enumerate() {
+        let at = out.len();
+        out.extend_from_slice(page);
+        seal_at(&mut out, at, i as u32);
     }
     Ok(out)
 }
@@ -241,12 +237,12 @@ pub fn open_header(
     }
     let raw: [u8; AUTH_LEN] = b[..AUTH_LEN].try_into().expect("48 bytes");
     let file_nonce: [u8; 8] = b[26..34].try_into().expect("8 bytes");
+    let mut tag: [u8; TAG_LEN] = b[AUTH_LEN..].try_into().expect("16 bytes");
     key.cipher
-        .decrypt_in_place_detached(
-            &nonce(&file_nonce, HEADER_INDEX),
-            &aad(&raw, name, plain_sha, HEADER_INDEX),
-            &mut [],
-            Tag::from_slice(&b[AUTH_LEN..]),
+        .open_in_place(
+            nonce(&file_nonce, HEADER_INDEX),
+            Aad::from(aad(&raw, name, plain_sha, HEADER_INDEX)),
+            &mut tag,
         )
         .map_err(|_| PageError::HeaderTag)?;
     Ok(Header {
@@ -299,14 +295,11 @@ impl Header {
         let mut at = 0;
         for i in pages {
             let n = (self.plain_len - i * PAGE_SIZE).min(PAGE_SIZE);
-            let (body, tag) = records[at..at + n + TAG_LEN].split_at_mut(n);
-            let tag = *Tag::from_slice(tag);
             key.cipher
-                .decrypt_in_place_detached(
-                    &nonce(&self.nonce, i as u32),
-                    &aad(&self.raw, name, plain_sha, i as u32),
-                    body,
-                    &tag,
+                .open_in_place(
+                    nonce(&self.nonce, i as u32),
+                    Aad::from(aad(&self.raw, name, plain_sha, i as u32)),
+                    &mut records[at..at + n + TAG_LEN],
                 )
                 .map_err(|_| PageError::PageTag(i))?;
             records.copy_within(at..at + n, out);
