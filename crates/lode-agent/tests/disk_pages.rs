@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use lode_agent::{ChunkReader, ImageHandle};
 use lode_cache::disk::file_path;
-use lode_cache::pagefile::{record_offset, HEADER_LEN, PAGE_SIZE, RECORD_LEN};
+use lode_cache::pagefile::{data_offset, tag_offset, HEADER_LEN, PAGE_SIZE, TAG_LEN};
 use lode_cache::{ChunkTier, DiskCache, HostKey, StoreTier};
 use lode_chunk::{seal_chunk, ChunkName, KeyTable, Manifest, Salt};
 use lode_store::OpenedImage;
@@ -129,6 +129,12 @@ async fn warm(h: &ImageHandle, f: &Fixture) {
     h.reader().settle().await;
 }
 
+fn swap(b: &mut [u8], x: usize, y: usize, n: usize) {
+    let tmp = b[x..x + n].to_vec();
+    b.copy_within(y..y + n, x);
+    b[y..y + n].copy_from_slice(&tmp);
+}
+
 fn edit(path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
     let mut b = std::fs::read(path).unwrap();
     change(&mut b);
@@ -186,16 +192,18 @@ async fn tampered_page_files_are_refused_never_served() {
     warm(&h, &f).await;
     let page = 37;
     let at = page * PAGE_SIZE;
-    let rec = record_offset(page) as usize;
+    // Chunk 0 is a whole chunk: its pages start at the same offset as chunk 1's.
+    let data = data_offset(CHUNK) as usize + page * PAGE_SIZE;
+    let tag = tag_offset(page) as usize;
     type Tamper = Box<dyn Fn(&Fixture)>;
     let cases: Vec<(&str, Tamper)> = vec![
         (
             "page data",
-            Box::new(move |f| edit(&f.file(0, 1), |b| b[rec + 100] ^= 1)),
+            Box::new(move |f| edit(&f.file(0, 1), |b| b[data + 100] ^= 1)),
         ),
         (
             "page tag",
-            Box::new(move |f| edit(&f.file(0, 1), |b| b[rec + PAGE_SIZE + 3] ^= 0x80)),
+            Box::new(move |f| edit(&f.file(0, 1), |b| b[tag + 3] ^= 0x80)),
         ),
         ("header", Box::new(|f| edit(&f.file(0, 1), |b| b[20] ^= 1))),
         (
@@ -203,21 +211,21 @@ async fn tampered_page_files_are_refused_never_served() {
             Box::new(|f| edit(&f.file(0, 1), |b| b[HEADER_LEN - 1] ^= 1)),
         ),
         (
-            "page of another chunk's file at the same position",
+            "page and tag of another chunk's file at the same position",
             Box::new(move |f| {
                 let other = std::fs::read(f.file(1, 1)).unwrap();
                 edit(&f.file(0, 1), |b| {
-                    b[rec..rec + RECORD_LEN].copy_from_slice(&other[rec..rec + RECORD_LEN])
+                    b[data..data + PAGE_SIZE].copy_from_slice(&other[data..data + PAGE_SIZE]);
+                    b[tag..tag + TAG_LEN].copy_from_slice(&other[tag..tag + TAG_LEN]);
                 })
             }),
         ),
         (
-            "two pages swapped inside the file",
+            "two pages swapped inside the file, with their tags",
             Box::new(move |f| {
                 edit(&f.file(0, 1), |b| {
-                    let next = b[rec + RECORD_LEN..rec + 2 * RECORD_LEN].to_vec();
-                    b.copy_within(rec..rec + RECORD_LEN, rec + RECORD_LEN);
-                    b[rec..rec + RECORD_LEN].copy_from_slice(&next);
+                    swap(b, data, data + PAGE_SIZE, PAGE_SIZE);
+                    swap(b, tag, tag + TAG_LEN, TAG_LEN);
                 })
             }),
         ),

@@ -58,7 +58,7 @@ enum Refused {
 
 /// What a read found.
 enum Found {
-    Pages(Vec<u8>),
+    Pages(Bytes),
     /// An authentic file whose chunk length is not the one asked for.
     OtherLength,
 }
@@ -200,7 +200,7 @@ impl DiskCache {
         match read {
             Ok(Ok(Found::Pages(b))) => {
                 self.lock().touch(&id);
-                Some(Bytes::from(b))
+                Some(b)
             }
             Ok(Ok(Found::OtherLength)) => None,
             Ok(Err(e)) => {
@@ -296,8 +296,8 @@ pub fn file_path(dir: &Path, key: &HostKey, name: &ChunkName, plain_sha: &[u8; 3
     id_path(dir, &key.file_id(&name.0, plain_sha))
 }
 
-/// Reads the header and the records covering `range`: three system calls
-/// and `range` rounded out to pages, never the whole file.
+/// Reads the header, then the tags and the ciphertext of the pages covering
+/// `range` (rounded out to pages, never the whole file), decrypted in place.
 fn read_range(
     path: &Path,
     key: &HostKey,
@@ -311,9 +311,9 @@ fn read_range(
     f.read_exact_at(&mut head, 0)?;
     let h = pagefile::open_header(key, name, plain_sha, &head)?;
     let size = f.metadata()?.len();
-    if size != pagefile::file_len(h.plain_len) {
+    if size != h.file_len() {
         return Err(PageError::FileSize {
-            expected: pagefile::file_len(h.plain_len),
+            expected: h.file_len(),
             actual: size,
         }
         .into());
@@ -322,16 +322,16 @@ fn read_range(
         return Ok(Found::OtherLength);
     }
     let span = h.span(range.start, range.end)?;
-    let mut records = vec![0u8; h.records_len(&span)];
-    f.read_exact_at(&mut records, pagefile::record_offset(span.start))?;
+    let mut tags = vec![0u8; h.tags_len(&span)];
+    f.read_exact_at(&mut tags, pagefile::tag_offset(span.start))?;
+    let mut data = vec![0u8; h.data_len(&span)];
+    f.read_exact_at(&mut data, h.page_offset(span.start))?;
     let first = span.start;
-    let mut pt = h.open_pages(key, name, plain_sha, span, records)?;
+    h.open_pages(key, name, plain_sha, span, &tags, &mut data)?;
     let skip = range.start - first * PAGE_SIZE;
-    if skip > 0 {
-        pt.drain(..skip);
-    }
-    pt.truncate(range.len());
-    Ok(Found::Pages(pt))
+    Ok(Found::Pages(
+        Bytes::from(data).slice(skip..skip + range.len()),
+    ))
 }
 
 #[cfg(test)]
@@ -386,7 +386,7 @@ mod tests {
         // A changed byte in page 2: refused, deleted, counted.
         let f = file_path(d.path(), &key(1), &name, &sha);
         let mut b = std::fs::read(&f).unwrap();
-        b[pagefile::record_offset(2) as usize + 7] ^= 1;
+        b[pagefile::data_offset(pt.len()) as usize + 2 * PAGE_SIZE + 7] ^= 1;
         std::fs::write(&f, &b).unwrap();
         assert_eq!(
             c.read(&name, &sha, pt.len(), Some(0..10))

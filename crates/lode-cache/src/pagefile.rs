@@ -1,4 +1,4 @@
-//! The page file of the disk tier (docs/format.md, "Disk tier page files").
+//! The page file of the disk tier (docs/format.md §5a).
 //!
 //! One file holds one verified chunk's plaintext, cut into 4 KiB pages,
 //! each sealed alone with AES-256-GCM under the host key, so one page can be
@@ -9,15 +9,17 @@
 //!   0  magic "LODEPAGE"     8  version u16 BE (1)    10 page size u32 BE (4096)
 //!   14 plaintext length u32 BE                        18 host key id [8]
 //!   26 file nonce [8]       34 zero [14]              48 header tag [16]
-//! record i (i = 0 .. ceil(len / 4096)), at 64 + i × 4112:
-//!   page ciphertext (4096 bytes; the last page may be shorter) ‖ tag [16]
+//! tag table at 64: the tag of page i at 64 + 16 i, i < n = ceil(len / 4096)
+//! zeros up to D = 64 + 16 n rounded up to a multiple of 4096
+//! page ciphertext at D: page i at D + 4096 i (the last page may be short)
 //! ```
 //! Nonce of page `i`: file nonce ‖ `i` (u32 BE); of the header: file nonce
 //! ‖ `FFFFFFFF`. Associated data of both: header bytes 0..48 ‖ chunk name ‖
 //! plaintext SHA-256 ‖ page index (`FFFFFFFF` for the header). Name and
 //! plaintext hash are never stored: the reader supplies them from its own
 //! sealed manifest, so a page only opens for the chunk, position, length and
-//! host key it was sealed for.
+//! host key it was sealed for. Pages are contiguous and page-aligned, so a
+//! range is decrypted in place in the buffer it was read into.
 
 use crate::hostkey::HostKey;
 use aws_lc_rs::aead::{Aad, Nonce};
@@ -32,8 +34,6 @@ pub const PAGE_SIZE: usize = 4096;
 pub const TAG_LEN: usize = 16;
 /// Header bytes.
 pub const HEADER_LEN: usize = 64;
-/// Bytes of one whole record (page ciphertext and tag).
-pub const RECORD_LEN: usize = PAGE_SIZE + TAG_LEN;
 /// Largest plaintext a page file holds.
 pub const MAX_PLAIN: usize = 16 << 20;
 const AUTH_LEN: usize = 48;
@@ -72,6 +72,10 @@ pub enum PageError {
     /// Reserved header bytes are not zero.
     #[error("page file header: reserved bytes are not zero")]
     Reserved,
+    /// The padding between the tag table and the pages is not zero (only a
+    /// whole-file check reads it: it carries nothing a read uses).
+    #[error("page file: padding before the pages is not zero")]
+    Padding,
     /// The header's tag does not authenticate it for this chunk and key.
     #[error("page file header: authentication failed")]
     HeaderTag,
@@ -93,8 +97,8 @@ pub enum PageError {
         /// Plaintext length.
         len: usize,
     },
-    /// The records given do not have the length of the pages asked for.
-    #[error("page file: records of pages {first}..{end} are {len} bytes, expected {expected}")]
+    /// The tags or ciphertext given do not have the length of the pages asked for.
+    #[error("page file: tags and ciphertext of pages {first}..{end} are {len} bytes, expected {expected}")]
     Records {
         /// First page.
         first: usize,
@@ -125,14 +129,20 @@ pub fn pages(len: usize) -> usize {
     len.div_ceil(PAGE_SIZE)
 }
 
-/// Byte offset of record `page` in the file.
-pub fn record_offset(page: usize) -> u64 {
-    (HEADER_LEN + page * RECORD_LEN) as u64
+/// Byte offset of page `page`'s tag in the file.
+pub fn tag_offset(page: usize) -> u64 {
+    (HEADER_LEN + page * TAG_LEN) as u64
+}
+
+/// Byte offset of the first page's ciphertext in the file of a
+/// `plain_len`-byte chunk.
+pub fn data_offset(plain_len: usize) -> u64 {
+    (HEADER_LEN + pages(plain_len) * TAG_LEN).next_multiple_of(PAGE_SIZE) as u64
 }
 
 /// Size of the page file of a `plain_len`-byte chunk.
 pub fn file_len(plain_len: usize) -> u64 {
-    (HEADER_LEN + pages(plain_len) * TAG_LEN + plain_len) as u64
+    data_offset(plain_len) + plain_len as u64
 }
 
 /// The pages covering plaintext bytes `start..end`.
@@ -178,25 +188,28 @@ pub fn seal(
     raw[14..18].copy_from_slice(&(len as u32).to_be_bytes());
     raw[18..26].copy_from_slice(&key.id());
     raw[26..34].copy_from_slice(&file_nonce);
-    let mut out = Vec::with_capacity(file_len(len) as usize);
-    out.extend_from_slice(&raw);
-    let seal_at = |out: &mut Vec<u8>, at: usize, index: u32| {
+    let n = pages(len);
+    let data_at = data_offset(len) as usize;
+    let mut out = vec![0u8; data_at];
+    out[..AUTH_LEN].copy_from_slice(&raw);
+    out.extend_from_slice(plaintext);
+    let (head, data) = out.split_at_mut(data_at);
+    let mut seal_into = |tag_at: usize, index: u32, body: &mut [u8]| {
         let tag = key
             .cipher
             .seal_in_place_separate_tag(
                 nonce(&file_nonce, index),
                 Aad::from(aad(&raw, name, plain_sha, index)),
-                &mut out[at..],
+                body,
             )
             .expect("AES-GCM seals any length below 64 GiB");
-        out.extend_from_slice(tag.as_ref());
+        head[tag_at..tag_at + TAG_LEN].copy_from_slice(tag.as_ref());
     };
-    seal_at(&mut out, AUTH_LEN, HEADER_INDEX);
-    for (i, page) in plaintext.chunks(PAGE_SIZE).enumerate() {
-        let at = out.len();
-        out.extend_from_slice(page);
-        seal_at(&mut out, at, i as u32);
+    seal_into(AUTH_LEN, HEADER_INDEX, &mut []);
+    for (i, page) in data.chunks_mut(PAGE_SIZE).enumerate() {
+        seal_into(tag_offset(i) as usize, i as u32, page);
     }
+    debug_assert_eq!(n, data.len().div_ceil(PAGE_SIZE));
     Ok(out)
 }
 
@@ -265,54 +278,73 @@ impl Header {
         Ok(page_span(start, end))
     }
 
-    /// Bytes of the records of `pages`.
-    pub fn records_len(&self, pages: &std::ops::Range<usize>) -> usize {
-        let end = (pages.end * PAGE_SIZE).min(self.plain_len);
-        end.saturating_sub(pages.start * PAGE_SIZE) + pages.len() * TAG_LEN
+    /// Bytes of the tags of `pages` (read at [`tag_offset`]`(pages.start)`).
+    pub fn tags_len(&self, pages: &std::ops::Range<usize>) -> usize {
+        pages.len() * TAG_LEN
     }
 
-    /// Authenticates and decrypts the records of `pages` (read from the
-    /// file at [`record_offset`]`(pages.start)`), in place; returns the
-    /// plaintext of those pages, concatenated.
+    /// Bytes of the ciphertext of `pages` (read at [`Header::page_offset`]).
+    pub fn data_len(&self, pages: &std::ops::Range<usize>) -> usize {
+        (pages.end * PAGE_SIZE)
+            .min(self.plain_len)
+            .saturating_sub(pages.start * PAGE_SIZE)
+    }
+
+    /// Byte offset of page `page`'s ciphertext in the file.
+    pub fn page_offset(&self, page: usize) -> u64 {
+        data_offset(self.plain_len) + (page * PAGE_SIZE) as u64
+    }
+
+    /// Size of the whole file this header implies.
+    pub fn file_len(&self) -> u64 {
+        file_len(self.plain_len)
+    }
+
+    /// Authenticates and decrypts the ciphertext of `pages` in place, with
+    /// their `tags`; `data` then holds the plaintext of those pages.
     pub fn open_pages(
         &self,
         key: &HostKey,
         name: &[u8; 32],
         plain_sha: &[u8; 32],
         pages: std::ops::Range<usize>,
-        mut records: Vec<u8>,
-    ) -> Result<Vec<u8>, PageError> {
-        let expected = self.records_len(&pages);
-        if pages.end > self::pages(self.plain_len) || records.len() != expected {
+        tags: &[u8],
+        data: &mut [u8],
+    ) -> Result<(), PageError> {
+        let expected = self.tags_len(&pages) + self.data_len(&pages);
+        if pages.end > self::pages(self.plain_len)
+            || tags.len() != self.tags_len(&pages)
+            || data.len() != self.data_len(&pages)
+        {
             return Err(PageError::Records {
                 first: pages.start,
                 end: pages.end,
-                len: records.len(),
+                len: tags.len() + data.len(),
                 expected,
             });
         }
-        let mut out = 0;
-        let mut at = 0;
-        for i in pages {
-            let n = (self.plain_len - i * PAGE_SIZE).min(PAGE_SIZE);
+        let first = pages.start;
+        for ((i, page), tag) in pages
+            .zip(data.chunks_mut(PAGE_SIZE))
+            .zip(tags.chunks(TAG_LEN))
+        {
+            debug_assert!(i >= first);
             key.cipher
-                .open_in_place(
+                .open_in_place_separate_tag(
                     nonce(&self.nonce, i as u32),
                     Aad::from(aad(&self.raw, name, plain_sha, i as u32)),
-                    &mut records[at..at + n + TAG_LEN],
+                    tag,
+                    page,
                 )
                 .map_err(|_| PageError::PageTag(i))?;
-            records.copy_within(at..at + n, out);
-            out += n;
-            at += n + TAG_LEN;
         }
-        records.truncate(out);
-        Ok(records)
+        Ok(())
     }
 }
 
-/// Opens bytes `start..end` of a whole page file held in memory (tests and
-/// the fuzz target; the disk tier reads only the records it needs).
+/// Opens bytes `start..end` of a whole page file held in memory, checking
+/// every byte outside the pages too (size, zero padding): tests, the fuzz
+/// target and tools. The disk tier reads only the pages it needs.
 pub fn open_range(
     key: &HostKey,
     name: &[u8; 32],
@@ -328,13 +360,19 @@ pub fn open_range(
             actual: file.len() as u64,
         });
     }
+    let pad = tag_offset(pages(h.plain_len)) as usize..data_offset(h.plain_len) as usize;
+    if file[pad].iter().any(|&b| b != 0) {
+        return Err(PageError::Padding);
+    }
     let span = h.span(start, end)?;
-    let at = record_offset(span.start) as usize;
-    let records = file[at..at + h.records_len(&span)].to_vec();
+    let t = tag_offset(span.start) as usize;
+    let tags = &file[t..t + h.tags_len(&span)];
+    let d = h.page_offset(span.start) as usize;
+    let mut data = file[d..d + h.data_len(&span)].to_vec();
     let first = span.start;
-    let pt = h.open_pages(key, name, plain_sha, span, records)?;
+    h.open_pages(key, name, plain_sha, span, tags, &mut data)?;
     let skip = start - first * PAGE_SIZE;
-    Ok(pt[skip..skip + (end - start)].to_vec())
+    Ok(data[skip..skip + (end - start)].to_vec())
 }
 
 #[cfg(test)]
@@ -344,6 +382,12 @@ mod tests {
 
     fn key(b: u8) -> HostKey {
         HostKey::from_secret(&[b; 32])
+    }
+
+    fn swap(b: &mut [u8], x: usize, y: usize, n: usize) {
+        let tmp = b[x..x + n].to_vec();
+        b.copy_within(y..y + n, x);
+        b[y..y + n].copy_from_slice(&tmp);
     }
 
     proptest! {
@@ -396,20 +440,26 @@ mod tests {
             open(&key(7), [2; 32], [3; 32], &f),
             Err(PageError::KeyId { .. })
         ));
-        // Two records swapped inside the file.
+        // Two pages (with their tags) swapped inside the file.
         let mut swapped = f.clone();
-        let (r0, r1) = (record_offset(0) as usize, record_offset(1) as usize);
-        let rec0 = f[r0..r1].to_vec();
-        swapped.copy_within(r1..r1 + RECORD_LEN, r0);
-        swapped[r1..r1 + RECORD_LEN].copy_from_slice(&rec0);
+        let d = data_offset(pt.len()) as usize;
+        swap(&mut swapped, d, d + PAGE_SIZE, PAGE_SIZE);
+        swap(
+            &mut swapped,
+            tag_offset(0) as usize,
+            tag_offset(1) as usize,
+            TAG_LEN,
+        );
         assert_eq!(
             open(&key(1), [2; 32], [3; 32], &swapped),
             Err(PageError::PageTag(0))
         );
-        // A record of another file of the same chunk (another nonce).
+        // A page and its tag from another file of the same chunk (another nonce).
         let g = seal(&key(1), &[2; 32], &[3; 32], [5; 8], &pt).unwrap();
         let mut mixed = f.clone();
-        mixed[r1..r1 + RECORD_LEN].copy_from_slice(&g[r1..r1 + RECORD_LEN]);
+        let (p1, t1) = (d + PAGE_SIZE, tag_offset(1) as usize);
+        mixed[p1..p1 + PAGE_SIZE].copy_from_slice(&g[p1..p1 + PAGE_SIZE]);
+        mixed[t1..t1 + TAG_LEN].copy_from_slice(&g[t1..t1 + TAG_LEN]);
         assert_eq!(
             open_range(
                 &key(1),

@@ -77,7 +77,8 @@ pub fn page_file(data: &[u8]) {
         Err(PageError::PageTag(_) | PageError::HeaderTag | PageError::FileSize { .. }) => {}
         Err(PageError::ShortHeader { .. } | PageError::Magic | PageError::Version(_)) => {}
         Err(PageError::PageSize(_) | PageError::Length(_) | PageError::KeyId { .. }) => {}
-        Err(PageError::Reserved | PageError::Range { .. } | PageError::Records { .. }) => {}
+        Err(PageError::Reserved | PageError::Padding | PageError::Range { .. }) => {}
+        Err(PageError::Records { .. }) => {}
         Err(e) => panic!("unexpected refusal {e}"),
     }
 }

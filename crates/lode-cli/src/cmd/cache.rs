@@ -203,7 +203,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let cache = d.path().join("cache");
         let err = open_disk(&cache, &cache.join("sub/k.key"), 1 << 20).unwrap_err();
-        assert!(format!("{err:#}").contains("inside the cache directory"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("inside the cache directory"),
+            "{err:#}"
+        );
         assert!(!cache.join("sub/k.key").exists());
         let key = d.path().join("state/disk-tier.key");
         let c = open_disk(&cache, &key, 1 << 20).unwrap();
