@@ -16,6 +16,7 @@
 //! counted, and the read falls through to the next tier: a writer of the
 //! directory can cost misses, never a wrong byte.
 
+use crate::bufpool::BufPool;
 use crate::hostkey::HostKey;
 use crate::pagefile::{self, PageError, PAGE_SIZE};
 use crate::s3fifo::S3Fifo;
@@ -24,7 +25,7 @@ use lode_chunk::ChunkName;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The marker file naming the host key the page files are sealed with.
 pub const MARKER: &str = ".lode-disk-tier";
@@ -71,6 +72,7 @@ pub struct DiskCache {
     dir: PathBuf,
     key: HostKey,
     policy: Mutex<S3Fifo<FileId>>,
+    buffers: Arc<BufPool>,
     corrupt: AtomicU64,
     tmp_seq: AtomicU64,
 }
@@ -154,6 +156,9 @@ impl DiskCache {
             dir,
             key,
             policy: Mutex::new(S3Fifo::new(capacity)),
+            // Enough for the whole chunks of many concurrent reads and a
+            // small memory tier; at most 64 × 512 KiB kept idle.
+            buffers: BufPool::new(64, pagefile::PAGE_SIZE * 128),
             corrupt: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
         };
@@ -193,8 +198,9 @@ impl DiskCache {
         }
         let (path, key, name_b, sha) = (self.path(&id), self.key.clone(), name.0, *plain_sha);
         let range = range.unwrap_or(0..chunk_len);
+        let buffers = self.buffers.clone();
         let read = tokio::task::spawn_blocking(move || {
-            read_range(&path, &key, &name_b, &sha, chunk_len, range)
+            read_range(&path, &key, &name_b, &sha, chunk_len, range, &buffers)
         })
         .await;
         match read {
@@ -296,8 +302,9 @@ pub fn file_path(dir: &Path, key: &HostKey, name: &ChunkName, plain_sha: &[u8; 3
     id_path(dir, &key.file_id(&name.0, plain_sha))
 }
 
-/// Reads the header, then the tags and the ciphertext of the pages covering
-/// `range` (rounded out to pages, never the whole file), decrypted in place.
+/// Reads the header with the tags of the pages covering `range`, then their
+/// ciphertext (rounded out to pages, never the whole file), decrypted in
+/// place: two preads and an fstat.
 fn read_range(
     path: &Path,
     key: &HostKey,
@@ -305,12 +312,16 @@ fn read_range(
     plain_sha: &[u8; 32],
     chunk_len: usize,
     range: std::ops::Range<usize>,
+    buffers: &Arc<BufPool>,
 ) -> Result<Found, Refused> {
     let f = std::fs::File::open(path)?;
-    let mut head = [0u8; pagefile::HEADER_LEN];
+    let size = f.metadata()?.len();
+    // The header and the tags of the pages asked for, in one read.
+    let pages = pagefile::page_span(range.start, range.end);
+    let head_len = pagefile::tag_offset(pages.end).min(size) as usize;
+    let mut head = vec![0u8; head_len.max(pagefile::HEADER_LEN.min(size as usize))];
     f.read_exact_at(&mut head, 0)?;
     let h = pagefile::open_header(key, name, plain_sha, &head)?;
-    let size = f.metadata()?.len();
     if size != h.file_len() {
         return Err(PageError::FileSize {
             expected: h.file_len(),
@@ -322,16 +333,13 @@ fn read_range(
         return Ok(Found::OtherLength);
     }
     let span = h.span(range.start, range.end)?;
-    let mut tags = vec![0u8; h.tags_len(&span)];
-    f.read_exact_at(&mut tags, pagefile::tag_offset(span.start))?;
-    let mut data = vec![0u8; h.data_len(&span)];
-    f.read_exact_at(&mut data, h.page_offset(span.start))?;
+    let tags = &head[pagefile::tag_offset(span.start) as usize..][..h.tags_len(&span)];
+    let mut data = buffers.take(h.data_len(&span));
+    f.read_exact_at(data.as_mut_slice(), h.page_offset(span.start))?;
     let first = span.start;
-    h.open_pages(key, name, plain_sha, span, &tags, &mut data)?;
+    h.open_pages(key, name, plain_sha, span, tags, data.as_mut_slice())?;
     let skip = range.start - first * PAGE_SIZE;
-    Ok(Found::Pages(
-        Bytes::from(data).slice(skip..skip + range.len()),
-    ))
+    Ok(Found::Pages(data.freeze().slice(skip..skip + range.len())))
 }
 
 #[cfg(test)]
