@@ -29,7 +29,7 @@ pub fn page_file(data: &[u8]) {
     let key = HostKey::from_secret(&KEY);
     let mode = inp.u8();
     let (a, b) = (usize::from(inp.u16()), usize::from(inp.u16()));
-    if mode % 2 == 0 {
+    if mode.is_multiple_of(2) {
         let file = inp.rest();
         let Ok(h) = open_header(&key, &NAME, &PLAIN_SHA, file) else {
             assert!(open_range(&key, &NAME, &PLAIN_SHA, file, 0, 1).is_err());
