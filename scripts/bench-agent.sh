@@ -10,18 +10,29 @@
 #      `python3 -c 'import pandas'` chrooted in it) with --prefetch none vs
 #      --prefetch recorded, empty cache, 20 ms + 100 MB/s store.
 #
+#   4. ("disk") disk-warm reads (issue 14 item 2): lode agent with an 8 MiB
+#      memory tier reading its warm disk cache, and with every chunk in
+#      memory, vs qemu-nbd on the same raw image; fio's nbd engine,
+#      sequential 1 MiB at iodepth 8 and 4 KiB random at iodepth 16 with p99
+#      latency; optionally an older lode binary side by side (LODE_BEFORE).
+#
 #   scripts/bench-agent.sh        (root; builds the corpus first if missing)
+#   SECTIONS=disk LODE_BEFORE=/path/to/old/lode scripts/bench-agent.sh
+#                                 (no corpus: an ext4 image of /usr/share and
+#                                 /usr/bin, or IMAGE=raw-or-ext4-file)
 #
 # Variants compared are measured side by side in the same run, interleaved,
 # REPS times (default 3); tables give every run, then medians and ratios.
-# Env: SECTIONS (default "1 2 3 diag"; e.g. SECTIONS=2 for the warm-cache
+# Env: SECTIONS (default "1 2 3 diag disk"; e.g. SECTIONS=2 for the warm-cache
 # comparison alone), REPS, FIO_SECS (default 5), LATENCY_MS (20), BANDWIDTH (100000000),
-# LODE_CORPUS (target/corpus), BENCH_WORKDIR (default: a temp dir, deleted).
+# LODE_CORPUS (target/corpus), BENCH_WORKDIR (default: a temp dir, deleted),
+# LODE_BEFORE (section disk: another lode binary to compare), IMAGE (section
+# disk alone: the image to serve), CARGO_TARGET_DIR (where the build goes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 REPS=${REPS:-3}
-SECTIONS=${SECTIONS:-"1 2 3 diag"}
+SECTIONS=${SECTIONS:-"1 2 3 diag disk"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 FIO_SECS=${FIO_SECS:-5}
 LAT=${LATENCY_MS:-20}
@@ -42,12 +53,16 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 fio --enghelp 2>/dev/null | grep -qw nbd || { echo "bench-agent.sh: this fio has no nbd ioengine" >&2; exit 1; }
-[ -d "$CORPUS/big" ] || scripts/corpus.sh big
+# Sections 1-3 and diag read the corpus's `big` image; "disk" alone does not.
+CORPUS_SECTIONS=0
+for s in 1 2 3 diag; do want "$s" && CORPUS_SECTIONS=1; done
+[ "$CORPUS_SECTIONS" = 0 ] || [ -d "$CORPUS/big" ] || scripts/corpus.sh big
 
 cargo build --release -q -p lode-cli
-cargo build --release -q -p lode-agent --example bench_agent --example concurrent_cold_reads
-L=$REPO/target/release/lode
-E=$REPO/target/release/examples/bench_agent
+[ "$CORPUS_SECTIONS" = 0 ] || cargo build --release -q -p lode-agent --example bench_agent --example concurrent_cold_reads
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
+L=$BIN/lode
+E=$BIN/examples/bench_agent
 
 if [ -n "${BENCH_WORKDIR:-}" ]; then
   W=$BENCH_WORKDIR; mkdir -p "$W"; KEEP=1
@@ -95,10 +110,10 @@ metric() { # PORT 'series{labels}' -> value (0 if absent)
   curl -s "http://127.0.0.1:$1/metrics" | awk -v k="$2 " 'index($0, k) == 1 {v = substr($0, length(k) + 1)} END {print v + 0}'
 }
 PORT_BASE=$((20000 + RANDOM % 20000))
-start_agent() { # NAME SOCK CACHEDIR PORT extra-args... ; sets AGENT
+start_agent() { # NAME SOCK CACHEDIR PORT extra-args... ; sets AGENT (binary: $AGENT_BIN, default $L)
   local name=$1 sock=$2 cache=$3 port=$4; shift 4
   rm -f "$sock"
-  "$L" agent --listen "unix:$sock" --store "$STORE" --cache-dir "$cache" --overlay-dir "$W/overlays" \
+  "${AGENT_BIN:-$L}" agent --listen "unix:$sock" --dev-open-exports --state-dir "$W/state-$name" --control "unix:$W/ctl-$name.sock" --store "$STORE" --cache-dir "$cache" --overlay-dir "$W/overlays" \
     --metrics "127.0.0.1:$port" "$@" >"$W/$name.log" 2>&1 &
   AGENT=$!
   PIDS+=("$AGENT")
@@ -117,6 +132,7 @@ echo "- tools: $(nbdcopy --version | head -1), $(qemu-nbd --version | head -1), 
 echo "- lode $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)'), REPS=$REPS, store tier: ${LAT} ms per GET, ${BW} B/s"
 echo
 
+if [ "$CORPUS_SECTIONS" = 1 ]; then
 # ------------------------------------------------------------------ image
 "$L" flatten "oci:$CORPUS/big:latest" -o "$W/big.img" >/dev/null 2>&1
 "$L" push "ext4:$W/big.img" --tenant bench --name big --store "$STORE" >"$W/push.log" 2>&1
@@ -134,6 +150,7 @@ echo "Image: \`big\` (python + toolchain + sci layers), $(awk -v s="$SIZE" 'BEGI
 echo
 
 WARMCACHE=$W/c-warm  # section 1 replaces it with its download-first cache
+fi
 # ------------------------------------------------------------------ 1
 if want 1; then
 FILES=(/etc/os-release /usr/bin/python3.11
@@ -352,5 +369,116 @@ echo "R readers per chunk, first 256 stored chunks of \`big\`, fresh reader, sto
 echo
 "$REPO/target/release/examples/concurrent_cold_reads" "$STORE" bench big 256
 echo
+fi
+# ------------------------------------------------------------------ disk
+if want disk; then
+echo "## Disk-warm reads (issue 14 item 2): lode agent vs qemu-nbd, fio's nbd engine"
+echo
+DIMG=$W/disk-raw.img
+if [ -n "${IMAGE:-}" ]; then
+  cp --sparse=always "$IMAGE" "$DIMG"
+  what="\`$IMAGE\`"
+else
+  # A real file tree: /usr/share and /usr/bin of this machine as ext4.
+  rm -rf "$W/tree"; mkdir -p "$W/tree"
+  cp -a /usr/share /usr/bin "$W/tree/"
+  tree_kib=$(du -sk "$W/tree" | cut -f1)
+  mke2fs -q -F -t ext4 -d "$W/tree" "$DIMG" "$(( tree_kib * 23 / 20 / 1024 + 64 ))M" >/dev/null
+  rm -rf "$W/tree"
+  what="ext4 (mke2fs -d) of this machine's /usr/share and /usr/bin"
+fi
+"$L" push "ext4:$DIMG" --tenant bench --name disk --store "$STORE" >"$W/disk-push.log" 2>&1
+"$L" pull disk --tenant bench --store "$STORE" -o "$W/disk-pulled.img" 2>>"$W/disk-push.log"
+cmp "$DIMG" "$W/disk-pulled.img"; rm -f "$W/disk-pulled.img"
+DSIZE=$(stat -c %s "$DIMG")
+echo "Image: $what, $(awk -v s="$DSIZE" 'BEGIN {printf "%.2f GiB", s/2^30}'), $(( (DSIZE + 524287) / 524288 )) chunks of 512 KiB; $(sed -n 's/.*uploaded \([0-9]*\), bytes uploaded.*/\1/p' "$W/disk-push.log") unique stored chunks."
+echo
+DQ=$W/disk-q.sock
+qemu-nbd -f raw -r -t -k "$DQ" -e 16 "$DIMG" >"$W/disk-qemu-nbd.log" 2>&1 &
+DQP=$!; PIDS+=("$DQP")
+for _ in $(seq 100); do [ -S "$DQ" ] && break; sleep 0.05; done
+cat "$DIMG" >/dev/null
+declare -A DURI=([qemu-nbd]="nbd+unix:///?socket=$DQ") DPORT=() DPID=()
+DSRVS_DISK=() DSRVS_MEM=()
+variants=(after); [ -n "${LODE_BEFORE:-}" ] && variants=(before after)
+port=$((PORT_BASE + 40))
+for v in "${variants[@]}"; do
+  bin=$L; [ "$v" = before ] && bin=$LODE_BEFORE
+  for tier in disk mem; do
+    n=$v-$tier port=$((port + 1)) sock=$W/d-$v-$tier.sock
+    mem=8M; [ "$tier" = mem ] && mem=4G
+    AGENT_BIN=$bin start_agent "$n" "$sock" "$W/c-$n" "$port" --prefetch none --memory-cache "$mem"
+    DPID[$n]=$AGENT DPORT[$n]=$port DURI[$n]="nbd+unix:///bench/disk?socket=$sock"
+    # Warm-up: every chunk through the agent (into its disk cache, or memory).
+    nbdcopy --no-extents "${DURI[$n]}" null:
+    for _ in $(seq 600); do
+      [ "$(metric "$port" 'lode_cache_writes_pending{tier="disk"}')" = 0 ] && break; sleep 0.05
+    done
+    if [ "$tier" = disk ]; then
+      nbdcopy --no-extents "${DURI[$n]}" null:  # the page cache holds the cache files, as it holds qemu-nbd's image
+      DSRVS_DISK+=("lode-$n")
+    else
+      DSRVS_MEM+=("lode-$n")
+    fi
+    DURI[lode-$n]=${DURI[$n]} DPID[lode-$n]=$AGENT DPORT[lode-$n]=$port
+  done
+done
+for v in "${variants[@]}"; do
+  echo "- lode-$v-disk: \`--memory-cache 8M\`, disk cache warm ($(metric "${DPORT[lode-$v-disk]}" 'lode_cache_chunks{tier="disk"}') chunks on disk, $(du -sh "$W/c-$v-disk" | cut -f1)); lode-$v-mem: \`--memory-cache 4G\` holding $(metric "${DPORT[lode-$v-mem]}" 'lode_cache_chunks{tier="memory"}') chunks; binary: $([ "$v" = before ] && echo "$LODE_BEFORE" || echo "this tree")"
+done
+echo "- qemu-nbd \`-f raw -r -t -e 16\` on the same image, page-cached."
+echo
+dfio() { # URI RW BS QD -> "MB/s IOPS p99_ms"
+  fio --name=d --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="$DSIZE" \
+    --runtime="$FIO_SECS" --time_based --output-format=json --output="$W/fio.json" >/dev/null 2>&1
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["jobs"][0]["read"]; print("%.0f %.0f %.3f" % (r["bw_bytes"]/1e6, r["iops"], r["clat_ns"]["percentile"]["99.000000"]/1e6))' "$W/fio.json"
+}
+declare -A DRES
+DCASES=(seq rand memrand)
+declare -A DCASE_NAME=(
+  [seq]="disk-warm, sequential 1 MiB reads, iodepth 8 (MB/s; p99 ms)"
+  [rand]="disk-warm, 4 KiB random reads, iodepth 16 (IOPS; p99 ms)"
+  [memrand]="memory-warm, 4 KiB random reads, iodepth 16 (IOPS; p99 ms)"
+)
+for c in "${DCASES[@]}"; do
+  case $c in seq) srvs=(qemu-nbd "${DSRVS_DISK[@]}") ;; rand) srvs=(qemu-nbd "${DSRVS_DISK[@]}") ;; memrand) srvs=(qemu-nbd "${DSRVS_MEM[@]}") ;; esac
+  echo "### ${DCASE_NAME[$c]}"
+  echo
+  hdr="| run"; sep="| ---"
+  for s in "${srvs[@]}"; do hdr="$hdr | $s | p99 ms"; sep="$sep | ---: | ---:"; done
+  echo "$hdr |"; echo "$sep |"
+  for r in $(seq "$REPS"); do
+    order=("${srvs[@]}"); [ $((r % 2)) = 0 ] && order=($(printf '%s\n' "${srvs[@]}" | tac))
+    for s in "${order[@]}"; do
+      case $c in seq) set -- $(dfio "${DURI[$s]}" read 1m 8); DRES[$c.$s.$r]="$1 $3" ;;
+                 *) set -- $(dfio "${DURI[$s]}" randread 4k 16); DRES[$c.$s.$r]="$2 $3" ;; esac
+    done
+    row="| $r"
+    for s in "${srvs[@]}"; do set -- ${DRES[$c.$s.$r]}; row="$row | $1 | $2"; done
+    echo "$row |"
+  done
+  row="| median"
+  for s in "${srvs[@]}"; do
+    m=$(for r in $(seq "$REPS"); do set -- ${DRES[$c.$s.$r]}; echo "$1"; done | median)
+    p=$(for r in $(seq "$REPS"); do set -- ${DRES[$c.$s.$r]}; echo "$2"; done | median)
+    DRES[$c.$s.med]=$m DRES[$c.$s.p99]=$p
+    row="$row | **$m** | **$p**"
+  done
+  echo "$row |"
+  echo
+  for s in "${srvs[@]}"; do
+    [ "$s" = qemu-nbd ] && continue
+    echo "- $s ÷ qemu-nbd (median): **$(ratio "${DRES[$c.$s.med]}" "${DRES[$c.qemu-nbd.med]}")×**, p99 ${DRES[$c.$s.p99]} ms vs ${DRES[$c.qemu-nbd.p99]} ms"
+  done
+  echo
+done
+for s in "${DSRVS_DISK[@]}"; do
+  p=${DPORT[$s]}
+  echo "- $s: disk tier hits $(metric "$p" 'lode_tier_hits_total{tier="disk"}'), store fetches $(metric "$p" 'lode_tier_hits_total{tier="store"}'), refused files $(metric "$p" 'lode_cache_corrupt_discarded_total{tier="disk"}')"
+done
+echo
+for s in "${DSRVS_DISK[@]}" "${DSRVS_MEM[@]}"; do stop "${DPID[$s]}"; done
+stop "$DQP"
+rm -rf "$W"/c-before-* "$W"/c-after-* "$DIMG"
 fi
 echo "Total benchmark time: $(( $(date +%s) - T0 )) s; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)."

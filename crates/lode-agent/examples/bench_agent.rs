@@ -30,7 +30,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use lode_agent::{ChunkReader, ImageHandle};
-use lode_cache::{ChunkId, ChunkTier, Delayed, DiskCache, StoreTier, TierError};
+use lode_cache::{ChunkId, ChunkTier, Delayed, DiskCache, HostKey, StoreTier, TierError};
 use lode_chunk::Keyring;
 use lode_store::{open_image, Store};
 use std::collections::HashSet;
@@ -155,7 +155,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             Arc::new(Delayed::new(StoreTier::new(store.clone()), latency, Some(o.bandwidth)))
         };
-        let disk = DiskCache::open(&o.cache_dir, 64 << 30)?;
+        let disk = DiskCache::open(
+            &o.cache_dir,
+            64 << 30,
+            HostKey::load_or_create(&home.join("disk-tier.key"))?,
+        )?;
         // No memory cache: this is a download, the plaintext is not kept.
         let reader = Arc::new(ChunkReader::new(0, Some(disk), vec![tier]));
         let image = Arc::new(ImageHandle::new(format!("{}/{}", o.tenant, o.name), opened, reader.clone()));

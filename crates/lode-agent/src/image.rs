@@ -117,27 +117,37 @@ impl ImageHandle {
     }
 
     async fn load(&self, index: u64, priority: Priority) -> Result<Bytes, ReadError> {
+        let len = self.chunk_len(index);
+        self.piece(index, 0..len, priority).await
+    }
+
+    /// Plaintext length of chunk `index` (the last one may be short).
+    fn chunk_len(&self, index: u64) -> usize {
         let m = &self.image.manifest;
-        let len = (m.image_size - index * self.chunk_size()).min(self.chunk_size()) as usize;
+        (m.image_size - index * self.chunk_size()).min(self.chunk_size()) as usize
+    }
+
+    /// Bytes `range` of chunk `index` (zeros for a hole).
+    async fn piece(
+        &self,
+        index: u64,
+        range: std::ops::Range<usize>,
+        priority: Priority,
+    ) -> Result<Bytes, ReadError> {
+        let m = &self.image.manifest;
         match (m.names[index as usize], self.image.keys.0[index as usize]) {
             (Some(name), Some(secret)) => {
                 let id = ChunkId {
                     root: self.root.clone(),
                     name,
                 };
-                let pt = self.reader.chunk(index, &id, &secret, priority).await?;
-                // The manifest authenticates the chunk's hash, not its length:
-                // a chunk of the wrong size must not reach the slicing below.
-                if pt.len() != len {
-                    return Err(ReadError::Verify {
-                        index,
-                        reason: format!("plaintext is {} bytes, expected {len}", pt.len()),
-                    });
-                }
-                Ok(pt)
+                let len = self.chunk_len(index);
+                self.reader
+                    .read(index, &id, &secret, len, range, priority)
+                    .await
             }
-            _ if len <= ZEROS.len() => Ok(Bytes::from_static(&ZEROS[..len])),
-            _ => Ok(Bytes::from(vec![0u8; len])),
+            _ if range.len() <= ZEROS.len() => Ok(Bytes::from_static(&ZEROS[..range.len()])),
+            _ => Ok(Bytes::from(vec![0u8; range.len()])),
         }
     }
 
@@ -152,15 +162,18 @@ impl ImageHandle {
         debug_assert!(range.end() <= self.size());
         let cs = self.chunk_size();
         let pieces: Vec<(u64, BlockRange)> = range.split(cs).collect();
-        let parts = try_join_all(pieces.iter().map(|(i, _)| self.chunk(*i))).await?;
-        if let ([(i, p)], [part]) = (pieces.as_slice(), parts.as_slice()) {
+        let parts = try_join_all(pieces.iter().map(|(i, p)| {
+            self.note(*i);
             let s = (p.offset() - i * cs) as usize;
-            return Ok(part.slice(s..s + p.len() as usize));
+            self.piece(*i, s..s + p.len() as usize, Priority::Demand)
+        }))
+        .await?;
+        if let [part] = parts.as_slice() {
+            return Ok(part.clone());
         }
         let mut out = BytesMut::with_capacity(range.len() as usize);
-        for ((i, p), part) in pieces.iter().zip(&parts) {
-            let s = (p.offset() - i * cs) as usize;
-            out.extend_from_slice(&part[s..s + p.len() as usize]);
+        for part in &parts {
+            out.extend_from_slice(part);
         }
         Ok(out.freeze())
     }

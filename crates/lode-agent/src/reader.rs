@@ -2,24 +2,32 @@
 //!
 //! ```text
 //! read(image, offset, len)
-//!   └─ for each 512 KiB chunk touched (concurrently)
+//!   └─ for each 512 KiB chunk touched (concurrently), the bytes asked of it
 //!        hole?            → zeros, no fetch
 //!        memory cache     → verified plaintext (keyed by name + plaintext hash)
+//!        disk pages       → only the 4 KiB pages covering the bytes, each
+//!                           authenticated under the host key and bound to
+//!                           (name, plaintext hash, page index, key id); a
+//!                           whole-chunk read takes every page and promotes
+//!                           the chunk to memory
 //!        single-flight    → one ciphertext fetch per chunk name, host-wide
-//!          disk cache     → ciphertext, re-hashed against the name
 //!          tiers in order → ciphertext, hashed against the name; fills the
-//!                           disk cache and the tiers above it
+//!                           tiers above it
 //!        decrypt + verify → stored length, bounded zstd decoding for compressed
-//!                           chunks, plaintext SHA-256 from the tenant's sealed manifest
+//!                           chunks, plaintext SHA-256 from the tenant's sealed
+//!                           manifest; then memory, and page files off the
+//!                           read path
 //! ```
 //! No byte reaches a client before both the name check and the plaintext
-//! check pass.
+//! check pass, or (disk pages) before the page's tag does, which only a
+//! verified chunk's page carries.
 
 use bytes::Bytes;
 use lode_cache::{ChunkId, ChunkTier, DiskCache, MemoryCache, TierMetrics};
 use lode_chunk::{open_named_chunk, ChunkName, ChunkSecret};
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -59,13 +67,13 @@ pub enum ReadError {
     },
 }
 
-/// A fetch in progress: the ciphertext and, when the reader that started it
-/// could decrypt it, the plaintext with its hash (so concurrent readers of a
-/// cold chunk decrypt it once).
 /// Disk-cache writes running in the background at once (each holds one
 /// 512 KiB chunk, which the memory cache holds anyway).
 const DISK_PUTS: usize = 32;
 
+/// A fetch in progress: the ciphertext and, when the reader that started it
+/// could decrypt it, the plaintext with its hash (so concurrent readers of a
+/// cold chunk decrypt it once).
 type Landed = (Bytes, Option<([u8; 32], Bytes)>);
 type Flight = Arc<OnceCell<Result<Landed, ReadError>>>;
 
@@ -159,21 +167,76 @@ impl ChunkReader {
         self.demand_misses.load(Ordering::SeqCst)
     }
 
-    /// Plaintext of chunk `index` (named `id`), verified with `secret`.
+    /// Plaintext of chunk `index` (named `id`, `chunk_len` bytes), verified
+    /// with `secret`.
     #[tracing::instrument(level = "debug", skip(self, secret), fields(chunk = %id.name))]
     pub async fn chunk(
         &self,
         index: u64,
         id: &ChunkId,
         secret: &ChunkSecret,
+        chunk_len: usize,
         priority: Priority,
     ) -> Result<Bytes, ReadError> {
+        self.read(index, id, secret, chunk_len, 0..chunk_len, priority)
+            .await
+    }
+
+    /// Bytes `range` of chunk `index` (named `id`, `chunk_len` bytes),
+    /// verified with `secret`. On a memory miss a disk hit reads and
+    /// authenticates only the pages covering `range`; a range of the whole
+    /// chunk reads every page and promotes the chunk to memory.
+    #[tracing::instrument(level = "debug", skip(self, secret), fields(chunk = %id.name))]
+    pub async fn read(
+        &self,
+        index: u64,
+        id: &ChunkId,
+        secret: &ChunkSecret,
+        chunk_len: usize,
+        range: Range<usize>,
+        priority: Priority,
+    ) -> Result<Bytes, ReadError> {
+        if range.start >= range.end || range.end > chunk_len {
+            return Err(ReadError::Verify {
+                index,
+                reason: format!("range {range:?} outside a {chunk_len}-byte chunk"),
+            });
+        }
         let t = Instant::now();
         if let Some(b) = self.memory.get(&id.name, &secret.plain_sha) {
-            self.memory_metrics.hit(b.len(), t.elapsed());
-            return Ok(b);
+            self.memory_metrics.hit(range.len(), t.elapsed());
+            return slice(index, b, chunk_len, range);
         }
         self.memory_metrics.miss();
+        let whole = range.len() == chunk_len;
+        if let Some(disk) = &self.disk {
+            let part = (!whole).then(|| range.clone());
+            if let Some(b) = disk
+                .read(&id.name, &secret.plain_sha, chunk_len, part)
+                .await
+            {
+                self.disk_metrics.hit(b.len(), t.elapsed());
+                if !whole {
+                    return Ok(b);
+                }
+                self.memory.insert(id.name, secret.plain_sha, b.clone());
+                return Ok(b);
+            }
+            self.disk_metrics.miss();
+        }
+        let pt = self.fetch(index, id, secret, priority).await?;
+        slice(index, pt, chunk_len, range)
+    }
+
+    /// A chunk no cache holds: fetched once per name host-wide (single
+    /// flight), verified, then cached in memory and on disk.
+    async fn fetch(
+        &self,
+        index: u64,
+        id: &ChunkId,
+        secret: &ChunkSecret,
+        priority: Priority,
+    ) -> Result<Bytes, ReadError> {
         let _demand = (priority == Priority::Demand).then(|| {
             self.demand_misses.fetch_add(1, Ordering::SeqCst);
             DemandMiss(self)
@@ -191,7 +254,7 @@ impl ChunkReader {
                 // the flight ends, so no reader finds neither.
                 let pt = self.decrypt(index, secret, ct.clone()).await.ok();
                 if let Some(pt) = &pt {
-                    self.memory.insert(id.name, secret.plain_sha, pt.clone());
+                    self.verified(id.name, secret.plain_sha, pt.clone()).await;
                 }
                 Ok((ct, pt.map(|p| (secret.plain_sha, p))))
             })
@@ -210,9 +273,28 @@ impl ChunkReader {
                 // Another tenant's view of the same name, or a failed decrypt:
                 // verify with this reader's own secret.
                 let pt = self.decrypt(index, secret, ct).await?;
-                self.memory.insert(id.name, secret.plain_sha, pt.clone());
+                self.verified(id.name, secret.plain_sha, pt.clone()).await;
                 Ok(pt)
             }
+        }
+    }
+
+    /// Caches a chunk that passed the name and plaintext checks: in memory
+    /// at once, as a page file off the read path (inline only when
+    /// [`DISK_PUTS`] writes are already running: backpressure, nothing
+    /// dropped).
+    async fn verified(&self, name: ChunkName, plain_sha: [u8; 32], pt: Bytes) {
+        self.memory.insert(name, plain_sha, pt.clone());
+        let Some(disk) = &self.disk else { return };
+        match self.disk_puts.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let disk = disk.clone();
+                tokio::spawn(async move {
+                    disk.put(name, plain_sha, pt).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => disk.put(name, plain_sha, pt).await,
         }
     }
 
@@ -223,8 +305,7 @@ impl ChunkReader {
         ct: Bytes,
     ) -> Result<Bytes, ReadError> {
         let secret = *secret;
-        // `ct` comes from `load`, which checked it against the chunk name
-        // (the disk tier on read, or `load_inner` for every other tier).
+        // `ct` comes from `load`, which checked it against the chunk name.
         let pt = tokio::task::spawn_blocking(move || open_named_chunk(index, &secret, ct.to_vec()))
             .await
             .map_err(|e| ReadError::Verify {
@@ -246,14 +327,6 @@ impl ChunkReader {
     }
 
     async fn load_inner(&self, index: u64, id: &ChunkId) -> Result<Bytes, ReadError> {
-        let t = Instant::now();
-        if let Some(disk) = &self.disk {
-            if let Some(b) = disk.get(&id.name).await {
-                self.disk_metrics.hit(b.len(), t.elapsed());
-                return Ok(b);
-            }
-            self.disk_metrics.miss();
-        }
         let mut reasons = Vec::new();
         for (i, tier) in self.tiers.iter().enumerate() {
             let t = Instant::now();
@@ -262,20 +335,6 @@ impl ChunkReader {
                     self.tier_metrics[i].hit(ct.len(), t.elapsed());
                     for upper in &self.tiers[..i] {
                         upper.fill(id, ct.clone());
-                    }
-                    if let Some(disk) = &self.disk {
-                        // Off the read path: the chunk is served from memory
-                        // meanwhile (~2 ms saved per cold chunk).
-                        match self.disk_puts.clone().try_acquire_owned() {
-                            Ok(permit) => {
-                                let (disk, name, ct) = (disk.clone(), id.name, ct.clone());
-                                tokio::spawn(async move {
-                                    disk.put(name, ct).await;
-                                    drop(permit);
-                                });
-                            }
-                            Err(_) => disk.put(id.name, ct.clone()).await,
-                        }
                     }
                     return Ok(ct);
                 }
@@ -351,4 +410,17 @@ impl ChunkReader {
             m.bytes.load(Ordering::Relaxed),
         )
     }
+}
+
+/// `range` of a whole chunk, once its length is the one the manifest's
+/// geometry gives (the manifest authenticates the chunk's hash, not its
+/// length: a chunk of the wrong size must not reach the slicing).
+fn slice(index: u64, pt: Bytes, chunk_len: usize, range: Range<usize>) -> Result<Bytes, ReadError> {
+    if pt.len() != chunk_len {
+        return Err(ReadError::Verify {
+            index,
+            reason: format!("plaintext is {} bytes, expected {chunk_len}", pt.len()),
+        });
+    }
+    Ok(pt.slice(range))
 }

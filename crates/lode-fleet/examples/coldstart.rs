@@ -17,7 +17,7 @@
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use lode_agent::{ChunkReader, ImageHandle};
-use lode_cache::{ChunkId, ChunkTier, DiskCache, TierError};
+use lode_cache::{ChunkId, ChunkTier, DiskCache, HostKey, TierError};
 use lode_chunk::{Keyring, Manifest};
 use lode_store::{open_image, Store};
 use std::io::Read;
@@ -137,7 +137,8 @@ fn main() {
             .expect("runtime");
         lap(0, &mut mark, &mut phase_ms);
         let store = Store::open(&store_url).expect("store");
-        let disk = DiskCache::open(scratch.path().join(format!("cache{run}")), 10 << 30)
+        let key = HostKey::load_or_create(&scratch.path().join("disk-tier.key")).expect("host key");
+        let disk = DiskCache::open(scratch.path().join(format!("cache{run}")), 10 << 30, key)
             .expect("disk cache");
         let phase = Arc::new(Mutex::new("open"));
         let mut tiers: Vec<Arc<dyn ChunkTier>> = Vec::new();
@@ -267,15 +268,17 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let disk = DiskCache::open(scratch.path().join("puts"), 1 << 30).expect("disk cache");
+    let key = HostKey::load_or_create(&scratch.path().join("disk-tier.key")).expect("host key");
+    let disk = DiskCache::open(scratch.path().join("puts"), 1 << 30, key).expect("disk cache");
     let mut w = Vec::new();
     for i in 0..50u8 {
         let mut v = data.to_vec();
         v[0] = i;
         let v = Bytes::from(v);
         let name = lode_chunk::ChunkName::of(&v);
+        let plain_sha = name.0; // the SHA-256 of these bytes
         let t = Instant::now();
-        rt.block_on(disk.put(name, v));
+        rt.block_on(disk.put(name, plain_sha, v));
         w.push(t.elapsed().as_secs_f64() * 1e3);
     }
     println!(

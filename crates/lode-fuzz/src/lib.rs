@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod agent_host;
+pub mod cache;
 pub mod chunk;
 pub mod flatten;
 pub mod fleet;
@@ -32,6 +33,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("chunk_workingset_body", chunk::workingset_body),
     ("chunk_keyring", chunk::keyring),
     ("chunk_open", chunk::chunk_open),
+    ("cache_page_file", cache::page_file),
     ("agent_export_name", agent::export_name),
     ("agent_nbd_info", agent::nbd_info),
     ("agent_nbd_meta_context", agent::nbd_meta_context),

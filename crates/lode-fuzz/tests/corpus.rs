@@ -159,6 +159,7 @@ targets!(
     chunk_workingset_body,
     chunk_keyring,
     chunk_open,
+    cache_page_file,
     agent_export_name,
     agent_nbd_info,
     agent_nbd_meta_context,
@@ -247,4 +248,17 @@ fn seeds_reach_the_request_handlers() {
         structured.windows(4).filter(|w| *w == magic).count() >= 5,
         "NBD seed 5 got no structured replies"
     );
+}
+
+/// The even-mode seeds of `cache_page_file` are authentic page files, so the
+/// body's acceptance path (canonical re-seal, ranges) runs, not only refusals.
+#[test]
+fn page_file_seeds_are_authentic() {
+    use lode_fuzz::cache::{KEY, NAME, PLAIN_SHA};
+    let key = lode_cache::HostKey::from_secret(&KEY);
+    for i in [0, 1] {
+        let s = seed("cache_page_file", i);
+        let h = lode_cache::pagefile::open_header(&key, &NAME, &PLAIN_SHA, &s[5..]).unwrap();
+        lode_cache::pagefile::open_range(&key, &NAME, &PLAIN_SHA, &s[5..], 0, h.plain_len).unwrap();
+    }
 }

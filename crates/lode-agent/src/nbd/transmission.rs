@@ -165,7 +165,9 @@ impl Replies {
 }
 
 /// Splits `range` into runs that read as zeros without a fetch (holes of
-/// the image not written in the overlay) and the rest.
+/// the image not written in the overlay, merged) and data, one run per
+/// chunk: each data run is then a slice of one chunk's buffer, sent as its
+/// own structured reply chunk, never copied into one buffer for the range.
 fn runs(volume: &Volume, range: BlockRange) -> Vec<(BlockRange, bool)> {
     let mut out: Vec<(BlockRange, bool)> = Vec::new();
     for (i, piece) in range.split(volume.image.chunk_size()) {
@@ -174,7 +176,7 @@ fn runs(volume: &Volume, range: BlockRange) -> Vec<(BlockRange, bool)> {
                 .overlay()
                 .is_some_and(|o| o.any_written(piece.offset(), piece.end()));
         match out.last_mut() {
-            Some((r, h)) if *h == hole => *r = range.clip(r.offset(), piece.end()).unwrap_or(*r),
+            Some((r, true)) if hole => *r = range.clip(r.offset(), piece.end()).unwrap_or(*r),
             _ => out.push((piece, hole)),
         }
     }
@@ -202,17 +204,25 @@ async fn read(volume: &Volume, structured: bool, range: BlockRange) -> ReadReply
             Err(e) => failed(&e, range),
         };
     }
-    let mut pieces = Vec::new();
-    for (r, hole) in runs(volume, range) {
-        if hole {
-            pieces.push(Piece::Hole(r.offset(), r.len() as u32));
-            continue;
-        }
-        match volume.read(r).await {
-            Ok(b) => pieces.push(Piece::Data(r.offset(), b)),
-            Err(e) => return failed(&e, r),
-        }
-    }
+    let runs = runs(volume, range);
+    // The chunks of one request are read concurrently, as ImageHandle::read does.
+    let data = futures::future::try_join_all(
+        runs.iter()
+            .filter(|(_, hole)| !hole)
+            .map(|(r, _)| async move { volume.read(*r).await.map_err(|e| (e, *r)) }),
+    )
+    .await;
+    let mut data = match data {
+        Ok(d) => d.into_iter(),
+        Err((e, r)) => return failed(&e, r),
+    };
+    let pieces = runs
+        .into_iter()
+        .map(|(r, hole)| match hole {
+            true => Piece::Hole(r.offset(), r.len() as u32),
+            false => Piece::Data(r.offset(), data.next().unwrap_or_default()),
+        })
+        .collect();
     ReadReply::Pieces(pieces)
 }
 

@@ -3,11 +3,11 @@
 
 use super::common::{lode_home, open_store, StoreArgs};
 use crate::units::parse_size;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use lode_agent::ChunkReader;
-use lode_cache::{Bounded, ChunkTier, Delayed, DiskCache, StoreTier};
+use lode_cache::{Bounded, ChunkTier, Delayed, DiskCache, HostKey, StoreTier};
 use lode_fleet::FleetTier;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,12 @@ pub struct CacheArgs {
     /// Host disk cache directory (default `$LODE_HOME/cache`).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// The disk cache's host key: 32 random bytes that seal its pages,
+    /// created (mode 0600) on first use; must lie outside the cache
+    /// directory (default `$LODE_HOME/disk-tier.key`). Another key makes
+    /// the files in the cache directory unusable: they are deleted.
+    #[arg(long)]
+    pub host_key: Option<PathBuf>,
     /// Disk cache bound in bytes (e.g. `10G`).
     #[arg(long, value_parser = parse_size, default_value = "10G")]
     pub cache_size: u64,
@@ -99,8 +105,11 @@ impl CacheArgs {
             .cache_dir
             .clone()
             .unwrap_or_else(|| lode_home().join("cache"));
-        let disk = DiskCache::open(&dir, self.cache_size)
-            .with_context(|| format!("opening cache {}", dir.display()))?;
+        let key_path = self
+            .host_key
+            .clone()
+            .unwrap_or_else(|| lode_home().join("disk-tier.key"));
+        let disk = open_disk(&dir, &key_path, self.cache_size)?;
         let mut base: Arc<dyn ChunkTier> = Arc::new(StoreTier::new(store.clone()));
         if self.inject_store_latency_ms > 0.0 || self.inject_store_bandwidth.is_some() {
             let latency = Duration::from_secs_f64(self.inject_store_latency_ms / 1e3);
@@ -155,5 +164,53 @@ impl CacheArgs {
             Arc::new(ChunkReader::new(self.memory_cache, Some(disk), tiers)),
             fleet,
         ))
+    }
+}
+
+/// Opens the disk cache in `dir` with the host key in `key_path`, which must
+/// not lie inside `dir` (whoever can write the cache could then forge pages).
+fn open_disk(dir: &Path, key_path: &Path, size: u64) -> Result<DiskCache> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating cache {}", dir.display()))?;
+    let canon_dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving cache {}", dir.display()))?;
+    let key_parent = key_path.parent().unwrap_or(Path::new("."));
+    let key_dir = match key_parent.canonicalize() {
+        Ok(p) => p,
+        Err(_) => std::path::absolute(key_parent).unwrap_or(key_parent.to_path_buf()),
+    };
+    if key_dir.starts_with(&canon_dir) {
+        bail!(
+            "--host-key {} lies inside the cache directory {}: keep the disk tier's key out of the directory it protects",
+            key_path.display(),
+            dir.display()
+        );
+    }
+    let key = HostKey::load_or_create(key_path)
+        .with_context(|| format!("loading the disk tier's host key {}", key_path.display()))?;
+    DiskCache::open(dir, size, key).with_context(|| format!("opening cache {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host key inside the cache directory is refused (a writer of the
+    /// cache could read or replace it); outside, it is created once and the
+    /// cache opens.
+    #[test]
+    fn host_key_must_live_outside_the_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("cache");
+        let err = open_disk(&cache, &cache.join("sub/k.key"), 1 << 20).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("inside the cache directory"),
+            "{err:#}"
+        );
+        assert!(!cache.join("sub/k.key").exists());
+        let key = d.path().join("state/disk-tier.key");
+        let c = open_disk(&cache, &key, 1 << 20).unwrap();
+        assert!(key.exists() && c.is_empty());
+        assert!(cache.join(lode_cache::disk::MARKER).exists());
     }
 }
