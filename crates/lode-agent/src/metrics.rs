@@ -3,8 +3,7 @@
 
 use crate::control::Registry;
 use crate::exports::Exports;
-use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use lode_common::prom;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +23,6 @@ pub async fn render(
     extra: Option<&Extra>,
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# lode agent metrics");
     exports.reader().render_metrics(&mut out);
     if let Some(f) = extra {
         f(&mut out);
@@ -37,20 +35,22 @@ pub async fn render(
         ("lode_connections_shed_total", &s.accept.shed),
         ("lode_accept_errors_total", &s.accept.errors),
     ] {
-        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        prom::sample(&mut out, name, "", prom::load(v));
     }
-    let _ = writeln!(out, "lode_images_open {}", exports.open_images());
-    let _ = writeln!(
-        out,
-        "lode_demand_fetches_in_flight {}",
-        exports.reader().demand_in_flight()
+    prom::sample(&mut out, "lode_images_open", "", exports.open_images());
+    prom::sample(
+        &mut out,
+        "lode_demand_fetches_in_flight",
+        "",
+        exports.reader().demand_in_flight(),
     );
-    let _ = writeln!(
-        out,
-        "lode_tasks_alive {}",
+    prom::sample(
+        &mut out,
+        "lode_tasks_alive",
+        "",
         tokio::runtime::Handle::current()
             .metrics()
-            .num_alive_tasks()
+            .num_alive_tasks(),
     );
     if let Some(r) = registry {
         r.render_metrics(&mut out).await;

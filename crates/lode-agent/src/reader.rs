@@ -25,8 +25,8 @@
 use bytes::Bytes;
 use lode_cache::{ChunkId, ChunkTier, DiskCache, MemoryCache, TierMetrics};
 use lode_chunk::{open_named_chunk, ChunkName, ChunkSecret};
+use lode_common::prom;
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -371,34 +371,31 @@ impl ChunkReader {
         for (m, t) in self.tier_metrics.iter().zip(&self.tiers) {
             m.render(out, t.label());
         }
-        let _ = writeln!(
-            out,
-            "lode_cache_bytes{{tier=\"memory\"}} {}",
-            self.memory.bytes()
-        );
-        let _ = writeln!(
-            out,
-            "lode_cache_chunks{{tier=\"memory\"}} {}",
-            self.memory.len()
-        );
+        let mem = "tier=\"memory\"";
+        prom::sample(out, "lode_cache_bytes", mem, self.memory.bytes());
+        prom::sample(out, "lode_cache_chunks", mem, self.memory.len());
         if let Some(d) = &self.disk {
-            let _ = writeln!(out, "lode_cache_bytes{{tier=\"disk\"}} {}", d.bytes());
-            let _ = writeln!(out, "lode_cache_chunks{{tier=\"disk\"}} {}", d.len());
-            let _ = writeln!(
+            let disk = "tier=\"disk\"";
+            prom::sample(out, "lode_cache_bytes", disk, d.bytes());
+            prom::sample(out, "lode_cache_chunks", disk, d.len());
+            prom::sample(
                 out,
-                "lode_cache_corrupt_discarded_total{{tier=\"disk\"}} {}",
-                d.corrupt_discarded()
+                "lode_cache_corrupt_discarded_total",
+                disk,
+                d.corrupt_discarded(),
             );
-            let _ = writeln!(
+            prom::sample(
                 out,
-                "lode_cache_writes_pending{{tier=\"disk\"}} {}",
-                DISK_PUTS - self.disk_puts.available_permits()
+                "lode_cache_writes_pending",
+                disk,
+                DISK_PUTS - self.disk_puts.available_permits(),
             );
         }
-        let _ = writeln!(
+        prom::sample(
             out,
-            "lode_fetches_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed)
+            "lode_fetches_in_flight",
+            "",
+            prom::load(&self.in_flight),
         );
     }
 

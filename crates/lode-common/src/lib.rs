@@ -3,6 +3,8 @@
 //! * [`escape`]: shows untrusted bytes (entry names, paths, keys, tenant and
 //!   image names) in messages with control characters escaped, so a name
 //!   like `evil<ESC>[2J` never reaches a terminal raw;
+//! * [`prom`]: Prometheus text (descriptions, samples, latency
+//!   histograms), so every `/metrics` endpoint writes it the same way;
 //! * [`temp`]: the output temp file every long-running writer (`flatten`,
 //!   `pull`, `push`) uses: locked while its writer lives, renamed into place
 //!   when complete, removed on error, and swept by the next run when a
@@ -11,6 +13,7 @@
 //! The crate depends on no other lode crate, so every layer may use it.
 
 pub mod escape;
+pub mod prom;
 pub mod temp;
 
 pub use escape::{escape, escape_controls, escape_str, Shown};

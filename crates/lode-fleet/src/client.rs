@@ -10,8 +10,8 @@ use futures::future::BoxFuture;
 use futures::stream::StreamExt;
 use lode_cache::{ChunkId, ChunkTier, TierError};
 use lode_chunk::ChunkName;
+use lode_common::prom;
 use sha2::{Digest, Sha256};
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -206,20 +206,23 @@ impl FleetTier {
                 "lode_fleet_stripe_get_seconds",
                 &format!("node=\"{node}\""),
             );
-            let _ = writeln!(
+            prom::sample(
                 out,
-                "lode_fleet_stripe_errors_total{{node=\"{node}\"}} {}",
-                st.errors.load(Ordering::Relaxed)
+                "lode_fleet_stripe_errors_total",
+                &format!("node=\"{node}\""),
+                prom::load(&st.errors),
             );
-            let _ = writeln!(
+            prom::sample(
                 out,
-                "lode_fleet_stripe_malformed_total{{node=\"{node}\"}} {}",
-                st.malformed.load(Ordering::Relaxed)
+                "lode_fleet_stripe_malformed_total",
+                &format!("node=\"{node}\""),
+                prom::load(&st.malformed),
             );
-            let _ = writeln!(
+            prom::sample(
                 out,
-                "lode_fleet_stripe_corrupt_total{{node=\"{node}\"}} {}",
-                st.corrupt.load(Ordering::Relaxed)
+                "lode_fleet_stripe_corrupt_total",
+                &format!("node=\"{node}\""),
+                prom::load(&st.corrupt),
             );
         }
         for (n, v) in [
@@ -243,7 +246,7 @@ impl FleetTier {
             ("lode_fleet_late_stripes_dropped_total", &m.late_dropped),
             ("lode_fleet_handoffs_total", &m.handoffs),
         ] {
-            let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
+            prom::sample(out, n, "", prom::load(v));
         }
     }
 

@@ -21,8 +21,8 @@
 
 use crate::backend::StripeBackend;
 use crate::client::placement;
-use lode_cache::Histogram;
 use lode_chunk::ChunkName;
+use lode_common::prom::Histogram;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,8 +1,7 @@
 //! The frontend's Prometheus metrics: requests per operation and outcome,
 //! and a latency histogram per operation (`lode frontend --metrics`).
 
-use lode_cache::metrics::Histogram;
-use std::fmt::Write;
+use lode_common::prom::{self, Histogram, Kind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -66,29 +65,32 @@ impl Metrics {
     /// Prometheus text.
     pub fn render(&self, events: &crate::events::EventCounters) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP lode_frontend_requests_total Lambda API requests by operation and outcome."
+        prom::describe(
+            &mut out,
+            "lode_frontend_requests_total",
+            Kind::Counter,
+            "Lambda API requests by operation and outcome.",
         );
-        let _ = writeln!(out, "# TYPE lode_frontend_requests_total counter");
         for (name, o) in OPERATIONS.iter().zip(&self.ops) {
             for (outcome, c) in [
                 ("ok", &o.ok),
                 ("user_error", &o.user),
                 ("service_error", &o.service),
             ] {
-                let _ = writeln!(
-                    out,
-                    "lode_frontend_requests_total{{operation=\"{name}\",outcome=\"{outcome}\"}} {}",
-                    c.load(Ordering::Relaxed)
+                prom::sample(
+                    &mut out,
+                    "lode_frontend_requests_total",
+                    &format!("operation=\"{name}\",outcome=\"{outcome}\""),
+                    prom::load(c),
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP lode_frontend_request_seconds Lambda API request latency by operation."
+        prom::describe(
+            &mut out,
+            "lode_frontend_request_seconds",
+            Kind::Histogram,
+            "Lambda API request latency by operation.",
         );
-        let _ = writeln!(out, "# TYPE lode_frontend_request_seconds histogram");
         for (name, o) in OPERATIONS.iter().zip(&self.ops) {
             o.latency.render(
                 &mut out,
@@ -128,11 +130,7 @@ impl Metrics {
                 &events.dropped,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.load(Ordering::Relaxed)
-            );
+            prom::single(&mut out, name, Kind::Counter, help, prom::load(c));
         }
         out
     }

@@ -11,6 +11,7 @@
 use crate::placer::{Limits, Placer};
 use bytes::Bytes;
 use hyper::body::Incoming;
+use lode_common::prom::{self, Kind};
 use lode_lambda::http::{self, Response};
 use lode_lambda::{ErrorKind, LambdaError, PlaceRequest, Placement, Release, WorkerReport};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -140,80 +141,49 @@ impl Manager {
         let (known, live) = p.workers(Instant::now());
         let c = p.counts;
         let mut out = String::new();
-        let mut put = |name: &str, kind: &str, help: &str, v: u64, label: Option<&str>| {
-            if !out.contains(&format!("# TYPE {name} ")) {
-                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            }
-            match label {
-                Some(l) => out.push_str(&format!("{name}{{{l}}} {v}\n")),
-                None => out.push_str(&format!("{name} {v}\n")),
-            }
-        };
-        let placed = "Invocations placed, by kind.";
-        put(
-            "lode_manager_placements_total",
-            "counter",
+        let placed = "lode_manager_placements_total";
+        prom::describe(
+            &mut out,
             placed,
-            c.warm,
-            Some("kind=\"warm\""),
+            Kind::Counter,
+            "Invocations placed, by kind.",
         );
-        put(
-            "lode_manager_placements_total",
-            "counter",
-            placed,
-            c.cold_cached,
-            Some("kind=\"cold_cached\""),
-        );
-        put(
-            "lode_manager_placements_total",
-            "counter",
-            placed,
-            c.cold,
-            Some("kind=\"cold\""),
-        );
-        let shed = "Invocations shed, by reason.";
-        put(
-            "lode_manager_shed_total",
-            "counter",
+        for (kind, v) in [
+            ("warm", c.warm),
+            ("cold_cached", c.cold_cached),
+            ("cold", c.cold),
+        ] {
+            prom::sample(&mut out, placed, &format!("kind=\"{kind}\""), v);
+        }
+        let shed = "lode_manager_shed_total";
+        prom::describe(
+            &mut out,
             shed,
-            c.shed_capacity,
-            Some("reason=\"capacity\""),
+            Kind::Counter,
+            "Invocations shed, by reason.",
         );
-        put(
-            "lode_manager_shed_total",
-            "counter",
-            shed,
-            c.shed_tenant,
-            Some("reason=\"tenant_limit\""),
-        );
-        put(
-            "lode_manager_workers",
-            "gauge",
-            "Workers known.",
-            known as u64,
-            None,
-        );
-        put(
-            "lode_manager_workers_live",
-            "gauge",
-            "Workers heard from recently.",
-            live as u64,
-            None,
-        );
-        put(
-            "lode_manager_leases",
-            "gauge",
-            "Leases held.",
-            p.leases() as u64,
-            None,
-        );
-        put(
-            "lode_manager_waiting",
-            "gauge",
-            "Requests waiting for capacity.",
-            self.waiting.load(Ordering::Relaxed) as u64,
-            None,
-        );
+        for (why, v) in [
+            ("capacity", c.shed_capacity),
+            ("tenant_limit", c.shed_tenant),
+        ] {
+            prom::sample(&mut out, shed, &format!("reason=\"{why}\""), v);
+        }
+        for (name, help, v) in [
+            ("lode_manager_workers", "Workers known.", known as u64),
+            (
+                "lode_manager_workers_live",
+                "Workers heard from recently.",
+                live as u64,
+            ),
+            ("lode_manager_leases", "Leases held.", p.leases() as u64),
+            (
+                "lode_manager_waiting",
+                "Requests waiting for capacity.",
+                self.waiting.load(Ordering::Relaxed) as u64,
+            ),
+        ] {
+            prom::single(&mut out, name, Kind::Gauge, help, v);
+        }
         out
     }
 

@@ -23,6 +23,7 @@ use crate::error::{Result, StoreError};
 use crate::roots::RootState;
 use crate::store::Store;
 use lode_chunk::ChunkName;
+use lode_common::prom;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,6 @@ pub fn metrics() -> &'static AlarmMetrics {
 
 /// Appends the alarm counters in Prometheus text format.
 pub fn render_metrics(out: &mut String) {
-    use std::fmt::Write;
     let m = metrics();
     for (name, help, v) in [
         (
@@ -76,9 +76,7 @@ pub fn render_metrics(out: &mut String) {
             &m.alarm_failures,
         ),
     ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        prom::single(out, name, prom::Kind::Counter, help, prom::load(v));
     }
 }
 

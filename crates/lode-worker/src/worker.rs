@@ -14,6 +14,7 @@
 use crate::env::random_hex;
 use crate::sandbox::{Ended, Host, Sandbox, StartError, StartTimings};
 use bytes::Bytes;
+use lode_common::prom;
 use lode_lambda::{
     ErrorKind, InvokeOutcome, InvokeRequest, InvokeResult, LambdaError, SandboxReport, Timings,
     WorkerReport, MAX_PAYLOAD,
@@ -581,7 +582,6 @@ impl Worker {
 
     /// Prometheus text of the worker's counters and gauges.
     pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
         let m = &self.metrics;
         for (name, help, v) in [
             (
@@ -625,11 +625,7 @@ impl Worker {
                 &m.stopped,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
+            prom::single(out, name, prom::Kind::Counter, help, prom::load(v));
         }
         let r = self.report();
         for (name, v) in [
@@ -639,7 +635,13 @@ impl Worker {
             ("lode_worker_memory_mib", r.memory_mib),
             ("lode_worker_used_memory_mib", r.used_memory_mib),
         ] {
-            let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");
+            prom::describe(
+                out,
+                name,
+                prom::Kind::Gauge,
+                "Sandboxes, slots and memory now.",
+            );
+            prom::sample(out, name, "", v);
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::nbd::{Catalog, NbdService};
 use crate::overlay::Durability;
 use crate::serve;
 use crate::volume::{OverlaySpec, Via, Volume, VolumeError};
+use lode_common::prom;
 use lode_store::StoreError;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -732,9 +733,8 @@ impl Registry {
     /// Prometheus text for every volume (labelled by id only: no tenant or
     /// image names leave the host through the metrics).
     pub async fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
         let v = self.volumes.lock().await;
-        let _ = writeln!(out, "lode_volumes {}", v.len());
+        prom::sample(out, "lode_volumes", "", v.len());
         for e in v.values() {
             let Ok(live) = &e.live else { continue };
             let c = &live.volume.counters;
@@ -749,7 +749,7 @@ impl Registry {
                 ("lode_volume_sessions_total", &c.sessions),
                 ("lode_volume_active_sessions", &c.active_sessions),
             ] {
-                let _ = writeln!(out, "{name}{{{l}}} {}", val.load(Ordering::Relaxed));
+                prom::sample(out, name, &l, prom::load(val));
             }
         }
     }

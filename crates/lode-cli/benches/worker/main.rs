@@ -140,7 +140,7 @@ fn main() {
 fn python_overhead(env: &Env, addr: &str, warm_n: u64, direct_n: u64) {
     let oci = env.path("py-oci");
     let config = write_python_image(&oci, &env.path("py-work"));
-    let digest = push_layout(&env, &oci, "py");
+    let digest = push_layout(env, &oci, "py");
     let f = json!({
         "tenant": "t", "name": "py", "arn": "arn:aws:lambda:us-east-1:t:function:py", "revision": 1,
         "image": format!("t/py@{digest}"), "memory_mib": 256, "timeout_s": 120, "image_config": config

@@ -25,8 +25,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use lode_common::prom;
 use serve::{Closed, Registry};
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,22 +174,22 @@ impl Node {
             ("lode_node_accept_errors_total", &m.accept_errors),
             ("lode_node_connections_refused_total", &m.refused),
         ] {
-            let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
+            prom::sample(&mut out, n, "", prom::load(v));
         }
         for (why, v) in Closed::ALL.iter().zip(&m.closed) {
-            let _ = writeln!(
-                out,
-                "lode_node_connections_closed_total{{reason=\"{}\"}} {}",
-                why.label(),
-                v.load(Ordering::Relaxed)
+            prom::sample(
+                &mut out,
+                "lode_node_connections_closed_total",
+                &format!("reason=\"{}\"", why.label()),
+                prom::load(v),
             );
         }
         for (e, v) in BODY_ERRORS.iter().zip(&m.bodies_refused) {
-            let _ = writeln!(
-                out,
-                "lode_node_bodies_refused_total{{reason=\"{}\"}} {}",
-                body_label(*e),
-                v.load(Ordering::Relaxed)
+            prom::sample(
+                &mut out,
+                "lode_node_bodies_refused_total",
+                &format!("reason=\"{}\"", body_label(*e)),
+                prom::load(v),
             );
         }
         let l = &self.leases;
@@ -199,18 +199,19 @@ impl Node {
             ("lode_node_leases_refused_full_total", &l.full),
             ("lode_node_leases_expired_total", &l.expired),
         ] {
-            let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
+            prom::sample(&mut out, n, "", prom::load(v));
         }
-        let _ = writeln!(out, "lode_node_leases {}", l.len());
+        prom::sample(&mut out, "lode_node_leases", "", l.len());
         for (why, v) in AUTH_REASONS.iter().zip(&self.auth_refused) {
-            let _ = writeln!(
-                out,
-                "lode_node_writes_unauthenticated_total{{reason=\"{why}\"}} {}",
-                v.load(Ordering::Relaxed)
+            prom::sample(
+                &mut out,
+                "lode_node_writes_unauthenticated_total",
+                &format!("reason=\"{why}\""),
+                prom::load(v),
             );
         }
-        let _ = writeln!(out, "lode_node_connections {}", self.conns.len());
-        let _ = writeln!(out, "lode_node_body_bytes {}", self.budget.in_use());
+        prom::sample(&mut out, "lode_node_connections", "", self.conns.len());
+        prom::sample(&mut out, "lode_node_body_bytes", "", self.budget.in_use());
         out
     }
 

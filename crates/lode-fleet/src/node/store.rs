@@ -12,9 +12,8 @@
 use super::{valid_key, MAX_STRIPE};
 use crate::lru2::Lru2;
 use bytes::Bytes;
-use lode_cache::Histogram;
+use lode_common::prom::{self, Histogram};
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -263,18 +262,18 @@ impl NodeStore {
             ("lode_node_misses_total", &m.misses),
             ("lode_node_puts_total", &m.puts),
         ] {
-            let _ = writeln!(out, "{n} {}", v.load(Ordering::Relaxed));
+            prom::sample(&mut out, n, "", prom::load(v));
         }
         m.get_latency
             .render(&mut out, "lode_node_get_seconds", "tier=\"any\"");
         let g = self.mem();
-        let _ = writeln!(out, "lode_node_bytes{{tier=\"memory\"}} {}", g.0.weight());
-        let _ = writeln!(out, "lode_node_stripes{{tier=\"memory\"}} {}", g.0.len());
+        prom::sample(&mut out, "lode_node_bytes", "tier=\"memory\"", g.0.weight());
+        prom::sample(&mut out, "lode_node_stripes", "tier=\"memory\"", g.0.len());
         drop(g);
         if let Some(d) = &self.disk {
             let p = d.policy.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = writeln!(out, "lode_node_bytes{{tier=\"disk\"}} {}", p.weight());
-            let _ = writeln!(out, "lode_node_stripes{{tier=\"disk\"}} {}", p.len());
+            prom::sample(&mut out, "lode_node_bytes", "tier=\"disk\"", p.weight());
+            prom::sample(&mut out, "lode_node_stripes", "tier=\"disk\"", p.len());
         }
         out
     }
