@@ -26,9 +26,8 @@ pub fn sigv4(data: &[u8]) {
         // HTTP header names are tokens (hyper refuses anything else).
         .filter(|(n, _)| {
             !n.is_empty()
-                && n.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-                })
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         })
         .take(32)
         .collect();

@@ -8,7 +8,7 @@ use crate::sealer::Sealer;
 use crate::store::{check_name, Store};
 use futures::{StreamExt, TryStreamExt};
 use lode_chunk::manifest::chunk_count;
-use lode_chunk::{ChunkName, ChunkSecret, KeyProvider, CHUNK_SIZE};
+use lode_chunk::{ChunkName, ChunkSecret, Compression, KeyProvider, CHUNK_SIZE};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -38,6 +38,9 @@ pub struct PushOptions {
     /// Chunk size (a format parameter recorded in the manifest; lode uses
     /// [`CHUNK_SIZE`]; tests and the protocol simulation use small ones).
     pub chunk_size: u32,
+    /// Whether chunks may be stored zstd-compressed ([`Compression::Auto`],
+    /// the default) or all raw ([`Compression::Never`]).
+    pub compression: Compression,
 }
 
 impl Default for PushOptions {
@@ -46,6 +49,7 @@ impl Default for PushOptions {
             concurrency: 16,
             progress: Arc::default(),
             chunk_size: CHUNK_SIZE,
+            compression: Compression::Auto,
         }
     }
 }
@@ -295,7 +299,7 @@ async fn push_into(
     }
     let chunk_size = u64::from(opts.chunk_size);
     let salt = Arc::new(keys.salt(&root.salt_id)?);
-    let sealer = Sealer::start(opts.concurrency)?;
+    let sealer = Sealer::start(opts.concurrency, opts.compression)?;
     opts.progress.done.store(0, Ordering::Relaxed);
     // Chunks told one by one, then, at `Complete`, every chunk not told yet
     // (the last one possibly short): `(index, offset, length)`.
