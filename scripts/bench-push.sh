@@ -34,21 +34,27 @@ echo
 echo "## Push of a 1 GiB image of random data to a file:// store (no holes, nothing stored yet)"
 # LODE_BASELINE=PATH: another lode binary (e.g. a build of main) pushed in
 # the same rounds, interleaved, for a before/after in one run.
-declare -A best
-for i in 1 2 3; do
+# ROUNDS (default 3): interleaved rounds; best and median are reported.
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+declare -A best all
+for i in $(seq 1 "${ROUNDS:-3}"); do
   for bin in ${LODE_BASELINE:+"$LODE_BASELINE"} "$L"; do
     rm -rf "$W/store"
     out=$("$bin" push "ext4:$W/random.img" --tenant bench --name r --store "file://$W/store")
     mbs=$(echo "$out" | sed -n 's/.*, \([0-9.]*\) MB\/s.*/\1/p')
-    echo "run $i, $bin: ${out%% (manifest*}"
+    echo "run $i, $bin: ${out%% (manifest*} (load $(cut -d' ' -f1 /proc/loadavg))"
+    all[$bin]="${all[$bin]:-} $mbs"
     if [ -z "${best[$bin]:-}" ] || [ "${mbs%.*}" -gt "${best[$bin]%.*}" ]; then best[$bin]=$mbs; fi
   done
   "$T/release/examples/seal_limit" 256 "$W/random.img" | sed -n "s/^| lode seal_chunk_buf .* | [0-9]* | \([0-9]*\) |$/limit \1/p" >> "$W/limits.txt"
 done
 limit=$(sort -n -k2 "$W/limits.txt" | tail -1 | cut -d' ' -f2)
-echo "limit: the whole per-chunk work (seal_chunk_buf) on every core, no I/O, best of 4 measurements on the same data: $limit MB/s"
+limit_med=$(cut -d' ' -f2 "$W/limits.txt" | python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.stdin.read().split()))')
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "limit: the whole per-chunk work (seal_chunk_buf) on every core, no I/O, on the same data: best $limit MB/s, median $limit_med MB/s of $(wc -l < "$W/limits.txt") measurements"
 for bin in "$L" ${LODE_BASELINE:+"$LODE_BASELINE"}; do
-  echo "best push, $bin: ${best[$bin]} MB/s = $(python3 -c "print(f'{${best[$bin]} / $limit:.2f}')") of the limit"
+  med=$(echo "${all[$bin]}" | python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.stdin.read().split()))')
+  echo "push, $bin: best ${best[$bin]} MB/s = $(python3 -c "print(f'{${best[$bin]} / $limit:.2f}')") of the best limit; median $med MB/s = $(python3 -c "print(f'{$med / $limit_med:.2f}')") of the median limit"
 done
 echo
 CORPUS=${LODE_CORPUS:-target/corpus}
