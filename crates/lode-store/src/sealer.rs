@@ -83,4 +83,20 @@ mod tests {
         }
         drop(sealer);
     }
+
+    #[tokio::test]
+    async fn never_stores_compressible_chunks_raw() {
+        let salt = Arc::new(Salt([6; 32]));
+        let text = b"compressible text ".repeat(4000);
+        let auto = Sealer::start(1, Compression::Auto).unwrap();
+        let never = Sealer::start(1, Compression::Never).unwrap();
+        let a = auto.seal(salt.clone(), text.clone()).await.unwrap();
+        let n = never.seal(salt.clone(), text.clone()).await.unwrap();
+        assert_eq!(a.secret.codec, lode_chunk::Codec::Zstd);
+        assert_eq!(n.secret.codec, lode_chunk::Codec::Raw);
+        assert_eq!(n.ciphertext.len(), text.len());
+        assert_eq!(n.secret.plain_sha, a.secret.plain_sha);
+        let back = lode_chunk::open_chunk(0, &n.name, &n.secret, n.ciphertext).unwrap();
+        assert_eq!(back, text);
+    }
 }
