@@ -3,11 +3,13 @@
 # limit of the per-chunk work (SHA-256, zstd attempt, AES-256-CTR, SHA-256:
 # lode's seal_chunk_buf on every core with no I/O, and the sum of the passes
 # measured alone), measured in the same run on the same data, with
-# openssl's numbers beside it; bytes uploaded
+# openssl's numbers beside it; the CPU seconds per GiB of the push against
+# the limit's on one core (the ratio that does not depend on how much of a
+# shared machine each process got); bytes uploaded
 # by a second push of an image differing only in its top layer; manifest
 # size per GiB.
 #
-#   scripts/bench-push.sh            (needs the corpus for the dedup row: scripts/corpus.sh)
+#   [ROUNDS=3] [LODE_BASELINE=OTHER-LODE] scripts/bench-push.sh   (needs the corpus for the dedup row: scripts/corpus.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${CARGO_TARGET_DIR:-target}
@@ -30,25 +32,47 @@ head -c $((1024 * 1024 * 1024)) /dev/urandom > "$W/random.img"
 sync
 "$T/release/examples/seal_limit" 256 "$W/random.img" | tee "$W/limit.txt"
 sed -n 's/^| lode seal_chunk_buf .* | [0-9]* | \([0-9]*\) |$/limit \1/p' "$W/limit.txt" > "$W/limits.txt"
+sed -n 's/^| lode seal_chunk_buf .* | \([0-9]*\) | [0-9]* |$/one \1/p' "$W/limit.txt" > "$W/limits1.txt"
 echo
 echo "## Push of a 1 GiB image of random data to a file:// store (no holes, nothing stored yet)"
 # LODE_BASELINE=PATH: another lode binary (e.g. a build of main) pushed in
 # the same rounds, interleaved, for a before/after in one run.
-declare -A best
-for i in 1 2 3; do
+# ROUNDS (default 3): interleaved rounds; best and median are reported.
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+declare -A best all cpus
+for i in $(seq 1 "${ROUNDS:-3}"); do
   for bin in ${LODE_BASELINE:+"$LODE_BASELINE"} "$L"; do
     rm -rf "$W/store"
-    out=$("$bin" push "ext4:$W/random.img" --tenant bench --name r --store "file://$W/store")
+    out=$(/usr/bin/time -f "%U %S" -o "$W/cpu.txt" "$bin" push "ext4:$W/random.img" --tenant bench --name r --store "file://$W/store")
     mbs=$(echo "$out" | sed -n 's/.*, \([0-9.]*\) MB\/s.*/\1/p')
-    echo "run $i, $bin: ${out%% (manifest*}"
+    cpu=$(awk '{print $1 + $2}' "$W/cpu.txt")
+    echo "run $i, $bin: ${out%% (manifest*}, CPU $cpu s (load $(cut -d' ' -f1 /proc/loadavg))"
+    all[$bin]="${all[$bin]:-} $mbs"
+    cpus[$bin]="${cpus[$bin]:-} $cpu"
     if [ -z "${best[$bin]:-}" ] || [ "${mbs%.*}" -gt "${best[$bin]%.*}" ]; then best[$bin]=$mbs; fi
   done
-  "$T/release/examples/seal_limit" 256 "$W/random.img" | sed -n "s/^| lode seal_chunk_buf .* | [0-9]* | \([0-9]*\) |$/limit \1/p" >> "$W/limits.txt"
+  "$T/release/examples/seal_limit" 256 "$W/random.img" > "$W/limit.txt"
+  sed -n 's/^| lode seal_chunk_buf .* | [0-9]* | \([0-9]*\) |$/limit \1/p' "$W/limit.txt" >> "$W/limits.txt"
+  sed -n 's/^| lode seal_chunk_buf .* | \([0-9]*\) | [0-9]* |$/one \1/p' "$W/limit.txt" >> "$W/limits1.txt"
 done
 limit=$(sort -n -k2 "$W/limits.txt" | tail -1 | cut -d' ' -f2)
-echo "limit: the whole per-chunk work (seal_chunk_buf) on every core, no I/O, best of 4 measurements on the same data: $limit MB/s"
+limit_med=$(cut -d' ' -f2 "$W/limits.txt" | python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.stdin.read().split()))')
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "limit: the whole per-chunk work (seal_chunk_buf) on every core, no I/O, on the same data: best $limit MB/s, median $limit_med MB/s of $(wc -l < "$W/limits.txt") measurements"
 for bin in "$L" ${LODE_BASELINE:+"$LODE_BASELINE"}; do
-  echo "best push, $bin: ${best[$bin]} MB/s = $(python3 -c "print(f'{${best[$bin]} / $limit:.2f}')") of the limit"
+  med=$(echo "${all[$bin]}" | python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.stdin.read().split()))')
+  echo "push, $bin: best ${best[$bin]} MB/s = $(python3 -c "print(f'{${best[$bin]} / $limit:.2f}')") of the best limit; median $med MB/s = $(python3 -c "print(f'{$med / $limit_med:.2f}')") of the median limit"
+done
+# On a shared machine the wall-clock ratio depends on how much of the two
+# cores each process got; CPU seconds per GiB do not: the limit's CPU for
+# 1 GiB is 1 GiB ÷ the one-core seal_chunk_buf rate (best of the runs), and
+# limit CPU ÷ push CPU is the ratio push ÷ limit would be with both given
+# the same cores.
+one=$(sort -n -k2 "$W/limits1.txt" | tail -1 | cut -d' ' -f2)
+limit_cpu=$(python3 -c "print(f'{1073.741824 / $one:.2f}')")
+echo "CPU per GiB: the limit (seal_chunk_buf on one core, best $one MB/s): $limit_cpu s"
+for bin in "$L" ${LODE_BASELINE:+"$LODE_BASELINE"}; do
+  echo "${cpus[$bin]}" | python3 -c "import sys,statistics; v=[float(x) for x in sys.stdin.read().split()]; b,m=min(v),statistics.median(v); print(f'CPU per GiB, push, $bin: best {b:.2f} s, median {m:.2f} s (user + sys); limit CPU ÷ push CPU: best {$limit_cpu / b:.2f}, median {$limit_cpu / m:.2f}')"
 done
 echo
 CORPUS=${LODE_CORPUS:-target/corpus}

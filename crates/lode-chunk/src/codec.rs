@@ -51,6 +51,30 @@ impl Codec {
     }
 }
 
+/// Whether chunks may be compressed when they are sealed (`lode push
+/// --compress`). Either way the chunk format is v2; only the codec byte of
+/// each key-table entry differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// zstd when that saves at least an eighth ([`worth_limit`]), else raw.
+    #[default]
+    Auto,
+    /// Every chunk stored raw (codec 0), with no compression attempt: for
+    /// already-compressed data, where an attempt only costs CPU.
+    Never,
+}
+
+impl Compression {
+    /// The stored form of `plain` under this policy: its zstd frame, or
+    /// `None` for "store it raw" (see [`compress`]).
+    pub fn apply(self, plain: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Compression::Auto => compress(plain),
+            Compression::Never => None,
+        }
+    }
+}
+
 thread_local! {
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };

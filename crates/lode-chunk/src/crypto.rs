@@ -1,6 +1,6 @@
 //! Convergent encryption of one chunk.
 
-use crate::codec::{self, Codec};
+use crate::codec::{self, Codec, Compression};
 use crate::error::ChunkError;
 use crate::keys::Salt;
 use aes::cipher::{KeyIvInit, StreamCipher};
@@ -124,18 +124,34 @@ fn ctr_apply(key: &ChunkKey, codec: Codec, data: &mut [u8]) {
 /// AES-256-CTR from the codec's counter block, the name SHA-256 of the
 /// result. One SHA-256 pass over the plaintext, one over the stored bytes.
 pub fn seal_chunk(salt: &Salt, plaintext: &[u8]) -> SealedChunk {
-    seal(salt, plaintext, None)
+    seal(salt, plaintext, None, Compression::Auto)
 }
 
 /// [`seal_chunk`] of a plaintext the caller no longer needs: a chunk stored
 /// raw is encrypted in `plaintext`'s own buffer (no copy).
 pub fn seal_chunk_buf(salt: &Salt, plaintext: Vec<u8>) -> SealedChunk {
-    seal(salt, &[], Some(plaintext))
+    seal(salt, &[], Some(plaintext), Compression::Auto)
+}
+
+/// [`seal_chunk_buf`] under a compression policy: with
+/// [`Compression::Never`] the chunk is stored raw (codec 0, counter from 0)
+/// whatever its content; key and plaintext hash are the same either way.
+pub fn seal_chunk_buf_with(
+    salt: &Salt,
+    plaintext: Vec<u8>,
+    compression: Compression,
+) -> SealedChunk {
+    seal(salt, &[], Some(plaintext), compression)
 }
 
 /// Seals `owned` if given (its buffer becomes a raw chunk's ciphertext),
 /// else `borrowed`.
-fn seal(salt: &Salt, borrowed: &[u8], owned: Option<Vec<u8>>) -> SealedChunk {
+fn seal(
+    salt: &Salt,
+    borrowed: &[u8],
+    owned: Option<Vec<u8>>,
+    compression: Compression,
+) -> SealedChunk {
     let plaintext = owned.as_deref().unwrap_or(borrowed);
     let plain_len = plaintext.len() as u32;
     let plain_sha: [u8; 32] = Sha256::digest(plaintext).into();
@@ -143,7 +159,7 @@ fn seal(salt: &Salt, borrowed: &[u8], owned: Option<Vec<u8>>) -> SealedChunk {
     h.update(salt.0);
     h.update(plain_sha);
     let key = ChunkKey(h.finalize().into());
-    let (codec, mut ciphertext) = match codec::compress(plaintext) {
+    let (codec, mut ciphertext) = match compression.apply(plaintext) {
         Some(z) => (Codec::Zstd, z),
         None => (Codec::Raw, owned.unwrap_or_else(|| borrowed.to_vec())),
     };
@@ -293,6 +309,19 @@ mod tests {
             let pt = open_named_chunk(0, &s.secret, s.ciphertext.clone()).unwrap();
             assert_eq!(pt.len(), s.secret.plain_len as usize);
         }
+        // Never: every chunk raw, same key, and it opens to the same bytes.
+        let text_pt = b"#!/bin/sh\necho hello\n".repeat(cs / 22);
+        let never = seal_chunk_buf_with(&salt, text_pt.clone(), Compression::Never);
+        assert_eq!(never.secret.codec, Codec::Raw);
+        assert_eq!(never.ciphertext.len(), text_pt.len());
+        assert_eq!(never.secret.key, text.secret.key);
+        assert_ne!(never.name, text.name);
+        assert_eq!(
+            open_chunk(0, &never.name, &never.secret, never.ciphertext.clone()).unwrap(),
+            text_pt
+        );
+        let auto = seal_chunk_buf_with(&salt, text_pt, Compression::Auto);
+        assert_eq!((auto.name, auto.secret), (text.name, text.secret));
         // v1 chunks still open (raw, counter from 0, the old key).
         let v1 = seal_chunk_v1(&salt, b"old chunk");
         assert_eq!(v1.secret.codec, Codec::Raw);

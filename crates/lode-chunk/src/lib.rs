@@ -26,10 +26,10 @@ pub mod pointer;
 pub mod sizes;
 pub mod workingset;
 
-pub use codec::Codec;
+pub use codec::{Codec, Compression};
 pub use crypto::{
-    open_chunk, open_named_chunk, seal_chunk, seal_chunk_buf, seal_chunk_v1, ChunkKey, ChunkName,
-    ChunkSecret, SealedChunk, CHUNK_SIZE,
+    open_chunk, open_named_chunk, seal_chunk, seal_chunk_buf, seal_chunk_buf_with, seal_chunk_v1,
+    ChunkKey, ChunkName, ChunkSecret, SealedChunk, CHUNK_SIZE,
 };
 pub use error::ChunkError;
 pub use keys::{DataKey, KeyProvider, Keyring, Salt};

@@ -139,6 +139,93 @@ fn roundtrip_local_holes_repeats_partial_tail() {
 }
 
 /// Sizes around chunk boundaries, including empty and one-byte images.
+/// `lode push --compress never`: every chunk stored raw (codec 0, the
+/// ciphertext as long as the plaintext), read back identically, shown so by
+/// `inspect`; the raw chunks are the very objects `--compress auto` stores
+/// for incompressible data, so an auto push next to it uploads only the
+/// chunks that compress. A value that is not a policy is refused.
+#[test]
+fn push_compress_never_stores_every_chunk_raw() {
+    let w = World::local();
+    let img = standard_image();
+    let (chunks, holes, stored, unique) = expected_counts(&img);
+    let src = w.work().join("image.ext4");
+    write(&src, &img);
+    let srcarg = format!("ext4:{}", src.display());
+    let logical = (unique - 1) * CS as u64 + 777;
+
+    let bad = w.run(&[
+        "push",
+        &srcarg,
+        "--tenant",
+        "alice",
+        "--name",
+        "x",
+        "--compress",
+        "sometimes",
+    ]);
+    assert!(!bad.status.success(), "{bad:?}");
+    assert!(bad.stderr.contains("sometimes"), "{}", bad.stderr);
+    assert!(w.chunk_files().is_empty(), "a refused push stores nothing");
+
+    let s = w
+        .run(&[
+            "push",
+            &srcarg,
+            "--tenant",
+            "alice",
+            "--name",
+            "raw",
+            "--compress",
+            "never",
+        ])
+        .ok()
+        .summary();
+    assert_eq!(
+        (s.chunks, s.holes, s.uploaded),
+        (chunks, holes, unique),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.bytes_uploaded, logical,
+        "raw: stored bytes = plaintext bytes"
+    );
+    let files = w.chunk_files();
+    assert_eq!(files.len() as u64, unique);
+    for f in &files {
+        let n = std::fs::metadata(w.store_dir().join(f)).unwrap().len();
+        assert!(n == CS as u64 || n == 777, "{f:?}: {n} bytes");
+    }
+    let j = w.inspect("alice", "raw");
+    assert_eq!(j["compressed_chunks"], 0, "{j}");
+    assert_eq!(j["raw_chunks"], unique, "{j}");
+    assert_eq!(j["logical_bytes"], logical);
+    assert_eq!(j["stored_bytes"], logical);
+    let text = w.run(&["inspect", "raw", "--tenant", "alice"]).ok().stdout;
+    assert!(
+        text.contains(&format!("0 zstd (0 B logical in 0 B stored), {unique} raw")),
+        "{text}"
+    );
+    let out = w.work().join("pulled.ext4");
+    w.pull("alice", "raw", &out);
+    assert_same(&src, &out);
+
+    // The default (auto) beside it: only the two chunks the canary text
+    // fills are new (compressed); every other chunk is the same object.
+    let a = w.push(&src, "alice", "auto");
+    assert_eq!((a.uploaded, a.already), (2, stored - 2), "{a:?}");
+    assert_eq!(w.chunk_files().len() as u64, unique + 2);
+    let ja = w.inspect("alice", "auto");
+    assert_eq!(ja["compressed_chunks"], 2);
+    assert_eq!(
+        ja["format_version"], j["format_version"],
+        "one manifest format"
+    );
+    let out2 = w.work().join("pulled-auto.ext4");
+    w.pull("alice", "auto", &out2);
+    assert_same(&src, &out2);
+}
+
 #[test]
 fn roundtrip_edge_sizes() {
     let w = World::local();

@@ -12,6 +12,7 @@
 
 pub mod alarm;
 pub mod bounded;
+mod bufpool;
 pub mod cond;
 pub mod counting;
 pub mod env;

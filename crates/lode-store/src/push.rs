@@ -1,6 +1,7 @@
 //! `push`: chunk, encrypt and upload an image; the manifest goes last, then
 //! the pointer, through the publish protocol of [`crate::publish`].
 
+use crate::bufpool::BufPool;
 use crate::error::{Result, StoreError};
 use crate::publish::{Outcome, Publication};
 use crate::roots::RootInfo;
@@ -8,7 +9,7 @@ use crate::sealer::Sealer;
 use crate::store::{check_name, Store};
 use futures::{StreamExt, TryStreamExt};
 use lode_chunk::manifest::chunk_count;
-use lode_chunk::{ChunkName, ChunkSecret, KeyProvider, CHUNK_SIZE};
+use lode_chunk::{ChunkName, ChunkSecret, Compression, KeyProvider, CHUNK_SIZE};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -38,6 +39,9 @@ pub struct PushOptions {
     /// Chunk size (a format parameter recorded in the manifest; lode uses
     /// [`CHUNK_SIZE`]; tests and the protocol simulation use small ones).
     pub chunk_size: u32,
+    /// Whether chunks may be stored zstd-compressed ([`Compression::Auto`],
+    /// the default) or all raw ([`Compression::Never`]).
+    pub compression: Compression,
 }
 
 impl Default for PushOptions {
@@ -46,6 +50,7 @@ impl Default for PushOptions {
             concurrency: 16,
             progress: Arc::default(),
             chunk_size: CHUNK_SIZE,
+            compression: Compression::Auto,
         }
     }
 }
@@ -123,24 +128,30 @@ fn seek_data(fd: i32, off: u64) -> Option<u64> {
     }
 }
 
-/// Reads the chunk of `len` bytes at `off`; `None` for an all-zero chunk.
-/// With `punch`, the chunk's bytes are then released from the file (a hole
-/// punched), so a streamed image never sits whole on disk.
+/// Reads the chunk of `len` bytes at `off` into a buffer from `pool`;
+/// `None` for an all-zero chunk. With `punch`, the chunk's bytes are then
+/// released from the file (a hole punched), so a streamed image never sits
+/// whole on disk.
 fn read_chunk(
     file: &std::fs::File,
     off: u64,
     len: u64,
     punch: bool,
+    pool: &BufPool,
 ) -> std::io::Result<Option<Vec<u8>>> {
     if is_hole(file, off, len) {
         return Ok(None);
     }
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, off)?;
+    let mut buf = pool.take(len as usize);
+    if let Err(e) = file.read_exact_at(&mut buf, off) {
+        pool.give(buf);
+        return Err(e);
+    }
     if punch {
         punch_hole(file, off, len);
     }
     if buf.iter().all(|&b| b == 0) {
+        pool.give(buf);
         return Ok(None);
     }
     Ok(Some(buf))
@@ -295,7 +306,10 @@ async fn push_into(
     }
     let chunk_size = u64::from(opts.chunk_size);
     let salt = Arc::new(keys.salt(&root.salt_id)?);
-    let sealer = Sealer::start(opts.concurrency)?;
+    let sealer = Sealer::start(opts.concurrency, opts.compression)?;
+    // Every chunk in flight holds at most one buffer (read, sealed,
+    // uploaded); a few more cover uploads the store has not dropped yet.
+    let pool = BufPool::new(opts.concurrency.max(1) * 2, opts.chunk_size as usize);
     opts.progress.done.store(0, Ordering::Relaxed);
     // Chunks told one by one, then, at `Complete`, every chunk not told yet
     // (the last one possibly short): `(index, offset, length)`.
@@ -330,27 +344,33 @@ async fn push_into(
     let results: Vec<(u64, ChunkOutcome)> = work
         .map(|item| {
             let (file, salt, root_id) = (file.clone(), salt.clone(), root.id.clone());
-            let (progress, sealer) = (opts.progress.clone(), &sealer);
+            let (progress, sealer, pool) = (opts.progress.clone(), &sealer, pool.clone());
             async move {
                 let (i, off, len) = item?;
-                let plain = tokio::task::spawn_blocking(move || read_chunk(&file, off, len, punch))
-                    .await
-                    .map_err(|e| StoreError::Task(e.to_string()))?
-                    .map_err(|source| StoreError::Io {
-                        path: format!("chunk {i} of the image"),
-                        source,
-                    })?;
+                let reader = pool.clone();
+                let plain = tokio::task::spawn_blocking(move || {
+                    read_chunk(&file, off, len, punch, &reader)
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+                .map_err(|source| StoreError::Io {
+                    path: format!("chunk {i} of the image"),
+                    source,
+                })?;
                 let out = match plain {
                     None => ChunkOutcome::Hole,
                     Some(plain) => {
                         let s = sealer.seal(salt, plain).await?;
                         let secret = s.secret;
                         if store.has_chunk(&root_id, &s.name).await? {
+                            pool.give(s.ciphertext);
                             ChunkOutcome::Already(s.name, secret)
                         } else {
                             let n = s.ciphertext.len() as u64;
+                            // The buffer returns to the pool once the
+                            // store has dropped the upload.
                             store
-                                .put_chunk(&root_id, &s.name, s.ciphertext.into())
+                                .put_chunk(&root_id, &s.name, pool.bytes(s.ciphertext))
                                 .await?;
                             progress.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
                             ChunkOutcome::Uploaded(s.name, secret, n)

@@ -7,7 +7,7 @@
 //! and each thread keeps its compressor context and buffers warm.
 
 use crate::error::{Result, StoreError};
-use lode_chunk::{seal_chunk_buf, Salt, SealedChunk};
+use lode_chunk::{seal_chunk_buf_with, Compression, Salt, SealedChunk};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,9 +23,10 @@ pub(crate) struct Sealer {
 }
 
 impl Sealer {
-    /// Starts one sealing thread per core. `queue` bounds the chunks
-    /// waiting for a thread (the push's chunks in flight).
-    pub(crate) fn start(queue: usize) -> Result<Sealer> {
+    /// Starts one sealing thread per core, sealing under `compression`.
+    /// `queue` bounds the chunks waiting for a thread (the push's chunks in
+    /// flight).
+    pub(crate) fn start(queue: usize, compression: Compression) -> Result<Sealer> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (tx, rx) = mpsc::channel::<Job>(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
@@ -39,7 +40,8 @@ impl Sealer {
                     let job = rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
                     let Some(job) = job else { return };
                     // The push may have given up on the chunk: nothing to do.
-                    let _ = job.reply.send(seal_chunk_buf(&job.salt, job.plain));
+                    let sealed = seal_chunk_buf_with(&job.salt, job.plain, compression);
+                    let _ = job.reply.send(sealed);
                 })
                 .map_err(|source| StoreError::Io {
                     path: "a chunk-sealing thread".into(),
@@ -67,7 +69,7 @@ mod tests {
 
     #[tokio::test]
     async fn seals_like_seal_chunk_and_ends_with_the_pool() {
-        let sealer = Sealer::start(4).unwrap();
+        let sealer = Sealer::start(4, Compression::Auto).unwrap();
         let salt = Arc::new(Salt([5; 32]));
         let chunks: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 4096 + usize::from(i)]).collect();
         let sealed = futures::future::try_join_all(
@@ -80,5 +82,21 @@ mod tests {
             assert_eq!((s.name, s.secret), (want.name, want.secret));
         }
         drop(sealer);
+    }
+
+    #[tokio::test]
+    async fn never_stores_compressible_chunks_raw() {
+        let salt = Arc::new(Salt([6; 32]));
+        let text = b"compressible text ".repeat(4000);
+        let auto = Sealer::start(1, Compression::Auto).unwrap();
+        let never = Sealer::start(1, Compression::Never).unwrap();
+        let a = auto.seal(salt.clone(), text.clone()).await.unwrap();
+        let n = never.seal(salt.clone(), text.clone()).await.unwrap();
+        assert_eq!(a.secret.codec, lode_chunk::Codec::Zstd);
+        assert_eq!(n.secret.codec, lode_chunk::Codec::Raw);
+        assert_eq!(n.ciphertext.len(), text.len());
+        assert_eq!(n.secret.plain_sha, a.secret.plain_sha);
+        let back = lode_chunk::open_chunk(0, &n.name, &n.secret, n.ciphertext).unwrap();
+        assert_eq!(back, text);
     }
 }

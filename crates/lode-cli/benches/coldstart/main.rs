@@ -19,16 +19,26 @@
 //! 3. **bytes**: bytes fetched and bytes read by the guest at start-up, per
 //!    image, against the image's size;
 //! 4. **concurrent**: N VMs (1, 4, 16) booting one image at once against one
-//!    agent: per-VM times and store fetches per distinct chunk.
+//!    agent: per-VM times and store fetches per distinct chunk;
+//! 5. **codec** (not in the default set): each of `CODEC_IMAGES` pushed raw
+//!    (`--compress never`) and zstd (`--compress auto`) into two stores, then
+//!    cold starts from each, lazily from the slowed store and through a warm
+//!    fleet, interleaved: time to CMD exit and bytes fetched (see `codec.rs`).
+//!
+//! Only the images a selected section uses must be in the corpus; sections
+//! 1–4 use the store section 1 fills (without it, the five images are pushed
+//! there first). `SECTIONS=codec CODEC_IMAGES=python,app-c` runs section 5 alone.
 //!
 //! Environment: `REPS` (3), `LATENCY_MS` (20), `BANDWIDTH` (bytes/s of the
 //! store link, 100000000), `VM_MEMORY` (MiB, 256), `CONC_MEMORY` (MiB per VM
 //! in section 4, 128), `CONCURRENCY` ("1,4,16"), `CONC_REPS` (2),
 //! `COLDSTART_IMAGES` ("python,big"), `SECTIONS` ("dedup,coldstart,bytes,concurrent"),
+//! `CODEC_IMAGES` ("python,app-c"),
 //! `VM_TIMEOUT` (s, 600), `LODE_CORPUS`, `LODE_VM_DIR`, `BENCH_OUT`,
 //! `BENCH_WORKDIR` (kept when given; default a temp dir, deleted).
 //! `REPLOT=runs.json` only rebuilds the report and the plots from saved results.
 
+mod codec;
 mod procs;
 mod svg;
 
@@ -49,6 +59,9 @@ use std::time::{Duration, Instant};
 const CHUNK: u64 = 512 * 1024;
 const TENANT: &str = "bench";
 
+/// The images sections 1-4 push into their shared store.
+const BASE_IMAGES: [&str; 5] = ["debian", "python", "app-a", "app-b", "big"];
+
 /// The settings the report needs (saved with the results).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Params {
@@ -60,6 +73,8 @@ struct Params {
     conc: Vec<usize>,
     conc_reps: usize,
     cold_images: Vec<String>,
+    #[serde(default)]
+    codec_images: Vec<String>,
 }
 
 /// Everything measured in one run: written to `runs.json`, from which
@@ -74,6 +89,10 @@ struct Results {
     coldstart: Vec<Run>,
     startup: Vec<Startup>,
     concurrent: Vec<Conc>,
+    #[serde(default)]
+    codec_stores: Vec<codec::CodecStore>,
+    #[serde(default)]
+    codec: Vec<codec::CodecRun>,
     failures: Vec<(String, String)>,
 }
 
@@ -113,6 +132,7 @@ struct Ctx {
     sections: Vec<String>,
     cold_images: Vec<String>,
     bytes_images: Vec<String>,
+    codec_images: Vec<String>,
     seq: std::cell::Cell<u64>,
     initrds: std::cell::RefCell<std::collections::HashSet<String>>,
     pulled: std::cell::RefCell<std::collections::HashSet<String>>,
@@ -131,6 +151,7 @@ impl Ctx {
             conc: self.conc.clone(),
             conc_reps: self.conc_reps,
             cold_images: self.cold_images.clone(),
+            codec_images: self.codec_images.clone(),
         }
     }
 
@@ -364,14 +385,25 @@ fn num_after(s: &str, key: &str) -> Option<u64> {
 }
 
 fn push(ctx: &Ctx, label: &str, source: &str, tenant: &str, name: &str) -> Result<Push> {
+    push_to(ctx, &ctx.store, &[], label, source, (tenant, name))
+}
+
+/// `lode push SOURCE` into `store` with the extra arguments `extra`.
+fn push_to(
+    ctx: &Ctx,
+    store: &Path,
+    extra: &[&str],
+    label: &str,
+    source: &str,
+    (tenant, name): (&str, &str),
+) -> Result<Push> {
     let t = Instant::now();
-    let store = ctx.store.display().to_string();
-    let out = lode(
-        ctx,
-        &[
-            "push", source, "--tenant", tenant, "--name", name, "--store", &store,
-        ],
-    )?;
+    let store = store.display().to_string();
+    let mut args = vec![
+        "push", source, "--tenant", tenant, "--name", name, "--store", &store,
+    ];
+    args.extend_from_slice(extra);
+    let out = lode(ctx, &args)?;
     let secs = t.elapsed().as_secs_f64();
     let get = |k: &str| num_after(&out, k).ok_or_else(|| anyhow!("no '{k}' in push output: {out}"));
     Ok(Push {
@@ -390,7 +422,7 @@ fn push(ctx: &Ctx, label: &str, source: &str, tenant: &str, name: &str) -> Resul
 fn section_dedup(ctx: &Ctx, pushes: &mut Vec<Push>) -> Result<()> {
     let c = |i: &str| format!("oci:{}:latest", ctx.corpus.join(i).display());
     let mut plan: Vec<(String, String, String, String)> = Vec::new();
-    for i in ["debian", "python", "app-a", "app-b", "big"] {
+    for i in BASE_IMAGES {
         plan.push((i.into(), c(i), TENANT.into(), i.into()));
     }
     let docker = ctx.corpus.join("app-a.docker.tar");
@@ -1083,7 +1115,12 @@ struct Startup {
 }
 
 fn inspect(ctx: &Ctx, image: &str) -> Result<serde_json::Value> {
-    let store = ctx.store.display().to_string();
+    inspect_in(ctx, &ctx.store, image)
+}
+
+/// `lode inspect --json` of `image` in `store`.
+fn inspect_in(ctx: &Ctx, store: &Path, image: &str) -> Result<serde_json::Value> {
+    let store = store.display().to_string();
     let out = lode(
         ctx,
         &[
@@ -1614,7 +1651,25 @@ fn main() -> Result<()> {
     let corpus = std::env::var_os("LODE_CORPUS")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target/corpus"));
-    for i in ["debian", "python", "app-a", "app-b", "big"] {
+    let list = |k: &str, d: &str| -> Vec<String> {
+        env_str(k, d)
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let sections = list("SECTIONS", "dedup,coldstart,bytes,concurrent");
+    let codec_images = list("CODEC_IMAGES", "python,app-c");
+    // Sections 1-4 share the store of the five base images.
+    let uses_store = sections.iter().any(|s| s != "codec");
+    let mut needed: Vec<&str> = Vec::new();
+    if uses_store {
+        needed.extend(BASE_IMAGES);
+    }
+    if sections.iter().any(|s| s == "codec") {
+        needed.extend(codec_images.iter().map(String::as_str));
+    }
+    for i in needed {
         if !corpus.join(i).join("index.json").exists() {
             bail!(
                 "corpus image {i} missing in {}: run `sudo scripts/corpus.sh` first",
@@ -1654,13 +1709,6 @@ fn main() -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target/bench-coldstart"));
     std::fs::create_dir_all(&out)?;
-    let list = |k: &str, d: &str| -> Vec<String> {
-        env_str(k, d)
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
     let ctx = Ctx {
         lode,
         repo,
@@ -1681,9 +1729,10 @@ fn main() -> Result<()> {
             .collect(),
         conc_reps: env_or("CONC_REPS", 2usize).max(1),
         timeout: Duration::from_secs(env_or("VM_TIMEOUT", 600u64)),
-        sections: list("SECTIONS", "dedup,coldstart,bytes,concurrent"),
+        sections,
         cold_images: list("COLDSTART_IMAGES", "python,big"),
         bytes_images: list("BYTES_IMAGES", "debian,python,app-a,app-b,big"),
+        codec_images,
         work,
         seq: Default::default(),
         initrds: Default::default(),
@@ -1701,8 +1750,8 @@ fn main() -> Result<()> {
     let result = (|| -> Result<()> {
         if ctx.section("dedup") {
             section_dedup(&ctx, &mut res.pushes)?;
-        } else {
-            for i in ["debian", "python", "app-a", "app-b", "big"] {
+        } else if uses_store {
+            for i in BASE_IMAGES {
                 let src = format!("oci:{}:latest", ctx.corpus.join(i).display());
                 push(&ctx, i, &src, TENANT, i)?;
             }
@@ -1715,6 +1764,9 @@ fn main() -> Result<()> {
         }
         if ctx.section("concurrent") {
             section_concurrent(&ctx, &mut res.concurrent)?;
+        }
+        if ctx.section("codec") {
+            codec::section_codec(&ctx, &mut res.codec_stores, &mut res.codec)?;
         }
         Ok(())
     })();
@@ -1777,6 +1829,9 @@ fn render(res: &Results, out: &Path) -> Result<String> {
     }
     if !res.concurrent.is_empty() {
         report_concurrent(&p, out, &mut md, &res.concurrent)?;
+    }
+    if !res.codec.is_empty() {
+        codec::report_codec(&p, &mut md, &res.codec_stores, &res.codec);
     }
     let _ = writeln!(md, "## Failed runs\n");
     if res.failures.is_empty() {

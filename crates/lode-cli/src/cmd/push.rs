@@ -1,4 +1,4 @@
-//! `lode push SOURCE --tenant T --name NAME [--store URL]`
+//! `lode push SOURCE --tenant T --name NAME [--store URL] [--compress auto|never]`
 
 use super::common::{
     bars, flatten_error, key_provider, layer_progress, lode_home, open_store, runtime,
@@ -8,7 +8,7 @@ use crate::shutdown::Shutdown;
 use crate::units::human;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lode_chunk::KeyProvider;
+use lode_chunk::{Compression, KeyProvider};
 use lode_common::LockedTemp;
 use lode_flatten::{flatten_image, FlattenOptions, Settle};
 use lode_oci::{Image, Source};
@@ -36,10 +36,33 @@ pub struct Args {
     /// Chunks in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// `auto`: each chunk zstd-compressed when that saves an eighth, else
+    /// raw; `never`: every chunk raw (chunk format v2, codec 0), with no
+    /// compression attempt, e.g. for already-compressed data.
+    #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
+    compress: CompressArg,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
     from: SourceArgs,
+}
+
+/// Values of `lode push --compress`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CompressArg {
+    /// zstd when it saves at least an eighth, else raw.
+    Auto,
+    /// Every chunk raw.
+    Never,
+}
+
+impl From<CompressArg> for Compression {
+    fn from(c: CompressArg) -> Compression {
+        match c {
+            CompressArg::Auto => Compression::Auto,
+            CompressArg::Never => Compression::Never,
+        }
+    }
 }
 
 /// Prefix of the images `push` flattens into `$LODE_HOME/tmp`.
@@ -62,6 +85,7 @@ pub fn run(args: Args) -> Result<()> {
     let keys = key_provider();
     let opts = PushOptions {
         concurrency: args.concurrency,
+        compression: args.compress.into(),
         ..PushOptions::default()
     };
     let rt = runtime()?;
