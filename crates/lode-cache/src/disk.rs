@@ -16,12 +16,12 @@
 //! counted, and the read falls through to the next tier: a writer of the
 //! directory can cost misses, never a wrong byte.
 
-use crate::bufpool::BufPool;
 use crate::hostkey::HostKey;
 use crate::pagefile::{self, PageError, PAGE_SIZE};
 use crate::s3fifo::S3Fifo;
 use bytes::Bytes;
 use lode_chunk::ChunkName;
+use lode_common::bufpool::BufPool;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,7 +158,7 @@ impl DiskCache {
             policy: Mutex::new(S3Fifo::new(capacity)),
             // Enough for the whole chunks of many concurrent reads and a
             // small memory tier; at most 64 × 512 KiB kept idle.
-            buffers: BufPool::new(64, pagefile::PAGE_SIZE * 128),
+            buffers: BufPool::new(64, 64 << 10, pagefile::PAGE_SIZE * 128),
             corrupt: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
         };
@@ -335,11 +335,13 @@ fn read_range(
     let span = h.span(range.start, range.end)?;
     let tags = &head[pagefile::tag_offset(span.start) as usize..][..h.tags_len(&span)];
     let mut data = buffers.take(h.data_len(&span));
-    f.read_exact_at(data.as_mut_slice(), h.page_offset(span.start))?;
+    f.read_exact_at(&mut data, h.page_offset(span.start))?;
     let first = span.start;
-    h.open_pages(key, name, plain_sha, span, tags, data.as_mut_slice())?;
+    h.open_pages(key, name, plain_sha, span, tags, &mut data)?;
     let skip = range.start - first * PAGE_SIZE;
-    Ok(Found::Pages(data.freeze().slice(skip..skip + range.len())))
+    Ok(Found::Pages(
+        buffers.bytes(data).slice(skip..skip + range.len()),
+    ))
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 //!   later the AZ cache fleet — with [`Bounded`] (timeouts, bounded retries)
 //!   and [`Delayed`] (injected latency) wrappers.
 
-pub mod bufpool;
 pub mod disk;
 pub mod hostkey;
 pub mod memory;

@@ -3,6 +3,8 @@
 //! * [`escape`]: shows untrusted bytes (entry names, paths, keys, tenant and
 //!   image names) in messages with control characters escaped, so a name
 //!   like `evil<ESC>[2J` never reaches a terminal raw;
+//! * [`bufpool`]: bounded pools of reused large buffers, lent out as
+//!   `Bytes` that return on drop (push chunks, disk-tier reads);
 //! * [`prom`]: Prometheus text (descriptions, samples, latency
 //!   histograms), so every `/metrics` endpoint writes it the same way;
 //! * [`temp`]: the output temp file every long-running writer (`flatten`,
@@ -12,6 +14,7 @@
 //!
 //! The crate depends on no other lode crate, so every layer may use it.
 
+pub mod bufpool;
 pub mod escape;
 pub mod prom;
 pub mod temp;

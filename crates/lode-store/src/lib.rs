@@ -12,7 +12,6 @@
 
 pub mod alarm;
 pub mod bounded;
-mod bufpool;
 pub mod cond;
 pub mod counting;
 pub mod env;

@@ -1,7 +1,6 @@
 //! `push`: chunk, encrypt and upload an image; the manifest goes last, then
 //! the pointer, through the publish protocol of [`crate::publish`].
 
-use crate::bufpool::BufPool;
 use crate::error::{Result, StoreError};
 use crate::publish::{Outcome, Publication};
 use crate::roots::RootInfo;
@@ -10,6 +9,7 @@ use crate::store::{check_name, Store};
 use futures::{StreamExt, TryStreamExt};
 use lode_chunk::manifest::chunk_count;
 use lode_chunk::{ChunkName, ChunkSecret, Compression, KeyProvider, CHUNK_SIZE};
+use lode_common::bufpool::BufPool;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -309,7 +309,11 @@ async fn push_into(
     let sealer = Sealer::start(opts.concurrency, opts.compression)?;
     // Every chunk in flight holds at most one buffer (read, sealed,
     // uploaded); a few more cover uploads the store has not dropped yet.
-    let pool = BufPool::new(opts.concurrency.max(1) * 2, opts.chunk_size as usize);
+    let pool = BufPool::new(
+        opts.concurrency.max(1) * 2,
+        opts.chunk_size as usize,
+        opts.chunk_size as usize,
+    );
     opts.progress.done.store(0, Ordering::Relaxed);
     // Chunks told one by one, then, at `Complete`, every chunk not told yet
     // (the last one possibly short): `(index, offset, length)`.
