@@ -17,7 +17,7 @@ use super::{
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The codecs compared: (label, `lode push --compress` value).
 const CODECS: [(&str, &str); 2] = [("raw", "never"), ("zstd", "auto")];
@@ -137,26 +137,7 @@ fn fill_fleet(ctx: &Ctx, image: &str, codec: &str, fleet: &str) -> Result<()> {
     let cache = fresh(ctx.work.join(format!("cache-{name}")))?;
     let mut args = agent_args(ctx, image, codec, &cache);
     args.extend(["--cache-nodes".to_string(), fleet.to_string()]);
-    let a = Agent::start(&ctx.lode, &ctx.work, &name, &args)?;
-    let exp = export(image);
-    let d = NbdDisk {
-        socket: &a.sock,
-        export: &exp,
-    };
-    ctx.vm(image, &d, ctx.vm_mem, &name, Instant::now())?
-        .finish()?;
-    let mut last = (u64::MAX, Instant::now());
-    procs::wait_until(Duration::from_secs(120), "fleet fills", || {
-        let Ok(m) = a.metrics() else { return false };
-        let want = metric(&m, "lode_tier_hits_total{tier=\"store\"}");
-        let done =
-            metric(&m, "lode_fleet_fills_total") + metric(&m, "lode_fleet_fills_dropped_total");
-        if done != last.0 {
-            last = (done, Instant::now());
-        }
-        done >= want || last.1.elapsed() > Duration::from_secs(5)
-    })?;
-    drop(a);
+    super::boot_and_fill(ctx, image, &name, &args)?;
     let _ = std::fs::remove_dir_all(&cache);
     Ok(())
 }

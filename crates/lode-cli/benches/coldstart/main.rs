@@ -863,26 +863,7 @@ fn setup_coldstart(ctx: &Ctx, image: &str) -> Result<Setup> {
     {
         let mut args = ctx.store_args(&warm_cache);
         args.extend(["--cache-nodes".to_string(), fleet.clone()]);
-        let name = ctx.next("warmup-fleet");
-        let a = Agent::start(&ctx.lode, &ctx.work, &name, &args)?;
-        let d = NbdDisk {
-            socket: &a.sock,
-            export: &exp,
-        };
-        ctx.vm(image, &d, ctx.vm_mem, &name, Instant::now())?
-            .finish()?;
-        // Fills run in the background: wait for them before stopping the agent.
-        let mut last = (u64::MAX, Instant::now());
-        procs::wait_until(Duration::from_secs(120), "fleet fills", || {
-            let Ok(m) = a.metrics() else { return false };
-            let want = metric(&m, "lode_tier_hits_total{tier=\"store\"}");
-            let done =
-                metric(&m, "lode_fleet_fills_total") + metric(&m, "lode_fleet_fills_dropped_total");
-            if done != last.0 {
-                last = (done, Instant::now());
-            }
-            done >= want || last.1.elapsed() > Duration::from_secs(5)
-        })?;
+        boot_and_fill(ctx, image, &ctx.next("warmup-fleet"), &args)?;
     }
     // A hard-linked copy of the store that also holds the image's recorded
     // start-up working set (recorded by one start with `--record`), so that
@@ -1848,4 +1829,29 @@ fn render(res: &Results, out: &Path) -> Result<String> {
     }
     std::fs::write(out.join("report.md"), &md)?;
     Ok(md)
+}
+
+/// Boots `image` once through an agent started with `args` (a fleet among
+/// them) and waits until the chunks it fetched from the store have been
+/// filled into the fleet (fills run in the background), then stops it.
+fn boot_and_fill(ctx: &Ctx, image: &str, name: &str, args: &[String]) -> Result<()> {
+    let a = Agent::start(&ctx.lode, &ctx.work, name, args)?;
+    let exp = export(image);
+    let d = NbdDisk {
+        socket: &a.sock,
+        export: &exp,
+    };
+    ctx.vm(image, &d, ctx.vm_mem, name, Instant::now())?
+        .finish()?;
+    let mut last = (u64::MAX, Instant::now());
+    procs::wait_until(Duration::from_secs(120), "fleet fills", || {
+        let Ok(m) = a.metrics() else { return false };
+        let want = metric(&m, "lode_tier_hits_total{tier=\"store\"}");
+        let done =
+            metric(&m, "lode_fleet_fills_total") + metric(&m, "lode_fleet_fills_dropped_total");
+        if done != last.0 {
+            last = (done, Instant::now());
+        }
+        done >= want || last.1.elapsed() > Duration::from_secs(5)
+    })
 }
