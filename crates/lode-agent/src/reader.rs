@@ -216,10 +216,9 @@ impl ChunkReader {
                 .await
             {
                 self.disk_metrics.hit(b.len(), t.elapsed());
-                if !whole {
-                    return Ok(b);
+                if whole {
+                    self.memory.insert(id.name, secret.plain_sha, b.clone());
                 }
-                self.memory.insert(id.name, secret.plain_sha, b.clone());
                 return Ok(b);
             }
             self.disk_metrics.miss();

@@ -374,7 +374,17 @@ fn functions_run_on_a_stack_of_frontend_manager_and_two_workers() {
             .map(|v| v.as_u64().unwrap())
             .sum()
     };
-    let queued = || -> usize { walk(&env.store.join("events")) };
+    // Queued events: files under events/ (not the local store's temp files).
+    let queued = || -> usize {
+        common_agent::files_under(&env.store.join("events"))
+            .1
+            .iter()
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .count()
+    };
     let before = placed(&manager.url());
     let (st, head, _) = signed_with(
         &frontend.addr,
@@ -409,22 +419,6 @@ fn functions_run_on_a_stack_of_frontend_manager_and_two_workers() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(w2);
-}
-
-/// Regular files under `dir` (0 when it does not exist).
-fn walk(dir: &std::path::Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&e.path())
-            } else {
-                usize::from(!e.file_name().to_string_lossy().starts_with('.'))
-            }
-        })
-        .sum()
 }
 
 /// `lode serve`: the four parts in one process on the embedded defaults;

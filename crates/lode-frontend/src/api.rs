@@ -368,20 +368,19 @@ impl Frontend {
             working_directory: ic.working_directory,
             image_config,
         };
+        let revision_id = self.revision_id()?;
+        let pin = functions::pin(&self.store, self.keys.as_ref(), &spec.image, &name).await?;
         let rec = FunctionRecord {
             spec,
             role: req.role,
             description: req.description,
             image_uri: uri,
             last_modified: now_lambda(),
-            revision_id: self.revision_id()?,
-            pin: None,
+            revision_id,
+            pin: Some(pin.holder.clone()),
         };
-        let mut rec = rec;
-        rec.pin =
-            Some(functions::pin(&self.store, self.keys.as_ref(), &rec.spec.image, &name).await?);
         if let Err(e) = functions::create(&self.store, self.keys.as_ref(), &rec).await {
-            functions::unpin(&self.store, rec.store_pin()).await;
+            functions::unpin(&self.store, Some(pin)).await;
             return Err(e);
         }
         tracing::info!(tenant = c.tenant, function = name, image = %rec.spec.image, "function created");
@@ -463,12 +462,7 @@ impl Frontend {
             return Ok(Reply::json(200, &FunctionConfiguration::of(&rec)));
         }
         let name = self.own_name(c, raw)?;
-        let holder = functions::pin(&self.store, self.keys.as_ref(), &image, &name).await?;
-        let new_pin = lode_store::Pin {
-            tenant: image.tenant.clone(),
-            digest: image.digest.clone().unwrap_or_default(),
-            holder: holder.clone(),
-        };
+        let new_pin = functions::pin(&self.store, self.keys.as_ref(), &image, &name).await?;
         // The pin of the version the written record replaced.
         let replaced = std::sync::Mutex::new(None);
         let changed = self
@@ -478,7 +472,7 @@ impl Frontend {
                 rec.spec.image_config = image_config.clone();
                 rec.spec.revision += 1;
                 rec.image_uri = uri.clone();
-                rec.pin = Some(holder.clone());
+                rec.pin = Some(new_pin.holder.clone());
                 Ok(())
             })
             .await;

@@ -52,6 +52,8 @@ pub const RENEW: Duration = Duration::from_secs(5);
 pub const MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 /// Waits before the second and third attempt after a function error.
 pub const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(120)];
+/// Queued invocations a frontend runs at once.
+pub const IN_FLIGHT: usize = 256;
 /// Events one scan of the queue considers.
 pub const SCAN_LIMIT: usize = 1000;
 /// Longest wait between scans when nothing wakes the dispatcher.
@@ -104,6 +106,8 @@ pub struct Queue {
     keys: Arc<dyn KeyProvider>,
     holder: String,
     wake: Notify,
+    /// Invocations this frontend runs at once ([`IN_FLIGHT`]).
+    slots: Arc<Semaphore>,
     /// Events seen claimed or waiting, and when to look at them again
     /// (bounded by [`SCAN_LIMIT`]: cleared when it grows past it).
     later: Mutex<HashMap<String, u64>>,
@@ -169,6 +173,7 @@ impl Queue {
             keys,
             holder,
             wake: Notify::new(),
+            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             later: Mutex::new(HashMap::new()),
             counters: EventCounters::default(),
         })
@@ -232,16 +237,11 @@ impl Queue {
         Ok(out)
     }
 
-    /// Drains the queue until `stop`: claims events while a slot of
-    /// `slots` is free and runs each through `managers`.
-    pub async fn run(
-        self: Arc<Self>,
-        managers: Managers,
-        slots: Arc<Semaphore>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    /// Drains the queue until `stop`: claims events while fewer than
+    /// [`IN_FLIGHT`] run and runs each through `managers`.
+    pub async fn run(self: Arc<Self>, managers: Managers, mut stop: watch::Receiver<bool>) {
         loop {
-            match self.scan(&managers, &slots).await {
+            match self.scan(&managers).await {
                 Ok(n) if n > 0 => tracing::debug!(started = n, "queued invocations started"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "scanning the invocation queue"),
@@ -257,7 +257,7 @@ impl Queue {
         }
     }
 
-    async fn scan(self: &Arc<Self>, managers: &Managers, slots: &Arc<Semaphore>) -> Result<usize> {
+    async fn scan(self: &Arc<Self>, managers: &Managers) -> Result<usize> {
         let now = now_ms();
         let mut started = 0;
         for path in self.pending().await? {
@@ -265,7 +265,7 @@ impl Queue {
             if self.lock_later().get(&key).is_some_and(|&t| t > now) {
                 continue;
             }
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 break;
             };
             match self.claim(&path, now).await {

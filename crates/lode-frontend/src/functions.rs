@@ -155,13 +155,13 @@ pub async fn delete(
 }
 
 /// Pins the version `image` names for a function record about to be
-/// written; the holder to record in [`FunctionRecord::pin`].
+/// written; its holder is what the record keeps in [`FunctionRecord::pin`].
 pub async fn pin(
     store: &Store,
     keys: &dyn KeyProvider,
     image: &lode_lambda::ImageRef,
     function: &str,
-) -> Result<String> {
+) -> Result<lode_store::Pin> {
     let digest = image.digest.as_deref().ok_or_else(|| {
         refuse(
             ErrorKind::InvalidParameterValueException,
@@ -171,7 +171,7 @@ pub async fn pin(
     let nonce = hex::encode(&keys.random()?[..8]);
     let holder = format!("function.{function}.{nonce}");
     match store.pin(&image.tenant, &image.name, digest, &holder).await {
-        Ok(_) => Ok(holder),
+        Ok(p) => Ok(p),
         Err(e @ lode_store::StoreError::PinRefused { .. }) => Err(refuse(
             ErrorKind::InvalidParameterValueException,
             format!("Source image {image}: {e}"),

@@ -17,14 +17,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 /// Largest body of a request other than Invoke.
 pub const MAX_REQUEST: usize = 1 << 20;
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Queued (`Event`) invocations a frontend runs at once.
-pub const ASYNC_IN_FLIGHT: usize = 256;
 
 /// A Lambda-compatible frontend (stateless: everything it knows is in the
 /// store; see the crate documentation).
@@ -35,7 +33,6 @@ pub struct Frontend {
     pub(crate) region: String,
     pub(crate) managers: Managers,
     pub(crate) key_cache: KeyCache,
-    pub(crate) async_slots: Arc<Semaphore>,
     pub(crate) events: Arc<crate::events::Queue>,
     /// Requests per operation and outcome, latencies.
     pub metrics: crate::metrics::Metrics,
@@ -86,14 +83,8 @@ impl Frontend {
             region,
             managers: Managers::new(managers),
             key_cache: KeyCache::default(),
-            async_slots: Arc::new(Semaphore::new(ASYNC_IN_FLIGHT)),
             metrics: Default::default(),
         })
-    }
-
-    /// The queue of asynchronous invocations.
-    pub fn events(&self) -> &crate::events::Queue {
-        &self.events
     }
 
     /// Answers one HTTP request.
@@ -257,11 +248,10 @@ pub async fn serve_metrics(
 /// [`MAX_CONNECTIONS`] connections at once, and drains the queue of
 /// asynchronous invocations meanwhile.
 pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, stop: watch::Receiver<bool>) {
-    let events = frontend.events.clone().run(
-        frontend.managers.clone(),
-        frontend.async_slots.clone(),
-        stop.clone(),
-    );
+    let events = frontend
+        .events
+        .clone()
+        .run(frontend.managers.clone(), stop.clone());
     let f = frontend.clone();
     let http = lode_lambda::http::serve(listener, MAX_CONNECTIONS, stop, move |req| {
         let frontend = f.clone();
