@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Invoke answers 202 only once the event is stored, so an accepted event
-//! survives the frontend that took it. Each frontend lists the queue (the
-//! oldest [`SCAN_LIMIT`] first), claims an event with a conditional write
+//! survives the frontend that took it. Each frontend lists the queue (at
+//! most [`SCAN_LIMIT`], each tenant's oldest, tenants in turns), claims an event with a conditional write
 //! (a claim lasts [`CLAIM`] and is renewed every [`RENEW`] while the
 //! invocation runs, so a dead frontend's events are taken over within
 //! [`CLAIM`]), invokes the function's current definition, and deletes the
@@ -29,7 +29,6 @@ use crate::seal;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
-use futures::StreamExt;
 use lode_chunk::KeyProvider;
 use lode_lambda::{InvokeOutcome, InvokeRequest};
 use lode_store::{Expect, ObjectKind, Store};
@@ -37,7 +36,7 @@ use object_store::path::Path;
 use object_store::UpdateVersion;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -111,6 +110,8 @@ pub struct Queue {
     /// Events seen claimed or waiting, and when to look at them again
     /// (bounded by [`SCAN_LIMIT`]: cleared when it grows past it).
     later: Mutex<HashMap<String, u64>>,
+    /// Which tenant the next scan starts with.
+    turn: AtomicUsize,
     /// Counters.
     pub counters: EventCounters,
 }
@@ -175,6 +176,7 @@ impl Queue {
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             later: Mutex::new(HashMap::new()),
+            turn: AtomicUsize::new(0),
             counters: EventCounters::default(),
         })
     }
@@ -215,25 +217,46 @@ impl Queue {
         Ok(())
     }
 
-    /// Events waiting in the queue (the first [`SCAN_LIMIT`]).
+    /// Queued events to look at, at most [`SCAN_LIMIT`], fair across
+    /// tenants: each tenant's oldest events (a listing per tenant, bounded
+    /// by an equal share of the limit), taken in turns, one tenant's first, then
+    /// every other tenant's first, then their seconds... The tenant that
+    /// starts rotates from scan to scan, so with more tenants than the limit
+    /// every tenant still gets its turn.
     pub async fn pending(&self) -> Result<Vec<Path>> {
-        let mut list = self.store.object_store().list(Some(&Path::from("events")));
+        self.pending_up_to(SCAN_LIMIT).await
+    }
+
+    async fn pending_up_to(&self, limit: usize) -> Result<Vec<Path>> {
+        let mut tenants = self.store.list_dir("events").await?.common_prefixes;
+        if tenants.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        tenants.sort();
+        let first = self.turn.fetch_add(1, Ordering::Relaxed) % tenants.len();
+        tenants.rotate_left(first);
+        tenants.truncate(limit);
+        let share = limit.div_ceil(tenants.len());
+        let mut queues = Vec::with_capacity(tenants.len());
+        for t in &tenants {
+            let mut q: Vec<Path> = (self.store.list_first(t.as_ref(), share).await?)
+                .into_iter()
+                .map(|m| m.location)
+                .filter(|p| parts(p).is_some())
+                .collect();
+            // Oldest first: names start with the time they were queued.
+            q.sort_by(|a, b| a.filename().cmp(&b.filename()));
+            queues.push(q.into_iter());
+        }
         let mut out = Vec::new();
-        while let Some(m) = list.next().await {
-            let m = m.map_err(|source| lode_store::StoreError::Backend {
-                op: "list",
-                path: "events/".into(),
-                source,
-            })?;
-            if parts(&m.location).is_some() {
-                out.push(m.location);
-            }
-            if out.len() >= SCAN_LIMIT {
+        while out.len() < limit {
+            let before = out.len();
+            out.extend(queues.iter_mut().filter_map(Iterator::next));
+            if out.len() == before {
                 break;
             }
         }
-        // Oldest first: names start with the time they were queued.
-        out.sort_by(|a, b| a.filename().cmp(&b.filename()));
+        out.truncate(limit);
         Ok(out)
     }
 
@@ -503,5 +526,55 @@ mod tests {
         assert_eq!(parts(&Path::from("events/acme")), None);
         assert_eq!(parts(&Path::from("events/acme/x/y")), None);
         assert_eq!(parts(&Path::from("other/acme/x")), None);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_with_a_long_queue_does_not_hold_back_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open("memory://").unwrap();
+        let keys: Arc<dyn KeyProvider> = Arc::new(lode_chunk::Keyring::new(dir.path()));
+        let q = Queue::new(store.clone(), keys).unwrap();
+        assert!(q.pending_up_to(8).await.unwrap().is_empty());
+        // "aaa" is listed first and has far more queued than the limit.
+        for (tenant, n) in [("aaa", 40u64), ("bbb", 2), ("ccc", 1)] {
+            for i in 0..n {
+                let name = format!("events/{tenant}/{:016}-r{i}", 1_700_000_000_000 + i);
+                store.put(&Path::from(name), Bytes::new()).await.unwrap();
+            }
+        }
+        store
+            .put(&Path::from("events/bbb/not-an-event/x"), Bytes::new())
+            .await
+            .unwrap();
+        let tenant = |p: &Path| parts(p).unwrap().0;
+        for scan in 0..3 {
+            let got = q.pending_up_to(8).await.unwrap();
+            assert_eq!(got.len(), 6, "scan {scan}: {got:?}");
+            let of = |t: &str| got.iter().filter(|p| tenant(p) == t).count();
+            assert_eq!((of("aaa"), of("bbb"), of("ccc")), (3, 2, 1), "scan {scan}");
+            // In turns: the first three are three different tenants.
+            let mut firsts: Vec<String> = got[..3].iter().map(tenant).collect();
+            firsts.sort();
+            assert_eq!(firsts, ["aaa", "bbb", "ccc"], "scan {scan}");
+            // Each tenant's events oldest first.
+            for t in ["aaa", "bbb"] {
+                let own: Vec<_> = got.iter().filter(|p| tenant(p) == t).collect();
+                assert!(
+                    own[0].filename() < own[1].filename(),
+                    "scan {scan}: {own:?}"
+                );
+            }
+            // The tenant that starts rotates.
+            assert_eq!(tenant(&got[0]), ["aaa", "bbb", "ccc"][scan]);
+        }
+        // With the limit below the number of tenants, turns still rotate.
+        let one: Vec<String> = futures::future::join_all((0..3).map(|_| q.pending_up_to(1)))
+            .await
+            .into_iter()
+            .map(|r| tenant(&r.unwrap()[0]))
+            .collect();
+        let mut sorted = one.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["aaa", "bbb", "ccc"], "{one:?}");
     }
 }

@@ -18,7 +18,7 @@ use crate::env::{Environment, SystemEnv};
 use crate::error::{Result, StoreError};
 use crate::freshness::SeenVersions;
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lode_chunk::ChunkName;
 use object_store::path::Path;
 use object_store::{ListResult, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
@@ -123,6 +123,23 @@ impl Store {
         let p = Path::from(prefix);
         self.inner
             .list(Some(&p))
+            .try_collect()
+            .await
+            .map_err(|source| StoreError::Backend {
+                op: "list",
+                path: format!("{prefix}/"),
+                source,
+            })
+    }
+
+    /// At most `n` objects under `prefix`: the first `n` the listing yields
+    /// (in name order on S3; in the directory's order on a local store). The
+    /// listing stops there, so a large prefix costs one page, not all.
+    pub async fn list_first(&self, prefix: &str, n: usize) -> Result<Vec<ObjectMeta>> {
+        let p = Path::from(prefix);
+        self.inner
+            .list(Some(&p))
+            .take(n)
             .try_collect()
             .await
             .map_err(|source| StoreError::Backend {
