@@ -190,6 +190,65 @@ pub async fn unpin(store: &Store, pin: Option<lode_store::Pin>) {
     }
 }
 
+/// How old an unheld function pin must be before [`sweep_pins`] removes it:
+/// far longer than a create or an update takes between writing a pin and
+/// writing the record that holds it.
+pub const PIN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes `tenant`'s function pins (holders `function.*`) that no function
+/// record holds and that were written more than `grace` ago: the pins of a
+/// create or update whose frontend died between writing the pin and writing
+/// (or replacing) the record. Pins of other holders are left alone. If any
+/// record of the tenant does not open, nothing is removed (its pin could be
+/// among them). Returns the pins removed.
+pub async fn sweep_pins(
+    store: &Store,
+    keys: &dyn KeyProvider,
+    tenant: &str,
+    grace: std::time::Duration,
+) -> Result<Vec<lode_store::Pin>> {
+    let now = store.env().now_ms();
+    let old: Vec<lode_store::Pin> = store
+        .list_pins_written(tenant)
+        .await?
+        .into_iter()
+        .filter(|(p, written)| {
+            p.holder.starts_with("function.")
+                && now.saturating_sub(*written) > grace.as_millis() as u64
+        })
+        .map(|(p, _)| p)
+        .collect();
+    if old.is_empty() {
+        return Ok(old);
+    }
+    // Listed after the pins: a record written after the listing holds a pin
+    // written after it too, so younger than `grace` and not in `old`.
+    let mut held = std::collections::HashSet::new();
+    for m in store
+        .list_all(&format!("tenants/{tenant}/functions"))
+        .await?
+    {
+        let Some(name) = m.location.filename() else {
+            continue;
+        };
+        if let Some((rec, _)) = get(store, keys, tenant, name).await? {
+            held.extend(rec.pin);
+        }
+    }
+    let mut removed = Vec::new();
+    for p in old.into_iter().filter(|p| !held.contains(&p.holder)) {
+        store.unpin(&p).await?;
+        tracing::info!(
+            tenant,
+            holder = p.holder,
+            digest = p.digest,
+            "removed a pin no function holds"
+        );
+        removed.push(p);
+    }
+    Ok(removed)
+}
+
 /// A tenant's functions, by name. A document that does not open is
 /// skipped with a warning (one bad document does not hide the others).
 pub async fn list(
@@ -215,4 +274,107 @@ pub async fn list(
     }
     out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lode_chunk::Keyring;
+    use lode_lambda::ImageRef;
+
+    fn record(tenant: &str, name: &str, digest: &str, pin: &str) -> FunctionRecord {
+        FunctionRecord {
+            spec: FunctionSpec {
+                tenant: tenant.into(),
+                name: name.into(),
+                arn: format!("arn:aws:lambda:local:{tenant}:function:{name}"),
+                revision: 1,
+                image: ImageRef {
+                    tenant: tenant.into(),
+                    name: "img".into(),
+                    digest: Some(digest.into()),
+                },
+                memory_mib: 128,
+                timeout_s: 3,
+                environment: Default::default(),
+                entry_point: None,
+                command: None,
+                working_directory: None,
+                image_config: Default::default(),
+            },
+            role: String::new(),
+            description: String::new(),
+            image_uri: "img".into(),
+            last_modified: String::new(),
+            revision_id: "r1".into(),
+            pin: Some(pin.into()),
+        }
+    }
+
+    /// Writes a pin object as `Store::pin` does, without its pointer check
+    /// (which needs a pushed image; the sweep only reads pins).
+    async fn put_pin(store: &Store, tenant: &str, digest: &str, holder: &str) -> lode_store::Pin {
+        let p = lode_store::Pin {
+            tenant: tenant.into(),
+            digest: digest.into(),
+            holder: holder.into(),
+        };
+        store.put(&p.path().unwrap(), Bytes::new()).await.unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_only_old_function_pins_no_record_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keyring::new(dir.path().join("keys"));
+        let store = Store::open("memory://").unwrap();
+        let d = |c: &str| format!("sha256:{}", c.repeat(64));
+        create(
+            &store,
+            &keys,
+            &record("t", "held", &d("a"), "function.held.01"),
+        )
+        .await
+        .unwrap();
+        put_pin(&store, "t", &d("a"), "function.held.01").await;
+        let orphan = put_pin(&store, "t", &d("b"), "function.gone.02").await;
+        // An update that died after its new pin: the record still holds 01.
+        let replaced = put_pin(&store, "t", &d("c"), "function.held.03").await;
+        put_pin(&store, "t", &d("b"), "operator.keep").await;
+        put_pin(&store, "u", &d("b"), "function.other-tenant.04").await;
+        let holders = |v: Vec<lode_store::Pin>| {
+            let mut h: Vec<String> = v.into_iter().map(|p| p.holder).collect();
+            h.sort();
+            h
+        };
+        // Young pins are never taken: a create may be between pin and record.
+        assert!(sweep_pins(&store, &keys, "t", PIN_GRACE)
+            .await
+            .unwrap()
+            .is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let gone = sweep_pins(&store, &keys, "t", std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            holders(gone),
+            [orphan.holder.clone(), replaced.holder.clone()]
+        );
+        assert_eq!(
+            holders(store.list_pins("t").await.unwrap()),
+            ["function.held.01", "operator.keep"]
+        );
+        assert_eq!(store.list_pins("u").await.unwrap().len(), 1);
+        // A record that does not open stops the sweep for its tenant.
+        put_pin(&store, "t", &d("b"), "function.gone.05").await;
+        store
+            .put(&path("t", "broken"), Bytes::from_static(b"{not sealed"))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(sweep_pins(&store, &keys, "t", std::time::Duration::ZERO)
+            .await
+            .is_err());
+        assert_eq!(store.list_pins("t").await.unwrap().len(), 3);
+    }
 }

@@ -252,10 +252,54 @@ pub async fn serve(listener: TcpListener, frontend: Arc<Frontend>, stop: watch::
         .events
         .clone()
         .run(frontend.managers.clone(), stop.clone());
+    let pins = sweep_pins_every(frontend.clone(), PIN_SWEEP, stop.clone());
     let f = frontend.clone();
     let http = lode_lambda::http::serve(listener, MAX_CONNECTIONS, stop, move |req| {
         let frontend = f.clone();
         async move { frontend.handle(req).await }
     });
-    tokio::join!(http, events);
+    tokio::join!(http, events, pins);
+}
+
+/// How often a frontend looks for pins no function holds.
+const PIN_SWEEP: Duration = Duration::from_secs(600);
+
+/// Every `every` until `stop`: removes every tenant's function pins that no
+/// record holds ([`crate::functions::sweep_pins`], older than
+/// [`crate::functions::PIN_GRACE`]). Each frontend does it; removing a pin
+/// twice is harmless.
+async fn sweep_pins_every(
+    frontend: Arc<Frontend>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let tenants = match frontend.store.list_dir("tenants").await {
+            Ok(l) => l.common_prefixes,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing tenants for the pin sweep");
+                continue;
+            }
+        };
+        for t in tenants {
+            let Some(tenant) = t.filename() else { continue };
+            let swept = crate::functions::sweep_pins(
+                &frontend.store,
+                frontend.keys.as_ref(),
+                tenant,
+                crate::functions::PIN_GRACE,
+            )
+            .await;
+            if let Err(e) = swept {
+                tracing::warn!(tenant, error = %e, "sweeping pins no function holds");
+            }
+        }
+    }
 }

@@ -149,17 +149,29 @@ impl Store {
 
     /// Every pin of `tenant` (objects whose path is not a pin are skipped).
     pub async fn list_pins(&self, tenant: &str) -> Result<Vec<Pin>> {
+        Ok(self
+            .list_pins_written(tenant)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    /// Every pin of `tenant`, with when it was written (Unix milliseconds,
+    /// the store's modification time).
+    pub async fn list_pins_written(&self, tenant: &str) -> Result<Vec<(Pin, u64)>> {
         let mut out = Vec::new();
         for m in self.list_all(&format!("tenants/{tenant}/pins")).await? {
             let parts: Vec<&str> = m.location.as_ref().split('/').collect();
             if let [_, _, _, hex, holder] = parts.as_slice() {
                 let digest = format!("sha256:{hex}");
                 if hex_of(&digest).is_ok() && check_holder(holder).is_ok() {
-                    out.push(Pin {
+                    let pin = Pin {
                         tenant: tenant.to_string(),
                         digest,
                         holder: holder.to_string(),
-                    });
+                    };
+                    out.push((pin, m.last_modified.timestamp_millis().max(0) as u64));
                 }
             }
         }
