@@ -105,6 +105,15 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
         (Some(true), Some(sandbox.as_str()))
     );
     assert!(payload(&r2).contains("\"count\":2"), "{}", payload(&r2));
+    // The warm sandbox's emulator runs under QEMU's seccomp filter.
+    let qemus = qemu_status_under(env.dir.path());
+    assert!(!qemus.is_empty(), "no QEMU of this test found in /proc");
+    for (pid, status) in &qemus {
+        assert!(
+            status.lines().any(|l| l == "Seccomp:\t2"),
+            "QEMU {pid} runs without a seccomp filter:\n{status}"
+        );
+    }
     eprintln!(
         "cold invoke {cold:?} ({tm}), warm invoke {warm:?} ({})",
         r2["timings"]
@@ -452,4 +461,27 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
         "volumes left after the worker stopped:\n{}",
         worker_log()
     );
+}
+
+/// `/proc/PID/status` of every QEMU whose command line names a path under
+/// `dir` (this test's sandboxes only).
+fn qemu_status_under(dir: &std::path::Path) -> Vec<(String, String)> {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.starts_with("qemu-system") && cmd.contains(&dir) {
+            if let Ok(status) = std::fs::read_to_string(e.path().join("status")) {
+                out.push((pid, status));
+            }
+        }
+    }
+    out
 }

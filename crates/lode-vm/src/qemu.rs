@@ -185,6 +185,14 @@ impl RunSpec {
             "-global",
             "virtio-mmio.force-legacy=false",
         ]);
+        // QEMU's seccomp filter, as libvirt sets it: a guest that takes
+        // over the emulator cannot use obsolete system calls or change its
+        // scheduling, nor exec, fork or change its user, unless the
+        // network's Runtime API forward must start its relay (one per guest
+        // connection): libslirp's spawn fails under `spawn=deny` and under
+        // `elevateprivileges=deny` or `children` (tried with worker_vm).
+        c.arg("-sandbox")
+            .arg(sandbox_option(self.network.is_some()));
         c.args([
             "-m",
             &self.memory_mib.to_string(),
@@ -250,6 +258,16 @@ impl RunSpec {
             }
         }
         Ok(c)
+    }
+}
+
+/// QEMU's `-sandbox` value: everything denied, but a VM whose network
+/// starts relays keeps `spawn` and `elevateprivileges`.
+fn sandbox_option(relays: bool) -> &'static str {
+    if relays {
+        "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny"
+    } else {
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
     }
 }
 
