@@ -28,7 +28,11 @@ pub(crate) fn get_dir_entry_inode_by_name(
         return Err(Ext4Error::Encrypted);
     }
 
-    if dir_inode.flags.contains(InodeFlags::DIRECTORY_HTREE) {
+    // An inline directory has no blocks to index; its entries are read
+    // by `ReadDir`.
+    if dir_inode.flags.contains(InodeFlags::DIRECTORY_HTREE)
+        && dir_inode.inline_contents.is_none()
+    {
         let entry = get_dir_entry_via_htree(fs, dir_inode, name)?;
         return Inode::read(fs, entry.inode);
     }

@@ -311,6 +311,10 @@ pub(crate) enum CorruptKind {
     /// The target of a symlink is not a valid path.
     SymlinkTarget(InodeIndex),
 
+    /// An inode's inline data (`i_block` and the `system.data` in-inode
+    /// extended attribute) is invalid.
+    InlineData(InodeIndex),
+
     /// The number of blocks in a file exceeds 2^32.
     TooManyBlocksInFile,
 
@@ -504,6 +508,9 @@ impl Display for CorruptKind {
             }
             Self::SymlinkTarget(inode) => {
                 write!(f, "inode {inode} has an invalid symlink path")
+            }
+            Self::InlineData(inode) => {
+                write!(f, "inode {inode} has invalid inline data")
             }
             Self::TooManyBlocksInFile => write!(f, "too many blocks in file"),
             Self::ExtentMagic(inode) => {

@@ -8,7 +8,7 @@
 
 use crate::Ext4;
 use crate::block_index::FsBlockIndex;
-use crate::error::Ext4Error;
+use crate::error::{CorruptKind, Ext4Error};
 use crate::inode::Inode;
 use crate::iters::file_blocks::FileBlocks;
 use crate::metadata::Metadata;
@@ -118,6 +118,24 @@ impl File {
             if buf.len() > bytes_remaining {
                 buf = &mut buf[..bytes_remaining];
             }
+        }
+
+        // Inline data: copy from the inode.
+        if let Some(contents) = &self.inode.inline_contents {
+            let start = usize::try_from(self.position)
+                .map_err(|_| CorruptKind::InlineData(self.inode.index))?;
+            let src = start
+                .checked_add(buf.len())
+                .and_then(|end| contents.get(start..end))
+                .ok_or(CorruptKind::InlineData(self.inode.index))?;
+            buf.copy_from_slice(src);
+            // OK to unwrap: `buf` was capped to the bytes remaining in
+            // the file, so the new position fits in a `u64`.
+            self.position = self
+                .position
+                .checked_add(u64::try_from(buf.len()).unwrap())
+                .unwrap();
+            return Ok(buf.len());
         }
 
         let block_size = self.fs.0.superblock.block_size;

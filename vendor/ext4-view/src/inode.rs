@@ -10,7 +10,9 @@ use crate::Ext4;
 use crate::block_index::FsBlockIndex;
 use crate::checksum::Checksum;
 use crate::error::{CorruptKind, Ext4Error};
+use crate::features::IncompatibleFeatures;
 use crate::file_type::FileType;
+use crate::inline_data::read_inline_data;
 use crate::metadata::Metadata;
 use crate::path::PathBuf;
 use crate::timestamp::Timestamp;
@@ -18,6 +20,7 @@ use crate::util::{
     read_u16le, read_u32le, u32_from_hilo, u64_from_hilo, usize_from_u32,
 };
 use alloc::vec;
+use alloc::vec::Vec;
 use bitflags::bitflags;
 use core::num::NonZeroU32;
 
@@ -102,6 +105,11 @@ pub(crate) struct Inode {
     /// * The root node of the extent tree.
     /// * Target path for symlinks.
     pub(crate) inline_data: [u8; Self::INLINE_DATA_LEN],
+
+    /// The file's contents when they are stored in the inode
+    /// (`InodeFlags::INLINE_DATA`): `i_block` followed by the value of
+    /// the `system.data` extended attribute. `None` otherwise.
+    pub(crate) inline_contents: Option<Vec<u8>>,
 
     pub(crate) metadata: Metadata,
 
@@ -221,6 +229,29 @@ impl Inode {
         checksum_base.update_u32_le(index.get());
         checksum_base.update_u32_le(i_generation);
 
+        let flags = InodeFlags::from_bits_retain(i_flags);
+        let inline_contents = if flags.contains(InodeFlags::INLINE_DATA) {
+            if !ext4
+                .0
+                .superblock
+                .incompatible_features
+                .contains(IncompatibleFeatures::DATA_IN_INODE)
+            {
+                return Err(CorruptKind::InlineData(index).into());
+            }
+            let contents = read_inline_data(index, data, i_block)?;
+            // A file's size must fit in its inline data. (A directory's
+            // size is not used: its entries are read from all of it.)
+            let is_dir = i_mode & 0xf000 == InodeMode::S_IFDIR.bits();
+            if !is_dir && size_in_bytes > contents.len() as u64
+            {
+                return Err(CorruptKind::InlineData(index).into());
+            }
+            Some(contents)
+        } else {
+            None
+        };
+
         let file_size_in_blocks: u32 = size_in_bytes
             // Round up.
             .div_ceil(ext4.0.superblock.block_size.to_u64())
@@ -233,6 +264,7 @@ impl Inode {
                 index,
                 // OK to unwap, we know `i_block` is 60 bytes.
                 inline_data: i_block.try_into().unwrap(),
+                inline_contents,
                 metadata: Metadata {
                     size_in_bytes,
                     mode,
@@ -246,7 +278,7 @@ impl Inode {
                     mtime,
                     crtime,
                 },
-                flags: InodeFlags::from_bits_retain(i_flags),
+                flags,
                 checksum_base,
                 file_size_in_blocks,
             },

@@ -124,6 +124,7 @@ mod file;
 mod file_type;
 mod format;
 mod inode;
+mod inline_data;
 mod iters;
 mod journal;
 mod label;

@@ -13,6 +13,7 @@ use crate::dir_block::DirBlock;
 use crate::dir_entry::DirEntry;
 use crate::error::{CorruptKind, Ext4Error};
 use crate::inode::{Inode, InodeFlags, InodeIndex};
+use crate::inline_data::inline_dir_entries;
 use crate::iters::file_blocks::FileBlocks;
 use crate::path::PathBuf;
 use alloc::rc::Rc;
@@ -62,6 +63,10 @@ pub struct ReadDir {
 
     /// Inode of the directory. Just used for error reporting.
     inode: InodeIndex,
+
+    /// For an inline directory: where each region of entries in `block`
+    /// ends (see `inline_dir_entries`). Empty otherwise.
+    inline_region_ends: Vec<usize>,
 }
 
 impl ReadDir {
@@ -76,22 +81,65 @@ impl ReadDir {
             return Err(Ext4Error::Encrypted);
         }
 
+        let (block, inline_region_ends) = match &inode.inline_contents {
+            Some(contents) => {
+                let (entries, ends) =
+                    inline_dir_entries(inode.index, contents)?;
+                (entries, ends.to_vec())
+            }
+            None => {
+                (vec![0; fs.0.superblock.block_size.to_usize()], Vec::new())
+            }
+        };
+
         Ok(Self {
             fs: fs.clone(),
             path: Rc::new(path),
             file_blocks: FileBlocks::new(fs.clone(), inode)?,
             block_index: None,
             is_first_block: true,
-            block: vec![0; fs.0.superblock.block_size.to_usize()],
+            block,
             offset_within_block: 0,
             is_done: false,
             has_htree,
             checksum_base: inode.checksum_base.clone(),
             inode: inode.index,
+            inline_region_ends,
         })
     }
 
+    /// Get the next entry of an inline directory, whose entries are all
+    /// in `self.block`.
+    fn next_inline(&mut self) -> Result<Option<DirEntry>, Ext4Error> {
+        let offset = self.offset_within_block;
+        let Some(&region_end) =
+            self.inline_region_ends.iter().find(|&&end| end > offset)
+        else {
+            self.is_done = true;
+            return Ok(None);
+        };
+
+        let (entry, entry_size) = DirEntry::from_bytes(
+            self.fs.clone(),
+            &self.block[offset..region_end],
+            self.inode,
+            self.path.clone(),
+        )?;
+
+        // An entry must not cross the end of its region.
+        self.offset_within_block = offset
+            .checked_add(entry_size.get())
+            .filter(|&end| end <= region_end)
+            .ok_or(CorruptKind::DirEntry(self.inode))?;
+
+        Ok(entry)
+    }
+
     fn next_impl(&mut self) -> Result<Option<DirEntry>, Ext4Error> {
+        if !self.inline_region_ends.is_empty() {
+            return self.next_inline();
+        }
+
         // Get the block index, or get the next one if not set.
         let block_index = if let Some(block_index) = self.block_index {
             block_index
