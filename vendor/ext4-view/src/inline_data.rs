@@ -1,4 +1,4 @@
-// Copyright 2024 Google LLC
+// Written for lode's copy of ext4-view (see README.lode.md).
 //
 // Licensed under the Apache License, Version 2.0 <LICENSE-APACHE or
 // https://www.apache.org/licenses/LICENSE-2.0> or the MIT license
@@ -56,8 +56,7 @@ pub(crate) fn read_inline_data(
     raw: &[u8],
     i_block: &[u8],
 ) -> Result<Vec<u8>, Ext4Error> {
-    let value = system_data_value(raw)
-        .ok_or(CorruptKind::InlineData(inode))?;
+    let value = system_data_value(raw).ok_or(CorruptKind::InlineData(inode))?;
     let mut data = Vec::with_capacity(i_block.len() + value.len());
     data.extend_from_slice(i_block);
     data.extend_from_slice(value);
@@ -82,14 +81,16 @@ fn system_data_value(raw: &[u8]) -> Option<&[u8]> {
         if get_u32(entries, pos)? == 0 {
             return None;
         }
-        let header = entries.get(pos..pos.checked_add(XATTR_ENTRY_HEADER_LEN)?)?;
+        let header =
+            entries.get(pos..pos.checked_add(XATTR_ENTRY_HEADER_LEN)?)?;
         let name_len = usize::from(header[0]);
         let name_index = header[1];
         let value_offset = usize::from(get_u16(header, 2)?);
         let value_inum = get_u32(header, 4)?;
         let value_size = usize::try_from(get_u32(header, 8)?).ok()?;
         let name_start = pos.checked_add(XATTR_ENTRY_HEADER_LEN)?;
-        let name = entries.get(name_start..name_start.checked_add(name_len)?)?;
+        let name =
+            entries.get(name_start..name_start.checked_add(name_len)?)?;
         if name_index == XATTR_INDEX_SYSTEM && name == b"data" {
             // A value in an inode of its own (`ea_inode`) is not inline.
             if value_inum != 0 {
@@ -99,8 +100,9 @@ fn system_data_value(raw: &[u8]) -> Option<&[u8]> {
             return entries.get(value_offset..value_end);
         }
         // Entries are padded to a multiple of four bytes.
-        let entry_len =
-            XATTR_ENTRY_HEADER_LEN.checked_add(name_len)?.next_multiple_of(4);
+        let entry_len = XATTR_ENTRY_HEADER_LEN
+            .checked_add(name_len)?
+            .next_multiple_of(4);
         pos = pos.checked_add(entry_len)?;
     }
 }
@@ -124,7 +126,9 @@ pub(crate) fn inline_dir_entries(
     }
 
     let mut buf = Vec::with_capacity(2 * DOT_ENTRY_LEN + rest.len());
-    for (inode, name) in [(&dir.get().to_le_bytes()[..], &b"."[..]), (parent, b"..")] {
+    for (inode, name) in
+        [(&dir.get().to_le_bytes()[..], &b"."[..]), (parent, b"..")]
+    {
         buf.extend_from_slice(inode);
         // rec_len (u16), name_len (u8), file_type (u8: directory).
         buf.extend_from_slice(&[DOT_ENTRY_LEN as u8, 0, name.len() as u8, 2]);
