@@ -162,7 +162,10 @@ fn tiny_files_and_small_directories_round_trip() {
     let mut dir_paths = Vec::new();
     for n in dir_sizes {
         let dir = format!("/d/{n}");
-        dir_paths.push((dir.clone(), (1..=n).map(|i| format!("name{i}")).collect::<Vec<_>>()));
+        dir_paths.push((
+            dir.clone(),
+            (1..=n).map(|i| format!("name{i}")).collect::<Vec<_>>(),
+        ));
     }
     let entries: Vec<String> = dir_paths
         .iter()
@@ -225,7 +228,9 @@ fn a_lower_inline_directory_outgrows_its_inode_in_an_upper_layer() {
         ("/app/shrinks", None),
         ("/app/stays", None),
     ];
-    let big: Vec<String> = (0..30).map(|i| format!("/app/shrinks/entry-{i:02}")).collect();
+    let big: Vec<String> = (0..30)
+        .map(|i| format!("/app/shrinks/entry-{i:02}"))
+        .collect();
     let mut lower = lower;
     for e in &big {
         lower.push((e, Some(vec![1])));
@@ -237,8 +242,10 @@ fn a_lower_inline_directory_outgrows_its_inode_in_an_upper_layer() {
     }
     // The upper layer removes all but one of /app/shrinks's entries.
     let gone: Vec<String> = (1..30).map(|i| format!("entry-{i:02}")).collect();
-    let whiteouts: Vec<(usize, &str, &str)> =
-        gone.iter().map(|n| (1, "/app/shrinks", n.as_str())).collect();
+    let whiteouts: Vec<(usize, &str, &str)> = gone
+        .iter()
+        .map(|n| (1, "/app/shrinks", n.as_str()))
+        .collect();
     let first = build(&one, &[lower.clone()], &[]);
     build(&two, &[lower, upper], &whiteouts);
     fsck(&one);
@@ -388,11 +395,31 @@ fn hostile_inline_inodes_are_errors_not_panics() {
     let area = 160u64; // 128 + i_extra_isize
     let entry = area + 4;
     let cases: Vec<(&str, u64, u64, Vec<u8>)> = vec![
-        ("value offset past the inode", file_at, entry + 2, 0xfff0u16.to_le_bytes().to_vec()),
-        ("value size past the inode", file_at, entry + 8, 0xffff_fff0u32.to_le_bytes().to_vec()),
-        ("value in an ea_inode", file_at, entry + 4, 77u32.to_le_bytes().to_vec()),
+        (
+            "value offset past the inode",
+            file_at,
+            entry + 2,
+            0xfff0u16.to_le_bytes().to_vec(),
+        ),
+        (
+            "value size past the inode",
+            file_at,
+            entry + 8,
+            0xffff_fff0u32.to_le_bytes().to_vec(),
+        ),
+        (
+            "value in an ea_inode",
+            file_at,
+            entry + 4,
+            77u32.to_le_bytes().to_vec(),
+        ),
         ("no xattr magic", file_at, area, [0u8; 4].to_vec()),
-        ("i_extra_isize past the inode", file_at, 0x80, 0xfffcu16.to_le_bytes().to_vec()),
+        (
+            "i_extra_isize past the inode",
+            file_at,
+            0x80,
+            0xfffcu16.to_le_bytes().to_vec(),
+        ),
         ("no system.data", file_at, entry + 1, [6u8].to_vec()),
         (
             "no system.data, entries without an end",
@@ -400,10 +427,30 @@ fn hostile_inline_inodes_are_errors_not_panics() {
             entry + 1,
             [&[6u8][..], &[0; 14], b"data", &[9; 4]].concat(),
         ),
-        ("size past the inline bytes", file_at, 4, 129u32.to_le_bytes().to_vec()),
-        ("dir entry crossing i_block's end", dir_at, 0x28 + 4 + 4, 60u16.to_le_bytes().to_vec()),
-        ("dir entry rec_len 0", dir_at, 0x28 + 4 + 4, [0u8; 2].to_vec()),
-        ("dir name past its region", dir_at, 0x28 + 4 + 6, [200u8].to_vec()),
+        (
+            "size past the inline bytes",
+            file_at,
+            4,
+            129u32.to_le_bytes().to_vec(),
+        ),
+        (
+            "dir entry crossing i_block's end",
+            dir_at,
+            0x28 + 4 + 4,
+            60u16.to_le_bytes().to_vec(),
+        ),
+        (
+            "dir entry rec_len 0",
+            dir_at,
+            0x28 + 4 + 4,
+            [0u8; 2].to_vec(),
+        ),
+        (
+            "dir name past its region",
+            dir_at,
+            0x28 + 4 + 6,
+            [200u8].to_vec(),
+        ),
     ];
     for (what, at, off, patch) in cases {
         let bad = d.path().join("bad");

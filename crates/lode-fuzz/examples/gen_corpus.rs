@@ -727,25 +727,59 @@ fn ext4_seeds(s: &mut Seeds) {
     use lode_ext4::{Builder, Meta, Options};
     let dir = tempfile::tempdir().expect("tempdir");
     let img = dir.path().join("img");
-    let mut b = Builder::new(std::fs::File::create(&img).expect("image"), Options::default());
+    let mut b = Builder::new(
+        std::fs::File::create(&img).expect("image"),
+        Options::default(),
+    );
     let path = |p: &str| -> Vec<Vec<u8>> { p.split('/').map(|c| c.as_bytes().to_vec()).collect() };
-    let meta = |perm| Meta { perm, ..Meta::default() };
+    let meta = |perm| Meta {
+        perm,
+        ..Meta::default()
+    };
     b.begin_layer().expect("layer");
-    for (p, n) in [("a", 1usize), ("b", 60), ("c", 61), ("d", 128), ("e", 129), ("f", 5000)] {
+    for (p, n) in [
+        ("a", 1usize),
+        ("b", 60),
+        ("c", 61),
+        ("d", 128),
+        ("e", 129),
+        ("f", 5000),
+    ] {
         let data: Vec<u8> = (0..n).map(|i| i as u8).collect();
-        b.add_file(&path(p), meta(0o644), n as u64, &mut &data[..]).expect("file");
+        b.add_file(&path(p), meta(0o644), n as u64, &mut &data[..])
+            .expect("file");
     }
     for i in 0..3 {
-        b.add_file(&path(&format!("small/f{i}")), meta(0o644), 1, &mut &b"s"[..]).expect("file");
+        b.add_file(
+            &path(&format!("small/f{i}")),
+            meta(0o644),
+            1,
+            &mut &b"s"[..],
+        )
+        .expect("file");
     }
     for i in 0..5 {
-        b.add_file(&path(&format!("spill/name{i}")), meta(0o644), 2, &mut &b"sp"[..]).expect("file");
+        b.add_file(
+            &path(&format!("spill/name{i}")),
+            meta(0o644),
+            2,
+            &mut &b"sp"[..],
+        )
+        .expect("file");
     }
     for i in 0..40 {
-        b.add_file(&path(&format!("big/entry-{i:02}")), meta(0o644), 0, &mut &b""[..]).expect("file");
+        b.add_file(
+            &path(&format!("big/entry-{i:02}")),
+            meta(0o644),
+            0,
+            &mut &b""[..],
+        )
+        .expect("file");
     }
-    b.add_symlink(&path("small/l"), b"../a", meta(0o777)).expect("symlink");
-    b.add_symlink(&path("spill/long"), &[b'x'; 100], meta(0o777)).expect("symlink");
+    b.add_symlink(&path("small/l"), b"../a", meta(0o777))
+        .expect("symlink");
+    b.add_symlink(&path("spill/long"), &[b'x'; 100], meta(0o777))
+        .expect("symlink");
     b.end_layer().expect("end");
     b.finish().expect("finish");
     let image = std::fs::read(&img).expect("read image");

@@ -124,7 +124,10 @@ mod tests {
         // No entries: one blank entry spans i_block's 56 bytes.
         let empty = dir(7, &[]).unwrap();
         assert_eq!((get32(&empty.i_block, 0), empty.size), (7, 60));
-        assert_eq!((get32(&empty.i_block, 4), get16(&empty.i_block, 8)), (0, 56));
+        assert_eq!(
+            (get32(&empty.i_block, 4), get16(&empty.i_block, 8)),
+            (0, 56)
+        );
         assert!(value(&empty.area).is_empty());
         // Three 16-byte entries fit in i_block, the last stretched to 24.
         let three = [e(b"name1", 20), e(b"name2", 21), e(b"name3", 22)];
@@ -143,7 +146,10 @@ mod tests {
         assert_eq!(d.size, 128);
         let v = value(&d.area);
         assert_eq!(v.len(), 68);
-        assert_eq!((get32(v, 0), get16(v, 4), get32(v, 16), get16(v, 20)), (23, 16, 24, 52));
+        assert_eq!(
+            (get32(v, 0), get16(v, 4), get32(v, 16), get16(v, 20)),
+            (23, 16, 24, 52)
+        );
         // An entry that fits in neither region: not inline.
         assert!(dir(2, &[e(&[b'x'; 61], 9)]).is_none());
         let many: Vec<DirEntry<'_>> = (0..8).map(|i| e(b"name1", 30 + i)).collect();
