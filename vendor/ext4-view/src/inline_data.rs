@@ -57,7 +57,7 @@ pub(crate) fn read_inline_data(
     i_block: &[u8],
 ) -> Result<Vec<u8>, Ext4Error> {
     let value = system_data_value(raw).ok_or(CorruptKind::InlineData(inode))?;
-    let mut data = Vec::with_capacity(i_block.len() + value.len());
+    let mut data = Vec::new();
     data.extend_from_slice(i_block);
     data.extend_from_slice(value);
     Ok(data)
@@ -125,17 +125,13 @@ pub(crate) fn inline_dir_entries(
         return Err(err());
     }
 
-    let mut buf = Vec::with_capacity(2 * DOT_ENTRY_LEN + rest.len());
-    for (inode, name) in
-        [(&dir.get().to_le_bytes()[..], &b"."[..]), (parent, b"..")]
-    {
-        buf.extend_from_slice(inode);
-        // rec_len (u16), name_len (u8), file_type (u8: directory).
-        buf.extend_from_slice(&[DOT_ENTRY_LEN as u8, 0, name.len() as u8, 2]);
-        let mut padded_name = [0u8; 4];
-        padded_name[..name.len()].copy_from_slice(name);
-        buf.extend_from_slice(&padded_name);
-    }
+    // Inode, rec_len (u16: 12), name_len, file_type (2: directory),
+    // name padded to four bytes.
+    let mut buf = Vec::new();
+    buf.extend_from_slice(&dir.get().to_le_bytes());
+    buf.extend_from_slice(&[12, 0, 1, 2, b'.', 0, 0, 0]);
+    buf.extend_from_slice(parent);
+    buf.extend_from_slice(&[12, 0, 2, 2, b'.', b'.', 0, 0]);
     buf.extend_from_slice(rest);
 
     let dots_end = 2 * DOT_ENTRY_LEN;

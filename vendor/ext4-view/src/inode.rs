@@ -243,7 +243,9 @@ impl Inode {
             // A file's size must fit in its inline data. (A directory's
             // size is not used: its entries are read from all of it.)
             let is_dir = i_mode & 0xf000 == InodeMode::S_IFDIR.bits();
-            if !is_dir && size_in_bytes > contents.len() as u64 {
+            let len = u64::try_from(contents.len())
+                .map_err(|_| CorruptKind::InlineData(index))?;
+            if !is_dir && size_in_bytes > len {
                 return Err(CorruptKind::InlineData(index).into());
             }
             Some(contents)
