@@ -75,7 +75,8 @@ pub struct Summary {
     pub inodes_used: u64,
     /// Blocks in use.
     pub blocks_used: u64,
-    /// Bytes of file data written (non-zero blocks only).
+    /// Bytes of file data written in blocks (non-zero blocks only; files
+    /// kept in their inodes, see [`crate::format::inline`], are not counted).
     pub data_bytes: u64,
     /// First block after the last layer section.
     pub sections_end_block: u64,
