@@ -114,6 +114,67 @@ mod tests {
         }
     }
 
+    /// Entries of one region: (name, inode), checking that the `rec_len`
+    /// chain covers the region exactly.
+    fn region_entries(region: &[u8]) -> Vec<(Vec<u8>, u32)> {
+        let mut v = Vec::new();
+        let mut p = 0;
+        while p < region.len() {
+            let rl = get16(region, p + 4) as usize;
+            assert!(rl >= 8 && p + rl <= region.len(), "bad rec_len {rl} at {p}");
+            let nl = region[p + 6] as usize;
+            assert!(8 + nl <= rl, "name past its entry");
+            let ino = get32(region, p);
+            if ino != 0 {
+                v.push((region[p + 8..p + 8 + nl].to_vec(), ino));
+            }
+            p += rl;
+        }
+        v
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn inline_directories_parse_back(
+            names in proptest::collection::vec(proptest::collection::vec(1u8..=255, 1..=40), 0..12)
+        ) {
+            let entries: Vec<DirEntry<'_>> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| DirEntry { name: n, ino: 100 + i as u32, ftype: ftype::REG })
+                .collect();
+            let want: Vec<(Vec<u8>, u32)> = entries.iter().map(|e| (e.name.to_vec(), e.ino)).collect();
+            // What fits: entries in order, each whole in i_block's 56 bytes
+            // or, once one does not fit there, in the value's 68.
+            let (mut region, mut used, mut fits) = (0, 0, true);
+            for e in &entries {
+                let r = (8 + e.name.len()).div_ceil(4) * 4;
+                if used + r > [56, 68][region] {
+                    region += 1;
+                    used = 0;
+                    if region == 2 || r > 68 {
+                        fits = false;
+                        break;
+                    }
+                }
+                used += r;
+            }
+            match dir(42, &entries) {
+                None => proptest::prop_assert!(!fits),
+                Some(d) => {
+                    proptest::prop_assert!(fits);
+                    proptest::prop_assert_eq!(get32(&d.i_block, 0), 42);
+                    let v = value(&d.area);
+                    proptest::prop_assert!(v.is_empty() || v.len() == MAX_VALUE);
+                    proptest::prop_assert_eq!(d.size, (60 + v.len()) as u64);
+                    let mut got = region_entries(&d.i_block[4..]);
+                    got.extend(region_entries(v));
+                    proptest::prop_assert_eq!(got, want);
+                }
+            }
+        }
+    }
+
     #[test]
     fn directories_fill_i_block_then_the_whole_value() {
         let e = |name: &'static [u8], ino| DirEntry {
