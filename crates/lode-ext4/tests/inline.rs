@@ -157,7 +157,8 @@ fn tiny_files_and_small_directories_round_trip() {
         layer.push((path, Some(bytes(n, n as u8))));
     }
     // Directories: empty, entries in i_block only, entries spilling into
-    // system.data, and too many for the inode.
+    // system.data, and too many for the inode; and one whose only entry is
+    // too long for i_block (a blank entry there, the name in the value).
     let dir_sizes = [0usize, 3, 5, 12];
     let mut dir_paths = Vec::new();
     for n in dir_sizes {
@@ -167,6 +168,7 @@ fn tiny_files_and_small_directories_round_trip() {
             (1..=n).map(|i| format!("name{i}")).collect::<Vec<_>>(),
         ));
     }
+    dir_paths.push(("/d/long".to_string(), vec!["n".repeat(50)]));
     let entries: Vec<String> = dir_paths
         .iter()
         .flat_map(|(dir, names)| names.iter().map(move |n| format!("{dir}/{n}")))
@@ -185,6 +187,18 @@ fn tiny_files_and_small_directories_round_trip() {
     }
     for (dir, names) in &dir_paths {
         assert_eq!(is_inline(&img, dir), names.len() <= 5, "{dir}");
+        if dir == "/d/long" {
+            // Blank entry spanning i_block's 56 bytes, then the name.
+            let ino = stat(&img, dir).0;
+            let f = std::fs::File::open(&img).unwrap();
+            let mut b = [0u8; 10];
+            f.read_exact_at(&mut b, inode_offset(&img, ino) + 0x28)
+                .unwrap();
+            assert_eq!(
+                (&b[4..8], u16::from_le_bytes([b[8], b[9]])),
+                (&[0u8; 4][..], 56)
+            );
+        }
     }
     let fs = ext4_view::Ext4::load_from_path(&img).unwrap();
     let mut want = Vec::new();
