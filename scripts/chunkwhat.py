@@ -80,28 +80,42 @@ class Image:
                 out += self.extents(self.block(child), owned)
         return out
 
+    def dir_regions(self, raw):
+        """The byte regions holding a directory inode's entries: its blocks,
+        or for inline data (layout 4) the rest of i_block after the parent's
+        number and the value of the in-inode xattr system.data."""
+        if u32(raw, 0x20) & 0x10000000:
+            regions = [raw[0x2C:0x64]]
+            area = 128 + u16(raw, 0x80)
+            if len(raw) >= area + 4 and u32(raw, area) == 0xEA020000:
+                e = area + 4
+                while e + 16 <= len(raw) and u32(raw, e):
+                    nl, idx, offs, size = raw[e], raw[e + 1], u16(raw, e + 2), u32(raw, e + 8)
+                    if idx == 7 and raw[e + 16 : e + 16 + nl] == b"data":
+                        regions.append(raw[area + 4 + offs : area + 4 + offs + size])
+                        break
+                    e += (16 + nl + 3) // 4 * 4
+            return regions
+        return [self.block(b) for phys, ln in self.extents(raw[0x28:0x64], []) for b in range(phys, phys + ln)]
+
     def walk(self):
         """{ino: path} of every live inode reachable from /, and (ino, path) of directories."""
         names = {2: "/"}
         stack = [2]
         while stack:
             d = stack.pop()
-            raw = self.inode(d)
-            tree = []
-            for phys, ln in self.extents(raw[0x28:0x64], tree):
-                for b in range(phys, phys + ln):
-                    blk = self.block(b)
-                    o = 0
-                    while o < BS - 8:
-                        ino, rl, nl, ft = u32(blk, o), u16(blk, o + 4), blk[o + 6], blk[o + 7]
-                        if rl < 8:
-                            break
-                        name = blk[o + 8 : o + 8 + nl].decode("utf-8", "replace")
-                        if ino and name not in (".", "..") and ino not in names:
-                            names[ino] = names[d].rstrip("/") + "/" + name
-                            if ft == 2:
-                                stack.append(ino)
-                        o += rl
+            for blk in self.dir_regions(self.inode(d)):
+                o = 0
+                while o <= len(blk) - 8:
+                    ino, rl, nl, ft = u32(blk, o), u16(blk, o + 4), blk[o + 6], blk[o + 7]
+                    if rl < 8:
+                        break
+                    name = blk[o + 8 : o + 8 + nl].decode("utf-8", "replace")
+                    if ino and name not in (".", "..") and ino not in names:
+                        names[ino] = names[d].rstrip("/") + "/" + name
+                        if ft == 2:
+                            stack.append(ino)
+                    o += rl
         return names
 
     def owners(self):

@@ -4,9 +4,11 @@
 //! they are recorded in `docs/format.md` under the format version.
 
 /// Version of the image layout these constants and the builder write
-/// (`docs/format.md` §1): 3 since 2026-12-06 (the directory pool in group 0,
-/// inode tables at each section's end, packed layers).
-pub const LAYOUT_VERSION: u32 = 3;
+/// (`docs/format.md` §1): 4 since 2026-12-06 (inline data: files of up to
+/// 128 bytes and small directories kept in their inodes); 3 brought the
+/// directory pool in group 0, inode tables at each section's end, packed
+/// layers.
+pub const LAYOUT_VERSION: u32 = 4;
 /// Filesystem block size in bytes.
 pub const BLOCK_SIZE: u64 = 4096;
 /// Blocks per block group (one block of bitmap bits).

@@ -8,6 +8,7 @@
 
 use crate::error::{show_path, Ext4Error, Result};
 use crate::format::extent::Extent;
+use crate::format::inline::Inline;
 use crate::format::inode::Timestamp;
 use crate::format::xattr::{Placement, Xattrs};
 use std::collections::{BTreeMap, HashSet};
@@ -110,6 +111,15 @@ pub struct Node {
     pub blocks: NodeBlocks,
 }
 
+impl Node {
+    /// Whether its contents may be kept in the inode (inline data): only
+    /// when its in-inode attribute area is free for `system.data` (no
+    /// attributes, or all of them in a block).
+    pub fn may_inline(&self) -> bool {
+        !matches!(self.xattrs, Placement::Inline(_))
+    }
+}
+
 /// Blocks other than file data that a node owns.
 #[derive(Clone, Debug, Default)]
 pub struct NodeBlocks {
@@ -125,6 +135,9 @@ pub struct NodeBlocks {
     pub dir_tree: Vec<u64>,
     /// The directory contents are hash-indexed (`EXT4_INDEX_FL`).
     pub dir_indexed: bool,
+    /// Contents kept in the inode instead (inline data): a small file's
+    /// bytes, or a small directory's current entries.
+    pub inline: Option<Inline>,
 }
 
 /// The merged tree of all layers applied so far.

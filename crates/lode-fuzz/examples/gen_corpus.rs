@@ -1,5 +1,6 @@
 //! Writes the seed corpora `fuzz/corpus/<target>/seed-*` from lode's real
-//! encoders: `cargo run -p lode-fuzz --example gen_corpus`.
+//! encoders: `cargo run -p lode-fuzz --example gen_corpus [TARGET...]` (only
+//! the named targets' seeds when any are named).
 //!
 //! Seeds are valid (or nearly valid) inputs so fuzzing starts deep in each
 //! parser. Some seeds embed random nonces, so re-running changes their bytes.
@@ -27,11 +28,18 @@ fn main() -> anyhow_free::Result {
     oci_seeds(&mut seeds);
     store_seeds(&mut seeds);
     flatten_seeds(&mut seeds);
+    ext4_seeds(&mut seeds);
     worker_seeds(&mut seeds);
-    for (name, _) in lode_fuzz::TARGETS {
-        assert!(seeds.contains_key(name), "no seeds for {name}");
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    if only.is_empty() {
+        for (name, _) in lode_fuzz::TARGETS {
+            assert!(seeds.contains_key(name), "no seeds for {name}");
+        }
     }
     for (target, list) in &seeds {
+        if !only.is_empty() && !only.iter().any(|t| t == target) {
+            continue;
+        }
         let dir: PathBuf = root.join(target);
         std::fs::create_dir_all(&dir)?;
         for e in std::fs::read_dir(&dir)? {
@@ -709,4 +717,79 @@ fn flatten_seeds(s: &mut Seeds) {
     for l in &layers {
         list.push(layer_tar_bytes(l));
     }
+}
+
+/// A small layout-4 image: inline files (1, 60, 61 and 128 bytes) and
+/// directories (entries in `i_block` only, and spilling into `system.data`),
+/// a file and a directory in blocks, short and long symlinks; then the same
+/// image with the inline file's `system.data` value offset corrupted.
+fn ext4_seeds(s: &mut Seeds) {
+    use lode_ext4::{Builder, Meta, Options};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("img");
+    let mut b = Builder::new(
+        std::fs::File::create(&img).expect("image"),
+        Options::default(),
+    );
+    let path = |p: &str| -> Vec<Vec<u8>> { p.split('/').map(|c| c.as_bytes().to_vec()).collect() };
+    let meta = |perm| Meta {
+        perm,
+        ..Meta::default()
+    };
+    b.begin_layer().expect("layer");
+    for (p, n) in [
+        ("a", 1usize),
+        ("b", 60),
+        ("c", 61),
+        ("d", 128),
+        ("e", 129),
+        ("f", 5000),
+    ] {
+        let data: Vec<u8> = (0..n).map(|i| i as u8).collect();
+        b.add_file(&path(p), meta(0o644), n as u64, &mut &data[..])
+            .expect("file");
+    }
+    for i in 0..3 {
+        b.add_file(
+            &path(&format!("small/f{i}")),
+            meta(0o644),
+            1,
+            &mut &b"s"[..],
+        )
+        .expect("file");
+    }
+    for i in 0..5 {
+        b.add_file(
+            &path(&format!("spill/name{i}")),
+            meta(0o644),
+            2,
+            &mut &b"sp"[..],
+        )
+        .expect("file");
+    }
+    for i in 0..40 {
+        b.add_file(
+            &path(&format!("big/entry-{i:02}")),
+            meta(0o644),
+            0,
+            &mut &b""[..],
+        )
+        .expect("file");
+    }
+    b.add_symlink(&path("small/l"), b"../a", meta(0o777))
+        .expect("symlink");
+    b.add_symlink(&path("spill/long"), &[b'x'; 100], meta(0o777))
+        .expect("symlink");
+    b.end_layer().expect("end");
+    b.finish().expect("finish");
+    let image = std::fs::read(&img).expect("read image");
+    let good = lode_fuzz::ext4::sparse_records(&image);
+    // /a is the first file after the pooled directories: inode 1025, the
+    // first of group 1, whose table the second descriptor names.
+    let table = u32::from_le_bytes(image[4096 + 32 + 8..4096 + 32 + 12].try_into().expect("4"));
+    let at = table as usize * 4096 + 160 + 4 + 2;
+    let mut bad_image = image;
+    bad_image[at..at + 2].copy_from_slice(&0xfff0u16.to_le_bytes());
+    let bad = lode_fuzz::ext4::sparse_records(&bad_image);
+    s.insert("ext4_view_image", vec![good, bad]);
 }

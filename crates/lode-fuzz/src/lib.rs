@@ -13,6 +13,7 @@ pub mod agent;
 pub mod agent_host;
 pub mod cache;
 pub mod chunk;
+pub mod ext4;
 pub mod flatten;
 pub mod fleet;
 pub mod frontend;
@@ -54,6 +55,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("oci_docker_archive", oci::docker_archive),
     ("store_documents", store::documents),
     ("flatten_tar", flatten::tar),
+    ("ext4_view_image", ext4::image),
     ("worker_runtime_api", worker::runtime_api),
     ("frontend_sigv4", frontend::sigv4),
     ("frontend_sealed_document", frontend::sealed_document),

@@ -180,10 +180,25 @@ targets!(
     oci_docker_archive,
     store_documents,
     flatten_tar,
+    ext4_view_image,
     worker_runtime_api,
     frontend_sigv4,
     frontend_sealed_document,
 );
+
+/// The ext4 seeds reach inline data: the good image's inline files and
+/// directories read back, and the corrupted one's inline file is an error.
+#[test]
+fn ext4_seeds_reach_inline_data() {
+    let fs = lode_fuzz::ext4::load(&seed("ext4_view_image", 0)).expect("seed 0 loads");
+    let want: Vec<u8> = (0..128u32).map(|i| i as u8).collect();
+    assert_eq!(fs.read("/d").expect("/d"), want);
+    assert_eq!(fs.read("/spill/name4").expect("/spill/name4"), b"sp");
+    assert_eq!(fs.read_dir("/spill").expect("/spill").count(), 8);
+    let bad = lode_fuzz::ext4::load(&seed("ext4_view_image", 1)).expect("seed 1 loads");
+    assert!(bad.read("/a").is_err());
+    assert_eq!(bad.read("/d").expect("/d"), want);
+}
 
 /// The Runtime API seeds reach the handlers: the event is handed out and
 /// answered.

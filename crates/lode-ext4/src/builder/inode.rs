@@ -3,6 +3,7 @@
 use super::{contiguous_extents, Builder};
 use crate::error::{Ext4Error, Result};
 use crate::format::extent::{self, Extent};
+use crate::format::inline;
 use crate::format::inode::{self, mode, InodeRecord};
 use crate::format::xattr::Placement;
 use crate::layout::*;
@@ -52,21 +53,31 @@ impl Builder {
             }
             extent::build(extents, tree).root
         };
+        if let Some(inl) = &n.blocks.inline {
+            // Contents in the inode: no blocks, and `system.data` fills
+            // the in-inode attribute area (`Node::may_inline`).
+            rec.i_block = inl.i_block;
+            rec.flags = inline::INLINE_DATA_FL;
+            rec.size = inl.size;
+            rec.inline_xattrs = inl.area.clone();
+        }
         match &n.kind {
             Kind::Dir { .. } => {
-                let (start, count) = n
-                    .blocks
-                    .dir
-                    .ok_or(Ext4Error::Misuse("directory without blocks"))?;
-                let extents = contiguous_extents(start, count);
-                rec.i_block = extents_root(&extents, &n.blocks.dir_tree, &mut owned);
                 rec.mode |= mode::S_IFDIR;
-                rec.flags = inode::EXTENTS_FL;
-                if n.blocks.dir_indexed {
-                    rec.flags |= inode::INDEX_FL;
+                if n.blocks.inline.is_none() {
+                    let (start, count) = n
+                        .blocks
+                        .dir
+                        .ok_or(Ext4Error::Misuse("directory without blocks"))?;
+                    let extents = contiguous_extents(start, count);
+                    rec.i_block = extents_root(&extents, &n.blocks.dir_tree, &mut owned);
+                    rec.flags = inode::EXTENTS_FL;
+                    if n.blocks.dir_indexed {
+                        rec.flags |= inode::INDEX_FL;
+                    }
+                    rec.size = count * BLOCK_SIZE;
+                    blocks += count + n.blocks.dir_tree.len() as u64;
                 }
-                rec.size = count * BLOCK_SIZE;
-                blocks += count + n.blocks.dir_tree.len() as u64;
                 let links = 2 + self.tree.subdirs(id) as u64;
                 rec.links = if links > u64::from(LINK_MAX) {
                     1
@@ -75,12 +86,14 @@ impl Builder {
                 };
             }
             Kind::File { size, extents } => {
-                rec.i_block = extents_root(extents, &n.blocks.tree, &mut owned);
                 rec.mode |= mode::S_IFREG;
-                rec.flags = inode::EXTENTS_FL;
-                rec.size = *size;
-                blocks += extents.iter().map(|e| u64::from(e.len)).sum::<u64>()
-                    + n.blocks.tree.len() as u64;
+                if n.blocks.inline.is_none() {
+                    rec.i_block = extents_root(extents, &n.blocks.tree, &mut owned);
+                    rec.flags = inode::EXTENTS_FL;
+                    rec.size = *size;
+                    blocks += extents.iter().map(|e| u64::from(e.len)).sum::<u64>()
+                        + n.blocks.tree.len() as u64;
+                }
             }
             Kind::Symlink { target } => {
                 rec.mode |= mode::S_IFLNK;

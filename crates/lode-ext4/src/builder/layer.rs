@@ -9,6 +9,7 @@ use crate::error::{Ext4Error, Result};
 use crate::format::dir::{self, ftype, DirEntry};
 use crate::format::extent;
 use crate::format::htree;
+use crate::format::inline;
 use crate::format::xattr::Placement;
 use crate::geometry::{Geometry, LOST_FOUND_BLOCK, MAX_BLOCKS};
 use crate::layout::*;
@@ -185,20 +186,11 @@ impl Builder {
         v
     }
 
-    /// A directory's current entries as whole directory blocks.
-    /// A directory's blocks, and whether they are hash-indexed: directories
-    /// of more than one block get an htree index (lookups read one leaf),
-    /// unless they outgrow two index levels; smaller ones stay linear.
-    fn encode_dir(&self, id: NodeId, parent: NodeId) -> (Vec<u8>, bool) {
-        let entries = self.dir_entries(id, parent);
-        let refs: Vec<DirEntry<'_>> = entries
-            .iter()
-            .map(|(n, ino, ft)| DirEntry {
-                name: n,
-                ino: *ino,
-                ftype: *ft,
-            })
-            .collect();
+    /// A directory's blocks for `entries` (`.` and `..` first), and whether
+    /// they are hash-indexed: directories of more than one block get an
+    /// htree index (lookups read one leaf), unless they outgrow two index
+    /// levels; smaller ones stay linear.
+    fn encode_dir(&self, refs: &[DirEntry<'_>]) -> (Vec<u8>, bool) {
         if dir::blocks_needed(refs.iter().map(|e| e.name.len())) > 1 {
             if let Some(indexed) =
                 htree::encode(refs[0].ino, refs[1].ino, &refs[2..], &self.opts.hash_seed)
@@ -206,11 +198,28 @@ impl Builder {
                 return (indexed, true);
             }
         }
-        (dir::encode(&refs), false)
+        (dir::encode(refs), false)
     }
 
+    /// Writes a directory's current entries: in its inode when they fit
+    /// (inline data; never `/`, whose entries change with every image's
+    /// top layer anyway, nor `/lost+found`), else as new blocks at the cursor. A directory
+    /// inline in a lower layer that outgrows its inode moves to blocks in
+    /// the layer that adds to it.
     fn write_dir(&mut self, id: NodeId, parent: NodeId) -> Result<()> {
-        let (bytes, indexed) = self.encode_dir(id, parent);
+        let entries = self.dir_entries(id, parent);
+        let refs = as_refs(&entries);
+        if id != ROOT && id != LOST_FOUND && self.tree.nodes[id].may_inline() {
+            if let Some(inl) = inline::dir(refs[1].ino, &refs[2..]) {
+                let nb = &mut self.tree.nodes[id].blocks;
+                nb.inline = Some(inl);
+                nb.dir = None;
+                nb.dir_tree = Vec::new();
+                nb.dir_indexed = false;
+                return Ok(());
+            }
+        }
+        let (bytes, indexed) = self.encode_dir(&refs);
         let count = bytes.len() as u64 / BLOCK_SIZE;
         let start = self.alloc(count);
         self.write_at(start, &bytes)?;
@@ -225,11 +234,15 @@ impl Builder {
         nb.dir = Some((start, count));
         nb.dir_tree = tree_blocks;
         nb.dir_indexed = indexed;
+        nb.inline = None;
         Ok(())
     }
 
+    /// Writes `/lost+found` in its reserved block (never inline: `e2fsck`
+    /// wants blocks there to reconnect files into).
     fn write_lost_found(&mut self) -> Result<()> {
-        let (bytes, _) = self.encode_dir(LOST_FOUND, ROOT);
+        let entries = self.dir_entries(LOST_FOUND, ROOT);
+        let (bytes, _) = self.encode_dir(&as_refs(&entries));
         if bytes.len() as u64 == BLOCK_SIZE {
             self.write_at(LOST_FOUND_BLOCK, &bytes)?;
             let nb = &mut self.tree.nodes[LOST_FOUND].blocks;
@@ -240,4 +253,16 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// Directory entries as the encoders take them.
+fn as_refs(entries: &[(Vec<u8>, u32, u8)]) -> Vec<DirEntry<'_>> {
+    entries
+        .iter()
+        .map(|(n, ino, ft)| DirEntry {
+            name: n,
+            ino: *ino,
+            ftype: *ft,
+        })
+        .collect()
 }

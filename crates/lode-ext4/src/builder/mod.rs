@@ -30,6 +30,7 @@
 use crate::data::FileData;
 use crate::error::{show_path, Ext4Error, Result};
 use crate::format::extent::{self, Extent};
+use crate::format::inline;
 use crate::format::inode::Timestamp;
 pub use crate::geometry::Limits;
 use crate::geometry::MAX_BLOCKS;
@@ -74,7 +75,8 @@ pub struct Summary {
     pub inodes_used: u64,
     /// Blocks in use.
     pub blocks_used: u64,
-    /// Bytes of file data written (non-zero blocks only).
+    /// Bytes of file data written in blocks (non-zero blocks only; files
+    /// kept in their inodes, see [`crate::format::inline`], are not counted).
     pub data_bytes: u64,
     /// First block after the last layer section.
     pub sections_end_block: u64,
@@ -325,6 +327,25 @@ impl Builder {
             },
             meta,
         )?;
+        if size > 0 && size <= inline::MAX_FILE && self.tree.nodes[id].may_inline() {
+            let mut bytes = vec![0u8; size as usize];
+            let mut got = 0;
+            while got < bytes.len() {
+                let n = data
+                    .read(&mut bytes[got..])
+                    .map_err(io_err(format!("reading data of '{}'", show_path(path))))?;
+                if n == 0 {
+                    return Err(Ext4Error::ShortData {
+                        path: show_path(path),
+                        expected: size,
+                        got: got as u64,
+                    });
+                }
+                got += n;
+            }
+            self.tree.nodes[id].blocks.inline = inline::file(&bytes);
+            return Ok(());
+        }
         let mut buf = std::mem::take(&mut self.buf);
         if size > 0 && buf.is_empty() {
             buf = vec![0u8; READ_BUFFER];

@@ -55,19 +55,40 @@ pub fn blocks_needed(name_lens: impl IntoIterator<Item = usize>) -> u64 {
 /// block's end, as ext4 requires.
 pub fn encode(entries: &[DirEntry<'_>]) -> Vec<u8> {
     let bs = BLOCK_SIZE as usize;
-    let mut out = vec![0u8; bs];
-    let mut block_start = 0usize;
+    encode_regions(entries, |_| Some(bs)).expect("every entry fits in a block")
+}
+
+/// Encodes entries, in the given order, into consecutive regions whose sizes
+/// `region_size(i)` gives (`None`: there is no region `i`). An entry that
+/// does not fit in what is left of a region starts the next one; each
+/// region's last entry stretches to its end, and a region left without
+/// entries holds one blank entry (inode 0) spanning it. Returns `None` when
+/// the entries need more regions than there are. At least the first region
+/// is returned, and no region after the last one used.
+pub fn encode_regions(
+    entries: &[DirEntry<'_>],
+    region_size: impl Fn(usize) -> Option<usize>,
+) -> Option<Vec<u8>> {
+    let mut region = 0usize;
+    let mut size = region_size(0)?;
+    let mut out = vec![0u8; size];
+    let mut region_start = 0usize;
     let mut pos = 0usize;
     let mut last: Option<usize> = None;
+    let close = |out: &mut Vec<u8>, last: Option<usize>, region_start: usize, size: usize| {
+        let l = last.unwrap_or(region_start);
+        put16(out, l + 4, (region_start + size - l) as u16);
+    };
     for e in entries {
         let r = rec_len(e.name.len());
-        if pos + r > block_start + bs {
-            if let Some(l) = last {
-                put16(&mut out, l + 4, (block_start + bs - l) as u16);
-            }
-            block_start += bs;
-            pos = block_start;
-            out.resize(block_start + bs, 0);
+        while pos + r > region_start + size {
+            close(&mut out, last, region_start, size);
+            region += 1;
+            region_start += size;
+            size = region_size(region)?;
+            pos = region_start;
+            last = None;
+            out.resize(region_start + size, 0);
         }
         put32(&mut out, pos, e.ino);
         put16(&mut out, pos + 4, r as u16);
@@ -77,10 +98,8 @@ pub fn encode(entries: &[DirEntry<'_>]) -> Vec<u8> {
         last = Some(pos);
         pos += r;
     }
-    if let Some(l) = last {
-        put16(&mut out, l + 4, (block_start + bs - l) as u16);
-    }
-    out
+    close(&mut out, last, region_start, size);
+    Some(out)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod dir;
 pub mod extent;
 pub mod htree;
+pub mod inline;
 pub mod inode;
 pub mod superblock;
 pub mod xattr;

@@ -16,6 +16,8 @@ pub const INCOMPAT_FILETYPE: u32 = 0x0002;
 pub const INCOMPAT_EXTENTS: u32 = 0x0040;
 /// `s_feature_incompat`: bitmaps and inode tables may live anywhere.
 pub const INCOMPAT_FLEX_BG: u32 = 0x0200;
+/// `s_feature_incompat`: small files and directories live in their inodes.
+pub const INCOMPAT_INLINE_DATA: u32 = 0x8000;
 /// `s_feature_ro_compat`: files larger than 2 GiB.
 pub const RO_COMPAT_LARGE_FILE: u32 = 0x0002;
 /// `s_feature_ro_compat`: more than 65,000 subdirectories.
@@ -80,7 +82,7 @@ pub fn encode_superblock(p: &SuperblockParams) -> [u8; 1024] {
     put32(
         &mut b,
         0x60,
-        INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG,
+        INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG | INCOMPAT_INLINE_DATA,
     );
     put32(
         &mut b,

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 /// Magic number of an xattr block and of the in-inode xattr area.
 pub const XATTR_MAGIC: u32 = 0xEA02_0000;
 
+/// Name index of the `system.` namespace (`system.data`).
+const SYSTEM_INDEX: u8 = 7;
+
 /// Why an attribute set cannot be stored. Names are kept escaped for
 /// messages (see [`lode_common::escape`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +113,12 @@ impl Xattrs {
         Ok(Xattrs(v))
     }
 
+    /// The one attribute of an inline inode: `system.data` holding the
+    /// contents past `i_block` (see [`crate::format::inline`]).
+    pub fn system_data(value: &[u8]) -> Self {
+        Xattrs(vec![(SYSTEM_INDEX, b"data".to_vec(), value.to_vec())])
+    }
+
     /// True when there are no attributes.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -165,7 +174,12 @@ impl Xattrs {
                 area[end..end + value.len()].copy_from_slice(value);
                 end
             };
-            let h = entry_hash(name, value);
+            // The kernel and e2fsprogs leave the hash of `system.data` 0.
+            let h = if *index == SYSTEM_INDEX {
+                0
+            } else {
+                entry_hash(name, value)
+            };
             area[pos] = name.len() as u8;
             area[pos + 1] = *index;
             put16(area, pos + 2, offs as u16);
