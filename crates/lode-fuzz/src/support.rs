@@ -76,7 +76,7 @@ impl<'a> Input<'a> {
     }
 }
 
-/// A directory for one target's files in this process, on tmpfs when there
+/// A directory for one target's files in this process and thread, on tmpfs when there
 /// is one (`/dev/shm`), emptied by the caller as needed. The process's
 /// directory is `lode-fuzz-<pid>`; those of processes that are gone are
 /// removed the first time (statics are never dropped, so nothing else would).
@@ -103,7 +103,14 @@ pub fn scratch(name: &str) -> PathBuf {
         }
         root.join(format!("lode-fuzz-{}", std::process::id()))
     });
-    let d = base.join(name);
+    // One directory per thread: the corpus tests run targets on parallel
+    // threads, and two of them resetting one directory raced (a cache
+    // node store found the other's marker file in it).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    thread_local! {
+        static THREAD: u64 = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let d = base.join(format!("{name}-{}", THREAD.with(|t| *t)));
     create_dir_retrying(&d);
     d
 }
