@@ -27,11 +27,11 @@
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use lode_cache::{ChunkId, ChunkTier};
 use lode_chunk::ChunkName;
 use lode_fleet::{
     client::placement, node, stripe, FleetTier, Http2Nodes, NodeStore, StripeBackend,
 };
+use lode_tier::{ChunkId, ChunkTier};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

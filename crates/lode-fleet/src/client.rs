@@ -8,9 +8,9 @@ use crate::write::{classify, stripe_get, Answer, StripeGets, Writer};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::StreamExt;
-use lode_cache::{ChunkId, ChunkTier, TierError};
 use lode_chunk::ChunkName;
 use lode_common::prom;
+use lode_tier::{ChunkId, ChunkTier, TierError};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -358,7 +358,7 @@ impl ChunkTier for FleetTier {
                     self.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
                     Err(TierError::NotFound {
                         tier: self.label,
-                        name: id.name.to_hex(),
+                        name: id.name,
                     })
                 }
             }

@@ -4,12 +4,12 @@
 use crate::support::{reset_dir, runtime, scratch, Input};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use lode_cache::{ChunkId, ChunkTier};
 use lode_chunk::ChunkName;
 use lode_fleet::backend::{read_get_reply, read_set_reply};
 use lode_fleet::node::{serve_connection, valid_key, NodeStore};
 use lode_fleet::stripe::{self, decode, encode, header, DATA, TOTAL};
 use lode_fleet::{placement, FleetTier, StripeBackend};
+use lode_tier::{ChunkId, ChunkTier};
 use std::collections::HashMap;
 use std::path::{Component, Path};
 use std::sync::{Arc, OnceLock};
