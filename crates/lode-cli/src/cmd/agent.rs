@@ -180,8 +180,8 @@ async fn reload_on_sighup(fleet: Arc<lode_fleet::FleetTier>, file: std::path::Pa
     };
     while hup.recv().await.is_some() {
         let r = std::fs::read_to_string(&file)
-            .map_err(|e| format!("reading {}: {e}", file.display()))
-            .and_then(|spec| fleet.set_spec(&spec));
+            .with_context(|| format!("reading {}", file.display()))
+            .and_then(|spec| Ok(fleet.set_spec(&spec)?));
         match r {
             Ok(c) => eprintln!(
                 "lode agent: SIGHUP: fleet now {} node(s); added {:?}, removed {:?}",
@@ -189,7 +189,7 @@ async fn reload_on_sighup(fleet: Arc<lode_fleet::FleetTier>, file: std::path::Pa
                 c.added,
                 c.removed
             ),
-            Err(e) => eprintln!("lode agent: SIGHUP: fleet unchanged: {e}"),
+            Err(e) => eprintln!("lode agent: SIGHUP: fleet unchanged: {e:#}"),
         }
     }
 }
@@ -272,7 +272,8 @@ pub async fn serve(
             let f = f.clone();
             registry.set_fleet_hook(Arc::new(move |spec: Option<&str>| {
                 let change = match spec {
-                    Some(s) => Some(f.set_spec(s)?),
+                    // The control API answers with the error's text.
+                    Some(s) => Some(f.set_spec(s).map_err(|e| e.to_string())?),
                     None => None,
                 };
                 let (added, removed) = change.map(|c| (c.added, c.removed)).unwrap_or_default();

@@ -134,8 +134,7 @@ impl CacheArgs {
                 spec,
                 Duration::from_millis(self.fleet_timeout_ms),
                 key,
-            )
-            .map_err(|e| anyhow::anyhow!(e))?;
+            )?;
             if self.fleet_lease_ms > 0 {
                 f = f.with_leases(lode_fleet::LeaseConfig {
                     ttl: Duration::from_millis(self.fleet_lease_ms),
