@@ -254,6 +254,8 @@ pub async fn run(t: &dyn Subject, root: &str) -> Result<Report, Violation> {
     let check = "missing is NotFound";
     let r = step(label, check, t.fetch(absent)).await?;
     expect_not_found(t, absent, r).map_err(|d| fail(check, d))?;
+    // No tier had it: the reader abandons it (a fleet releases its lease).
+    t.abandon(absent);
     passed.push(check);
 
     let check = "seed then fetch";
@@ -272,6 +274,7 @@ pub async fn run(t: &dyn Subject, root: &str) -> Result<Report, Violation> {
     for (s, r) in order.zip(answers) {
         if s.id == absent.id {
             expect_not_found(t, s, r).map_err(|d| fail(check, d))?;
+            t.abandon(s);
         } else {
             same(s, &expect(s), r).map_err(|d| fail(check, d))?;
         }
