@@ -375,7 +375,7 @@ impl ChunkReader {
         let mut errors = Vec::new();
         for (i, tier) in self.tiers.iter().enumerate() {
             // Verified: only bytes that hash to the chunk's name come back.
-            match tier.fetch(id).await {
+            match tier.fetch_verified(id).await {
                 Ok(ct) => {
                     for upper in &self.tiers[..i] {
                         upper.fill(id, ct.clone());
@@ -450,4 +450,101 @@ fn slice(index: u64, pt: Bytes, chunk_len: usize, range: Range<usize>) -> Result
         });
     }
     Ok(pt.slice(range))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use lode_chunk::{seal_chunk, Salt};
+    use std::error::Error as _;
+
+    /// A tier that answers every fetch with the same wrong bytes.
+    #[derive(Debug)]
+    struct Liar;
+
+    impl ChunkTier for Liar {
+        fn label(&self) -> &'static str {
+            "fleet"
+        }
+        fn fetch<'a>(&'a self, _id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
+            Box::pin(async { Ok(Bytes::from_static(b"not the chunk")) })
+        }
+    }
+
+    /// What each tier said is kept, typed, and counted per tier; a chunk
+    /// that does not open keeps the chunk format's error as its source.
+    #[tokio::test]
+    async fn errors_keep_each_tier_and_the_chunk_error() {
+        let store = lode_store::Store::open("memory://").unwrap();
+        let c = seal_chunk(&Salt([4; 32]), &[7u8; 4096]);
+        let id = ChunkId {
+            root: "r".into(),
+            name: c.name,
+        };
+        let tiers: Vec<Arc<dyn ChunkTier>> = vec![Arc::new(Liar), Arc::new(store.clone())];
+        let reader = ChunkReader::new(1 << 20, None, tiers);
+        let e = reader
+            .chunk(0, &id, &c.secret, 4096, Priority::Demand)
+            .await
+            .unwrap_err();
+        match &e {
+            ReadError::Unavailable { name, errors, .. } => {
+                assert_eq!(*name, c.name);
+                assert!(matches!(
+                    errors[0],
+                    TierError::Corrupt { tier: "fleet", .. }
+                ));
+                assert!(matches!(
+                    errors[1],
+                    TierError::NotFound { tier: "store", .. }
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        let shown = e.to_string();
+        assert!(
+            shown.contains("fleet: chunk") && shown.contains("store: chunk"),
+            "{shown}"
+        );
+        let mut m = String::new();
+        reader.render_metrics(&mut m);
+        assert!(
+            m.contains("lode_tier_errors_total{tier=\"fleet\"} 1"),
+            "{m}"
+        );
+        assert!(
+            m.contains("lode_tier_misses_total{tier=\"fleet\"} 0"),
+            "{m}"
+        );
+        assert!(
+            m.contains("lode_tier_misses_total{tier=\"store\"} 1"),
+            "{m}"
+        );
+        assert!(
+            m.contains("lode_tier_errors_total{tier=\"store\"} 0"),
+            "{m}"
+        );
+
+        // The chunk is there now, but the manifest's secret is another's.
+        store
+            .put_chunk("r", &c.name, Bytes::from(c.ciphertext.clone()))
+            .await
+            .unwrap();
+        let reader = ChunkReader::new(1 << 20, None, vec![Arc::new(store)]);
+        let mut wrong = c.secret;
+        wrong.plain_sha[0] ^= 1;
+        let e = reader
+            .chunk(0, &id, &wrong, 4096, Priority::Demand)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ReadError::Verify { index: 0, .. }), "{e:?}");
+        let src = e.source().expect("the chunk error");
+        let chunk = src.downcast_ref::<Arc<ChunkError>>().expect("a ChunkError");
+        assert!(
+            matches!(**chunk, ChunkError::PlaintextMismatch { index: 0 }),
+            "{chunk:?}"
+        );
+        assert_eq!(reader.fetched_from(0), (1, c.ciphertext.len() as u64));
+    }
 }

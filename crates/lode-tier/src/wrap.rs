@@ -151,6 +151,31 @@ impl<T: ChunkTier> Verified<T> {
     pub fn new(inner: T) -> Self {
         Verified { inner }
     }
+
+    /// The tier checked.
+    pub(crate) fn inner(&self) -> &T {
+        &self.inner
+    }
+
+    /// `r`, the inner tier's answer for `id`, unless it is bytes that do
+    /// not hash to `id`'s name.
+    pub(crate) fn check(
+        &self,
+        id: &ChunkId,
+        r: Result<Bytes, TierError>,
+    ) -> Result<Bytes, TierError> {
+        let ct = r?;
+        if ChunkName::of(&ct) == id.name {
+            Ok(ct)
+        } else {
+            tracing::warn!(tier = self.inner.label(), chunk = %id.name, "tier returned bytes that do not match the chunk name");
+            Err(TierError::Corrupt {
+                tier: self.inner.label(),
+                name: id.name,
+                len: ct.len(),
+            })
+        }
+    }
 }
 
 impl<T: ChunkTier> ChunkTier for Verified<T> {
@@ -159,19 +184,7 @@ impl<T: ChunkTier> ChunkTier for Verified<T> {
     }
 
     fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
-        Box::pin(async move {
-            let ct = self.inner.fetch(id).await?;
-            if ChunkName::of(&ct) == id.name {
-                Ok(ct)
-            } else {
-                tracing::warn!(tier = self.inner.label(), chunk = %id.name, "tier returned bytes that do not match the chunk name");
-                Err(TierError::Corrupt {
-                    tier: self.inner.label(),
-                    name: id.name,
-                    len: ct.len(),
-                })
-            }
-        })
+        Box::pin(async move { self.check(id, self.inner.fetch(id).await) })
     }
 
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
