@@ -19,7 +19,7 @@
 //! store, the caches, the fleet and the agent depend on it, never the other
 //! way round.
 
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod error;
 mod metered;
