@@ -272,8 +272,7 @@ pub async fn serve(
             let f = f.clone();
             registry.set_fleet_hook(Arc::new(move |spec: Option<&str>| {
                 let change = match spec {
-                    // The control API answers with the error's text.
-                    Some(s) => Some(f.set_spec(s).map_err(|e| e.to_string())?),
+                    Some(s) => Some(f.set_spec(s)?),
                     None => None,
                 };
                 let (added, removed) = change.map(|c| (c.added, c.removed)).unwrap_or_default();
