@@ -1,17 +1,17 @@
 //! The store as a tier (`lode_tier::ChunkTier for Store`) passes the tier
-//! conformance suite over each backend: memory, a local directory (where a
-//! chunk's object is also broken on purpose, to check that a failure is
-//! not a miss and keeps its source) and S3 (a private moto server).
+//! conformance suite over each backend: memory, a local directory and S3 (a
+//! private moto server), each with a chunk's object broken on purpose, to
+//! check that a failure is not a miss and keeps its source.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[path = "store_support/store_s3.rs"]
 mod store_s3;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use lode_store::Store;
 use lode_tier::conformance::{self, Hook, Remote, Sample};
-use std::path::PathBuf;
 
 /// Seeds a sample with the store's own PUT.
 fn put_with(store: &Store) -> Hook {
@@ -27,12 +27,28 @@ fn put_with(store: &Store) -> Hook {
     })
 }
 
-/// Every check but the fault (which needs a way to break an object).
+/// Breaks a chunk the way a store can break under the reader: its object
+/// grew past what the chunk format allows (the store refuses it before
+/// reading it), a failure and not a missing chunk. (An object turned into a
+/// directory would not do: object_store's local backend reports it as
+/// missing.)
+fn oversize(store: &Store) -> Hook {
+    let store = store.clone();
+    Box::new(move |s: &Sample| -> BoxFuture<'static, ()> {
+        let (store, path) = (store.clone(), Store::chunk_path(&s.id.root, &s.id.name));
+        Box::pin(async move {
+            let big = Bytes::from(vec![0u8; lode_chunk::MAX_CHUNK_SIZE as usize + 1]);
+            store.put(&path, big).await.unwrap();
+        })
+    })
+}
+
+/// Every check, the fault included.
 async fn passes(store: Store) {
-    let t = Remote::new(store.clone(), put_with(&store));
+    let t = Remote::new(store.clone(), put_with(&store)).with_fault(oversize(&store));
     let report = conformance::run(&t, "conformance").await.unwrap();
     assert_eq!(report.tier, "store");
-    assert_eq!(report.passed.len(), 5, "{report:?}");
+    assert_eq!(report.passed.len(), 6, "{report:?}");
 }
 
 #[tokio::test]
@@ -43,28 +59,7 @@ async fn memory_store_is_a_conforming_tier() {
 #[tokio::test]
 async fn local_store_is_a_conforming_tier() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().to_str().unwrap()).unwrap();
-    // A chunk whose object grew past what the chunk format allows: the store
-    // refuses it before reading it, a failure (not a missing chunk). (An
-    // object turned into a directory is reported as missing by
-    // object_store's local backend, so it is no fault to test with.)
-    let root = dir.path().to_path_buf();
-    let fault: Hook = Box::new(move |s: &Sample| -> BoxFuture<'static, ()> {
-        let h = s.id.name.to_hex();
-        let p: PathBuf = root
-            .join("roots")
-            .join(&*s.id.root)
-            .join("chunks")
-            .join(&h[..2])
-            .join(&h);
-        Box::pin(async move {
-            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-            f.set_len(lode_chunk::MAX_CHUNK_SIZE as u64 * 4).unwrap();
-        })
-    });
-    let t = Remote::new(store.clone(), put_with(&store)).with_fault(fault);
-    let report = conformance::run(&t, "conformance").await.unwrap();
-    assert_eq!(report.passed.len(), 6, "{report:?}");
+    passes(Store::open(dir.path().to_str().unwrap()).unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
