@@ -26,7 +26,8 @@
 //! [`Sample`]s are real sealed chunks, so both shapes see what they see in
 //! production. [`run`] returns the first [`Violation`], so a broken
 //! implementation fails it (see this module's tests: a tier that reports a
-//! miss as a failure, one that mixes up chunks).
+//! miss as a failure, one that returns another chunk's bytes, one that
+//! hides a failure as a miss — each refused by the check it breaks).
 
 use crate::{ChunkId, ChunkTier, TierError};
 use bytes::Bytes;
