@@ -41,7 +41,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 # memcached: the AZ cache fleet tests run plain memcached servers as nodes
-# (crates/lode-cli/tests/fleet_memcached.rs, scripts/bench-fleet.sh).
+# (crates/lode-cli/tests/fleet_memcached.rs, crates/lode-fleet/tests/tier_conformance.rs,
+# scripts/bench-fleet.sh).
 command -v memcached >/dev/null 2>&1 || { $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends memcached; }
 if ! have_venv; then
   echo "installing moto[server], boto3 and the AWS CLI into $MOTO_VENV (PyPI)"

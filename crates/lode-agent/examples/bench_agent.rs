@@ -30,9 +30,10 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use lode_agent::{ChunkReader, ImageHandle};
-use lode_cache::{ChunkId, ChunkTier, Delayed, DiskCache, HostKey, StoreTier, TierError};
+use lode_cache::{DiskCache, HostKey};
 use lode_chunk::Keyring;
 use lode_store::{open_image, Store};
+use lode_tier::{ChunkId, ChunkTier, Delayed, TierError};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -147,13 +148,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let latency = Duration::from_secs_f64(o.latency_ms / 1e3);
         let tier: Arc<dyn ChunkTier> = if o.link == "shared" {
             Arc::new(SharedLink {
-                inner: StoreTier::new(store.clone()),
+                inner: store.clone(),
                 latency,
                 bps: o.bandwidth.max(1),
                 next_free: Mutex::new(tokio::time::Instant::now()),
             })
         } else {
-            Arc::new(Delayed::new(StoreTier::new(store.clone()), latency, Some(o.bandwidth)))
+            Arc::new(Delayed::new(store.clone(), latency, Some(o.bandwidth)))
         };
         let disk = DiskCache::open(
             &o.cache_dir,

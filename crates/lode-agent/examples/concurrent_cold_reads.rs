@@ -18,9 +18,9 @@
 //! chunk the CPU per chunk would stay flat as R grows.
 
 use lode_agent::{ChunkReader, ImageHandle};
-use lode_cache::{ChunkTier, Delayed, StoreTier};
 use lode_chunk::Keyring;
 use lode_store::{open_image, Store};
+use lode_tier::{ChunkTier, Delayed};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("| readers per chunk | chunks | store fetches | memory misses | CPU s | CPU ms per chunk | wall s |");
         println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         for r in [1usize, 2, 4, 8] {
-            let tier: Arc<dyn ChunkTier> = Arc::new(Delayed::new(StoreTier::new(store.clone()), Duration::from_millis(20), None));
+            let tier: Arc<dyn ChunkTier> = Arc::new(Delayed::new(store.clone(), Duration::from_millis(20), None));
             let reader = Arc::new(ChunkReader::new(8 << 30, None, vec![tier]));
             let image = Arc::new(ImageHandle::new("x/y".into(), opened.clone(), reader.clone()));
             let (c0, t0) = (cpu_secs(), Instant::now());

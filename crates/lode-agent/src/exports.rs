@@ -464,15 +464,16 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use futures::future::BoxFuture;
-    use lode_cache::{ChunkId, ChunkTier, StoreTier, TierError};
     use lode_chunk::ChunkName;
+    use lode_store::Store;
+    use lode_tier::{ChunkId, ChunkTier, TierError};
     use std::time::Duration;
 
     /// A store tier that holds every fetch until a permit is released,
     /// recording the order in which fetches start.
     #[derive(Debug)]
     struct Gated {
-        inner: StoreTier,
+        inner: Store,
         started: Mutex<Vec<ChunkName>>,
         gate: tokio::sync::Semaphore,
     }
@@ -522,7 +523,7 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let gated = Arc::new(Gated {
-            inner: StoreTier::new(store.clone()),
+            inner: store.clone(),
             started: Mutex::new(Vec::new()),
             gate: tokio::sync::Semaphore::new(0),
         });

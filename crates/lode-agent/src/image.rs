@@ -4,8 +4,8 @@ use crate::range::{BlockRange, RangeError};
 use crate::reader::{ChunkReader, Priority, ReadError};
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
-use lode_cache::ChunkId;
 use lode_store::OpenedImage;
+use lode_tier::ChunkId;
 use std::sync::{Arc, Mutex};
 
 /// Zeros for holes: one shared buffer instead of a fresh 512 KiB per read.
@@ -182,8 +182,8 @@ impl ImageHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lode_cache::{ChunkTier, StoreTier};
     use lode_chunk::{seal_chunk, KeyTable, Manifest, Salt};
+    use lode_tier::ChunkTier;
 
     /// Found by review while fuzzing the NBD server: a manifest whose chunk
     /// decrypts (name and hash check out) to fewer bytes than the chunk
@@ -210,7 +210,7 @@ mod tests {
             sealed: Vec::new(),
         };
         let keys = KeyTable(vec![Some(c.secret), None]);
-        let tier: Arc<dyn ChunkTier> = Arc::new(StoreTier::new(store));
+        let tier: Arc<dyn ChunkTier> = Arc::new(store);
         let reader = Arc::new(ChunkReader::new(1 << 20, None, vec![tier]));
         let image = OpenedImage {
             digest: "sha256:00".into(),
@@ -220,7 +220,7 @@ mod tests {
         let h = ImageHandle::new("t/x".into(), image, reader);
         assert!(matches!(
             h.read(h.range(0, 4096).unwrap()).await,
-            Err(ReadError::Verify { index: 0, .. })
+            Err(ReadError::Length { index: 0, .. })
         ));
         assert!(h.read(h.range(4000, 1000).unwrap()).await.is_err());
         assert_eq!(

@@ -23,9 +23,10 @@
 //! verified chunk's page carries.
 
 use bytes::Bytes;
-use lode_cache::{ChunkId, ChunkTier, DiskCache, MemoryCache, TierMetrics};
-use lode_chunk::{open_named_chunk, ChunkName, ChunkSecret};
+use lode_cache::{DiskCache, MemoryCache};
+use lode_chunk::{open_named_chunk, ChunkError, ChunkName, ChunkSecret};
 use lode_common::prom;
+use lode_tier::{ChunkId, ChunkTier, Metered, TierError, TierMetrics, Verified};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -44,27 +45,69 @@ pub enum Priority {
     Prefetch,
 }
 
-/// Why a chunk could not be read.
+/// Why a chunk could not be read. Cloned (one fetch's result goes to every
+/// reader waiting on it), so sources are shared.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     /// No tier could deliver a chunk that matches its name.
-    #[error("chunk {index} ({name}) unavailable: {reasons}")]
+    #[error("chunk {index} ({name}) unavailable: {}", list(.errors))]
     Unavailable {
         /// Chunk index in the image.
         index: u64,
         /// Chunk name.
-        name: String,
-        /// What each tier said.
-        reasons: String,
+        name: ChunkName,
+        /// What each tier said, nearest first (each naming its tier and
+        /// keeping its source).
+        errors: Vec<TierError>,
     },
-    /// The chunk decrypted to the wrong plaintext (tampered manifest or chunk).
-    #[error("chunk {index}: {reason}")]
+    /// The chunk does not open: wrong stored length, refused compressed
+    /// frame, or wrong plaintext (a tampered manifest or chunk).
+    #[error("chunk {index} does not verify")]
     Verify {
         /// Chunk index.
         index: u64,
-        /// What failed.
-        reason: String,
+        /// What the chunk format refused.
+        #[source]
+        source: Arc<ChunkError>,
     },
+    /// The task that opens the chunk did not finish (panicked or cancelled).
+    #[error("chunk {index}: opening it did not finish")]
+    Task {
+        /// Chunk index.
+        index: u64,
+        /// The task's fate.
+        #[source]
+        source: Arc<tokio::task::JoinError>,
+    },
+    /// A verified chunk of another length than the image's geometry gives
+    /// (the manifest authenticates the hash, not the length).
+    #[error("chunk {index}: plaintext is {got} bytes, expected {expected}")]
+    Length {
+        /// Chunk index.
+        index: u64,
+        /// Plaintext length.
+        got: usize,
+        /// Length from the image's geometry.
+        expected: usize,
+    },
+    /// A read outside the chunk.
+    #[error("chunk {index}: range {start}..{end} outside a {chunk_len}-byte chunk")]
+    Range {
+        /// Chunk index.
+        index: u64,
+        /// First byte asked for.
+        start: usize,
+        /// End of the bytes asked for.
+        end: usize,
+        /// The chunk's length.
+        chunk_len: usize,
+    },
+}
+
+/// The tiers' errors, `; `-separated.
+fn list(errors: &[TierError]) -> String {
+    let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    all.join("; ")
 }
 
 /// Disk-cache writes running in the background at once (each holds one
@@ -85,15 +128,15 @@ pub struct ChunkReader {
     /// Slots for disk-cache writes running off the read path; when all are
     /// taken the write is awaited inline (backpressure, nothing dropped).
     disk_puts: Arc<tokio::sync::Semaphore>,
-    tiers: Vec<Arc<dyn ChunkTier>>,
+    /// The tiers behind the caches, nearest first: each checked against
+    /// the chunk's name and counted.
+    tiers: Vec<Metered<Verified<Arc<dyn ChunkTier>>>>,
     // std Mutex: only map operations under it, never held across an await.
     inflight: Mutex<HashMap<ChunkName, Flight>>,
     /// Metrics of the memory tier.
     pub memory_metrics: TierMetrics,
     /// Metrics of the disk tier.
     pub disk_metrics: TierMetrics,
-    /// Metrics of each remote tier, in order.
-    pub tier_metrics: Vec<TierMetrics>,
     in_flight: AtomicU64,
     /// Demand reads that missed the memory cache and are still running.
     demand_misses: AtomicUsize,
@@ -116,16 +159,17 @@ impl ChunkReader {
     /// A reader over `tiers` (nearest first) with a memory cache of
     /// `memory_bytes` and an optional disk cache.
     pub fn new(memory_bytes: u64, disk: Option<DiskCache>, tiers: Vec<Arc<dyn ChunkTier>>) -> Self {
-        let tier_metrics = tiers.iter().map(|_| TierMetrics::default()).collect();
         ChunkReader {
             memory: MemoryCache::new(memory_bytes),
             disk: disk.map(Arc::new),
             disk_puts: Arc::new(tokio::sync::Semaphore::new(DISK_PUTS)),
-            tiers,
+            tiers: tiers
+                .into_iter()
+                .map(|t| Metered::new(Verified::new(t)))
+                .collect(),
             inflight: Mutex::new(HashMap::new()),
             memory_metrics: TierMetrics::default(),
             disk_metrics: TierMetrics::default(),
-            tier_metrics,
             in_flight: AtomicU64::new(0),
             demand_misses: AtomicUsize::new(0),
             demand_idle: Notify::new(),
@@ -197,9 +241,11 @@ impl ChunkReader {
         priority: Priority,
     ) -> Result<Bytes, ReadError> {
         if range.start >= range.end || range.end > chunk_len {
-            return Err(ReadError::Verify {
+            return Err(ReadError::Range {
                 index,
-                reason: format!("range {range:?} outside a {chunk_len}-byte chunk"),
+                start: range.start,
+                end: range.end,
+                chunk_len,
             });
         }
         let t = Instant::now();
@@ -307,13 +353,13 @@ impl ChunkReader {
         // `ct` comes from `load`, which checked it against the chunk name.
         let pt = tokio::task::spawn_blocking(move || open_named_chunk(index, &secret, ct.to_vec()))
             .await
-            .map_err(|e| ReadError::Verify {
+            .map_err(|e| ReadError::Task {
                 index,
-                reason: e.to_string(),
+                source: Arc::new(e),
             })?
             .map_err(|e| ReadError::Verify {
                 index,
-                reason: e.to_string(),
+                source: Arc::new(e),
             })?;
         Ok(Bytes::from(pt))
     }
@@ -326,29 +372,17 @@ impl ChunkReader {
     }
 
     async fn load_inner(&self, index: u64, id: &ChunkId) -> Result<Bytes, ReadError> {
-        let mut reasons = Vec::new();
+        let mut errors = Vec::new();
         for (i, tier) in self.tiers.iter().enumerate() {
-            let t = Instant::now();
-            match tier.fetch(id).await {
-                Ok(ct) if ChunkName::of(&ct) == id.name => {
-                    self.tier_metrics[i].hit(ct.len(), t.elapsed());
+            // Verified: only bytes that hash to the chunk's name come back.
+            match tier.fetch_verified(id).await {
+                Ok(ct) => {
                     for upper in &self.tiers[..i] {
                         upper.fill(id, ct.clone());
                     }
                     return Ok(ct);
                 }
-                Ok(_) => {
-                    self.tier_metrics[i].errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(tier = tier.label(), chunk = %id.name, "tier returned bytes that do not match the chunk name");
-                    reasons.push(format!("{}: corrupt chunk", tier.label()));
-                }
-                Err(e) => {
-                    self.tier_metrics[i].miss();
-                    if !matches!(e, lode_cache::TierError::NotFound { .. }) {
-                        self.tier_metrics[i].errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    reasons.push(e.to_string());
-                }
+                Err(e) => errors.push(e),
             }
         }
         for tier in &self.tiers {
@@ -356,8 +390,8 @@ impl ChunkReader {
         }
         Err(ReadError::Unavailable {
             index,
-            name: id.name.to_hex(),
-            reasons: reasons.join("; "),
+            name: id.name,
+            errors,
         })
     }
 
@@ -367,8 +401,8 @@ impl ChunkReader {
         if self.disk.is_some() {
             self.disk_metrics.render(out, "disk");
         }
-        for (m, t) in self.tier_metrics.iter().zip(&self.tiers) {
-            m.render(out, t.label());
+        for t in &self.tiers {
+            t.render(out);
         }
         let mem = "tier=\"memory\"";
         prom::sample(out, "lode_cache_bytes", mem, self.memory.bytes());
@@ -400,11 +434,7 @@ impl ChunkReader {
 
     /// Chunks fetched from remote tier `i` so far.
     pub fn fetched_from(&self, i: usize) -> (u64, u64) {
-        let m = &self.tier_metrics[i];
-        (
-            m.hits.load(Ordering::Relaxed),
-            m.bytes.load(Ordering::Relaxed),
-        )
+        self.tiers[i].metrics().served()
     }
 }
 
@@ -413,10 +443,108 @@ impl ChunkReader {
 /// length: a chunk of the wrong size must not reach the slicing).
 fn slice(index: u64, pt: Bytes, chunk_len: usize, range: Range<usize>) -> Result<Bytes, ReadError> {
     if pt.len() != chunk_len {
-        return Err(ReadError::Verify {
+        return Err(ReadError::Length {
             index,
-            reason: format!("plaintext is {} bytes, expected {chunk_len}", pt.len()),
+            got: pt.len(),
+            expected: chunk_len,
         });
     }
     Ok(pt.slice(range))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use lode_chunk::{seal_chunk, Salt};
+    use std::error::Error as _;
+
+    /// A tier that answers every fetch with the same wrong bytes.
+    #[derive(Debug)]
+    struct Liar;
+
+    impl ChunkTier for Liar {
+        fn label(&self) -> &'static str {
+            "fleet"
+        }
+        fn fetch<'a>(&'a self, _id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
+            Box::pin(async { Ok(Bytes::from_static(b"not the chunk")) })
+        }
+    }
+
+    /// What each tier said is kept, typed, and counted per tier; a chunk
+    /// that does not open keeps the chunk format's error as its source.
+    #[tokio::test]
+    async fn errors_keep_each_tier_and_the_chunk_error() {
+        let store = lode_store::Store::open("memory://").unwrap();
+        let c = seal_chunk(&Salt([4; 32]), &[7u8; 4096]);
+        let id = ChunkId {
+            root: "r".into(),
+            name: c.name,
+        };
+        let tiers: Vec<Arc<dyn ChunkTier>> = vec![Arc::new(Liar), Arc::new(store.clone())];
+        let reader = ChunkReader::new(1 << 20, None, tiers);
+        let e = reader
+            .chunk(0, &id, &c.secret, 4096, Priority::Demand)
+            .await
+            .unwrap_err();
+        match &e {
+            ReadError::Unavailable { name, errors, .. } => {
+                assert_eq!(*name, c.name);
+                assert!(matches!(
+                    errors[0],
+                    TierError::Corrupt { tier: "fleet", .. }
+                ));
+                assert!(matches!(
+                    errors[1],
+                    TierError::NotFound { tier: "store", .. }
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        let shown = e.to_string();
+        assert!(
+            shown.contains("fleet: chunk") && shown.contains("store: chunk"),
+            "{shown}"
+        );
+        let mut m = String::new();
+        reader.render_metrics(&mut m);
+        assert!(
+            m.contains("lode_tier_errors_total{tier=\"fleet\"} 1"),
+            "{m}"
+        );
+        assert!(
+            m.contains("lode_tier_misses_total{tier=\"fleet\"} 0"),
+            "{m}"
+        );
+        assert!(
+            m.contains("lode_tier_misses_total{tier=\"store\"} 1"),
+            "{m}"
+        );
+        assert!(
+            m.contains("lode_tier_errors_total{tier=\"store\"} 0"),
+            "{m}"
+        );
+
+        // The chunk is there now, but the manifest's secret is another's.
+        store
+            .put_chunk("r", &c.name, Bytes::from(c.ciphertext.clone()))
+            .await
+            .unwrap();
+        let reader = ChunkReader::new(1 << 20, None, vec![Arc::new(store)]);
+        let mut wrong = c.secret;
+        wrong.plain_sha[0] ^= 1;
+        let e = reader
+            .chunk(0, &id, &wrong, 4096, Priority::Demand)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ReadError::Verify { index: 0, .. }), "{e:?}");
+        let src = e.source().expect("the chunk error");
+        let chunk = src.downcast_ref::<Arc<ChunkError>>().expect("a ChunkError");
+        assert!(
+            matches!(**chunk, ChunkError::PlaintextMismatch { index: 0 }),
+            "{chunk:?}"
+        );
+        assert_eq!(reader.fetched_from(0), (1, c.ciphertext.len() as u64));
+    }
 }

@@ -9,9 +9,10 @@ use bytes::Bytes;
 use lode_agent::{ChunkReader, ImageHandle};
 use lode_cache::disk::file_path;
 use lode_cache::pagefile::{data_offset, tag_offset, HEADER_LEN, PAGE_SIZE, TAG_LEN};
-use lode_cache::{ChunkTier, DiskCache, HostKey, StoreTier};
+use lode_cache::{DiskCache, HostKey};
 use lode_chunk::{seal_chunk, ChunkName, KeyTable, Manifest, Salt};
 use lode_store::OpenedImage;
+use lode_tier::ChunkTier;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -81,7 +82,7 @@ impl Fixture {
     /// A reader with no memory tier (every read reaches the disk tier) and
     /// a disk tier sealed under `key`.
     fn handle(&self, key: u8) -> ImageHandle {
-        let tier: Arc<dyn ChunkTier> = Arc::new(StoreTier::new(self.store.clone()));
+        let tier: Arc<dyn ChunkTier> = Arc::new(self.store.clone());
         let disk = DiskCache::open(&self.cache, 1 << 30, HostKey::from_secret(&[key; 32])).unwrap();
         let reader = Arc::new(ChunkReader::new(0, Some(disk), vec![tier]));
         ImageHandle::new("t/x".into(), self.image.clone(), reader)

@@ -5,20 +5,19 @@
 //!   4 KiB page sealed alone under the host key ([`HostKey`], [`pagefile`]),
 //!   so a read authenticates only the pages it needs (bounded, S3-FIFO,
 //!   survives restarts);
-//! * [`ChunkTier`]: anything further away — the chunk store ([`StoreTier`]),
-//!   later the AZ cache fleet — with [`Bounded`] (timeouts, bounded retries)
-//!   and [`Delayed`] (injected latency) wrappers.
+//!
+//! Both hold verified plaintext keyed by chunk name and plaintext hash, so
+//! they are not `lode_tier::ChunkTier`s (which move ciphertext by chunk id):
+//! the reader (lode-agent) asks them first and the tiers behind the seam
+//! (the fleet, the store) after. Both pass the tier conformance suite
+//! (`tests/tier_conformance.rs`).
 
 pub mod disk;
 pub mod hostkey;
 pub mod memory;
-pub mod metrics;
 pub mod pagefile;
 pub mod s3fifo;
-pub mod tier;
 
 pub use disk::{DiskCache, DiskError};
 pub use hostkey::{HostKey, HostKeyError};
 pub use memory::MemoryCache;
-pub use metrics::{Histogram, TierMetrics};
-pub use tier::{Bounded, ChunkId, ChunkTier, Delayed, StoreTier, TierError};

@@ -17,9 +17,10 @@
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use lode_agent::{ChunkReader, ImageHandle};
-use lode_cache::{ChunkId, ChunkTier, DiskCache, HostKey, TierError};
+use lode_cache::{DiskCache, HostKey};
 use lode_chunk::{Keyring, Manifest};
 use lode_store::{open_image, Store};
+use lode_tier::{ChunkId, ChunkTier, TierError};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -155,7 +156,7 @@ fn main() {
         if let Some(l) = &logged {
             tiers.push(l.clone());
         }
-        tiers.push(Arc::new(lode_cache::StoreTier::new(store.clone())));
+        tiers.push(Arc::new(store.clone()));
         let reader = Arc::new(ChunkReader::new(256 << 20, Some(disk), tiers));
         lap(1, &mut mark, &mut phase_ms);
         // The steps of open_image, timed one by one...

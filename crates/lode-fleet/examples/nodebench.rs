@@ -19,11 +19,11 @@
 //! The nodes are separate processes the caller starts (scripts/bench-fleet.sh).
 
 use bytes::Bytes;
-use lode_cache::{ChunkId, ChunkTier};
 use lode_chunk::ChunkName;
 use lode_fleet::{
     client::placement, stripe, FleetTier, Http2Nodes, Memcached, NodeStore, StripeBackend,
 };
+use lode_tier::{ChunkId, ChunkTier};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -27,11 +27,11 @@
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use lode_cache::{ChunkId, ChunkTier};
 use lode_chunk::ChunkName;
 use lode_fleet::{
     client::placement, node, stripe, FleetTier, Http2Nodes, NodeStore, StripeBackend,
 };
+use lode_tier::{ChunkId, ChunkTier};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,7 +84,7 @@ impl StripeBackend for SlowNode {
         &'a self,
         node: usize,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+    ) -> BoxFuture<'a, Result<Option<Bytes>, lode_fleet::BackendError>> {
         Box::pin(async move {
             self.gets.fetch_add(1, Ordering::Relaxed);
             if node == self.slow && self.enabled.load(Ordering::Relaxed) {
@@ -107,7 +107,7 @@ impl StripeBackend for SlowNode {
         node: usize,
         key: &'a str,
         value: Bytes,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), lode_fleet::BackendError>> {
         self.inner.put(node, key, value)
     }
 }

@@ -1,6 +1,7 @@
 //! How the client talks to cache nodes: lode's own nodes over HTTP/2, or
 //! plain memcached servers over the meta protocol.
 
+use crate::error::{BackendError, ReplyError};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
@@ -17,15 +18,18 @@ pub trait StripeBackend: Send + Sync + fmt::Debug {
     /// [`crate::parse_spec`]), in configuration order.
     fn nodes(&self) -> &[String];
     /// Reads a stripe; `Ok(None)` when the node does not have it.
-    fn get<'a>(&'a self, node: usize, key: &'a str)
-        -> BoxFuture<'a, Result<Option<Bytes>, String>>;
+    fn get<'a>(
+        &'a self,
+        node: usize,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, BackendError>>;
     /// Stores a stripe.
     fn put<'a>(
         &'a self,
         node: usize,
         key: &'a str,
         value: Bytes,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
     /// Asks `node` for the fill lease `key` for `ttl`: [`Lease::Won`] (this
     /// client should fetch the chunk from the store and fill it) or
     /// [`Lease::Held`] (another client is filling it). The default: leases
@@ -35,8 +39,8 @@ pub trait StripeBackend: Send + Sync + fmt::Debug {
         _node: usize,
         _key: &'a str,
         _ttl: std::time::Duration,
-    ) -> BoxFuture<'a, Result<Lease, String>> {
-        Box::pin(async { Err("this backend has no fill leases".to_string()) })
+    ) -> BoxFuture<'a, Result<Lease, BackendError>> {
+        Box::pin(async { Err(BackendError::NoLeases) })
     }
     /// Waits at most `max` for the lease `key` to end (released or expired):
     /// `true` if it ended, `false` if it is still held.
@@ -45,8 +49,8 @@ pub trait StripeBackend: Send + Sync + fmt::Debug {
         _node: usize,
         _key: &'a str,
         _max: std::time::Duration,
-    ) -> BoxFuture<'a, Result<bool, String>> {
-        Box::pin(async { Err("this backend has no fill leases".to_string()) })
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async { Err(BackendError::NoLeases) })
     }
     /// Ends the lease `key` if `token` (from [`Lease::Won`]) still holds it.
     fn release<'a>(
@@ -54,8 +58,8 @@ pub trait StripeBackend: Send + Sync + fmt::Debug {
         _node: usize,
         _key: &'a str,
         _token: u64,
-    ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async { Err("this backend has no fill leases".to_string()) })
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async { Err(BackendError::NoLeases) })
     }
 }
 
@@ -116,7 +120,7 @@ impl Http2Nodes {
         node: usize,
         pq: &str,
         body: Bytes,
-    ) -> Result<hyper::Request<Full<Bytes>>, String> {
+    ) -> Result<hyper::Request<Full<Bytes>>, BackendError> {
         let mut b = hyper::Request::builder()
             .method(method.clone())
             .uri(format!(
@@ -126,7 +130,52 @@ impl Http2Nodes {
         if let Some(k) = self.key.as_ref().filter(|_| method != hyper::Method::GET) {
             b = b.header(crate::auth::HEADER, k.sign(method.as_str(), pq, &body));
         }
-        b.body(Full::new(body)).map_err(|e| e.to_string())
+        b.body(Full::new(body))
+            .map_err(|source| BackendError::Request {
+                node: self.nodes[node].clone(),
+                source,
+            })
+    }
+
+    /// Sends `req` to `node`.
+    async fn send(
+        &self,
+        node: usize,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, BackendError> {
+        self.client
+            .request(req)
+            .await
+            .map_err(|source| BackendError::Http {
+                node: self.nodes[node].clone(),
+                source,
+            })
+    }
+
+    /// The body of `resp`, at most `limit` bytes.
+    async fn body(
+        &self,
+        node: usize,
+        resp: hyper::Response<hyper::body::Incoming>,
+        limit: usize,
+    ) -> Result<Bytes, BackendError> {
+        Ok(http_body_util::Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|source| BackendError::Body {
+                node: self.nodes[node].clone(),
+                source,
+            })?
+            .to_bytes())
+    }
+
+    /// A status `what` does not allow.
+    fn status(&self, node: usize, what: &'static str, status: hyper::StatusCode) -> BackendError {
+        BackendError::Status {
+            node: self.nodes[node].clone(),
+            what,
+            status,
+        }
     }
 }
 
@@ -139,25 +188,17 @@ impl StripeBackend for Http2Nodes {
         &'a self,
         node: usize,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+    ) -> BoxFuture<'a, Result<Option<Bytes>, BackendError>> {
         Box::pin(async move {
-            let uri = format!("http://{}/s/{key}", crate::node_addr(&self.nodes[node]));
-            let req = hyper::Request::get(uri)
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?;
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let req = self.request(hyper::Method::GET, node, &format!("/s/{key}"), Bytes::new())?;
+            let resp = self.send(node, req).await?;
             match resp.status() {
+                // A node is not trusted: never buffer more than a stripe.
                 hyper::StatusCode::OK => {
-                    // A node is not trusted: never buffer more than a stripe.
-                    let b = http_body_util::Limited::new(resp.into_body(), crate::node::MAX_STRIPE)
-                        .collect()
-                        .await
-                        .map_err(|e| format!("stripe body: {e}"))?
-                        .to_bytes();
-                    Ok(Some(b))
+                    Ok(Some(self.body(node, resp, crate::node::MAX_STRIPE).await?))
                 }
                 hyper::StatusCode::NOT_FOUND => Ok(None),
-                s => Err(format!("status {s}")),
+                s => Err(self.status(node, "stripe get", s)),
             }
         })
     }
@@ -167,14 +208,14 @@ impl StripeBackend for Http2Nodes {
         node: usize,
         key: &'a str,
         value: Bytes,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             let req = self.request(hyper::Method::PUT, node, &format!("/s/{key}"), value)?;
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let resp = self.send(node, req).await?;
             if resp.status().is_success() {
                 Ok(())
             } else {
-                Err(format!("status {}", resp.status()))
+                Err(self.status(node, "stripe put", resp.status()))
             }
         })
     }
@@ -184,7 +225,7 @@ impl StripeBackend for Http2Nodes {
         node: usize,
         key: &'a str,
         ttl: std::time::Duration,
-    ) -> BoxFuture<'a, Result<Lease, String>> {
+    ) -> BoxFuture<'a, Result<Lease, BackendError>> {
         Box::pin(async move {
             let path = format!("/l/{key}?ttl_ms={}", ttl.as_millis());
             let (status, body) = self.call(node, hyper::Method::POST, &path).await?;
@@ -193,9 +234,11 @@ impl StripeBackend for Http2Nodes {
                     .ok()
                     .and_then(|t| t.trim().parse().ok())
                     .map(Lease::Won)
-                    .ok_or_else(|| "lease granted without a token".to_string()),
+                    .ok_or_else(|| BackendError::NoToken {
+                        node: self.nodes[node].clone(),
+                    }),
                 hyper::StatusCode::CONFLICT => Ok(Lease::Held),
-                s => Err(format!("lease: status {s}")),
+                s => Err(self.status(node, "lease", s)),
             }
         })
     }
@@ -205,13 +248,13 @@ impl StripeBackend for Http2Nodes {
         node: usize,
         key: &'a str,
         max: std::time::Duration,
-    ) -> BoxFuture<'a, Result<bool, String>> {
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
         Box::pin(async move {
             let path = format!("/l/{key}?wait_ms={}", max.as_millis());
             match self.call(node, hyper::Method::GET, &path).await?.0 {
                 hyper::StatusCode::NOT_FOUND => Ok(true),
                 hyper::StatusCode::OK => Ok(false),
-                s => Err(format!("lease wait: status {s}")),
+                s => Err(self.status(node, "lease wait", s)),
             }
         })
     }
@@ -221,12 +264,12 @@ impl StripeBackend for Http2Nodes {
         node: usize,
         key: &'a str,
         token: u64,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             let path = format!("/l/{key}?token={token}");
             match self.call(node, hyper::Method::DELETE, &path).await?.0 {
                 s if s.is_success() || s == hyper::StatusCode::NOT_FOUND => Ok(()),
-                s => Err(format!("lease release: status {s}")),
+                s => Err(self.status(node, "lease release", s)),
             }
         })
     }
@@ -239,15 +282,11 @@ impl Http2Nodes {
         node: usize,
         method: hyper::Method,
         path: &str,
-    ) -> Result<(hyper::StatusCode, Bytes), String> {
+    ) -> Result<(hyper::StatusCode, Bytes), BackendError> {
         let req = self.request(method, node, path, Bytes::new())?;
-        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let resp = self.send(node, req).await?;
         let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), 1024)
-            .collect()
-            .await
-            .map_err(|e| format!("reply body: {e}"))?
-            .to_bytes();
+        let body = self.body(node, resp, 1024).await?;
         Ok((status, body))
     }
 }
@@ -274,6 +313,8 @@ struct McNodes {
 
 /// Connections kept per memcached node.
 const POOL: usize = 16;
+/// Longest a connection to a memcached node may take.
+const CONNECT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest a GET may run after its caller stopped waiting.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -288,18 +329,44 @@ impl Memcached {
 }
 
 impl McNodes {
-    async fn get(&self, node: usize, key: &str) -> Result<Option<Bytes>, String> {
+    async fn get(&self, node: usize, key: &str) -> Result<Option<Bytes>, BackendError> {
         let mut c = self.conn(node).await?;
-        c.write_all(format!("mg lode:{key} v\r\n").as_bytes())
+        let cmd = format!("mg lode:{key} v\r\n");
+        self.send(node, &mut c, &[cmd.as_bytes()]).await?;
+        let out = read_get_reply(&mut c)
             .await
-            .map_err(|e| e.to_string())?;
-        c.flush().await.map_err(|e| e.to_string())?;
-        let out = read_get_reply(&mut c).await?;
+            .map_err(|e| self.reply(node, e))?;
         self.give_back(node, c);
         Ok(out)
     }
 
-    async fn conn(&self, node: usize) -> Result<BufStream<TcpStream>, String> {
+    /// Writes `parts` to `c` and flushes.
+    async fn send(
+        &self,
+        node: usize,
+        c: &mut BufStream<TcpStream>,
+        parts: &[&[u8]],
+    ) -> Result<(), BackendError> {
+        let io = |source| BackendError::Io {
+            node: self.nodes[node].clone(),
+            what: "send",
+            source,
+        };
+        for p in parts {
+            c.write_all(p).await.map_err(io)?;
+        }
+        c.flush().await.map_err(io)
+    }
+
+    /// A reply out of protocol from `node`.
+    fn reply(&self, node: usize, source: ReplyError) -> BackendError {
+        BackendError::Reply {
+            node: self.nodes[node].clone(),
+            source,
+        }
+    }
+
+    async fn conn(&self, node: usize) -> Result<BufStream<TcpStream>, BackendError> {
         if let Some(c) = self.pools[node]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -308,24 +375,30 @@ impl McNodes {
             return Ok(c);
         }
         let s = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
+            CONNECT,
             TcpStream::connect(crate::node_addr(&self.nodes[node])),
         )
         .await
-        .map_err(|_| "connect timeout".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| BackendError::ConnectTimeout {
+            node: self.nodes[node].clone(),
+            after: CONNECT,
+        })?
+        .map_err(|source| BackendError::Io {
+            node: self.nodes[node].clone(),
+            what: "connect",
+            source,
+        })?;
         let _ = s.set_nodelay(true);
         Ok(BufStream::new(s))
     }
 
     /// Sends one command line and reads its one-line reply.
-    async fn line(&self, node: usize, cmd: &str) -> Result<String, String> {
+    async fn line(&self, node: usize, cmd: &str) -> Result<String, BackendError> {
         let mut c = self.conn(node).await?;
-        c.write_all(cmd.as_bytes())
+        self.send(node, &mut c, &[cmd.as_bytes()]).await?;
+        let line = read_reply_line(&mut c)
             .await
-            .map_err(|e| e.to_string())?;
-        c.flush().await.map_err(|e| e.to_string())?;
-        let line = read_reply_line(&mut c).await?;
+            .map_err(|e| self.reply(node, e))?;
         self.give_back(node, c);
         Ok(line)
     }
@@ -347,16 +420,24 @@ impl StripeBackend for Memcached {
         &'a self,
         node: usize,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+    ) -> BoxFuture<'a, Result<Option<Bytes>, BackendError>> {
         let (inner, key) = (self.inner.clone(), key.to_string());
         Box::pin(async move {
             tokio::spawn(async move {
                 tokio::time::timeout(DRAIN, inner.get(node, &key))
                     .await
-                    .unwrap_or_else(|_| Err("memcached GET timed out".into()))
+                    .unwrap_or_else(|_| {
+                        Err(BackendError::Timeout {
+                            node: inner.nodes[node].clone(),
+                            after: DRAIN,
+                        })
+                    })
             })
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|source| BackendError::Task {
+                node: self.inner.nodes[node].clone(),
+                source,
+            })?
         })
     }
 
@@ -365,17 +446,16 @@ impl StripeBackend for Memcached {
         node: usize,
         key: &'a str,
         value: Bytes,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
         let this = &self.inner;
         Box::pin(async move {
             let mut c = this.conn(node).await?;
-            c.write_all(format!("ms lode:{key} {} T0\r\n", value.len()).as_bytes())
+            let cmd = format!("ms lode:{key} {} T0\r\n", value.len());
+            this.send(node, &mut c, &[cmd.as_bytes(), &value, b"\r\n"])
+                .await?;
+            read_set_reply(&mut c)
                 .await
-                .map_err(|e| e.to_string())?;
-            c.write_all(&value).await.map_err(|e| e.to_string())?;
-            c.write_all(b"\r\n").await.map_err(|e| e.to_string())?;
-            c.flush().await.map_err(|e| e.to_string())?;
-            read_set_reply(&mut c).await?;
+                .map_err(|e| this.reply(node, e))?;
             this.give_back(node, c);
             Ok(())
         })
@@ -389,10 +469,12 @@ impl StripeBackend for Memcached {
         node: usize,
         key: &'a str,
         ttl: std::time::Duration,
-    ) -> BoxFuture<'a, Result<Lease, String>> {
+    ) -> BoxFuture<'a, Result<Lease, BackendError>> {
         let secs = ttl.as_millis().div_ceil(1000).max(1);
         let (inner, cmd) = (self.inner.clone(), format!("mg lode:{key} N{secs} c\r\n"));
-        Box::pin(async move { parse_lease_reply(&inner.line(node, &cmd).await?) })
+        Box::pin(async move {
+            parse_lease_reply(&inner.line(node, &cmd).await?).map_err(|e| inner.reply(node, e))
+        })
     }
 
     /// Polls `mg lode:KEY` (5 ms doubling to 50 ms) until `EN` or `max`.
@@ -401,7 +483,7 @@ impl StripeBackend for Memcached {
         node: usize,
         key: &'a str,
         max: std::time::Duration,
-    ) -> BoxFuture<'a, Result<bool, String>> {
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
         let (inner, cmd) = (self.inner.clone(), format!("mg lode:{key}\r\n"));
         Box::pin(async move {
             let until = tokio::time::Instant::now() + max;
@@ -412,7 +494,7 @@ impl StripeBackend for Memcached {
                     return Ok(true);
                 }
                 if !line.starts_with("HD") {
-                    return Err(format!("memcached: {}", line.trim()));
+                    return Err(inner.reply(node, unexpected(&line)));
                 }
                 let now = tokio::time::Instant::now();
                 if now >= until {
@@ -430,7 +512,7 @@ impl StripeBackend for Memcached {
         node: usize,
         key: &'a str,
         token: u64,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
         let (inner, cmd) = (self.inner.clone(), format!("md lode:{key} C{token}\r\n"));
         Box::pin(async move {
             let line = inner.line(node, &cmd).await?;
@@ -438,7 +520,7 @@ impl StripeBackend for Memcached {
             if ["HD", "NF", "EX"].iter().any(|p| line.starts_with(p)) {
                 Ok(())
             } else {
-                Err(format!("memcached: {}", line.trim()))
+                Err(inner.reply(node, unexpected(&line)))
             }
         })
     }
@@ -446,10 +528,10 @@ impl StripeBackend for Memcached {
 
 /// Parses memcached's reply to `mg KEY N<ttl> c`: `HD c<cas> W` won, `HD ...`
 /// with `Z` (or without `W`: a real item under the key) held.
-pub fn parse_lease_reply(line: &str) -> Result<Lease, String> {
+pub fn parse_lease_reply(line: &str) -> Result<Lease, ReplyError> {
     let mut words = line.split_whitespace();
     if words.next() != Some("HD") {
-        return Err(format!("memcached lease: {}", line.trim()));
+        return Err(unexpected(line));
     }
     let flags: Vec<&str> = words.collect();
     if !flags.contains(&"W") {
@@ -459,25 +541,30 @@ pub fn parse_lease_reply(line: &str) -> Result<Lease, String> {
         .iter()
         .find_map(|f| f.strip_prefix('c').and_then(|c| c.parse().ok()))
         .map(Lease::Won)
-        .ok_or_else(|| format!("memcached lease won without a CAS token: {}", line.trim()))
+        .ok_or_else(|| ReplyError::NoCas {
+            line: line.trim().to_string(),
+        })
+}
+
+/// A reply line the command does not expect.
+fn unexpected(line: &str) -> ReplyError {
+    ReplyError::Unexpected {
+        line: line.trim().to_string(),
+    }
 }
 
 /// Longest reply line accepted from memcached (a status line, not a value).
-const MAX_LINE: u64 = 1024;
+pub const MAX_LINE: u64 = 1024;
 
 /// Reads one `\n`-terminated reply line of at most [`MAX_LINE`] bytes.
-async fn read_reply_line<R: AsyncBufRead + Unpin>(c: &mut R) -> Result<String, String> {
+async fn read_reply_line<R: AsyncBufRead + Unpin>(c: &mut R) -> Result<String, ReplyError> {
     let mut line = String::new();
-    (&mut *c)
-        .take(MAX_LINE)
-        .read_line(&mut line)
-        .await
-        .map_err(|e| e.to_string())?;
+    (&mut *c).take(MAX_LINE).read_line(&mut line).await?;
     if !line.ends_with('\n') {
         return Err(if line.len() as u64 >= MAX_LINE {
-            format!("memcached: reply line over the limit of {MAX_LINE} bytes")
+            ReplyError::LineTooLong { limit: MAX_LINE }
         } else {
-            "memcached: connection closed mid-reply".into()
+            ReplyError::Closed
         });
     }
     Ok(line)
@@ -486,7 +573,9 @@ async fn read_reply_line<R: AsyncBufRead + Unpin>(c: &mut R) -> Result<String, S
 /// Reads memcached's reply to `mg KEY v`: `EN` (miss, `None`) or
 /// `VA <len> ...` followed by the value and `\r\n`. An error means the
 /// connection is not reusable.
-pub async fn read_get_reply<R: AsyncBufRead + Unpin>(c: &mut R) -> Result<Option<Bytes>, String> {
+pub async fn read_get_reply<R: AsyncBufRead + Unpin>(
+    c: &mut R,
+) -> Result<Option<Bytes>, ReplyError> {
     let line = read_reply_line(c).await?;
     if line.starts_with("EN") {
         Ok(None)
@@ -495,32 +584,34 @@ pub async fn read_get_reply<R: AsyncBufRead + Unpin>(c: &mut R) -> Result<Option
             .split_whitespace()
             .next()
             .and_then(|n| n.parse().ok())
-            .ok_or("bad VA line")?;
+            .ok_or_else(|| ReplyError::BadValueLine {
+                line: line.trim().to_string(),
+            })?;
         if len > crate::node::MAX_STRIPE {
-            return Err(format!(
-                "memcached: value of {len} bytes, over the limit of {} bytes (one stripe)",
-                crate::node::MAX_STRIPE
-            ));
+            return Err(ReplyError::TooLarge {
+                len,
+                limit: crate::node::MAX_STRIPE,
+            });
         }
         let mut v = vec![0u8; len + 2];
-        c.read_exact(&mut v).await.map_err(|e| e.to_string())?;
+        c.read_exact(&mut v).await?;
         if v[len..] != *b"\r\n" {
-            return Err("memcached: value not followed by \\r\\n".into());
+            return Err(ReplyError::NoCrlf);
         }
         v.truncate(len);
         Ok(Some(Bytes::from(v)))
     } else {
-        Err(format!("memcached: {}", line.trim()))
+        Err(unexpected(&line))
     }
 }
 
 /// Reads memcached's reply to `ms KEY LEN`: `HD` is success.
-pub async fn read_set_reply<R: AsyncBufRead + Unpin>(c: &mut R) -> Result<(), String> {
+pub async fn read_set_reply<R: AsyncBufRead + Unpin>(c: &mut R) -> Result<(), ReplyError> {
     let line = read_reply_line(c).await?;
     if line.starts_with("HD") {
         Ok(())
     } else {
-        Err(format!("memcached: {}", line.trim()))
+        Err(unexpected(&line))
     }
 }
 
@@ -532,22 +623,35 @@ mod tests {
     async fn memcached_replies() {
         let mut r: &[u8] = b"VA 2 f\r\nab\r\nEN\r\n";
         assert_eq!(
-            read_get_reply(&mut r).await,
-            Ok(Some(Bytes::from_static(b"ab")))
+            read_get_reply(&mut r).await.unwrap(),
+            Some(Bytes::from_static(b"ab"))
         );
-        assert_eq!(read_get_reply(&mut r).await, Ok(None));
+        assert_eq!(read_get_reply(&mut r).await.unwrap(), None);
         assert!(r.is_empty());
         let mut r: &[u8] = b"HD\r\n";
-        assert_eq!(read_set_reply(&mut r).await, Ok(()));
+        assert!(read_set_reply(&mut r).await.is_ok());
+        // The server's own words are kept.
+        let mut r: &[u8] = b"SERVER_ERROR out of memory\r\n";
+        let e = read_set_reply(&mut r).await.unwrap_err();
+        assert!(
+            matches!(&e, ReplyError::Unexpected { line } if line == "SERVER_ERROR out of memory"),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn memcached_lease_replies() {
-        assert_eq!(parse_lease_reply("HD c17 W\r\n"), Ok(Lease::Won(17)));
-        assert_eq!(parse_lease_reply("HD c17 Z\r\n"), Ok(Lease::Held));
-        assert_eq!(parse_lease_reply("HD c3\r\n"), Ok(Lease::Held));
-        assert!(parse_lease_reply("HD W\r\n").is_err());
-        assert!(parse_lease_reply("SERVER_ERROR out of memory\r\n").is_err());
+        assert_eq!(parse_lease_reply("HD c17 W\r\n").unwrap(), Lease::Won(17));
+        assert_eq!(parse_lease_reply("HD c17 Z\r\n").unwrap(), Lease::Held);
+        assert_eq!(parse_lease_reply("HD c3\r\n").unwrap(), Lease::Held);
+        assert!(matches!(
+            parse_lease_reply("HD W\r\n"),
+            Err(ReplyError::NoCas { .. })
+        ));
+        assert!(matches!(
+            parse_lease_reply("SERVER_ERROR out of memory\r\n"),
+            Err(ReplyError::Unexpected { .. })
+        ));
     }
 
     /// Found by fuzzing (fleet_memcached_reply): the two bytes after a value
@@ -556,9 +660,15 @@ mod tests {
     #[tokio::test]
     async fn value_must_end_with_crlf() {
         let mut r: &[u8] = b"VA 2\r\nabXYEN\r\n";
-        assert!(read_get_reply(&mut r).await.is_err());
+        assert!(matches!(
+            read_get_reply(&mut r).await,
+            Err(ReplyError::NoCrlf)
+        ));
         let mut r: &[u8] = b"VA 1\r\nab\r\n";
-        assert!(read_get_reply(&mut r).await.is_err());
+        assert!(matches!(
+            read_get_reply(&mut r).await,
+            Err(ReplyError::NoCrlf)
+        ));
     }
 
     /// Found by review while fuzzing: a reply line was read without bound
@@ -568,11 +678,20 @@ mod tests {
     async fn reply_lines_are_bounded_and_complete() {
         let long = vec![b'A'; 64 << 10];
         let mut r: &[u8] = &long;
-        assert!(read_get_reply(&mut r).await.is_err());
+        assert!(matches!(
+            read_get_reply(&mut r).await,
+            Err(ReplyError::LineTooLong { .. })
+        ));
         assert!(long.len() - r.len() <= MAX_LINE as usize);
         let mut r: &[u8] = b"EN";
-        assert!(read_get_reply(&mut r).await.is_err());
+        assert!(matches!(
+            read_get_reply(&mut r).await,
+            Err(ReplyError::Closed)
+        ));
         let mut r: &[u8] = b"HD";
-        assert!(read_set_reply(&mut r).await.is_err());
+        assert!(matches!(
+            read_set_reply(&mut r).await,
+            Err(ReplyError::Closed)
+        ));
     }
 }

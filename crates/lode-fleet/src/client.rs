@@ -1,6 +1,7 @@
 //! The fleet as a chunk tier: 5 stripes on 5 nodes, first 4 answers win.
 
 use crate::backend::StripeBackend;
+use crate::error::SpecError;
 use crate::lease::{HeldLeases, LeaseConfig};
 use crate::members::{Change, Members, Membership, Rebuild};
 use crate::stripe;
@@ -8,9 +9,9 @@ use crate::write::{classify, stripe_get, Answer, StripeGets, Writer};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::StreamExt;
-use lode_cache::{ChunkId, ChunkTier, TierError};
 use lode_chunk::ChunkName;
 use lode_common::prom;
+use lode_tier::{ChunkId, ChunkTier, TierError};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -178,7 +179,7 @@ impl FleetTier {
 
     /// Replaces the node list; stripes whose rendezvous ranking changed are
     /// rewritten on their new nodes by read repair.
-    pub fn set_nodes(&self, nodes: Vec<String>) -> Result<Change, String> {
+    pub fn set_nodes(&self, nodes: Vec<String>) -> Result<Change, SpecError> {
         let change = self.members.set_nodes(nodes)?;
         tracing::info!(added = ?change.added, removed = ?change.removed, "fleet membership changed");
         Ok(change)
@@ -186,12 +187,10 @@ impl FleetTier {
 
     /// Replaces the node list from a spec of the same kind as the tier's
     /// (`HOST:PORT,...`, or `memcached://...` for a memcached fleet).
-    pub fn set_spec(&self, spec: &str) -> Result<Change, String> {
+    pub fn set_spec(&self, spec: &str) -> Result<Change, SpecError> {
         let (mc, nodes) = crate::parse_spec(spec)?;
         if mc != (self.label == "fleet-memcached") {
-            return Err(format!(
-                "'{spec}': a fleet cannot change between lode nodes and memcached; restart the agent"
-            ));
+            return Err(SpecError::KindChange { spec: spec.into() });
         }
         self.set_nodes(nodes)
     }
@@ -358,7 +357,7 @@ impl ChunkTier for FleetTier {
                     self.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
                     Err(TierError::NotFound {
                         tier: self.label,
-                        name: id.name.to_hex(),
+                        name: id.name,
                     })
                 }
             }
@@ -406,6 +405,7 @@ impl FleetTier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::BackendError;
     use std::collections::{HashMap, HashSet};
     use std::sync::Mutex;
 
@@ -448,7 +448,7 @@ mod tests {
             &'a self,
             node: usize,
             key: &'a str,
-        ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+        ) -> BoxFuture<'a, Result<Option<Bytes>, BackendError>> {
             let addr = self.nodes[node].clone();
             Box::pin(async move {
                 if self.disks.slow.lock().unwrap().as_ref() == Some(&addr) {
@@ -463,7 +463,7 @@ mod tests {
             node: usize,
             key: &'a str,
             value: Bytes,
-        ) -> BoxFuture<'a, Result<(), String>> {
+        ) -> BoxFuture<'a, Result<(), BackendError>> {
             let k = (self.nodes[node].clone(), key.to_string());
             self.disks.held.lock().unwrap().insert(k, value);
             Box::pin(async { Ok(()) })

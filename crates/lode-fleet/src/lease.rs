@@ -17,8 +17,8 @@
 use crate::backend::{Lease, StripeBackend};
 use crate::client::{placement, FleetTier};
 use bytes::Bytes;
-use lode_cache::ChunkId;
 use lode_chunk::ChunkName;
+use lode_tier::ChunkId;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

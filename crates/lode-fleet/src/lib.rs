@@ -7,6 +7,7 @@
 //!   stripes and fills the fleet after a miss;
 //! * [`auth`]: the write key: nodes accept writes only with its MAC;
 //! * [`backend`]: the node protocols — lode nodes over HTTP/2, or memcached;
+//! * [`error`]: typed errors of node requests, memcached replies and specs;
 //! * [`lease`]: fill leases, so a herd of hosts missing one chunk costs one
 //!   store GET;
 //! * [`members`]: the node list, changed while reads run;
@@ -15,6 +16,7 @@
 pub mod auth;
 pub mod backend;
 pub mod client;
+pub mod error;
 pub mod lease;
 pub mod lru2;
 pub mod members;
@@ -24,6 +26,7 @@ mod write;
 
 pub use backend::{Http2Nodes, Lease, Memcached, StripeBackend};
 pub use client::{placement, FleetTier};
+pub use error::{BackendError, ReplyError, SpecError};
 pub use lease::LeaseConfig;
 pub use members::Change;
 pub use node::NodeStore;
@@ -33,7 +36,7 @@ pub use node::NodeStore;
 /// `HOST:PORT`, or `NAME=HOST:PORT` when a host reaches it at an address of
 /// its own (a proxy, NAT): placement hashes the node's name (by default its
 /// `HOST:PORT`), so every host must name a node alike.
-pub fn parse_spec(spec: &str) -> Result<(bool, Vec<String>), String> {
+pub fn parse_spec(spec: &str) -> Result<(bool, Vec<String>), SpecError> {
     let spec = spec.trim();
     let (mc, list) = match spec.strip_prefix("memcached://") {
         Some(rest) => (true, rest),
@@ -45,24 +48,26 @@ pub fn parse_spec(spec: &str) -> Result<(bool, Vec<String>), String> {
         .filter(|s| !s.is_empty())
         .collect();
     if nodes.is_empty() {
-        return Err(format!("--cache-nodes '{spec}' names no node"));
+        return Err(SpecError::Empty { spec: spec.into() });
     }
     for n in &nodes {
         if node_addr(n)
             .rsplit_once(':')
             .is_none_or(|(_, p)| p.parse::<u16>().is_err())
         {
-            return Err(format!(
-                "cache node '{n}' is not HOST:PORT or NAME=HOST:PORT"
-            ));
+            return Err(SpecError::BadNode { node: n.clone() });
         }
         if node_name(n).is_empty() {
-            return Err(format!("cache node '{n}' has an empty name"));
+            return Err(SpecError::EmptyName { node: n.clone() });
         }
     }
-    let distinct: std::collections::HashSet<&str> = nodes.iter().map(|n| node_name(n)).collect();
-    if distinct.len() != nodes.len() {
-        return Err("--cache-nodes lists a node twice".into());
+    let mut distinct = std::collections::HashSet::new();
+    if let Some(n) = nodes
+        .iter()
+        .map(|n| node_name(n))
+        .find(|n| !distinct.insert(*n))
+    {
+        return Err(SpecError::Twice { name: n.into() });
     }
     Ok((mc, nodes))
 }
@@ -79,7 +84,7 @@ pub fn node_addr(node: &str) -> &str {
 
 /// Builds the fleet tier from `--cache-nodes`: `NODE,...` (lode nodes) or
 /// `memcached://NODE,...` (see [`parse_spec`]).
-pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, String> {
+pub fn from_spec(spec: &str, timeout: std::time::Duration) -> Result<FleetTier, SpecError> {
     from_spec_with_key(spec, timeout, None)
 }
 
@@ -89,13 +94,10 @@ pub fn from_spec_with_key(
     spec: &str,
     timeout: std::time::Duration,
     key: Option<auth::WriteKey>,
-) -> Result<FleetTier, String> {
+) -> Result<FleetTier, SpecError> {
     let (mc, nodes) = parse_spec(spec)?;
     if mc && key.is_some() {
-        return Err(
-            "memcached has no authentication: a fleet write key applies to lode cache nodes only"
-                .into(),
-        );
+        return Err(SpecError::KeyWithMemcached);
     }
     let rebuild: members::Rebuild = std::sync::Arc::new(move |nodes: Vec<String>| {
         let b: std::sync::Arc<dyn StripeBackend> = match (mc, &key) {
@@ -132,7 +134,10 @@ mod tests {
         );
         assert!(parse_spec("a=x").is_err());
         assert!(parse_spec("=127.0.0.1:1").is_err());
-        assert!(parse_spec("a=127.0.0.1:1,a=127.0.0.1:2").is_err());
+        assert_eq!(
+            parse_spec("a=127.0.0.1:1,a=127.0.0.1:2"),
+            Err(SpecError::Twice { name: "a".into() })
+        );
         // Two hosts reaching the same nodes at different addresses place alike.
         let name = lode_chunk::ChunkName([3; 32]);
         let h1: Vec<String> = (1..=6).map(|i| format!("n{i}=127.0.1.1:700{i}")).collect();

@@ -21,6 +21,7 @@
 
 use crate::backend::StripeBackend;
 use crate::client::placement;
+use crate::error::SpecError;
 use lode_chunk::ChunkName;
 use lode_common::prom::Histogram;
 use std::collections::HashMap;
@@ -120,11 +121,8 @@ impl Membership {
     }
 
     /// Replaces the node list (same protocol and key as before).
-    pub(crate) fn set_nodes(&self, nodes: Vec<String>) -> Result<Change, String> {
-        let rebuild = self
-            .rebuild
-            .as_ref()
-            .ok_or("this fleet was not built from a node list; it cannot be changed")?;
+    pub(crate) fn set_nodes(&self, nodes: Vec<String>) -> Result<Change, SpecError> {
+        let rebuild = self.rebuild.as_ref().ok_or(SpecError::Fixed)?;
         let was = self.get();
         let old: Vec<String> = was.backend.nodes().to_vec();
         let change = Change {

@@ -9,6 +9,7 @@
 
 use crate::backend::StripeBackend;
 use crate::client::{key, placement, FleetMetrics};
+use crate::error::BackendError;
 use crate::lease::HeldLease;
 use crate::members::{Members, NodeStats};
 use crate::stripe;
@@ -37,7 +38,7 @@ pub(crate) struct StripeGot {
     pub j: usize,
     /// The counters of the node asked.
     pub stats: Arc<NodeStats>,
-    r: Result<Result<Option<Bytes>, String>, tokio::time::error::Elapsed>,
+    r: Result<Result<Option<Bytes>, BackendError>, tokio::time::error::Elapsed>,
     took: Duration,
     /// Asked of the node that held the stripe before a membership change.
     pub handoff: bool,
@@ -99,7 +100,13 @@ pub(crate) fn classify(got: StripeGot) -> (usize, Answer) {
             Answer::Missing
         }
         Ok(Ok(None)) => Answer::Missing,
-        _ => {
+        Ok(Err(e)) => {
+            tracing::debug!(error = ?e, stripe = j, "stripe GET failed");
+            st.errors.fetch_add(1, Ordering::Relaxed);
+            Answer::Failed
+        }
+        Err(_) => {
+            tracing::debug!(stripe = j, after = ?took, "stripe GET timed out");
             st.errors.fetch_add(1, Ordering::Relaxed);
             Answer::Failed
         }

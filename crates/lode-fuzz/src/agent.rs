@@ -4,8 +4,8 @@
 use crate::support::{reset_dir, runtime, scratch, FixedKeys};
 use lode_agent::nbd::{parse_info, parse_meta_context};
 use lode_agent::{Catalog, ChunkReader, ExportName, Exports, NbdService};
-use lode_cache::{ChunkTier, StoreTier};
 use lode_store::{push_file, PushOptions, Store};
+use lode_tier::ChunkTier;
 use std::path::{Component, Path};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -136,7 +136,7 @@ pub fn nbd_exchange(data: &[u8]) -> Vec<u8> {
     reset_dir(&overlay_dir);
     let rt = runtime();
     let out = rt.block_on(async {
-        let tiers: Vec<Arc<dyn ChunkTier>> = vec![Arc::new(StoreTier::new(env.store.clone()))];
+        let tiers: Vec<Arc<dyn ChunkTier>> = vec![Arc::new(env.store.clone())];
         let reader = Arc::new(ChunkReader::new(8 << 20, None, tiers));
         let exports = Arc::new(
             Exports::new(env.store.clone(), Arc::new(FixedKeys), reader)

@@ -4,12 +4,13 @@
 use crate::support::{reset_dir, runtime, scratch, Input};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use lode_cache::{ChunkId, ChunkTier};
 use lode_chunk::ChunkName;
 use lode_fleet::backend::{read_get_reply, read_set_reply};
 use lode_fleet::node::{serve_connection, valid_key, NodeStore};
 use lode_fleet::stripe::{self, decode, encode, header, DATA, TOTAL};
+use lode_fleet::BackendError;
 use lode_fleet::{placement, FleetTier, StripeBackend};
+use lode_tier::{ChunkId, ChunkTier};
 use std::collections::HashMap;
 use std::path::{Component, Path};
 use std::sync::{Arc, OnceLock};
@@ -82,7 +83,7 @@ impl StripeBackend for FakeNodes {
         &'a self,
         node: usize,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+    ) -> BoxFuture<'a, Result<Option<Bytes>, BackendError>> {
         Box::pin(async move {
             let (a, delay) = self
                 .answers
@@ -95,7 +96,11 @@ impl StripeBackend for FakeNodes {
             match a {
                 Answer::Value(b) => Ok(Some(b)),
                 Answer::Missing => Ok(None),
-                Answer::Error => Err("node error".into()),
+                Answer::Error => Err(BackendError::Io {
+                    node: self.nodes[node].clone(),
+                    what: "stripe get",
+                    source: std::io::Error::other("injected node error"),
+                }),
             }
         })
     }
@@ -104,7 +109,7 @@ impl StripeBackend for FakeNodes {
         _node: usize,
         _key: &'a str,
         _value: Bytes,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async { Ok(()) })
     }
 }

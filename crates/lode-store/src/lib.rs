@@ -9,6 +9,8 @@
 //! ([`lifecycle`]), and garbage collection ([`gc`]: lease, migration,
 //! deletion, alarms). The protocol is specified in `docs/format.md`.
 //! Every read of an object is bounded by what the object is ([`bounded`]).
+//! [`Store`] is the read path's last tier: it implements
+//! [`lode_tier::ChunkTier`] ([`tier`]).
 
 pub mod alarm;
 pub mod bounded;
@@ -33,6 +35,7 @@ pub mod scan;
 mod sealer;
 pub mod store;
 pub mod sweep;
+pub mod tier;
 
 #[cfg(test)]
 mod sim;

@@ -13,6 +13,7 @@
 //! * [`chunks`]: [`unique_chunk_bytes`] for layer-stability checks.
 //! * [`cli`]: running `lode flatten`, e2fsck, failure-contract checks.
 //! * [`proxy`]: a TCP proxy that delays a link or injects faults into it.
+//! * [`services`]: a real `memcached` on loopback, free ports, required tools.
 //! * [`vm_image`]: busybox images for the micro-VM tests.
 //! * [`gen`]: proptest strategies for valid random stacks; [`fixtures`]:
 //!   hand-written stacks.
@@ -29,6 +30,7 @@ pub mod proxy;
 pub mod rawtar;
 pub mod read_ext4;
 pub mod read_mount;
+pub mod services;
 pub mod spec;
 pub mod tarw;
 pub mod vm_image;

@@ -190,8 +190,13 @@ pub struct FleetInfo {
     pub removed: Vec<String>,
 }
 
-/// Reads (`None`) or changes (`Some(spec)`) the agent's fleet membership.
-pub type FleetHook = Arc<dyn Fn(Option<&str>) -> Result<FleetInfo, String> + Send + Sync>;
+/// Reads (`None`) or changes (`Some(spec)`) the agent's fleet membership;
+/// an error (a refused spec) is answered with its text.
+pub type FleetHook = Arc<
+    dyn Fn(Option<&str>) -> Result<FleetInfo, Box<dyn std::error::Error + Send + Sync>>
+        + Send
+        + Sync,
+>;
 
 /// An error answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -317,7 +322,7 @@ pub async fn handle(
             if method == Method::GET {
                 return match hook(None) {
                     Ok(f) => json(StatusCode::OK, &f),
-                    Err(e) => error(500, e),
+                    Err(e) => error(500, e.to_string()),
                 };
             }
             let me = nix::unistd::geteuid().as_raw();
@@ -340,7 +345,7 @@ pub async fn handle(
             };
             match hook(Some(&want.nodes)) {
                 Ok(f) => json(StatusCode::OK, &f),
-                Err(e) => error(400, e),
+                Err(e) => error(400, e.to_string()),
             }
         }
         (_, ["v1", "health"])

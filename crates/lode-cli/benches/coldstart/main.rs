@@ -44,9 +44,9 @@ mod svg;
 
 use anyhow::{anyhow, bail, Context, Result};
 use lode_agent::{ChunkReader, ImageHandle};
-use lode_cache::{ChunkTier, Delayed, StoreTier};
 use lode_chunk::Keyring;
 use lode_store::{open_image, Store};
+use lode_tier::{ChunkTier, Delayed};
 use procs::{metric, Agent, NbdDisk, Proc};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -748,7 +748,7 @@ fn download(ctx: &Ctx, image: &str, out: &Path) -> Result<(u64, u64)> {
         let keys = Keyring::new(ctx.home.join("keys"));
         let opened = open_image(&store, &keys, TENANT, image).await?;
         let tier: Arc<dyn ChunkTier> = Arc::new(Delayed::new(
-            StoreTier::new(store.clone()),
+            store.clone(),
             Duration::from_secs_f64(ctx.latency_ms / 1e3),
             Some(ctx.bandwidth),
         ));

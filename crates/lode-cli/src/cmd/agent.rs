@@ -180,8 +180,8 @@ async fn reload_on_sighup(fleet: Arc<lode_fleet::FleetTier>, file: std::path::Pa
     };
     while hup.recv().await.is_some() {
         let r = std::fs::read_to_string(&file)
-            .map_err(|e| format!("reading {}: {e}", file.display()))
-            .and_then(|spec| fleet.set_spec(&spec));
+            .with_context(|| format!("reading {}", file.display()))
+            .and_then(|spec| Ok(fleet.set_spec(&spec)?));
         match r {
             Ok(c) => eprintln!(
                 "lode agent: SIGHUP: fleet now {} node(s); added {:?}, removed {:?}",
@@ -189,7 +189,7 @@ async fn reload_on_sighup(fleet: Arc<lode_fleet::FleetTier>, file: std::path::Pa
                 c.added,
                 c.removed
             ),
-            Err(e) => eprintln!("lode agent: SIGHUP: fleet unchanged: {e}"),
+            Err(e) => eprintln!("lode agent: SIGHUP: fleet unchanged: {e:#}"),
         }
     }
 }

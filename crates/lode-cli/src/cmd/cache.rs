@@ -5,8 +5,9 @@ use super::common::{lode_home, open_store, StoreArgs};
 use crate::units::parse_size;
 use anyhow::{bail, Context, Result};
 use lode_agent::ChunkReader;
-use lode_cache::{Bounded, ChunkTier, Delayed, DiskCache, HostKey, StoreTier};
+use lode_cache::{DiskCache, HostKey};
 use lode_fleet::FleetTier;
+use lode_tier::{Bounded, ChunkTier, Delayed};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +111,7 @@ impl CacheArgs {
             .clone()
             .unwrap_or_else(|| lode_home().join("disk-tier.key"));
         let disk = open_disk(&dir, &key_path, self.cache_size)?;
-        let mut base: Arc<dyn ChunkTier> = Arc::new(StoreTier::new(store.clone()));
+        let mut base: Arc<dyn ChunkTier> = Arc::new(store.clone());
         if self.inject_store_latency_ms > 0.0 || self.inject_store_bandwidth.is_some() {
             let latency = Duration::from_secs_f64(self.inject_store_latency_ms / 1e3);
             base = Arc::new(Delayed::new(base, latency, self.inject_store_bandwidth));
@@ -133,8 +134,7 @@ impl CacheArgs {
                 spec,
                 Duration::from_millis(self.fleet_timeout_ms),
                 key,
-            )
-            .map_err(|e| anyhow::anyhow!(e))?;
+            )?;
             if self.fleet_lease_ms > 0 {
                 f = f.with_leases(lode_fleet::LeaseConfig {
                     ttl: Duration::from_millis(self.fleet_lease_ms),

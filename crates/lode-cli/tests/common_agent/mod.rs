@@ -7,6 +7,7 @@ pub mod nbd_client;
 pub mod service;
 pub mod vhost_client;
 
+pub use lode_testkit::services::{free_port, require_tool};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs;
@@ -27,17 +28,6 @@ pub const REGION: u64 = 64 * KIB;
 /// The `lode` binary cargo built for this package.
 pub fn lode_bin() -> &'static str {
     env!("CARGO_BIN_EXE_lode")
-}
-
-/// Fails the test unless `tool` is on PATH (CI installs it via scripts/test.sh).
-pub fn require_tool(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` is not installed: install the Debian package `{package}` (scripts/test.sh does)"
-    );
 }
 
 /// Output of a finished command.
@@ -409,11 +399,6 @@ pub struct Agent {
     pub log: PathBuf,
     pub cache_dir: PathBuf,
     pub overlay_dir: PathBuf,
-}
-
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 impl Agent {

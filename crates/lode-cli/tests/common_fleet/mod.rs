@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use crate::common_agent::*;
+pub use lode_testkit::services::Memcached;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
@@ -258,116 +259,6 @@ pub fn spec_of(nodes: &[CacheNode]) -> String {
         .map(|n| n.addr.as_str())
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// A memcached process (`-I 1m -m 256 -U 0`); SIGKILLed on drop.
-pub struct Memcached {
-    child: Option<Child>,
-    pub addr: String,
-}
-
-impl Memcached {
-    pub fn start() -> Memcached {
-        require_tool("memcached", "memcached");
-        for attempt in 0..3 {
-            let port = free_port();
-            let mut cmd = Command::new("memcached");
-            cmd.args([
-                "-p",
-                &port.to_string(),
-                "-l",
-                "127.0.0.1",
-                "-I",
-                "1m",
-                "-m",
-                "256",
-                "-U",
-                "0",
-            ]);
-            // memcached refuses to run as root without -u.
-            if is_root() {
-                cmd.args(["-u", "root"]);
-            }
-            let mut child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let addr = format!("127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Some(st) = child.try_wait().unwrap() {
-                    let mut err = String::new();
-                    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-                    if attempt < 2 && err.contains("bind") {
-                        break;
-                    }
-                    panic!("memcached exited ({st}): {err}");
-                }
-                if let Ok(mut s) = TcpStream::connect(&addr) {
-                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                    let mut b = [0u8; 64];
-                    if s.write_all(b"version\r\n").is_ok()
-                        && s.read(&mut b).is_ok_and(|n| b[..n].starts_with(b"VERSION"))
-                    {
-                        return Memcached {
-                            child: Some(child),
-                            addr,
-                        };
-                    }
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "memcached on {addr} did not come up"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        unreachable!()
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// `stats` counters (`get_hits`, `curr_items`, ...).
-    pub fn stats(&self) -> HashMap<String, f64> {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"stats\r\n").unwrap();
-        let mut text = String::new();
-        let mut b = [0u8; 4096];
-        while !text.ends_with("END\r\n") {
-            let n = s.read(&mut b).unwrap();
-            assert!(n > 0, "memcached closed during stats");
-            text.push_str(&String::from_utf8_lossy(&b[..n]));
-        }
-        text.lines()
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                (it.next() == Some("STAT")).then_some(())?;
-                let k = it.next()?;
-                Some((k.to_string(), it.next()?.parse().ok()?))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// `memcached://HOST:PORT,...`.

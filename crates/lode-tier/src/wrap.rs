@@ -1,118 +1,13 @@
-//! The tier trait: where a chunk's ciphertext comes from after the host cache.
-//!
-//! The store is one tier; the AZ cache fleet is another; wrappers add what
-//! every remote tier needs (bounded time, bounded retries) or what benchmarks
-//! need (injected latency), all behind the same small trait.
+//! Wrappers every remote tier or benchmark needs, each a [`ChunkTier`] over
+//! a [`ChunkTier`]: [`Bounded`] (time limit, bounded retries), [`Delayed`]
+//! (injected latency and bandwidth), [`Verified`] (bytes must hash to the
+//! chunk's name).
 
+use crate::{ChunkId, ChunkTier, TierError};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use lode_chunk::ChunkName;
-use lode_store::Store;
-use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// A chunk's address: its root (which store prefix) and its name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ChunkId {
-    /// Root holding the chunk in the store.
-    pub root: Arc<str>,
-    /// SHA-256 of the ciphertext.
-    pub name: ChunkName,
-}
-
-/// Why a tier did not return a chunk.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum TierError {
-    /// The tier does not have it.
-    #[error("{tier}: chunk {name} not found")]
-    NotFound {
-        /// Tier label.
-        tier: &'static str,
-        /// Chunk name.
-        name: String,
-    },
-    /// No answer in time.
-    #[error("{tier}: no answer for chunk {name} within {after:?}")]
-    Timeout {
-        /// Tier label.
-        tier: &'static str,
-        /// Chunk name.
-        name: String,
-        /// The time limit.
-        after: Duration,
-    },
-    /// Any other failure.
-    #[error("{tier}: chunk {name}: {reason}")]
-    Failed {
-        /// Tier label.
-        tier: &'static str,
-        /// Chunk name.
-        name: String,
-        /// What failed.
-        reason: String,
-    },
-}
-
-/// A source of chunk ciphertext. Implementations need not verify: the reader
-/// checks every chunk against its name.
-pub trait ChunkTier: Send + Sync + fmt::Debug {
-    /// Short label for metrics and errors (`store`, `fleet`).
-    fn label(&self) -> &'static str;
-    /// Fetches a chunk's ciphertext.
-    fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>>;
-    /// Offers a chunk fetched from a lower tier (a cache tier stores it; the
-    /// default ignores it). Must not block the read that fetched it.
-    fn fill(&self, _id: &ChunkId, _ciphertext: Bytes) {}
-    /// Says that a chunk this tier missed could not be fetched from any lower
-    /// tier either, so no [`ChunkTier::fill`] will follow (a tier holding a
-    /// fill lease for it releases it). The default ignores it.
-    fn abandon(&self, _id: &ChunkId) {}
-    /// Waits until the fills started so far have landed (bounded); call before
-    /// a process exits. The default has nothing to wait for.
-    fn settle(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-}
-
-/// The chunk store as a tier.
-#[derive(Debug, Clone)]
-pub struct StoreTier {
-    store: Store,
-}
-
-impl StoreTier {
-    /// Wraps a store.
-    pub fn new(store: Store) -> Self {
-        StoreTier { store }
-    }
-}
-
-impl ChunkTier for StoreTier {
-    fn label(&self) -> &'static str {
-        "store"
-    }
-
-    fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
-        Box::pin(async move {
-            self.store
-                .get_chunk(&id.root, &id.name)
-                .await
-                .map_err(|e| match e {
-                    lode_store::StoreError::Missing { .. } => TierError::NotFound {
-                        tier: "store",
-                        name: id.name.to_hex(),
-                    },
-                    other => TierError::Failed {
-                        tier: "store",
-                        name: id.name.to_hex(),
-                        reason: other.to_string(),
-                    },
-                })
-        })
-    }
-}
 
 /// Bounds a tier in time: each attempt times out, failed attempts are retried
 /// a bounded number of times with exponential backoff. A missing chunk is not
@@ -151,7 +46,7 @@ impl<T: ChunkTier> ChunkTier for Bounded<T> {
                     Ok(r) => r,
                     Err(_) => Err(TierError::Timeout {
                         tier: self.inner.label(),
-                        name: id.name.to_hex(),
+                        name: id.name,
                         after: self.timeout,
                     }),
                 };
@@ -242,21 +137,66 @@ impl<T: ChunkTier> ChunkTier for Delayed<T> {
     }
 }
 
-impl<T: ChunkTier + ?Sized> ChunkTier for Arc<T> {
+/// Checks every chunk a tier returns against its name (SHA-256 of the
+/// ciphertext): bytes that do not match are [`TierError::Corrupt`], never
+/// returned. The reader puts every remote tier behind it, so no tier
+/// implementation needs to verify.
+#[derive(Debug)]
+pub struct Verified<T> {
+    inner: T,
+}
+
+impl<T: ChunkTier> Verified<T> {
+    /// Checks what `inner` returns.
+    pub fn new(inner: T) -> Self {
+        Verified { inner }
+    }
+
+    /// The tier checked.
+    pub(crate) fn inner(&self) -> &T {
+        &self.inner
+    }
+
+    /// `r`, the inner tier's answer for `id`, unless it is bytes that do
+    /// not hash to `id`'s name.
+    pub(crate) fn check(
+        &self,
+        id: &ChunkId,
+        r: Result<Bytes, TierError>,
+    ) -> Result<Bytes, TierError> {
+        let ct = r?;
+        if ChunkName::of(&ct) == id.name {
+            Ok(ct)
+        } else {
+            tracing::warn!(tier = self.inner.label(), chunk = %id.name, "tier returned bytes that do not match the chunk name");
+            Err(TierError::Corrupt {
+                tier: self.inner.label(),
+                name: id.name,
+                len: ct.len(),
+            })
+        }
+    }
+}
+
+impl<T: ChunkTier> ChunkTier for Verified<T> {
     fn label(&self) -> &'static str {
-        (**self).label()
+        self.inner.label()
     }
+
     fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
-        (**self).fetch(id)
+        Box::pin(async move { self.check(id, self.inner.fetch(id).await) })
     }
+
     fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
-        (**self).fill(id, ciphertext)
+        self.inner.fill(id, ciphertext)
     }
+
     fn abandon(&self, id: &ChunkId) {
-        (**self).abandon(id)
+        self.inner.abandon(id)
     }
+
     fn settle(&self) -> BoxFuture<'_, ()> {
-        (**self).settle()
+        self.inner.settle()
     }
 }
 
@@ -283,11 +223,11 @@ mod tests {
                     futures::future::pending::<()>().await;
                 }
                 if n < self.fail_first {
-                    Err(TierError::Failed {
-                        tier: "flaky",
-                        name: id.name.to_hex(),
-                        reason: "boom".into(),
-                    })
+                    Err(TierError::failed(
+                        "flaky",
+                        id.name,
+                        std::io::Error::other("boom"),
+                    ))
                 } else {
                     Ok(Bytes::from_static(b"ok"))
                 }
@@ -325,6 +265,29 @@ mod tests {
         );
         assert!(t.fetch(&id()).await.is_err());
         assert_eq!(t.inner.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn verified_refuses_bytes_of_another_name() {
+        // Flaky answers b"ok" for every id: right for the name of b"ok" only.
+        let t = Verified::new(Flaky::default());
+        let good = ChunkId {
+            root: "r".into(),
+            name: ChunkName::of(b"ok"),
+        };
+        assert_eq!(t.fetch(&good).await.unwrap(), Bytes::from_static(b"ok"));
+        let r = t.fetch(&id()).await;
+        assert!(
+            matches!(
+                r,
+                Err(TierError::Corrupt {
+                    tier: "flaky",
+                    len: 2,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
