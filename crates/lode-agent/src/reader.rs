@@ -106,7 +106,10 @@ pub enum ReadError {
 
 /// The tiers' errors, `; `-separated.
 fn list(errors: &[TierError]) -> String {
-    let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let all: Vec<String> = errors
+        .iter()
+        .map(|e| lode_common::errors::chain(e))
+        .collect();
     all.join("; ")
 }
 
@@ -470,6 +473,41 @@ mod tests {
         fn fetch<'a>(&'a self, _id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
             Box::pin(async { Ok(Bytes::from_static(b"not the chunk")) })
         }
+    }
+
+    /// A tier whose every fetch fails with an I/O cause.
+    #[derive(Debug)]
+    struct Broken;
+
+    impl ChunkTier for Broken {
+        fn label(&self) -> &'static str {
+            "broken"
+        }
+        fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
+            let cause = std::io::Error::other("the link is down");
+            Box::pin(async move { Err(TierError::failed("broken", id.name, cause)) })
+        }
+    }
+
+    /// The message of an unavailable chunk says why each tier failed (the
+    /// causes, not only "fetch failed").
+    #[tokio::test]
+    async fn an_unavailable_chunk_names_each_tiers_cause() {
+        let c = seal_chunk(&Salt([5; 32]), &[9u8; 4096]);
+        let id = ChunkId {
+            root: "r".into(),
+            name: c.name,
+        };
+        let reader = ChunkReader::new(1 << 20, None, vec![Arc::new(Broken)]);
+        let e = reader
+            .chunk(0, &id, &c.secret, 4096, Priority::Demand)
+            .await
+            .unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.contains("broken: chunk") && shown.contains("fetch failed: the link is down"),
+            "{shown}"
+        );
     }
 
     /// What each tier said is kept, typed, and counted per tier; a chunk

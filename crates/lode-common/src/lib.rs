@@ -1,5 +1,6 @@
 //! Small pieces every layer of lode shares, kept in one place:
 //!
+//! * [`errors`]: an error with its causes on one line;
 //! * [`escape`]: shows untrusted bytes (entry names, paths, keys, tenant and
 //!   image names) in messages with control characters escaped, so a name
 //!   like `evil<ESC>[2J` never reaches a terminal raw;
@@ -15,6 +16,7 @@
 //! The crate depends on no other lode crate, so every layer may use it.
 
 pub mod bufpool;
+pub mod errors;
 pub mod escape;
 pub mod prom;
 pub mod temp;

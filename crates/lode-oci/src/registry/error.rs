@@ -232,15 +232,5 @@ fn detail_suffix(detail: &Option<String>) -> String {
 
 /// A reqwest error and its causes on one line (the TLS reason is a cause).
 fn chain(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        let s_str = s.to_string();
-        if !out.contains(&s_str) {
-            out.push_str(": ");
-            out.push_str(&s_str);
-        }
-        src = s.source();
-    }
-    out
+    lode_common::errors::chain(e)
 }
