@@ -82,6 +82,18 @@ pub enum RegistryError {
         #[source]
         source: Box<StoreError>,
     },
+    /// A volume of the table could not be restored: its sealed manifest is
+    /// not cached on the host and the store did not give it.
+    #[error("volume {volume}: manifest {digest} not cached, and the store failed: {source}")]
+    Restore {
+        /// Volume id.
+        volume: String,
+        /// The volume's manifest digest.
+        digest: String,
+        /// What the store said.
+        #[source]
+        source: Box<StoreError>,
+    },
     /// The volume could not be set up (overlay in use, overlay I/O).
     #[error(transparent)]
     Volume(#[from] VolumeError),
@@ -110,7 +122,9 @@ impl RegistryError {
             RegistryError::NotThisImage { .. } => 409,
             RegistryError::Volume(VolumeError::OverlayInUse(_)) => 409,
             RegistryError::Socket(SocketError::Chown { .. }) => 403,
-            RegistryError::Store { .. } | RegistryError::ShuttingDown => 503,
+            RegistryError::Store { .. }
+            | RegistryError::Restore { .. }
+            | RegistryError::ShuttingDown => 503,
             RegistryError::Volume(VolumeError::Export(ExportError::Unknown(_))) => 404,
             RegistryError::Volume(_) | RegistryError::Socket(_) | RegistryError::State(_) => 500,
         }
@@ -127,7 +141,7 @@ struct Live {
 struct Entry {
     record: VolumeRecord,
     /// `Err`: could not be restored after a restart (retried).
-    live: Result<Live, String>,
+    live: Result<Live, RegistryError>,
 }
 
 /// The agent's volumes.
@@ -649,7 +663,7 @@ impl Registry {
         }
     }
 
-    async fn restore_one(&self, r: &VolumeRecord) -> Result<Live, String> {
+    async fn restore_one(&self, r: &VolumeRecord) -> Result<Live, RegistryError> {
         let sealed = match self.manifests.get(&r.tenant, &r.digest) {
             Some(b) => b,
             None => {
@@ -658,19 +672,16 @@ impl Registry {
                     .store()
                     .get_manifest(&r.tenant, &r.digest)
                     .await
-                    .map_err(|e| {
-                        format!(
-                            "manifest {} not cached, and the store failed: {e}",
-                            r.digest
-                        )
+                    .map_err(|source| RegistryError::Restore {
+                        volume: r.id.clone(),
+                        digest: r.digest.clone(),
+                        source: Box::new(source),
                     })?;
                 let _ = self.manifests.put(&r.tenant, &r.digest, &b);
                 b.to_vec()
             }
         };
-        self.open_record(r, &sealed)
-            .await
-            .map_err(|e| e.to_string())
+        self.open_record(r, &sealed).await
     }
 
     /// Retries the volumes that could not be restored, until shutdown.
@@ -757,7 +768,7 @@ impl Registry {
 
 /// Stops a volume's loop (its sessions drain), removes its socket, flushes
 /// its overlay (deleting it when `discard`), and drops it off the workers.
-async fn stop_entry(live: Result<Live, String>, r: &VolumeRecord, discard: bool) {
+async fn stop_entry(live: Result<Live, RegistryError>, r: &VolumeRecord, discard: bool) {
     let Ok(live) = live else {
         return;
     };
@@ -814,7 +825,7 @@ fn info_of(e: &Entry) -> VolumeInfo {
                 }),
             )
         }
-        Err(msg) => ("failed", Some(msg.clone()), 0, None),
+        Err(e) => ("failed", Some(lode_common::errors::chain(e)), 0, None),
     };
     VolumeInfo {
         id: r.id.clone(),

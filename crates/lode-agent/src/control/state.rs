@@ -36,13 +36,22 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    /// The table is not one this agent reads.
-    #[error("volume table {path}: {reason}")]
+    /// The table does not parse.
+    #[error("volume table {path}: {source}")]
     BadTable {
         /// File.
         path: String,
-        /// What is wrong.
-        reason: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The table is of a version this agent does not read.
+    #[error("volume table {path}: version {found} (this agent reads {TABLE_VERSION})")]
+    TableVersion {
+        /// File.
+        path: String,
+        /// The table's version.
+        found: u32,
     },
     /// Another agent holds the state directory.
     #[error("state directory {path} is in use by another agent (waited {waited:?})")]
@@ -193,14 +202,14 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io(&p)(e)),
         };
-        let t: Table = serde_json::from_slice(&bytes).map_err(|e| StateError::BadTable {
+        let t: Table = serde_json::from_slice(&bytes).map_err(|source| StateError::BadTable {
             path: p.display().to_string(),
-            reason: e.to_string(),
+            source,
         })?;
         if t.version != TABLE_VERSION {
-            return Err(StateError::BadTable {
+            return Err(StateError::TableVersion {
                 path: p.display().to_string(),
-                reason: format!("version {} (this agent reads {TABLE_VERSION})", t.version),
+                found: t.version,
             });
         }
         Ok(t.volumes)
@@ -281,6 +290,15 @@ mod tests {
         let s = StateDir::open(d.path(), None, Duration::ZERO)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(s.load(), Err(StateError::BadTable { .. })));
+        assert!(matches!(
+            s.load(),
+            Err(StateError::TableVersion { found: 9, .. })
+        ));
+        std::fs::write(d.path().join("volumes.json"), b"{\"version\": 1,").unwrap();
+        let e = s.load().unwrap_err();
+        assert!(
+            matches!(e, StateError::BadTable { .. }) && std::error::Error::source(&e).is_some(),
+            "{e:?}"
+        );
     }
 }

@@ -39,10 +39,10 @@ impl Catalog {
     }
 
     /// Names for `LIST`.
-    async fn list(&self) -> Result<Vec<String>, String> {
+    async fn list(&self) -> Result<Vec<String>, lode_store::StoreError> {
         match self {
             Catalog::Volume(v) => Ok(vec![v.export.to_string()]),
-            Catalog::Open(e) => e.list().await.map_err(|e| e.to_string()),
+            Catalog::Open(e) => e.list().await,
         }
     }
 
@@ -169,7 +169,10 @@ pub(crate) async fn handshake(
                         }
                         reply(&mut s, opt, REP_ACK, &[]).await?;
                     }
-                    Err(e) => reply(&mut s, opt, REP_ERR_POLICY, e.as_bytes()).await?,
+                    Err(e) => {
+                        let why = lode_common::errors::chain(&e);
+                        reply(&mut s, opt, REP_ERR_POLICY, why.as_bytes()).await?
+                    }
                 }
             }
             OPT_EXPORT_NAME => {
