@@ -81,7 +81,13 @@ fn name(i: usize, len: u8) -> Vec<u8> {
 /// (the whole tree is pruned), marks `/b` opaque and repeats the walk
 /// under it. Returns (peak heap bytes above the start, entries, name
 /// bytes, deepest path).
+/// One ingest at a time: the allocator's count is process-wide, so two
+/// tests ingesting on parallel threads would count each other's heap (a
+/// 148-entry tree once "peaked" at 17 MB beside the 5,000-deep chain).
+static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ingest(steps: &[Step]) -> (usize, usize, usize, usize) {
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let file = std::fs::File::create(dir.path().join("img")).unwrap();
     let before = IN_USE.load(Ordering::Relaxed);
