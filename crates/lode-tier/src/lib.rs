@@ -19,6 +19,29 @@
 //! store, the caches, the fleet and the agent depend on it, never the other
 //! way round.
 
+/// Inside `impl ChunkTier for Wrapper<T>`: the methods a wrapper passes to
+/// its `inner` tier unchanged (`label`, `fill`, `abandon`, `settle`); the
+/// wrapper writes its own `fetch`.
+macro_rules! forward_to_inner {
+    () => {
+        fn label(&self) -> &'static str {
+            self.inner.label()
+        }
+
+        fn fill(&self, id: &$crate::ChunkId, ciphertext: bytes::Bytes) {
+            self.inner.fill(id, ciphertext)
+        }
+
+        fn abandon(&self, id: &$crate::ChunkId) {
+            self.inner.abandon(id)
+        }
+
+        fn settle(&self) -> futures::future::BoxFuture<'_, ()> {
+            self.inner.settle()
+        }
+    };
+}
+
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod error;

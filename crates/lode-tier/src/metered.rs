@@ -132,24 +132,10 @@ impl<T: ChunkTier> Metered<Verified<T>> {
 }
 
 impl<T: ChunkTier> ChunkTier for Metered<T> {
-    fn label(&self) -> &'static str {
-        self.inner.label()
-    }
+    forward_to_inner!();
 
     fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
         Box::pin(self.timed(self.inner.fetch(id)))
-    }
-
-    fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
-        self.inner.fill(id, ciphertext)
-    }
-
-    fn abandon(&self, id: &ChunkId) {
-        self.inner.abandon(id)
-    }
-
-    fn settle(&self) -> BoxFuture<'_, ()> {
-        self.inner.settle()
     }
 }
 

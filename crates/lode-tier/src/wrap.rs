@@ -33,9 +33,7 @@ impl<T: ChunkTier> Bounded<T> {
 }
 
 impl<T: ChunkTier> ChunkTier for Bounded<T> {
-    fn label(&self) -> &'static str {
-        self.inner.label()
-    }
+    forward_to_inner!();
 
     fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
         Box::pin(async move {
@@ -64,18 +62,6 @@ impl<T: ChunkTier> ChunkTier for Bounded<T> {
             }
         })
     }
-
-    fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
-        self.inner.fill(id, ciphertext)
-    }
-
-    fn abandon(&self, id: &ChunkId) {
-        self.inner.abandon(id)
-    }
-
-    fn settle(&self) -> BoxFuture<'_, ()> {
-        self.inner.settle()
-    }
 }
 
 /// Injects latency (per fetch) and a bandwidth cap shared by all fetches (one
@@ -102,9 +88,7 @@ impl<T: ChunkTier> Delayed<T> {
 }
 
 impl<T: ChunkTier> ChunkTier for Delayed<T> {
-    fn label(&self) -> &'static str {
-        self.inner.label()
-    }
+    forward_to_inner!();
 
     fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
         Box::pin(async move {
@@ -122,18 +106,6 @@ impl<T: ChunkTier> ChunkTier for Delayed<T> {
             }
             Ok(b)
         })
-    }
-
-    fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
-        self.inner.fill(id, ciphertext)
-    }
-
-    fn abandon(&self, id: &ChunkId) {
-        self.inner.abandon(id)
-    }
-
-    fn settle(&self) -> BoxFuture<'_, ()> {
-        self.inner.settle()
     }
 }
 
@@ -179,24 +151,10 @@ impl<T: ChunkTier> Verified<T> {
 }
 
 impl<T: ChunkTier> ChunkTier for Verified<T> {
-    fn label(&self) -> &'static str {
-        self.inner.label()
-    }
+    forward_to_inner!();
 
     fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
         Box::pin(async move { self.check(id, self.inner.fetch(id).await) })
-    }
-
-    fn fill(&self, id: &ChunkId, ciphertext: Bytes) {
-        self.inner.fill(id, ciphertext)
-    }
-
-    fn abandon(&self, id: &ChunkId) {
-        self.inner.abandon(id)
-    }
-
-    fn settle(&self) -> BoxFuture<'_, ()> {
-        self.inner.settle()
     }
 }
 
