@@ -120,16 +120,7 @@ impl Store {
 
     /// Every object under `prefix` (all pages of the listing).
     pub async fn list_all(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let p = Path::from(prefix);
-        self.inner
-            .list(Some(&p))
-            .try_collect()
-            .await
-            .map_err(|source| StoreError::Backend {
-                op: "list",
-                path: format!("{prefix}/"),
-                source,
-            })
+        self.list_first(prefix, usize::MAX).await
     }
 
     /// At most `n` objects under `prefix`: the first `n` the listing yields
