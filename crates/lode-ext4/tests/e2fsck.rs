@@ -1,16 +1,12 @@
 //! Images written by the builder pass the real `e2fsck -fn`.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{fsck, p};
 use lode_ext4::{Builder, Meta, Options, Special, Timestamp};
 use std::collections::BTreeMap;
 use std::process::Command;
-
-fn p(s: &str) -> Vec<Vec<u8>> {
-    s.split('/')
-        .filter(|c| !c.is_empty())
-        .map(|c| c.as_bytes().to_vec())
-        .collect()
-}
 
 fn meta(perm: u16) -> Meta {
     Meta {
@@ -23,20 +19,6 @@ fn meta(perm: u16) -> Meta {
         },
         xattrs: BTreeMap::new(),
     }
-}
-
-fn fsck(path: &std::path::Path) {
-    let out = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(path)
-        .output()
-        .expect("e2fsck runs");
-    assert!(
-        out.status.success(),
-        "e2fsck failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

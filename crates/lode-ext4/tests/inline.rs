@@ -7,46 +7,13 @@
 #![allow(clippy::unwrap_used)]
 
 use lode_ext4::format::inline::{INLINE_DATA_FL, MAX_FILE};
-use lode_ext4::{Builder, Meta, Options, Summary, Timestamp};
-use std::collections::BTreeMap;
+mod common;
+
+use common::{fsck, meta, p, run};
+use lode_ext4::{Builder, Options, Summary};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn p(s: &str) -> Vec<Vec<u8>> {
-    s.split('/')
-        .filter(|c| !c.is_empty())
-        .map(|c| c.as_bytes().to_vec())
-        .collect()
-}
-
-fn meta(perm: u16) -> Meta {
-    Meta {
-        perm,
-        uid: 0,
-        gid: 0,
-        mtime: Timestamp {
-            secs: 1_700_000_000,
-            nsec: 0,
-        },
-        xattrs: BTreeMap::new(),
-    }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fsck(img: &Path) {
-    run(Command::new("e2fsck").arg("-fn").arg(img));
-}
 
 /// `debugfs -R "stat PATH"`: (inode number, i_flags, blocks listed).
 fn stat(img: &Path, path: &str) -> (u32, u32, String) {

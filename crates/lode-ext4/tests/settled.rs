@@ -4,9 +4,12 @@
 //! is still being written).
 #![allow(clippy::unwrap_used)]
 
-use lode_ext4::{Builder, Meta, Options, Timestamp};
+mod common;
+
+use common::meta;
+use lode_ext4::{Builder, Options};
 use proptest::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 
 const CHUNK: u64 = 512 * 1024;
@@ -39,19 +42,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::NextLayer),
         1 => Just(Op::PackedLayer),
     ]
-}
-
-fn meta() -> Meta {
-    Meta {
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: Timestamp {
-            secs: 1_700_000_000,
-            nsec: 0,
-        },
-        xattrs: BTreeMap::new(),
-    }
 }
 
 /// Records each chunk's bytes when it first becomes settled.
@@ -87,9 +77,9 @@ fn run(ops: &[Op]) {
     };
     let mut b = Builder::new(out, Options::default());
     b.begin_layer().unwrap();
-    b.add_dir(&[], meta()).unwrap();
+    b.add_dir(&[], meta(0o755)).unwrap();
     for d in 0..4u8 {
-        b.add_dir(&[vec![b'd', b'0' + d]], meta()).unwrap();
+        b.add_dir(&[vec![b'd', b'0' + d]], meta(0o755)).unwrap();
     }
     // Names added in the current layer (a second add is a duplicate).
     let mut layer_names: std::collections::HashSet<Vec<Vec<u8>>> = Default::default();
@@ -109,7 +99,7 @@ fn run(ops: &[Op]) {
                 for (i, x) in data.iter_mut().enumerate() {
                     *x = (i as u8).wrapping_mul(31).wrapping_add(*seed) | 1;
                 }
-                b.add_file(&path, meta(), data.len() as u64, &mut &data[..])
+                b.add_file(&path, meta(0o755), data.len() as u64, &mut &data[..])
                     .unwrap();
             }
             Op::LongLink { dir, name } => {
@@ -118,7 +108,7 @@ fn run(ops: &[Op]) {
                     continue;
                 }
                 let target = vec![b't'; 100 + *name as usize];
-                b.add_symlink(&path, &target, meta()).unwrap();
+                b.add_symlink(&path, &target, meta(0o755)).unwrap();
             }
             Op::Remove { dir, name } => {
                 let path = vec![vec![b'd', b'0' + dir], format!("f{name}").into_bytes()];
@@ -205,7 +195,7 @@ fn a_big_file_settles_through_the_hook_while_it_is_written() {
     let data = vec![7u8; 40 << 20];
     b.add_file(
         &[b"big".to_vec()],
-        meta(),
+        meta(0o755),
         data.len() as u64,
         &mut &data[..],
     )
