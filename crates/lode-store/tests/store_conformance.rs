@@ -8,9 +8,7 @@
 //! manifests, root life cycle, and a small push/pull through the library.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "store_support/noise.rs"]
-mod noise;
-use noise::noise;
+use lode_testkit::noise;
 
 #[path = "store_support/store_s3.rs"]
 mod store_s3;
@@ -530,18 +528,7 @@ async fn conformance_s3_moto() {
     moto.create_bucket("lode-conf");
     // Store::open reads the standard AWS environment. Only this test in this
     // binary touches it, before any S3 client exists.
-    for (k, v) in moto.aws_env() {
-        std::env::set_var(k, v);
-    }
-    for k in [
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_ENDPOINT",
-        "AWS_DEFAULT_REGION",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    ] {
-        std::env::remove_var(k);
-    }
+    moto.point_process_env();
     let keys = tempfile::tempdir().unwrap();
     let url = "s3://lode-conf/some/prefix";
     let store = Store::open(url).unwrap();

@@ -13,22 +13,11 @@ use lode_store::{
     gc_pass, open_image, pull_to_file, push_file, Expect, GcOptions, ImagePointer, PushOptions,
     Store, StoreError,
 };
+use lode_testkit::noise;
 use std::sync::Arc;
 use std::time::Duration;
 
 const CS: usize = lode_chunk::CHUNK_SIZE as usize;
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
-}
 
 /// Text (compressible), noise (raw), zeros (a hole), text and noise in
 /// halves (compressible, barely), and a short text tail.

@@ -5,9 +5,7 @@
 //! objects), alarms that halt deletion until acknowledged, and the lease.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "store_support/noise.rs"]
-mod noise;
-use noise::noise;
+use lode_testkit::noise;
 
 #[path = "store_support/store_s3.rs"]
 mod store_s3;
@@ -289,18 +287,7 @@ async fn lifecycle_local_dir() {
 async fn lifecycle_s3_moto() {
     let moto = store_s3::MotoServer::start();
     moto.create_bucket("lode-gc");
-    for (k, v) in moto.aws_env() {
-        std::env::set_var(k, v);
-    }
-    for k in [
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_ENDPOINT",
-        "AWS_DEFAULT_REGION",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    ] {
-        std::env::remove_var(k);
-    }
+    moto.point_process_env();
     let keys = tempfile::tempdir().unwrap();
     let url = "s3://lode-gc/gc/prefix";
     lifecycle(url, &Store::open(url).unwrap(), keys.path()).await;

@@ -3,9 +3,7 @@
 //! of a version GC may already be collecting is refused and leaves nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "store_support/noise.rs"]
-mod noise;
-use noise::noise;
+use lode_testkit::noise;
 
 use lode_chunk::{open_chunk, KeyProvider, Keyring};
 use lode_store::{gc_pass, open_image_at, push_file, GcOptions, PushOptions, Store, StoreError};

@@ -68,18 +68,7 @@ async fn s3_store_is_a_conforming_tier() {
     moto.create_bucket("lode-tier");
     // Store::open reads the standard AWS environment. Only this test in this
     // binary touches it, before any S3 client exists.
-    for (k, v) in moto.aws_env() {
-        std::env::set_var(k, v);
-    }
-    for k in [
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_ENDPOINT",
-        "AWS_DEFAULT_REGION",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    ] {
-        std::env::remove_var(k);
-    }
+    moto.point_process_env();
     passes(Store::open("s3://lode-tier/p").unwrap()).await;
     // The chunks went where the store's layout puts them.
     let keys = moto.list_keys("lode-tier", "p/roots/conformance/chunks/");

@@ -146,6 +146,17 @@ impl Content {
     }
 }
 
+/// `len` bytes of [`Content::Pattern`] with `seed`: deterministic,
+/// incompressible, unrelated for different seeds (test data for stores and
+/// chunks).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    Content::Pattern {
+        size: len as u64,
+        seed,
+    }
+    .to_vec()
+}
+
 /// splitmix64 finalizer: a good cheap 64-bit mixer.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);

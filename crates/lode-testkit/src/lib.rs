@@ -41,6 +41,7 @@ pub use cli::{
     files_identical, oci_source, verify_image, Flatten,
 };
 pub use compare::{assert_trees_match, diff_trees, CompareOptions};
+pub use content::noise;
 pub use content::{Content, SparseRegion};
 pub use image::{
     write_docker_archive, write_docker_archive_with, write_oci_layout, write_oci_layout_from_tars,

@@ -218,6 +218,26 @@ impl MotoServer {
         ]
     }
 
+    /// Points this process's own S3 clients at this server: sets
+    /// [`MotoServer::aws_env`] and clears the variables that would override
+    /// it. For tests that call `Store::open` in-process; call it before any
+    /// S3 client exists, from the only test of the binary that touches the
+    /// environment.
+    pub fn point_process_env(&self) {
+        for (k, v) in self.aws_env() {
+            std::env::set_var(k, v);
+        }
+        for k in [
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_ENDPOINT",
+            "AWS_DEFAULT_REGION",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        ] {
+            std::env::remove_var(k);
+        }
+    }
+
     /// Object keys in `bucket` under `prefix` (ListObjectsV2, all pages).
     pub fn list_keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();
