@@ -4,6 +4,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every stage names itself, and a failure names the stage it broke in.
+STAGE="start"
+stage() { STAGE="$*"; echo "== scripts/test.sh: $STAGE ($(date -u +%H:%M:%S))"; }
+trap 'echo "scripts/test.sh: FAILED in stage: $STAGE" >&2' ERR
+
+# A full disk kills the linker with SIGBUS, far from the cause: say up front
+# how much room the build has (a fresh target needs about 5 GB).
+stage "checking disk space"
+mkdir -p target
+avail_kb=$(df -Pk target | awk 'NR==2 {print $4}')
+df -h target | sed 's/^/  /'
+if [ "${avail_kb:-0}" -lt $((6 * 1024 * 1024)) ]; then
+  echo "scripts/test.sh: warning: only $((avail_kb / 1024)) MiB free for target/; a fresh build needs about 5 GB" >&2
+fi
+
+stage "installing test dependencies (apt, PyPI)"
+
 need_apt=()
 # openssl: test certificates for NBD over TLS; setpriv/prlimit: socket
 # isolation under other uids and fd-limit tests of the agent; fio: the
@@ -53,9 +70,12 @@ fi
 export PATH="$MOTO_VENV/bin:$PATH"
 
 # QEMU, busybox-static and xz for the micro-VM end-to-end tests (tests/vm_e2e.rs).
+stage "installing the micro-VM dependencies (scripts/vm-deps.sh)"
 ./scripts/vm-deps.sh
 # The VM tests boot the kernel package apt serves today, prepared from
 # nothing (no cached .deb) on every run: what CI boots is what a new user gets.
 rm -rf target/tmp/lode-vm
 
+stage "building and running the workspace tests (cargo test --workspace)"
 cargo test --workspace "$@"
+stage "done"
