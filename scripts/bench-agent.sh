@@ -169,40 +169,37 @@ echo "## 1. Cold lazy reads vs download-first (store: ${LAT} ms per GET, $((BW /
 echo
 echo "Files: ${FILES[*]} (one \`lode cat\` process each, sharing one cache dir that starts empty)."
 echo "Download-first = \`bench_agent fetch-all\` (every unique stored chunk through the same ChunkReader path, 16 in flight, into the disk cache) + the same \`lode cat\`s from that cache."
-echo "\"per-request\" link = lode's \`Delayed\` tier (what \`--inject-store-*\` does: each GET sleeps ${LAT} ms + size/bandwidth on its own); \"shared\" link = ${LAT} ms per GET + one shared $((BW / 1000000)) MB/s pipe."
+echo "Both slow the store with lode's \`Delayed\` tier (what \`--inject-store-*\` builds): ${LAT} ms per GET, GETs in flight waiting in parallel, then one shared $((BW / 1000000)) MB/s link."
 echo
-echo "| run | lazy: wall ms | lazy: chunks fetched | download-first per-request: fetch s + cats ms | download-first shared link: fetch s + cats ms |"
-echo "| --- | ---: | ---: | ---: | ---: |"
-LAZY=() LAZYC=() DLP=() DLS=()
+echo "| run | lazy: wall ms | lazy: chunks fetched | download-first: fetch s + cats ms |"
+echo "| --- | ---: | ---: | ---: |"
+LAZY=() LAZYC=() DL=()
 for r in $(seq "$REPS"); do
   rm -rf "$W/c-lazy"
   t=$(now_ns); c=$(cats "$W/c-lazy"); lazy=$(ms_since "$t")
   row="| $r | $lazy | $c"
-  for link in per-request shared; do
-    rm -rf "$W/c-dl"
-    t=$(now_ns)
-    out=$("$E" fetch-all --store "$STORE" --tenant bench --name big --cache-dir "$W/c-dl" --link "$link" \
-          --latency-ms "$LAT" --bandwidth "$BW" --concurrency 16)
-    fetch=$(ms_since "$t")
-    echo "$out" >>"$W/fetch-all.log"
-    t=$(now_ns); c2=$(cats "$W/c-dl"); catms=$(ms_since "$t")
-    [ "$c2" = 0 ] || echo "warning: cats after download fetched $c2 chunks" >&2
-    total=$((fetch + catms))
-    row="$row | $(awk -v f="$fetch" 'BEGIN {printf "%.1f", f/1000}') s + $catms ms = $(awk -v f="$total" 'BEGIN {printf "%.1f", f/1000}') s"
-    if [ "$link" = per-request ]; then DLP+=("$total"); else DLS+=("$total"); fi
-  done
+  rm -rf "$W/c-dl"
+  t=$(now_ns)
+  out=$("$E" fetch-all --store "$STORE" --tenant bench --name big --cache-dir "$W/c-dl" \
+        --latency-ms "$LAT" --bandwidth "$BW" --concurrency 16)
+  fetch=$(ms_since "$t")
+  echo "$out" >>"$W/fetch-all.log"
+  t=$(now_ns); c2=$(cats "$W/c-dl"); catms=$(ms_since "$t")
+  [ "$c2" = 0 ] || echo "warning: cats after download fetched $c2 chunks" >&2
+  total=$((fetch + catms))
+  row="$row | $(awk -v f="$fetch" 'BEGIN {printf "%.1f", f/1000}') s + $catms ms = $(awk -v f="$total" 'BEGIN {printf "%.1f", f/1000}') s"
+  DL+=("$total")
   LAZY+=("$lazy"); LAZYC+=("$c")
   echo "$row |"
 done
 rm -rf "$W/c-lazy"
 mL=$(printf '%s\n' "${LAZY[@]}" | median); mC=$(printf '%s\n' "${LAZYC[@]}" | median)
-mP=$(printf '%s\n' "${DLP[@]}" | median); mS=$(printf '%s\n' "${DLS[@]}" | median)
+mD=$(printf '%s\n' "${DL[@]}" | median)
 echo
 echo "| median | wall | chunks fetched | bytes fetched / image size | bytes fetched / stored bytes | download-first ÷ lazy |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 echo "| lazy (\`lode cat\` ×${#FILES[@]}) | $mL ms | $mC / $CHUNKS | $(awk -v c="$mC" -v s="$SIZE" 'BEGIN {printf "%.2f %%", c*524288*100/s}') | $(awk -v c="$mC" -v s="$STORED_BYTES" 'BEGIN {printf "%.2f %%", c*524288*100/s}') | 1 |"
-echo "| download-first, per-request link | $mP ms | $UNIQUE / $CHUNKS | $(awk -v c="$STORED_BYTES" -v s="$SIZE" 'BEGIN {printf "%.1f %%", c*100/s}') | 100 % | **$(ratio "$mP" "$mL")×** |"
-echo "| download-first, shared link | $mS ms | $UNIQUE / $CHUNKS | $(awk -v c="$STORED_BYTES" -v s="$SIZE" 'BEGIN {printf "%.1f %%", c*100/s}') | 100 % | **$(ratio "$mS" "$mL")×** |"
+echo "| download-first | $mD ms | $UNIQUE / $CHUNKS | $(awk -v c="$STORED_BYTES" -v s="$SIZE" 'BEGIN {printf "%.1f %%", c*100/s}') | 100 % | **$(ratio "$mD" "$mL")×** |"
 echo
 echo "fetch-all lines: "; sed 's/^/    /' "$W/fetch-all.log"
 echo

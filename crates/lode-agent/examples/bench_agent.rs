@@ -2,8 +2,7 @@
 //!
 //! ```text
 //! bench_agent fetch-all --store DIR --tenant T --name N --cache-dir D
-//!             [--latency-ms 20] [--bandwidth 100000000] [--link per-request|shared]
-//!             [--concurrency 16]
+//!             [--latency-ms 20] [--bandwidth 100000000] [--concurrency 16]
 //! ```
 //!
 //! "Download everything first": opens the image the way the agent does and
@@ -13,63 +12,24 @@
 //! decrypted and verified against the sealed manifest, exactly as on the lazy
 //! path; so a later `lode cat --cache-dir D` reads everything from local disk.
 //!
-//! The store tier is slowed down in one of two ways:
-//!
-//! * `--link per-request` — lode's own [`Delayed`] wrapper, the one behind
-//!   `lode agent/cat --inject-store-latency-ms/--inject-store-bandwidth`:
-//!   every GET waits `latency`, then `size / bandwidth`, *independently of the
-//!   other GETs in flight*. With 16 GETs in flight the aggregate rate is up to
-//!   16 × the cap.
-//! * `--link shared` — every GET waits `latency` (in parallel), then its bytes
-//!   go through one shared pipe of `bandwidth` bytes/s (transfers queue behind
-//!   each other), i.e. a real 100 MB/s link.
+//! The store tier is slowed down by lode's own [`Delayed`] wrapper, the one
+//! behind `lode agent/cat --inject-store-latency-ms/--inject-store-bandwidth`:
+//! every GET waits `latency` (GETs in flight wait in parallel), then its bytes
+//! go through one shared link of `bandwidth` bytes/s (transfers queue behind
+//! each other), i.e. a real 100 MB/s link.
 //!
 //! Prints one line of `key=value` pairs.
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use lode_agent::{ChunkReader, ImageHandle};
 use lode_cache::{DiskCache, HostKey};
 use lode_chunk::Keyring;
 use lode_store::{open_image, Store};
-use lode_tier::{ChunkId, ChunkTier, Delayed, TierError};
+use lode_tier::{ChunkTier, Delayed};
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Per-GET latency (concurrent) plus one shared pipe of `bps` bytes/s.
-#[derive(Debug)]
-struct SharedLink<T> {
-    inner: T,
-    latency: Duration,
-    bps: u64,
-    // When the pipe is free again.
-    next_free: Mutex<tokio::time::Instant>,
-}
-
-impl<T: ChunkTier> ChunkTier for SharedLink<T> {
-    fn label(&self) -> &'static str {
-        self.inner.label()
-    }
-
-    fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
-        Box::pin(async move {
-            tokio::time::sleep(self.latency).await;
-            let b = self.inner.fetch(id).await?;
-            let dur = Duration::from_secs_f64(b.len() as f64 / self.bps as f64);
-            let done = {
-                let mut g = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
-                let start = (*g).max(tokio::time::Instant::now());
-                *g = start + dur;
-                *g
-            };
-            tokio::time::sleep_until(done).await;
-            Ok(b)
-        })
-    }
-}
 
 struct Opts {
     store: String,
@@ -78,14 +38,13 @@ struct Opts {
     cache_dir: PathBuf,
     latency_ms: f64,
     bandwidth: u64,
-    link: String,
     concurrency: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: bench_agent fetch-all --store DIR --tenant T --name N --cache-dir D \
-         [--latency-ms 20] [--bandwidth 100000000] [--link per-request|shared] [--concurrency 16]"
+         [--latency-ms 20] [--bandwidth 100000000] [--concurrency 16]"
     );
     std::process::exit(2)
 }
@@ -102,7 +61,6 @@ fn parse() -> Opts {
         cache_dir: PathBuf::new(),
         latency_ms: 20.0,
         bandwidth: 100_000_000,
-        link: "per-request".into(),
         concurrency: 16,
     };
     while let Some(k) = a.next() {
@@ -114,7 +72,6 @@ fn parse() -> Opts {
             "--cache-dir" => o.cache_dir = v.into(),
             "--latency-ms" => o.latency_ms = v.parse().unwrap_or_else(|_| usage()),
             "--bandwidth" => o.bandwidth = v.parse().unwrap_or_else(|_| usage()),
-            "--link" => o.link = v,
             "--concurrency" => o.concurrency = v.parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
@@ -124,9 +81,6 @@ fn parse() -> Opts {
         || o.name.is_empty()
         || o.cache_dir.as_os_str().is_empty()
     {
-        usage();
-    }
-    if o.link != "per-request" && o.link != "shared" {
         usage();
     }
     o
@@ -146,16 +100,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         let opened = open_image(&store, &keys, &o.tenant, &o.name).await?;
         let latency = Duration::from_secs_f64(o.latency_ms / 1e3);
-        let tier: Arc<dyn ChunkTier> = if o.link == "shared" {
-            Arc::new(SharedLink {
-                inner: store.clone(),
-                latency,
-                bps: o.bandwidth.max(1),
-                next_free: Mutex::new(tokio::time::Instant::now()),
-            })
-        } else {
-            Arc::new(Delayed::new(store.clone(), latency, Some(o.bandwidth)))
-        };
+        let tier: Arc<dyn ChunkTier> =
+            Arc::new(Delayed::new(store.clone(), latency, Some(o.bandwidth)));
         let disk = DiskCache::open(
             &o.cache_dir,
             64 << 30,
@@ -188,8 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (fetched, bytes) = reader.fetched_from(0);
         let disk_hits = reader.disk_metrics.hits.load(std::sync::atomic::Ordering::Relaxed);
         println!(
-            "fetch-all link={} concurrency={} image_size={} chunks={} unique_stored={} fetched={} disk_hits={} bytes={} errors={} secs={:.3} mb_per_s={:.1}",
-            o.link,
+            "fetch-all concurrency={} image_size={} chunks={} unique_stored={} fetched={} disk_hits={} bytes={} errors={} secs={:.3} mb_per_s={:.1}",
             o.concurrency,
             image.size(),
             image.chunks(),
