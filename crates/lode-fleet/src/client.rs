@@ -1,7 +1,7 @@
 //! The fleet as a chunk tier: 5 stripes on 5 nodes, first 4 answers win.
 
 use crate::backend::StripeBackend;
-use crate::error::SpecError;
+use crate::error::{SpecError, StripeFailure, Unreachable};
 use crate::lease::{HeldLeases, LeaseConfig};
 use crate::members::{Change, Members, Membership, Rebuild};
 use crate::stripe;
@@ -270,7 +270,10 @@ impl FleetTier {
     /// ([`Writer::follow_late`]) so that a node restarted empty is refilled
     /// even when it answers last. After a membership change, a stripe its
     /// new node does not have is asked of the node that held it before.
-    pub(crate) async fn read(&self, id: &ChunkId) -> Option<Bytes> {
+    ///
+    /// Without the chunk: [`Miss::Unreachable`] when no node answered at
+    /// all (every request failed or timed out), else [`Miss::Absent`].
+    pub(crate) async fn read(&self, id: &ChunkId) -> Result<Bytes, Miss> {
         let members = self.members();
         let nodes = placement(members.backend.nodes(), &id.name);
         let before = members
@@ -287,9 +290,21 @@ impl FleetTier {
         // Stripes a live node does not have (or sent malformed): rewritten by
         // read repair once the chunk is rebuilt from the others.
         let mut missing: Vec<usize> = Vec::new();
+        // Requests sent, and the last failure while no node has answered.
+        let mut asked = gets.len();
+        let mut unanswered: Option<StripeFailure> = None;
+        let mut answered = false;
         while let Some(answer) = gets.next().await {
             let (stats, handoff) = (answer.stats.clone(), answer.handoff);
-            match classify(answer) {
+            let (j, answer) = classify(answer);
+            if let Answer::Failed(e) = answer {
+                if !answered {
+                    unanswered = Some(e);
+                }
+                continue;
+            }
+            answered = true;
+            match (j, answer) {
                 (j, Answer::Stripe(b)) => {
                     got.push((j, b));
                     from.push(stats);
@@ -300,6 +315,7 @@ impl FleetTier {
                         let now = &members.backend.nodes()[nodes[j]];
                         if p.backend.nodes()[was[j]] != *now {
                             self.metrics.handoffs.fetch_add(1, Ordering::Relaxed);
+                            asked += 1;
                             gets.push(stripe_get(p.clone(), was[j], &id.name, j, timeout, true));
                         }
                     }
@@ -312,7 +328,7 @@ impl FleetTier {
                     self.repair(&members, id.name, &ct, missing);
                     self.writer
                         .follow_late(members.clone(), gets, id.name, ct.clone());
-                    return Some(ct);
+                    return Ok(ct);
                 }
             }
             if got.len() == stripe::TOTAL {
@@ -329,13 +345,25 @@ impl FleetTier {
                         missing.push(got[skip].0);
                         from[skip].corrupt.fetch_add(1, Ordering::Relaxed);
                         self.repair(&members, id.name, &ct, missing);
-                        return Some(ct);
+                        return Ok(ct);
                     }
                 }
             }
         }
-        None
+        match unanswered {
+            Some(last) if !answered => Err(Miss::Unreachable(Unreachable { asked, last })),
+            _ => Err(Miss::Absent),
+        }
     }
+}
+
+/// Why a fleet read returned no chunk.
+#[derive(Debug)]
+pub(crate) enum Miss {
+    /// Nodes answered, and fewer than 4 good stripes came back.
+    Absent,
+    /// No node answered.
+    Unreachable(Unreachable),
 }
 
 impl ChunkTier for FleetTier {
@@ -346,21 +374,20 @@ impl ChunkTier for FleetTier {
     fn fetch<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Bytes, TierError>> {
         Box::pin(async move {
             let mut got = self.read(id).await;
-            if got.is_none() {
-                if let Some(cfg) = &self.lease {
-                    got = self.coordinate(id, cfg).await;
-                }
+            // Coordinating a fill needs nodes that answer.
+            if let (Err(Miss::Absent), Some(cfg)) = (&got, &self.lease) {
+                got = self.coordinate(id, cfg).await.ok_or(Miss::Absent);
             }
-            match got {
-                Some(b) => Ok(b),
-                None => {
-                    self.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    Err(TierError::NotFound {
+            got.map_err(|miss| {
+                self.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+                match miss {
+                    Miss::Absent => TierError::NotFound {
                         tier: self.label,
                         name: id.name,
-                    })
+                    },
+                    Miss::Unreachable(e) => TierError::failed(self.label, id.name, e),
                 }
-            }
+            })
         })
     }
 
@@ -521,7 +548,7 @@ mod tests {
         let k = key(&id.name, 2);
         // The slow node restarts empty.
         disks.held.lock().unwrap().retain(|(n, _), _| *n != slow);
-        assert_eq!(tier.read(&id).await.as_deref(), Some(&ct[..]));
+        assert_eq!(tier.read(&id).await.ok().as_deref(), Some(&ct[..]));
         assert!(!disks.has(&slow, &k), "the read waited for the 5th stripe");
         tier.settle().await;
         assert!(
@@ -534,7 +561,7 @@ mod tests {
         *bad.last_mut().unwrap() ^= 1;
         let at = (slow.clone(), k.clone());
         disks.held.lock().unwrap().insert(at.clone(), bad.into());
-        assert_eq!(tier.read(&id).await.as_deref(), Some(&ct[..]));
+        assert_eq!(tier.read(&id).await.ok().as_deref(), Some(&ct[..]));
         tier.settle().await;
         let good = Bytes::from(stripe::encode(&ct).swap_remove(2));
         assert_eq!(disks.held.lock().unwrap().get(&at), Some(&good));
@@ -573,7 +600,7 @@ mod tests {
         );
         for (id, ct) in &chunks {
             assert_eq!(
-                tier.read(id).await.as_deref(),
+                tier.read(id).await.ok().as_deref(),
                 Some(&ct[..]),
                 "after the join"
             );
@@ -595,13 +622,60 @@ mod tests {
         let h = tier.metrics.handoffs.load(Ordering::Relaxed);
         for (id, ct) in &chunks {
             assert_eq!(
-                tier.read(id).await.as_deref(),
+                tier.read(id).await.ok().as_deref(),
                 Some(&ct[..]),
                 "after repair"
             );
         }
         assert_eq!(tier.metrics.handoffs.load(Ordering::Relaxed), h);
         assert_eq!(tier.metrics.first4.load(Ordering::Relaxed), 2 * served);
+    }
+
+    /// Nodes that answer "not found" make a miss; nodes that never answer
+    /// (nothing listening) make a failure that names a node and its cause,
+    /// for lode nodes and for memcached alike, and no lease is sought.
+    #[tokio::test]
+    async fn an_unreachable_fleet_is_a_failure_with_its_cause_not_a_miss() {
+        let closed: Vec<String> = (0..5)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().to_string()
+            })
+            .collect();
+        let id = ChunkId {
+            root: Arc::from("root"),
+            name: ChunkName([7; 32]),
+        };
+        for spec in [closed.join(","), format!("memcached://{}", closed.join(","))] {
+            let tier = crate::from_spec(&spec, Duration::from_secs(2))
+                .unwrap()
+                .with_leases(LeaseConfig {
+                    ttl: Duration::from_secs(5),
+                    wait: Duration::from_secs(5),
+                });
+            let e = tier.fetch(&id).await.unwrap_err();
+            assert!(matches!(e, TierError::Failed { .. }), "{spec}: {e:?}");
+            let text = lode_common::errors::chain(&e);
+            assert!(
+                text.contains("none of the 5 stripe requests was answered")
+                    && text.contains("node 127.0.0.1:"),
+                "{spec}: {text}"
+            );
+            assert_eq!(tier.metrics.fallbacks.load(Ordering::Relaxed), 1);
+            assert_eq!(tier.metrics.lease_waits.load(Ordering::Relaxed), 0);
+        }
+
+        let disks = Arc::new(Disks::default());
+        let tier = FleetTier::new(
+            Arc::new(MemNodes {
+                nodes: addrs(5),
+                disks,
+            }),
+            Duration::from_secs(1),
+            "fleet",
+        );
+        let e = tier.fetch(&id).await.unwrap_err();
+        assert!(matches!(e, TierError::NotFound { .. }), "{e:?}");
     }
 
     #[test]

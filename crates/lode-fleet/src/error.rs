@@ -103,6 +103,37 @@ pub enum BackendError {
     NoLeases,
 }
 
+/// Why one stripe request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StripeFailure {
+    /// The node's request failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// No answer within the stripe timeout.
+    #[error("stripe {stripe}: no answer within {after:?}")]
+    Timeout {
+        /// Stripe index.
+        stripe: usize,
+        /// The limit.
+        after: Duration,
+    },
+}
+
+/// A read that no node answered: every stripe request failed or timed out
+/// (nodes down or unreachable), as opposed to nodes that answered that they
+/// do not have the chunk. The reader reports it as the fleet's
+/// `TierError::Failed`, with the last request's failure as its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("none of the {asked} stripe requests was answered")]
+pub struct Unreachable {
+    /// Stripe requests sent (hand-offs to earlier members included).
+    pub asked: usize,
+    /// The last one's failure.
+    #[source]
+    pub last: StripeFailure,
+}
+
 /// A memcached reply that is not what the meta protocol allows (read from
 /// an untrusted node: bounded, never panicking; see the fuzz target
 /// `fleet_memcached_reply`).

@@ -158,7 +158,7 @@ impl FleetTier {
                         at: Instant::now(),
                     };
                     // A fill may have landed between the miss and the lease.
-                    if let Some(b) = self.read(id).await {
+                    if let Ok(b) = self.read(id).await {
                         release(&id.name, held, self.timeout);
                         self.metrics.lease_rechecks.fetch_add(1, Ordering::Relaxed);
                         return Some(b);
@@ -187,7 +187,7 @@ impl FleetTier {
                         // Do not spin on a node that fails fast.
                         tokio::time::sleep(Duration::from_millis(10).min(left)).await;
                     }
-                    if let Some(b) = self.read(id).await {
+                    if let Ok(b) = self.read(id).await {
                         self.metrics.lease_served.fetch_add(1, Ordering::Relaxed);
                         return Some(b);
                     }

@@ -26,7 +26,7 @@ mod write;
 
 pub use backend::{Http2Nodes, Lease, Memcached, StripeBackend};
 pub use client::{placement, FleetTier};
-pub use error::{BackendError, ReplyError, SpecError};
+pub use error::{BackendError, ReplyError, SpecError, StripeFailure, Unreachable};
 pub use lease::LeaseConfig;
 pub use members::Change;
 pub use node::NodeStore;

@@ -9,7 +9,7 @@
 
 use crate::backend::StripeBackend;
 use crate::client::{key, placement, FleetMetrics};
-use crate::error::BackendError;
+use crate::error::{BackendError, StripeFailure};
 use crate::lease::HeldLease;
 use crate::members::{Members, NodeStats};
 use crate::stripe;
@@ -78,7 +78,7 @@ pub(crate) enum Answer {
     /// read repair rewrites it.
     Missing,
     /// The request failed or timed out (counted): the node may be down.
-    Failed,
+    Failed(StripeFailure),
 }
 
 /// Classifies one answer and updates the node's counters.
@@ -103,12 +103,15 @@ pub(crate) fn classify(got: StripeGot) -> (usize, Answer) {
         Ok(Err(e)) => {
             tracing::debug!(error = ?e, stripe = j, "stripe GET failed");
             st.errors.fetch_add(1, Ordering::Relaxed);
-            Answer::Failed
+            Answer::Failed(e.into())
         }
         Err(_) => {
             tracing::debug!(stripe = j, after = ?took, "stripe GET timed out");
             st.errors.fetch_add(1, Ordering::Relaxed);
-            Answer::Failed
+            Answer::Failed(StripeFailure::Timeout {
+                stripe: j,
+                after: took,
+            })
         }
     };
     (j, a)
