@@ -156,3 +156,30 @@ async fn resident_counts_what_the_cache_holds_now() {
     assert_eq!(info.read_chunks, 5);
     assert!(info.resident_chunks <= 2, "{info:?}");
 }
+
+/// A digest dropped from the log while its image is still open comes back
+/// whole: its handle gives the log its chunks again, not only new ones.
+#[tokio::test]
+async fn a_dropped_digest_is_filled_again_by_its_open_handle() {
+    let f = fixture().await;
+    let e = exports(&f, 64 << 20, Prefetch::None);
+    let (_, h) = e.open("t/img").await.unwrap();
+    let digest = h.image.digest.clone();
+    read_chunk(&h, 0).await;
+    read_chunk(&h, 1).await;
+    for n in 0..lode_agent::reads::DIGESTS_KEPT {
+        e.read_log().touch(&lode_agent::reads::ImageId {
+            digest: format!("sha256:{n:064x}"),
+            tenant: "u".into(),
+            image: format!("i{n}"),
+            chunks: 1,
+        });
+    }
+    assert_eq!(e.read_log().read_chunks(&digest), None, "not dropped");
+    read_chunk(&h, 3).await;
+    assert_eq!(e.read_log().read_chunks(&digest), Some(1));
+    read_chunk(&h, 0).await;
+    read_chunk(&h, 1).await;
+    assert_eq!(e.read_log().read_chunks(&digest), Some(3));
+    assert_eq!(e.read_log().len(), lode_agent::reads::DIGESTS_KEPT);
+}
