@@ -4,6 +4,7 @@
 
 use crate::image::ImageHandle;
 use crate::reader::ChunkReader;
+use crate::reads::{ImageInfo, ReadLog};
 use lode_chunk::{KeyProvider, Manifest};
 use lode_store::{open_image, OpenedImage, Store, StoreError};
 use std::collections::{HashMap, HashSet};
@@ -142,6 +143,7 @@ pub struct Exports {
     images: Mutex<HashMap<String, Weak<ImageHandle>>>,
     claims: Arc<Mutex<HashSet<String>>>,
     seq: AtomicU64,
+    reads: Arc<ReadLog>,
     /// Counters of the transports.
     pub stats: Stats,
 }
@@ -159,6 +161,7 @@ impl Exports {
             images: Mutex::new(HashMap::new()),
             claims: Arc::default(),
             seq: AtomicU64::new(0),
+            reads: Arc::new(ReadLog::new()),
             stats: Stats::default(),
         }
     }
@@ -222,6 +225,19 @@ impl Exports {
         &self.reader
     }
 
+    /// What clients read, per manifest digest.
+    pub fn read_log(&self) -> &Arc<ReadLog> {
+        &self.reads
+    }
+
+    /// The images clients read (the last [`crate::reads::DIGESTS_KEPT`]),
+    /// most recently used first, each with how many of the chunks read the
+    /// memory or disk cache holds now. Index lookups only, up to one per
+    /// chunk read: call it off the async threads.
+    pub fn read_images(&self) -> Vec<ImageInfo> {
+        self.reads.list(|name, sha| self.reader.holds(name, sha))
+    }
+
     /// Images currently open (in use by a volume, a connection or a prefetch).
     pub fn open_images(&self) -> usize {
         let mut m = self.images.lock().unwrap_or_else(|p| p.into_inner());
@@ -248,7 +264,9 @@ impl Exports {
             return h;
         }
         m.retain(|_, w| w.strong_count() > 0);
-        let h = Arc::new(ImageHandle::new(export, image, self.reader.clone()));
+        let h = Arc::new(
+            ImageHandle::new(export, image, self.reader.clone()).with_reads(self.reads.clone()),
+        );
         m.insert(key, Arc::downgrade(&h));
         h
     }
@@ -407,10 +425,12 @@ impl Exports {
     }
 
     /// Called when a client attaches to `h` (NBD `GO`/`EXPORT_NAME`, a
-    /// vhost-user frontend; not `INFO` or `LIST`): the first time, starts
+    /// vhost-user frontend; not `INFO` or `LIST`): marks the image as just
+    /// used in the read log, and the first time starts
     /// recording and the background prefetch. The prefetch holds the image
     /// weakly: it stops once nobody uses the image.
     pub async fn activate(&self, h: &Arc<ImageHandle>) {
+        h.touch_reads();
         if h.activated.swap(true, Ordering::SeqCst) {
             return;
         }

@@ -2,10 +2,12 @@
 
 use crate::range::{BlockRange, RangeError};
 use crate::reader::{ChunkReader, Priority, ReadError};
+use crate::reads::{ImageId, ReadLog};
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
 use lode_store::OpenedImage;
 use lode_tier::ChunkId;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Zeros for holes: one shared buffer instead of a fresh 512 KiB per read.
@@ -24,6 +26,33 @@ pub struct ImageHandle {
     recording: Mutex<Option<(Vec<bool>, Vec<u32>)>>,
     /// Set once a client attached (prefetch and recording start then).
     pub activated: std::sync::atomic::AtomicBool,
+    /// Where client reads are remembered by digest, if anywhere.
+    reads: Option<Reads>,
+}
+
+/// This image's part in the host's [`ReadLog`].
+#[derive(Debug)]
+struct Reads {
+    log: Arc<ReadLog>,
+    id: ImageId,
+    /// Chunk indexes already given to the log (one bit each): a chunk's
+    /// first read takes the log's lock, later reads only an atomic.
+    noted: Vec<AtomicU64>,
+    /// The log entry's epoch when last told (0: never).
+    epoch: AtomicU64,
+}
+
+impl Reads {
+    /// Forgets what was given to the log when its entry is another one
+    /// than before (the digest was dropped and came back).
+    fn sync(&self, epoch: u64) {
+        let before = self.epoch.swap(epoch, Ordering::Relaxed);
+        if before != 0 && before != epoch {
+            for w in &self.noted {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl ImageHandle {
@@ -37,6 +66,38 @@ impl ImageHandle {
             reader,
             recording: Mutex::new(None),
             activated: Default::default(),
+            reads: None,
+        }
+    }
+
+    /// Remembers the distinct stored chunks client reads touch in `log`,
+    /// under this image's manifest digest (shared by every handle of it).
+    pub fn with_reads(mut self, log: Arc<ReadLog>) -> Self {
+        let chunks = self.chunks() as usize;
+        let (tenant, image) = match self.export.split_once('/') {
+            Some((t, i)) => (t.to_string(), i.to_string()),
+            None => (self.image.manifest.tenant.clone(), self.export.clone()),
+        };
+        self.reads = Some(Reads {
+            log,
+            id: ImageId {
+                digest: self.image.digest.clone(),
+                tenant,
+                image,
+                chunks,
+            },
+            noted: (0..chunks.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            epoch: AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// Marks this image as just used in the read log (a client attached).
+    pub fn touch_reads(&self) {
+        if let Some(r) = &self.reads {
+            r.sync(r.log.touch(&r.id));
         }
     }
 
@@ -56,16 +117,35 @@ impl ImageHandle {
             .map(|(_, o)| o.clone())
     }
 
+    /// Notes a client's read of chunk `index`: in the read log (its first
+    /// read), and in the working set when recording.
     fn note(&self, index: u64) {
         if self.is_hole(index) {
             return;
         }
+        self.note_read(index);
         let mut g = self.recording.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((seen, order)) = g.as_mut() {
             if !seen[index as usize] {
                 seen[index as usize] = true;
                 order.push(index as u32);
             }
+        }
+    }
+
+    fn note_read(&self, index: u64) {
+        let Some(r) = &self.reads else { return };
+        let i = index as usize;
+        let (Some(word), Some(Some(name)), Some(Some(secret))) = (
+            r.noted.get(i / 64),
+            self.image.manifest.names.get(i),
+            self.image.keys.0.get(i),
+        ) else {
+            return;
+        };
+        let bit = 1u64 << (i % 64);
+        if word.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            r.sync(r.log.record(&r.id, (*name, secret.plain_sha)));
         }
     }
 

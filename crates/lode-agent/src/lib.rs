@@ -6,6 +6,8 @@
 //! * [`range`]: the checked byte range every request becomes;
 //! * [`image`]: byte ranges of one image over the reader;
 //! * [`overlay`]: copy-on-write at 4 KiB pages, with its journal;
+//! * [`reads`]: the chunks clients read, per manifest digest (what
+//!   `GET /v1/images` checks against the caches);
 //! * [`exports`]: `TENANT/NAME[@OVERLAY]` names, the images behind them,
 //!   prefetch and recording;
 //! * [`volume`]: one image served as one block device, with its overlay;
@@ -26,6 +28,7 @@ pub mod nbd;
 pub mod overlay;
 pub mod range;
 pub mod reader;
+pub mod reads;
 pub mod serve;
 pub mod session;
 pub mod tls;

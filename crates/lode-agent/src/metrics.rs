@@ -40,6 +40,12 @@ pub async fn render(
     prom::sample(&mut out, "lode_images_open", "", exports.open_images());
     prom::sample(
         &mut out,
+        "lode_images_read_remembered",
+        "",
+        exports.read_log().len(),
+    );
+    prom::sample(
+        &mut out,
         "lode_demand_fetches_in_flight",
         "",
         exports.reader().demand_in_flight(),

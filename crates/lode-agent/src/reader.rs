@@ -209,6 +209,17 @@ impl ChunkReader {
         }
     }
 
+    /// Whether the memory or the disk cache holds the chunk `name` with
+    /// plaintext hash `plain_sha` now (index lookups only: no data is read
+    /// and no eviction order changes).
+    pub fn holds(&self, name: &ChunkName, plain_sha: &[u8; 32]) -> bool {
+        self.memory.contains(name, plain_sha)
+            || self
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.contains(name, plain_sha))
+    }
+
     /// Demand reads fetching a chunk right now.
     pub fn demand_in_flight(&self) -> usize {
         self.demand_misses.load(Ordering::SeqCst)

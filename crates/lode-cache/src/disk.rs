@@ -217,6 +217,15 @@ impl DiskCache {
         }
     }
 
+    /// Whether the index holds the chunk `name` with plaintext hash
+    /// `plain_sha`: reads neither the file nor its pages, and changes no
+    /// eviction order. (A file damaged since is found out, and dropped,
+    /// only by a read.)
+    pub fn contains(&self, name: &ChunkName, plain_sha: &[u8; 32]) -> bool {
+        let id = self.key.file_id(&name.0, plain_sha);
+        self.lock().contains(&id)
+    }
+
     fn discard(&self, id: &FileId, name: &ChunkName, e: &dyn std::error::Error) {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(chunk = %name, error = %e, "disk cache file refused: discarded");
@@ -446,6 +455,16 @@ mod tests {
             c.put(name, sha, pt).await;
         }
         assert!(c.bytes() <= 10_000);
+        // The index answers for the survivors and not for the evicted.
+        let held = (0..50u8)
+            .filter(|&i| {
+                let (name, sha, _) = chunk(i, 1000);
+                c.contains(&name, &sha)
+            })
+            .count();
+        assert_eq!(held, c.len());
+        let (last, sha, _) = chunk(49, 1000);
+        assert!(c.contains(&last, &sha) && !c.contains(&last, &[0; 32]));
         let files: usize = std::fs::read_dir(d.path())
             .unwrap()
             .filter_map(|s| std::fs::read_dir(s.unwrap().path()).ok())

@@ -52,6 +52,12 @@ impl MemoryCache {
         hit
     }
 
+    /// Whether the chunk is cached under this plaintext hash (no hit is
+    /// counted: the eviction order does not change).
+    pub fn contains(&self, name: &ChunkName, plain_sha: &[u8; 32]) -> bool {
+        matches!(self.lock().data.get(name), Some((sha, _)) if sha == plain_sha)
+    }
+
     /// Caches verified plaintext.
     pub fn insert(&self, name: ChunkName, plain_sha: [u8; 32], plaintext: Bytes) {
         let mut g = self.lock();
@@ -90,6 +96,9 @@ mod tests {
         c.insert(ChunkName([1; 32]), [2; 32], Bytes::from_static(b"abc"));
         assert!(c.get(&ChunkName([1; 32]), &[2; 32]).is_some());
         assert!(c.get(&ChunkName([1; 32]), &[3; 32]).is_none());
+        assert!(c.contains(&ChunkName([1; 32]), &[2; 32]));
+        assert!(!c.contains(&ChunkName([1; 32]), &[3; 32]));
+        assert!(!c.contains(&ChunkName([9; 32]), &[2; 32]));
         assert_eq!(c.bytes(), 3);
     }
 }

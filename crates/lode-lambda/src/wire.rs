@@ -198,7 +198,12 @@ pub struct WorkerReport {
     pub used_memory_mib: u64,
     /// Its live sandboxes, busy and idle.
     pub sandboxes: Vec<SandboxReport>,
-    /// Manifest digests (`sha256:...`) whose chunks its host cache holds.
+    /// Manifest digests (`sha256:...`) its host is warm for: images whose
+    /// chunks the host's VMs read (demand reads, not prefetch), of which the
+    /// host agent's memory or disk cache still held at least half when the
+    /// worker last asked the agent (answers are a few seconds old at most).
+    /// At most 256, most recently used first; empty when the agent could
+    /// not be asked, and after an agent restart until VMs read again.
     #[serde(default)]
     pub images: Vec<String>,
 }

@@ -14,6 +14,7 @@
 //! - [`sandbox`]: one sandbox: attach, boot, invoke, stop, detach;
 //! - [`worker`]: slots and memory, warm sandboxes and keep-alive, the
 //!   report to the manager, metrics;
+//! - [`warm`]: the images this host is warm for, from the agent's caches;
 //! - [`server`]: the worker's HTTP API and its heartbeat to the manager;
 //! - [`env`]: the environment Lambda gives a function;
 //! - [`ledger`]: the volumes attached, for a killed worker's successor.
@@ -23,6 +24,7 @@ pub mod ledger;
 pub mod runtime_api;
 pub mod sandbox;
 pub mod server;
+pub mod warm;
 pub mod worker;
 
 pub use worker::{Config, Worker, WorkerError};

@@ -64,7 +64,7 @@ pub async fn handle(worker: &Arc<Worker>, req: Request<Incoming>) -> Response {
             }
         }
         (Method::GET, "/v1/report") => {
-            json(serde_json::to_vec(&worker.report()).unwrap_or_default())
+            json(serde_json::to_vec(&worker.report().await).unwrap_or_default())
         }
         (Method::GET, "/metrics") => {
             let mut out = String::new();
@@ -140,7 +140,7 @@ pub async fn report_loop(worker: Arc<Worker>, manager: String) {
     let mut failing = false;
     let client = Client::new();
     loop {
-        match post_report(&client, &manager, &worker.report()).await {
+        match post_report(&client, &manager, &worker.report().await).await {
             Ok(()) => {
                 if failing {
                     tracing::info!(manager = %manager, "reporting to the manager again");

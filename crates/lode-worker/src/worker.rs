@@ -9,25 +9,24 @@
 //! recently used first; when that cannot make room either, the invocation
 //! is refused with `TooManyRequestsException`. A sandbox that timed out,
 //! whose runtime exited or whose VM failed is stopped and its overlay
-//! dropped; an idle one is stopped after the keep-alive.
+//! dropped; an idle one is stopped after the keep-alive. The images the
+//! report lists as warm come from the agent's caches ([`crate::warm`]).
 
 use crate::env::random_hex;
 use crate::sandbox::{Ended, Host, Sandbox, StartError, StartTimings};
+use crate::warm::WarmImages;
 use bytes::Bytes;
 use lode_common::prom;
 use lode_lambda::{
     ErrorKind, InvokeOutcome, InvokeRequest, InvokeResult, LambdaError, SandboxReport, Timings,
     WorkerReport, MAX_PAYLOAD,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::Instrument;
-
-/// Manifest digests remembered as held by the host cache.
-pub const IMAGES_KEPT: usize = 256;
 
 /// A worker's settings.
 #[derive(Debug, Clone)]
@@ -117,8 +116,6 @@ struct State {
     sandboxes: BTreeMap<String, Entry>,
     /// Cold starts under way: (slots, MiB) reserved.
     starting: (u32, u64),
-    /// Digests attached on this host, newest last.
-    images: VecDeque<String>,
 }
 
 impl State {
@@ -162,6 +159,7 @@ pub struct Worker {
     host: Host,
     epoch: u64,
     state: Mutex<State>,
+    warm: WarmImages,
     /// Told when a sandbox changes state (the reporter sends at once).
     pub changed: Notify,
     /// Counters.
@@ -191,6 +189,7 @@ impl Worker {
             .unwrap_or(0);
         Worker {
             config,
+            warm: WarmImages::new(host.agent.clone()),
             host,
             epoch,
             state: Mutex::new(State::default()),
@@ -287,16 +286,6 @@ impl Worker {
         let mut st = self.lock();
         st.starting.0 = st.starting.0.saturating_sub(1);
         st.starting.1 = st.starting.1.saturating_sub(u64::from(mem));
-    }
-
-    fn remember_image(&self, digest: Option<&str>) {
-        let Some(d) = digest else { return };
-        let mut st = self.lock();
-        st.images.retain(|x| x != d);
-        if st.images.len() == IMAGES_KEPT {
-            st.images.pop_front();
-        }
-        st.images.push_back(d.to_string());
     }
 
     /// Stops `sandboxes` in the background.
@@ -443,7 +432,6 @@ impl Worker {
                 });
             }
         };
-        self.remember_image(spec.image.digest.as_deref());
         let sandbox = Arc::new(sandbox);
         {
             let mut st = self.lock();
@@ -549,8 +537,16 @@ impl Worker {
         }
     }
 
-    /// What the worker tells the manager.
-    pub fn report(&self) -> WorkerReport {
+    /// What the worker tells the manager: its capacity, its sandboxes, and
+    /// the images the agent's caches still hold most of what VMs read of
+    /// ([`WarmImages`]; none when the agent cannot be asked).
+    pub async fn report(&self) -> WorkerReport {
+        let images = self.warm.digests().await;
+        self.snapshot(images)
+    }
+
+    /// The report with `images` as the warm images.
+    fn snapshot(&self, images: Vec<String>) -> WorkerReport {
         let st = self.lock();
         let (_, used) = st.used();
         WorkerReport {
@@ -576,7 +572,7 @@ impl Worker {
                     },
                 })
                 .collect(),
-            images: st.images.iter().cloned().collect(),
+            images,
         }
     }
 
@@ -627,7 +623,7 @@ impl Worker {
         ] {
             prom::single(out, name, prom::Kind::Counter, help, prom::load(v));
         }
-        let r = self.report();
+        let r = self.snapshot(Vec::new());
         for (name, v) in [
             ("lode_worker_sandboxes", r.sandboxes.len() as u64),
             ("lode_worker_sandboxes_busy", r.busy() as u64),

@@ -8,8 +8,17 @@
 //! | `POST /v1/volumes` | [`AttachRequest`] | 201 [`Attached`] |
 //! | `GET /v1/volumes/ID` | | 200 [`VolumeInfo`] |
 //! | `DELETE /v1/volumes/ID` | | 200 [`VolumeInfo`] (final counters) |
+//! | `GET /v1/images` | | 200 `{"images": [ImageInfo…]}` |
 //! | `GET /v1/fleet` | | 200 [`FleetInfo`] (409 without a fleet) |
 //! | `PUT /v1/fleet` | [`FleetRequest`] | 200 [`FleetInfo`]: the membership changed |
+//!
+//! `GET /v1/images` lists the images clients read on this host (the last
+//! [`DIGESTS_KEPT`](crate::reads::DIGESTS_KEPT) manifest digests, most
+//! recently attached or read first), each with the distinct stored chunks
+//! demand reads touched (`read_chunks`) and how many of those the memory or
+//! disk cache holds at the time of the call (`resident_chunks`, checked
+//! against the caches' indexes). In memory: empty after an agent restart
+//! until VMs read again. Workers report from it which images are warm here.
 //!
 //! `PUT /v1/fleet` is for the agent's own user and root only (403 for other
 //! peers); it changes the running membership, not `--cache-nodes-file`.
@@ -148,6 +157,15 @@ pub struct VolumeList {
     pub volumes: Vec<VolumeInfo>,
 }
 
+pub use crate::reads::ImageInfo;
+
+/// `GET /v1/images`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageList {
+    /// Every remembered image, most recently used first.
+    pub images: Vec<ImageInfo>,
+}
+
 /// `GET /v1/health`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Health {
@@ -267,6 +285,15 @@ pub async fn handle(
                 volumes: registry.list().await,
             },
         ),
+        (Method::GET, ["v1", "images"]) => {
+            // One listing at a time: each looks up every chunk read.
+            let _turn = registry.images_turn().await;
+            let exports = registry.exports().clone();
+            match tokio::task::spawn_blocking(move || exports.read_images()).await {
+                Ok(images) => json(StatusCode::OK, &ImageList { images }),
+                Err(e) => error(500, format!("listing the images read: {e}")),
+            }
+        }
         (Method::POST, ["v1", "volumes"]) => {
             let ctype = req
                 .headers()
@@ -351,6 +378,7 @@ pub async fn handle(
         (_, ["v1", "health"])
         | (_, ["v1", "volumes"])
         | (_, ["v1", "volumes", _])
+        | (_, ["v1", "images"])
         | (_, ["v1", "fleet"]) => error(405, format!("method {method} not allowed on {path}")),
         _ => error(404, format!("no endpoint {path} (the API is under /v1/)")),
     }

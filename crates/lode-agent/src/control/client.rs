@@ -1,8 +1,9 @@
 //! A client of the control API (what `lode attach`, `lode detach`,
-//! `lode volumes`, `lode fleet` and `lode run --agent` use).
+//! `lode volumes`, `lode fleet`, `lode run --agent` and the worker use).
 
 use super::api::{
-    ApiError, AttachRequest, Attached, FleetInfo, FleetRequest, Health, VolumeInfo, VolumeList,
+    ApiError, AttachRequest, Attached, FleetInfo, FleetRequest, Health, ImageInfo, ImageList,
+    VolumeInfo, VolumeList,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -150,6 +151,14 @@ impl Client {
         self.call::<VolumeList>(Method::GET, "/v1/volumes", None)
             .await
             .map(|l| l.volumes)
+    }
+
+    /// The images clients read on this host, with how many of the chunks
+    /// read its caches hold now (`GET /v1/images`).
+    pub async fn images(&self) -> Result<Vec<ImageInfo>, ClientError> {
+        self.call::<ImageList>(Method::GET, "/v1/images", None)
+            .await
+            .map(|l| l.images)
     }
 
     /// The agent's health.

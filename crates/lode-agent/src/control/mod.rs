@@ -15,7 +15,9 @@ pub mod registry;
 pub mod sockets;
 pub mod state;
 
-pub use api::{AttachRequest, Attached, FleetInfo, FleetRequest, Health, VolumeInfo};
+pub use api::{
+    AttachRequest, Attached, FleetInfo, FleetRequest, Health, ImageInfo, ImageList, VolumeInfo,
+};
 pub use client::{Client, ClientError};
 pub use registry::{Registry, RegistryError};
 pub use state::{StateDir, StateError};

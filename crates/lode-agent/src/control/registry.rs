@@ -154,6 +154,7 @@ pub struct Registry {
     started: std::time::Instant,
     stopping: watch::Sender<bool>,
     fleet: std::sync::OnceLock<super::api::FleetHook>,
+    images: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Registry {
@@ -272,6 +273,7 @@ impl Registry {
             started: std::time::Instant::now(),
             stopping: watch::channel(false).0,
             fleet: std::sync::OnceLock::new(),
+            images: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -283,6 +285,12 @@ impl Registry {
     /// The fleet hook, if the agent has a fleet.
     pub fn fleet_hook(&self) -> Option<&super::api::FleetHook> {
         self.fleet.get()
+    }
+
+    /// Waits for the turn to list the images read (`GET /v1/images`: one
+    /// listing at a time); the turn ends when the guard drops.
+    pub async fn images_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.images.acquire().await.ok()
     }
 
     /// What the transports share.

@@ -600,17 +600,7 @@ impl Agent {
 
     /// The metrics endpoint's text.
     pub fn metrics_text(&self) -> String {
-        let mut s = TcpStream::connect(&self.metrics_addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        let (head, body) = body
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("bad HTTP answer from metrics: {body:?}"));
-        assert!(head.starts_with("HTTP/1.1 200"), "metrics answered {head}");
-        body.to_string()
+        metrics_text_at(&self.metrics_addr)
     }
 
     /// All samples: `name{labels}` → value.
@@ -637,6 +627,21 @@ impl Drop for Agent {
             );
         }
     }
+}
+
+/// The text of the metrics endpoint at `addr` (`HOST:PORT`).
+pub fn metrics_text_at(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let (head, body) = body
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("bad HTTP answer from metrics: {body:?}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "metrics answered {head}");
+    body.to_string()
 }
 
 /// Parses Prometheus text into `name{labels}` → value.

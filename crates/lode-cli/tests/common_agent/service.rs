@@ -2,7 +2,8 @@
 //! control socket, killed, restarted, upgraded; volumes attached through
 //! `lode attach`.
 
-use super::{free_port, lode_bin, run_timeout, Env, Out};
+use super::{free_port, lode_bin, metrics_text_at, parse_metrics, run_timeout, Env, Out};
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -266,6 +267,11 @@ impl Service {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         (status, body)
+    }
+
+    /// All samples of the agent's metrics: `name{labels}` → value.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        parse_metrics(&metrics_text_at(&self.metrics_addr))
     }
 
     /// Open file descriptors of the agent process.
