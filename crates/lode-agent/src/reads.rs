@@ -29,6 +29,10 @@ use std::sync::Mutex;
 
 /// Digests remembered; the least recently attached or read is dropped first.
 pub const DIGESTS_KEPT: usize = 256;
+/// Chunks remembered over all digests (about 100 bytes each with the set's
+/// overhead: ≈ 100 MiB at most): past it, whole digests are dropped, least
+/// recently used first, so 256 fully read 10 GiB images cannot hold 500 MiB.
+pub const CHUNKS_KEPT: usize = 1 << 20;
 
 /// A stored chunk as the caches key it: its name and plaintext SHA-256.
 pub type ChunkKey = (ChunkName, [u8; 32]);
@@ -78,6 +82,8 @@ struct Entry {
 struct Inner {
     map: HashMap<String, Entry>,
     clock: u64,
+    /// Chunks in all sets.
+    total: usize,
 }
 
 /// The read sets of the last [`DIGESTS_KEPT`] images, host-wide.
@@ -95,15 +101,9 @@ impl Inner {
         let now = self.clock;
         if !self.map.contains_key(&id.digest) {
             while self.map.len() >= DIGESTS_KEPT {
-                let oldest = self
-                    .map
-                    .iter()
-                    .min_by_key(|(_, e)| e.used)
-                    .map(|(d, _)| d.clone());
-                match oldest {
-                    Some(d) => self.map.remove(&d),
-                    None => break,
-                };
+                if !self.drop_oldest(&id.digest) {
+                    break;
+                }
             }
         }
         let e = self.map.entry(id.digest.clone()).or_insert_with(|| Entry {
@@ -116,6 +116,24 @@ impl Inner {
         });
         e.used = now;
         e
+    }
+
+    /// Drops the least recently used digest other than `keep`; false when
+    /// there is none.
+    fn drop_oldest(&mut self, keep: &str) -> bool {
+        let oldest = self
+            .map
+            .iter()
+            .filter(|(d, _)| d.as_str() != keep)
+            .min_by_key(|(_, e)| e.used)
+            .map(|(d, _)| d.clone());
+        match oldest.and_then(|d| self.map.remove(&d)) {
+            Some(e) => {
+                self.total -= e.chunks.len();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -140,10 +158,20 @@ impl ReadLog {
     pub fn record(&self, id: &ImageId, chunk: ChunkKey) -> u64 {
         let mut g = self.lock();
         let e = g.entry(id);
-        if e.chunks.len() < e.limit {
-            e.chunks.insert(chunk);
+        let epoch = e.epoch;
+        if e.chunks.len() >= e.limit || e.chunks.contains(&chunk) {
+            return epoch;
         }
-        e.epoch
+        while g.total >= CHUNKS_KEPT {
+            if !g.drop_oldest(&id.digest) {
+                return epoch;
+            }
+        }
+        if let Some(e) = g.map.get_mut(&id.digest) {
+            e.chunks.insert(chunk);
+            g.total += 1;
+        }
+        epoch
     }
 
     /// Digests remembered.
@@ -248,6 +276,36 @@ mod tests {
                 resident_chunks: 2,
             }]
         );
+    }
+
+    #[test]
+    fn chunks_over_all_digests_are_bounded() {
+        let log = ReadLog::new();
+        let big = |n| id(n, CHUNKS_KEPT);
+        let k = |i: usize| {
+            (ChunkName([0; 32]), {
+                let mut h = [0u8; 32];
+                h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                h
+            })
+        };
+        for i in 0..CHUNKS_KEPT / 2 {
+            log.record(&big(0), k(i));
+        }
+        for i in 0..CHUNKS_KEPT / 2 {
+            log.record(&big(1), k(i));
+        }
+        // Full: a new chunk of digest 2 drops digest 0, the oldest.
+        log.record(&big(2), k(0));
+        assert_eq!(log.read_chunks(&big(0).digest), None);
+        assert_eq!(log.read_chunks(&big(1).digest), Some(CHUNKS_KEPT / 2));
+        // Digest 1 alone past the bound: it keeps what it has, no more.
+        for i in CHUNKS_KEPT / 2..CHUNKS_KEPT + 10 {
+            log.record(&big(1), k(i));
+        }
+        assert_eq!(log.read_chunks(&big(1).digest), Some(CHUNKS_KEPT));
+        assert_eq!(log.read_chunks(&big(2).digest), None);
+        assert_eq!(log.lock().total, CHUNKS_KEPT);
     }
 
     #[test]

@@ -646,7 +646,10 @@ mod tests {
             root: Arc::from("root"),
             name: ChunkName([7; 32]),
         };
-        for spec in [closed.join(","), format!("memcached://{}", closed.join(","))] {
+        for spec in [
+            closed.join(","),
+            format!("memcached://{}", closed.join(",")),
+        ] {
             let tier = crate::from_spec(&spec, Duration::from_secs(2))
                 .unwrap()
                 .with_leases(LeaseConfig {
