@@ -33,6 +33,8 @@ enum Command {
     Detach(cmd::volumes::DetachArgs),
     /// List a running agent's volumes with their counters.
     Volumes(cmd::volumes::VolumesArgs),
+    /// List the images clients read on this host, with how much of it the host's caches still hold.
+    Warm(cmd::volumes::WarmArgs),
     /// Show or change a running agent's cache-fleet membership.
     Fleet(cmd::fleet::Args),
     /// Write one file of an image to stdout, loading only the chunks it needs.
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
         Command::Attach(_) => "attach",
         Command::Detach(_) => "detach",
         Command::Volumes(_) => "volumes",
+        Command::Warm(_) => "warm",
         Command::Fleet(_) => "fleet",
         Command::Credentials(_) => "credentials",
         Command::Frontend(_) => "frontend",
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => cmd::volumes::attach(args),
         Command::Detach(args) => cmd::volumes::detach(args),
         Command::Volumes(args) => cmd::volumes::volumes(args),
+        Command::Warm(args) => cmd::volumes::warm(args),
         Command::Fleet(args) => cmd::fleet::run(args),
         Command::CacheNode(args) => cmd::cache_node::run(args),
         Command::Vm(args) => cmd::vm::run(args),

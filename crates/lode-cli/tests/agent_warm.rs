@@ -172,6 +172,15 @@ fn evicted_images_are_no_longer_reported_warm() {
     assert_eq!((ib.read_chunks, ib.resident_chunks), (B_CHUNKS, B_CHUNKS));
     assert_eq!(all[0].digest, b, "most recently used first: {all:?}");
     assert_eq!(svc.metrics()["lode_images_read_remembered"], 2.0);
+    // `lode warm` prints the same list.
+    let listed: Vec<ImageInfo> =
+        serde_json::from_slice(&svc.lode(&["warm", "--json"]).ok().stdout).unwrap();
+    assert_eq!(listed, all);
+    let table = String::from_utf8(svc.lode(&["warm"]).ok().stdout).unwrap();
+    assert!(
+        table.contains(&format!("{TENANT}/b")) && table.contains("100.0%"),
+        "{table}"
+    );
 
     // The worker's answer is at most ANSWER_TTL old.
     std::thread::sleep(lode_worker::warm::ANSWER_TTL + Duration::from_millis(100));

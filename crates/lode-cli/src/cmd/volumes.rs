@@ -1,5 +1,5 @@
-//! `lode attach`, `lode detach`, `lode volumes`: a running agent's volumes,
-//! through its control API.
+//! `lode attach`, `lode detach`, `lode volumes`, `lode warm`: a running
+//! agent's volumes and the images its caches hold, through its control API.
 
 use super::agent::control_path;
 use super::common::runtime;
@@ -50,6 +50,17 @@ pub struct VolumesArgs {
     #[arg(long, value_name = "PATH")]
     agent: Option<String>,
     /// Print JSON (one array of volumes with their counters).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `lode warm`.
+#[derive(clap::Args)]
+pub struct WarmArgs {
+    /// The agent's control socket (default `$LODE_HOME/agent.sock`).
+    #[arg(long, value_name = "PATH")]
+    agent: Option<String>,
+    /// Print JSON (`GET /v1/images`'s list).
     #[arg(long)]
     json: bool,
 }
@@ -140,6 +151,43 @@ pub fn volumes(args: VolumesArgs) -> Result<()> {
         if let Some(e) = &v.error {
             println!("    {e}");
         }
+    }
+    Ok(())
+}
+
+/// Runs `lode warm`: the images clients read on this host, most recently
+/// used first, with how much of what they read the host's caches hold now.
+pub fn warm(args: WarmArgs) -> Result<()> {
+    let client = Client::new(control_path(args.agent.as_deref()));
+    let images = runtime()?
+        .block_on(client.images())
+        .context("listing the images read on this host")?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&images).context("printing the list")?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<28}  {:<19}  {:>8}  {:>8}  {:>9}",
+        "EXPORT", "DIGEST", "READ", "RESIDENT", "RESIDENT%"
+    );
+    for i in images {
+        let short = i.digest.get(..19).unwrap_or(&i.digest);
+        let pct = if i.read_chunks == 0 {
+            0.0
+        } else {
+            i.resident_chunks as f64 * 100.0 / i.read_chunks as f64
+        };
+        println!(
+            "{:<28}  {:<19}  {:>8}  {:>8}  {:>8.1}%",
+            format!("{}/{}", i.tenant, i.image),
+            short,
+            i.read_chunks,
+            i.resident_chunks,
+            pct
+        );
     }
     Ok(())
 }
