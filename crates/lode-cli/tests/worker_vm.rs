@@ -282,7 +282,7 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     for want in [
         "lode_worker_cold_starts_total 4",
         "lode_worker_start_failures_total 1",
-        "lode_worker_warm_starts_total 3",
+        "lode_worker_warm_starts_total 4",
         "lode_worker_timeouts_total 1",
         "lode_worker_throttles_total 1",
     ] {

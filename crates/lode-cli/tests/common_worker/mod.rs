@@ -557,14 +557,16 @@ pub fn connect_as(uid: u32, path: &std::path::Path) -> Result<(), i32> {
         .arg(format!("--reuid={uid}"))
         .arg(format!("--regid={uid}"))
         .arg("--clear-groups")
+        // Debian's, not one under /root (e.g. pyenv's shim) that the user
+        // cannot reach.
         .args([
-            "python3",
+            "/usr/bin/python3",
             "-c",
             "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.errno); sys.exit(3)\nprint(0)",
         ])
         .arg(path)
         .output()
-        .expect("setpriv (util-linux) and python3");
+        .expect("setpriv (util-linux) and /usr/bin/python3");
     let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
     match (o.status.code(), out.parse::<i32>()) {
         (Some(0), Ok(0)) => Ok(()),
