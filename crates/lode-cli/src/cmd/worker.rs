@@ -193,6 +193,14 @@ pub async fn serve(
     }
 }
 
+/// This process's effective user id (the owner of `/proc/self`).
+pub(super) fn euid() -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self")
+        .context("reading this process's user (/proc/self)")?
+        .uid())
+}
+
 /// The range of user ids for the VMMs (`None` with `--vmm-as-root`); the
 /// sandboxes' directory `work` is opened to them (0711: they pass, they do
 /// not list), and the relay program must be theirs to run.
@@ -201,13 +209,11 @@ fn vmm_ids(
     relay: &std::path::Path,
     work: &std::path::Path,
 ) -> Result<Option<Arc<lode_worker::jail::VmmIds>>> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     if args.vmm_as_root {
         return Ok(None);
     }
-    let me = std::fs::metadata("/proc/self")
-        .context("reading the worker's user (/proc/self)")?
-        .uid();
+    let me = euid()?;
     if me != 0 {
         bail!("running each VMM under a user id of its own needs root (the worker runs as uid {me}); pass --vmm-as-root to run them as the worker's user");
     }
