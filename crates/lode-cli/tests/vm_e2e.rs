@@ -399,6 +399,7 @@ fn boot_on_socket(work: &Path, sock: &Path, rw: bool, script: &str) -> String {
         reset_log: None,
         reconnect: None,
         network: None,
+        run_as: None,
     };
     let mut child = spec
         .command()

@@ -83,6 +83,7 @@ fn vhost_user_guest_rides_out_three_agent_restarts() {
         reset_log: Some(env.path("qemu-resets.log")),
         reconnect: Some(lode_vm::Reconnect::default()),
         network: None,
+        run_as: None,
     };
     let (tx, rx) = mpsc::channel::<(usize, Instant)>();
     let vm = std::thread::spawn(move || {

@@ -6,8 +6,13 @@
 //! and nothing else; a timeout (Lambda's message, the sandbox replaced); an
 //! entry point that exits at once (`Runtime.ExitError`); a runtime the
 //! guest kernel kills for memory (`Runtime.OutOfMemory`); capacity refusals;
-//! the report the manager receives; the metrics. Needs what vm_e2e.rs
-//! needs (scripts/test.sh installs it).
+//! the report the manager receives; the metrics. Each sandbox's QEMU runs
+//! under its seccomp filter and a user id of its own, which alone reaches
+//! the sandbox's disk and Runtime API sockets (another user's connect is
+//! refused), also when QEMU reconnects after an agent restart; two live
+//! sandboxes never share a user; a SIGKILLed worker leaves no QEMU behind
+//! although QEMU switched user. Needs what vm_e2e.rs needs, and setpriv
+//! (scripts/test.sh installs them); runs as root.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common_agent;
@@ -33,7 +38,7 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     let oci = env.path("oci");
     write_runtime_image(&oci);
     let digest = push_layout(&env, &oci, "rt");
-    let (agent, _manager, reports, _w, addr) = stack(&env);
+    let (mut agent, _manager, reports, _w, addr) = stack(&env);
     let ctl = agent.control.to_str().unwrap().to_string();
 
     // A pinned attach serves exactly that manifest and refuses another's.
@@ -105,15 +110,32 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
         (Some(true), Some(sandbox.as_str()))
     );
     assert!(payload(&r2).contains("\"count\":2"), "{}", payload(&r2));
-    // The warm sandbox's emulator runs under QEMU's seccomp filter.
-    let qemus = qemu_status_under(env.dir.path());
-    assert!(!qemus.is_empty(), "no QEMU of this test found in /proc");
-    for (pid, status) in &qemus {
+    // The warm sandbox's emulator runs under QEMU's seccomp filter, as a
+    // user of its own that alone reaches its disk and Runtime API sockets.
+    let vmms = vmms_under(env.dir.path());
+    assert_eq!(vmms.len(), 1, "one QEMU of this test in /proc: {vmms:?}");
+    for v in &vmms {
         assert!(
-            status.lines().any(|l| l == "Seccomp:\t2"),
-            "QEMU {pid} runs without a seccomp filter:\n{status}"
+            v.status.lines().any(|l| l == "Seccomp:\t2"),
+            "QEMU {} runs without a seccomp filter:\n{}",
+            v.pid,
+            v.status
         );
+        check_confined(v);
     }
+    // The relay runs as that user and still reaches the Runtime API (the
+    // invocations above went through it); after an agent restart QEMU
+    // reconnects to its disk as that user and the guest reads it again.
+    agent.kill();
+    agent.start();
+    let (_, _, rd) = invoke(&addr, "rd", &f, br#""disk""#, Some(&sandbox));
+    assert_eq!(
+        (rd["outcome"].as_str(), rd["sandbox"].as_str()),
+        (Some("success"), Some(sandbox.as_str())),
+        "{rd}\n{}",
+        log_tail(&rd)
+    );
+    assert_eq!(payload(&rd), r#""disk ok""#, "{}", log_tail(&rd));
     eprintln!(
         "cold invoke {cold:?} ({tm}), warm invoke {warm:?} ({})",
         r2["timings"]
@@ -260,7 +282,7 @@ fn a_shell_script_runtime_runs_cold_then_warm_and_its_failures_are_lambdas() {
     for want in [
         "lode_worker_cold_starts_total 4",
         "lode_worker_start_failures_total 1",
-        "lode_worker_warm_starts_total 3",
+        "lode_worker_warm_starts_total 4",
         "lode_worker_timeouts_total 1",
         "lode_worker_throttles_total 1",
     ] {
@@ -412,6 +434,27 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
             .count()
     };
     assert_eq!(qemus(), 2, "one QEMU per sandbox");
+    let vmms = vmms_under(env.dir.path());
+    assert_eq!(vmms.len(), 2, "{vmms:?}");
+    for v in &vmms {
+        check_confined(v);
+    }
+    assert_ne!(
+        vmms[0].run_as, vmms[1].run_as,
+        "two live sandboxes share a user"
+    );
+    // Each one's user is kept from the other's sockets.
+    for (me, other) in [(&vmms[0], &vmms[1]), (&vmms[1], &vmms[0])] {
+        let uid = me.run_as.unwrap().0;
+        for path in [&other.disk, &other.runtime] {
+            let r = connect_as(uid, path);
+            assert!(
+                matches!(r, Err(e) if e == EACCES),
+                "sandbox user {uid} connecting to {}: {r:?}",
+                path.display()
+            );
+        }
+    }
     drop(w);
     let t = Instant::now();
     while qemus() > 0 {
@@ -463,25 +506,50 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
     );
 }
 
-/// `/proc/PID/status` of every QEMU whose command line names a path under
-/// `dir` (this test's sandboxes only).
-fn qemu_status_under(dir: &std::path::Path) -> Vec<(String, String)> {
-    let dir = dir.to_string_lossy().into_owned();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let pid = e.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.starts_with("qemu-system") && cmd.contains(&dir) {
-            if let Ok(status) = std::fs::read_to_string(e.path().join("status")) {
-                out.push((pid, status));
-            }
-        }
+const EACCES: i32 = 13;
+const EPERM: i32 = 1;
+
+/// `v` runs as the user it was given (not root), its volume and Runtime API
+/// sockets are that user's alone (0600), its own user connects to both and
+/// another user (a neighbour's id, as setpriv sets it) connects to neither.
+fn check_confined(v: &Vmm) {
+    use std::os::unix::fs::MetadataExt;
+    let (uid, gid) = v
+        .run_as
+        .unwrap_or_else(|| panic!("QEMU {} has no -run-with", v.pid));
+    assert!(uid >= 1_000_000 && gid == uid, "{uid}:{gid}");
+    assert_eq!(v.ids("Uid:"), [uid; 4], "QEMU {}:\n{}", v.pid, v.status);
+    assert_eq!(v.ids("Gid:"), [gid; 4], "QEMU {}:\n{}", v.pid, v.status);
+    assert!(
+        v.status
+            .lines()
+            .any(|l| l.trim_end() == format!("Groups:\t{gid}")),
+        "{}",
+        v.status
+    );
+    for path in [&v.disk, &v.runtime] {
+        let md = std::fs::metadata(path).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid(), md.mode() & 0o777),
+            (uid, gid, 0o600),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            connect_as(uid, path),
+            Ok(()),
+            "{} as its owner",
+            path.display()
+        );
+        let r = connect_as(uid + 7, path);
+        assert!(
+            matches!(r, Err(e) if e == EACCES || e == EPERM),
+            "another user connecting to {}: {r:?}",
+            path.display()
+        );
     }
-    out
+    // Others do not even see which sandboxes there are.
+    let dir = v.runtime.parent().unwrap();
+    let md = std::fs::metadata(dir).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (0, gid, 0o710));
 }

@@ -222,28 +222,37 @@ pub fn run_stoppable(
     stop: &AtomicBool,
     on_line: &mut dyn FnMut(&str, &Event),
 ) -> Result<Outcome, BootError> {
-    match spec.command() {
-        Ok(mut cmd) => {
-            // QEMU dies with the thread that watches it (a SIGKILLed `lode
-            // run` or worker leaves no VM running).
-            crate::prepare::tied_to_us(&mut cmd);
-            watch(cmd, limits, stop, on_line).map_err(|mut e| {
-                if matches!(e.kind, BootErrorKind::Exited(_)) {
-                    if let Some(log) = &spec.reset_log {
-                        e.last_reset = last_reset(log);
-                    }
-                }
-                e
+    let not_started = |e: VmError| BootError {
+        kind: BootErrorKind::Start(Box::new(e)),
+        stage: Stage::Firmware,
+        tail: Vec::new(),
+        stderr: String::new(),
+        last_reset: None,
+    };
+    let mut cmd = spec.command().map_err(not_started)?;
+    // QEMU dies with the thread that watches it (a SIGKILLed `lode run` or
+    // worker leaves no VM running); one that switches user loses its
+    // parent-death signal and needs a keeper, kept until QEMU is reaped.
+    let _tie = if spec.run_as.is_some() {
+        let t = crate::keeper::tie(&mut cmd).map_err(|source| {
+            not_started(VmError::Io {
+                path: "the pipe of the VMM's keeper".into(),
+                source,
             })
+        })?;
+        Some(t)
+    } else {
+        crate::prepare::tied_to_us(&mut cmd);
+        None
+    };
+    watch(cmd, limits, stop, on_line).map_err(|mut e| {
+        if matches!(e.kind, BootErrorKind::Exited(_)) {
+            if let Some(log) = &spec.reset_log {
+                e.last_reset = last_reset(log);
+            }
         }
-        Err(e) => Err(BootError {
-            kind: BootErrorKind::Start(Box::new(e)),
-            stage: Stage::Firmware,
-            tail: Vec::new(),
-            stderr: String::new(),
-            last_reset: None,
-        }),
-    }
+        e
+    })
 }
 
 /// The CPU state QEMU logged at the guest's last reset (the first lines of

@@ -13,6 +13,7 @@
 pub mod boot;
 pub mod cpio;
 pub mod guest;
+pub mod keeper;
 pub mod prepare;
 pub mod qemu;
 pub mod sandbox;

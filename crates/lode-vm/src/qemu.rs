@@ -70,6 +70,16 @@ pub struct RunSpec {
     pub reconnect: Option<Reconnect>,
     /// The guest's one network service (`None`: no network device at all).
     pub network: Option<crate::sandbox::Network>,
+    /// The unprivileged user and group QEMU switches to (`-run-with
+    /// user=UID:GID`) once it has opened its kernel, initrd, disk, chardevs
+    /// and network, before the guest runs (`None`: it keeps the caller's).
+    /// Its supplementary groups become just GID. Everything QEMU opens
+    /// later must be reachable by that user: the disk socket it reconnects
+    /// to after an agent restart, the relay program its network spawns and
+    /// the socket that relay connects to. A QEMU that changed its user
+    /// loses its parent-death signal; [`crate::boot::run_stoppable`] ties it
+    /// to the thread that started it another way ([`crate::keeper`]).
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// Quotes `s` for a POSIX shell.
@@ -191,8 +201,10 @@ impl RunSpec {
         // network's Runtime API forward must start its relay (one per guest
         // connection): libslirp's spawn fails under `spawn=deny` and under
         // `elevateprivileges=deny` or `children` (tried with worker_vm).
-        c.arg("-sandbox")
-            .arg(sandbox_option(self.network.is_some()));
+        c.arg("-sandbox").arg(sandbox_option(
+            self.network.is_some(),
+            self.run_as.is_some(),
+        ));
         c.args([
             "-m",
             &self.memory_mib.to_string(),
@@ -207,6 +219,9 @@ impl RunSpec {
         ]);
         if let Some(log) = &self.reset_log {
             c.args(["-d", "cpu_reset,guest_errors", "-D"]).arg(log);
+        }
+        if let Some((uid, gid)) = self.run_as {
+            c.arg("-run-with").arg(format!("user={uid}:{gid}"));
         }
         c.arg("-kernel")
             .arg(&self.kernel)
@@ -262,12 +277,23 @@ impl RunSpec {
 }
 
 /// QEMU's `-sandbox` value: everything denied, but a VM whose network
-/// starts relays keeps `spawn` and `elevateprivileges`.
-fn sandbox_option(relays: bool) -> &'static str {
-    if relays {
-        "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny"
-    } else {
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+/// starts relays keeps `spawn` and `elevateprivileges`, and one that drops
+/// to its own user (`drops`) keeps `elevateprivileges`.
+///
+/// Why the drop needs `elevateprivileges=allow` (QEMU 10.0, tried): QEMU
+/// installs its seccomp filter while it parses its options, and switches
+/// user (`-run-with user=`: `setgid`, `setgroups`, `setuid`) only later,
+/// just before the guest starts, so under `elevateprivileges=deny` (or
+/// `children`) the filter kills QEMU with SIGSYS at the switch ("Bad system
+/// call", exit status 159). Allowing the calls costs nothing once QEMU has
+/// switched: its user is not root, it has no capabilities and
+/// `no_new_privs` is set (the filter sets it), so `setuid` and friends can
+/// only fail, and an exec'd set-user-ID program gains nothing.
+fn sandbox_option(relays: bool, drops: bool) -> &'static str {
+    match (relays, drops) {
+        (true, _) => "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny",
+        (false, true) => "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny",
+        (false, false) => "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     }
 }
 
@@ -321,6 +347,7 @@ mod tests {
             reset_log: None,
             reconnect: None,
             network: None,
+            run_as: None,
         };
         std::fs::write(&initrd, vec![0u8; 4097]).unwrap();
         let e = spec.command().unwrap_err();
@@ -347,6 +374,7 @@ mod tests {
             reset_log: None,
             reconnect: Some(Reconnect::default()),
             network: None,
+            run_as: None,
         };
         let args = |s: &RunSpec| -> String {
             let c = s.command().unwrap();
@@ -368,5 +396,52 @@ mod tests {
         );
         spec.reconnect = None;
         assert!(!args(&spec).contains("reconnect"));
+    }
+
+    #[test]
+    fn run_with_user_only_when_set() {
+        let t = tempfile::tempdir().unwrap();
+        let initrd = t.path().join("initrd");
+        std::fs::write(&initrd, vec![0u8; 4096]).unwrap();
+        let mut spec = RunSpec {
+            kernel: t.path().join("vmlinux"),
+            initrd,
+            disk: Disk::VhostUser {
+                socket: t.path().join("s"),
+            },
+            memory_mib: 256,
+            quiet: true,
+            reset_log: None,
+            reconnect: None,
+            network: None,
+            run_as: None,
+        };
+        let args = |s: &RunSpec| -> Vec<String> {
+            s.command()
+                .unwrap()
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let sandbox = |a: &[String]| {
+            let i = a.iter().position(|x| x == "-sandbox").unwrap();
+            a[i + 1].clone()
+        };
+        let a = args(&spec);
+        assert!(!a.iter().any(|x| x == "-run-with"), "{a:?}");
+        assert!(sandbox(&a).contains("elevateprivileges=deny"), "{a:?}");
+        spec.run_as = Some((1_000_003, 1_000_004));
+        let a = args(&spec);
+        let i = a.iter().position(|x| x == "-run-with").unwrap();
+        assert_eq!(a[i + 1], "user=1000003:1000004");
+        // The filter must let QEMU switch (it is installed before).
+        assert!(sandbox(&a).contains("elevateprivileges=allow"), "{a:?}");
+        assert!(sandbox(&a).contains("spawn=deny"), "{a:?}");
+        spec.network = Some(crate::sandbox::Network {
+            relay: vec!["/bin/true".into()],
+        });
+        let a = args(&spec);
+        assert!(sandbox(&a).contains("spawn=allow"), "{a:?}");
+        assert_eq!(a.iter().filter(|x| *x == "-run-with").count(), 1);
     }
 }

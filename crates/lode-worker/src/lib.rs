@@ -17,9 +17,12 @@
 //! - [`warm`]: the images this host is warm for, from the agent's caches;
 //! - [`server`]: the worker's HTTP API and its heartbeat to the manager;
 //! - [`env`]: the environment Lambda gives a function;
-//! - [`ledger`]: the volumes attached, for a killed worker's successor.
+//! - [`ledger`]: the volumes attached, for a killed worker's successor;
+//! - [`jail`]: each sandbox's VMM runs under a user id of its own and
+//!   reaches only its own sockets.
 
 pub mod env;
+pub mod jail;
 pub mod ledger;
 pub mod runtime_api;
 pub mod sandbox;

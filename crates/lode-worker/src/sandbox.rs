@@ -9,6 +9,7 @@ use lode_agent::control::{AttachRequest, Client, ClientError};
 use lode_lambda::{FunctionSpec, InvokeOutcome};
 use lode_vm::{Disk, Event, Limits, Network, Reconnect, RunSpec, SandboxLaunch};
 use std::collections::VecDeque;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,9 +31,16 @@ pub struct Host {
     /// Base initramfs (`lode vm prepare`).
     pub base_initrd: Arc<Vec<u8>>,
     /// Relay program and leading arguments; the sandbox's socket is appended.
+    /// With [`Host::vmm_ids`] it runs as the sandbox's user: it must be
+    /// executable by any user ([`crate::jail::check_reachable`]).
     pub relay: Vec<String>,
-    /// Directory for the sandboxes' sockets and initramfs files (0700).
+    /// Directory for the sandboxes' sockets and initramfs files: 0700, or
+    /// 0711 with [`Host::vmm_ids`] (each sandbox's own directory inside is
+    /// `root:GID` 0710, its Runtime API socket `UID:GID` 0600).
     pub dir: PathBuf,
+    /// The user ids the sandboxes' VMMs run under, one per live VMM
+    /// (`None`: they run as the worker's user).
+    pub vmm_ids: Option<Arc<crate::jail::VmmIds>>,
     /// Longest time from a cold start to the runtime's first `next`.
     pub init_timeout: Duration,
     /// The volumes attached (for a successor after a crash).
@@ -51,6 +59,12 @@ pub enum StartError {
         #[source]
         source: ClientError,
     },
+    /// No user id for the VMM, or it cannot reach its disk socket.
+    #[error("confining the sandbox's VMM: {0}")]
+    Jail(#[source] crate::jail::JailError),
+    /// The Runtime API socket.
+    #[error("the sandbox's Runtime API socket: {0}")]
+    Socket(#[source] lode_agent::control::sockets::SocketError),
     /// Local files (socket, initramfs).
     #[error("sandbox {path}: {source}")]
     Io {
@@ -209,6 +223,12 @@ impl Sandbox {
     ) -> Result<(Sandbox, StartTimings), StartError> {
         let t0 = Instant::now();
         let image = spec.image.to_string();
+        // The VMM's own user, held until its QEMU is gone (the VM thread
+        // drops it); the volume socket is given to it.
+        let lease = match &host.vmm_ids {
+            Some(ids) => Some(ids.lease().map_err(StartError::Jail)?),
+            None => None,
+        };
         let attached = host
             .agent
             .attach(&AttachRequest {
@@ -218,7 +238,7 @@ impl Sandbox {
                 overlay: None,
                 rw: true,
                 via: Some("nbd".into()),
-                owner: None,
+                owner: lease.as_ref().map(|l| format!("{}:{}", l.uid(), l.gid())),
             })
             .await
             .map_err(|source| StartError::Attach { image, source })?;
@@ -227,7 +247,7 @@ impl Sandbox {
             attach_us: t0.elapsed().as_micros() as u64,
             ..StartTimings::default()
         };
-        match Self::boot(host, id, spec, &attached).await {
+        match Self::boot(host, id, spec, &attached, lease).await {
             Ok(sb) => Ok((sb, timings)),
             Err(e) => {
                 match host.agent.detach(&attached.id).await {
@@ -246,16 +266,36 @@ impl Sandbox {
         id: String,
         spec: &FunctionSpec,
         attached: &lode_agent::control::Attached,
+        lease: Option<crate::jail::Lease>,
     ) -> Result<Sandbox, StartError> {
         let dir = host.dir.join(&id);
         let io = |path: &std::path::Path| {
             let path = path.display().to_string();
             move |source| StartError::Io { path, source }
         };
+        let run_as = lease.as_ref().map(crate::jail::Lease::ids);
+        if let Some((uid, gid)) = run_as {
+            // QEMU reconnects to its disk by path after an agent restart,
+            // as its own user.
+            crate::jail::check_reachable(&attached.socket, uid, gid, false)
+                .map_err(StartError::Jail)?;
+        }
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+        // The relay QEMU spawns connects as the VMM's user: the socket is
+        // that user's alone (0600), bound in the still private directory.
         let sock = dir.join("runtime.sock");
-        let _ = std::fs::remove_file(&sock);
-        let listener = tokio::net::UnixListener::bind(&sock).map_err(io(&sock))?;
+        let listener = match run_as {
+            Some((uid, gid)) => lode_agent::control::sockets::bind_owned(&sock, uid, gid),
+            None => lode_agent::control::sockets::bind_private(&sock),
+        }
+        .map_err(StartError::Socket)?;
+        if let Some((_, gid)) = run_as {
+            // Only the sandbox's group may pass; no one but root lists it.
+            std::os::unix::fs::chown(&dir, None, Some(gid)).map_err(io(&dir))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710))
+                .map_err(io(&dir))?;
+        }
         let api = Arc::new(RuntimeApi::new());
         let (server_stop, rx) = watch::channel(false);
         tokio::spawn(runtime_api::serve(listener, api.clone(), rx));
@@ -294,6 +334,7 @@ impl Sandbox {
             reset_log: None,
             reconnect: Some(Reconnect::default()),
             network: Some(Network { relay }),
+            run_as,
         };
         let limits = Limits {
             silence: host.init_timeout,
@@ -310,6 +351,8 @@ impl Sandbox {
         std::thread::Builder::new()
             .name(format!("vm-{id}"))
             .spawn(move || {
+                // The VMM's user is free again once its QEMU is reaped.
+                let _lease = lease;
                 let mut oom = false;
                 let r = lode_vm::run_stoppable(&run, &limits, &stop, &mut |line, ev| {
                     oom |= is_oom_kill(line);

@@ -337,6 +337,7 @@ pub fn start_vm(conf: &VmConf, disk: &NbdDisk, dir: &Path, name: &str, t0: Insta
         reset_log: None,
         reconnect: None,
         network: None,
+        run_as: None,
     };
     let qmp = dir.join(format!("{name}.qmp"));
     let _ = std::fs::remove_file(&qmp);

@@ -346,6 +346,7 @@ fn vhost_stall(ctx: &Ctx, n: usize) -> Result<(f64, f64, usize)> {
         reset_log: None,
         reconnect: Some(lode_vm::Reconnect::default()),
         network: None,
+        run_as: None,
     };
     let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
     let vm = std::thread::spawn(move || {

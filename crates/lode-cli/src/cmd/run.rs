@@ -114,6 +114,7 @@ pub fn run(args: Args) -> Result<i32> {
         // Through a running agent the VM rides out the agent's restarts.
         reconnect: args.agent.is_some().then(Reconnect::default),
         network: None,
+        run_as: None,
     };
     let limits = Limits {
         silence: Duration::from_secs(args.stall_timeout),

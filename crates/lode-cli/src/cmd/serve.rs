@@ -30,6 +30,23 @@ pub struct Args {
     /// Region named in ARNs.
     #[arg(long, default_value = "us-east-1")]
     region: String,
+    /// Run the VMMs as this process's user instead of a user id of their
+    /// own each (`lode worker --vmm-as-root`; what a `lode serve` that is
+    /// not root does anyway).
+    #[arg(long)]
+    vmm_as_root: bool,
+}
+
+/// Where the agent of `lode serve` as root puts its volume sockets: a
+/// directory every VMM user can pass through (`$LODE_HOME` is often under
+/// a private home), one per `$LODE_HOME` (FNV-1a of its path), stable
+/// across restarts.
+fn serve_socket_dir(home: &std::path::Path) -> std::path::PathBuf {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in home.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    std::path::PathBuf::from(format!("/run/lode/serve-{h:016x}/sockets"))
 }
 
 /// `lode agent`'s arguments, parsed from a command line `lode serve` makes.
@@ -69,6 +86,12 @@ pub fn run(args: Args) -> Result<()> {
     ];
     if let Some(s) = &args.store {
         agent_line.extend(["--store".into(), s.clone()]);
+    }
+    let vmm_as_root = args.vmm_as_root || super::worker::euid()? != 0;
+    if !vmm_as_root {
+        // The parents are created 0755 and the agent makes the last 0711.
+        let sockets = serve_socket_dir(&home);
+        agent_line.extend(["--socket-dir".into(), sockets.display().to_string()]);
     }
     let agent = AgentLine::try_parse_from(&agent_line)
         .context("the agent's arguments")?
@@ -118,7 +141,9 @@ pub fn run(args: Args) -> Result<()> {
             args.keep_alive.to_string(),
             "--id".into(),
             "serve".into(),
-        ])
+        ]
+        .into_iter()
+        .chain(vmm_as_root.then(|| "--vmm-as-root".to_string())))
         .context("the worker's arguments")?
         .args;
         let mut worker_task = tokio::spawn(super::worker::serve(worker, until(stop.clone()), false));

@@ -53,6 +53,22 @@ pub struct Args {
     /// Guest kernel and initramfs directory (default `$LODE_HOME/vm`, made by `lode vm prepare`).
     #[arg(long, value_name = "DIR")]
     vm_dir: Option<PathBuf>,
+    /// First user id of the range the sandboxes' VMMs run under: each QEMU
+    /// switches to an id of its own (its group id is the same number) once
+    /// it has opened its disk, and only that id reaches the sandbox's disk
+    /// and Runtime API sockets. Ids are leased through lock files in
+    /// /run/lode/vmm-ids, so workers sharing a host never share an id. No
+    /// user of the host may have an id in the range.
+    #[arg(long, value_name = "UID", default_value_t = lode_worker::jail::DEFAULT_BASE)]
+    vmm_uid_base: u32,
+    /// How many user ids the range holds (at least --slots).
+    #[arg(long, value_name = "N", default_value_t = lode_worker::jail::DEFAULT_COUNT)]
+    vmm_uid_count: u32,
+    /// Run every VMM as the worker's own user (hosts where the worker is
+    /// not root): nothing but QEMU's seccomp filter then keeps a VMM taken
+    /// over by its guest from the other sandboxes' disks and Runtime APIs.
+    #[arg(long, conflicts_with_all = ["vmm_uid_base", "vmm_uid_count"])]
+    vmm_as_root: bool,
 }
 
 fn host_name() -> String {
@@ -89,6 +105,7 @@ pub async fn serve(
         .prefix("lode-worker-")
         .tempdir()
         .context("creating the sandboxes' directory")?;
+    let vmm_ids = vmm_ids(&args, &exe, work.path())?;
     let id = args.id.clone().unwrap_or_else(host_name);
     if id.is_empty()
         || id.len() > 128
@@ -126,6 +143,7 @@ pub async fn serve(
             dir: work.path().to_path_buf(),
             init_timeout: Duration::from_secs(args.init_timeout),
             ledger: ledger.clone(),
+            vmm_ids,
         };
         host.agent
             .health()
@@ -173,6 +191,53 @@ pub async fn serve(
         worker.shutdown().await;
         Ok(())
     }
+}
+
+/// This process's effective user id (the owner of `/proc/self`).
+pub(super) fn euid() -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self")
+        .context("reading this process's user (/proc/self)")?
+        .uid())
+}
+
+/// The range of user ids for the VMMs (`None` with `--vmm-as-root`); the
+/// sandboxes' directory `work` is opened to them (0711: they pass, they do
+/// not list), and the relay program must be theirs to run.
+fn vmm_ids(
+    args: &Args,
+    relay: &std::path::Path,
+    work: &std::path::Path,
+) -> Result<Option<Arc<lode_worker::jail::VmmIds>>> {
+    use std::os::unix::fs::PermissionsExt;
+    if args.vmm_as_root {
+        return Ok(None);
+    }
+    let me = euid()?;
+    if me != 0 {
+        bail!("running each VMM under a user id of its own needs root (the worker runs as uid {me}); pass --vmm-as-root to run them as the worker's user");
+    }
+    if args.vmm_uid_count < args.slots {
+        bail!(
+            "--vmm-uid-count {} is smaller than --slots {}: every live sandbox needs a user id",
+            args.vmm_uid_count,
+            args.slots
+        );
+    }
+    let ids = lode_worker::jail::VmmIds::new(
+        args.vmm_uid_base,
+        args.vmm_uid_count,
+        std::path::Path::new(lode_worker::jail::DEFAULT_LOCKS),
+    )
+    .context("the VMMs' user ids")?;
+    std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("opening {} to the VMMs' users", work.display()))?;
+    let (uid, gid) = (args.vmm_uid_base, args.vmm_uid_base);
+    lode_worker::jail::check_reachable(relay, uid, gid, true)
+        .context("the runtime relay QEMU starts")?;
+    lode_worker::jail::check_reachable(&work.join("sandbox"), uid, gid, false)
+        .context("the sandboxes' directory")?;
+    Ok(Some(ids))
 }
 
 /// Arguments of `lode runtime-relay`.

@@ -36,6 +36,10 @@ while true; do
       wget -q -O /dev/null --header 'Lambda-Runtime-Function-Error-Type: Custom.Fail' \
         --post-data '{"errorMessage":"asked to fail","errorType":"Custom.Fail"}' "$API/invocation/$id/error"
       continue ;;
+    *disk*)
+      # Drop the guest's caches, then read the image again: the disk must answer.
+      echo 3 > /proc/sys/vm/drop_caches
+      if ls -R / > /dev/null 2>&1 && cat /var/task/bootstrap > /dev/null; then body='"disk ok"'; else body='"disk failed"'; fi ;;
     *probe*)
       out=""
       for a in "10.0.2.2:$PROBE_PORT" 10.0.2.3:53 10.0.2.100:80 1.1.1.1:80; do
@@ -161,6 +165,10 @@ pub fn spawn_worker_as(env: &Env, ctl: &str, manager: &str, id: &str) -> (Kill, 
         .append(true)
         .open(env.path(&name))
         .unwrap();
+    // The VMMs run under their own users, and reconnect to their volume
+    // sockets (under this directory) after an agent restart.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let mut w = lode()
         .env("LODE_HOME", &env.home)
         .env("LODE_LOG", "info")
@@ -460,4 +468,109 @@ pub fn push_layout(env: &Env, oci: &std::path::Path, name: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// What a sandbox's QEMU runs as and reaches, read from `/proc/PID`.
+#[derive(Debug)]
+pub struct Vmm {
+    pub pid: String,
+    /// `/proc/PID/status`.
+    pub status: String,
+    /// `-run-with user=UID:GID`.
+    pub run_as: Option<(u32, u32)>,
+    /// Its volume socket (`server.path=`).
+    pub disk: std::path::PathBuf,
+    /// Its Runtime API socket (the relay's argument).
+    pub runtime: std::path::PathBuf,
+}
+
+impl Vmm {
+    /// Real, effective, saved and file-system ids of `Uid:` or `Gid:`.
+    pub fn ids(&self, field: &str) -> Vec<u32> {
+        self.status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .unwrap_or_else(|| panic!("no {field} in {}", self.status))
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect()
+    }
+}
+
+/// Every QEMU whose command line names a path under `dir` (one test's
+/// sandboxes).
+pub fn vmms_under(dir: &std::path::Path) -> Vec<Vmm> {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.first().is_some_and(|a| a.starts_with("qemu-system"))
+            || !args.iter().any(|a| a.contains(&dir))
+        {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let after = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|i| args[i + 1].clone())
+        };
+        let run_as = after("-run-with").map(|v| {
+            let (u, g) = v.strip_prefix("user=").unwrap().split_once(':').unwrap();
+            (u.parse().unwrap(), g.parse().unwrap())
+        });
+        let blockdev = after("-blockdev").unwrap();
+        let disk = blockdev
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("server.path="))
+            .unwrap()
+            .into();
+        let netdev = after("-netdev").unwrap();
+        let runtime = netdev.rsplit('\'').nth(1).unwrap().into();
+        out.push(Vmm {
+            pid,
+            status,
+            run_as,
+            disk,
+            runtime,
+        });
+    }
+    out
+}
+
+/// Connects to the unix socket `path` as user `uid` (group `uid`, no
+/// others): `Ok` or the errno of the failure.
+pub fn connect_as(uid: u32, path: &std::path::Path) -> Result<(), i32> {
+    let o = Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        // Debian's, not one under /root (e.g. pyenv's shim) that the user
+        // cannot reach.
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.errno); sys.exit(3)\nprint(0)",
+        ])
+        .arg(path)
+        .output()
+        .expect("setpriv (util-linux) and /usr/bin/python3");
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    match (o.status.code(), out.parse::<i32>()) {
+        (Some(0), Ok(0)) => Ok(()),
+        (Some(3), Ok(errno)) => Err(errno),
+        _ => panic!("connect as {uid} to {}: {o:?}", path.display()),
+    }
 }
