@@ -111,6 +111,7 @@ fn worker(env: &Env, svc: &Service) -> Arc<Worker> {
         base_initrd: Arc::new(Vec::new()),
         relay: Vec::new(),
         dir: env.path("sandboxes"),
+        vmm_ids: None,
         init_timeout: Duration::from_secs(1),
         ledger: Arc::new(lode_worker::ledger::Ledger::new(None)),
     };
