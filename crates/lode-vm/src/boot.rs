@@ -233,8 +233,8 @@ pub fn run_stoppable(
     // QEMU dies with the thread that watches it (a SIGKILLed `lode run` or
     // worker leaves no VM running); one that switches user loses its
     // parent-death signal and needs a keeper, kept until QEMU is reaped.
-    let _tie = if spec.run_as.is_some() {
-        let t = crate::keeper::tie(&mut cmd).map_err(|source| {
+    let _tie = if let Some(run_as) = &spec.run_as {
+        let t = crate::keeper::tie(&mut cmd, run_as.hold.as_deref()).map_err(|source| {
             not_started(VmError::Io {
                 path: "the pipe of the VMM's keeper".into(),
                 source,

@@ -10,12 +10,18 @@
 //!
 //! So [`tie`] forks, between fork and exec of QEMU, a *keeper*: a copy of
 //! the starting process that stays root, closes every file but the read end
-//! of a pipe whose write end only the starting process holds, and blocks
-//! reading it. When the starting process dies (or drops the [`Tie`]) the
-//! read returns and the keeper SIGKILLs QEMU. The keeper is QEMU's child
-//! with its own parent-death signal, so it goes when QEMU goes (the usual
-//! end: QEMU exits or is killed by the worker). It never runs Rust code
-//! beyond raw system calls.
+//! of a pipe whose write end only the starting process holds (and the file
+//! it was asked to hold, see below), and blocks reading it. When the
+//! starting process dies (or drops the [`Tie`]) the read returns and the
+//! keeper SIGKILLs QEMU, then waits to die with it. The keeper is QEMU's
+//! child with its own parent-death signal, so it goes when QEMU goes (the
+//! usual end: QEMU exits or is killed by the worker). It never runs Rust
+//! code beyond raw system calls.
+//!
+//! The keeper also holds the open file given to [`tie`] as `hold` (the
+//! worker's `flock` on the VMM's user id), so the lock outlives the
+//! starting process and is released only once QEMU is dead: a worker
+//! started after a SIGKILLed one never leases an id whose QEMU still runs.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
@@ -35,9 +41,11 @@ pub struct Tie {
 /// process dies or drops the returned [`Tie`], even after it changed its
 /// user: it gets a keeper (see the module documentation), and until it
 /// switches user it also dies with the calling thread
-/// ([`crate::prepare::tied_to_us`]).
+/// ([`crate::prepare::tied_to_us`]). The keeper keeps `hold` (an open file
+/// of the caller's, close-on-exec so QEMU does not get it) open until QEMU
+/// is dead.
 #[allow(unsafe_code)]
-pub fn tie(cmd: &mut Command) -> std::io::Result<Tie> {
+pub fn tie(cmd: &mut Command, hold: Option<&OwnedFd>) -> std::io::Result<Tie> {
     use std::os::unix::process::CommandExt;
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given.
@@ -48,9 +56,10 @@ pub fn tie(cmd: &mut Command) -> std::io::Result<Tie> {
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     crate::prepare::tied_to_us(cmd);
     let rd = read.as_raw_fd();
+    let held = hold.map_or(-1, |f| f.as_raw_fd());
     // SAFETY: between fork and exec the closure and the keeper make only
     // raw system calls (clone, prctl, getpid, getppid, close_range, read,
-    // kill, _exit), all async-signal-safe, and allocate nothing. The keeper
+    // kill, pause, _exit), all async-signal-safe, and allocate nothing. The keeper
     // is a fork (clone with SIGCHLD only, no shared memory) of a process
     // with one thread, and never returns into Rust code.
     unsafe {
@@ -61,7 +70,7 @@ pub fn tie(cmd: &mut Command) -> std::io::Result<Tie> {
                 return Err(std::io::Error::last_os_error());
             }
             if pid == 0 {
-                keep(rd, qemu);
+                keep(rd, held, qemu);
             }
             Ok(())
         })
@@ -73,8 +82,9 @@ pub fn tie(cmd: &mut Command) -> std::io::Result<Tie> {
 }
 
 /// The keeper's life (see the module documentation); never returns.
+/// `held` (or -1) stays open with the pipe's read end `rd`.
 #[allow(unsafe_code)]
-unsafe fn keep(rd: libc::c_int, qemu: libc::pid_t) -> ! {
+unsafe fn keep(rd: libc::c_int, held: libc::c_int, qemu: libc::pid_t) -> ! {
     // SAFETY: raw system calls on numbers this process owns.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -82,14 +92,28 @@ unsafe fn keep(rd: libc::c_int, qemu: libc::pid_t) -> ! {
             libc::_exit(0);
         }
         libc::prctl(libc::PR_SET_NAME, c"lode-vmm-keeper".as_ptr());
-        // Nothing of the worker's stays open here: not its listeners, not
-        // QEMU's console pipes, not another keeper's pipe.
-        if rd > 0 {
-            libc::syscall(libc::SYS_close_range, 0, rd as libc::c_uint - 1, 0);
-        }
+        // Nothing of the worker's stays open here but these two: not its
+        // listeners, not QEMU's console pipes, not another keeper's pipe.
+        let (lo, hi) = if held < 0 {
+            (rd, rd)
+        } else {
+            (rd.min(held), rd.max(held))
+        };
+        let close = |from: libc::c_int, to: libc::c_int| {
+            if from <= to {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    from as libc::c_uint,
+                    to as libc::c_uint,
+                    0,
+                );
+            }
+        };
+        close(0, lo - 1);
+        close(lo + 1, hi - 1);
         libc::syscall(
             libc::SYS_close_range,
-            rd as libc::c_uint + 1,
+            hi as libc::c_uint + 1,
             libc::c_uint::MAX,
             0,
         );
@@ -102,7 +126,10 @@ unsafe fn keep(rd: libc::c_int, qemu: libc::pid_t) -> ! {
             break;
         }
         libc::kill(qemu, libc::SIGKILL);
-        libc::_exit(0)
+        // Die with QEMU (the parent-death signal), holding `held` until then.
+        loop {
+            libc::pause();
+        }
     }
 }
 
@@ -129,7 +156,7 @@ mod tests {
             "sleep",
             "30",
         ]);
-        let tie = tie(&mut cmd).unwrap();
+        let tie = tie(&mut cmd, None).unwrap();
         let mut child = cmd.spawn().expect("setpriv (util-linux)");
         // Until it has switched, the child still has its parent-death signal.
         let t = Instant::now();
@@ -154,6 +181,50 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    }
+
+    /// The file the keeper holds stays open, with its lock, while the
+    /// child lives, and is let go once the child is dead.
+    #[test]
+    fn the_held_lock_outlives_the_tie_until_the_child_is_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let lock = std::fs::File::create(&path).unwrap();
+        lock.try_lock().unwrap();
+        let lock = OwnedFd::from(lock);
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let tie = tie(&mut cmd, Some(&lock)).unwrap();
+        let mut child = cmd.spawn().unwrap();
+        // The caller lets go of its own copy: the keeper's keeps the lock.
+        drop(lock);
+        let other = std::fs::File::open(&path).unwrap();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(300) {
+            assert!(
+                matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+                "the lock went with the caller's copy"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(child.try_wait().unwrap().is_none());
+        drop(tie);
+        let t = Instant::now();
+        loop {
+            match other.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the keeper kept the lock after the child's end"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Released only once the child was killed.
+        let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     }
 

@@ -21,5 +21,7 @@ pub mod sandbox;
 pub use boot::{run_stoppable, BootError, BootErrorKind, Limits, Outcome};
 pub use guest::{Console, Event, Failure, Stage};
 pub use prepare::{prepare, prepare_with, Assets, Options, Record, VmError};
-pub use qemu::{append_initrd, command_cpio, run_initrd, Disk, Reconnect, RunSpec, INITRD_ALIGN};
+pub use qemu::{
+    append_initrd, command_cpio, run_initrd, Disk, Reconnect, RunAs, RunSpec, INITRD_ALIGN,
+};
 pub use sandbox::{Network, SandboxLaunch};

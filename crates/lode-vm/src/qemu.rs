@@ -79,7 +79,20 @@ pub struct RunSpec {
     /// the socket that relay connects to. A QEMU that changed its user
     /// loses its parent-death signal; [`crate::boot::run_stoppable`] ties it
     /// to the thread that started it another way ([`crate::keeper`]).
-    pub run_as: Option<(u32, u32)>,
+    pub run_as: Option<RunAs>,
+}
+
+/// The user a VMM switches to ([`RunSpec::run_as`]).
+#[derive(Clone, Debug)]
+pub struct RunAs {
+    /// User id.
+    pub uid: u32,
+    /// Group id (its one group).
+    pub gid: u32,
+    /// An open file (close-on-exec) that QEMU's keeper holds until QEMU is
+    /// dead, even when the process that started it died first: the lease
+    /// lock of `uid` (see [`crate::keeper`]).
+    pub hold: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// Quotes `s` for a POSIX shell.
@@ -220,8 +233,8 @@ impl RunSpec {
         if let Some(log) = &self.reset_log {
             c.args(["-d", "cpu_reset,guest_errors", "-D"]).arg(log);
         }
-        if let Some((uid, gid)) = self.run_as {
-            c.arg("-run-with").arg(format!("user={uid}:{gid}"));
+        if let Some(r) = &self.run_as {
+            c.arg("-run-with").arg(format!("user={}:{}", r.uid, r.gid));
         }
         c.arg("-kernel")
             .arg(&self.kernel)
@@ -430,7 +443,11 @@ mod tests {
         let a = args(&spec);
         assert!(!a.iter().any(|x| x == "-run-with"), "{a:?}");
         assert!(sandbox(&a).contains("elevateprivileges=deny"), "{a:?}");
-        spec.run_as = Some((1_000_003, 1_000_004));
+        spec.run_as = Some(RunAs {
+            uid: 1_000_003,
+            gid: 1_000_004,
+            hold: None,
+        });
         let a = args(&spec);
         let i = a.iter().position(|x| x == "-run-with").unwrap();
         assert_eq!(a[i + 1], "user=1000003:1000004");

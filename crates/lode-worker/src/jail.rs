@@ -11,9 +11,10 @@
 //! another VMM.
 //!
 //! A lease is an exclusive `flock` on `DIR/UID` as well as an entry in the
-//! worker's own table, so workers sharing a host (and a successor of a
-//! killed worker whose VMMs are still being killed) never hand out the same
-//! id twice, whatever ranges they were given.
+//! worker's own table, so workers sharing a host never hand out the same id
+//! twice, whatever ranges they were given. The VMM's keeper holds the lock
+//! file open too ([`lode_vm::RunAs::hold`]) until its QEMU is dead, so a
+//! successor of a SIGKILLed worker cannot lease an id whose QEMU still runs.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -97,12 +98,13 @@ pub struct VmmIds {
     leased: Mutex<BTreeSet<u32>>,
 }
 
-/// One VMM's ids; they are free again when the lease is dropped.
+/// One VMM's ids; they are free again when the lease is dropped and the
+/// VMM's keeper (which holds [`Lease::lock`] too) has gone with its QEMU.
 #[derive(Debug)]
 pub struct Lease {
     ids: Arc<VmmIds>,
     id: u32,
-    _lock: std::fs::File,
+    lock: Arc<std::os::fd::OwnedFd>,
 }
 
 impl Lease {
@@ -119,6 +121,12 @@ impl Lease {
     /// `(uid, gid)`.
     pub fn ids(&self) -> (u32, u32) {
         (self.uid(), self.gid())
+    }
+
+    /// The open lock file (`flock`ed): whoever holds a copy keeps the id
+    /// taken for every worker on the host.
+    pub fn lock(&self) -> &Arc<std::os::fd::OwnedFd> {
+        &self.lock
     }
 }
 
@@ -178,7 +186,7 @@ impl VmmIds {
                     return Ok(Lease {
                         ids: self.clone(),
                         id,
-                        _lock: file,
+                        lock: Arc::new(file.into()),
                     });
                 }
                 Err(std::fs::TryLockError::WouldBlock) => continue,

@@ -334,7 +334,11 @@ impl Sandbox {
             reset_log: None,
             reconnect: Some(Reconnect::default()),
             network: Some(Network { relay }),
-            run_as,
+            run_as: lease.as_ref().map(|l| lode_vm::RunAs {
+                uid: l.uid(),
+                gid: l.gid(),
+                hold: Some(l.lock().clone()),
+            }),
         };
         let limits = Limits {
             silence: host.init_timeout,
