@@ -78,6 +78,23 @@ pub enum JailError {
         /// Its one group.
         gid: u32,
     },
+    /// A user or group of the host has an id of the range: a VMM under
+    /// that id could signal its processes and open its files.
+    #[error("{kind} '{name}' of {file} has id {id}, inside the VMMs' id range {base}..{} (choose another --vmm-uid-base)", u64::from(*.base) + u64::from(*.count))]
+    Taken {
+        /// `user` or `group`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Its id.
+        id: u32,
+        /// The file naming it.
+        file: String,
+        /// First id of the range.
+        base: u32,
+        /// Ids in the range.
+        count: u32,
+    },
     /// A path's metadata.
     #[error("{path}: {source}")]
     Stat {
@@ -205,6 +222,48 @@ impl VmmIds {
     }
 }
 
+/// Checks that no user of `passwd` and no group of `group` (the files of
+/// `/etc/passwd` and `/etc/group`'s format) has an id of
+/// `base..base + count`. Users known only to other name services (LDAP,
+/// sssd) are not seen: the range must be chosen outside theirs.
+pub fn check_unused(base: u32, count: u32, passwd: &Path, group: &Path) -> Result<(), JailError> {
+    let end = u64::from(base) + u64::from(count);
+    for (kind, file) in [("user", passwd), ("group", group)] {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(JailError::Stat {
+                    path: file.display().to_string(),
+                    source,
+                })
+            }
+        };
+        // NAME:PASSWORD:ID:... (a user's id and a group's id are both the
+        // third field); lines that do not parse are not ids.
+        for line in text.lines() {
+            let mut f = line.split(':');
+            let (Some(name), Some(id)) = (f.next(), f.nth(1)) else {
+                continue;
+            };
+            let Ok(id) = id.trim().parse::<u32>() else {
+                continue;
+            };
+            if (u64::from(base)..end).contains(&u64::from(id)) {
+                return Err(JailError::Taken {
+                    kind,
+                    name: name.to_string(),
+                    id,
+                    file: file.display().to_string(),
+                    base,
+                    count,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks that user `uid` with the one group `gid` (what QEMU keeps after
 /// `-run-with user=`) can search every directory on the way to `path`, and
 /// execute `path` itself when `exec`. Root reaches everything.
@@ -258,6 +317,31 @@ pub fn check_reachable(path: &Path, uid: u32, gid: u32, exec: bool) -> Result<()
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_host_user_or_group_inside_the_range_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (passwd, group) = (d.path().join("passwd"), d.path().join("group"));
+        std::fs::write(
+            &passwd,
+            "root:x:0:0:root:/root:/bin/bash\nbad line\nalice:x:1999999:100::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(&group, "root:x:0:\nusers:x:100:\n").unwrap();
+        check_unused(2_000_000, 10, &passwd, &group).unwrap();
+        // Missing files hold no ids.
+        check_unused(2_000_000, 10, &d.path().join("none"), &group).unwrap();
+        let e = check_unused(1_999_990, 10, &passwd, &group).unwrap_err();
+        assert!(
+            matches!(&e, JailError::Taken { kind: "user", name, id: 1_999_999, .. } if name == "alice"),
+            "{e}"
+        );
+        std::fs::write(&group, "vmm:x:2000009:\n").unwrap();
+        let e = check_unused(2_000_000, 10, &passwd, &group).unwrap_err();
+        assert!(e.to_string().contains("group 'vmm'"), "{e}");
+        assert!(e.to_string().contains("2000000..2000010"), "{e}");
+        check_unused(2_000_010, 10, &passwd, &group).unwrap();
+    }
 
     #[test]
     fn two_live_sandboxes_never_share_an_id() {

@@ -58,7 +58,8 @@ pub struct Args {
     /// it has opened its disk, and only that id reaches the sandbox's disk
     /// and Runtime API sockets. Ids are leased through lock files in
     /// /run/lode/vmm-ids, so workers sharing a host never share an id. No
-    /// user of the host may have an id in the range.
+    /// user of the host may have an id in the range (the worker refuses a
+    /// range that /etc/passwd or /etc/group reaches into).
     #[arg(long, value_name = "UID", default_value_t = lode_worker::jail::DEFAULT_BASE)]
     vmm_uid_base: u32,
     /// How many user ids the range holds (at least --slots).
@@ -224,6 +225,13 @@ fn vmm_ids(
             args.slots
         );
     }
+    lode_worker::jail::check_unused(
+        args.vmm_uid_base,
+        args.vmm_uid_count,
+        std::path::Path::new("/etc/passwd"),
+        std::path::Path::new("/etc/group"),
+    )
+    .context("the VMMs' user ids")?;
     let ids = lode_worker::jail::VmmIds::new(
         args.vmm_uid_base,
         args.vmm_uid_count,
