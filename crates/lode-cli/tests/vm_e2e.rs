@@ -388,19 +388,13 @@ fn boot_on_socket(work: &Path, sock: &Path, rw: bool, script: &str) -> String {
     let cmd = ["/bin/sh".to_string(), "-c".into(), script.into()];
     let initrd_path = work.join("initrd");
     std::fs::write(&initrd_path, lode_vm::run_initrd(&base, &cmd, rw)).unwrap();
-    let spec = lode_vm::RunSpec {
-        kernel: assets.kernel,
-        initrd: initrd_path,
-        disk: lode_vm::Disk::VhostUser {
+    let spec = lode_vm::RunSpec::new(
+        assets.kernel,
+        initrd_path,
+        lode_vm::Disk::VhostUser {
             socket: sock.to_path_buf(),
         },
-        memory_mib: 256,
-        quiet: true,
-        reset_log: None,
-        reconnect: None,
-        network: None,
-        run_as: None,
-    };
+    );
     let mut child = spec
         .command()
         .unwrap()

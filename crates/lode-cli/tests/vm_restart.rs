@@ -74,17 +74,13 @@ fn vhost_user_guest_rides_out_three_agent_restarts() {
     let cmd = ["/bin/sh".to_string(), "-c".into(), SCRIPT.into()];
     let initrd = env.path("initrd");
     std::fs::write(&initrd, lode_vm::run_initrd(&base, &cmd, true)).unwrap();
-    let spec = lode_vm::RunSpec {
-        kernel: assets.kernel.clone(),
+    let mut spec = lode_vm::RunSpec::new(
+        assets.kernel.clone(),
         initrd,
-        disk: lode_vm::Disk::VhostUser { socket },
-        memory_mib: 256,
-        quiet: true,
-        reset_log: Some(env.path("qemu-resets.log")),
-        reconnect: Some(lode_vm::Reconnect::default()),
-        network: None,
-        run_as: None,
-    };
+        lode_vm::Disk::VhostUser { socket },
+    );
+    spec.reset_log = Some(env.path("qemu-resets.log"));
+    spec.reconnect = Some(lode_vm::Reconnect::default());
     let (tx, rx) = mpsc::channel::<(usize, Instant)>();
     let vm = std::thread::spawn(move || {
         let mut lines = Vec::new();

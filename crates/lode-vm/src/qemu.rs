@@ -166,6 +166,23 @@ pub fn tsc_khz() -> Option<u64> {
 }
 
 impl RunSpec {
+    /// A VM of `kernel`, `initrd` and `disk` with the defaults: 256 MiB,
+    /// a quiet kernel, no reset log, no reconnect, no network, the caller's
+    /// user. Set the other fields on the result.
+    pub fn new(kernel: PathBuf, initrd: PathBuf, disk: Disk) -> RunSpec {
+        RunSpec {
+            kernel,
+            initrd,
+            disk,
+            memory_mib: 256,
+            quiet: true,
+            reset_log: None,
+            reconnect: None,
+            network: None,
+            run_as: None,
+        }
+    }
+
     /// The `qemu-system-x86_64` command. Refuses an initrd whose size is not
     /// a multiple of [`INITRD_ALIGN`] (it would overwrite the guest's ACPI
     /// tables; see [`run_initrd`]).
@@ -345,23 +362,27 @@ mod tests {
         }
     }
 
+    /// A vhost-user disk at `DIR/s`.
+    fn vhost(dir: &std::path::Path) -> Disk {
+        Disk::VhostUser {
+            socket: dir.join("s"),
+        }
+    }
+
+    /// The command's arguments.
+    fn args(s: &RunSpec) -> Vec<String> {
+        s.command()
+            .unwrap()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
     fn command_refuses_an_unpadded_initrd() {
         let t = tempfile::tempdir().unwrap();
         let initrd = t.path().join("initrd");
-        let spec = RunSpec {
-            kernel: t.path().join("vmlinux"),
-            initrd: initrd.clone(),
-            disk: Disk::VhostUser {
-                socket: t.path().join("s"),
-            },
-            memory_mib: 256,
-            quiet: true,
-            reset_log: None,
-            reconnect: None,
-            network: None,
-            run_as: None,
-        };
+        let spec = RunSpec::new(t.path().join("vmlinux"), initrd.clone(), vhost(t.path()));
         std::fs::write(&initrd, vec![0u8; 4097]).unwrap();
         let e = spec.command().unwrap_err();
         assert!(e.to_string().contains("4097"), "{e}");
@@ -376,26 +397,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let initrd = t.path().join("initrd");
         std::fs::write(&initrd, vec![0u8; 4096]).unwrap();
-        let mut spec = RunSpec {
-            kernel: t.path().join("vmlinux"),
-            initrd,
-            disk: Disk::VhostUser {
-                socket: t.path().join("s"),
-            },
-            memory_mib: 256,
-            quiet: true,
-            reset_log: None,
-            reconnect: Some(Reconnect::default()),
-            network: None,
-            run_as: None,
-        };
-        let args = |s: &RunSpec| -> String {
-            let c = s.command().unwrap();
-            c.get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let mut spec = RunSpec::new(t.path().join("vmlinux"), initrd, vhost(t.path()));
+        spec.reconnect = Some(Reconnect::default());
+        let args = |s: &RunSpec| args(s).join(" ");
         assert!(args(&spec).contains(",reconnect-ms=100"), "{}", args(&spec));
         spec.disk = Disk::Nbd {
             socket: t.path().join("s"),
@@ -416,26 +420,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let initrd = t.path().join("initrd");
         std::fs::write(&initrd, vec![0u8; 4096]).unwrap();
-        let mut spec = RunSpec {
-            kernel: t.path().join("vmlinux"),
-            initrd,
-            disk: Disk::VhostUser {
-                socket: t.path().join("s"),
-            },
-            memory_mib: 256,
-            quiet: true,
-            reset_log: None,
-            reconnect: None,
-            network: None,
-            run_as: None,
-        };
-        let args = |s: &RunSpec| -> Vec<String> {
-            s.command()
-                .unwrap()
-                .get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect()
-        };
+        let mut spec = RunSpec::new(t.path().join("vmlinux"), initrd, vhost(t.path()));
         let sandbox = |a: &[String]| {
             let i = a.iter().position(|x| x == "-sandbox").unwrap();
             a[i + 1].clone()

@@ -324,21 +324,16 @@ pub struct VmConf<'a> {
 
 /// Boots a VM on `disk` (`t0` is the run's start); files go to `dir`.
 pub fn start_vm(conf: &VmConf, disk: &NbdDisk, dir: &Path, name: &str, t0: Instant) -> Result<Vm> {
-    let spec = RunSpec {
-        kernel: conf.kernel.to_path_buf(),
-        initrd: conf.initrd.to_path_buf(),
-        disk: Disk::Nbd {
+    let mut spec = RunSpec::new(
+        conf.kernel.to_path_buf(),
+        conf.initrd.to_path_buf(),
+        Disk::Nbd {
             socket: disk.socket.to_path_buf(),
             export: disk.export.to_string(),
             read_only: true,
         },
-        memory_mib: conf.memory_mib,
-        quiet: true,
-        reset_log: None,
-        reconnect: None,
-        network: None,
-        run_as: None,
-    };
+    );
+    spec.memory_mib = conf.memory_mib;
     let qmp = dir.join(format!("{name}.qmp"));
     let _ = std::fs::remove_file(&qmp);
     let err = dir.join(format!("{name}.qemu.err"));

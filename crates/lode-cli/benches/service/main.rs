@@ -335,19 +335,14 @@ fn vhost_stall(ctx: &Ctx, n: usize) -> Result<(f64, f64, usize)> {
         &initrd,
         lode_vm::run_initrd(&std::fs::read(&assets.initrd)?, &cmd, false),
     )?;
-    let spec = lode_vm::RunSpec {
-        kernel: assets.kernel.clone(),
+    let mut spec = lode_vm::RunSpec::new(
+        assets.kernel.clone(),
         initrd,
-        disk: lode_vm::Disk::VhostUser {
+        lode_vm::Disk::VhostUser {
             socket: PathBuf::from(v["socket"].as_str().unwrap()),
         },
-        memory_mib: 256,
-        quiet: true,
-        reset_log: None,
-        reconnect: Some(lode_vm::Reconnect::default()),
-        network: None,
-        run_as: None,
-    };
+    );
+    spec.reconnect = Some(lode_vm::Reconnect::default());
     let (tx, rx) = std::sync::mpsc::channel::<(String, Instant)>();
     let vm = std::thread::spawn(move || {
         lode_vm::boot::run(&spec, &lode_vm::Limits::default(), &mut |_, ev| {
