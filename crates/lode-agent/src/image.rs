@@ -74,8 +74,8 @@ impl ImageHandle {
     /// under this image's manifest digest (shared by every handle of it).
     pub fn with_reads(mut self, log: Arc<ReadLog>) -> Self {
         let chunks = self.chunks() as usize;
-        let (tenant, image) = match self.export.split_once('/') {
-            Some((t, i)) => (t.to_string(), i.to_string()),
+        let (tenant, image) = match crate::exports::ExportName::parse(&self.export) {
+            Some(n) => (n.tenant, n.name),
             None => (self.image.manifest.tenant.clone(), self.export.clone()),
         };
         self.reads = Some(Reads {

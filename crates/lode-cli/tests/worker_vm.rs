@@ -418,21 +418,7 @@ fn aws_python_runtime_interface_client_runs_unmodified() {
             .len()
     };
     assert_eq!(vols(&env), 2, "two warm sandboxes");
-    let ids = [
-        r1["sandbox"].as_str().unwrap(),
-        r3["sandbox"].as_str().unwrap(),
-    ];
-    let qemus = || -> usize {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                let c = String::from_utf8_lossy(&c);
-                c.starts_with("qemu-system") && ids.iter().any(|i| c.contains(i))
-            })
-            .count()
-    };
+    let qemus = || vmms_under(env.dir.path()).len();
     assert_eq!(qemus(), 2, "one QEMU per sandbox");
     let vmms = vmms_under(env.dir.path());
     assert_eq!(vmms.len(), 2, "{vmms:?}");

@@ -116,11 +116,14 @@ pub struct VmmIds {
 }
 
 /// One VMM's ids; they are free again when the lease is dropped and the
-/// VMM's keeper (which holds [`Lease::lock`] too) has gone with its QEMU.
+/// VMM's keeper (which holds the lock file too, [`Lease::run_as`]) has gone
+/// with its QEMU.
 #[derive(Debug)]
 pub struct Lease {
     ids: Arc<VmmIds>,
     id: u32,
+    /// The open lock file (`flock`ed): whoever holds a copy keeps the id
+    /// taken for every worker on the host.
     lock: Arc<std::os::fd::OwnedFd>,
 }
 
@@ -135,15 +138,13 @@ impl Lease {
         self.id
     }
 
-    /// `(uid, gid)`.
-    pub fn ids(&self) -> (u32, u32) {
-        (self.uid(), self.gid())
-    }
-
-    /// The open lock file (`flock`ed): whoever holds a copy keeps the id
-    /// taken for every worker on the host.
-    pub fn lock(&self) -> &Arc<std::os::fd::OwnedFd> {
-        &self.lock
+    /// What the VMM runs as: these ids, its keeper holding the lock file.
+    pub fn run_as(&self) -> lode_vm::RunAs {
+        lode_vm::RunAs {
+            uid: self.uid(),
+            gid: self.gid(),
+            hold: Some(self.lock.clone()),
+        }
     }
 }
 
@@ -354,7 +355,10 @@ mod tests {
             [a.uid(), b.uid(), c.uid()],
             [2_000_000, 2_000_001, 2_000_002]
         );
-        assert_eq!(a.ids(), (2_000_000, 2_000_000));
+        let run_as = a.run_as();
+        assert_eq!((run_as.uid, run_as.gid), (2_000_000, 2_000_000));
+        // It holds a copy of the lock, as a keeper does: let it go.
+        drop(run_as);
         // Exhausted: a clear error naming the range.
         let e = ids.lease().unwrap_err();
         assert!(matches!(e, JailError::Exhausted { .. }), "{e}");

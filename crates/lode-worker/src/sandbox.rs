@@ -273,11 +273,11 @@ impl Sandbox {
             let path = path.display().to_string();
             move |source| StartError::Io { path, source }
         };
-        let run_as = lease.as_ref().map(crate::jail::Lease::ids);
-        if let Some((uid, gid)) = run_as {
+        let run_as = lease.as_ref().map(crate::jail::Lease::run_as);
+        if let Some(r) = &run_as {
             // QEMU reconnects to its disk by path after an agent restart,
             // as its own user.
-            crate::jail::check_reachable(&attached.socket, uid, gid, false)
+            crate::jail::check_reachable(&attached.socket, r.uid, r.gid, false)
                 .map_err(StartError::Jail)?;
         }
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -285,14 +285,14 @@ impl Sandbox {
         // The relay QEMU spawns connects as the VMM's user: the socket is
         // that user's alone (0600), bound in the still private directory.
         let sock = dir.join("runtime.sock");
-        let listener = match run_as {
-            Some((uid, gid)) => lode_agent::control::sockets::bind_owned(&sock, uid, gid),
+        let listener = match &run_as {
+            Some(r) => lode_agent::control::sockets::bind_owned(&sock, r.uid, r.gid),
             None => lode_agent::control::sockets::bind_private(&sock),
         }
         .map_err(StartError::Socket)?;
-        if let Some((_, gid)) = run_as {
+        if let Some(r) = &run_as {
             // Only the sandbox's group may pass; no one but root lists it.
-            std::os::unix::fs::chown(&dir, None, Some(gid)).map_err(io(&dir))?;
+            std::os::unix::fs::chown(&dir, None, Some(r.gid)).map_err(io(&dir))?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710))
                 .map_err(io(&dir))?;
         }
@@ -334,11 +334,7 @@ impl Sandbox {
             reset_log: None,
             reconnect: Some(Reconnect::default()),
             network: Some(Network { relay }),
-            run_as: lease.as_ref().map(|l| lode_vm::RunAs {
-                uid: l.uid(),
-                gid: l.gid(),
-                hold: Some(l.lock().clone()),
-            }),
+            run_as,
         };
         let limits = Limits {
             silence: host.init_timeout,
